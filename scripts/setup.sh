@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Installs every system package apot needs (Debian bookworm). Idempotent: quiet and fast when
+# everything is already there. Run as root, or with sudo available.
+set -euo pipefail
+
+packages=(
+  build-essential cmake ninja-build ccache pkg-config
+  libtorch-dev              # LibTorch 1.13 (CPU): QAT ops, models, training
+  dataset-fashion-mnist     # default data set of the main job
+  libgtest-dev libgmock-dev # unit tests
+  libbenchmark-dev          # micro-benchmarks under bench/
+  libcli11-dev              # command-line parsing (header-only)
+  nlohmann-json3-dev        # JSON output and metadata
+  libfmt-dev                # formatting
+  libtomlplusplus-dev       # TOML recipes
+  libjpeg62-turbo-dev zlib1g-dev
+)
+
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+[ ${#missing[@]} -eq 0 ] && exit 0
+
+echo "setup: installing ${missing[*]}"
+SUDO=""
+[ "$(id -u)" -ne 0 ] && SUDO="sudo"
+export DEBIAN_FRONTEND=noninteractive
+$SUDO apt-get update -qq
+$SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null

@@ -1,0 +1,15 @@
+// Registration of the `apot` subcommands; one source file per subcommand.
+#pragma once
+
+#include <CLI/CLI.hpp>
+
+namespace apot::cli {
+
+// Thrown by a subcommand for a user mistake: main prints "apot: error: <what>" and exits 2.
+struct UsageError : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+
+void register_levels(CLI::App& app);
+
+}  // namespace apot::cli

@@ -1,0 +1,153 @@
+// The projection driver: argument checks, table preparation, chunking over OpenMP threads
+// and the deterministic reduction of the alpha gradient.
+#include "apot/kernels/projection.h"
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <stdexcept>
+#include <string>
+
+#include "projection_impl.h"
+
+namespace apot::kernels {
+namespace {
+
+// Fixed chunk size: the alpha gradient is summed per chunk, then over chunks in order, so
+// the result depends on the data and the ISA, never on the number of threads.
+constexpr size_t kChunk = size_t{1} << 14;
+constexpr size_t kParallelThreshold = size_t{1} << 16;
+
+const detail::IsaKernels& kernels_for(Isa isa) {
+  for (Isa supported : supported_isas()) {
+    if (supported != isa) continue;
+    switch (isa) {
+      case Isa::scalar: return detail::kScalarKernels;
+      case Isa::avx2: return detail::kAvx2Kernels;
+      case Isa::avx512: return detail::kAvx512Kernels;
+    }
+  }
+  throw std::invalid_argument(std::string("ISA ") + to_string(isa) + " is not supported on this CPU");
+}
+
+void check_alpha(float alpha) {
+  if (!std::isfinite(alpha) || alpha < kMinAlpha)
+    throw std::invalid_argument("clipping threshold alpha must be finite and >= " + std::to_string(kMinAlpha) +
+                                ", got " + std::to_string(alpha));
+}
+
+void check_normalisation(Normalisation norm) {
+  if (!std::isfinite(norm.shift) || !std::isfinite(norm.scale) || norm.scale == 0.0f)
+    throw std::invalid_argument("normalisation needs a finite shift and a finite non-zero scale");
+}
+
+template <typename Body>
+void for_each_chunk(size_t n, Body body) {
+  const long chunks = static_cast<long>((n + kChunk - 1) / kChunk);
+#pragma omp parallel for schedule(static) if (n >= kParallelThreshold)
+  for (long c = 0; c < chunks; ++c) {
+    const size_t begin = static_cast<size_t>(c) * kChunk;
+    body(c, begin, std::min(n, begin + kChunk));
+  }
+}
+
+size_t next_power_of_two(size_t n) {
+  size_t p = 1;
+  while (p < n) p <<= 1;
+  return p;
+}
+
+}  // namespace
+
+SteVariant parse_ste_variant(const std::string& name) {
+  if (name == "cifar") return SteVariant::cifar;
+  if (name == "imagenet") return SteVariant::imagenet;
+  throw std::invalid_argument("unknown STE variant '" + name + "' (expected cifar or imagenet)");
+}
+
+Projector::Projector(const levels::LevelSet& set) : set_(set) {
+  const size_t count = set.magnitudes().size();
+  if (count < 2 || count > 256) throw std::invalid_argument("level set " + set.name() + " has no 8-bit index form");
+  tables_.num_magnitudes = static_cast<int>(count);
+  tables_.table_size = static_cast<int>(next_power_of_two(count));
+  tables_.log2_table_size = 0;
+  while ((1 << tables_.log2_table_size) < tables_.table_size) ++tables_.log2_table_size;
+  tables_.is_signed = set.is_signed();
+  // Padded to at least one AVX-512 vector; extra thresholds are +inf so they never match.
+  const size_t padded = std::max<size_t>(tables_.table_size, 16);
+  tables_.thresholds.assign(padded, std::numeric_limits<float>::infinity());
+  std::copy(set.thresholds().begin(), set.thresholds().end(), tables_.thresholds.begin());
+  tables_.magnitudes.assign(padded, set.magnitudes().back());
+  std::copy(set.magnitudes().begin(), set.magnitudes().end(), tables_.magnitudes.begin());
+}
+
+namespace {
+detail::RangeArgs base_args(const Projector::Tables& tables, const levels::LevelSet& set, float alpha,
+                            Normalisation norm) {
+  detail::RangeArgs a{};
+  a.tables = &tables;
+  a.alpha = alpha;
+  a.norm = norm;
+  a.zero_index = static_cast<int>(set.zero_index());
+  return a;
+}
+}  // namespace
+
+void Projector::quantize(const float* input, size_t n, float alpha, uint8_t* index, Isa isa,
+                         Normalisation norm) const {
+  check_alpha(alpha);
+  check_normalisation(norm);
+  const detail::IsaKernels& k = kernels_for(isa);
+  detail::RangeArgs a = base_args(tables_, set_, alpha, norm);
+  a.input = input;
+  a.index_out = index;
+  size_t nans = 0;
+  const long chunks = static_cast<long>((n + kChunk - 1) / kChunk);
+  std::vector<size_t> per_chunk(static_cast<size_t>(chunks), 0);
+  for_each_chunk(n, [&](long c, size_t begin, size_t end) { per_chunk[c] = k.quantize(a, begin, end); });
+  for (size_t count : per_chunk) nans += count;
+  if (nans > 0) throw std::invalid_argument("cannot quantize: input holds " + std::to_string(nans) + " NaN value(s)");
+}
+
+void Projector::dequantize(const uint8_t* index, size_t n, float alpha, float* out, Isa isa) const {
+  check_alpha(alpha);
+  const detail::IsaKernels& k = kernels_for(isa);
+  const std::vector<float> full = set_.levels();
+  if (n > 0 && *std::max_element(index, index + n) >= full.size())
+    throw std::invalid_argument("level index out of range for " + set_.name() + " (" +
+                                std::to_string(full.size()) + " levels)");
+  detail::RangeArgs a = base_args(tables_, set_, alpha, {});
+  a.full_levels = full.data();
+  a.index_in = index;
+  a.out = out;
+  for_each_chunk(n, [&](long, size_t begin, size_t end) { k.dequantize(a, begin, end); });
+}
+
+void Projector::forward(const float* input, size_t n, float alpha, float* out, Isa isa, Normalisation norm) const {
+  check_alpha(alpha);
+  check_normalisation(norm);
+  const detail::IsaKernels& k = kernels_for(isa);
+  detail::RangeArgs a = base_args(tables_, set_, alpha, norm);
+  a.input = input;
+  a.out = out;
+  for_each_chunk(n, [&](long, size_t begin, size_t end) { k.forward(a, begin, end); });
+}
+
+double Projector::backward(const float* input, const float* grad_output, size_t n, float alpha, SteVariant variant,
+                           float* grad_input, Isa isa, Normalisation norm) const {
+  check_alpha(alpha);
+  check_normalisation(norm);
+  const detail::IsaKernels& k = kernels_for(isa);
+  detail::RangeArgs a = base_args(tables_, set_, alpha, norm);
+  a.input = input;
+  a.grad_output = grad_output;
+  a.grad_input = grad_input;
+  a.variant = variant;
+  std::vector<double> partial((n + kChunk - 1) / kChunk, 0.0);
+  for_each_chunk(n, [&](long c, size_t begin, size_t end) { partial[c] = k.backward(a, begin, end); });
+  double sum = 0.0;
+  for (double p : partial) sum += p;
+  return sum;
+}
+
+}  // namespace apot::kernels

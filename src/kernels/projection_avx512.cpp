@@ -1,0 +1,167 @@
+// AVX-512 projection kernels (16 floats per vector). The nearest level is found by a
+// branchless binary search over the padded threshold table with in-register permutes;
+// tails use masked loads and stores. Bit-identical to the scalar reference per element.
+#include <immintrin.h>
+
+#include "projection_impl.h"
+
+namespace apot::kernels::detail {
+namespace {
+
+constexpr int kMaxVectors = 16;  // 256 entries: uniform 8-bit activations
+
+struct Tables512 {
+  __m512 thresholds[kMaxVectors];
+  __m512 magnitudes[kMaxVectors];
+  int vectors;  // table_size / 16, at least 1
+  int table_size;
+
+  explicit Tables512(const Projector::Tables& t) : table_size(t.table_size) {
+    vectors = t.table_size > 16 ? t.table_size / 16 : 1;
+    for (int v = 0; v < vectors; ++v) {
+      thresholds[v] = _mm512_loadu_ps(t.thresholds.data() + 16 * v);
+      magnitudes[v] = _mm512_loadu_ps(t.magnitudes.data() + 16 * v);
+    }
+  }
+};
+
+inline __m512 lookup(const __m512* table, int vectors, __m512i index) {
+  if (vectors == 1) return _mm512_permutexvar_ps(index, table[0]);
+  __m512 result = _mm512_permutex2var_ps(table[0], index, table[1]);
+  const __m512i pair = _mm512_srli_epi32(index, 5);
+  for (int p = 1; 2 * p < vectors; ++p) {
+    const __m512 v = _mm512_permutex2var_ps(table[2 * p], index, table[2 * p + 1]);
+    result = _mm512_mask_mov_ps(result, _mm512_cmpeq_epi32_mask(pair, _mm512_set1_epi32(p)), v);
+  }
+  return result;
+}
+
+inline __m512i magnitude_index(const Tables512& t, __m512 m) {
+  __m512i index = _mm512_setzero_si512();
+  for (int step = t.table_size / 2; step >= 1; step >>= 1) {
+    const __m512i probe = _mm512_add_epi32(index, _mm512_set1_epi32(step - 1));
+    const __mmask16 ge = _mm512_cmp_ps_mask(m, lookup(t.thresholds, t.vectors, probe), _CMP_GE_OQ);
+    index = _mm512_mask_add_epi32(index, ge, index, _mm512_set1_epi32(step));
+  }
+  return index;
+}
+
+// A function, not a global: a global would run AVX-512 code at start-up on any CPU.
+inline __m512 sign_mask() { return _mm512_castsi512_ps(_mm512_set1_epi32(static_cast<int>(0x80000000u))); }
+
+struct Projected512 {
+  __m512i magnitude_index;
+  __m512 value;  // signed level
+  __m512 clipped;
+};
+
+inline Projected512 project(const Tables512& t, bool is_signed, __m512 x) {
+  Projected512 p;
+  if (is_signed) {
+    p.clipped = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(-1.0f)), _mm512_set1_ps(1.0f));
+    p.magnitude_index = magnitude_index(t, _mm512_andnot_ps(sign_mask(), p.clipped));
+    const __m512 magnitude = lookup(t.magnitudes, t.vectors, p.magnitude_index);
+    p.value = _mm512_or_ps(magnitude, _mm512_and_ps(p.clipped, sign_mask()));
+  } else {
+    p.clipped = _mm512_min_ps(_mm512_max_ps(x, _mm512_setzero_ps()), _mm512_set1_ps(1.0f));
+    p.magnitude_index = magnitude_index(t, p.clipped);
+    p.value = lookup(t.magnitudes, t.vectors, p.magnitude_index);
+  }
+  return p;
+}
+
+struct Normaliser512 {
+  __m512 shift, scale, alpha;
+  explicit Normaliser512(const RangeArgs& a)
+      : shift(_mm512_set1_ps(a.norm.shift)), scale(_mm512_set1_ps(a.norm.scale)), alpha(_mm512_set1_ps(a.alpha)) {}
+  __m512 operator()(__m512 in) const { return _mm512_div_ps(_mm512_div_ps(_mm512_sub_ps(in, shift), scale), alpha); }
+};
+
+inline __mmask16 tail_mask(size_t remaining) {
+  return remaining >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << remaining) - 1);
+}
+
+size_t quantize_avx512(const RangeArgs& a, size_t begin, size_t end) {
+  const Tables512 t(*a.tables);
+  const Normaliser512 normalise(a);
+  const __m512i zero_index = _mm512_set1_epi32(a.zero_index);
+  size_t nans = 0;
+  for (size_t i = begin; i < end; i += 16) {
+    const __mmask16 k = tail_mask(end - i);
+    const __m512 x = normalise(_mm512_maskz_loadu_ps(k, a.input + i));
+    nans += __builtin_popcount(_mm512_mask_cmp_ps_mask(k, x, x, _CMP_UNORD_Q));
+    const Projected512 p = project(t, a.tables->is_signed, x);
+    __m512i index = p.magnitude_index;
+    if (a.tables->is_signed) {
+      const __mmask16 negative = _mm512_movepi32_mask(_mm512_castps_si512(p.clipped));
+      index = _mm512_mask_sub_epi32(_mm512_add_epi32(zero_index, index), negative, zero_index, index);
+    }
+    _mm512_mask_cvtepi32_storeu_epi8(a.index_out + i, k, index);
+  }
+  return nans;
+}
+
+void dequantize_avx512(const RangeArgs& a, size_t begin, size_t end) {
+  const __m512 alpha = _mm512_set1_ps(a.alpha);
+  for (size_t i = begin; i < end; i += 16) {
+    const __mmask16 k = tail_mask(end - i);
+    const __m512i index = _mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(k, a.index_in + i));
+    const __m512 level = _mm512_mask_i32gather_ps(_mm512_setzero_ps(), k, index, a.full_levels, 4);
+    _mm512_mask_storeu_ps(a.out + i, k, _mm512_mul_ps(level, alpha));
+  }
+}
+
+void forward_avx512(const RangeArgs& a, size_t begin, size_t end) {
+  const Tables512 t(*a.tables);
+  const Normaliser512 normalise(a);
+  const __m512 nan = _mm512_set1_ps(std::numeric_limits<float>::quiet_NaN());
+  for (size_t i = begin; i < end; i += 16) {
+    const __mmask16 k = tail_mask(end - i);
+    const __m512 x = normalise(_mm512_maskz_loadu_ps(k, a.input + i));
+    const Projected512 p = project(t, a.tables->is_signed, x);
+    __m512 out = _mm512_mul_ps(p.value, normalise.alpha);
+    out = _mm512_mask_mov_ps(out, _mm512_cmp_ps_mask(x, x, _CMP_UNORD_Q), nan);
+    _mm512_mask_storeu_ps(a.out + i, k, out);
+  }
+}
+
+double backward_avx512(const RangeArgs& a, size_t begin, size_t end) {
+  const Tables512 t(*a.tables);
+  const Normaliser512 normalise(a);
+  const bool cifar = a.variant == SteVariant::cifar;
+  const __m512 nan = _mm512_set1_ps(std::numeric_limits<float>::quiet_NaN());
+  const __m512 one = _mm512_set1_ps(1.0f), zero = _mm512_setzero_ps();
+  __m512d sum_low = _mm512_setzero_pd(), sum_high = _mm512_setzero_pd();
+  for (size_t i = begin; i < end; i += 16) {
+    const __mmask16 k = tail_mask(end - i);
+    const __m512 x = normalise(_mm512_maskz_loadu_ps(k, a.input + i));
+    const __m512 g = _mm512_maskz_loadu_ps(k, a.grad_output + i);
+    const Projected512 p = project(t, a.tables->is_signed, x);
+    __m512 term = _mm512_mul_ps(g, _mm512_sub_ps(p.value, x));
+    __m512 pass = g;
+    if (a.tables->is_signed) {
+      const __mmask16 outside = _mm512_cmp_ps_mask(_mm512_andnot_ps(sign_mask(), x), one, _CMP_GT_OQ);
+      term = _mm512_mask_mov_ps(term, outside, _mm512_xor_ps(g, _mm512_and_ps(x, sign_mask())));
+      if (!cifar) pass = _mm512_mask_mov_ps(pass, outside, zero);
+    } else {
+      const __mmask16 above = _mm512_cmp_ps_mask(x, one, _CMP_GT_OQ);
+      const __mmask16 below = _mm512_cmp_ps_mask(x, zero, _CMP_LT_OQ);
+      term = _mm512_mask_mov_ps(_mm512_mask_mov_ps(term, above, g), below, zero);
+      pass = _mm512_mask_mov_ps(pass, above, zero);
+      if (!cifar) pass = _mm512_mask_mov_ps(pass, below, zero);
+    }
+    const __mmask16 is_nan = _mm512_cmp_ps_mask(x, x, _CMP_UNORD_Q);
+    term = _mm512_maskz_mov_ps(k, _mm512_mask_mov_ps(term, is_nan, nan));
+    pass = _mm512_mask_mov_ps(pass, is_nan, nan);
+    _mm512_mask_storeu_ps(a.grad_input + i, k, _mm512_div_ps(pass, normalise.scale));
+    sum_low = _mm512_add_pd(sum_low, _mm512_cvtps_pd(_mm512_castps512_ps256(term)));
+    sum_high = _mm512_add_pd(sum_high, _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(term), 1))));
+  }
+  return _mm512_reduce_add_pd(_mm512_add_pd(sum_low, sum_high));
+}
+
+}  // namespace
+
+const IsaKernels kAvx512Kernels = {quantize_avx512, dequantize_avx512, forward_avx512, backward_avx512};
+
+}  // namespace apot::kernels::detail

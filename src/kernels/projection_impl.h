@@ -1,0 +1,118 @@
+// Internal interface between the projection driver (projection.cpp) and the per-ISA files.
+// Each ISA provides the same four range functions; the driver splits tensors into chunks,
+// runs them on threads and reduces the alpha gradient in chunk order.
+#pragma once
+
+#include <cmath>
+#include <cstddef>
+#include <cstdint>
+#include <limits>
+
+#include "apot/kernels/projection.h"
+
+namespace apot::kernels::detail {
+
+struct RangeArgs {
+  const Projector::Tables* tables;
+  const float* full_levels;  // levels() of the set, ascending (dequantize)
+  float alpha;
+  Normalisation norm;
+  SteVariant variant;
+  const float* input;
+  const float* grad_output;
+  const uint8_t* index_in;
+  float* out;
+  float* grad_input;
+  uint8_t* index_out;
+  int zero_index;
+};
+
+struct IsaKernels {
+  // Each returns the number of NaN inputs seen in [begin, end) (quantize) or nothing.
+  size_t (*quantize)(const RangeArgs& a, size_t begin, size_t end);
+  void (*dequantize)(const RangeArgs& a, size_t begin, size_t end);
+  void (*forward)(const RangeArgs& a, size_t begin, size_t end);
+  // Returns the alpha gradient of [begin, end), summed in double.
+  double (*backward)(const RangeArgs& a, size_t begin, size_t end);
+};
+
+extern const IsaKernels kScalarKernels;
+extern const IsaKernels kAvx2Kernels;
+extern const IsaKernels kAvx512Kernels;
+
+// ---- the scalar reference, one element at a time (also used for SIMD tails) ----
+
+inline float normalised_input(const RangeArgs& a, float in) {
+  return ((in - a.norm.shift) / a.norm.scale) / a.alpha;
+}
+
+// Number of thresholds <= m: the index of the nearest magnitude (ties upward).
+inline int magnitude_index(const Projector::Tables& t, float m) {
+  int index = 0;
+  for (int i = 0; i + 1 < t.num_magnitudes; ++i)
+    if (m >= t.thresholds[i]) index = i + 1;
+  return index;
+}
+
+struct Projected {
+  int magnitude_index;
+  float value;  // signed level, not yet times alpha
+};
+
+inline Projected project_element(const Projector::Tables& t, float x) {
+  if (t.is_signed) {
+    const float c = std::fmin(std::fmax(x, -1.0f), 1.0f);
+    const int k = magnitude_index(t, std::fabs(c));
+    return {k, std::copysign(t.magnitudes[k], c)};
+  }
+  const float c = std::fmin(std::fmax(x, 0.0f), 1.0f);
+  const int k = magnitude_index(t, c);
+  return {k, t.magnitudes[k]};
+}
+
+inline float forward_element(const RangeArgs& a, float in) {
+  const float x = normalised_input(a, in);
+  if (std::isnan(x)) return std::numeric_limits<float>::quiet_NaN();
+  return project_element(*a.tables, x).value * a.alpha;
+}
+
+// Writes the input gradient of one element and returns its alpha-gradient term.
+inline float backward_element(const RangeArgs& a, float in, float g, float* grad_in) {
+  const float x = normalised_input(a, in);
+  const bool cifar = a.variant == SteVariant::cifar;
+  float pass, term;
+  if (std::isnan(x)) {
+    *grad_in = std::numeric_limits<float>::quiet_NaN();
+    return std::numeric_limits<float>::quiet_NaN();
+  }
+  if (a.tables->is_signed) {
+    if (x > 1.0f || x < -1.0f) {
+      term = x > 0.0f ? g : -g;
+      pass = cifar ? g : 0.0f;
+    } else {
+      term = g * (project_element(*a.tables, x).value - x);
+      pass = g;
+    }
+  } else if (x > 1.0f) {
+    term = g;
+    pass = 0.0f;
+  } else if (x < 0.0f) {
+    term = 0.0f;
+    pass = cifar ? g : 0.0f;
+  } else {
+    term = g * (project_element(*a.tables, x).value - x);
+    pass = g;
+  }
+  *grad_in = pass / a.norm.scale;
+  return term;
+}
+
+inline uint8_t index_element(const RangeArgs& a, float in) {
+  const float x = normalised_input(a, in);
+  const Projected p = project_element(*a.tables, x);
+  if (!a.tables->is_signed) return static_cast<uint8_t>(p.magnitude_index);
+  const int signed_index = std::signbit(p.value) ? -p.magnitude_index : p.magnitude_index;
+  return static_cast<uint8_t>(a.zero_index + signed_index);
+}
+
+}  // namespace apot::kernels::detail

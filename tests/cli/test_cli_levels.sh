@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# `apot levels` end to end: text and JSON output, and exit code 2 with one error line for bad input.
+set -u
+apot="$1"
+fail=0
+check() {  # check NAME EXPECTED_RC CMD... ; captures stdout+stderr in $out
+  local name=$1 want=$2; shift 2
+  out=$("$@" 2>&1); local rc=$?
+  if [ "$rc" -ne "$want" ]; then echo "FAIL $name: exit $rc, want $want: $out"; fail=1; fi
+}
+expect() {  # expect NAME PATTERN
+  if ! grep -qE -- "$2" <<<"$out"; then echo "FAIL $1: no /$2/ in: $out"; fail=1; fi
+}
+
+check help 0 "$apot" --help;                          expect help "levels"
+check levels-help 0 "$apot" levels --help;            expect levels-help "--bits"
+check a4 0 "$apot" levels --bits 4 --kind apot --role activation
+expect a4 "k / 48";                                   expect a4 "11/16 +33"
+check w4json 0 "$apot" levels --bits 4 --kind apot --role weight --json
+expect w4json '"integers":\[-10,-8,-6,-4,-3,-2,-1,0,1,2,3,4,6,8,10\]'
+expect w4json '"denominator":10';                     expect w4json '"bits":4'
+expect w4json '"role":"weight"';                      expect w4json '"kind":"apot"'
+expect w4json '"levels":\[-1(\.0)?,-0\.8'
+check a4json 0 "$apot" levels -b 4 --json;            expect a4json '"levels":\[0(\.0)?,0\.020833334,'
+check ternary 0 "$apot" levels --bits 2 --role weight --json; expect ternary '"kind":"ternary"'
+
+for bad in "levels --bits 7" "levels --bits 1" "levels --bits 0" "levels --bits -2" "levels --bits x" \
+           "levels --bits 4 --kind lloyd" "levels --bits 4 --role bias" "levels" "nosuchcommand" \
+           "levels --bits 9 --kind uniform" "levels --bits 2 --kind ternary --role activation"; do
+  # shellcheck disable=SC2086
+  check "bad: $bad" 2 "$apot" $bad
+  lines=$(printf '%s\n' "$out" | grep -c .)
+  [ "$lines" -eq 1 ] || { echo "FAIL bad: $bad: want one error line, got: $out"; fail=1; }
+  expect "bad: $bad" "^apot: error: "
+done
+[ $fail -eq 0 ] && echo "all apot levels checks passed"
+exit $fail
