@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <limits>
 #include <stdexcept>
 #include <string>
@@ -37,8 +38,8 @@ void check_alpha(float alpha) {
 }
 
 void check_normalisation(Normalisation norm) {
-  if (!std::isfinite(norm.shift) || !std::isfinite(norm.scale) || norm.scale == 0.0f)
-    throw std::invalid_argument("normalisation needs a finite shift and a finite non-zero scale");
+  if (!std::isfinite(norm.shift) || !std::isfinite(norm.scale) || !(norm.scale > 0.0f))
+    throw std::invalid_argument("normalisation needs a finite shift and a finite positive scale");
 }
 
 template <typename Body>
@@ -82,6 +83,56 @@ Projector::Projector(const levels::LevelSet& set) : set_(set) {
 }
 
 namespace {
+
+uint32_t order_key(float f) {
+  uint32_t bits;
+  std::memcpy(&bits, &f, 4);
+  return (bits & 0x80000000u) ? ~bits : (bits | 0x80000000u);
+}
+
+float from_order_key(uint32_t key) {
+  const uint32_t bits = (key & 0x80000000u) ? (key & 0x7FFFFFFFu) : ~key;
+  float f;
+  std::memcpy(&f, &bits, 4);
+  return f;
+}
+
+// Smallest float u with g(u) >= t for a monotone g: a walk from a close guess, falling back to
+// a bisection over the ordered float bit patterns.
+template <typename G>
+float lower_bound_input(G g, float t, float guess) {
+  auto holds = [&](float u) { return g(u) >= t; };
+  if (std::isfinite(guess)) {
+    float u = guess;
+    for (int step = 0; step < 8; ++step) {
+      const bool here = holds(u);
+      const float below = std::nextafter(u, -INFINITY);
+      if (here && !holds(below)) return u;
+      u = here ? below : std::nextafter(u, INFINITY);
+    }
+  }
+  uint32_t lo = order_key(-INFINITY), hi = order_key(INFINITY);  // holds(hi) is true
+  if (holds(-INFINITY)) return -INFINITY;
+  while (hi - lo > 1) {  // invariant: !holds(lo), holds(hi)
+    const uint32_t mid = lo + (hi - lo) / 2;
+    (holds(from_order_key(mid)) ? hi : lo) = mid;
+  }
+  return from_order_key(hi);
+}
+
+detail::InputSpace input_space(const Projector::Tables& tables, float alpha, Normalisation norm) {
+  const float scale = norm.scale;
+  auto g = [scale, alpha](float u) { return (u / scale) / alpha; };
+  auto bound = [&](float t) { return lower_bound_input(g, t, t * scale * alpha); };
+  detail::InputSpace space;
+  space.thresholds.assign(tables.thresholds.size(), std::numeric_limits<float>::infinity());
+  for (int i = 0; i + 1 < tables.num_magnitudes; ++i) space.thresholds[i] = bound(tables.thresholds[i]);
+  space.above_one = bound(std::nextafter(1.0f, 2.0f));
+  space.non_negative = bound(0.0f);
+  space.unit_scale = scale == 1.0f;
+  return space;
+}
+
 detail::RangeArgs base_args(const Projector::Tables& tables, const levels::LevelSet& set, float alpha,
                             Normalisation norm) {
   detail::RangeArgs a{};
@@ -99,6 +150,9 @@ void Projector::quantize(const float* input, size_t n, float alpha, uint8_t* ind
   check_normalisation(norm);
   const detail::IsaKernels& k = kernels_for(isa);
   detail::RangeArgs a = base_args(tables_, set_, alpha, norm);
+  // Only the SIMD paths use the input-space thresholds.
+  const detail::InputSpace space = isa == Isa::scalar ? detail::InputSpace{} : input_space(tables_, alpha, norm);
+  a.space = &space;
   a.input = input;
   a.index_out = index;
   size_t nans = 0;
@@ -128,6 +182,9 @@ void Projector::forward(const float* input, size_t n, float alpha, float* out, I
   check_normalisation(norm);
   const detail::IsaKernels& k = kernels_for(isa);
   detail::RangeArgs a = base_args(tables_, set_, alpha, norm);
+  // Only the SIMD paths use the input-space thresholds.
+  const detail::InputSpace space = isa == Isa::scalar ? detail::InputSpace{} : input_space(tables_, alpha, norm);
+  a.space = &space;
   a.input = input;
   a.out = out;
   for_each_chunk(n, [&](long, size_t begin, size_t end) { k.forward(a, begin, end); });
@@ -139,6 +196,9 @@ double Projector::backward(const float* input, const float* grad_output, size_t 
   check_normalisation(norm);
   const detail::IsaKernels& k = kernels_for(isa);
   detail::RangeArgs a = base_args(tables_, set_, alpha, norm);
+  // Only the SIMD paths use the input-space thresholds.
+  const detail::InputSpace space = isa == Isa::scalar ? detail::InputSpace{} : input_space(tables_, alpha, norm);
+  a.space = &space;
   a.input = input;
   a.grad_output = grad_output;
   a.grad_input = grad_input;

@@ -1,5 +1,6 @@
-// AVX2 projection kernels (8 floats per vector): the same binary search as the AVX-512 path,
-// with 8-entry permutes blended for larger tables; tails run the scalar element functions.
+// AVX2 projection kernels (8 floats per vector): the same division-free search in u space as
+// the AVX-512 path, with 8-entry permutes blended for larger tables; tails run the scalar
+// element functions.
 #include <immintrin.h>
 
 #include "projection_impl.h"
@@ -10,17 +11,24 @@ namespace {
 constexpr int kMaxVectors = 32;  // 256 entries
 
 struct Tables256 {
-  __m256 thresholds[kMaxVectors];
+  __m256 thresholds[kMaxVectors];  // in u space
   __m256 magnitudes[kMaxVectors];
   int vectors;
   int table_size;
+  bool is_signed;
+  __m256 shift, scale, alpha, above_one, non_negative;
 
-  explicit Tables256(const Projector::Tables& t) : table_size(t.table_size) {
-    vectors = t.table_size > 8 ? t.table_size / 8 : 1;
+  explicit Tables256(const RangeArgs& a) : table_size(a.tables->table_size), is_signed(a.tables->is_signed) {
+    vectors = table_size > 8 ? table_size / 8 : 1;
     for (int v = 0; v < vectors; ++v) {
-      thresholds[v] = _mm256_loadu_ps(t.thresholds.data() + 8 * v);
-      magnitudes[v] = _mm256_loadu_ps(t.magnitudes.data() + 8 * v);
+      thresholds[v] = _mm256_loadu_ps(a.space->thresholds.data() + 8 * v);
+      magnitudes[v] = _mm256_loadu_ps(a.tables->magnitudes.data() + 8 * v);
     }
+    shift = _mm256_set1_ps(a.norm.shift);
+    scale = _mm256_set1_ps(a.norm.scale);
+    alpha = _mm256_set1_ps(a.alpha);
+    above_one = _mm256_set1_ps(a.space->above_one);
+    non_negative = _mm256_set1_ps(a.space->non_negative);
   }
 };
 
@@ -50,46 +58,35 @@ inline __m256 sign_mask() { return _mm256_castsi256_ps(_mm256_set1_epi32(static_
 struct Projected256 {
   __m256i magnitude_index;
   __m256 value;
-  __m256 clipped;
 };
 
-inline Projected256 project(const Tables256& t, bool is_signed, __m256 x) {
+inline Projected256 project(const Tables256& t, __m256 u) {
   Projected256 p;
-  if (is_signed) {
-    p.clipped = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(-1.0f)), _mm256_set1_ps(1.0f));
-    p.magnitude_index = magnitude_index(t, _mm256_andnot_ps(sign_mask(), p.clipped));
+  if (t.is_signed) {
+    p.magnitude_index = magnitude_index(t, _mm256_andnot_ps(sign_mask(), u));
     const __m256 magnitude = lookup(t.magnitudes, t.vectors, p.magnitude_index);
-    p.value = _mm256_or_ps(magnitude, _mm256_and_ps(p.clipped, sign_mask()));
+    p.value = _mm256_or_ps(magnitude, _mm256_and_ps(u, sign_mask()));
   } else {
-    p.clipped = _mm256_min_ps(_mm256_max_ps(x, _mm256_setzero_ps()), _mm256_set1_ps(1.0f));
-    p.magnitude_index = magnitude_index(t, p.clipped);
+    p.magnitude_index = magnitude_index(t, u);
     p.value = lookup(t.magnitudes, t.vectors, p.magnitude_index);
   }
   return p;
 }
 
-struct Normaliser256 {
-  __m256 shift, scale, alpha;
-  explicit Normaliser256(const RangeArgs& a)
-      : shift(_mm256_set1_ps(a.norm.shift)), scale(_mm256_set1_ps(a.norm.scale)), alpha(_mm256_set1_ps(a.alpha)) {}
-  __m256 operator()(__m256 in) const { return _mm256_div_ps(_mm256_div_ps(_mm256_sub_ps(in, shift), scale), alpha); }
-};
-
 inline __m256 is_nan(__m256 x) { return _mm256_cmp_ps(x, x, _CMP_UNORD_Q); }
 
 size_t quantize_avx2(const RangeArgs& a, size_t begin, size_t end) {
-  const Tables256 t(*a.tables);
-  const Normaliser256 normalise(a);
+  const Tables256 t(a);
   const __m256i zero_index = _mm256_set1_epi32(a.zero_index);
   size_t nans = 0, i = begin;
   alignas(32) int32_t lanes[8];
   for (; i + 8 <= end; i += 8) {
-    const __m256 x = normalise(_mm256_loadu_ps(a.input + i));
-    nans += __builtin_popcount(_mm256_movemask_ps(is_nan(x)));
-    const Projected256 p = project(t, a.tables->is_signed, x);
+    const __m256 u = _mm256_sub_ps(_mm256_loadu_ps(a.input + i), t.shift);
+    nans += __builtin_popcount(_mm256_movemask_ps(is_nan(u)));
+    const Projected256 p = project(t, u);
     __m256i index = p.magnitude_index;
-    if (a.tables->is_signed) {
-      const __m256i negative = _mm256_srai_epi32(_mm256_castps_si256(p.clipped), 31);
+    if (t.is_signed) {
+      const __m256i negative = _mm256_srai_epi32(_mm256_castps_si256(u), 31);
       // zero + k for positive lanes, zero - k for negative ones: (k xor neg) - neg negates.
       index = _mm256_add_epi32(zero_index, _mm256_sub_epi32(_mm256_xor_si256(index, negative), negative));
     }
@@ -111,48 +108,47 @@ void dequantize_avx2(const RangeArgs& a, size_t begin, size_t end) {
 }
 
 void forward_avx2(const RangeArgs& a, size_t begin, size_t end) {
-  const Tables256 t(*a.tables);
-  const Normaliser256 normalise(a);
+  const Tables256 t(a);
   const __m256 nan = _mm256_set1_ps(std::numeric_limits<float>::quiet_NaN());
   size_t i = begin;
   for (; i + 8 <= end; i += 8) {
-    const __m256 x = normalise(_mm256_loadu_ps(a.input + i));
-    const Projected256 p = project(t, a.tables->is_signed, x);
-    const __m256 out = _mm256_blendv_ps(_mm256_mul_ps(p.value, normalise.alpha), nan, is_nan(x));
-    _mm256_storeu_ps(a.out + i, out);
+    const __m256 u = _mm256_sub_ps(_mm256_loadu_ps(a.input + i), t.shift);
+    const __m256 out = _mm256_mul_ps(project(t, u).value, t.alpha);
+    _mm256_storeu_ps(a.out + i, _mm256_blendv_ps(out, nan, is_nan(u)));
   }
   kScalarKernels.forward(a, i, end);
 }
 
-double backward_avx2(const RangeArgs& a, size_t begin, size_t end) {
-  const Tables256 t(*a.tables);
-  const Normaliser256 normalise(a);
+template <bool kUnitScale>
+double backward_avx2_impl(const RangeArgs& a, size_t begin, size_t end) {
+  const Tables256 t(a);
   const bool cifar = a.variant == SteVariant::cifar;
   const __m256 nan = _mm256_set1_ps(std::numeric_limits<float>::quiet_NaN());
-  const __m256 one = _mm256_set1_ps(1.0f), zero = _mm256_setzero_ps();
+  const __m256 zero = _mm256_setzero_ps();
   __m256d sum_low = _mm256_setzero_pd(), sum_high = _mm256_setzero_pd();
   size_t i = begin;
   for (; i + 8 <= end; i += 8) {
-    const __m256 x = normalise(_mm256_loadu_ps(a.input + i));
+    const __m256 u = _mm256_sub_ps(_mm256_loadu_ps(a.input + i), t.shift);
     const __m256 g = _mm256_loadu_ps(a.grad_output + i);
-    const Projected256 p = project(t, a.tables->is_signed, x);
+    const __m256 x = _mm256_div_ps(kUnitScale ? u : _mm256_div_ps(u, t.scale), t.alpha);
+    const Projected256 p = project(t, u);
     __m256 term = _mm256_mul_ps(g, _mm256_sub_ps(p.value, x));
     __m256 pass = g;
-    if (a.tables->is_signed) {
-      const __m256 outside = _mm256_cmp_ps(_mm256_andnot_ps(sign_mask(), x), one, _CMP_GT_OQ);
-      term = _mm256_blendv_ps(term, _mm256_xor_ps(g, _mm256_and_ps(x, sign_mask())), outside);
+    if (t.is_signed) {
+      const __m256 outside = _mm256_cmp_ps(_mm256_andnot_ps(sign_mask(), u), t.above_one, _CMP_GE_OQ);
+      term = _mm256_blendv_ps(term, _mm256_xor_ps(g, _mm256_and_ps(u, sign_mask())), outside);
       if (!cifar) pass = _mm256_blendv_ps(pass, zero, outside);
     } else {
-      const __m256 above = _mm256_cmp_ps(x, one, _CMP_GT_OQ);
-      const __m256 below = _mm256_cmp_ps(x, zero, _CMP_LT_OQ);
+      const __m256 above = _mm256_cmp_ps(u, t.above_one, _CMP_GE_OQ);
+      const __m256 below = _mm256_cmp_ps(u, t.non_negative, _CMP_LT_OQ);
       term = _mm256_blendv_ps(_mm256_blendv_ps(term, g, above), zero, below);
       pass = _mm256_blendv_ps(pass, zero, above);
       if (!cifar) pass = _mm256_blendv_ps(pass, zero, below);
     }
-    const __m256 nan_lanes = is_nan(x);
+    const __m256 nan_lanes = is_nan(u);
     term = _mm256_blendv_ps(term, nan, nan_lanes);
     pass = _mm256_blendv_ps(pass, nan, nan_lanes);
-    _mm256_storeu_ps(a.grad_input + i, _mm256_div_ps(pass, normalise.scale));
+    _mm256_storeu_ps(a.grad_input + i, kUnitScale ? pass : _mm256_div_ps(pass, t.scale));
     sum_low = _mm256_add_pd(sum_low, _mm256_cvtps_pd(_mm256_castps256_ps128(term)));
     sum_high = _mm256_add_pd(sum_high, _mm256_cvtps_pd(_mm256_extractf128_ps(term, 1)));
   }
@@ -160,6 +156,10 @@ double backward_avx2(const RangeArgs& a, size_t begin, size_t end) {
   _mm256_store_pd(lanes, _mm256_add_pd(sum_low, sum_high));
   const double vector_sum = (lanes[0] + lanes[1]) + (lanes[2] + lanes[3]);
   return vector_sum + kScalarKernels.backward(a, i, end);
+}
+
+double backward_avx2(const RangeArgs& a, size_t begin, size_t end) {
+  return a.space->unit_scale ? backward_avx2_impl<true>(a, begin, end) : backward_avx2_impl<false>(a, begin, end);
 }
 
 }  // namespace

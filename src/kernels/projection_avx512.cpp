@@ -1,6 +1,7 @@
-// AVX-512 projection kernels (16 floats per vector). The nearest level is found by a
-// branchless binary search over the padded threshold table with in-register permutes;
-// tails use masked loads and stores. Bit-identical to the scalar reference per element.
+// AVX-512 projection kernels (16 floats per vector). The nearest level is found from
+// u = input - shift against thresholds moved into u's space (see InputSpace), by a branchless
+// binary search with in-register permutes, so the forward pass needs no division; tails use
+// masked loads and stores. Bit-identical to the scalar reference per element.
 #include <immintrin.h>
 
 #include "projection_impl.h"
@@ -11,17 +12,24 @@ namespace {
 constexpr int kMaxVectors = 16;  // 256 entries: uniform 8-bit activations
 
 struct Tables512 {
-  __m512 thresholds[kMaxVectors];
+  __m512 thresholds[kMaxVectors];  // in u space
   __m512 magnitudes[kMaxVectors];
   int vectors;  // table_size / 16, at least 1
   int table_size;
+  bool is_signed;
+  __m512 shift, scale, alpha, above_one, non_negative;
 
-  explicit Tables512(const Projector::Tables& t) : table_size(t.table_size) {
-    vectors = t.table_size > 16 ? t.table_size / 16 : 1;
+  explicit Tables512(const RangeArgs& a) : table_size(a.tables->table_size), is_signed(a.tables->is_signed) {
+    vectors = table_size > 16 ? table_size / 16 : 1;
     for (int v = 0; v < vectors; ++v) {
-      thresholds[v] = _mm512_loadu_ps(t.thresholds.data() + 16 * v);
-      magnitudes[v] = _mm512_loadu_ps(t.magnitudes.data() + 16 * v);
+      thresholds[v] = _mm512_loadu_ps(a.space->thresholds.data() + 16 * v);
+      magnitudes[v] = _mm512_loadu_ps(a.tables->magnitudes.data() + 16 * v);
     }
+    shift = _mm512_set1_ps(a.norm.shift);
+    scale = _mm512_set1_ps(a.norm.scale);
+    alpha = _mm512_set1_ps(a.alpha);
+    above_one = _mm512_set1_ps(a.space->above_one);
+    non_negative = _mm512_set1_ps(a.space->non_negative);
   }
 };
 
@@ -36,6 +44,7 @@ inline __m512 lookup(const __m512* table, int vectors, __m512i index) {
   return result;
 }
 
+// Number of thresholds <= m (m in u space; NaN compares false and gives 0).
 inline __m512i magnitude_index(const Tables512& t, __m512 m) {
   __m512i index = _mm512_setzero_si512();
   for (int step = t.table_size / 2; step >= 1; step >>= 1) {
@@ -51,49 +60,40 @@ inline __m512 sign_mask() { return _mm512_castsi512_ps(_mm512_set1_epi32(static_
 
 struct Projected512 {
   __m512i magnitude_index;
-  __m512 value;  // signed level
-  __m512 clipped;
+  __m512 value;  // signed level, not yet times alpha
 };
 
-inline Projected512 project(const Tables512& t, bool is_signed, __m512 x) {
+inline Projected512 project(const Tables512& t, __m512 u) {
   Projected512 p;
-  if (is_signed) {
-    p.clipped = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(-1.0f)), _mm512_set1_ps(1.0f));
-    p.magnitude_index = magnitude_index(t, _mm512_andnot_ps(sign_mask(), p.clipped));
+  if (t.is_signed) {
+    p.magnitude_index = magnitude_index(t, _mm512_andnot_ps(sign_mask(), u));
     const __m512 magnitude = lookup(t.magnitudes, t.vectors, p.magnitude_index);
-    p.value = _mm512_or_ps(magnitude, _mm512_and_ps(p.clipped, sign_mask()));
+    p.value = _mm512_or_ps(magnitude, _mm512_and_ps(u, sign_mask()));
   } else {
-    p.clipped = _mm512_min_ps(_mm512_max_ps(x, _mm512_setzero_ps()), _mm512_set1_ps(1.0f));
-    p.magnitude_index = magnitude_index(t, p.clipped);
+    p.magnitude_index = magnitude_index(t, u);
     p.value = lookup(t.magnitudes, t.vectors, p.magnitude_index);
   }
   return p;
 }
 
-struct Normaliser512 {
-  __m512 shift, scale, alpha;
-  explicit Normaliser512(const RangeArgs& a)
-      : shift(_mm512_set1_ps(a.norm.shift)), scale(_mm512_set1_ps(a.norm.scale)), alpha(_mm512_set1_ps(a.alpha)) {}
-  __m512 operator()(__m512 in) const { return _mm512_div_ps(_mm512_div_ps(_mm512_sub_ps(in, shift), scale), alpha); }
-};
-
 inline __mmask16 tail_mask(size_t remaining) {
   return remaining >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << remaining) - 1);
 }
 
+inline __mmask16 nan_lanes(__m512 v) { return _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q); }
+
 size_t quantize_avx512(const RangeArgs& a, size_t begin, size_t end) {
-  const Tables512 t(*a.tables);
-  const Normaliser512 normalise(a);
+  const Tables512 t(a);
   const __m512i zero_index = _mm512_set1_epi32(a.zero_index);
   size_t nans = 0;
   for (size_t i = begin; i < end; i += 16) {
     const __mmask16 k = tail_mask(end - i);
-    const __m512 x = normalise(_mm512_maskz_loadu_ps(k, a.input + i));
-    nans += __builtin_popcount(_mm512_mask_cmp_ps_mask(k, x, x, _CMP_UNORD_Q));
-    const Projected512 p = project(t, a.tables->is_signed, x);
+    const __m512 u = _mm512_sub_ps(_mm512_maskz_loadu_ps(k, a.input + i), t.shift);
+    nans += __builtin_popcount(nan_lanes(u) & k);
+    const Projected512 p = project(t, u);
     __m512i index = p.magnitude_index;
-    if (a.tables->is_signed) {
-      const __mmask16 negative = _mm512_movepi32_mask(_mm512_castps_si512(p.clipped));
+    if (t.is_signed) {
+      const __mmask16 negative = _mm512_movepi32_mask(_mm512_castps_si512(u));
       index = _mm512_mask_sub_epi32(_mm512_add_epi32(zero_index, index), negative, zero_index, index);
     }
     _mm512_mask_cvtepi32_storeu_epi8(a.index_out + i, k, index);
@@ -112,52 +112,54 @@ void dequantize_avx512(const RangeArgs& a, size_t begin, size_t end) {
 }
 
 void forward_avx512(const RangeArgs& a, size_t begin, size_t end) {
-  const Tables512 t(*a.tables);
-  const Normaliser512 normalise(a);
+  const Tables512 t(a);
   const __m512 nan = _mm512_set1_ps(std::numeric_limits<float>::quiet_NaN());
   for (size_t i = begin; i < end; i += 16) {
     const __mmask16 k = tail_mask(end - i);
-    const __m512 x = normalise(_mm512_maskz_loadu_ps(k, a.input + i));
-    const Projected512 p = project(t, a.tables->is_signed, x);
-    __m512 out = _mm512_mul_ps(p.value, normalise.alpha);
-    out = _mm512_mask_mov_ps(out, _mm512_cmp_ps_mask(x, x, _CMP_UNORD_Q), nan);
-    _mm512_mask_storeu_ps(a.out + i, k, out);
+    const __m512 u = _mm512_sub_ps(_mm512_maskz_loadu_ps(k, a.input + i), t.shift);
+    const __m512 out = _mm512_mul_ps(project(t, u).value, t.alpha);
+    _mm512_mask_storeu_ps(a.out + i, k, _mm512_mask_mov_ps(out, nan_lanes(u), nan));
   }
 }
 
-double backward_avx512(const RangeArgs& a, size_t begin, size_t end) {
-  const Tables512 t(*a.tables);
-  const Normaliser512 normalise(a);
+template <bool kUnitScale>
+double backward_avx512_impl(const RangeArgs& a, size_t begin, size_t end) {
+  const Tables512 t(a);
   const bool cifar = a.variant == SteVariant::cifar;
   const __m512 nan = _mm512_set1_ps(std::numeric_limits<float>::quiet_NaN());
-  const __m512 one = _mm512_set1_ps(1.0f), zero = _mm512_setzero_ps();
+  const __m512 zero = _mm512_setzero_ps();
   __m512d sum_low = _mm512_setzero_pd(), sum_high = _mm512_setzero_pd();
   for (size_t i = begin; i < end; i += 16) {
     const __mmask16 k = tail_mask(end - i);
-    const __m512 x = normalise(_mm512_maskz_loadu_ps(k, a.input + i));
+    const __m512 u = _mm512_sub_ps(_mm512_maskz_loadu_ps(k, a.input + i), t.shift);
     const __m512 g = _mm512_maskz_loadu_ps(k, a.grad_output + i);
-    const Projected512 p = project(t, a.tables->is_signed, x);
+    const __m512 x = _mm512_div_ps(kUnitScale ? u : _mm512_div_ps(u, t.scale), t.alpha);
+    const Projected512 p = project(t, u);
     __m512 term = _mm512_mul_ps(g, _mm512_sub_ps(p.value, x));
     __m512 pass = g;
-    if (a.tables->is_signed) {
-      const __mmask16 outside = _mm512_cmp_ps_mask(_mm512_andnot_ps(sign_mask(), x), one, _CMP_GT_OQ);
-      term = _mm512_mask_mov_ps(term, outside, _mm512_xor_ps(g, _mm512_and_ps(x, sign_mask())));
+    if (t.is_signed) {
+      const __mmask16 outside = _mm512_cmp_ps_mask(_mm512_andnot_ps(sign_mask(), u), t.above_one, _CMP_GE_OQ);
+      term = _mm512_mask_mov_ps(term, outside, _mm512_xor_ps(g, _mm512_and_ps(u, sign_mask())));
       if (!cifar) pass = _mm512_mask_mov_ps(pass, outside, zero);
     } else {
-      const __mmask16 above = _mm512_cmp_ps_mask(x, one, _CMP_GT_OQ);
-      const __mmask16 below = _mm512_cmp_ps_mask(x, zero, _CMP_LT_OQ);
+      const __mmask16 above = _mm512_cmp_ps_mask(u, t.above_one, _CMP_GE_OQ);
+      const __mmask16 below = _mm512_cmp_ps_mask(u, t.non_negative, _CMP_LT_OQ);
       term = _mm512_mask_mov_ps(_mm512_mask_mov_ps(term, above, g), below, zero);
       pass = _mm512_mask_mov_ps(pass, above, zero);
       if (!cifar) pass = _mm512_mask_mov_ps(pass, below, zero);
     }
-    const __mmask16 is_nan = _mm512_cmp_ps_mask(x, x, _CMP_UNORD_Q);
+    const __mmask16 is_nan = nan_lanes(u);
     term = _mm512_maskz_mov_ps(k, _mm512_mask_mov_ps(term, is_nan, nan));
     pass = _mm512_mask_mov_ps(pass, is_nan, nan);
-    _mm512_mask_storeu_ps(a.grad_input + i, k, _mm512_div_ps(pass, normalise.scale));
+    _mm512_mask_storeu_ps(a.grad_input + i, k, kUnitScale ? pass : _mm512_div_ps(pass, t.scale));
     sum_low = _mm512_add_pd(sum_low, _mm512_cvtps_pd(_mm512_castps512_ps256(term)));
     sum_high = _mm512_add_pd(sum_high, _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(term), 1))));
   }
   return _mm512_reduce_add_pd(_mm512_add_pd(sum_low, sum_high));
+}
+
+double backward_avx512(const RangeArgs& a, size_t begin, size_t end) {
+  return a.space->unit_scale ? backward_avx512_impl<true>(a, begin, end) : backward_avx512_impl<false>(a, begin, end);
 }
 
 }  // namespace

@@ -7,13 +7,27 @@
 #include <cstddef>
 #include <cstdint>
 #include <limits>
+#include <vector>
 
 #include "apot/kernels/projection.h"
 
 namespace apot::kernels::detail {
 
+// The thresholds moved from x = ((input - shift) / scale) / alpha back to u = input - shift.
+// g(u) = (u / scale) / alpha is monotone in u and odd, so for every float u
+//   g(u) >= t  <=>  u >= lower_bound(t),
+// which lets the SIMD paths find levels and clipping masks from u without dividing, with
+// exactly the decisions of the scalar reference (which divides).
+struct InputSpace {
+  std::vector<float> thresholds;  // lower_bound(threshold_i), padded with +inf like Tables
+  float above_one;                // lower_bound(next float after 1): g(u) > 1 <=> u >= above_one
+  float non_negative;             // lower_bound(0): g(u) < 0 <=> u < non_negative
+  bool unit_scale;                // scale == 1: u / scale == u, the division can be skipped
+};
+
 struct RangeArgs {
   const Projector::Tables* tables;
+  const InputSpace* space;
   const float* full_levels;  // levels() of the set, ascending (dequantize)
   float alpha;
   Normalisation norm;

@@ -44,7 +44,29 @@ inline std::vector<float> interesting_inputs(const levels::LevelSet& set, float 
     }
   };
   for (float level : set.magnitudes()) add_with_neighbours(level);
-  for (float t : set.thresholds()) add_with_neighbours(t);
+  for (float t : set.thresholds()) {
+    add_with_neighbours(t);
+    // A dense run of floats around the threshold as an input value, where the SIMD paths'
+    // division-free decisions must agree with the reference's division.
+    for (float sign : {1.0f, -1.0f}) {
+      float up = sign * t * alpha, down = up;
+      for (int step = 0; step < 6; ++step) {
+        v.push_back(up);
+        v.push_back(down);
+        up = std::nextafter(up, INFINITY);
+        down = std::nextafter(down, -INFINITY);
+      }
+    }
+  }
+  for (float edge : {1.0f, 0.0f}) {  // the clipping edges, for the masks of the backward pass
+    float up = edge * alpha, down = up;
+    for (int step = 0; step < 6; ++step) {
+      v.push_back(up);
+      v.push_back(-down);
+      up = std::nextafter(up, INFINITY);
+      down = std::nextafter(down, -INFINITY);
+    }
+  }
   v.push_back(0.0f);
   v.push_back(-0.0f);
   return v;

@@ -5,6 +5,7 @@
 
 #include <limits>
 
+#include "apot/kernels/statistics.h"
 #include "projection_test_util.h"
 
 using apot::kernels::Isa;
@@ -154,4 +155,16 @@ TEST(ProjectionEdges, IsaNamesParseAndUnknownOnesFail) {
   for (Isa isa : apot::kernels::supported_isas()) EXPECT_EQ(apot::kernels::parse_isa(apot::kernels::to_string(isa)), isa);
   EXPECT_THROW(apot::kernels::parse_isa("sse9"), std::runtime_error);
   EXPECT_THROW(apot::kernels::parse_ste_variant("mnist"), std::invalid_argument);
+}
+
+TEST(Statistics, MeanAndUnbiasedStd) {
+  const std::vector<float> x{1.0f, 2.0f, 3.0f, 4.0f};
+  const auto s = apot::kernels::mean_std(x.data(), x.size());
+  EXPECT_DOUBLE_EQ(s.mean, 2.5);
+  EXPECT_DOUBLE_EQ(s.std, std::sqrt(5.0 / 3.0));
+  const std::vector<float> constant(100000, 0.25f);
+  const auto c = apot::kernels::mean_std(constant.data(), constant.size());
+  EXPECT_EQ(c.mean, 0.25);
+  EXPECT_EQ(c.std, 0.0);  // callers must guard: the kernels reject a zero scale
+  EXPECT_EQ(apot::kernels::mean_std(x.data(), 1).std, 0.0);
 }
