@@ -1,0 +1,108 @@
+// QuantConv2d and QuantLinear: convolution and linear layers whose weight and input are
+// quantised (APOT_SPEC section 4), and the policy that turns a full-precision model into a
+// quantised one (8-bit first and last layers, b bits elsewhere).
+#pragma once
+
+#include <torch/torch.h>
+
+#include "apot/qat/quantizer.h"
+
+namespace apot::qat {
+
+constexpr int kFullPrecision = 32;  // bits value meaning "not quantised"
+
+struct QuantOptions {
+  int weight_bits = kFullPrecision;  // 2..6 (apot/pot), 2..8 (uniform), or 32
+  int act_bits = kFullPrecision;     // input activation bits, or 32 for an unquantised input
+  levels::Kind kind = levels::Kind::apot;
+  kernels::SteVariant variant = kernels::SteVariant::cifar;
+  WeightNorm weight_norm = WeightNorm::detached;
+  double weight_alpha_init = 3.0;  // about 3 sigma of normalised weights
+  double act_alpha_init = 8.0;     // the CIFAR reference; the ImageNet one uses 6
+  bool per_channel_weight_alpha = false;
+  bool int8_weights = false;  // symmetric int8 weights (first and last layer); weight_bits ignored
+
+  bool quantizes_weight() const { return int8_weights || weight_bits != kFullPrecision; }
+  bool quantizes_input() const { return act_bits != kFullPrecision; }
+  // Throws std::invalid_argument naming the problem if the combination has no level set.
+  void validate() const;
+  std::string describe() const;  // e.g. "W4A4 apot" or "W8(int8)A32"
+};
+
+// Shared by both layer types.
+torch::Tensor quantize_layer_weight(const torch::Tensor& weight, const torch::Tensor& weight_alpha,
+                                    const QuantOptions& options);
+torch::Tensor quantize_layer_input(const torch::Tensor& input, const torch::Tensor& act_alpha,
+                                   const QuantOptions& options);
+
+class QuantConv2dImpl : public torch::nn::Cloneable<QuantConv2dImpl> {
+ public:
+  QuantConv2dImpl(torch::nn::Conv2dOptions conv, QuantOptions quant = {});
+  void reset() override;
+  torch::Tensor forward(const torch::Tensor& input);
+  // Changes the quantisation (bits, kind...) keeping the weights; alphas are re-initialised
+  // only when their shape changes.
+  void set_quant_options(const QuantOptions& quant);
+  const QuantOptions& quant_options() const { return quant_; }
+  const torch::nn::Conv2dOptions& conv_options() const { return conv_; }
+  torch::Tensor quantized_weight() const { return quantize_layer_weight(weight, weight_alpha, quant_); }
+  void pretty_print(std::ostream& stream) const override;
+
+  torch::Tensor weight, bias, weight_alpha, act_alpha;
+
+ private:
+  torch::nn::Conv2dOptions conv_;
+  QuantOptions quant_;
+};
+TORCH_MODULE(QuantConv2d);
+
+class QuantLinearImpl : public torch::nn::Cloneable<QuantLinearImpl> {
+ public:
+  QuantLinearImpl(torch::nn::LinearOptions linear, QuantOptions quant = {});
+  void reset() override;
+  torch::Tensor forward(const torch::Tensor& input);
+  void set_quant_options(const QuantOptions& quant);
+  const QuantOptions& quant_options() const { return quant_; }
+  const torch::nn::LinearOptions& linear_options() const { return linear_; }
+  torch::Tensor quantized_weight() const { return quantize_layer_weight(weight, weight_alpha, quant_); }
+  void pretty_print(std::ostream& stream) const override;
+
+  torch::Tensor weight, bias, weight_alpha, act_alpha;
+
+ private:
+  torch::nn::LinearOptions linear_;
+  QuantOptions quant_;
+};
+TORCH_MODULE(QuantLinear);
+
+// How to quantise a whole model.
+struct QuantPolicy {
+  int weight_bits = 4;
+  int act_bits = 4;
+  levels::Kind kind = levels::Kind::apot;
+  kernels::SteVariant variant = kernels::SteVariant::cifar;
+  WeightNorm weight_norm = WeightNorm::detached;
+  double weight_alpha_init = 3.0;
+  double act_alpha_init = 8.0;
+  bool per_channel_weight_alpha = false;
+  bool int8_first_last = true;  // first conv and last linear: int8 weights, unquantised input
+
+  static QuantPolicy full_precision();
+  bool is_full_precision() const { return weight_bits == kFullPrecision && act_bits == kFullPrecision; }
+};
+
+// Applies the policy to every QuantConv2d and QuantLinear of the model, in registration order:
+// the first convolution and the last linear layer get int8 weights and an unquantised input,
+// every other layer gets policy.weight_bits / policy.act_bits.
+void apply_policy(torch::nn::Module& model, const QuantPolicy& policy);
+
+// A deep copy of a (full-precision) model with the policy applied: the FP weights, batch-norm
+// statistics and every other parameter are copied in.
+template <typename Holder>
+Holder quantized_copy(const Holder& model, const QuantPolicy& policy) {
+  auto copy = std::dynamic_pointer_cast<typename Holder::ContainedType>(model->clone());
+  apply_policy(*copy, policy);
+  return Holder(copy);
+}
+
+}  // namespace apot::qat

@@ -1,0 +1,187 @@
+// QuantConv2d / QuantLinear and the model-wide quantisation policy.
+#include "apot/qat/modules.h"
+
+#include <cmath>
+#include <sstream>
+
+namespace apot::qat {
+namespace F = torch::nn::functional;
+
+void QuantOptions::validate() const {
+  auto check = [this](int bits, levels::Role role) {
+    if (bits == kFullPrecision) return;
+    try {
+      levels::LevelSet::make(kind, bits, role);
+    } catch (const levels::LevelSetError& e) {
+      throw std::invalid_argument(std::string("invalid quantisation options: ") + e.what());
+    }
+  };
+  if (!int8_weights) check(weight_bits, levels::Role::weight);
+  check(act_bits, levels::Role::activation);
+  if (!(weight_alpha_init >= kernels::kMinAlpha) || !(act_alpha_init >= kernels::kMinAlpha) ||
+      !std::isfinite(weight_alpha_init) || !std::isfinite(act_alpha_init))
+    throw std::invalid_argument("initial alphas must be finite and positive");
+}
+
+std::string QuantOptions::describe() const {
+  std::ostringstream s;
+  s << "W" << (int8_weights ? "8(int8)" : quantizes_weight() ? std::to_string(weight_bits) : "32") << "A" << act_bits;
+  if ((quantizes_weight() && !int8_weights) || quantizes_input()) s << " " << levels::to_string(kind);
+  return s.str();
+}
+
+torch::Tensor quantize_layer_weight(const torch::Tensor& weight, const torch::Tensor& weight_alpha,
+                                    const QuantOptions& options) {
+  if (options.int8_weights) return quantize_int8_symmetric(weight);
+  if (options.weight_bits == kFullPrecision) return weight;
+  const QuantizerSpec spec{options.kind, options.weight_bits, levels::Role::weight, options.variant};
+  return quantize_weight(weight, weight_alpha, spec, options.weight_norm);
+}
+
+torch::Tensor quantize_layer_input(const torch::Tensor& input, const torch::Tensor& act_alpha,
+                                   const QuantOptions& options) {
+  if (!options.quantizes_input()) return input;
+  const QuantizerSpec spec{options.kind, options.act_bits, levels::Role::activation, options.variant};
+  return rcf_quantize(input, act_alpha, spec);
+}
+
+namespace {
+
+torch::Tensor initial_weight_alpha(const QuantOptions& q, int64_t out_channels) {
+  return q.per_channel_weight_alpha ? torch::full({out_channels}, q.weight_alpha_init)
+                                    : torch::full({}, q.weight_alpha_init);
+}
+
+void register_alphas(torch::nn::Module& self, const QuantOptions& q, int64_t out_channels, torch::Tensor& weight_alpha,
+                     torch::Tensor& act_alpha) {
+  weight_alpha = self.register_parameter("weight_alpha", initial_weight_alpha(q, out_channels));
+  act_alpha = self.register_parameter("act_alpha", torch::full({}, q.act_alpha_init));
+}
+
+// Keeps learned alphas (progressive initialisation reuses them) unless their shape changes.
+void update_alphas(const QuantOptions& old_q, const QuantOptions& new_q, int64_t out_channels,
+                   torch::Tensor& weight_alpha) {
+  if (old_q.per_channel_weight_alpha == new_q.per_channel_weight_alpha) return;
+  torch::NoGradGuard no_grad;
+  weight_alpha.set_data(initial_weight_alpha(new_q, out_channels).to(weight_alpha.device()));
+}
+
+void init_like_pytorch(torch::Tensor& weight, torch::Tensor& bias, int64_t fan_in) {
+  torch::NoGradGuard no_grad;
+  torch::nn::init::kaiming_uniform_(weight, std::sqrt(5.0));
+  if (bias.defined()) {
+    const double bound = fan_in > 0 ? 1.0 / std::sqrt(static_cast<double>(fan_in)) : 0.0;
+    torch::nn::init::uniform_(bias, -bound, bound);
+  }
+}
+
+}  // namespace
+
+// ---- QuantConv2d ----
+
+QuantConv2dImpl::QuantConv2dImpl(torch::nn::Conv2dOptions conv, QuantOptions quant)
+    : conv_(std::move(conv)), quant_(quant) {
+  reset();
+}
+
+void QuantConv2dImpl::reset() {
+  quant_.validate();
+  if (torch::enumtype::get_enum_name(conv_.padding_mode()) != std::string("kZeros"))
+    throw std::invalid_argument("QuantConv2d supports zero padding only");
+  const auto k = conv_.kernel_size();
+  const int64_t out = conv_.out_channels(), in = conv_.in_channels() / conv_.groups();
+  weight = register_parameter("weight", torch::empty({out, in, k->at(0), k->at(1)}));
+  bias = conv_.bias() ? register_parameter("bias", torch::empty({out})) : register_parameter("bias", {}, false);
+  register_alphas(*this, quant_, out, weight_alpha, act_alpha);
+  init_like_pytorch(weight, bias, in * k->at(0) * k->at(1));
+}
+
+void QuantConv2dImpl::set_quant_options(const QuantOptions& quant) {
+  quant.validate();
+  update_alphas(quant_, quant, conv_.out_channels(), weight_alpha);
+  quant_ = quant;
+}
+
+torch::Tensor QuantConv2dImpl::forward(const torch::Tensor& input) {
+  const torch::Tensor x = quantize_layer_input(input, act_alpha, quant_);
+  const torch::Tensor w = quantized_weight();
+  return F::conv2d(x, w,
+                   F::Conv2dFuncOptions()
+                       .bias(bias)
+                       .stride(conv_.stride())
+                       .padding(conv_.padding())
+                       .dilation(conv_.dilation())
+                       .groups(conv_.groups()));
+}
+
+void QuantConv2dImpl::pretty_print(std::ostream& stream) const {
+  stream << "apot::qat::QuantConv2d(" << conv_.in_channels() << ", " << conv_.out_channels()
+         << ", kernel_size=" << conv_.kernel_size() << ", stride=" << conv_.stride() << ", " << quant_.describe()
+         << ")";
+}
+
+// ---- QuantLinear ----
+
+QuantLinearImpl::QuantLinearImpl(torch::nn::LinearOptions linear, QuantOptions quant)
+    : linear_(std::move(linear)), quant_(quant) {
+  reset();
+}
+
+void QuantLinearImpl::reset() {
+  quant_.validate();
+  const int64_t out = linear_.out_features(), in = linear_.in_features();
+  weight = register_parameter("weight", torch::empty({out, in}));
+  bias = linear_.bias() ? register_parameter("bias", torch::empty({out})) : register_parameter("bias", {}, false);
+  register_alphas(*this, quant_, out, weight_alpha, act_alpha);
+  init_like_pytorch(weight, bias, in);
+}
+
+void QuantLinearImpl::set_quant_options(const QuantOptions& quant) {
+  quant.validate();
+  update_alphas(quant_, quant, linear_.out_features(), weight_alpha);
+  quant_ = quant;
+}
+
+torch::Tensor QuantLinearImpl::forward(const torch::Tensor& input) {
+  return F::linear(quantize_layer_input(input, act_alpha, quant_), quantized_weight(), bias);
+}
+
+void QuantLinearImpl::pretty_print(std::ostream& stream) const {
+  stream << "apot::qat::QuantLinear(" << linear_.in_features() << ", " << linear_.out_features() << ", "
+         << quant_.describe() << ")";
+}
+
+// ---- policy ----
+
+QuantPolicy QuantPolicy::full_precision() {
+  QuantPolicy p;
+  p.weight_bits = kFullPrecision;
+  p.act_bits = kFullPrecision;
+  return p;
+}
+
+void apply_policy(torch::nn::Module& model, const QuantPolicy& policy) {
+  std::vector<QuantConv2dImpl*> convs;
+  std::vector<QuantLinearImpl*> linears;
+  for (const auto& m : model.modules(/*include_self=*/true)) {
+    if (auto* c = dynamic_cast<QuantConv2dImpl*>(m.get())) convs.push_back(c);
+    if (auto* l = dynamic_cast<QuantLinearImpl*>(m.get())) linears.push_back(l);
+  }
+  QuantOptions inner;
+  inner.weight_bits = policy.weight_bits;
+  inner.act_bits = policy.act_bits;
+  inner.kind = policy.kind;
+  inner.variant = policy.variant;
+  inner.weight_norm = policy.weight_norm;
+  inner.weight_alpha_init = policy.weight_alpha_init;
+  inner.act_alpha_init = policy.act_alpha_init;
+  inner.per_channel_weight_alpha = policy.per_channel_weight_alpha;
+  QuantOptions edge = inner;  // first conv, last linear
+  edge.act_bits = kFullPrecision;
+  edge.int8_weights = policy.int8_first_last && !policy.is_full_precision();
+  if (!edge.int8_weights) edge.weight_bits = kFullPrecision;
+  for (size_t i = 0; i < convs.size(); ++i) convs[i]->set_quant_options(i == 0 ? edge : inner);
+  for (size_t i = 0; i < linears.size(); ++i) linears[i]->set_quant_options(i + 1 == linears.size() ? edge : inner);
+}
+
+}  // namespace apot::qat

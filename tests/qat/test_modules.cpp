@@ -1,0 +1,161 @@
+// QuantConv2d / QuantLinear, the quantisation policy and save/load of their state.
+#include <gtest/gtest.h>
+#include <torch/torch.h>
+
+#include <cstdio>
+
+#include "apot/qat/modules.h"
+#include "apot/qat/resnet_cifar.h"
+#include "qat_test_util.h"
+
+using apot::qat::CifarResNet;
+using apot::qat::CifarResNetOptions;
+using apot::qat::QuantConv2d;
+using apot::qat::QuantLinear;
+using apot::qat::QuantOptions;
+using apot::qat::QuantPolicy;
+
+namespace {
+
+QuantOptions w4a4() {
+  QuantOptions q;
+  q.weight_bits = 4;
+  q.act_bits = 4;
+  return q;
+}
+
+std::string temp_path(const char* name) { return std::string(::testing::TempDir()) + name; }
+
+}  // namespace
+
+TEST(QuantConv2d, ForwardIsConvolutionOfQuantisedWeightAndInput) {
+  torch::manual_seed(1);
+  QuantConv2d conv(torch::nn::Conv2dOptions(4, 6, 3).padding(1).bias(false), w4a4());
+  const torch::Tensor x = torch::rand({2, 4, 8, 8}) * 10;
+  const auto spec_w = apot::qat::QuantizerSpec{apot::levels::Kind::apot, 4, apot::levels::Role::weight, {}};
+  const auto spec_a = apot::qat::QuantizerSpec{apot::levels::Kind::apot, 4, apot::levels::Role::activation, {}};
+  const torch::Tensor wq = apot::qat::quantize_weight(conv->weight, conv->weight_alpha, spec_w, apot::qat::WeightNorm::detached);
+  const torch::Tensor xq = apot::qat::rcf_quantize(x, conv->act_alpha, spec_a);
+  EXPECT_TRUE(torch::allclose(conv(x), torch::conv2d(xq, wq, {}, 1, 1), 1e-5, 1e-5));
+  // The quantised input takes at most 16 distinct values, the weight at most 15.
+  EXPECT_LE(std::get<0>(torch::_unique(xq)).numel(), 16);
+  EXPECT_LE(std::get<0>(torch::_unique(wq)).numel(), 15);
+  EXPECT_EQ(conv->quant_options().describe(), "W4A4 apot");
+}
+
+TEST(QuantConv2d, AlphasAreNamedParametersThatLearn) {
+  QuantConv2d conv(torch::nn::Conv2dOptions(3, 5, 3).bias(true), w4a4());
+  const auto params = conv->named_parameters();
+  EXPECT_TRUE(params.contains("weight_alpha"));
+  EXPECT_TRUE(params.contains("act_alpha"));
+  EXPECT_EQ(params["weight_alpha"].item<float>(), 3.0f);
+  EXPECT_EQ(params["act_alpha"].item<float>(), 8.0f);
+  conv(torch::rand({2, 3, 6, 6}) * 12).sum().backward();
+  EXPECT_TRUE(conv->weight_alpha.grad().defined());
+  EXPECT_TRUE(conv->act_alpha.grad().defined());
+  EXPECT_NE(conv->act_alpha.grad().item<float>(), 0.0f);
+}
+
+TEST(QuantConv2d, PerChannelWeightAlpha) {
+  QuantOptions q = w4a4();
+  q.per_channel_weight_alpha = true;
+  QuantConv2d conv(torch::nn::Conv2dOptions(3, 5, 3), q);
+  EXPECT_EQ(conv->weight_alpha.sizes(), torch::IntArrayRef({5}));
+  conv(torch::rand({1, 3, 6, 6})).sum().backward();
+  EXPECT_EQ(conv->weight_alpha.grad().sizes(), torch::IntArrayRef({5}));
+  q.per_channel_weight_alpha = false;
+  conv->set_quant_options(q);
+  EXPECT_EQ(conv->weight_alpha.dim(), 0);
+}
+
+TEST(QuantConv2d, InvalidOptionsAreRejected) {
+  QuantOptions q = w4a4();
+  q.weight_bits = 7;
+  EXPECT_THROW(QuantConv2d(torch::nn::Conv2dOptions(3, 5, 3), q), std::invalid_argument);
+  q = w4a4();
+  q.act_alpha_init = -1;
+  EXPECT_THROW(QuantLinear(torch::nn::LinearOptions(3, 5), q), std::invalid_argument);
+}
+
+TEST(QuantModules, StateSurvivesSaveAndLoad) {
+  QuantOptions q = w4a4();
+  q.per_channel_weight_alpha = true;
+  QuantConv2d conv(torch::nn::Conv2dOptions(3, 4, 3), q);
+  QuantLinear linear(torch::nn::LinearOptions(6, 2), w4a4());
+  {
+    torch::NoGradGuard no_grad;
+    conv->weight_alpha.copy_(torch::tensor({1.5f, 2.5f, 3.5f, 4.5f}));
+    conv->act_alpha.fill_(5.25f);
+    linear->act_alpha.fill_(7.5f);
+  }
+  const std::string conv_path = temp_path("conv.pt"), linear_path = temp_path("linear.pt");
+  torch::save(conv, conv_path);
+  torch::save(linear, linear_path);
+  QuantConv2d conv2(torch::nn::Conv2dOptions(3, 4, 3), q);
+  QuantLinear linear2(torch::nn::LinearOptions(6, 2), w4a4());
+  torch::load(conv2, conv_path);
+  torch::load(linear2, linear_path);
+  EXPECT_TRUE(torch::equal(conv2->weight_alpha, conv->weight_alpha));
+  EXPECT_EQ(conv2->act_alpha.item<float>(), 5.25f);
+  EXPECT_TRUE(torch::equal(conv2->weight, conv->weight));
+  EXPECT_EQ(linear2->act_alpha.item<float>(), 7.5f);
+  const torch::Tensor x = torch::rand({1, 3, 5, 5});
+  EXPECT_TRUE(torch::equal(conv(x), conv2(x)));
+  std::remove(conv_path.c_str());
+  std::remove(linear_path.c_str());
+}
+
+TEST(QuantPolicy, FirstAndLastLayersAreInt8AndTheRestFollowThePolicy) {
+  CifarResNet fp(CifarResNetOptions{20});
+  QuantPolicy policy;
+  policy.weight_bits = 3;
+  policy.act_bits = 3;
+  CifarResNet q = apot::qat::quantized_copy(fp, policy);
+  EXPECT_TRUE(q->conv1->quant_options().int8_weights);
+  EXPECT_FALSE(q->conv1->quant_options().quantizes_input());
+  EXPECT_TRUE(q->linear->quant_options().int8_weights);
+  EXPECT_FALSE(q->linear->quant_options().quantizes_input());
+  int inner = 0;
+  for (const auto& m : q->modules(false)) {
+    auto* c = dynamic_cast<apot::qat::QuantConv2dImpl*>(m.get());
+    if (!c || c == q->conv1.get()) continue;
+    EXPECT_EQ(c->quant_options().describe(), "W3A3 apot");
+    ++inner;
+  }
+  EXPECT_EQ(inner, 18);  // ResNet-20 option A: 9 blocks x 2 convs
+  // The FP model is untouched and its weights were copied.
+  EXPECT_EQ(fp->conv1->quant_options().describe(), "W32A32");
+  EXPECT_TRUE(torch::equal(fp->layer2->named_parameters()["0.conv1.weight"], q->layer2->named_parameters()["0.conv1.weight"]));
+  const auto fp_params = fp->named_parameters(), q_params = q->named_parameters();
+  EXPECT_EQ(fp_params.size(), q_params.size());
+}
+
+TEST(CifarResNet, TrainsAStepAtEveryPrecision) {
+  torch::manual_seed(3);
+  const torch::Tensor x = torch::randn({4, 3, 32, 32});
+  const torch::Tensor y = torch::tensor({0, 1, 2, 3}, torch::kLong);
+  for (int bits : {32, 5, 4, 3, 2}) {
+    for (auto shortcut : {apot::qat::Shortcut::A, apot::qat::Shortcut::B}) {
+      CifarResNet model(CifarResNetOptions{20, shortcut});
+      QuantPolicy policy;
+      policy.weight_bits = bits;
+      policy.act_bits = bits;
+      apot::qat::apply_policy(*model, bits == 32 ? QuantPolicy::full_precision() : policy);
+      torch::optim::SGD sgd(model->parameters(), torch::optim::SGDOptions(0.01).momentum(0.9));
+      model->train();
+      const torch::Tensor logits = model(x);
+      ASSERT_EQ(logits.sizes(), torch::IntArrayRef({4, 10}));
+      const torch::Tensor loss = torch::nn::functional::cross_entropy(logits, y);
+      sgd.zero_grad();
+      loss.backward();
+      sgd.step();
+      EXPECT_TRUE(std::isfinite(loss.item<float>())) << bits;
+    }
+  }
+}
+
+TEST(CifarResNet, OneInputChannelAndBadDepth) {
+  CifarResNet mono(CifarResNetOptions{20, apot::qat::Shortcut::A, 1, 7});
+  EXPECT_EQ(mono(torch::randn({2, 1, 28, 28})).sizes(), torch::IntArrayRef({2, 7}));
+  EXPECT_THROW(CifarResNet(CifarResNetOptions{21}), std::invalid_argument);
+}

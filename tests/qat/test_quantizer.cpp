@@ -1,0 +1,239 @@
+// The RCF autograd operator: forward against the plain argmin projection, the alpha gradient
+// against the spec's closed form and a finite-difference estimate, the STE masks of both
+// variants, per-channel alphas, and the two implementations against each other.
+#include <gtest/gtest.h>
+#include <torch/torch.h>
+
+#include "apot/qat/quantizer.h"
+#include "projection_test_util.h"
+#include "qat_test_util.h"
+
+using apot::kernels::SteVariant;
+using apot::levels::Kind;
+using apot::levels::LevelSet;
+using apot::levels::Role;
+using apot::qat::Backend;
+using apot::qat::QuantizerSpec;
+using apot::qat::rcf_quantize;
+using apot::test::all_backends;
+using apot::test::backend_name;
+using apot::test::BackendGuard;
+
+namespace {
+
+std::vector<QuantizerSpec> specs() {
+  std::vector<QuantizerSpec> out;
+  for (Role role : {Role::weight, Role::activation})
+    for (Kind kind : {Kind::apot, Kind::pot, Kind::uniform})
+      for (int bits : {2, 3, 4, 5})
+        for (SteVariant v : {SteVariant::cifar, SteVariant::imagenet}) out.push_back({kind, bits, role, v});
+  return out;
+}
+
+torch::Tensor sample_input(const QuantizerSpec& spec, float alpha, unsigned seed) {
+  const LevelSet set = LevelSet::make(spec.kind, spec.bits, spec.role);
+  const auto values = apot::test::interesting_inputs(set, alpha, 3000, seed);
+  return torch::tensor(values);
+}
+
+// The spec's closed form (APOT_SPEC section 2), written with plain loops.
+double closed_form_alpha_grad(const QuantizerSpec& spec, const torch::Tensor& input, const torch::Tensor& g, float alpha) {
+  const LevelSet set = LevelSet::make(spec.kind, spec.bits, spec.role);
+  const float* in = input.data_ptr<float>();
+  const float* gr = g.data_ptr<float>();
+  double sum = 0;
+  for (int64_t i = 0; i < input.numel(); ++i) {
+    const float x = in[i] / alpha;
+    float term;
+    if (set.is_signed())
+      term = std::fabs(x) > 1 ? (x > 0 ? gr[i] : -gr[i]) : gr[i] * (apot::test::argmin_projection(set, x) - x);
+    else
+      term = x > 1 ? gr[i] : x < 0 ? 0.0f : gr[i] * (apot::test::argmin_projection(set, x) - x);
+    sum += term;
+  }
+  return sum;
+}
+
+}  // namespace
+
+TEST(RcfQuantize, ForwardEqualsThePlainProjectionOnBothBackends) {
+  for (Backend b : all_backends()) {
+    BackendGuard guard(b);
+    for (const QuantizerSpec& spec : specs()) {
+      const LevelSet set = LevelSet::make(spec.kind, spec.bits, spec.role);
+      const float alpha = 1.3f;
+      const torch::Tensor in = sample_input(spec, alpha, 1);
+      const torch::Tensor out = rcf_quantize(in, torch::tensor(alpha), spec);
+      const float* o = out.data_ptr<float>();
+      const float* x = in.data_ptr<float>();
+      for (int64_t i = 0; i < in.numel(); ++i)
+        ASSERT_EQ(o[i], apot::test::argmin_projection(set, x[i] / alpha) * alpha)
+            << set.name() << " on " << backend_name(b) << " input " << x[i];
+    }
+  }
+}
+
+TEST(RcfQuantize, BackendsAgreeBitForBit) {
+  for (const QuantizerSpec& spec : specs()) {
+    const float alpha = 2.1f;
+    const torch::Tensor in = sample_input(spec, alpha, 2).reshape({-1});
+    const torch::Tensor g = torch::randn_like(in);
+    std::vector<torch::Tensor> outs, grads, alpha_grads;
+    for (Backend b : all_backends()) {
+      BackendGuard guard(b);
+      const torch::Tensor x = in.clone().requires_grad_(true);
+      const torch::Tensor a = torch::tensor(alpha).requires_grad_(true);
+      const torch::Tensor out = rcf_quantize(x, a, spec);
+      out.backward(g);
+      outs.push_back(out.detach());
+      grads.push_back(x.grad());
+      alpha_grads.push_back(a.grad());
+    }
+    EXPECT_TRUE(apot::test::bitwise_equal(outs[0], outs[1])) << LevelSet::make(spec.kind, spec.bits, spec.role).name();
+    EXPECT_TRUE(apot::test::bitwise_equal(grads[0], grads[1]));
+    EXPECT_NEAR(alpha_grads[0].item<double>(), alpha_grads[1].item<double>(),
+                1e-5 * (1 + std::fabs(alpha_grads[0].item<double>())));
+  }
+}
+
+TEST(RcfQuantize, AlphaGradientIsTheClosedForm) {
+  for (Backend b : all_backends()) {
+    BackendGuard guard(b);
+    for (const QuantizerSpec& spec : specs()) {
+      const float alpha = 0.9f;
+      const torch::Tensor in = sample_input(spec, alpha, 3);
+      const torch::Tensor g = torch::randn_like(in);
+      const torch::Tensor a = torch::tensor(alpha).requires_grad_(true);
+      rcf_quantize(in, a, spec).backward(g);
+      const double expected = closed_form_alpha_grad(spec, in, g, alpha);
+      EXPECT_NEAR(a.grad().item<double>(), expected, 1e-5 * (1 + std::fabs(expected))) << backend_name(b);
+    }
+  }
+}
+
+// The RCF alpha gradient is the exact derivative of f(a) = a * (clamp(input / a) + K), where
+// K = P(c) - c is held at its value for the current alpha (the straight-through surrogate).
+// Central differences of that surrogate must agree with autograd.
+TEST(RcfQuantize, AlphaGradientMatchesFiniteDifferencesOfTheSurrogate) {
+  torch::manual_seed(4);
+  for (const QuantizerSpec& spec : specs()) {
+    const double alpha = 1.7;
+    const bool is_signed = spec.role == Role::weight;
+    torch::Tensor in = torch::randn({4000}, torch::kFloat64) * 1.5;
+    if (!is_signed) in = in.abs();
+    const torch::Tensor g = torch::randn({4000}, torch::kFloat64);
+    const double lo = is_signed ? -1.0 : 0.0;
+    const torch::Tensor c0 = (in / alpha).clamp(lo, 1.0);
+    const torch::Tensor q0 = rcf_quantize(in.to(torch::kFloat32), torch::tensor(float(alpha)), spec).to(torch::kFloat64) / alpha;
+    const torch::Tensor frozen = q0 - c0;
+    auto surrogate = [&](double a) { return ((a * ((in / a).clamp(lo, 1.0) + frozen)) * g).sum().item<double>(); };
+    const double h = 1e-6;
+    const double finite_difference = (surrogate(alpha + h) - surrogate(alpha - h)) / (2 * h);
+    const torch::Tensor a = torch::tensor(float(alpha)).requires_grad_(true);
+    rcf_quantize(in.to(torch::kFloat32), a, spec).backward(g.to(torch::kFloat32));
+    EXPECT_NEAR(a.grad().item<double>(), finite_difference, 2e-3 * (1 + std::fabs(finite_difference)))
+        << LevelSet::make(spec.kind, spec.bits, spec.role).name();
+  }
+}
+
+TEST(RcfQuantize, StraightThroughMasksOfBothVariants) {
+  // Inputs below, inside and above the range (alpha = 1).
+  const torch::Tensor in = torch::tensor({-2.0f, -0.5f, 0.3f, 2.0f});
+  const torch::Tensor ones = torch::ones({4});
+  struct Case {
+    Role role;
+    SteVariant variant;
+    std::vector<float> expected;
+  };
+  const std::vector<Case> cases{
+      {Role::weight, SteVariant::cifar, {1, 1, 1, 1}},        // weights pass everywhere
+      {Role::weight, SteVariant::imagenet, {0, 1, 1, 0}},     // cut outside [-1, 1]
+      {Role::activation, SteVariant::cifar, {1, 1, 1, 0}},    // cut above alpha only
+      {Role::activation, SteVariant::imagenet, {0, 0, 1, 0}}, // cut outside [0, 1]
+  };
+  for (Backend b : all_backends()) {
+    BackendGuard guard(b);
+    for (const Case& c : cases) {
+      const torch::Tensor x = in.clone().requires_grad_(true);
+      rcf_quantize(x, torch::tensor(1.0f), {Kind::apot, 4, c.role, c.variant}).backward(ones);
+      EXPECT_TRUE(torch::equal(x.grad(), torch::tensor(c.expected))) << backend_name(b) << " " << x.grad();
+    }
+  }
+}
+
+TEST(RcfQuantize, PerChannelAlphaEqualsSeparateQuantisers) {
+  for (Backend b : all_backends()) {
+    BackendGuard guard(b);
+    torch::manual_seed(5);
+    const torch::Tensor w = torch::randn({3, 4, 3, 3});
+    const torch::Tensor g = torch::randn_like(w);
+    const QuantizerSpec spec{Kind::apot, 4, Role::weight, SteVariant::cifar};
+    const torch::Tensor alphas = torch::tensor({0.5f, 1.0f, 2.0f}).requires_grad_(true);
+    const torch::Tensor x = w.clone().requires_grad_(true);
+    rcf_quantize(x, alphas, spec).backward(g);
+    for (int c = 0; c < 3; ++c) {
+      const torch::Tensor a = torch::tensor(alphas[c].item<float>()).requires_grad_(true);
+      const torch::Tensor xc = w[c].clone().requires_grad_(true);
+      const torch::Tensor out = rcf_quantize(xc, a, spec);
+      out.backward(g[c]);
+      EXPECT_TRUE(torch::equal(out, rcf_quantize(w, alphas.detach(), spec)[c]));
+      EXPECT_NEAR(alphas.grad()[c].item<float>(), a.grad().item<float>(), 1e-5);
+      EXPECT_TRUE(torch::equal(x.grad()[c], xc.grad()));
+    }
+  }
+}
+
+TEST(RcfQuantize, BadAlphaAndShapesAreErrors) {
+  const QuantizerSpec spec{Kind::apot, 4, Role::activation, SteVariant::cifar};
+  const torch::Tensor x = torch::rand({8});
+  for (Backend b : all_backends()) {
+    BackendGuard guard(b);
+    for (float bad : {0.0f, -1.0f, 1e-20f, std::numeric_limits<float>::quiet_NaN()})
+      EXPECT_THROW(rcf_quantize(x, torch::tensor(bad), spec), std::invalid_argument) << bad;
+  }
+  EXPECT_THROW(rcf_quantize(x, torch::ones({2}), spec), std::invalid_argument);
+  const QuantizerSpec weight{Kind::apot, 4, Role::weight, SteVariant::cifar};
+  EXPECT_THROW(rcf_quantize(torch::rand({3, 2}), torch::ones({2}), weight), std::invalid_argument);
+  EXPECT_THROW(rcf_quantize(torch::ones({3}, torch::kInt32), torch::tensor(1.0f), spec), std::invalid_argument);
+}
+
+TEST(RcfQuantize, NaNInputPropagates) {
+  for (Backend b : all_backends()) {
+    BackendGuard guard(b);
+    const torch::Tensor x = torch::tensor({0.5f, std::numeric_limits<float>::quiet_NaN()}).requires_grad_(true);
+    const torch::Tensor a = torch::tensor(1.0f).requires_grad_(true);
+    const torch::Tensor out = rcf_quantize(x, a, {Kind::apot, 4, Role::activation, SteVariant::cifar});
+    out.sum().backward();
+    EXPECT_FALSE(std::isnan(out[0].item<float>()));
+    EXPECT_TRUE(std::isnan(out[1].item<float>())) << backend_name(b);
+    EXPECT_TRUE(std::isnan(x.grad()[1].item<float>()));
+    EXPECT_TRUE(std::isnan(a.grad().item<float>()));
+  }
+}
+
+TEST(Int8Symmetric, CodesStayWithinPlusMinus127AndGradientPasses) {
+  // The most negative weight is the largest in magnitude: the reference's signed-max scale
+  // would produce codes below -127 here.
+  const torch::Tensor w = torch::tensor({-0.9f, -0.31f, 0.0f, 0.2f, 0.45f}).requires_grad_(true);
+  const torch::Tensor q = apot::qat::quantize_int8_symmetric(w);
+  const torch::Tensor codes = (q.detach() / (0.9 / 127.0)).round();
+  EXPECT_EQ(codes.min().item<float>(), -127.0f);
+  EXPECT_LE(codes.max().item<float>(), 127.0f);
+  EXPECT_NEAR(q[0].item<float>(), -0.9f, 1e-6);
+  EXPECT_NEAR(q[3].item<float>(), std::round(0.2 / (0.9 / 127)) * (0.9 / 127), 1e-6);
+  q.sum().backward();
+  EXPECT_TRUE(torch::equal(w.grad(), torch::ones({5})));
+  const torch::Tensor zeros = torch::zeros({4});
+  EXPECT_TRUE(torch::equal(apot::qat::quantize_int8_symmetric(zeros), zeros));
+}
+
+TEST(RcfQuantize, ReferenceArgminBackendAgreesAwayFromTies) {
+  torch::manual_seed(6);
+  for (Role role : {Role::weight, Role::activation}) {
+    const QuantizerSpec spec{Kind::apot, 4, role, SteVariant::cifar};
+    const torch::Tensor in = torch::randn({5000}) * 4;
+    const torch::Tensor ours = rcf_quantize(in, torch::tensor(3.0f), spec);
+    BackendGuard guard(Backend::reference_argmin);
+    EXPECT_TRUE(torch::equal(ours, rcf_quantize(in, torch::tensor(3.0f), spec)));
+  }
+}
