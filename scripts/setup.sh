@@ -13,7 +13,10 @@ packages=(
   nlohmann-json3-dev        # JSON output and metadata
   libfmt-dev                # formatting
   libtomlplusplus-dev       # TOML recipes
-  libjpeg62-turbo-dev zlib1g-dev
+  libturbojpeg0-dev libpng-dev zlib1g-dev  # JPEG (TurboJPEG API), PNG, gzip'd IDX
+  clang-14 libclang-rt-14-dev  # libFuzzer targets
+  libdnnl-dev               # oneDNN: the int8 baseline of the engine benchmark
+  libxxhash-dev             # section checksums of the .apot format
 )
 
 missing=()

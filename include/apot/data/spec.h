@@ -1,0 +1,29 @@
+// Data set specs as written on the command line: "fashion-mnist", "mnist:/dir",
+// "cifar10:/dir", "cifar100:/dir", "imagefolder:/dir" (dir/train and dir/test or dir/val, or
+// dir itself when it holds the class folders), with per-data-set transform defaults.
+#pragma once
+
+#include <memory>
+#include <string>
+
+#include "apot/data/dataset.h"
+#include "apot/data/transforms.h"
+
+namespace apot::data {
+
+constexpr const char* kFashionMnistDir = "/usr/share/datasets/fashion-mnist";
+
+enum class Split { train, test };
+
+struct DataSpec {
+  std::string kind;  // fashion-mnist | mnist | cifar10 | cifar100 | imagefolder
+  std::string path;
+  std::string text() const { return path.empty() ? kind : kind + ":" + path; }
+};
+
+DataSpec parse_data_spec(const std::string& text);  // throws DataError with the accepted forms
+std::shared_ptr<Dataset> open_dataset(const DataSpec& spec, Split split, ImageFolderOptions options = {});
+// Mean/std and augmentation a data set is usually trained with (train) or evaluated with.
+TransformOptions default_transform(const DataSpec& spec, Split split);
+
+}  // namespace apot::data
