@@ -4,7 +4,7 @@ ASAN_BUILD ?= build-asan
 JOBS ?= $(shell nproc)
 CMAKE_FLAGS ?=
 
-.PHONY: run test test-asan setup build build-asan bench clean
+.PHONY: run test test-asan setup build build-asan bench clean cifar10-data
 
 setup:
 	@scripts/setup.sh
@@ -39,3 +39,10 @@ bench: build
 
 clean:
 	rm -rf $(BUILD) $(ASAN_BUILD)
+
+# CIFAR-10 as JPEG files (ImageFolder layout) from ../shared, for the CIFAR recipes.
+cifar10-data: data/cifar10-jpeg/test
+
+data/cifar10-jpeg/test:
+	mkdir -p data/cifar10-jpeg
+	tar xzf ../shared/data/cifar10-images.tar.gz -C data/cifar10-jpeg

@@ -17,10 +17,10 @@
 #include <vector>
 
 #include "apot/qat/modules.h"
-#include "apot/qat/resnet_cifar.h"
+#include "apot/qat/resnet.h"
 
 using apot::qat::Backend;
-using apot::qat::CifarResNet;
+using apot::qat::ResNet;
 using apot::qat::QuantPolicy;
 
 namespace {
@@ -32,13 +32,13 @@ struct Config {
 };
 
 struct Setup {
-  CifarResNet model;
+  ResNet model;
   std::unique_ptr<torch::optim::SGD> sgd;
 };
 
 Setup make_setup(const Config& c) {
   torch::manual_seed(0);
-  CifarResNet model(apot::qat::CifarResNetOptions{20});
+  ResNet model = apot::qat::make_resnet("resnet20", 3, 10);
   if (c.quantized) apot::qat::apply_policy(*model, QuantPolicy{});  // W4A4 APoT defaults
   model->train();
   auto sgd = std::make_unique<torch::optim::SGD>(model->parameters(),

@@ -11,5 +11,12 @@ struct UsageError : std::runtime_error {
 };
 
 void register_levels(CLI::App& app);
+void register_cost(CLI::App& app);
+#ifdef APOT_WITH_TORCH
+void register_train(CLI::App& app);
+void register_eval(CLI::App& app);
+void register_export(CLI::App& app);
+void register_run(CLI::App& app);
+#endif
 
 }  // namespace apot::cli

@@ -5,12 +5,25 @@
 
 #include "apot/levels/level_set.h"
 #include "commands.h"
+#ifdef APOT_WITH_TORCH
+#include "apot/data/dataset.h"
+#include "apot/train/config.h"
+#include "apot/train/trainer.h"
+#include "apot/runtime/format.h"
+#endif
 
 int main(int argc, char** argv) {
   CLI::App app{"apot: Additive Powers-of-Two quantization: train, export and run low-bit networks"};
   app.require_subcommand(1);
   app.set_version_flag("--version", "apot 0.1.0");
   apot::cli::register_levels(app);
+  apot::cli::register_cost(app);
+#ifdef APOT_WITH_TORCH
+  apot::cli::register_train(app);
+  apot::cli::register_eval(app);
+  apot::cli::register_export(app);
+  apot::cli::register_run(app);
+#endif
   try {
     app.parse(argc, argv);
   } catch (const CLI::CallForHelp& e) {
@@ -25,6 +38,14 @@ int main(int argc, char** argv) {
   } catch (const apot::levels::LevelSetError& e) {
     std::fprintf(stderr, "apot: error: %s\n", e.what());
     return 2;
+#ifdef APOT_WITH_TORCH
+  } catch (const apot::train::ConfigError& e) {
+    std::fprintf(stderr, "apot: error: %s\n", e.what());
+    return 2;
+  } catch (const c10::Error& e) {
+    std::fprintf(stderr, "apot: error: %s\n", e.what_without_backtrace());
+    return 1;
+#endif
   } catch (const apot::cli::UsageError& e) {
     std::fprintf(stderr, "apot: error: %s\n", e.what());
     return 2;

@@ -1,6 +1,7 @@
 // Data set specs and their defaults.
 #include "apot/data/spec.h"
 
+#include <algorithm>
 #include <filesystem>
 
 namespace apot::data {
@@ -37,7 +38,7 @@ std::shared_ptr<Dataset> open_dataset(const DataSpec& spec, Split split, ImageFo
   throw DataError("unknown data set kind " + spec.kind);
 }
 
-TransformOptions default_transform(const DataSpec& spec, Split split) {
+TransformOptions default_transform(const DataSpec& spec, Split split, const Dataset* dataset) {
   TransformOptions t;
   const bool train = split == Split::train;
   if (spec.kind == "fashion-mnist" || spec.kind == "mnist") {
@@ -62,6 +63,17 @@ TransformOptions default_transform(const DataSpec& spec, Split split) {
     t.channels = 3;
     t.mean = {0.485f, 0.456f, 0.406f};
     t.std = {0.229f, 0.224f, 0.225f};
+    if (dataset && dataset->size() > 0) {
+      const Image first = dataset->get(0).image;
+      const int side = std::min(first.height, first.width);
+      if (side <= 64) {
+        t.crop = side;
+        t.pad = side / 8;
+        t.random_crop = train;
+        t.hflip = train;
+        return t;
+      }
+    }
     t.resize_shorter = 256;
     t.crop = 224;
     t.random_crop = train;

@@ -5,11 +5,10 @@
 #include <cstdio>
 
 #include "apot/qat/modules.h"
-#include "apot/qat/resnet_cifar.h"
+#include "apot/qat/resnet.h"
 #include "qat_test_util.h"
 
-using apot::qat::CifarResNet;
-using apot::qat::CifarResNetOptions;
+using apot::qat::ResNet;
 using apot::qat::QuantConv2d;
 using apot::qat::QuantLinear;
 using apot::qat::QuantOptions;
@@ -106,15 +105,15 @@ TEST(QuantModules, StateSurvivesSaveAndLoad) {
 }
 
 TEST(QuantPolicy, FirstAndLastLayersAreInt8AndTheRestFollowThePolicy) {
-  CifarResNet fp(CifarResNetOptions{20});
+  ResNet fp = apot::qat::make_resnet("resnet20", 3, 10);
   QuantPolicy policy;
   policy.weight_bits = 3;
   policy.act_bits = 3;
-  CifarResNet q = apot::qat::quantized_copy(fp, policy);
+  ResNet q = apot::qat::quantized_copy(fp, policy);
   EXPECT_TRUE(q->conv1->quant_options().int8_weights);
   EXPECT_FALSE(q->conv1->quant_options().quantizes_input());
-  EXPECT_TRUE(q->linear->quant_options().int8_weights);
-  EXPECT_FALSE(q->linear->quant_options().quantizes_input());
+  EXPECT_TRUE(q->classifier->quant_options().int8_weights);
+  EXPECT_FALSE(q->classifier->quant_options().quantizes_input());
   int inner = 0;
   for (const auto& m : q->modules(false)) {
     auto* c = dynamic_cast<apot::qat::QuantConv2dImpl*>(m.get());
@@ -125,18 +124,18 @@ TEST(QuantPolicy, FirstAndLastLayersAreInt8AndTheRestFollowThePolicy) {
   EXPECT_EQ(inner, 18);  // ResNet-20 option A: 9 blocks x 2 convs
   // The FP model is untouched and its weights were copied.
   EXPECT_EQ(fp->conv1->quant_options().describe(), "W32A32");
-  EXPECT_TRUE(torch::equal(fp->layer2->named_parameters()["0.conv1.weight"], q->layer2->named_parameters()["0.conv1.weight"]));
+  EXPECT_TRUE(torch::equal(fp->named_parameters()["layer2.0.conv1.weight"], q->named_parameters()["layer2.0.conv1.weight"]));
   const auto fp_params = fp->named_parameters(), q_params = q->named_parameters();
   EXPECT_EQ(fp_params.size(), q_params.size());
 }
 
-TEST(CifarResNet, TrainsAStepAtEveryPrecision) {
+TEST(ResNet, TrainsAStepAtEveryPrecision) {
   torch::manual_seed(3);
   const torch::Tensor x = torch::randn({4, 3, 32, 32});
   const torch::Tensor y = torch::tensor({0, 1, 2, 3}, torch::kLong);
   for (int bits : {32, 5, 4, 3, 2}) {
-    for (auto shortcut : {apot::qat::Shortcut::A, apot::qat::Shortcut::B}) {
-      CifarResNet model(CifarResNetOptions{20, shortcut});
+    for (auto shortcut : {apot::levels::Shortcut::A, apot::levels::Shortcut::B}) {
+      ResNet model = apot::qat::make_resnet("resnet20", 3, 10, shortcut);
       QuantPolicy policy;
       policy.weight_bits = bits;
       policy.act_bits = bits;
@@ -154,8 +153,29 @@ TEST(CifarResNet, TrainsAStepAtEveryPrecision) {
   }
 }
 
-TEST(CifarResNet, OneInputChannelAndBadDepth) {
-  CifarResNet mono(CifarResNetOptions{20, apot::qat::Shortcut::A, 1, 7});
+TEST(ResNet, OneInputChannelBadArchitectureAndBadInput) {
+  ResNet mono = apot::qat::make_resnet("resnet20", 1, 7);
   EXPECT_EQ(mono(torch::randn({2, 1, 28, 28})).sizes(), torch::IntArrayRef({2, 7}));
-  EXPECT_THROW(CifarResNet(CifarResNetOptions{21}), std::invalid_argument);
+  EXPECT_THROW(apot::qat::make_resnet("resnet21", 3, 10), std::invalid_argument);
+  EXPECT_THROW(mono(torch::randn({2, 3, 28, 28})), std::invalid_argument);
+}
+
+TEST(ResNet, ParametersMatchTheArchitectureDescription) {
+  for (const std::string arch : {"resnet20", "resnet18", "resnet50"}) {
+    for (auto shortcut : {apot::levels::Shortcut::A, apot::levels::Shortcut::B}) {
+      const auto spec = apot::levels::resnet_spec(arch, 3, 10, shortcut);
+      ResNet model(spec);
+      const auto params = model->named_parameters();
+      int64_t layers = 0;
+      for (const auto& layer : apot::levels::enumerate_layers(spec, 64, 64)) {
+        ASSERT_TRUE(params.contains(layer.name + ".weight")) << arch << " " << layer.name;
+        EXPECT_EQ(params[layer.name + ".weight"].numel(), layer.weight_count()) << layer.name;
+        ++layers;
+      }
+      int64_t convs = 0;
+      for (const auto& m : model->modules(false))
+        convs += dynamic_cast<apot::qat::QuantConv2dImpl*>(m.get()) || dynamic_cast<apot::qat::QuantLinearImpl*>(m.get());
+      EXPECT_EQ(convs, layers) << arch;
+    }
+  }
 }

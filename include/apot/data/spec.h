@@ -24,6 +24,9 @@ struct DataSpec {
 DataSpec parse_data_spec(const std::string& text);  // throws DataError with the accepted forms
 std::shared_ptr<Dataset> open_dataset(const DataSpec& spec, Split split, ImageFolderOptions options = {});
 // Mean/std and augmentation a data set is usually trained with (train) or evaluated with.
-TransformOptions default_transform(const DataSpec& spec, Split split);
+// ImageFolder data sets get the ImageNet recipe (resize 256, crop 224), unless `dataset` is
+// given and its first image is small (shorter side <= 64, e.g. CIFAR as JPEG files): then the
+// CIFAR recipe (no resize; random crop with padding of 1/8 of the side and flips for training).
+TransformOptions default_transform(const DataSpec& spec, Split split, const Dataset* dataset = nullptr);
 
 }  // namespace apot::data

@@ -1,0 +1,61 @@
+// The integer inference engine: loads an .apot file and runs it on float images.
+//
+// Quantised convolutions run on uint8 activation codes (the integer levels of each layer's
+// input level set) and int8 weight integers with int32 accumulation; one epilogue per
+// convolution applies the folded batch norm, the residual add and ReLU, then quantises for the
+// consumers. The first convolution and the classifier (int8 weights, float input) and the
+// residual stream run in float32, as in the trained model.
+//
+// Thread safety: a loaded Model is immutable; run() may be called from several threads at once.
+// run() allocates its working buffers per call.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "apot/kernels/gemm.h"
+#include "apot/levels/arch.h"
+#include "apot/runtime/format.h"
+
+namespace apot::runtime {
+
+struct ModelInfo {
+  levels::ResNetSpec spec;
+  int height = 0, width = 0;
+  std::vector<float> mean, std;
+  std::vector<std::string> class_names;
+  std::string metadata_json;
+};
+
+struct RunOptions {
+  int threads = 1;
+  kernels::GemmIsa isa = kernels::default_gemm_isa();
+};
+
+class Model {
+ public:
+  static Model load(const std::string& path);
+  static Model from_bytes(const std::vector<uint8_t>& bytes, const std::string& name = "model");
+  Model(Model&&) noexcept;
+  Model& operator=(Model&&) noexcept;
+  ~Model();
+
+  const ModelInfo& info() const;
+  // input: batch x C x H x W float32, normalised as in training (ModelInfo mean/std).
+  // Returns batch x classes logits.
+  std::vector<float> run(const float* input, int batch, const RunOptions& options = {}) const;
+  // As run(), also returning the float output of the stem and of every residual block
+  // (NHWC, per image) for comparisons with the trained model.
+  std::vector<float> run_with_taps(const float* input, int batch, std::vector<std::vector<float>>& taps,
+                                   const RunOptions& options = {}) const;
+  size_t layer_count() const;
+
+ private:
+  struct Impl;
+  explicit Model(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace apot::runtime

@@ -1,0 +1,70 @@
+// The training loop: SGD with separate parameter groups for the quantiser alphas, warm-up and
+// cosine or multi-step schedules, model selection on a validation split, atomic checkpoints
+// every epoch, --resume, a live progress bar or one line per epoch, metrics as JSON lines.
+#pragma once
+
+#include <iosfwd>
+#include <map>
+#include <memory>
+#include <string>
+
+#include "apot/data/loader.h"
+#include "apot/data/spec.h"
+#include "apot/qat/resnet.h"
+#include "apot/train/config.h"
+
+namespace apot::train {
+
+class TrainingError : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+
+// What a model needs besides its weights: the data it was made for.
+struct ModelInfo {
+  int in_channels = 3;
+  std::vector<std::string> class_names;
+  std::vector<float> mean, std;  // input normalisation
+  int height = 32, width = 32;   // input size the model was trained on
+};
+
+// The model a configuration describes, with its quantisation policy applied.
+qat::ResNet build_model(const TrainConfig& config, const ModelInfo& info);
+qat::QuantPolicy policy_of(const TrainConfig& config);
+
+struct EvalResult {
+  int64_t count = 0;
+  double top1 = 0, top5 = 0, loss = 0;  // accuracies in percent
+  std::vector<double> per_class;        // accuracy per class in percent
+  std::vector<int64_t> predictions;     // predicted class per example, in loader order
+};
+EvalResult evaluate(qat::ResNet& model, data::Loader& loader);
+
+// ---- checkpoints ----
+struct Checkpoint {
+  TrainConfig config;
+  ModelInfo info;
+  int64_t epoch = 0;  // the last completed epoch (1-based)
+  std::map<std::string, double> metrics;
+};
+// Writes to a temporary file, fsyncs it and renames it over `path`.
+void save_checkpoint(const std::string& path, const qat::ResNet& model, const torch::optim::Optimizer* optimizer,
+                     const Checkpoint& meta);
+Checkpoint read_checkpoint_meta(const std::string& path);
+// Builds the model of the checkpoint and loads its weights (and the optimiser state, if given).
+qat::ResNet load_checkpoint(const std::string& path, Checkpoint* meta = nullptr,
+                            torch::optim::Optimizer* optimizer = nullptr);
+
+// ---- training ----
+struct TrainSummary {
+  int64_t epochs = 0;
+  int64_t best_epoch = 0;
+  double best_val_top1 = -1;
+  double test_top1_at_best = -1, final_test_top1 = -1;
+  double seconds = 0;
+  std::string best_checkpoint, last_checkpoint;
+};
+
+TrainSummary run_training(const TrainConfig& config, const std::string& out_dir, bool resume, std::ostream& log);
+
+}  // namespace apot::train

@@ -1,0 +1,85 @@
+// `apot eval --checkpoint FILE --data SPEC [--arch ARCH] [--json]`: top-1, top-5, per class.
+#include <fmt/format.h>
+
+#include <filesystem>
+#include <nlohmann/json.hpp>
+
+#include "apot/qat/checkpoint_import.h"
+#include "apot/train/trainer.h"
+#include "commands.h"
+
+namespace apot::cli {
+namespace {
+
+struct EvalOptions {
+  std::string checkpoint, data, arch, shortcut = "A";
+  int batch = 256, workers = 2, threads = 0;
+  bool json = false;
+};
+
+void run_eval(const EvalOptions& o) {
+  if (!std::filesystem::exists(o.checkpoint)) throw UsageError(o.checkpoint + ": file not found");
+  if (o.threads > 0) torch::set_num_threads(o.threads);
+  const data::DataSpec spec = data::parse_data_spec(o.data);
+  const auto test_set = data::open_dataset(spec, data::Split::test);
+  data::LoaderOptions lo;
+  lo.batch_size = o.batch;
+  lo.workers = o.workers;
+  lo.shuffle = false;
+  lo.transform = data::default_transform(spec, data::Split::test, test_set.get());
+  qat::ResNet model{nullptr};
+  std::string what;
+  if (!o.arch.empty()) {  // a PyTorch state dict of a full-precision model
+    if (lo.transform.channels == 0) lo.transform.channels = test_set->channels();
+    const int channels = lo.transform.channels;
+    model = qat::make_resnet(o.arch, channels, static_cast<int>(test_set->num_classes()),
+                             o.shortcut == "B" ? levels::Shortcut::B : levels::Shortcut::A);
+    qat::import_state_dict(*model, o.checkpoint);
+    what = o.arch + " fp32 (imported state dict)";
+  } else {
+    train::Checkpoint meta;
+    model = train::load_checkpoint(o.checkpoint, &meta);
+    lo.transform.mean = meta.info.mean;
+    lo.transform.std = meta.info.std;
+    lo.transform.channels = meta.info.in_channels;
+    if (meta.info.class_names.size() != test_set->num_classes())
+      throw UsageError(o.checkpoint + " was trained for " + std::to_string(meta.info.class_names.size()) +
+                       " classes, " + o.data + " has " + std::to_string(test_set->num_classes()));
+    what = meta.config.arch + " " +
+           (meta.config.quantized() ? meta.config.kind + " W" + std::to_string(meta.config.weight_bits) + "A" +
+                                          std::to_string(meta.config.act_bits)
+                                    : std::string("fp32"));
+  }
+  data::Loader loader(test_set, lo);
+  const train::EvalResult r = train::evaluate(model, loader);
+  const auto& names = test_set->class_names();
+  if (o.json) {
+    nlohmann::json per_class = nlohmann::json::object();
+    for (size_t c = 0; c < names.size(); ++c) per_class[names[c]] = r.per_class[c];
+    fmt::print("{}\n", nlohmann::json{{"model", what}, {"data", spec.text()}, {"count", r.count}, {"top1", r.top1},
+                                      {"top5", r.top5}, {"loss", r.loss}, {"per_class", per_class}}
+                           .dump());
+    return;
+  }
+  fmt::print("{} on {} ({} images): top-1 {:.2f} %, top-5 {:.2f} %, loss {:.4f}\n", what, spec.text(), r.count, r.top1,
+             r.top5, r.loss);
+  for (size_t c = 0; c < names.size(); ++c) fmt::print("  {:<16} {:6.2f} %\n", names[c], r.per_class[c]);
+}
+
+}  // namespace
+
+void register_eval(CLI::App& app) {
+  auto o = std::make_shared<EvalOptions>();
+  CLI::App* cmd = app.add_subcommand("eval", "Evaluate a checkpoint (or an imported PyTorch state dict) on a test set");
+  cmd->add_option("--checkpoint", o->checkpoint, "apot checkpoint (.ckpt), or a PyTorch state dict with --arch")->required();
+  cmd->add_option("--data", o->data, "fashion-mnist | mnist:DIR | cifar10:DIR | cifar100:DIR | imagefolder:DIR")->required();
+  cmd->add_option("--arch", o->arch, "architecture of an imported state dict (resnet20, resnet18, ...)");
+  cmd->add_option("--shortcut", o->shortcut, "CIFAR shortcut of an imported state dict: A | B")->capture_default_str();
+  cmd->add_option("--batch", o->batch, "batch size")->capture_default_str();
+  cmd->add_option("--workers", o->workers, "loader threads")->capture_default_str();
+  cmd->add_option("--threads", o->threads, "LibTorch threads (0: all cores)");
+  cmd->add_flag("--json", o->json, "print one JSON object");
+  cmd->callback([o] { run_eval(*o); });
+}
+
+}  // namespace apot::cli

@@ -1,0 +1,43 @@
+// `apot train RECIPE.toml [--set key=value ...] --out DIR [--resume]`.
+#include <fmt/format.h>
+
+#include <iostream>
+
+#include "apot/train/trainer.h"
+#include "commands.h"
+
+namespace apot::cli {
+namespace {
+
+struct TrainOptions {
+  std::string recipe, out;
+  std::vector<std::string> sets;
+  bool resume = false;
+};
+
+void run_train(const TrainOptions& o) {
+  train::TrainConfig config;
+  try {
+    config = train::load_config(o.recipe, o.sets);
+  } catch (const train::ConfigError& e) {
+    throw UsageError(e.what());
+  }
+  const train::TrainSummary s = train::run_training(config, o.out, o.resume, std::cout);
+  fmt::print("selected epoch {} (validation top-1 {:.2f} %): test top-1 {:.2f} %; final epoch test top-1 {:.2f} %\n",
+             s.best_epoch, s.best_val_top1, s.test_top1_at_best, s.final_test_top1);
+  fmt::print("checkpoints: {} (selected), {} (last); {:.0f} s\n", s.best_checkpoint, s.last_checkpoint, s.seconds);
+}
+
+}  // namespace
+
+void register_train(CLI::App& app) {
+  auto o = std::make_shared<TrainOptions>();
+  CLI::App* cmd = app.add_subcommand("train", "Quantisation-aware training from a TOML recipe");
+  cmd->add_option("recipe", o->recipe, "recipe file (recipes/*.toml)")->required();
+  cmd->add_option("--set", o->sets, "override a recipe key: section.key=value (repeatable), e.g. optim.lr=0.05");
+  cmd->add_option("--out", o->out, "output directory (checkpoints, metrics.jsonl, summary.json)")->required();
+  cmd->add_flag("--resume", o->resume, "continue the run in --out from its last checkpoint");
+  cmd->callback([o] { run_train(*o); });
+}
+
+}  // namespace apot::cli

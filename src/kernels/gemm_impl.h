@@ -1,0 +1,17 @@
+// Internal interface of the GEMM paths: each computes rows [m0, m1) of C.
+#pragma once
+
+#include "apot/kernels/gemm.h"
+
+namespace apot::kernels::detail {
+
+using GemmRows = void (*)(const uint8_t* A, int m0, int m1, int lda, const PackedB& B, int32_t* C, int ldc);
+void gemm_rows_scalar(const uint8_t* A, int m0, int m1, int lda, const PackedB& B, int32_t* C, int ldc);
+void gemm_rows_avx2(const uint8_t* A, int m0, int m1, int lda, const PackedB& B, int32_t* C, int ldc);
+void gemm_rows_avx512_vnni(const uint8_t* A, int m0, int m1, int lda, const PackedB& B, int32_t* C, int ldc);
+
+inline int8_t packed_at(const PackedB& B, int k, int n) {
+  return B.data[(size_t(n / 16) * (B.Kp / 4) + k / 4) * 64 + (n % 16) * 4 + k % 4];
+}
+
+}  // namespace apot::kernels::detail

@@ -1,0 +1,211 @@
+// TrainConfig <-> TOML recipes, --set overrides and JSON, through one table of fields.
+#include "apot/train/config.h"
+
+#include <fstream>
+#include <functional>
+#include <nlohmann/json.hpp>
+#include <toml++/toml.h>
+
+#include "apot/levels/arch.h"
+#include "apot/levels/level_set.h"
+
+namespace apot::train {
+namespace {
+
+using json = nlohmann::json;
+
+struct Field {
+  std::string key;  // section.name
+  std::function<void(TrainConfig&, const toml::node&)> set;
+  std::function<json(const TrainConfig&)> get;
+  std::function<void(TrainConfig&, const json&)> set_json;
+};
+
+[[noreturn]] void type_error(const std::string& key, const char* expected) {
+  throw ConfigError("config key " + key + " must be " + expected);
+}
+
+template <typename T>
+Field field(const std::string& key, T TrainConfig::*member) {
+  Field f;
+  f.key = key;
+  f.get = [member](const TrainConfig& c) { return json(c.*member); };
+  f.set_json = [member](TrainConfig& c, const json& j) { c.*member = j.get<T>(); };
+  f.set = [member, key](TrainConfig& c, const toml::node& n) {
+    if constexpr (std::is_same_v<T, bool>) {
+      if (!n.is_boolean()) type_error(key, "true or false");
+      c.*member = *n.value<bool>();
+    } else if constexpr (std::is_same_v<T, std::string>) {
+      if (!n.is_string()) type_error(key, "a string");
+      c.*member = *n.value<std::string>();
+    } else if constexpr (std::is_same_v<T, double>) {
+      if (!n.is_number()) type_error(key, "a number");
+      c.*member = *n.value<double>();
+    } else if constexpr (std::is_same_v<T, std::vector<int>>) {
+      const toml::array* a = n.as_array();
+      if (!a) type_error(key, "an array of integers");
+      std::vector<int> values;
+      for (const toml::node& e : *a) {
+        if (!e.is_integer()) type_error(key, "an array of integers");
+        values.push_back(static_cast<int>(*e.value<int64_t>()));
+      }
+      c.*member = values;
+    } else {
+      if (!n.is_integer()) type_error(key, "an integer");
+      const int64_t v = *n.value<int64_t>();
+      if (v < 0 && std::is_unsigned_v<T>) type_error(key, "a non-negative integer");
+      c.*member = static_cast<T>(v);
+    }
+  };
+  return f;
+}
+
+const std::vector<Field>& fields() {
+  static const std::vector<Field> all = {
+      field("model.arch", &TrainConfig::arch),
+      field("model.shortcut", &TrainConfig::shortcut),
+      field("data.spec", &TrainConfig::data),
+      field("data.batch_size", &TrainConfig::batch_size),
+      field("data.workers", &TrainConfig::workers),
+      field("data.val_size", &TrainConfig::val_size),
+      field("data.augment", &TrainConfig::augment),
+      field("data.crop", &TrainConfig::crop),
+      field("data.pad", &TrainConfig::pad),
+      field("data.resize", &TrainConfig::resize),
+      field("data.skip_corrupt", &TrainConfig::skip_corrupt),
+      field("data.eval_batch_size", &TrainConfig::eval_batch_size),
+      field("quant.kind", &TrainConfig::kind),
+      field("quant.weight_bits", &TrainConfig::weight_bits),
+      field("quant.act_bits", &TrainConfig::act_bits),
+      field("quant.variant", &TrainConfig::variant),
+      field("quant.weight_norm", &TrainConfig::weight_norm),
+      field("quant.per_channel", &TrainConfig::per_channel),
+      field("quant.weight_alpha_init", &TrainConfig::weight_alpha_init),
+      field("quant.act_alpha_init", &TrainConfig::act_alpha_init),
+      field("quant.int8_first_last", &TrainConfig::int8_first_last),
+      field("init.from", &TrainConfig::init),
+      field("optim.epochs", &TrainConfig::epochs),
+      field("optim.lr", &TrainConfig::lr),
+      field("optim.momentum", &TrainConfig::momentum),
+      field("optim.nesterov", &TrainConfig::nesterov),
+      field("optim.weight_decay", &TrainConfig::weight_decay),
+      field("optim.act_alpha_lr", &TrainConfig::act_alpha_lr),
+      field("optim.weight_alpha_lr", &TrainConfig::weight_alpha_lr),
+      field("optim.alpha_weight_decay", &TrainConfig::alpha_weight_decay),
+      field("optim.label_smoothing", &TrainConfig::label_smoothing),
+      field("optim.grad_clip", &TrainConfig::grad_clip),
+      field("schedule.kind", &TrainConfig::schedule),
+      field("schedule.milestones", &TrainConfig::milestones),
+      field("schedule.gamma", &TrainConfig::gamma),
+      field("schedule.warmup_epochs", &TrainConfig::warmup_epochs),
+      field("run.seed", &TrainConfig::seed),
+      field("run.threads", &TrainConfig::threads),
+      field("run.max_steps_per_epoch", &TrainConfig::max_steps_per_epoch),
+      field("run.stop_after_epoch", &TrainConfig::stop_after_epoch),
+  };
+  return all;
+}
+
+// Short aliases accepted by --set (the user journeys write --set init=FILE).
+std::string canonical_key(const std::string& key) {
+  if (key == "init") return "init.from";
+  if (key == "data") return "data.spec";
+  return key;
+}
+
+const Field& find_field(const std::string& key, const std::string& source) {
+  for (const Field& f : fields())
+    if (f.key == key) return f;
+  std::string known;
+  for (const Field& f : fields()) known += (known.empty() ? "" : ", ") + f.key;
+  throw ConfigError(source + ": unknown config key '" + key + "' (known keys: " + known + ")");
+}
+
+void apply_table(TrainConfig& c, const toml::table& table, const std::string& prefix, const std::string& source) {
+  for (const auto& [k, v] : table) {
+    const std::string key = prefix.empty() ? std::string(k.str()) : prefix + "." + std::string(k.str());
+    if (const toml::table* sub = v.as_table())
+      apply_table(c, *sub, key, source);
+    else
+      find_field(key, source).set(c, v);
+  }
+}
+
+void apply_override(TrainConfig& c, const std::string& assignment) {
+  const size_t eq = assignment.find('=');
+  if (eq == std::string::npos || eq == 0) throw ConfigError("--set expects key=value, got '" + assignment + "'");
+  const std::string key = canonical_key(assignment.substr(0, eq)), value = assignment.substr(eq + 1);
+  const Field& f = find_field(key, "--set");
+  toml::table parsed;
+  try {
+    parsed = toml::parse("v = " + value);
+  } catch (const toml::parse_error&) {
+    parsed = toml::table{{"v", value}};  // a bare word: a string
+  }
+  f.set(c, *parsed.get("v"));
+}
+
+}  // namespace
+
+void TrainConfig::validate() const {
+  try {
+    levels::resnet_spec(arch, 1, 2, shortcut == "B" ? levels::Shortcut::B : levels::Shortcut::A);
+  } catch (const std::exception& e) {
+    throw ConfigError(std::string("model.arch: ") + e.what());
+  }
+  if (shortcut != "A" && shortcut != "B") throw ConfigError("model.shortcut must be A or B");
+  if (batch_size < 1 || eval_batch_size < 1) throw ConfigError("data.batch_size must be at least 1");
+  if (val_size < 0) throw ConfigError("data.val_size must not be negative");
+  if (epochs < 1) throw ConfigError("optim.epochs must be at least 1");
+  if (!(lr > 0)) throw ConfigError("optim.lr must be positive");
+  if (schedule != "cosine" && schedule != "multistep") throw ConfigError("schedule.kind must be cosine or multistep");
+  if (variant != "cifar" && variant != "imagenet") throw ConfigError("quant.variant must be cifar or imagenet");
+  if (weight_norm != "none" && weight_norm != "detached" && weight_norm != "through")
+    throw ConfigError("quant.weight_norm must be none, detached or through");
+  if (label_smoothing < 0 || label_smoothing >= 1) throw ConfigError("optim.label_smoothing must be in [0, 1)");
+  if (kind != "fp") {
+    try {
+      const levels::Kind k = levels::parse_kind(kind);
+      levels::LevelSet::make(k, weight_bits, levels::Role::weight);
+      levels::LevelSet::make(k, act_bits, levels::Role::activation);
+    } catch (const levels::LevelSetError& e) {
+      throw ConfigError(std::string("quant: ") + e.what());
+    }
+  }
+}
+
+TrainConfig config_from_toml_text(const std::string& text, const std::string& source,
+                                  const std::vector<std::string>& overrides) {
+  TrainConfig c;
+  try {
+    apply_table(c, toml::parse(text, source), "", source);
+  } catch (const toml::parse_error& e) {
+    throw ConfigError(source + ":" + std::to_string(e.source().begin.line) + ": " + std::string(e.description()));
+  }
+  for (const std::string& o : overrides) apply_override(c, o);
+  c.validate();
+  return c;
+}
+
+TrainConfig load_config(const std::string& recipe_path, const std::vector<std::string>& overrides) {
+  std::ifstream in(recipe_path);
+  if (!in) throw ConfigError(recipe_path + ": cannot open recipe");
+  const std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  return config_from_toml_text(text, recipe_path, overrides);
+}
+
+std::string config_to_json(const TrainConfig& c) {
+  json j;
+  for (const Field& f : fields()) j[f.key] = f.get(c);
+  return j.dump();
+}
+
+TrainConfig config_from_json(const std::string& text) {
+  TrainConfig c;
+  const json j = json::parse(text);
+  for (const Field& f : fields())
+    if (j.contains(f.key)) f.set_json(c, j[f.key]);
+  return c;
+}
+
+}  // namespace apot::train

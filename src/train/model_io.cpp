@@ -1,0 +1,186 @@
+// Building models from a configuration, evaluation, and atomic checkpoints.
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <filesystem>
+#include <nlohmann/json.hpp>
+
+#include "apot/qat/checkpoint_import.h"
+#include "apot/train/trainer.h"
+
+namespace apot::train {
+
+qat::QuantPolicy policy_of(const TrainConfig& c) {
+  if (!c.quantized()) return qat::QuantPolicy::full_precision();
+  qat::QuantPolicy p;
+  p.weight_bits = c.weight_bits;
+  p.act_bits = c.act_bits;
+  p.kind = levels::parse_kind(c.kind);
+  p.variant = kernels::parse_ste_variant(c.variant);
+  p.weight_norm = qat::parse_weight_norm(c.weight_norm);
+  p.weight_alpha_init = c.weight_alpha_init;
+  p.act_alpha_init = c.act_alpha_init;
+  p.per_channel_weight_alpha = c.per_channel;
+  p.int8_first_last = c.int8_first_last;
+  return p;
+}
+
+qat::ResNet build_model(const TrainConfig& c, const ModelInfo& info) {
+  qat::ResNet model = qat::make_resnet(c.arch, info.in_channels, static_cast<int>(info.class_names.size()),
+                                       c.shortcut == "B" ? levels::Shortcut::B : levels::Shortcut::A);
+  qat::apply_policy(*model, policy_of(c));
+  return model;
+}
+
+EvalResult evaluate(qat::ResNet& model, data::Loader& loader) {
+  torch::NoGradGuard no_grad;
+  const bool was_training = model->is_training();
+  model->eval();
+  const int64_t classes = static_cast<int64_t>(loader.dataset().num_classes());
+  std::vector<int64_t> correct_per_class(classes, 0), count_per_class(classes, 0);
+  EvalResult r;
+  double loss_sum = 0;
+  int64_t top1 = 0, top5 = 0;
+  loader.start_epoch(0);
+  data::Batch batch;
+  while (loader.next(batch)) {
+    const torch::Tensor logits = model(batch.images);
+    loss_sum += torch::nn::functional::cross_entropy(logits, batch.labels,
+                                                     torch::nn::functional::CrossEntropyFuncOptions().reduction(torch::kSum))
+                    .item<double>();
+    const torch::Tensor topk = std::get<1>(logits.topk(std::min<int64_t>(5, classes), 1));
+    const torch::Tensor hits = topk.eq(batch.labels.unsqueeze(1));
+    const torch::Tensor first = hits.select(1, 0);
+    top1 += first.sum().item<int64_t>();
+    top5 += hits.any(1).sum().item<int64_t>();
+    const int64_t* labels = batch.labels.data_ptr<int64_t>();
+    const torch::Tensor predicted = topk.select(1, 0).contiguous();
+    const int64_t* pred = predicted.data_ptr<int64_t>();
+    for (int64_t i = 0; i < batch.labels.numel(); ++i) {
+      ++count_per_class[labels[i]];
+      correct_per_class[labels[i]] += pred[i] == labels[i];
+      r.predictions.push_back(pred[i]);
+    }
+    r.count += batch.labels.numel();
+  }
+  if (r.count > 0) {
+    r.top1 = 100.0 * top1 / r.count;
+    r.top5 = 100.0 * top5 / r.count;
+    r.loss = loss_sum / r.count;
+  }
+  for (int64_t c = 0; c < classes; ++c)
+    r.per_class.push_back(count_per_class[c] ? 100.0 * correct_per_class[c] / count_per_class[c] : 0.0);
+  if (was_training) model->train();
+  return r;
+}
+
+namespace {
+
+std::string info_to_json(const ModelInfo& info) {
+  nlohmann::json j;
+  j["in_channels"] = info.in_channels;
+  j["class_names"] = info.class_names;
+  j["mean"] = info.mean;
+  j["std"] = info.std;
+  j["height"] = info.height;
+  j["width"] = info.width;
+  return j.dump();
+}
+
+ModelInfo info_from_json(const std::string& text) {
+  const nlohmann::json j = nlohmann::json::parse(text);
+  ModelInfo info;
+  info.in_channels = j.at("in_channels");
+  info.class_names = j.at("class_names").get<std::vector<std::string>>();
+  info.mean = j.at("mean").get<std::vector<float>>();
+  info.std = j.at("std").get<std::vector<float>>();
+  info.height = j.value("height", 32);
+  info.width = j.value("width", 32);
+  return info;
+}
+
+void fsync_path(const std::string& path) {
+  const int fd = ::open(path.c_str(), O_RDONLY);
+  if (fd >= 0) {
+    ::fsync(fd);
+    ::close(fd);
+  }
+}
+
+}  // namespace
+
+void save_checkpoint(const std::string& path, const qat::ResNet& model, const torch::optim::Optimizer* optimizer,
+                     const Checkpoint& meta) {
+  torch::serialize::OutputArchive archive;
+  torch::serialize::OutputArchive model_archive, optimizer_archive;
+  model->save(model_archive);
+  archive.write("model", model_archive);
+  if (optimizer) {
+    optimizer->save(optimizer_archive);
+    archive.write("optimizer", optimizer_archive);
+  }
+  archive.write("format", c10::IValue(std::string("apot-checkpoint-1")));
+  archive.write("config", c10::IValue(config_to_json(meta.config)));
+  archive.write("info", c10::IValue(info_to_json(meta.info)));
+  archive.write("epoch", c10::IValue(meta.epoch));
+  archive.write("metrics", c10::IValue(nlohmann::json(meta.metrics).dump()));
+  const std::string tmp = path + ".tmp";
+  archive.save_to(tmp);
+  fsync_path(tmp);
+  if (std::rename(tmp.c_str(), path.c_str()) != 0) throw TrainingError(path + ": cannot rename checkpoint into place");
+  fsync_path(std::filesystem::path(path).parent_path().string().empty() ? "." : std::filesystem::path(path).parent_path().string());
+}
+
+namespace {
+torch::serialize::InputArchive open_archive(const std::string& path) {
+  if (!std::filesystem::exists(path)) throw TrainingError(path + ": checkpoint not found");
+  torch::serialize::InputArchive archive;
+  try {
+    archive.load_from(path);
+  } catch (const c10::Error&) {
+    throw TrainingError(path + ": not an apot checkpoint (corrupt or another format)");
+  }
+  c10::IValue format;
+  if (!archive.try_read("format", format) || !format.isString() || format.toStringRef() != "apot-checkpoint-1")
+    throw TrainingError(path + ": not an apot checkpoint (a PyTorch state dict? use --arch to import it)");
+  return archive;
+}
+
+Checkpoint meta_of(torch::serialize::InputArchive& archive) {
+  Checkpoint meta;
+  c10::IValue v;
+  archive.read("config", v);
+  meta.config = config_from_json(v.toStringRef());
+  archive.read("info", v);
+  meta.info = info_from_json(v.toStringRef());
+  archive.read("epoch", v);
+  meta.epoch = v.toInt();
+  archive.read("metrics", v);
+  meta.metrics = nlohmann::json::parse(v.toStringRef()).get<std::map<std::string, double>>();
+  return meta;
+}
+}  // namespace
+
+Checkpoint read_checkpoint_meta(const std::string& path) {
+  torch::serialize::InputArchive archive = open_archive(path);
+  return meta_of(archive);
+}
+
+qat::ResNet load_checkpoint(const std::string& path, Checkpoint* meta_out, torch::optim::Optimizer* optimizer) {
+  torch::serialize::InputArchive archive = open_archive(path);
+  const Checkpoint meta = meta_of(archive);
+  qat::ResNet model = build_model(meta.config, meta.info);
+  torch::serialize::InputArchive model_archive;
+  archive.read("model", model_archive);
+  model->load(model_archive);
+  if (optimizer) {
+    torch::serialize::InputArchive optimizer_archive;
+    if (!archive.try_read("optimizer", optimizer_archive)) throw TrainingError(path + ": holds no optimiser state");
+    optimizer->load(optimizer_archive);
+  }
+  if (meta_out) *meta_out = meta;
+  return model;
+}
+
+}  // namespace apot::train

@@ -1,0 +1,303 @@
+// The training loop.
+#include <unistd.h>
+
+#include <chrono>
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+#include <iomanip>
+#include <nlohmann/json.hpp>
+#include <ostream>
+#include <sstream>
+#include <thread>
+
+#include "apot/qat/checkpoint_import.h"
+#include "apot/train/trainer.h"
+
+namespace apot::train {
+namespace {
+
+namespace fs = std::filesystem;
+using Clock = std::chrono::steady_clock;
+
+double seconds_since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
+
+// Learning-rate factor at a (fractional) epoch position.
+double schedule_factor(const TrainConfig& c, double epoch_position) {
+  double factor = 1.0;
+  if (c.warmup_epochs > 0 && epoch_position < c.warmup_epochs) factor = (epoch_position + 1e-9) / c.warmup_epochs;
+  if (c.schedule == "cosine") {
+    const double t = std::clamp((epoch_position - c.warmup_epochs) / std::max(1e-9, c.epochs - c.warmup_epochs), 0.0, 1.0);
+    factor *= 0.5 * (1.0 + std::cos(M_PI * t));
+  } else {
+    for (int m : c.milestones)
+      if (epoch_position >= m) factor *= c.gamma;
+  }
+  return factor;
+}
+
+struct Groups {
+  std::vector<torch::Tensor> weights, act_alphas, weight_alphas;
+};
+
+Groups split_parameters(qat::ResNet& model) {
+  Groups g;
+  for (auto& p : model->named_parameters()) {
+    const std::string& name = p.key();
+    if (name.size() >= 9 && name.compare(name.size() - 9, 9, "act_alpha") == 0)
+      g.act_alphas.push_back(p.value());
+    else if (name.size() >= 12 && name.compare(name.size() - 12, 12, "weight_alpha") == 0)
+      g.weight_alphas.push_back(p.value());
+    else
+      g.weights.push_back(p.value());
+  }
+  return g;
+}
+
+std::unique_ptr<torch::optim::SGD> make_optimizer(qat::ResNet& model, const TrainConfig& c) {
+  const Groups g = split_parameters(model);
+  auto options = [&](double lr, double wd) {
+    return std::make_unique<torch::optim::SGDOptions>(
+        torch::optim::SGDOptions(lr).momentum(c.momentum).nesterov(c.nesterov).weight_decay(wd));
+  };
+  std::vector<torch::optim::OptimizerParamGroup> groups;
+  groups.emplace_back(g.weights, options(c.lr, c.weight_decay));
+  groups.emplace_back(g.act_alphas, options(c.act_alpha_lr, c.alpha_weight_decay));
+  groups.emplace_back(g.weight_alphas, options(c.weight_alpha_lr, c.alpha_weight_decay));
+  return std::make_unique<torch::optim::SGD>(groups, torch::optim::SGDOptions(c.lr));
+}
+
+void set_learning_rates(torch::optim::SGD& sgd, const TrainConfig& c, double factor) {
+  const double base[3] = {c.lr, c.act_alpha_lr, c.weight_alpha_lr};
+  for (size_t i = 0; i < sgd.param_groups().size(); ++i)
+    static_cast<torch::optim::SGDOptions&>(sgd.param_groups()[i].options()).lr(base[i] * factor);
+}
+
+data::TransformOptions transform_for(const TrainConfig& c, const data::DataSpec& spec, data::Split split,
+                                     const data::Dataset& ds) {
+  data::TransformOptions t = data::default_transform(spec, split, &ds);
+  if (split == data::Split::train && !c.augment) {
+    t.random_crop = false;
+    t.hflip = false;
+  }
+  if (c.crop >= 0) t.crop = c.crop;
+  if (c.pad >= 0) t.pad = c.pad;
+  if (c.resize >= 0) t.resize_shorter = c.resize;
+  if (t.channels == 0 && ds.channels() == 0) t.channels = 3;
+  return t;
+}
+
+// Initialises the model from a previous run's checkpoint or a PyTorch state dict.
+void initialise_from(qat::ResNet& model, const std::string& path, std::ostream& log) {
+  if (path.empty()) return;
+  const std::string ext = fs::path(path).extension().string();
+  if (ext == ".ckpt") {
+    Checkpoint meta;
+    qat::ResNet source = load_checkpoint(path, &meta);
+    std::map<std::string, torch::Tensor> state;
+    for (const auto& p : source->named_parameters()) state[p.key()] = p.value();
+    for (const auto& b : source->named_buffers()) state[b.key()] = b.value();
+    qat::load_state_dict(*model, state, path);
+    log << "initialised from " << path << " (" << meta.config.kind << " W" << meta.config.weight_bits << "A"
+        << meta.config.act_bits << ", epoch " << meta.epoch << ")\n";
+  } else {
+    qat::import_state_dict(*model, path);
+    log << "initialised from the state dict " << path << "\n";
+  }
+}
+
+std::string bar(double fraction, int width) {
+  const int filled = static_cast<int>(std::round(fraction * width));
+  return std::string(filled, '#') + std::string(width - filled, '.');
+}
+
+}  // namespace
+
+TrainSummary run_training(const TrainConfig& c, const std::string& out_dir, bool resume, std::ostream& log) {
+  c.validate();
+  torch::set_num_threads(c.threads > 0 ? c.threads : static_cast<int>(std::max(1u, std::thread::hardware_concurrency())));
+  torch::manual_seed(c.seed);
+  fs::create_directories(out_dir);
+  const Clock::time_point start = Clock::now();
+
+  // Data: a seeded validation split carved from the training set.
+  const data::DataSpec spec = data::parse_data_spec(c.data);
+  data::ImageFolderOptions folder_options;
+  folder_options.skip_corrupt = c.skip_corrupt;
+  const auto train_set = data::open_dataset(spec, data::Split::train, folder_options);
+  const auto test_set = data::open_dataset(spec, data::Split::test, folder_options);
+  const data::TransformOptions train_t = transform_for(c, spec, data::Split::train, *train_set);
+  const data::TransformOptions eval_t = transform_for(c, spec, data::Split::test, *train_set);
+  if (static_cast<size_t>(c.val_size) >= train_set->size())
+    throw ConfigError("data.val_size " + std::to_string(c.val_size) + " leaves no training examples");
+  std::vector<size_t> order(train_set->size());
+  for (size_t i = 0; i < order.size(); ++i) order[i] = i;
+  data::SampleRng split_rng(data::mix_seed(c.seed, 0x5EED));
+  for (size_t i = order.size(); i > 1; --i) std::swap(order[i - 1], order[split_rng.next() % i]);
+  std::vector<size_t> val_indices(order.end() - c.val_size, order.end()), train_indices(order.begin(), order.end() - c.val_size);
+  std::sort(val_indices.begin(), val_indices.end());
+
+  data::LoaderOptions train_lo;
+  train_lo.batch_size = c.batch_size;
+  train_lo.seed = c.seed;
+  train_lo.workers = c.workers;
+  train_lo.shuffle = true;
+  train_lo.drop_last = true;
+  train_lo.transform = train_t;
+  data::LoaderOptions eval_lo = train_lo;
+  eval_lo.batch_size = c.eval_batch_size;
+  eval_lo.shuffle = false;
+  eval_lo.drop_last = false;
+  eval_lo.transform = eval_t;
+  data::Loader train_loader(train_set, train_lo, train_indices);
+  std::unique_ptr<data::Loader> val_loader;
+  if (c.val_size > 0) val_loader = std::make_unique<data::Loader>(train_set, eval_lo, val_indices);
+  data::Loader test_loader(test_set, eval_lo);
+
+  ModelInfo info;
+  const auto shape = train_loader.example_shape();
+  info.in_channels = static_cast<int>(shape[0]);
+  info.height = static_cast<int>(shape[1]);
+  info.width = static_cast<int>(shape[2]);
+  info.class_names = train_set->class_names();
+  info.mean = train_t.mean;
+  info.std = train_t.std;
+
+  qat::ResNet model = build_model(c, info);
+  auto sgd = make_optimizer(model, c);
+  const std::string last_path = (fs::path(out_dir) / "last.ckpt").string();
+  const std::string best_path = (fs::path(out_dir) / "best.ckpt").string();
+  const std::string metrics_path = (fs::path(out_dir) / "metrics.jsonl").string();
+
+  TrainSummary summary;
+  summary.best_checkpoint = best_path;
+  summary.last_checkpoint = last_path;
+  int64_t first_epoch = 1;
+  if (resume) {
+    Checkpoint meta;
+    model = load_checkpoint(last_path, &meta);
+    sgd = make_optimizer(model, c);
+    load_checkpoint(last_path, nullptr, sgd.get());  // the optimiser state (momentum buffers)
+    first_epoch = meta.epoch + 1;
+    summary.best_epoch = static_cast<int64_t>(meta.metrics["best_epoch"]);
+    summary.best_val_top1 = meta.metrics["best_val_top1"];
+    summary.test_top1_at_best = meta.metrics["test_top1_at_best"];
+    summary.final_test_top1 = meta.metrics["test_top1"];
+    log << "resuming " << last_path << " after epoch " << meta.epoch << "\n";
+  } else {
+    initialise_from(model, c.init, log);
+    std::ofstream(metrics_path, std::ios::trunc);
+  }
+  model->train();
+
+  const int64_t steps_per_epoch = c.max_steps_per_epoch > 0
+                                      ? std::min<int64_t>(c.max_steps_per_epoch, train_loader.batches_per_epoch())
+                                      : static_cast<int64_t>(train_loader.batches_per_epoch());
+  const bool tty = ::isatty(STDOUT_FILENO);
+  log << "training " << c.arch << " "
+      << (c.quantized() ? c.kind + " W" + std::to_string(c.weight_bits) + "A" + std::to_string(c.act_bits) : "fp32")
+      << " on " << spec.text() << ": " << train_indices.size() << " train / " << val_indices.size() << " validation / "
+      << test_set->size() << " test examples, " << c.epochs << " epochs of " << steps_per_epoch << " steps" << std::endl;
+
+  namespace F = torch::nn::functional;
+  const auto loss_options = F::CrossEntropyFuncOptions().label_smoothing(c.label_smoothing);
+  for (int64_t epoch = first_epoch; epoch <= c.epochs; ++epoch) {
+    const Clock::time_point epoch_start = Clock::now();
+    train_loader.start_epoch(epoch);
+    double loss_sum = 0;
+    int64_t correct = 0, seen = 0, step = 0;
+    double lr_now = c.lr;
+    data::Batch batch;
+    while (step < steps_per_epoch && train_loader.next(batch)) {
+      const double factor = schedule_factor(c, (epoch - 1) + double(step) / steps_per_epoch);
+      set_learning_rates(*sgd, c, factor);
+      lr_now = c.lr * factor;
+      sgd->zero_grad();
+      const torch::Tensor logits = model(batch.images);
+      const torch::Tensor loss = F::cross_entropy(logits, batch.labels, loss_options);
+      const double loss_value = loss.item<double>();
+      if (!std::isfinite(loss_value))
+        throw TrainingError("the loss became " + std::to_string(loss_value) + " at epoch " + std::to_string(epoch) +
+                            ", step " + std::to_string(step + 1) + "; stopped; the last good checkpoint is " +
+                            (epoch > 1 || resume ? last_path : std::string("(none yet)")) +
+                            " (try a lower optim.lr or optim.grad_clip)");
+      loss.backward();
+      if (c.grad_clip > 0) torch::nn::utils::clip_grad_norm_(model->parameters(), c.grad_clip);
+      sgd->step();
+      loss_sum += loss_value * batch.labels.numel();
+      correct += logits.argmax(1).eq(batch.labels).sum().item<int64_t>();
+      seen += batch.labels.numel();
+      ++step;
+      if (tty && (step % 5 == 0 || step == steps_per_epoch)) {
+        const double elapsed = seconds_since(epoch_start);
+        const double eta = elapsed / step * (steps_per_epoch - step);
+        std::ostringstream line;
+        line << "\repoch " << epoch << "/" << c.epochs << " [" << bar(double(step) / steps_per_epoch, 24) << "] "
+             << step << "/" << steps_per_epoch << " loss " << std::fixed << std::setprecision(3) << loss_sum / seen
+             << " acc " << std::setprecision(1) << 100.0 * correct / seen << "% lr " << std::setprecision(4) << lr_now
+             << " " << std::setprecision(0) << seen / elapsed << " img/s eta " << eta << "s   ";
+        log << line.str() << std::flush;
+      }
+    }
+    const double train_seconds = seconds_since(epoch_start);
+    const EvalResult val = val_loader ? evaluate(model, *val_loader) : EvalResult{};
+    const EvalResult test = evaluate(model, test_loader);
+    const double selection = val_loader ? val.top1 : test.top1;
+    const bool improved = selection > summary.best_val_top1;
+    if (improved) {
+      summary.best_val_top1 = selection;
+      summary.best_epoch = epoch;
+      summary.test_top1_at_best = test.top1;
+    }
+    summary.final_test_top1 = test.top1;
+    Checkpoint meta{c, info, epoch, {}};
+    meta.metrics = {{"val_top1", val.top1},
+                    {"test_top1", test.top1},
+                    {"best_val_top1", summary.best_val_top1},
+                    {"best_epoch", double(summary.best_epoch)},
+                    {"test_top1_at_best", summary.test_top1_at_best}};
+    save_checkpoint(last_path, model, sgd.get(), meta);
+    if (improved) save_checkpoint(best_path, model, nullptr, meta);
+    nlohmann::json line{{"epoch", epoch},
+                        {"train_loss", seen ? loss_sum / seen : 0.0},
+                        {"train_top1", seen ? 100.0 * correct / seen : 0.0},
+                        {"val_top1", val.top1},
+                        {"val_loss", val.loss},
+                        {"test_top1", test.top1},
+                        {"test_top5", test.top5},
+                        {"lr", lr_now},
+                        {"train_seconds", train_seconds},
+                        {"images_per_second", train_seconds > 0 ? seen / train_seconds : 0.0},
+                        {"elapsed_seconds", seconds_since(start)}};
+    std::ofstream(metrics_path, std::ios::app) << line.dump() << "\n";
+    std::ostringstream msg;
+    msg << (tty ? "\r" : "") << "epoch " << epoch << "/" << c.epochs << ": loss " << std::fixed << std::setprecision(4)
+        << (seen ? loss_sum / seen : 0.0) << " train " << std::setprecision(2) << (seen ? 100.0 * correct / seen : 0.0)
+        << "% val " << val.top1 << "% test " << test.top1 << "% lr " << std::setprecision(5) << lr_now << " ("
+        << std::setprecision(0) << train_seconds << " s, " << (train_seconds > 0 ? seen / train_seconds : 0.0)
+        << " img/s)" << (improved ? " *" : "") << "          \n";
+    log << msg.str() << std::flush;
+    if (c.stop_after_epoch > 0 && epoch >= c.stop_after_epoch && epoch < c.epochs) {
+      log << "stopping after epoch " << epoch << " (run.stop_after_epoch); continue with --resume\n";
+      break;
+    }
+  }
+  summary.epochs = c.epochs;
+  summary.seconds = seconds_since(start);
+  nlohmann::json s{{"config", nlohmann::json::parse(config_to_json(c))},
+                   {"epochs", summary.epochs},
+                   {"best_epoch", summary.best_epoch},
+                   {"selected_on", val_loader ? "validation" : "test"},
+                   {"best_val_top1", summary.best_val_top1},
+                   {"test_top1_at_best", summary.test_top1_at_best},
+                   {"final_test_top1", summary.final_test_top1},
+                   {"seconds", summary.seconds},
+                   {"best_checkpoint", best_path},
+                   {"last_checkpoint", last_path}};
+  const std::string summary_path = (fs::path(out_dir) / "summary.json").string();
+  std::ofstream(summary_path + ".tmp") << s.dump(2) << "\n";
+  fs::rename(summary_path + ".tmp", summary_path);
+  return summary;
+}
+
+}  // namespace apot::train

@@ -1,0 +1,78 @@
+// Recipe parsing, overrides and their errors.
+#include <gtest/gtest.h>
+
+#include "apot/train/config.h"
+
+using apot::train::ConfigError;
+using apot::train::config_from_toml_text;
+
+namespace {
+const char* kRecipe = R"(
+[model]
+arch = "resnet20"
+[data]
+spec = "fashion-mnist"
+batch_size = 64
+[quant]
+kind = "apot"
+weight_bits = 3
+act_bits = 3
+[optim]
+epochs = 7
+lr = 0.04
+[schedule]
+kind = "multistep"
+milestones = [3, 5]
+)";
+}
+
+TEST(Config, ParsesARecipe) {
+  const auto c = config_from_toml_text(kRecipe, "r.toml", {});
+  EXPECT_EQ(c.batch_size, 64);
+  EXPECT_EQ(c.weight_bits, 3);
+  EXPECT_EQ(c.epochs, 7);
+  EXPECT_DOUBLE_EQ(c.lr, 0.04);
+  EXPECT_EQ(c.milestones, (std::vector<int>{3, 5}));
+  EXPECT_EQ(c.act_alpha_lr, 0.1);  // default
+}
+
+TEST(Config, OverridesEveryKind) {
+  const auto c = config_from_toml_text(
+      kRecipe, "r.toml",
+      {"optim.lr=0.5", "optim.epochs=2", "quant.kind=uniform", "data.augment=false", "init=runs/w4/best.ckpt",
+       "schedule.milestones=[1]", "optim.weight_decay=3e-5", "quant.kind=\"pot\""});
+  EXPECT_DOUBLE_EQ(c.lr, 0.5);
+  EXPECT_EQ(c.epochs, 2);
+  EXPECT_EQ(c.kind, "pot");
+  EXPECT_FALSE(c.augment);
+  EXPECT_EQ(c.init, "runs/w4/best.ckpt");
+  EXPECT_EQ(c.milestones, (std::vector<int>{1}));
+  EXPECT_DOUBLE_EQ(c.weight_decay, 3e-5);
+  EXPECT_DOUBLE_EQ(config_from_toml_text(kRecipe, "r", {"optim.lr=1"}).lr, 1.0);  // integers are numbers
+}
+
+TEST(Config, ErrorsNameTheKey) {
+  auto message = [](const std::string& text, std::vector<std::string> sets) {
+    try {
+      config_from_toml_text(text, "r.toml", sets);
+    } catch (const ConfigError& e) {
+      return std::string(e.what());
+    }
+    return std::string("no error");
+  };
+  EXPECT_NE(message(kRecipe, {"optim.lrr=1"}).find("optim.lrr"), std::string::npos);
+  EXPECT_NE(message(kRecipe, {"optim.epochs=two"}).find("optim.epochs"), std::string::npos);
+  EXPECT_NE(message(kRecipe, {"optim.lr"}).find("key=value"), std::string::npos);
+  EXPECT_NE(message("[optim]\nlr = \"fast\"\n", {}).find("optim.lr"), std::string::npos);
+  EXPECT_NE(message("[optim\n", {}).find("r.toml:"), std::string::npos);
+  EXPECT_NE(message(kRecipe, {"quant.weight_bits=9"}).find("quant"), std::string::npos);
+  EXPECT_NE(message(kRecipe, {"model.arch=vgg"}).find("model.arch"), std::string::npos);
+  EXPECT_NE(message("[surprise]\nx = 1\n", {}).find("surprise.x"), std::string::npos);
+}
+
+TEST(Config, JsonRoundTrip) {
+  const auto c = config_from_toml_text(kRecipe, "r.toml", {"run.seed=99"});
+  const auto back = apot::train::config_from_json(apot::train::config_to_json(c));
+  EXPECT_EQ(apot::train::config_to_json(back), apot::train::config_to_json(c));
+  EXPECT_EQ(back.seed, 99u);
+}

@@ -1,0 +1,53 @@
+// The cost model reproduces Table 3 of the paper (APOT_SPEC section 7) within 1 M FixOPs.
+#include <gtest/gtest.h>
+
+#include "apot/levels/cost.h"
+
+using apot::levels::compute_cost;
+using apot::levels::resnet_spec;
+
+namespace {
+double fixops_m(const char* arch, int bits, const char* kind) {
+  return compute_cost(resnet_spec(arch, 3, 1000), 224, 224, bits, bits, kind).fixops / 1e6;
+}
+}  // namespace
+
+TEST(Cost, ReproducesTable3) {
+  EXPECT_NEAR(fixops_m("resnet18", 5, "uniform"), 781, 1.0);
+  EXPECT_NEAR(fixops_m("resnet18", 5, "apot"), 616, 1.0);
+  EXPECT_NEAR(fixops_m("resnet18", 5, "pot"), 582, 1.0);
+  EXPECT_NEAR(fixops_m("resnet18", 3, "uniform"), 357, 1.0);
+  EXPECT_NEAR(fixops_m("resnet18", 3, "apot"), 298, 1.0);
+  EXPECT_NEAR(fixops_m("resnet50", 4, "uniform"), 1112, 1.0);
+  EXPECT_NEAR(fixops_m("resnet50", 4, "apot"), 864, 1.0);
+  EXPECT_NEAR(1 - fixops_m("resnet50", 4, "apot") / fixops_m("resnet50", 4, "uniform"), 0.223, 0.0005);
+}
+
+TEST(Cost, MacCountsOfTheSpec) {
+  const auto r18 = compute_cost(resnet_spec("resnet18", 3, 1000), 224, 224, 4, 4, "apot");
+  EXPECT_NEAR(r18.macs / 1e9, 1.8141, 5e-5);
+  EXPECT_NEAR(r18.quantized_macs / 1e9, 1.6955, 5e-5);
+  EXPECT_EQ(r18.layers.front().layer.macs(), 118013952);  // conv1
+  EXPECT_EQ(r18.layers.back().layer.macs(), 512000);      // fc
+  EXPECT_NEAR(compute_cost(resnet_spec("resnet34", 3, 1000), 224, 224, 4, 4, "apot").macs / 1e9, 3.6638, 5e-5);
+  const auto r50 = compute_cost(resnet_spec("resnet50", 3, 1000), 224, 224, 4, 4, "apot");
+  EXPECT_NEAR(r50.macs / 1e9, 4.0892, 5e-5);
+  EXPECT_NEAR(r50.quantized_macs / 1e9, 3.9691, 5e-5);
+}
+
+TEST(Cost, ModelSizesOfTable3IncludeBatchNorm) {
+  auto mib = [](int bits, const char* kind) {
+    const auto r = compute_cost(resnet_spec("resnet18", 3, 1000), 224, 224, bits, bits, kind);
+    return (r.size_bytes + r.float_bytes) / 1048576.0;
+  };
+  EXPECT_NEAR(mib(5, "apot"), 7.22, 0.01);
+  EXPECT_NEAR(mib(3, "apot"), 4.56, 0.01);
+  const auto fp = compute_cost(resnet_spec("resnet18", 3, 1000), 224, 224, 32, 32, "fp");
+  EXPECT_NEAR((fp.size_bytes + fp.float_bytes) / 1e6, 46.8, 0.1);
+}
+
+TEST(Cost, BadArguments) {
+  EXPECT_THROW(compute_cost(resnet_spec("resnet18", 3, 1000), 224, 224, 1, 4, "apot"), std::invalid_argument);
+  EXPECT_THROW(compute_cost(resnet_spec("resnet18", 3, 1000), 224, 224, 4, 4, "lloyd"), std::invalid_argument);
+  EXPECT_THROW(resnet_spec("vgg16", 3, 10), std::invalid_argument);
+}

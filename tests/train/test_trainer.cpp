@@ -1,0 +1,175 @@
+// The trainer on a tiny synthetic data set: the loss falls, a resumed run ends where an
+// uninterrupted one ends, NaN stops the run, and state dicts round-trip.
+#include <gtest/gtest.h>
+
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <random>
+#include <sstream>
+
+#include "apot/qat/checkpoint_import.h"
+#include "apot/train/trainer.h"
+#include "data_test_util.h"
+
+using apot::test::TempDir;
+using apot::train::TrainConfig;
+
+namespace {
+
+// 4 classes of 8x8 grey images: a bright 4x4 square in one of the quadrants, plus noise.
+void write_synthetic(const TempDir& dir, const std::string& prefix, int n, unsigned seed) {
+  std::mt19937 rng(seed);
+  std::vector<uint8_t> images(size_t(n) * 64), labels(n);
+  for (int i = 0; i < n; ++i) {
+    const int k = i % 4;
+    labels[i] = static_cast<uint8_t>(k);
+    for (int y = 0; y < 8; ++y)
+      for (int x = 0; x < 8; ++x) {
+        const bool on = (y / 4) == (k / 2) && (x / 4) == (k % 2);
+        images[size_t(i) * 64 + y * 8 + x] = static_cast<uint8_t>((on ? 180 : 40) + rng() % 40);
+      }
+  }
+  apot::test::write_bytes(dir / (prefix + "-images-idx3-ubyte"), apot::test::idx_bytes({uint32_t(n), 8, 8}, images));
+  apot::test::write_bytes(dir / (prefix + "-labels-idx1-ubyte"), apot::test::idx_bytes({uint32_t(n)}, labels));
+}
+
+TrainConfig tiny_config(const TempDir& data) {
+  TrainConfig c;
+  c.data = "mnist:" + data.str();
+  c.batch_size = 16;
+  c.eval_batch_size = 64;
+  c.val_size = 32;
+  c.workers = 2;
+  c.epochs = 3;
+  c.lr = 0.05;
+  c.act_alpha_init = 4.0;
+  c.threads = 2;
+  return c;
+}
+
+std::vector<nlohmann::json> metrics(const std::string& dir) {
+  std::ifstream in(dir + "/metrics.jsonl");
+  std::vector<nlohmann::json> lines;
+  for (std::string line; std::getline(in, line);) lines.push_back(nlohmann::json::parse(line));
+  return lines;
+}
+
+class Trainer : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    write_synthetic(data_, "train", 160, 1);
+    write_synthetic(data_, "t10k", 64, 2);
+  }
+  TempDir data_;
+};
+
+}  // namespace
+
+TEST_F(Trainer, AFewEpochsLowerTheLoss) {
+  TempDir out;
+  std::ostringstream log;
+  const auto summary = apot::train::run_training(tiny_config(data_), out.str(), false, log);
+  const auto m = metrics(out.str());
+  ASSERT_EQ(m.size(), 3u) << log.str();
+  EXPECT_LT(m.back()["train_loss"].get<double>(), m.front()["train_loss"].get<double>()) << log.str();
+  EXPECT_GE(summary.best_epoch, 1);
+  EXPECT_TRUE(std::filesystem::exists(out / "best.ckpt"));
+  EXPECT_TRUE(std::filesystem::exists(out / "summary.json"));
+  EXPECT_FALSE(std::filesystem::exists(out / "last.ckpt.tmp"));
+  // The checkpoint evaluates to what the trainer measured.
+  apot::train::Checkpoint meta;
+  auto model = apot::train::load_checkpoint(out / "last.ckpt", &meta);
+  EXPECT_EQ(meta.epoch, 3);
+  EXPECT_EQ(meta.config.kind, "apot");
+  EXPECT_NEAR(meta.metrics["test_top1"], m.back()["test_top1"].get<double>(), 1e-9);
+}
+
+TEST_F(Trainer, ResumeEndsWhereAnUninterruptedRunEnds) {
+  TempDir whole, split;
+  std::ostringstream log;
+  TrainConfig c = tiny_config(data_);
+  apot::train::run_training(c, whole.str(), false, log);
+  TrainConfig first_part = c;
+  first_part.stop_after_epoch = 1;
+  apot::train::run_training(first_part, split.str(), false, log);
+  EXPECT_EQ(apot::train::read_checkpoint_meta(split / "last.ckpt").epoch, 1);
+  apot::train::run_training(c, split.str(), /*resume=*/true, log);
+  auto a = apot::train::load_checkpoint(whole / "last.ckpt");
+  auto b = apot::train::load_checkpoint(split / "last.ckpt");
+  const auto pa = a->named_parameters(), pb = b->named_parameters();
+  ASSERT_EQ(pa.size(), pb.size());
+  for (const auto& p : pa) EXPECT_TRUE(torch::allclose(p.value(), pb[p.key()], 1e-6, 1e-7)) << p.key();
+  const auto ba = a->named_buffers(), bb = b->named_buffers();
+  for (const auto& p : ba) EXPECT_TRUE(torch::allclose(p.value(), bb[p.key()], 1e-6, 1e-7)) << p.key();
+  EXPECT_EQ(metrics(split.str()).size(), 3u);
+}
+
+TEST_F(Trainer, ProgressiveInitialisationFromACheckpoint) {
+  TempDir w4, w3;
+  std::ostringstream log;
+  TrainConfig c = tiny_config(data_);
+  c.epochs = 1;
+  apot::train::run_training(c, w4.str(), false, log);
+  TrainConfig lower = c;
+  lower.weight_bits = lower.act_bits = 3;
+  lower.init = w4 / "best.ckpt";
+  lower.lr = 1e-9;  // barely moves: the weights must be those of the 4-bit run
+  lower.act_alpha_lr = lower.weight_alpha_lr = 1e-9;
+  apot::train::run_training(lower, w3.str(), false, log);
+  EXPECT_NE(log.str().find("initialised from"), std::string::npos);
+  auto a = apot::train::load_checkpoint(w4 / "best.ckpt");
+  auto b = apot::train::load_checkpoint(w3 / "last.ckpt");
+  EXPECT_TRUE(torch::allclose(a->conv1->weight, b->conv1->weight, 1e-5, 1e-6));
+  EXPECT_EQ(b->stages[0]->named_parameters().size(), a->stages[0]->named_parameters().size());
+}
+
+TEST_F(Trainer, NaNLossStopsWithAClearMessage) {
+  TempDir out;
+  std::ostringstream log;
+  TrainConfig c = tiny_config(data_);
+  c.kind = "fp";
+  c.lr = 1e30;
+  c.epochs = 2;
+  try {
+    apot::train::run_training(c, out.str(), false, log);
+    FAIL() << "no error";
+  } catch (const apot::train::TrainingError& e) {
+    EXPECT_NE(std::string(e.what()).find("loss became"), std::string::npos) << e.what();
+  }
+}
+
+TEST(StateDict, ExportImportRoundTripAndErrors) {
+  TempDir dir;
+  auto model = apot::qat::make_resnet("resnet20", 3, 10);
+  apot::qat::export_state_dict(*model, dir / "m.pt");
+  auto copy = apot::qat::make_resnet("resnet20", 3, 10);
+  apot::qat::import_state_dict(*copy, dir / "m.pt");
+  for (const auto& p : model->named_parameters()) EXPECT_TRUE(torch::equal(p.value(), copy->named_parameters()[p.key()]));
+  for (const auto& b : model->named_buffers()) EXPECT_TRUE(torch::equal(b.value(), copy->named_buffers()[b.key()]));
+  // Torchvision spelling (fc) and a module. prefix are accepted.
+  auto state = apot::qat::read_state_dict(dir / "m.pt");
+  std::map<std::string, torch::Tensor> renamed;
+  for (auto& [k, v] : state) renamed["module." + (k.rfind("linear.", 0) == 0 ? "fc." + k.substr(7) : k)] = v;
+  std::map<std::string, torch::Tensor> stripped;
+  for (auto& [k, v] : renamed) stripped[k.substr(7)] = v;
+  EXPECT_NO_THROW(apot::qat::load_state_dict(*copy, stripped, "renamed"));
+  // Wrong architecture: one error listing missing and wrongly shaped entries.
+  auto other = apot::qat::make_resnet("resnet32", 3, 10);
+  try {
+    apot::qat::import_state_dict(*other, dir / "m.pt");
+    FAIL() << "no error";
+  } catch (const std::runtime_error& e) {
+    EXPECT_NE(std::string(e.what()).find("missing"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("layer1.3.conv1.weight"), std::string::npos) << e.what();
+  }
+  auto wrong_classes = apot::qat::make_resnet("resnet20", 3, 7);
+  try {
+    apot::qat::import_state_dict(*wrong_classes, dir / "m.pt");
+    FAIL() << "no error";
+  } catch (const std::runtime_error& e) {
+    EXPECT_NE(std::string(e.what()).find("wrong shape linear.weight"), std::string::npos) << e.what();
+  }
+  apot::test::write_bytes(dir / "junk.pt", {'n', 'o', 'p', 'e'});
+  EXPECT_THROW(apot::qat::read_state_dict(dir / "junk.pt"), std::runtime_error);
+  EXPECT_THROW(apot::train::load_checkpoint(dir / "m.pt"), apot::train::TrainingError);
+}
