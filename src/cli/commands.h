@@ -17,6 +17,7 @@ void register_train(CLI::App& app);
 void register_eval(CLI::App& app);
 void register_export(CLI::App& app);
 void register_run(CLI::App& app);
+void register_bench(CLI::App& app);
 #endif
 
 }  // namespace apot::cli

@@ -23,6 +23,7 @@ int main(int argc, char** argv) {
   apot::cli::register_eval(app);
   apot::cli::register_export(app);
   apot::cli::register_run(app);
+  apot::cli::register_bench(app);
 #endif
   try {
     app.parse(argc, argv);

@@ -144,23 +144,36 @@ detail::RangeArgs base_args(const Projector::Tables& tables, const levels::Level
 }
 }  // namespace
 
-void Projector::quantize(const float* input, size_t n, float alpha, uint8_t* index, Isa isa,
-                         Normalisation norm) const {
+PreparedProjection Projector::prepare(float alpha, Isa isa, Normalisation norm) const {
   check_alpha(alpha);
   check_normalisation(norm);
-  const detail::IsaKernels& k = kernels_for(isa);
-  detail::RangeArgs a = base_args(tables_, set_, alpha, norm);
-  // Only the SIMD paths use the input-space thresholds.
-  const detail::InputSpace space = isa == Isa::scalar ? detail::InputSpace{} : input_space(tables_, alpha, norm);
-  a.space = &space;
+  kernels_for(isa);
+  PreparedProjection p;
+  p.space_ = std::make_shared<const detail::InputSpace>(isa == Isa::scalar ? detail::InputSpace{}
+                                                                           : input_space(tables_, alpha, norm));
+  p.alpha_ = alpha;
+  p.norm_ = norm;
+  p.isa_ = isa;
+  return p;
+}
+
+void Projector::quantize(const PreparedProjection& prepared, const float* input, size_t n, uint8_t* index) const {
+  const detail::IsaKernels& k = kernels_for(prepared.isa_);
+  detail::RangeArgs a = base_args(tables_, set_, prepared.alpha_, prepared.norm_);
+  a.space = prepared.space_.get();
   a.input = input;
   a.index_out = index;
-  size_t nans = 0;
   const long chunks = static_cast<long>((n + kChunk - 1) / kChunk);
   std::vector<size_t> per_chunk(static_cast<size_t>(chunks), 0);
   for_each_chunk(n, [&](long c, size_t begin, size_t end) { per_chunk[c] = k.quantize(a, begin, end); });
+  size_t nans = 0;
   for (size_t count : per_chunk) nans += count;
   if (nans > 0) throw std::invalid_argument("cannot quantize: input holds " + std::to_string(nans) + " NaN value(s)");
+}
+
+void Projector::quantize(const float* input, size_t n, float alpha, uint8_t* index, Isa isa,
+                         Normalisation norm) const {
+  quantize(prepare(alpha, isa, norm), input, n, index);
 }
 
 void Projector::dequantize(const uint8_t* index, size_t n, float alpha, float* out, Isa isa) const {

@@ -64,6 +64,8 @@ ParsedFile parse_apot(const uint8_t* bytes, size_t size, const std::string& name
     throw FormatError(name + ": file is " + std::to_string(size) + " bytes but its header says " +
                       std::to_string(h.file_size) + " (truncated or padded)");
   if (h.section_count < 1 || h.section_count > 16) throw FormatError(name + ": implausible section count");
+  for (uint8_t b : h.reserved)
+    if (b != 0) throw FormatError(name + ": reserved header bytes are not zero (corrupted file)");
   if (!fits(sizeof(FileHeader), uint64_t(h.section_count) * sizeof(SectionEntry), size))
     throw FormatError(name + ": section table outside the file");
   std::vector<SectionEntry> table(h.section_count);

@@ -22,6 +22,7 @@ struct Layer {
   // Quantised convolutions.
   kernels::PackedB packed;
   std::unique_ptr<kernels::Projector> input_projector;
+  kernels::PreparedProjection input_quantizer;  // thresholds for this layer's fixed alpha
   std::vector<uint8_t> index_to_code;  // level index -> integer code of the input set
   int max_code = 0;
   // Float layers: weights as float integers, [K][out] (K = kh * kw * in) so the inner loop runs over outputs.
@@ -67,7 +68,7 @@ struct Model::Impl {
   void quantize(const Feature& f, const Layer& l, std::vector<uint8_t>& codes) const {
     const size_t n = f.data.size();
     codes.resize(n);
-    l.input_projector->quantize(f.data.data(), n, l.record.input_alpha, codes.data(), kernels::default_isa());
+    l.input_projector->quantize(l.input_quantizer, f.data.data(), n, codes.data());
     for (size_t i = 0; i < n; ++i) codes[i] = l.index_to_code[codes[i]];
   }
 
@@ -82,7 +83,8 @@ struct Model::Impl {
     const uint8_t* A = codes;
     int lda = c;
     if (!(k == 1 && s == 1 && c % 4 == 0)) {
-      cols.assign(size_t(M) * Kp, 0);
+      cols.resize(size_t(M) * Kp);
+      std::fill(cols.begin(), cols.end(), uint8_t{0});
       for (int y = 0; y < oh; ++y)
         for (int x = 0; x < ow; ++x) {
           uint8_t* row = cols.data() + size_t(y * ow + x) * Kp;
@@ -141,8 +143,10 @@ struct Model::Impl {
 
   // One residual block on the float stream.
   Feature block(const Feature& x, const Block& b, const RunOptions& o) const {
-    std::vector<uint8_t> codes, cols;
-    std::vector<int32_t> acc;
+    // Per-thread scratch buffers keep their capacity between calls: large buffers would
+    // otherwise be mapped and page-faulted afresh for every block.
+    thread_local std::vector<uint8_t> codes, cols;
+    thread_local std::vector<int32_t> acc;
     int h = x.h, w = x.w;
     quantize(x, layers[b.conv[0]], codes);
     Feature cur;
@@ -298,6 +302,7 @@ Model Model::from_bytes(const std::vector<uint8_t>& bytes, const std::string& na
         for (int64_t v : set.integers()) l.index_to_code.push_back(static_cast<uint8_t>(v));
         l.max_code = static_cast<int>(set.integers().back());
         l.input_projector = std::make_unique<kernels::Projector>(set);
+        l.input_quantizer = l.input_projector->prepare(r.input_alpha);
       } catch (const levels::LevelSetError& e) {
         throw FormatError(name + ": layer " + li.name + ": " + e.what());
       }

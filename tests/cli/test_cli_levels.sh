@@ -24,9 +24,16 @@ expect w4json '"levels":\[-1(\.0)?,-0\.8'
 check a4json 0 "$apot" levels -b 4 --json;            expect a4json '"levels":\[0(\.0)?,0\.020833334,'
 check ternary 0 "$apot" levels --bits 2 --role weight --json; expect ternary '"kind":"ternary"'
 
+check cost 0 "$apot" cost --arch resnet50 --wbits 4 --abits 4 --kind apot
+expect cost "864\.[0-9] M FixOPs \(22\.3 % less than uniform's 1112\.[0-9] M\)"
+check costjson 0 "$apot" cost --arch resnet18 --wbits 5 --abits 5 --kind pot --json --layers
+expect costjson '"fixops":582[0-9]{6}\.'
+expect costjson '"name":"layer4.1.conv2"'
+
 for bad in "levels --bits 7" "levels --bits 1" "levels --bits 0" "levels --bits -2" "levels --bits x" \
            "levels --bits 4 --kind lloyd" "levels --bits 4 --role bias" "levels" "nosuchcommand" \
-           "levels --bits 9 --kind uniform" "levels --bits 2 --kind ternary --role activation"; do
+           "levels --bits 9 --kind uniform" "levels --bits 2 --kind ternary --role activation" \
+           "cost --arch vgg16" "cost --wbits 1" "cost --kind lloyd"; do
   # shellcheck disable=SC2086
   check "bad: $bad" 2 "$apot" $bad
   lines=$(printf '%s\n' "$out" | grep -c .)

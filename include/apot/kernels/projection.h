@@ -18,6 +18,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -48,6 +49,25 @@ struct Normalisation {
   float scale = 1.0f;
 };
 
+namespace detail {
+struct InputSpace;
+}
+
+// A projector with its thresholds already moved into the input space of one alpha and
+// normalisation (Projector::prepare): for inference, where alpha is fixed, this saves the
+// per-call preparation.
+class PreparedProjection {
+ public:
+  float alpha() const { return alpha_; }
+
+ private:
+  friend class Projector;
+  std::shared_ptr<const detail::InputSpace> space_;
+  float alpha_ = 1.0f;
+  Normalisation norm_;
+  Isa isa_ = Isa::scalar;
+};
+
 // A level set prepared for the kernels (padded lookup tables). Cheap to build; build once per
 // quantiser and reuse.
 class Projector {
@@ -58,6 +78,8 @@ class Projector {
   // index[i] = position in level_set().levels() of the level nearest to clamp(x / alpha).
   void quantize(const float* input, size_t n, float alpha, uint8_t* index, Isa isa = default_isa(),
                 Normalisation norm = {}) const;
+  PreparedProjection prepare(float alpha, Isa isa = default_isa(), Normalisation norm = {}) const;
+  void quantize(const PreparedProjection& prepared, const float* input, size_t n, uint8_t* index) const;
   // out[i] = levels()[index[i]] * alpha. Indices out of range throw.
   void dequantize(const uint8_t* index, size_t n, float alpha, float* out, Isa isa = default_isa()) const;
 

@@ -1,0 +1,131 @@
+// The integer engine against the LibTorch fake-quantised model it was exported from, on random
+// networks of several architectures and bit-widths, on every GEMM path.
+#include <gtest/gtest.h>
+
+#include "apot/export/export.h"
+#include "apot/runtime/model.h"
+
+using apot::qat::QuantPolicy;
+
+namespace {
+
+// Random but well-scaled batch-norm statistics and activation alphas, so that every layer
+// carries signal through several quantisation levels.
+void randomise(apot::qat::ResNet& model, unsigned seed) {
+  torch::manual_seed(seed);
+  torch::NoGradGuard no_grad;
+  for (auto& m : model->modules(false)) {
+    if (auto* bn = dynamic_cast<torch::nn::BatchNorm2dImpl*>(m.get())) {
+      bn->weight.uniform_(0.5, 1.5);
+      bn->bias.uniform_(-0.2, 0.4);
+      bn->running_mean.uniform_(-0.5, 0.5);
+      bn->running_var.uniform_(0.5, 2.0);
+    }
+    if (auto* c = dynamic_cast<apot::qat::QuantConv2dImpl*>(m.get())) c->act_alpha.uniform_(2.0, 4.0);
+  }
+}
+
+struct Case {
+  std::string arch;
+  apot::levels::Shortcut shortcut;
+  int bits;
+  apot::levels::Kind kind;
+  int size;
+};
+
+}  // namespace
+
+TEST(Engine, AgreesWithTheTrainedModel) {
+  const std::vector<Case> cases{
+      {"resnet20", apot::levels::Shortcut::A, 4, apot::levels::Kind::apot, 32},
+      {"resnet20", apot::levels::Shortcut::B, 3, apot::levels::Kind::apot, 20},
+      {"resnet20", apot::levels::Shortcut::A, 2, apot::levels::Kind::apot, 16},
+      {"resnet20", apot::levels::Shortcut::A, 4, apot::levels::Kind::uniform, 16},
+      {"resnet18", apot::levels::Shortcut::B, 4, apot::levels::Kind::apot, 64},
+  };
+  unsigned seed = 0;
+  for (const Case& c : cases) {
+    auto model = apot::qat::make_resnet(c.arch, 3, 10, c.shortcut);
+    QuantPolicy policy;
+    policy.weight_bits = policy.act_bits = c.bits;
+    policy.kind = c.kind;
+    apot::qat::apply_policy(*model, policy);
+    randomise(model, ++seed);
+    model->eval();
+    apot::exporter::ExportInfo info;
+    info.height = info.width = c.size;
+    info.mean = {0, 0, 0};
+    info.std = {1, 1, 1};
+    for (int k = 0; k < 10; ++k) info.class_names.push_back("c" + std::to_string(k));
+    const auto bytes = apot::exporter::export_model(model, info);
+    const auto engine = apot::runtime::Model::from_bytes(bytes, c.arch);
+    const int batch = 6;
+    const torch::Tensor x = torch::randn({batch, 3, c.size, c.size});
+    torch::Tensor reference;
+    {
+      torch::NoGradGuard no_grad;
+      reference = model(x).contiguous();
+    }
+    const float scale = reference.abs().max().item<float>();
+    for (auto isa : apot::kernels::supported_gemm_isas()) {
+      apot::runtime::RunOptions o;
+      o.isa = isa;
+      o.threads = 2;
+      const std::vector<float> logits = engine.run(x.data_ptr<float>(), batch, o);
+      const torch::Tensor got = torch::tensor(logits).reshape({batch, 10});
+      const float diff = (got - reference).abs().max().item<float>();
+      // Integer sums are exact where LibTorch rounds in float; a rare rounding at a level
+      // boundary moves one activation by one level, hence a tolerance relative to the logits.
+      EXPECT_LT(diff, 0.02f * scale) << c.arch << " W" << c.bits << " on " << apot::kernels::to_string(isa);
+      EXPECT_TRUE(torch::equal(got.argmax(1), reference.argmax(1))) << c.arch << " W" << c.bits;
+    }
+  }
+}
+
+TEST(Engine, ExportRejectsUnquantisedModelsAndLoadRejectsMismatches) {
+  auto fp = apot::qat::make_resnet("resnet20", 3, 10);
+  apot::exporter::ExportInfo info;
+  info.class_names = std::vector<std::string>(10, "c");
+  EXPECT_THROW(apot::exporter::export_model(fp, info), std::invalid_argument);
+  auto q = apot::qat::make_resnet("resnet20", 3, 10);
+  apot::qat::apply_policy(*q, QuantPolicy{});
+  auto bytes = apot::exporter::export_model(q, info);
+  EXPECT_NO_THROW(apot::runtime::Model::from_bytes(bytes));
+  bytes[200] ^= 1;  // inside the metadata section
+  EXPECT_THROW(apot::runtime::Model::from_bytes(bytes), apot::runtime::FormatError);
+  EXPECT_THROW(apot::runtime::Model::load("/nonexistent.apot"), apot::runtime::FormatError);
+}
+// A deep untrained network amplifies every float rounding that moves an activation across a
+// level boundary, so ResNet-50 is checked block by block: stage 1 (bottleneck blocks with a
+// projection shortcut) must match the trained model exactly up to float rounding.
+TEST(Engine, BottleneckBlocksMatchTheTrainedModel) {
+  auto model = apot::qat::make_resnet("resnet50", 3, 10, apot::levels::Shortcut::B);
+  QuantPolicy policy;
+  policy.weight_bits = policy.act_bits = 5;
+  apot::qat::apply_policy(*model, policy);
+  randomise(model, 9);
+  model->eval();
+  apot::exporter::ExportInfo info;
+  info.height = info.width = 32;
+  info.mean = {0, 0, 0};
+  info.std = {1, 1, 1};
+  info.class_names = std::vector<std::string>(10, "c");
+  const auto engine = apot::runtime::Model::from_bytes(apot::exporter::export_model(model, info));
+  const torch::Tensor x = torch::randn({1, 3, 32, 32});
+  std::vector<std::vector<float>> taps;
+  engine.run_with_taps(x.data_ptr<float>(), 1, taps);
+  torch::NoGradGuard no_grad;
+  torch::Tensor out = torch::relu(model->bn1(model->conv1(x)));
+  out = torch::nn::functional::max_pool2d(out, torch::nn::functional::MaxPool2dFuncOptions(3).stride(2).padding(1));
+  auto expect_close = [&](size_t tap, const torch::Tensor& t) {
+    const torch::Tensor nhwc = t.permute({0, 2, 3, 1}).contiguous();
+    const torch::Tensor e = torch::tensor(taps.at(tap)).reshape(nhwc.sizes());
+    EXPECT_LT((e - nhwc).abs().max().item<float>(), 1e-3f * (1 + nhwc.abs().max().item<float>())) << "tap " << tap;
+  };
+  expect_close(0, out);
+  auto& stage = model->stages[0];
+  for (size_t b = 0; b < stage->size(); ++b) {
+    out = stage->ptr(b)->as<apot::qat::ResidualBlockImpl>()->forward(out);
+    expect_close(b + 1, out);
+  }
+}
