@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Builds the libFuzzer targets with clang-14 (ASan + UBSan) and runs each for a bounded time
-# on its corpus in fuzz/corpus/<target>. Usage: fuzz/run.sh [seconds per target]
+# Builds the libFuzzer targets (IDX, CIFAR, JPEG/PNG, .apot readers) with clang-14 (ASan + UBSan)
+# and runs each for a bounded time on its corpus in fuzz/corpus/<target>. Usage: fuzz/run.sh [seconds per target]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 seconds=${1:-20}
@@ -16,7 +16,8 @@ build() {  # name sources... libs...
 build fuzz_idx src/data/idx.cpp "${common[@]}" -lz
 build fuzz_cifar src/data/cifar.cpp "${common[@]}"
 build fuzz_image src/data/image_decode.cpp "${common[@]}" -lturbojpeg -lpng
-for target in fuzz_idx fuzz_cifar fuzz_image; do
+build fuzz_apot src/runtime/format.cpp -lxxhash
+for target in fuzz_idx fuzz_cifar fuzz_image fuzz_apot; do
   corpus=fuzz/corpus/${target#fuzz_}
   work=$(mktemp -d)
   echo "fuzz: $target for ${seconds}s"

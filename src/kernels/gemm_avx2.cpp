@@ -9,12 +9,6 @@
 namespace apot::kernels::detail {
 namespace {
 
-inline int32_t load4(const uint8_t* p) {
-  int32_t v;
-  std::memcpy(&v, p, 4);
-  return v;
-}
-
 template <int R>
 void block(const uint8_t* A, int m, int lda, const PackedB& B, int nb, int32_t* C, int ldc) {
   const int k4n = B.Kp / 4;

@@ -33,8 +33,7 @@ const detail::IsaKernels& kernels_for(Isa isa) {
 
 void check_alpha(float alpha) {
   if (!std::isfinite(alpha) || alpha < kMinAlpha)
-    throw std::invalid_argument("clipping threshold alpha must be finite and >= " + std::to_string(kMinAlpha) +
-                                ", got " + std::to_string(alpha));
+    throw std::invalid_argument("clipping threshold alpha must be finite and >= 1e-8, got " + std::to_string(alpha));
 }
 
 void check_normalisation(Normalisation norm) {

@@ -26,8 +26,7 @@ bool use_kernels(const torch::Tensor& input) {
 void check_alpha_values(const torch::Tensor& alpha) {
   const float smallest = alpha.detach().min().item<float>();
   if (!std::isfinite(smallest) || smallest < kernels::kMinAlpha || !std::isfinite(alpha.detach().max().item<float>()))
-    throw std::invalid_argument("clipping threshold alpha must be finite and >= " +
-                                std::to_string(kernels::kMinAlpha) + ", got " + std::to_string(smallest));
+    throw std::invalid_argument("clipping threshold alpha must be finite and >= 1e-8, got " + std::to_string(smallest));
 }
 
 // Alpha shaped to broadcast against input: a scalar, or [C, 1, 1, ...] per output channel.

@@ -67,6 +67,15 @@ std::unique_ptr<torch::optim::SGD> make_optimizer(qat::ResNet& model, const Trai
   return std::make_unique<torch::optim::SGD>(groups, torch::optim::SGDOptions(c.lr));
 }
 
+// Projected SGD for the clipping thresholds: an alpha that a step drives to zero or below would
+// make the quantiser meaningless (the reference code lets it happen); keep it at a small floor.
+constexpr double kAlphaFloor = 1e-3;
+void clamp_alphas(torch::optim::SGD& sgd) {
+  torch::NoGradGuard no_grad;
+  for (size_t g = 1; g < sgd.param_groups().size(); ++g)
+    for (auto& p : sgd.param_groups()[g].params()) p.clamp_min_(kAlphaFloor);
+}
+
 void set_learning_rates(torch::optim::SGD& sgd, const TrainConfig& c, double factor) {
   const double base[3] = {c.lr, c.act_alpha_lr, c.weight_alpha_lr};
   for (size_t i = 0; i < sgd.param_groups().size(); ++i)
@@ -224,6 +233,7 @@ TrainSummary run_training(const TrainConfig& c, const std::string& out_dir, bool
       loss.backward();
       if (c.grad_clip > 0) torch::nn::utils::clip_grad_norm_(model->parameters(), c.grad_clip);
       sgd->step();
+      clamp_alphas(*sgd);
       loss_sum += loss_value * batch.labels.numel();
       correct += logits.argmax(1).eq(batch.labels).sum().item<int64_t>();
       seen += batch.labels.numel();
