@@ -58,6 +58,11 @@ void run_run(const RunCmdOptions& o) {
   if (o.limit > 0)
     for (size_t i = 0; i < std::min<size_t>(o.limit, test_set->size()); ++i) indices.push_back(i);
   data::Loader loader(test_set, lo, indices);
+  const std::vector<int64_t> shape = loader.example_shape();
+  if (shape != std::vector<int64_t>{info.spec.in_channels, info.height, info.width})
+    throw UsageError(o.model + " expects " + std::to_string(info.spec.in_channels) + "x" + std::to_string(info.height) +
+                     "x" + std::to_string(info.width) + " inputs, " + o.data + " gives " + std::to_string(shape[0]) +
+                     "x" + std::to_string(shape[1]) + "x" + std::to_string(shape[2]));
 
   qat::ResNet trained{nullptr};
   if (!o.compare.empty()) {
