@@ -19,6 +19,7 @@ build fuzz_image src/data/image_decode.cpp "${common[@]}" -lturbojpeg -lpng
 build fuzz_apot src/runtime/format.cpp -lxxhash
 for target in fuzz_idx fuzz_cifar fuzz_image fuzz_apot; do
   corpus=fuzz/corpus/${target#fuzz_}
+  [ -d "$corpus" ] || { echo "fuzz: missing corpus $corpus"; exit 1; }
   work=$(mktemp -d)
   echo "fuzz: $target for ${seconds}s"
   mkdir -p "$out/artifacts"
