@@ -143,6 +143,7 @@ detail::RangeArgs base_args(const Projector::Tables& tables, const levels::Level
 }
 }  // namespace
 
+// Checks the arguments and moves the thresholds into input space (only the SIMD paths use it).
 PreparedProjection Projector::prepare(float alpha, Isa isa, Normalisation norm) const {
   check_alpha(alpha);
   check_normalisation(norm);
@@ -190,13 +191,10 @@ void Projector::dequantize(const uint8_t* index, size_t n, float alpha, float* o
 }
 
 void Projector::forward(const float* input, size_t n, float alpha, float* out, Isa isa, Normalisation norm) const {
-  check_alpha(alpha);
-  check_normalisation(norm);
+  const PreparedProjection p = prepare(alpha, isa, norm);
   const detail::IsaKernels& k = kernels_for(isa);
   detail::RangeArgs a = base_args(tables_, set_, alpha, norm);
-  // Only the SIMD paths use the input-space thresholds.
-  const detail::InputSpace space = isa == Isa::scalar ? detail::InputSpace{} : input_space(tables_, alpha, norm);
-  a.space = &space;
+  a.space = p.space_.get();
   a.input = input;
   a.out = out;
   for_each_chunk(n, [&](long, size_t begin, size_t end) { k.forward(a, begin, end); });
@@ -204,13 +202,10 @@ void Projector::forward(const float* input, size_t n, float alpha, float* out, I
 
 double Projector::backward(const float* input, const float* grad_output, size_t n, float alpha, SteVariant variant,
                            float* grad_input, Isa isa, Normalisation norm) const {
-  check_alpha(alpha);
-  check_normalisation(norm);
+  const PreparedProjection p = prepare(alpha, isa, norm);
   const detail::IsaKernels& k = kernels_for(isa);
   detail::RangeArgs a = base_args(tables_, set_, alpha, norm);
-  // Only the SIMD paths use the input-space thresholds.
-  const detail::InputSpace space = isa == Isa::scalar ? detail::InputSpace{} : input_space(tables_, alpha, norm);
-  a.space = &space;
+  a.space = p.space_.get();
   a.input = input;
   a.grad_output = grad_output;
   a.grad_input = grad_input;
