@@ -1,5 +1,7 @@
 // GEMM driver: packing, ISA selection and the scalar reference.
+#include <cmath>
 #include <cstdlib>
+#include <algorithm>
 #include <stdexcept>
 
 #include "gemm_impl.h"
@@ -44,42 +46,105 @@ GemmIsa default_gemm_isa() {
   return chosen;
 }
 
-PackedB pack_weights(const int8_t* weights, int N, int K) {
-  PackedB B;
-  B.K = K;
-  B.N = N;
-  B.Kp = round_up4(K);
-  B.Np = (N + 15) / 16 * 16;
-  B.data.assign(size_t(B.Np) * B.Kp, 0);
-  for (int n = 0; n < N; ++n)
-    for (int k = 0; k < K; ++k) {
-      const int8_t v = weights[size_t(n) * K + k];
-      B.data[(size_t(n / 16) * (B.Kp / 4) + k / 4) * 64 + (n % 16) * 4 + k % 4] = v;
-      B.max_abs = std::max(B.max_abs, std::abs(int(v)));
-    }
-  return B;
+PackedConv pack_conv(const int8_t* weights, int out_channels, int in_channels, int kernel, int stride, int padding) {
+  if (out_channels < 1 || in_channels < 1 || kernel < 1 || stride < 1 || padding < 0 || padding >= kernel)
+    throw std::invalid_argument("pack_conv: invalid convolution shape");
+  PackedConv w;
+  w.in_channels = in_channels;
+  w.cs = round_up4(in_channels);
+  w.out_channels = out_channels;
+  w.kernel = kernel;
+  w.stride = stride;
+  w.padding = padding;
+  w.nblocks = (out_channels + 15) / 16;
+  w.data.assign(size_t(w.K()) * w.nblocks * 16, 0);
+  for (int n = 0; n < out_channels; ++n)
+    for (int tap = 0; tap < kernel * kernel; ++tap)
+      for (int c = 0; c < in_channels; ++c) {
+        const int8_t v = weights[(size_t(n) * kernel * kernel + tap) * in_channels + c];
+        const int k = tap * w.cs + c;
+        w.data[(size_t(k / 4) * w.nblocks + n / 16) * 64 + (n % 16) * 4 + k % 4] = v;
+        w.max_abs = std::max(w.max_abs, std::abs(int(v)));
+      }
+  return w;
+}
+
+Requantizer make_requantizer(std::vector<float> thresholds, std::vector<uint8_t> codes) {
+  if (thresholds.size() > 31) throw std::invalid_argument("requantizer: more than 31 thresholds");
+  if (codes.size() != thresholds.size() + 1) throw std::invalid_argument("requantizer: needs one code more than thresholds");
+  for (size_t i = 0; i < thresholds.size(); ++i)
+    if (std::isnan(thresholds[i]) || (i > 0 && !(thresholds[i - 1] <= thresholds[i])))
+      throw std::invalid_argument("requantizer: thresholds must be ascending numbers");
+  return Requantizer{std::move(thresholds), std::move(codes)};
+}
+
+int Requantizer::code(float v) const {
+  size_t index = 0;
+  while (index < thresholds.size() && v >= thresholds[index]) ++index;
+  return codes[index];
 }
 
 namespace detail {
-void gemm_rows_scalar(const uint8_t* A, int m0, int m1, int lda, const PackedB& B, int32_t* C, int ldc) {
-  for (int m = m0; m < m1; ++m)
-    for (int n = 0; n < B.N; ++n) {
+void conv_rows_scalar(const ConvArgs& a, int m0, int m1) {
+  const PackedConv& w = *a.w;
+  std::vector<int32_t> acc(size_t(w.out_channels));
+  for (int m = m0; m < m1; ++m) {
+    const int y = m / a.ow, x = m % a.ow;
+    const uint8_t* base = a.base(y, x);
+    for (int n = 0; n < w.out_channels; ++n) {
       int32_t sum = 0;
-      for (int k = 0; k < B.K; ++k) sum += int32_t(A[size_t(m) * lda + k]) * packed_at(B, k, n);
-      C[size_t(m) * ldc + n] = sum;
+      for (int tap = 0; tap < w.kernel * w.kernel; ++tap)
+        for (int c = 0; c < w.cs; ++c) sum += int32_t(base[a.tap_offsets[tap] + c]) * w.at(tap * w.cs + c, n);
+      acc[n] = sum;
     }
+    epilogue_scalar(a, m, y, x, 0, w.out_channels, acc.data());
+  }
 }
 }  // namespace detail
 
-void gemm_u8s8(const uint8_t* A, int M, int lda, int max_a, const PackedB& B, int32_t* C, int ldc, GemmIsa isa) {
-  if (lda < B.Kp || ldc < B.N) throw std::invalid_argument("gemm_u8s8: row strides smaller than the matrix");
-  bool supported = false;
-  for (GemmIsa s : supported_gemm_isas()) supported |= s == isa;
-  if (!supported) throw std::invalid_argument(std::string("GEMM path ") + to_string(isa) + " is not supported here");
-  detail::GemmRows rows = detail::gemm_rows_scalar;
-  if (isa == GemmIsa::avx512_vnni) rows = detail::gemm_rows_avx512_vnni;
-  if (isa == GemmIsa::avx2 && 2 * max_a * B.max_abs <= 32767) rows = detail::gemm_rows_avx2;
-  rows(A, 0, M, lda, B, C, ldc);
+namespace {
+bool supports(GemmIsa isa) {
+  for (GemmIsa s : supported_gemm_isas())
+    if (s == isa) return true;
+  return false;
+}
+}  // namespace
+
+void conv_u8s8(const CodeImage& in, const PackedConv& w, int max_code, const ConvOutput& out, GemmIsa isa, int threads) {
+  if (in.cs != w.cs || in.border < w.padding || in.data == nullptr)
+    throw std::invalid_argument("conv_u8s8: input image does not fit the convolution");
+  if (in.h + 2 * w.padding < w.kernel || in.w + 2 * w.padding < w.kernel)
+    throw std::invalid_argument("conv_u8s8: input smaller than the kernel");
+  if (!out.scale || !out.bias) throw std::invalid_argument("conv_u8s8: scale and bias are required");
+  detail::ConvArgs a{&in, &w, &out, w.out_h(in.h), w.out_w(in.w), in.border - w.padding, {}};
+  if (out.requantizer && (out.codes.h != a.oh || out.codes.w != a.ow || out.codes.cs < w.out_channels || !out.codes.data))
+    throw std::invalid_argument("conv_u8s8: output code image does not fit the convolution");
+  if (!supports(isa)) throw std::invalid_argument(std::string("GEMM path ") + to_string(isa) + " is not supported here");
+  for (int ky = 0; ky < w.kernel; ++ky)
+    for (int kx = 0; kx < w.kernel; ++kx) a.tap_offsets.push_back((ptrdiff_t(ky) * in.padded_w() + kx) * in.cs);
+  detail::ConvRows rows = detail::conv_rows_scalar;
+  if (isa == GemmIsa::avx512_vnni) rows = detail::conv_rows_avx512_vnni;
+  if (isa == GemmIsa::avx2 && 2 * max_code * w.max_abs <= 32767) rows = detail::conv_rows_avx2;
+  const int M = a.oh * a.ow;
+  // Chunks of whole 48-pixel groups (a multiple of every kernel's tile height).
+  const int chunks = std::min(std::max(1, threads), (M + 47) / 48);
+  if (chunks <= 1) return rows(a, 0, M);
+  const int per_chunk = (M + 48 * chunks - 1) / (48 * chunks) * 48;
+#pragma omp parallel for num_threads(chunks) schedule(static, 1)
+  for (int c = 0; c < chunks; ++c) rows(a, std::min(M, c * per_chunk), std::min(M, (c + 1) * per_chunk));
+}
+
+void requantize(const float* values, int h, int w, int n, const Requantizer& q, const CodeImage& out, GemmIsa isa) {
+  if (out.h != h || out.w != w || out.cs < n || !out.data)
+    throw std::invalid_argument("requantize: output code image does not fit");
+  if (!supports(isa)) throw std::invalid_argument(std::string("GEMM path ") + to_string(isa) + " is not supported here");
+  if (isa == GemmIsa::avx512_vnni) return detail::requantize_avx512(values, h, w, n, q, out);
+  for (int y = 0; y < h; ++y)
+    for (int x = 0; x < w; ++x) {
+      const float* v = values + (size_t(y) * w + x) * n;
+      uint8_t* dst = out.pixel(y, x);
+      for (int c = 0; c < n; ++c) dst[c] = static_cast<uint8_t>(q.code(v[c]));
+    }
 }
 
 }  // namespace apot::kernels

@@ -1,68 +1,145 @@
-// AVX-512 VNNI GEMM: 16 output channels per zmm, up to 4 rows x 64 channels of int32
-// accumulators; each vpdpbusd adds four u8 x s8 products per lane.
+// AVX-512 VNNI convolution: 16 output channels per zmm, R output pixels x NB channel blocks of
+// int32 accumulators; each vpdpbusd adds four u8 x s8 products per lane. The epilogue is
+// vectorised: scale, bias, residual, ReLU in float (the scalar order, no FMA), and the
+// requantisation by a branch-free binary search over the thresholds held in one or two zmm
+// registers (vpermps), then a vpermd table lookup of the codes.
 #include <immintrin.h>
-
-#include <cstring>
 
 #include "gemm_impl.h"
 
 namespace apot::kernels::detail {
 namespace {
 
+// The requantiser's tables, padded to a power of two of at most 32: thresholds with +inf,
+// codes with the last code (so that v = +inf, which passes the padding, still gets it).
+struct Search {
+  __m512 t0, t1;
+  __m512i c0, c1;
+  int steps = 0;  // log2 of the table size
+  bool wide = false;
+
+  explicit Search(const Requantizer* q) {
+    alignas(64) float t[32];
+    alignas(64) int32_t c[32];
+    for (int i = 0; i < 32; ++i) {
+      t[i] = i < int(q ? q->thresholds.size() : 0) ? q->thresholds[i] : __builtin_inff();
+      c[i] = q ? q->codes[std::min(i, int(q->codes.size()) - 1)] : 0;
+    }
+    const int levels = q ? int(q->codes.size()) : 1;
+    while ((1 << steps) < levels) ++steps;
+    wide = steps > 4;
+    t0 = _mm512_load_ps(t);
+    t1 = _mm512_load_ps(t + 16);
+    c0 = _mm512_load_si512(c);
+    c1 = _mm512_load_si512(c + 16);
+  }
+
+  // Codes of 16 values: index = number of thresholds <= v.
+  __m128i codes(__m512 v) const {
+    __m512i index = _mm512_setzero_si512();
+    for (int step = (1 << steps) >> 1; step >= 1; step >>= 1) {
+      const __m512i candidate = _mm512_add_epi32(index, _mm512_set1_epi32(step));
+      const __m512i probe = _mm512_sub_epi32(candidate, _mm512_set1_epi32(1));
+      const __m512 t = wide ? _mm512_permutex2var_ps(t0, probe, t1) : _mm512_permutexvar_ps(probe, t0);
+      index = _mm512_mask_mov_epi32(index, _mm512_cmp_ps_mask(v, t, _CMP_GE_OQ), candidate);
+    }
+    const __m512i code = wide ? _mm512_permutex2var_epi32(c0, index, c1) : _mm512_permutexvar_epi32(index, c0);
+    return _mm512_cvtepi32_epi8(code);
+  }
+};
+
+inline __mmask16 lane_mask(int count) { return static_cast<__mmask16>(count >= 16 ? 0xFFFF : (1u << count) - 1); }
+
+struct Epilogue {
+  const ConvOutput& o;
+  const Search search;
+  const size_t N;
+
+  void operator()(__m512i acc, int p, int y, int x, int n0, __mmask16 mask) const {
+    const size_t at = size_t(p) * N + n0;
+    __m512 v = _mm512_mul_ps(_mm512_maskz_loadu_ps(mask, o.scale + n0), _mm512_cvtepi32_ps(acc));
+    v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(mask, o.bias + n0));
+    if (o.residual) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(mask, o.residual + at));
+    if (o.relu) v = _mm512_max_ps(_mm512_setzero_ps(), v);  // = std::max(v, 0.0f), NaN included
+    if (o.values) _mm512_mask_storeu_ps(o.values + at, mask, v);
+    if (o.accumulators) _mm512_mask_storeu_epi32(o.accumulators + at, mask, acc);
+    if (o.requantizer) _mm_mask_storeu_epi8(o.codes.pixel(y, x) + n0, mask, search.codes(v));
+  }
+};
+
+// R output pixels (the first `valid` are real; the others repeat the last) x NB blocks of 16
+// output channels from block nb.
 template <int R, int NB>
-void block(const uint8_t* A, int m, int lda, const PackedB& B, int nb, int32_t* C, int ldc) {
-  const int k4n = B.Kp / 4;
+void tile(const ConvArgs& a, const Epilogue& epilogue, int m, int valid, int nb) {
+  const PackedConv& w = *a.w;
+  const uint8_t* ap[R];
+  int ys[R], xs[R];
+  for (int r = 0, y = m / a.ow, x = m % a.ow; r < R; ++r) {
+    ys[r] = y;
+    xs[r] = x;
+    ap[r] = r < valid ? a.base(y, x) : ap[r - 1];
+    if (++x == a.ow) x = 0, ++y;
+  }
   __m512i acc[R][NB];
   for (int r = 0; r < R; ++r)
     for (int j = 0; j < NB; ++j) acc[r][j] = _mm512_setzero_si512();
-  const int8_t* bp[NB];
-  for (int j = 0; j < NB; ++j) bp[j] = B.data.data() + size_t(nb + j) * k4n * 64;
-  const uint8_t* ap[R];
-  for (int r = 0; r < R; ++r) ap[r] = A + size_t(m + r) * lda;
-  for (int k4 = 0; k4 < k4n; ++k4) {
-    __m512i b[NB];
-    for (int j = 0; j < NB; ++j) b[j] = _mm512_loadu_si512(bp[j] + size_t(k4) * 64);
-    for (int r = 0; r < R; ++r) {
-      const __m512i a = _mm512_set1_epi32(load4(ap[r] + 4 * k4));
-      for (int j = 0; j < NB; ++j) acc[r][j] = _mm512_dpbusd_epi32(acc[r][j], a, b[j]);
+  const int8_t* bp = w.data.data() + size_t(nb) * 64;
+  const size_t bstep = size_t(w.nblocks) * 64;
+  const int taps = w.kernel * w.kernel, cs4 = w.cs / 4;
+  for (int t = 0; t < taps; ++t) {
+    const ptrdiff_t off = a.tap_offsets[t];
+    for (int c4 = 0; c4 < cs4; ++c4, bp += bstep) {
+      __m512i b[NB];
+      for (int j = 0; j < NB; ++j) b[j] = _mm512_loadu_si512(bp + j * 64);
+      for (int r = 0; r < R; ++r) {
+        const __m512i av = _mm512_set1_epi32(load4(ap[r] + off + 4 * c4));
+        for (int j = 0; j < NB; ++j) acc[r][j] = _mm512_dpbusd_epi32(acc[r][j], av, b[j]);
+      }
     }
   }
   for (int j = 0; j < NB; ++j) {
     const int n0 = (nb + j) * 16;
-    const int count = B.N - n0 < 16 ? B.N - n0 : 16;
-    const __mmask16 mask = static_cast<__mmask16>(count >= 16 ? 0xFFFF : (1u << count) - 1);
-    for (int r = 0; r < R; ++r) _mm512_mask_storeu_epi32(C + size_t(m + r) * ldc + n0, mask, acc[r][j]);
+    const __mmask16 mask = lane_mask(w.out_channels - n0);
+    for (int r = 0; r < R; ++r)
+      if (r < valid) epilogue(acc[r][j], m + r, ys[r], xs[r], n0, mask);
   }
 }
 
-template <int R>
-void row_block(const uint8_t* A, int m, int lda, const PackedB& B, int32_t* C, int ldc) {
-  const int nblocks = B.Np / 16;
-  int nb = 0;
-  for (; nb + 4 <= nblocks; nb += 4) block<R, 4>(A, m, lda, B, nb, C, ldc);
-  switch (nblocks - nb) {
-    case 3: block<R, 3>(A, m, lda, B, nb, C, ldc); break;
-    case 2: block<R, 2>(A, m, lda, B, nb, C, ldc); break;
-    case 1: block<R, 1>(A, m, lda, B, nb, C, ldc); break;
-    default: break;
-  }
+// Channel blocks [nb, nb + NB) for all pixels, R at a time.
+template <int R, int NB>
+void sweep(const ConvArgs& a, const Epilogue& e, int m0, int m1, int nb) {
+  for (int m = m0; m < m1; m += R) tile<R, NB>(a, e, m, std::min(R, m1 - m), nb);
 }
 
 }  // namespace
 
-void gemm_rows_avx512_vnni(const uint8_t* A, int m0, int m1, int lda, const PackedB& B, int32_t* C, int ldc) {
-  int m = m0;
-  // With 16 output channels a 4-row block has only 4 independent accumulator chains, too few
-  // to hide the vpdpbusd latency: take 8 rows at a time there.
-  if (B.Np == 16)
-    for (; m + 8 <= m1; m += 8) block<8, 1>(A, m, lda, B, 0, C, ldc);
-  for (; m + 4 <= m1; m += 4) row_block<4>(A, m, lda, B, C, ldc);
-  switch (m1 - m) {
-    case 3: row_block<3>(A, m, lda, B, C, ldc); break;
-    case 2: row_block<2>(A, m, lda, B, C, ldc); break;
-    case 1: row_block<1>(A, m, lda, B, C, ldc); break;
+// Channel groups outside, pixels inside: a group's weights stay in cache while the pixels pass.
+// Accumulator tiles: 12 pixels x 1 block, 8 x 2, 6 x 3 or 6 x 4 (enough independent vpdpbusd
+// chains to hide their latency, at most 24 of the 32 registers).
+void conv_rows_avx512_vnni(const ConvArgs& a, int m0, int m1) {
+  const Epilogue e{*a.out, Search(a.out->requantizer), size_t(a.w->out_channels)};
+  const int nblocks = a.w->nblocks;
+  int nb = 0;
+  for (; nb + 4 <= nblocks; nb += 4) sweep<6, 4>(a, e, m0, m1, nb);
+  switch (nblocks - nb) {
+    case 3: sweep<6, 3>(a, e, m0, m1, nb); break;
+    case 2: sweep<8, 2>(a, e, m0, m1, nb); break;
+    case 1: sweep<12, 1>(a, e, m0, m1, nb); break;
     default: break;
   }
+}
+
+void requantize_avx512(const float* values, int h, int w, int n, const Requantizer& q, const CodeImage& out) {
+  const Search search(&q);
+  for (int y = 0; y < h; ++y)
+    for (int x = 0; x < w; ++x) {
+      const float* v = values + (size_t(y) * w + x) * n;
+      uint8_t* dst = out.pixel(y, x);
+      for (int c = 0; c < n; c += 16) {
+        const __mmask16 mask = lane_mask(n - c);
+        _mm_mask_storeu_epi8(dst + c, mask, search.codes(_mm512_maskz_loadu_ps(mask, v + c)));
+      }
+    }
 }
 
 }  // namespace apot::kernels::detail

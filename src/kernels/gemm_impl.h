@@ -1,16 +1,33 @@
-// Internal interface of the GEMM paths: each computes rows [m0, m1) of C.
+// Internal interface of the convolution paths: each computes output pixels [m0, m1).
 #pragma once
 
+#include <algorithm>
 #include <cstring>
+#include <vector>
 
 #include "apot/kernels/gemm.h"
 
 namespace apot::kernels::detail {
 
-using GemmRows = void (*)(const uint8_t* A, int m0, int m1, int lda, const PackedB& B, int32_t* C, int ldc);
-void gemm_rows_scalar(const uint8_t* A, int m0, int m1, int lda, const PackedB& B, int32_t* C, int ldc);
-void gemm_rows_avx2(const uint8_t* A, int m0, int m1, int lda, const PackedB& B, int32_t* C, int ldc);
-void gemm_rows_avx512_vnni(const uint8_t* A, int m0, int m1, int lda, const PackedB& B, int32_t* C, int ldc);
+struct ConvArgs {
+  const CodeImage* in;
+  const PackedConv* w;
+  const ConvOutput* out;
+  int oh, ow;
+  int offset;                           // in.border - padding
+  std::vector<ptrdiff_t> tap_offsets;  // byte offset of tap (ky, kx) from the tap (0, 0) pixel
+
+  // The input pixel under tap (0, 0) of output pixel (y, x).
+  const uint8_t* base(int y, int x) const {
+    return in->data + (size_t(y * w->stride + offset) * in->padded_w() + size_t(x * w->stride + offset)) * in->cs;
+  }
+};
+
+using ConvRows = void (*)(const ConvArgs& a, int m0, int m1);
+void conv_rows_scalar(const ConvArgs& a, int m0, int m1);
+void conv_rows_avx2(const ConvArgs& a, int m0, int m1);
+void conv_rows_avx512_vnni(const ConvArgs& a, int m0, int m1);
+void requantize_avx512(const float* values, int h, int w, int n, const Requantizer& q, const CodeImage& out);
 
 // Four consecutive activation codes as one int32 (for the broadcast of a 4-byte group).
 inline int32_t load4(const uint8_t* p) {
@@ -19,8 +36,23 @@ inline int32_t load4(const uint8_t* p) {
   return v;
 }
 
-inline int8_t packed_at(const PackedB& B, int k, int n) {
-  return B.data[(size_t(n / 16) * (B.Kp / 4) + k / 4) * 64 + (n % 16) * 4 + k % 4];
+// The scalar epilogue of `count` channels from n0 of output pixel p = (y, x); shared by the
+// reference and the AVX2 path, and the definition the AVX-512 epilogue must match bit for bit.
+inline void epilogue_scalar(const ConvArgs& a, int p, int y, int x, int n0, int count, const int32_t* acc) {
+  const ConvOutput& o = *a.out;
+  const size_t N = size_t(a.w->out_channels);
+  uint8_t* codes = o.requantizer ? o.codes.pixel(y, x) : nullptr;
+  for (int i = 0; i < count; ++i) {
+    const int n = n0 + i;
+    const size_t at = size_t(p) * N + n;
+    float v = o.scale[n] * float(acc[i]);
+    v = v + o.bias[n];
+    if (o.residual) v = v + o.residual[at];
+    if (o.relu) v = std::max(v, 0.0f);
+    if (o.values) o.values[at] = v;
+    if (o.accumulators) o.accumulators[at] = acc[i];
+    if (codes) codes[n] = static_cast<uint8_t>(o.requantizer->code(v));
+  }
 }
 
 }  // namespace apot::kernels::detail

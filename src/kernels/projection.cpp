@@ -157,6 +157,13 @@ PreparedProjection Projector::prepare(float alpha, Isa isa, Normalisation norm) 
   return p;
 }
 
+std::vector<float> Projector::input_thresholds(float alpha) const {
+  check_alpha(alpha);
+  if (tables_.is_signed) throw std::invalid_argument("input_thresholds: only for unsigned (activation) level sets");
+  const detail::InputSpace space = input_space(tables_, alpha, Normalisation{});
+  return {space.thresholds.begin(), space.thresholds.begin() + (tables_.num_magnitudes - 1)};
+}
+
 void Projector::quantize(const PreparedProjection& prepared, const float* input, size_t n, uint8_t* index) const {
   const detail::IsaKernels& k = kernels_for(prepared.isa_);
   detail::RangeArgs a = base_args(tables_, set_, prepared.alpha_, prepared.norm_);

@@ -7,6 +7,7 @@
 #include <cmath>
 #include <cstring>
 #include <fstream>
+#include <mutex>
 #include <nlohmann/json.hpp>
 
 #include "apot/kernels/projection.h"
@@ -19,11 +20,10 @@ struct Layer {
   LayerRecord record{};
   levels::LayerInfo info;
   std::vector<float> scale, bias;
-  // Quantised convolutions.
-  kernels::PackedB packed;
-  std::unique_ptr<kernels::Projector> input_projector;
-  kernels::PreparedProjection input_quantizer;  // thresholds for this layer's fixed alpha
-  std::vector<uint8_t> index_to_code;  // level index -> integer code of the input set
+  // Quantised convolutions: packed weights, and the requantiser that makes this layer's input
+  // codes (its producer's epilogue uses it).
+  kernels::PackedConv packed;
+  kernels::Requantizer input;
   int max_code = 0;
   // Float layers: weights as float integers, [K][out] (K = kh * kw * in) so the inner loop runs over outputs.
   std::vector<float> weights_k_out;
@@ -35,10 +35,13 @@ struct Block {
   int stride = 1, in_planes = 0, out_planes = 0;
 };
 
-// A tensor of one image in NHWC order.
-struct Feature {
-  int h = 0, w = 0, c = 0;
-  std::vector<float> data;
+// Working memory for one image at a time, sized for the model once: one zero-bordered code
+// image per quantised layer input (borders are never written, so they stay zero) and float
+// buffers for the residual stream.
+struct Workspace {
+  std::vector<std::vector<uint8_t>> code_bytes;
+  std::vector<kernels::CodeImage> codes;  // per layer; empty for float layers
+  std::vector<float> image, stem, stream, next, shortcut;
 };
 
 std::vector<int8_t> weight_integers(const LayerRecord& r, const std::vector<uint8_t>& blob, const std::string& name) {
@@ -63,67 +66,57 @@ struct Model::Impl {
   ModelInfo info;
   std::vector<Layer> layers;
   std::vector<Block> blocks;
+  size_t max_feature = 0;  // the largest float feature map of one image, in floats
+  mutable std::mutex pool_mutex;
+  mutable std::vector<std::unique_ptr<Workspace>> pool;
 
-  // ---- building blocks ----
-  void quantize(const Feature& f, const Layer& l, std::vector<uint8_t>& codes) const {
-    const size_t n = f.data.size();
-    codes.resize(n);
-    l.input_projector->quantize(l.input_quantizer, f.data.data(), n, codes.data());
-    for (size_t i = 0; i < n; ++i) codes[i] = l.index_to_code[codes[i]];
-  }
-
-  // Integer convolution of codes (h x w x c) -> int32 [oh*ow][out].
-  void conv_int(const uint8_t* codes, int h, int w, const Layer& l, std::vector<int32_t>& acc, std::vector<uint8_t>& cols,
-                const RunOptions& o) const {
-    const levels::LayerInfo& li = l.info;
-    const int c = li.in_channels, k = li.kernel, s = li.stride, p = li.padding;
-    const int oh = (h + 2 * p - k) / s + 1, ow = (w + 2 * p - k) / s + 1;
-    const int M = oh * ow, Kp = l.packed.Kp;
-    acc.resize(size_t(M) * li.out_channels);
-    const uint8_t* A = codes;
-    int lda = c;
-    if (!(k == 1 && s == 1 && c % 4 == 0)) {
-      cols.resize(size_t(M) * Kp);
-      std::fill(cols.begin(), cols.end(), uint8_t{0});
-      for (int y = 0; y < oh; ++y)
-        for (int x = 0; x < ow; ++x) {
-          uint8_t* row = cols.data() + size_t(y * ow + x) * Kp;
-          for (int ky = 0; ky < k; ++ky) {
-            const int iy = y * s - p + ky;
-            if (iy < 0 || iy >= h) continue;
-            for (int kx = 0; kx < k; ++kx) {
-              const int ix = x * s - p + kx;
-              if (ix < 0 || ix >= w) continue;
-              std::memcpy(row + (ky * k + kx) * c, codes + (size_t(iy) * w + ix) * c, c);
-            }
-          }
-        }
-      A = cols.data();
-      lda = Kp;
+  std::unique_ptr<Workspace> acquire() const {
+    {
+      std::lock_guard<std::mutex> lock(pool_mutex);
+      if (!pool.empty()) {
+        auto ws = std::move(pool.back());
+        pool.pop_back();
+        return ws;
+      }
     }
-    kernels::gemm_u8s8(A, M, lda, l.max_code, l.packed, acc.data(), li.out_channels, o.isa);
+    auto ws = std::make_unique<Workspace>();
+    ws->codes.resize(layers.size());
+    ws->code_bytes.resize(layers.size());
+    for (size_t i = 0; i < layers.size(); ++i) {
+      const levels::LayerInfo& li = layers[i].info;
+      if (layers[i].record.kind != uint32_t(LayerKind::quantized_conv)) continue;
+      kernels::CodeImage& c = ws->codes[i];
+      c.h = li.in_height;
+      c.w = li.in_width;
+      c.cs = layers[i].packed.cs;
+      c.border = li.padding;
+      ws->code_bytes[i].assign(c.bytes(), 0);
+      c.data = ws->code_bytes[i].data();
+    }
+    for (auto* v : {&ws->stem, &ws->stream, &ws->next, &ws->shortcut}) v->resize(max_feature);
+    return ws;
+  }
+  void release(std::unique_ptr<Workspace> ws) const {
+    std::lock_guard<std::mutex> lock(pool_mutex);
+    pool.push_back(std::move(ws));
   }
 
-  // Float convolution (the stem) with folded scale and bias, optional ReLU.
-  Feature conv_float(const Feature& in, const Layer& l, bool relu) const {
+  // Float convolution (the stem) with folded scale and bias and ReLU: NHWC in, NHWC out.
+  void conv_float(const float* in, int h, int w, const Layer& l, float* out) const {
     const levels::LayerInfo& li = l.info;
-    const int k = li.kernel, s = li.stride, p = li.padding, c = in.c, n = li.out_channels;
-    Feature out;
-    out.h = (in.h + 2 * p - k) / s + 1;
-    out.w = (in.w + 2 * p - k) / s + 1;
-    out.c = n;
-    out.data.assign(size_t(out.h) * out.w * n, 0.0f);
+    const int k = li.kernel, s = li.stride, p = li.padding, c = li.in_channels, n = li.out_channels;
+    const int oh = li.out_height, ow = li.out_width;
     std::vector<float> acc(n);
-    for (int y = 0; y < out.h; ++y)
-      for (int x = 0; x < out.w; ++x) {
+    for (int y = 0; y < oh; ++y)
+      for (int x = 0; x < ow; ++x) {
         std::fill(acc.begin(), acc.end(), 0.0f);
         for (int ky = 0; ky < k; ++ky) {
           const int iy = y * s - p + ky;
-          if (iy < 0 || iy >= in.h) continue;
+          if (iy < 0 || iy >= h) continue;
           for (int kx = 0; kx < k; ++kx) {
             const int ix = x * s - p + kx;
-            if (ix < 0 || ix >= in.w) continue;
-            const float* src = in.data.data() + (size_t(iy) * in.w + ix) * c;
+            if (ix < 0 || ix >= w) continue;
+            const float* src = in + (size_t(iy) * w + ix) * c;
             const float* wk = l.weights_k_out.data() + size_t((ky * k + kx) * c) * n;
             for (int ci = 0; ci < c; ++ci) {
               const float v = src[ci];
@@ -132,106 +125,117 @@ struct Model::Impl {
             }
           }
         }
-        float* dst = out.data.data() + (size_t(y) * out.w + x) * n;
-        for (int o = 0; o < n; ++o) {
-          const float v = l.scale[o] * acc[o] + l.bias[o];
-          dst[o] = relu ? std::max(v, 0.0f) : v;
-        }
+        float* dst = out + (size_t(y) * ow + x) * n;
+        for (int o = 0; o < n; ++o) dst[o] = std::max(l.scale[o] * acc[o] + l.bias[o], 0.0f);
       }
-    return out;
   }
 
-  // One residual block on the float stream.
-  Feature block(const Feature& x, const Block& b, const RunOptions& o) const {
-    // Per-thread scratch buffers keep their capacity between calls: large buffers would
-    // otherwise be mapped and page-faulted afresh for every block.
-    thread_local std::vector<uint8_t> codes, cols;
-    thread_local std::vector<int32_t> acc;
-    int h = x.h, w = x.w;
-    quantize(x, layers[b.conv[0]], codes);
-    Feature cur;
-    int convs = b.conv[2] >= 0 ? 3 : 2;
-    for (int i = 0; i < convs; ++i) {
-      const Layer& l = layers[b.conv[i]];
-      conv_int(codes.data(), h, w, l, acc, cols, o);
-      h = (h + 2 * l.info.padding - l.info.kernel) / l.info.stride + 1;
-      w = (w + 2 * l.info.padding - l.info.kernel) / l.info.stride + 1;
-      const int n = l.info.out_channels;
-      cur.h = h;
-      cur.w = w;
-      cur.c = n;
-      cur.data.resize(size_t(h) * w * n);
-      const bool last = i + 1 == convs;
-      for (size_t pix = 0; pix < size_t(h) * w; ++pix)
-        for (int oc = 0; oc < n; ++oc) {
-          const float v = l.scale[oc] * float(acc[pix * n + oc]) + l.bias[oc];
-          cur.data[pix * n + oc] = last ? v : std::max(v, 0.0f);
-        }
-      if (!last) quantize(cur, layers[b.conv[i + 1]], codes);
-    }
-    // The shortcut, then the residual add and ReLU.
+  // Codes of a float feature map for quantised layer `consumer`.
+  void requantize(const float* values, int consumer, Workspace& ws, const RunOptions& o) const {
+    const Layer& l = layers[consumer];
+    kernels::requantize(values, l.info.in_height, l.info.in_width, l.info.in_channels, l.input, ws.codes[consumer], o.isa);
+  }
+
+  // One residual block: ws.stream (float input, whose codes for the block's first convolution
+  // are already in place) -> ws.next (float output), plus the codes of the next block's first
+  // convolution (next_consumer, if any).
+  void block(const Block& b, int next_consumer, Workspace& ws, const RunOptions& o) const {
+    const Layer& first = layers[b.conv[0]];
+    const int h = first.info.in_height, w = first.info.in_width;
+    const float* residual = ws.stream.data();
     if (b.projection >= 0) {
       const Layer& l = layers[b.projection];
-      quantize(x, l, codes);
-      conv_int(codes.data(), x.h, x.w, l, acc, cols, o);
-      const int n = l.info.out_channels;
-      for (size_t pix = 0; pix < size_t(h) * w; ++pix)
-        for (int oc = 0; oc < n; ++oc)
-          cur.data[pix * n + oc] += l.scale[oc] * float(acc[pix * n + oc]) + l.bias[oc];
+      requantize(ws.stream.data(), b.projection, ws, o);
+      kernels::ConvOutput out;
+      out.scale = l.scale.data();
+      out.bias = l.bias.data();
+      out.values = ws.shortcut.data();
+      kernels::conv_u8s8(ws.codes[b.projection], l.packed, l.max_code, out, o.isa, o.threads);
+      residual = ws.shortcut.data();
     } else if (b.stride != 1 || b.in_planes != b.out_planes) {  // option A: subsample, zero-pad channels
       const int before = (b.out_planes - b.in_planes) / 2;
-      for (int y = 0; y < h; ++y)
-        for (int xx = 0; xx < w; ++xx) {
-          const float* src = x.data.data() + (size_t(y * b.stride) * x.w + xx * b.stride) * x.c;
-          float* dst = cur.data.data() + (size_t(y) * w + xx) * cur.c + before;
-          for (int ci = 0; ci < x.c; ++ci) dst[ci] += src[ci];
-        }
-    } else {
-      for (size_t i = 0; i < cur.data.size(); ++i) cur.data[i] += x.data[i];
+      const int oh = (h - 1) / b.stride + 1, ow = (w - 1) / b.stride + 1;
+      std::fill(ws.shortcut.begin(), ws.shortcut.begin() + size_t(oh) * ow * b.out_planes, 0.0f);
+      for (int y = 0; y < oh; ++y)
+        for (int x = 0; x < ow; ++x)
+          std::copy_n(ws.stream.data() + (size_t(y * b.stride) * w + x * b.stride) * b.in_planes, b.in_planes,
+                      ws.shortcut.data() + (size_t(y) * ow + x) * b.out_planes + before);
+      residual = ws.shortcut.data();
     }
-    for (float& v : cur.data) v = std::max(v, 0.0f);
-    return cur;
+    const int convs = b.conv[2] >= 0 ? 3 : 2;
+    for (int i = 0; i < convs; ++i) {
+      const Layer& l = layers[b.conv[i]];
+      const bool last = i + 1 == convs;
+      const int consumer = last ? next_consumer : b.conv[i + 1];
+      kernels::ConvOutput out;
+      out.scale = l.scale.data();
+      out.bias = l.bias.data();
+      out.relu = true;
+      if (last) {
+        out.residual = residual;
+        out.values = ws.next.data();
+      }
+      if (consumer >= 0) {
+        out.requantizer = &layers[consumer].input;
+        out.codes = ws.codes[consumer];
+      }
+      kernels::conv_u8s8(ws.codes[b.conv[i]], l.packed, l.max_code, out, o.isa, o.threads);
+    }
   }
 
-  std::vector<float> run_image(const float* image, std::vector<std::vector<float>>* taps, const RunOptions& o) const {
-    const int c = info.spec.in_channels;
-    Feature x{info.height, info.width, c, std::vector<float>(size_t(info.height) * info.width * c)};
+  void run_image(const float* image, float* logits, std::vector<std::vector<float>>* taps, const RunOptions& o) const {
+    std::unique_ptr<Workspace> ws = acquire();
+    const int c = info.spec.in_channels, H = info.height, W = info.width;
+    ws->image.resize(size_t(H) * W * c);
     for (int ci = 0; ci < c; ++ci)
-      for (int p = 0; p < info.height * info.width; ++p) x.data[size_t(p) * c + ci] = image[size_t(ci) * info.height * info.width + p];
-    Feature stream = conv_float(x, layers.front(), true);
+      for (int p = 0; p < H * W; ++p) ws->image[size_t(p) * c + ci] = image[size_t(ci) * H * W + p];
+    const Layer& stem = layers.front();
+    conv_float(ws->image.data(), H, W, stem, ws->stem.data());
+    int h = stem.info.out_height, w = stem.info.out_width;
+    const int sc = stem.info.out_channels;
     if (info.spec.stem == levels::Stem::imagenet) {  // max-pool 3x3, stride 2, padding 1
-      Feature pooled{(stream.h + 2 - 3) / 2 + 1, (stream.w + 2 - 3) / 2 + 1, stream.c, {}};
-      pooled.data.assign(size_t(pooled.h) * pooled.w * pooled.c, -INFINITY);
-      for (int y = 0; y < pooled.h; ++y)
-        for (int xx = 0; xx < pooled.w; ++xx)
+      const int ph = (h + 2 - 3) / 2 + 1, pw = (w + 2 - 3) / 2 + 1;
+      std::fill(ws->stream.begin(), ws->stream.begin() + size_t(ph) * pw * sc, -INFINITY);
+      for (int y = 0; y < ph; ++y)
+        for (int xx = 0; xx < pw; ++xx)
           for (int ky = 0; ky < 3; ++ky)
             for (int kx = 0; kx < 3; ++kx) {
               const int iy = y * 2 - 1 + ky, ix = xx * 2 - 1 + kx;
-              if (iy < 0 || iy >= stream.h || ix < 0 || ix >= stream.w) continue;
-              for (int ci = 0; ci < stream.c; ++ci) {
-                float& d = pooled.data[(size_t(y) * pooled.w + xx) * pooled.c + ci];
-                d = std::max(d, stream.data[(size_t(iy) * stream.w + ix) * stream.c + ci]);
-              }
+              if (iy < 0 || iy >= h || ix < 0 || ix >= w) continue;
+              float* d = ws->stream.data() + (size_t(y) * pw + xx) * sc;
+              const float* src = ws->stem.data() + (size_t(iy) * w + ix) * sc;
+              for (int ci = 0; ci < sc; ++ci) d[ci] = std::max(d[ci], src[ci]);
             }
-      stream = std::move(pooled);
+      h = ph;
+      w = pw;
+    } else {
+      std::copy_n(ws->stem.data(), size_t(h) * w * sc, ws->stream.data());
     }
-    if (taps) taps->push_back(stream.data);
-    for (const Block& b : blocks) {
-      stream = block(stream, b, o);
-      if (taps) taps->push_back(stream.data);
+    int channels = sc;
+    if (taps) taps->emplace_back(ws->stream.begin(), ws->stream.begin() + size_t(h) * w * channels);
+    if (!blocks.empty()) requantize(ws->stream.data(), blocks.front().conv[0], *ws, o);
+    for (size_t bi = 0; bi < blocks.size(); ++bi) {
+      const Block& b = blocks[bi];
+      block(b, bi + 1 < blocks.size() ? blocks[bi + 1].conv[0] : -1, *ws, o);
+      std::swap(ws->stream, ws->next);
+      const Layer& last = layers[b.conv[b.conv[2] >= 0 ? 2 : 1]];
+      h = last.info.out_height;
+      w = last.info.out_width;
+      channels = last.info.out_channels;
+      if (taps) taps->emplace_back(ws->stream.begin(), ws->stream.begin() + size_t(h) * w * channels);
     }
     // Global average pooling, then the classifier.
-    std::vector<float> feature(stream.c, 0.0f);
-    for (int p = 0; p < stream.h * stream.w; ++p)
-      for (int ci = 0; ci < stream.c; ++ci) feature[ci] += stream.data[size_t(p) * stream.c + ci];
-    for (float& v : feature) v /= float(stream.h * stream.w);
+    std::vector<float> feature(channels, 0.0f);
+    for (int p = 0; p < h * w; ++p)
+      for (int ci = 0; ci < channels; ++ci) feature[ci] += ws->stream[size_t(p) * channels + ci];
+    for (float& v : feature) v /= float(h * w);
+    release(std::move(ws));
     const Layer& fc = layers.back();
     const int classes = fc.info.out_channels;
-    std::vector<float> logits(classes, 0.0f);
-    for (int ci = 0; ci < stream.c; ++ci)
+    std::fill(logits, logits + classes, 0.0f);
+    for (int ci = 0; ci < channels; ++ci)
       for (int o2 = 0; o2 < classes; ++o2) logits[o2] += feature[ci] * fc.weights_k_out[size_t(ci) * classes + o2];
     for (int o2 = 0; o2 < classes; ++o2) logits[o2] = fc.scale[o2] * logits[o2] + fc.bias[o2];
-    return logits;
   }
 };
 
@@ -293,23 +297,29 @@ Model Model::from_bytes(const std::vector<uint8_t>& bytes, const std::string& na
     const std::vector<int8_t> w = weight_integers(r, file.blob, name);
     const int K = li.kernel * li.kernel * li.in_channels;
     if (r.kind == uint32_t(LayerKind::quantized_conv)) {
-      l.packed = kernels::pack_weights(w.data(), li.out_channels, K);
+      l.packed = kernels::pack_conv(w.data(), li.out_channels, li.in_channels, li.kernel, li.stride, li.padding);
       try {
         const levels::LevelSet set =
             levels::LevelSet::make(kind_of(r.input_kind), static_cast<int>(r.input_act_bits), levels::Role::activation);
         if (set.denominator() != r.input_denominator || set.storage_bits() != 8)
           throw FormatError(name + ": layer " + li.name + ": input level set does not fit 8-bit codes");
-        for (int64_t v : set.integers()) l.index_to_code.push_back(static_cast<uint8_t>(v));
+        std::vector<uint8_t> codes;
+        for (int64_t v : set.integers()) codes.push_back(static_cast<uint8_t>(v));
         l.max_code = static_cast<int>(set.integers().back());
-        l.input_projector = std::make_unique<kernels::Projector>(set);
-        l.input_quantizer = l.input_projector->prepare(r.input_alpha);
+        l.input = kernels::make_requantizer(kernels::Projector(set).input_thresholds(r.input_alpha), std::move(codes));
       } catch (const levels::LevelSetError& e) {
+        throw FormatError(name + ": layer " + li.name + ": " + e.what());
+      } catch (const std::invalid_argument& e) {
         throw FormatError(name + ": layer " + li.name + ": " + e.what());
       }
     } else {
       l.weights_k_out.resize(size_t(K) * li.out_channels);
       for (int o = 0; o < li.out_channels; ++o)
         for (int k = 0; k < K; ++k) l.weights_k_out[size_t(k) * li.out_channels + o] = float(w[size_t(o) * K + k]);
+    }
+    if (!li.last) {
+      impl->max_feature = std::max(impl->max_feature, size_t(li.out_height) * li.out_width * li.out_channels);
+      impl->max_feature = std::max(impl->max_feature, size_t(li.in_height) * li.in_width * li.in_channels);
     }
     impl->layers.push_back(std::move(l));
   }
@@ -338,22 +348,25 @@ std::vector<float> Model::run_with_taps(const float* input, int batch, std::vect
   const size_t classes = impl_->layers.back().info.out_channels;
   std::vector<float> logits(size_t(batch) * classes);
   taps.clear();
-  for (int b = 0; b < batch; ++b) {
-    const std::vector<float> l = impl_->run_image(input + b * image, &taps, options);
-    std::copy(l.begin(), l.end(), logits.begin() + size_t(b) * classes);
-  }
+  for (int b = 0; b < batch; ++b) impl_->run_image(input + b * image, logits.data() + b * classes, &taps, options);
   return logits;
 }
 
+// Several images: one thread per image, each convolution on one thread. One image: the
+// convolutions split their output pixels over the threads.
 std::vector<float> Model::run(const float* input, int batch, const RunOptions& options) const {
   const size_t image = size_t(impl_->info.spec.in_channels) * impl_->info.height * impl_->info.width;
   const size_t classes = impl_->layers.back().info.out_channels;
   std::vector<float> logits(size_t(batch) * classes);
-#pragma omp parallel for schedule(dynamic, 1) num_threads(std::max(1, options.threads)) if (batch > 1 && options.threads > 1)
-  for (int b = 0; b < batch; ++b) {
-    const std::vector<float> l = impl_->run_image(input + b * image, nullptr, options);
-    std::copy(l.begin(), l.end(), logits.begin() + size_t(b) * classes);
+  const int threads = std::max(1, options.threads);
+  if (batch == 1 || threads == 1) {
+    for (int b = 0; b < batch; ++b) impl_->run_image(input + b * image, logits.data() + b * classes, nullptr, options);
+    return logits;
   }
+  RunOptions per_image = options;
+  per_image.threads = 1;
+#pragma omp parallel for schedule(dynamic, 1) num_threads(threads)
+  for (int b = 0; b < batch; ++b) impl_->run_image(input + b * image, logits.data() + b * classes, nullptr, per_image);
   return logits;
 }
 

@@ -1,70 +1,213 @@
-// The u8 x s8 GEMM: every ISA path against the scalar reference on many shapes, and the
-// reference against a plain triple loop.
+// The engine's integer convolution: the scalar reference against a plain convolution loop,
+// every ISA path (and thread count) against the reference bit for bit on many shapes with every
+// epilogue option, and the requantiser against the projection kernels it replaces.
 #include <gtest/gtest.h>
 
+#include <cmath>
 #include <random>
 
 #include "apot/kernels/gemm.h"
+#include "apot/kernels/projection.h"
+#include "apot/levels/level_set.h"
 
+using apot::kernels::CodeImage;
+using apot::kernels::ConvOutput;
 using apot::kernels::GemmIsa;
 
 namespace {
+
 struct Problem {
-  int M, N, K, max_a, max_b;
-  std::vector<uint8_t> A;  // M x Kp, zero padded
-  std::vector<int8_t> W;   // N x K
-  int Kp;
+  int h, w, c, n, k, stride, pad, max_a, max_b;
+  std::vector<uint8_t> x;  // h x w x c codes, unpadded
+  std::vector<int8_t> W;   // n x (k x k x c)
+  std::vector<float> scale, bias, residual;
+  int oh() const { return (h + 2 * pad - k) / stride + 1; }
+  int ow() const { return (w + 2 * pad - k) / stride + 1; }
 };
 
-Problem make(int M, int N, int K, int max_a, int max_b, unsigned seed) {
+Problem make(int h, int w, int c, int n, int k, int stride, int max_a, int max_b, unsigned seed) {
   std::mt19937 rng(seed);
-  Problem p{M, N, K, max_a, max_b, {}, {}, apot::kernels::round_up4(K)};
-  p.A.assign(size_t(M) * p.Kp, 0);
-  for (int m = 0; m < M; ++m)
-    for (int k = 0; k < K; ++k) p.A[size_t(m) * p.Kp + k] = static_cast<uint8_t>(rng() % (max_a + 1));
-  p.W.resize(size_t(N) * K);
-  for (auto& w : p.W) w = static_cast<int8_t>(int(rng() % (2 * max_b + 1)) - max_b);
+  Problem p{h, w, c, n, k, stride, k / 2, max_a, max_b, {}, {}, {}, {}, {}};
+  p.x.resize(size_t(h) * w * c);
+  for (auto& v : p.x) v = static_cast<uint8_t>(rng() % (max_a + 1));
+  p.W.resize(size_t(n) * k * k * c);
+  for (auto& v : p.W) v = static_cast<int8_t>(int(rng() % (2 * max_b + 1)) - max_b);
+  std::uniform_real_distribution<float> u(-1.0f, 1.0f);
+  for (int i = 0; i < n; ++i) {
+    p.scale.push_back(0.01f * (1.5f + u(rng)));
+    p.bias.push_back(u(rng));
+  }
+  p.residual.resize(size_t(p.oh()) * p.ow() * n);
+  for (auto& v : p.residual) v = u(rng);
   return p;
 }
+
+// A zero-bordered code image holding p.x.
+struct Image {
+  std::vector<uint8_t> bytes;
+  CodeImage view;
+  Image(int h, int w, int c, int border) {
+    view.h = h;
+    view.w = w;
+    view.cs = apot::kernels::round_up4(c);
+    view.border = border;
+    bytes.assign(view.bytes(), 0);
+    view.data = bytes.data();
+  }
+};
+
+Image input_image(const Problem& p, int extra_border = 0) {
+  Image im(p.h, p.w, p.c, p.pad + extra_border);
+  for (int y = 0; y < p.h; ++y)
+    for (int x = 0; x < p.w; ++x)
+      for (int ci = 0; ci < p.c; ++ci) im.view.pixel(y, x)[ci] = p.x[(size_t(y) * p.w + x) * p.c + ci];
+  return im;
+}
+
+// 4-bit APoT activation codes and thresholds spread over the range of the epilogue values.
+apot::kernels::Requantizer requantizer() {
+  std::vector<float> t;
+  std::vector<uint8_t> codes{0};
+  for (int i = 0; i < 15; ++i) {
+    t.push_back(-0.5f + 0.1f * float(i));
+    codes.push_back(static_cast<uint8_t>(3 * (i + 1)));
+  }
+  return apot::kernels::make_requantizer(t, codes);
+}
+
+struct Result {
+  std::vector<int32_t> acc;
+  std::vector<float> values;
+  std::vector<uint8_t> codes;  // the whole bordered output image
+};
+
+Result run(const Problem& p, GemmIsa isa, bool residual, bool relu, int threads = 1, int extra_border = 0) {
+  const Image in = input_image(p, extra_border);
+  const auto packed = apot::kernels::pack_conv(p.W.data(), p.n, p.c, p.k, p.stride, p.pad);
+  const auto q = requantizer();
+  Result r;
+  r.acc.assign(size_t(p.oh()) * p.ow() * p.n, -7);
+  r.values.assign(r.acc.size(), -7.0f);
+  Image out(p.oh(), p.ow(), p.n, 1);
+  ConvOutput o;
+  o.scale = p.scale.data();
+  o.bias = p.bias.data();
+  o.residual = residual ? p.residual.data() : nullptr;
+  o.relu = relu;
+  o.values = r.values.data();
+  o.accumulators = r.acc.data();
+  o.requantizer = &q;
+  o.codes = out.view;
+  apot::kernels::conv_u8s8(in.view, packed, p.max_a, o, isa, threads);
+  r.codes = out.bytes;
+  return r;
+}
+
 }  // namespace
 
-TEST(Gemm, ScalarReferenceIsTheMatrixProduct) {
-  const Problem p = make(5, 7, 13, 48, 10, 1);
-  const auto B = apot::kernels::pack_weights(p.W.data(), p.N, p.K);
-  std::vector<int32_t> C(size_t(p.M) * p.N);
-  apot::kernels::gemm_u8s8(p.A.data(), p.M, p.Kp, p.max_a, B, C.data(), p.N, GemmIsa::scalar);
-  for (int m = 0; m < p.M; ++m)
-    for (int n = 0; n < p.N; ++n) {
-      int32_t expected = 0;
-      for (int k = 0; k < p.K; ++k) expected += int(p.A[size_t(m) * p.Kp + k]) * int(p.W[size_t(n) * p.K + k]);
-      EXPECT_EQ(C[size_t(m) * p.N + n], expected);
+TEST(Conv, ScalarReferenceIsTheConvolution) {
+  for (auto [k, stride] : {std::pair{3, 1}, std::pair{3, 2}, std::pair{1, 1}, std::pair{1, 2}}) {
+    const Problem p = make(7, 6, 5, 19, k, stride, 48, 10, 1 + k + stride);
+    const Result r = run(p, GemmIsa::scalar, true, true);
+    const auto q = requantizer();
+    Image out(p.oh(), p.ow(), p.n, 1);
+    for (int y = 0; y < p.oh(); ++y)
+      for (int x = 0; x < p.ow(); ++x)
+        for (int n = 0; n < p.n; ++n) {
+          int32_t expected = 0;
+          for (int ky = 0; ky < k; ++ky)
+            for (int kx = 0; kx < k; ++kx) {
+              const int iy = y * stride - p.pad + ky, ix = x * stride - p.pad + kx;
+              if (iy < 0 || iy >= p.h || ix < 0 || ix >= p.w) continue;
+              for (int c = 0; c < p.c; ++c)
+                expected += int(p.x[(size_t(iy) * p.w + ix) * p.c + c]) * int(p.W[((size_t(n) * k + ky) * k + kx) * p.c + c]);
+            }
+          const size_t at = (size_t(y) * p.ow() + x) * p.n + n;
+          ASSERT_EQ(r.acc[at], expected) << "k=" << k << " stride=" << stride;
+          const float v = std::max(p.scale[n] * float(expected) + p.bias[n] + p.residual[at], 0.0f);
+          EXPECT_FLOAT_EQ(r.values[at], v);
+          out.view.pixel(y, x)[n] = static_cast<uint8_t>(q.code(r.values[at]));
+        }
+    EXPECT_EQ(r.codes, out.bytes) << "codes (and an untouched zero border)";
+  }
+}
+
+TEST(Conv, EveryPathMatchesTheReferenceOnManyShapes) {
+  unsigned seed = 100;
+  for (auto [h, w] : {std::pair{1, 1}, std::pair{3, 5}, std::pair{8, 8}, std::pair{13, 7}})
+    for (int c : {3, 4, 16, 20, 64})
+      for (int n : {1, 5, 16, 17, 32, 48, 64, 80})
+        for (auto [k, stride] : {std::pair{3, 1}, std::pair{3, 2}, std::pair{1, 1}, std::pair{1, 2}})
+          for (auto [max_a, max_b] : {std::pair{48, 10}, std::pair{255, 127}}) {
+            const Problem p = make(h, w, c, n, k, stride, max_a, max_b, ++seed);
+            const bool residual = seed % 2 == 0, relu = seed % 3 != 0;
+            const Result ref = run(p, GemmIsa::scalar, residual, relu);
+            for (GemmIsa isa : apot::kernels::supported_gemm_isas()) {
+              const Result got = run(p, isa, residual, relu, 1 + seed % 3, seed % 2);
+              const std::string what = std::string(apot::kernels::to_string(isa)) + " " + std::to_string(h) + "x" +
+                                       std::to_string(w) + "x" + std::to_string(c) + " -> " + std::to_string(n) +
+                                       " k" + std::to_string(k) + "s" + std::to_string(stride) + " max " +
+                                       std::to_string(max_a) + "x" + std::to_string(max_b);
+              ASSERT_EQ(got.acc, ref.acc) << what;
+              ASSERT_EQ(got.values, ref.values) << what;
+              ASSERT_EQ(got.codes, ref.codes) << what;
+            }
+          }
+}
+
+TEST(Conv, RequantizeMatchesTheProjectionKernels) {
+  std::mt19937 rng(5);
+  for (auto kind : {apot::levels::Kind::apot, apot::levels::Kind::uniform, apot::levels::Kind::pot})
+    for (int bits : {2, 3, 4, 5}) {
+      const auto set = apot::levels::LevelSet::make(kind, bits, apot::levels::Role::activation);
+      const apot::kernels::Projector projector(set);
+      const float alpha = 0.37f + 0.9f * float(bits);
+      std::vector<uint8_t> codes;
+      for (int64_t v : set.integers()) codes.push_back(static_cast<uint8_t>(v));
+      const auto q = apot::kernels::make_requantizer(projector.input_thresholds(alpha), codes);
+      // Values around every threshold (the float neighbours included), outside the range, and
+      // special values.
+      std::vector<float> v{0.0f, -0.0f, -1.0f, alpha, 2 * alpha, INFINITY, -INFINITY, NAN};
+      for (float t : q.thresholds)
+        for (float d : {-1.0f, 0.0f, 1.0f}) v.push_back(d == 0 ? t : std::nextafter(t, d * INFINITY));
+      std::uniform_real_distribution<float> u(-0.2f * alpha, 1.2f * alpha);
+      while (v.size() % 16 != 3) v.push_back(u(rng));
+      const int n = static_cast<int>(v.size());
+      std::vector<uint8_t> index(v.size());
+      std::vector<float> finite;
+      for (float x : v) finite.push_back(std::isnan(x) ? 0.0f : x);  // quantize() rejects NaN
+      projector.quantize(finite.data(), finite.size(), alpha, index.data());
+      for (int i = 0; i < n; ++i) {
+        if (std::isnan(v[i])) continue;
+        ASSERT_EQ(q.code(v[i]), codes[index[i]]) << "value " << v[i] << " " << bits << " bits";
+      }
+      for (GemmIsa isa : apot::kernels::supported_gemm_isas()) {
+        Image out(1, 1, n, 0);
+        apot::kernels::requantize(v.data(), 1, 1, n, q, out.view, isa);
+        for (int i = 0; i < n; ++i) ASSERT_EQ(out.bytes[i], q.code(v[i])) << apot::kernels::to_string(isa) << " " << v[i];
+      }
     }
 }
 
-TEST(Gemm, EveryPathMatchesTheReferenceOnManyShapes) {
-  unsigned seed = 0;
-  for (int M : {1, 2, 3, 4, 5, 9, 64, 67})
-    for (int N : {1, 7, 16, 17, 32, 48, 64, 70})
-      for (int K : {4, 13, 27, 144, 576})
-        for (auto [max_a, max_b] : {std::pair{48, 10}, std::pair{255, 127}, std::pair{100, 1}}) {
-          const Problem p = make(M, N, K, max_a, max_b, ++seed);
-          const auto B = apot::kernels::pack_weights(p.W.data(), p.N, p.K);
-          std::vector<int32_t> ref(size_t(M) * N), got(size_t(M) * N);
-          apot::kernels::gemm_u8s8(p.A.data(), M, p.Kp, max_a, B, ref.data(), N, GemmIsa::scalar);
-          for (GemmIsa isa : apot::kernels::supported_gemm_isas()) {
-            std::fill(got.begin(), got.end(), -1);
-            apot::kernels::gemm_u8s8(p.A.data(), M, p.Kp, max_a, B, got.data(), N, isa);
-            ASSERT_EQ(got, ref) << apot::kernels::to_string(isa) << " M=" << M << " N=" << N << " K=" << K
-                                << " max_a=" << max_a << " max_b=" << max_b;
-          }
-        }
-}
-
-TEST(Gemm, BadArgumentsAndNames) {
-  const Problem p = make(2, 3, 8, 10, 10, 3);
-  const auto B = apot::kernels::pack_weights(p.W.data(), p.N, p.K);
-  std::vector<int32_t> C(6);
-  EXPECT_THROW(apot::kernels::gemm_u8s8(p.A.data(), 2, 4, 10, B, C.data(), 3), std::invalid_argument);
+TEST(Conv, BadArgumentsAndNames) {
+  const Problem p = make(4, 4, 8, 8, 3, 1, 10, 10, 3);
+  const auto packed = apot::kernels::pack_conv(p.W.data(), p.n, p.c, p.k, p.stride, p.pad);
+  Image no_border(4, 4, 8, 0);
+  ConvOutput o;
+  o.scale = p.scale.data();
+  o.bias = p.bias.data();
+  EXPECT_THROW(apot::kernels::conv_u8s8(no_border.view, packed, 10, o), std::invalid_argument);
+  Image in = input_image(p);
+  Image wrong(3, 4, 8, 1);
+  const auto q = requantizer();
+  o.requantizer = &q;
+  o.codes = wrong.view;
+  EXPECT_THROW(apot::kernels::conv_u8s8(in.view, packed, 10, o), std::invalid_argument);
+  EXPECT_THROW(apot::kernels::pack_conv(p.W.data(), 0, 8, 3, 1, 1), std::invalid_argument);
+  EXPECT_THROW(apot::kernels::make_requantizer({0.5f, 0.2f}, {0, 1, 2}), std::invalid_argument);
+  EXPECT_THROW(apot::kernels::make_requantizer({0.5f}, {0, 1, 2}), std::invalid_argument);
+  EXPECT_THROW(apot::kernels::make_requantizer(std::vector<float>(32, 1.0f), std::vector<uint8_t>(33)),
+               std::invalid_argument);
   EXPECT_THROW(apot::kernels::parse_gemm_isa("avx9"), std::runtime_error);
   for (GemmIsa isa : apot::kernels::supported_gemm_isas())
     EXPECT_EQ(apot::kernels::parse_gemm_isa(apot::kernels::to_string(isa)), isa);

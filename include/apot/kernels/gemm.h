@@ -1,10 +1,15 @@
-// uint8 x int8 -> int32 matrix multiplication for the integer engine:
-//   C[m][n] = sum_k A[m][k] * B[k][n]
-// A holds activation codes (unsigned), B weight integers (signed), packed once per layer.
+// The integer convolution of the inference engine: an implicit GEMM over uint8 activation codes
+// and int8 weight integers with int32 accumulation, read straight from an NHWC image with a zero
+// border (no im2col copy), and one fused epilogue per output vector:
+//   v = scale[n] * acc + bias[n]  (+ residual)  (ReLU)  -> float values and/or the consumer's
+//   activation codes (requantisation by thresholds).
 // Paths: a scalar reference, AVX2 (vpmaddubsw + vpmaddwd, only where no int16 pair sum can
-// saturate) and AVX-512 VNNI (vpdpbusd); chosen at run time, APOT_GEMM_ISA forces one.
+// saturate) and AVX-512 VNNI (vpdpbusd, vectorised epilogue); chosen at run time,
+// APOT_GEMM_ISA forces one. Every path gives bit-identical results (integer sums are exact, the
+// epilogue rounds in the same order, fused multiply-adds are disabled).
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
 #include <string>
 #include <vector>
@@ -17,22 +22,70 @@ std::vector<GemmIsa> supported_gemm_isas();
 GemmIsa parse_gemm_isa(const std::string& name);  // "scalar" | "avx2" | "avx512-vnni"
 GemmIsa default_gemm_isa();                        // APOT_GEMM_ISA, else the best supported
 
-// B packed in blocks of 16 columns x 4 rows: data[(nb * (Kp/4) + k4) * 64 + lane * 4 + j]
-// = B[4*k4 + j][16*nb + lane], zero outside K x N.
-struct PackedB {
-  int K = 0, N = 0, Kp = 0, Np = 0;
-  int max_abs = 0;  // largest |B| (for the AVX2 saturation check)
-  std::vector<int8_t> data;
-};
 inline int round_up4(int k) { return (k + 3) / 4 * 4; }
 
-// weights: N rows of K int8 (row n = output channel n).
-PackedB pack_weights(const int8_t* weights, int N, int K);
+// Activation codes of one image in NHWC order with a zero border: pixel (y, x), channel c is at
+// data[((y + border) * (w + 2 * border) + x + border) * cs + c] with cs = round_up4(channels).
+// Everything outside the h x w x channels interior must be zero (the border is the padding).
+struct CodeImage {
+  uint8_t* data = nullptr;
+  int h = 0, w = 0, cs = 0, border = 0;
+  int padded_w() const { return w + 2 * border; }
+  size_t bytes() const { return size_t(h + 2 * border) * padded_w() * cs; }
+  uint8_t* pixel(int y, int x) const { return data + (size_t(y + border) * padded_w() + x + border) * cs; }
+};
 
-// A: M rows, row stride lda >= Kp, columns K..Kp-1 must be zero. C: M x N int32, row stride ldc.
-// max_a: an upper bound of A's values (the AVX2 path needs 2 * max_a * max|B| <= 32767 and
-// falls back to the scalar path otherwise).
-void gemm_u8s8(const uint8_t* A, int M, int lda, int max_a, const PackedB& B, int32_t* C, int ldc,
-               GemmIsa isa = default_gemm_isa());
+// The weights of one convolution, packed for the kernels. Rows k = (ky * kernel + kx) * cs + c
+// (K = kernel * kernel * cs, channels padded to cs with zeros), in blocks of 4 rows x 16 output
+// channels, one 64-byte vector per block:
+//   data[((k / 4) * nblocks + n / 16) * 64 + (n % 16) * 4 + k % 4] = W[n][k]
+struct PackedConv {
+  int in_channels = 0, cs = 0, out_channels = 0, kernel = 1, stride = 1, padding = 0;
+  int nblocks = 0;  // ceil(out_channels / 16)
+  int max_abs = 0;  // largest |W| (for the AVX2 saturation check)
+  std::vector<int8_t> data;
+  int K() const { return kernel * kernel * cs; }
+  int8_t at(int k, int n) const { return data[(size_t(k / 4) * nblocks + n / 16) * 64 + (n % 16) * 4 + k % 4]; }
+  int out_h(int h) const { return (h + 2 * padding - kernel) / stride + 1; }
+  int out_w(int w) const { return (w + 2 * padding - kernel) / stride + 1; }
+};
+
+// weights: out_channels rows of kernel * kernel * in_channels int8 integers, ordered (ky, kx, c).
+PackedConv pack_conv(const int8_t* weights, int out_channels, int in_channels, int kernel, int stride, int padding);
+
+// Quantisation of float values to the activation codes of a consumer: the level index is the
+// number of thresholds <= v (so NaN and everything below the first threshold give index 0), the
+// code is codes[index].
+struct Requantizer {
+  std::vector<float> thresholds;  // ascending, at most 31
+  std::vector<uint8_t> codes;     // thresholds.size() + 1 entries
+  int code(float v) const;
+};
+// Throws std::invalid_argument on unsorted or too many thresholds or a size mismatch.
+Requantizer make_requantizer(std::vector<float> thresholds, std::vector<uint8_t> codes);
+
+// What the epilogue does with the accumulators of output pixel p (raster order over oh x ow)
+// and channel n. Every output is optional; arrays of values are [oh * ow][out_channels].
+struct ConvOutput {
+  const float* scale = nullptr;     // out_channels
+  const float* bias = nullptr;      // out_channels
+  const float* residual = nullptr;  // added after scale and bias, before the ReLU
+  bool relu = false;
+  float* values = nullptr;                  // the float results
+  const Requantizer* requantizer = nullptr; // with codes: the consumer's codes, written into
+  CodeImage codes;                          // the interior of an oh x ow image
+  int32_t* accumulators = nullptr;          // the raw integer sums (tests)
+};
+
+// Convolution of `in` (whose border must be at least w.padding and whose cs must equal w.cs)
+// with max_code an upper bound of the input codes (the AVX2 path needs
+// 2 * max_code * max|W| <= 32767 and falls back to the reference otherwise). threads > 1
+// splits the output pixels over that many OpenMP threads.
+void conv_u8s8(const CodeImage& in, const PackedConv& w, int max_code, const ConvOutput& out,
+               GemmIsa isa = default_gemm_isa(), int threads = 1);
+
+// values: h x w x n floats (NHWC) -> codes in the interior of `out` (h x w, cs >= n).
+void requantize(const float* values, int h, int w, int n, const Requantizer& q, const CodeImage& out,
+                GemmIsa isa = default_gemm_isa());
 
 }  // namespace apot::kernels

@@ -7,7 +7,7 @@
 // residual stream run in float32, as in the trained model.
 //
 // Thread safety: a loaded Model is immutable; run() may be called from several threads at once.
-// run() allocates its working buffers per call.
+// Working memory (sized for the model) is kept in a pool and reused between calls.
 #pragma once
 
 #include <cstdint>
