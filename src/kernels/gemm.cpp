@@ -125,13 +125,56 @@ void conv_u8s8(const CodeImage& in, const PackedConv& w, int max_code, const Con
   detail::ConvRows rows = detail::conv_rows_scalar;
   if (isa == GemmIsa::avx512_vnni) rows = detail::conv_rows_avx512_vnni;
   if (isa == GemmIsa::avx2 && 2 * max_code * w.max_abs <= 32767) rows = detail::conv_rows_avx2;
-  const int M = a.oh * a.ow;
-  // Chunks of whole 48-pixel groups (a multiple of every kernel's tile height).
-  const int chunks = std::min(std::max(1, threads), (M + 47) / 48);
-  if (chunks <= 1) return rows(a, 0, M);
-  const int per_chunk = (M + 48 * chunks - 1) / (48 * chunks) * 48;
-#pragma omp parallel for num_threads(chunks) schedule(static, 1)
-  for (int c = 0; c < chunks; ++c) rows(a, std::min(M, c * per_chunk), std::min(M, (c + 1) * per_chunk));
+  detail::split_rows(rows, a, a.oh * a.ow, threads);
+}
+
+PackedFloatConv pack_float_conv(const int8_t* weights, int out_channels, int in_channels, int kernel, int stride,
+                                int padding) {
+  if (out_channels < 1 || in_channels < 1 || kernel < 1 || stride < 1 || padding < 0 || padding >= kernel)
+    throw std::invalid_argument("pack_float_conv: invalid convolution shape");
+  PackedFloatConv w{in_channels, out_channels, kernel, stride, padding, (out_channels + 15) / 16, {}};
+  const int K = kernel * kernel * in_channels, ld = w.nblocks * 16;
+  w.data.assign(size_t(K) * ld, 0.0f);
+  for (int n = 0; n < out_channels; ++n)
+    for (int k = 0; k < K; ++k) w.data[size_t(k) * ld + n] = float(weights[size_t(n) * K + k]);
+  return w;
+}
+
+namespace detail {
+void conv_f32_rows_scalar(const FloatConvArgs& a, int m0, int m1) {
+  const PackedFloatConv& w = *a.w;
+  const int n = w.out_channels, c = w.in_channels, ld = w.nblocks * 16;
+  std::vector<float> acc(static_cast<size_t>(n));
+  for (int m = m0; m < m1; ++m) {
+    const float* base = a.base(m / a.ow, m % a.ow);
+    std::fill(acc.begin(), acc.end(), 0.0f);
+    for (int ky = 0; ky < w.kernel; ++ky)
+      for (int kx = 0; kx < w.kernel; ++kx) {
+        const float* src = base + (size_t(ky) * a.in->padded_w() + kx) * c;
+        const float* wk = w.data.data() + size_t((ky * w.kernel + kx) * c) * ld;
+        for (int ci = 0; ci < c; ++ci)
+          for (int o = 0; o < n; ++o) acc[o] = acc[o] + src[ci] * wk[size_t(ci) * ld + o];
+      }
+    float* dst = a.out + size_t(m) * n;
+    for (int o = 0; o < n; ++o) {
+      float v = a.scale[o] * acc[o];
+      v = v + a.bias[o];
+      dst[o] = a.relu ? std::max(v, 0.0f) : v;
+    }
+  }
+}
+}  // namespace detail
+
+void conv_f32(const FloatImage& in, const PackedFloatConv& w, const float* scale, const float* bias, bool relu,
+              float* out, GemmIsa isa, int threads) {
+  if (in.c != w.in_channels || in.border < w.padding || !in.data || !scale || !bias || !out)
+    throw std::invalid_argument("conv_f32: input image does not fit the convolution");
+  if (in.h + 2 * w.padding < w.kernel || in.w + 2 * w.padding < w.kernel)
+    throw std::invalid_argument("conv_f32: input smaller than the kernel");
+  if (!supports(isa)) throw std::invalid_argument(std::string("GEMM path ") + to_string(isa) + " is not supported here");
+  const detail::FloatConvArgs a{&in, &w, scale, bias, relu, out, w.out_h(in.h), w.out_w(in.w), in.border - w.padding};
+  detail::split_rows(isa == GemmIsa::avx512_vnni ? detail::conv_f32_rows_avx512 : detail::conv_f32_rows_scalar, a,
+                     a.oh * a.ow, threads);
 }
 
 void requantize(const float* values, int h, int w, int n, const Requantizer& q, const CodeImage& out, GemmIsa isa) {

@@ -129,6 +129,64 @@ void conv_rows_avx512_vnni(const ConvArgs& a, int m0, int m1) {
   }
 }
 
+namespace {
+// The float first layer: R pixels x NB blocks of 16 output channels, mul then add (no FMA) in
+// the reference's order.
+template <int R, int NB>
+void float_tile(const FloatConvArgs& a, int m, int valid, int nb) {
+  const PackedFloatConv& w = *a.w;
+  const int c = w.in_channels, ld = w.nblocks * 16;
+  const float* ap[R];
+  for (int r = 0, y = m / a.ow, x = m % a.ow; r < R; ++r) {
+    ap[r] = r < valid ? a.base(y, x) : ap[r - 1];
+    if (++x == a.ow) x = 0, ++y;
+  }
+  __m512 acc[R][NB];
+  for (int r = 0; r < R; ++r)
+    for (int j = 0; j < NB; ++j) acc[r][j] = _mm512_setzero_ps();
+  for (int ky = 0; ky < w.kernel; ++ky)
+    for (int kx = 0; kx < w.kernel; ++kx) {
+      const ptrdiff_t off = (ptrdiff_t(ky) * a.in->padded_w() + kx) * c;
+      const float* wk = w.data.data() + size_t((ky * w.kernel + kx) * c) * ld + size_t(nb) * 16;
+      for (int ci = 0; ci < c; ++ci) {
+        __m512 b[NB];
+        for (int j = 0; j < NB; ++j) b[j] = _mm512_loadu_ps(wk + size_t(ci) * ld + j * 16);
+        for (int r = 0; r < R; ++r) {
+          const __m512 av = _mm512_set1_ps(ap[r][off + ci]);
+          for (int j = 0; j < NB; ++j) acc[r][j] = _mm512_add_ps(acc[r][j], _mm512_mul_ps(av, b[j]));
+        }
+      }
+    }
+  for (int j = 0; j < NB; ++j) {
+    const int n0 = (nb + j) * 16;
+    const __mmask16 mask = lane_mask(w.out_channels - n0);
+    const __m512 scale = _mm512_maskz_loadu_ps(mask, a.scale + n0), bias = _mm512_maskz_loadu_ps(mask, a.bias + n0);
+    for (int r = 0; r < valid; ++r) {
+      __m512 v = _mm512_add_ps(_mm512_mul_ps(scale, acc[r][j]), bias);
+      if (a.relu) v = _mm512_max_ps(_mm512_setzero_ps(), v);
+      _mm512_mask_storeu_ps(a.out + size_t(m + r) * w.out_channels + n0, mask, v);
+    }
+  }
+}
+
+template <int R, int NB>
+void float_sweep(const FloatConvArgs& a, int m0, int m1, int nb) {
+  for (int m = m0; m < m1; m += R) float_tile<R, NB>(a, m, std::min(R, m1 - m), nb);
+}
+}  // namespace
+
+void conv_f32_rows_avx512(const FloatConvArgs& a, int m0, int m1) {
+  const int nblocks = a.w->nblocks;
+  int nb = 0;
+  for (; nb + 4 <= nblocks; nb += 4) float_sweep<6, 4>(a, m0, m1, nb);
+  switch (nblocks - nb) {
+    case 3: float_sweep<6, 3>(a, m0, m1, nb); break;
+    case 2: float_sweep<8, 2>(a, m0, m1, nb); break;
+    case 1: float_sweep<12, 1>(a, m0, m1, nb); break;
+    default: break;
+  }
+}
+
 void requantize_avx512(const float* values, int h, int w, int n, const Requantizer& q, const CodeImage& out) {
   const Search search(&q);
   for (int y = 0; y < h; ++y)

@@ -29,6 +29,32 @@ void conv_rows_avx2(const ConvArgs& a, int m0, int m1);
 void conv_rows_avx512_vnni(const ConvArgs& a, int m0, int m1);
 void requantize_avx512(const float* values, int h, int w, int n, const Requantizer& q, const CodeImage& out);
 
+struct FloatConvArgs {
+  const FloatImage* in;
+  const PackedFloatConv* w;
+  const float *scale, *bias;
+  bool relu;
+  float* out;
+  int oh, ow, offset;
+  const float* base(int y, int x) const {
+    return in->data + (size_t(y * w->stride + offset) * in->padded_w() + size_t(x * w->stride + offset)) * in->c;
+  }
+};
+using FloatConvRows = void (*)(const FloatConvArgs& a, int m0, int m1);
+void conv_f32_rows_scalar(const FloatConvArgs& a, int m0, int m1);
+void conv_f32_rows_avx512(const FloatConvArgs& a, int m0, int m1);
+
+// Runs rows(a, m0, m1) over [0, M) on up to `threads` OpenMP threads in chunks of whole
+// 48-pixel groups (a multiple of every kernel's tile height).
+template <typename Args>
+void split_rows(void (*rows)(const Args&, int, int), const Args& a, int M, int threads) {
+  const int chunks = std::min(std::max(1, threads), (M + 47) / 48);
+  if (chunks <= 1) return rows(a, 0, M);
+  const int per_chunk = (M + 48 * chunks - 1) / (48 * chunks) * 48;
+#pragma omp parallel for num_threads(chunks) schedule(static, 1)
+  for (int c = 0; c < chunks; ++c) rows(a, std::min(M, c * per_chunk), std::min(M, (c + 1) * per_chunk));
+}
+
 // Four consecutive activation codes as one int32 (for the broadcast of a 4-byte group).
 inline int32_t load4(const uint8_t* p) {
   int32_t v;

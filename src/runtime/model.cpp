@@ -25,7 +25,9 @@ struct Layer {
   kernels::PackedConv packed;
   kernels::Requantizer input;
   int max_code = 0;
-  // Float layers: weights as float integers, [K][out] (K = kh * kw * in) so the inner loop runs over outputs.
+  // The float first convolution.
+  kernels::PackedFloatConv packed_float;
+  // The classifier: weights as float integers, [in][out].
   std::vector<float> weights_k_out;
 };
 
@@ -41,7 +43,9 @@ struct Block {
 struct Workspace {
   std::vector<std::vector<uint8_t>> code_bytes;
   std::vector<kernels::CodeImage> codes;  // per layer; empty for float layers
-  std::vector<float> image, stem, stream, next, shortcut;
+  std::vector<float> image_bytes;         // the input image with the stem's zero border
+  kernels::FloatImage image;
+  std::vector<float> stem, stream, next, shortcut;
 };
 
 std::vector<int8_t> weight_integers(const LayerRecord& r, const std::vector<uint8_t>& blob, const std::string& name) {
@@ -93,41 +97,16 @@ struct Model::Impl {
       ws->code_bytes[i].assign(c.bytes(), 0);
       c.data = ws->code_bytes[i].data();
     }
+    const Layer& stem = layers.front();
+    ws->image = {nullptr, info.height, info.width, stem.info.in_channels, stem.info.padding};
+    ws->image_bytes.assign(ws->image.floats(), 0.0f);
+    ws->image.data = ws->image_bytes.data();
     for (auto* v : {&ws->stem, &ws->stream, &ws->next, &ws->shortcut}) v->resize(max_feature);
     return ws;
   }
   void release(std::unique_ptr<Workspace> ws) const {
     std::lock_guard<std::mutex> lock(pool_mutex);
     pool.push_back(std::move(ws));
-  }
-
-  // Float convolution (the stem) with folded scale and bias and ReLU: NHWC in, NHWC out.
-  void conv_float(const float* in, int h, int w, const Layer& l, float* out) const {
-    const levels::LayerInfo& li = l.info;
-    const int k = li.kernel, s = li.stride, p = li.padding, c = li.in_channels, n = li.out_channels;
-    const int oh = li.out_height, ow = li.out_width;
-    std::vector<float> acc(n);
-    for (int y = 0; y < oh; ++y)
-      for (int x = 0; x < ow; ++x) {
-        std::fill(acc.begin(), acc.end(), 0.0f);
-        for (int ky = 0; ky < k; ++ky) {
-          const int iy = y * s - p + ky;
-          if (iy < 0 || iy >= h) continue;
-          for (int kx = 0; kx < k; ++kx) {
-            const int ix = x * s - p + kx;
-            if (ix < 0 || ix >= w) continue;
-            const float* src = in + (size_t(iy) * w + ix) * c;
-            const float* wk = l.weights_k_out.data() + size_t((ky * k + kx) * c) * n;
-            for (int ci = 0; ci < c; ++ci) {
-              const float v = src[ci];
-              const float* wrow = wk + size_t(ci) * n;
-              for (int o = 0; o < n; ++o) acc[o] += v * wrow[o];
-            }
-          }
-        }
-        float* dst = out + (size_t(y) * ow + x) * n;
-        for (int o = 0; o < n; ++o) dst[o] = std::max(l.scale[o] * acc[o] + l.bias[o], 0.0f);
-      }
   }
 
   // Codes of a float feature map for quantised layer `consumer`.
@@ -186,11 +165,14 @@ struct Model::Impl {
   void run_image(const float* image, float* logits, std::vector<std::vector<float>>* taps, const RunOptions& o) const {
     std::unique_ptr<Workspace> ws = acquire();
     const int c = info.spec.in_channels, H = info.height, W = info.width;
-    ws->image.resize(size_t(H) * W * c);
-    for (int ci = 0; ci < c; ++ci)
-      for (int p = 0; p < H * W; ++p) ws->image[size_t(p) * c + ci] = image[size_t(ci) * H * W + p];
+    for (int y = 0; y < H; ++y)
+      for (int x = 0; x < W; ++x) {
+        float* dst = ws->image.pixel(y, x);
+        for (int ci = 0; ci < c; ++ci) dst[ci] = image[(size_t(ci) * H + y) * W + x];
+      }
     const Layer& stem = layers.front();
-    conv_float(ws->image.data(), H, W, stem, ws->stem.data());
+    kernels::conv_f32(ws->image, stem.packed_float, stem.scale.data(), stem.bias.data(), true, ws->stem.data(), o.isa,
+                      o.threads);
     int h = stem.info.out_height, w = stem.info.out_width;
     const int sc = stem.info.out_channels;
     if (info.spec.stem == levels::Stem::imagenet) {  // max-pool 3x3, stride 2, padding 1
@@ -312,6 +294,8 @@ Model Model::from_bytes(const std::vector<uint8_t>& bytes, const std::string& na
       } catch (const std::invalid_argument& e) {
         throw FormatError(name + ": layer " + li.name + ": " + e.what());
       }
+    } else if (r.kind == uint32_t(LayerKind::float_conv)) {
+      l.packed_float = kernels::pack_float_conv(w.data(), li.out_channels, li.in_channels, li.kernel, li.stride, li.padding);
     } else {
       l.weights_k_out.resize(size_t(K) * li.out_channels);
       for (int o = 0; o < li.out_channels; ++o)

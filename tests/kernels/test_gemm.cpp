@@ -212,3 +212,48 @@ TEST(Conv, BadArgumentsAndNames) {
   for (GemmIsa isa : apot::kernels::supported_gemm_isas())
     EXPECT_EQ(apot::kernels::parse_gemm_isa(apot::kernels::to_string(isa)), isa);
 }
+
+TEST(FloatConv, EveryPathMatchesAPlainConvolution) {
+  std::mt19937 rng(11);
+  std::uniform_real_distribution<float> u(-2.0f, 2.0f);
+  for (auto [k, stride] : {std::pair{3, 1}, std::pair{7, 2}, std::pair{1, 1}})
+    for (int n : {5, 16, 64, 70})
+      for (auto [h, w] : {std::pair{9, 7}, std::pair{16, 16}}) {
+        const int c = 3, pad = k / 2, oh = (h + 2 * pad - k) / stride + 1, ow = (w + 2 * pad - k) / stride + 1;
+        std::vector<float> x(size_t(h) * w * c), scale(n), bias(n);
+        for (auto& v : x) v = u(rng);
+        for (int i = 0; i < n; ++i) scale[i] = 0.1f * u(rng), bias[i] = u(rng);
+        std::vector<int8_t> W(size_t(n) * k * k * c);
+        for (auto& v : W) v = static_cast<int8_t>(int(rng() % 255) - 127);
+        const auto packed = apot::kernels::pack_float_conv(W.data(), n, c, k, stride, pad);
+        std::vector<float> bytes;
+        apot::kernels::FloatImage in{nullptr, h, w, c, pad};
+        bytes.assign(in.floats(), 0.0f);
+        in.data = bytes.data();
+        for (int y = 0; y < h; ++y)
+          for (int xx = 0; xx < w; ++xx)
+            for (int ci = 0; ci < c; ++ci) in.pixel(y, xx)[ci] = x[(size_t(y) * w + xx) * c + ci];
+        std::vector<float> ref(size_t(oh) * ow * n);
+        apot::kernels::conv_f32(in, packed, scale.data(), bias.data(), true, ref.data(), GemmIsa::scalar);
+        for (int y = 0; y < oh; ++y)
+          for (int xx = 0; xx < ow; ++xx)
+            for (int o = 0; o < n; ++o) {
+              double sum = 0;
+              for (int ky = 0; ky < k; ++ky)
+                for (int kx = 0; kx < k; ++kx) {
+                  const int iy = y * stride - pad + ky, ix = xx * stride - pad + kx;
+                  if (iy < 0 || iy >= h || ix < 0 || ix >= w) continue;
+                  for (int ci = 0; ci < c; ++ci)
+                    sum += double(x[(size_t(iy) * w + ix) * c + ci]) * W[((size_t(o) * k + ky) * k + kx) * c + ci];
+                }
+              const double expected = std::max(scale[o] * sum + bias[o], 0.0);
+              ASSERT_NEAR(ref[(size_t(y) * ow + xx) * n + o], expected, 1e-4 * (1 + std::abs(scale[o]) * 200 * k * k));
+            }
+        for (GemmIsa isa : apot::kernels::supported_gemm_isas())
+          for (int threads : {1, 2}) {
+            std::vector<float> got(ref.size(), -1.0f);
+            apot::kernels::conv_f32(in, packed, scale.data(), bias.data(), true, got.data(), isa, threads);
+            ASSERT_EQ(got, ref) << apot::kernels::to_string(isa) << " k" << k << " n" << n;
+          }
+      }
+}

@@ -36,6 +36,10 @@ struct Case {
 }  // namespace
 
 TEST(Engine, AgreesWithTheTrainedModel) {
+  // One LibTorch thread: its convolutions then sum in the same order on every run, so the test
+  // compares the engine with one fixed reference (with several threads the reference's own
+  // rounding, and with it an occasional activation at a level boundary, changes between runs).
+  torch::set_num_threads(1);
   const std::vector<Case> cases{
       {"resnet20", apot::levels::Shortcut::A, 4, apot::levels::Kind::apot, 32},
       {"resnet20", apot::levels::Shortcut::B, 3, apot::levels::Kind::apot, 20},
@@ -102,6 +106,7 @@ TEST(Engine, ExportRejectsUnquantisedModelsAndLoadRejectsMismatches) {
 // level boundary, so ResNet-50 is checked block by block on stage 1 (bottleneck blocks with a
 // projection shortcut).
 TEST(Engine, BottleneckBlocksMatchTheTrainedModel) {
+  torch::set_num_threads(1);  // a fixed reference, as above
   auto model = apot::qat::make_resnet("resnet50", 3, 10, apot::levels::Shortcut::B);
   QuantPolicy policy;
   policy.weight_bits = policy.act_bits = 5;

@@ -88,4 +88,33 @@ void conv_u8s8(const CodeImage& in, const PackedConv& w, int max_code, const Con
 void requantize(const float* values, int h, int w, int n, const Requantizer& q, const CodeImage& out,
                 GemmIsa isa = default_gemm_isa());
 
+// ---- the float first layer (float image x integer weights, as in the trained model) ----
+
+// A float image in NHWC order with a zero border, laid out like CodeImage (channel stride c).
+struct FloatImage {
+  float* data = nullptr;
+  int h = 0, w = 0, c = 0, border = 0;
+  int padded_w() const { return w + 2 * border; }
+  size_t floats() const { return size_t(h + 2 * border) * padded_w() * c; }
+  float* pixel(int y, int x) const { return data + (size_t(y + border) * padded_w() + x + border) * c; }
+};
+
+// Weights as floats, rows k = (ky * kernel + kx) * in_channels + c, each row 16 * nblocks
+// output channels (zero beyond out_channels).
+struct PackedFloatConv {
+  int in_channels = 0, out_channels = 0, kernel = 1, stride = 1, padding = 0, nblocks = 0;
+  std::vector<float> data;
+  int out_h(int h) const { return (h + 2 * padding - kernel) / stride + 1; }
+  int out_w(int w) const { return (w + 2 * padding - kernel) / stride + 1; }
+};
+PackedFloatConv pack_float_conv(const int8_t* weights, int out_channels, int in_channels, int kernel, int stride,
+                                int padding);
+
+// out[p][n] = max(scale[n] * sum + bias[n], 0) (without the max when relu is false), the sum
+// over taps and channels in row order, every product included (the border contributes zeros),
+// multiplications and additions rounded separately: every path gives the same bits. The
+// AVX-512 path vectorises over output channels; the others run the reference.
+void conv_f32(const FloatImage& in, const PackedFloatConv& w, const float* scale, const float* bias, bool relu,
+              float* out, GemmIsa isa = default_gemm_isa(), int threads = 1);
+
 }  // namespace apot::kernels
