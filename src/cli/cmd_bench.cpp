@@ -1,14 +1,17 @@
-// `apot bench model.apot --batch 1,32 --threads 1,2 [--json]`: the integer engine against
-// LibTorch FP32 (oneDNN convolutions, eval mode, no grad) on the same architecture, measured
-// side by side (interleaved repetitions, medians).
+// `apot bench model.apot --batch 1,32 --threads 1,2 [--layers] [--json]`: the integer engine
+// against LibTorch FP32 (its module forward, and a forward calling oneDNN directly) and against
+// oneDNN int8 convolutions of the same network, measured side by side: in each repetition every
+// contender runs once, in turn; medians over the repetitions.
 #include <fmt/format.h>
 
 #include <algorithm>
 #include <chrono>
 #include <nlohmann/json.hpp>
+#include <optional>
 
 #include "apot/qat/resnet.h"
 #include "apot/runtime/model.h"
+#include "baselines.h"
 #include "commands.h"
 
 namespace apot::cli {
@@ -18,6 +21,7 @@ struct BenchOptions {
   std::string model;
   std::vector<int> batches{1, 32}, threads{1, 2};
   int reps = 0;
+  bool layers = false;
   bool json = false;
 };
 
@@ -33,56 +37,125 @@ double time_ms(F f) {
   return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
 }
 
+struct Contender {
+  std::string name;
+  std::function<void()> run;
+  std::vector<double> ms;
+};
+
+// Per-layer time of the engine (batch 1, one thread) against the measured peak.
+nlohmann::json layer_report(const runtime::Model& engine, const std::vector<levels::LayerInfo>& layers, int reps,
+                            double peak, bool print) {
+  const runtime::ModelInfo& info = engine.info();
+  const std::vector<float> x(size_t(info.spec.in_channels) * info.height * info.width, 0.5f);
+  std::vector<std::vector<double>> samples(layers.size());
+  runtime::RunOptions o;
+  for (int r = 0; r < std::max(reps, 5); ++r) {
+    std::vector<double> seconds(layers.size(), 0.0);
+    o.layer_seconds = &seconds;
+    engine.run(x.data(), 1, o);
+    for (size_t i = 0; i < layers.size(); ++i) samples[i].push_back(seconds[i]);
+  }
+  nlohmann::json out = nlohmann::json::array();
+  if (print) fmt::print("  per layer (batch 1, 1 thread; peak {:.1f} G MAC/s):\n", peak);
+  double total_ms = 0;
+  for (size_t i = 0; i + 1 < layers.size(); ++i) {
+    const levels::LayerInfo& l = layers[i];
+    const double ms = median(samples[i]) * 1e3;
+    const double gmacs = l.macs() / (ms * 1e-3) / 1e9;
+    total_ms += ms;
+    out.push_back({{"layer", l.name}, {"ms", ms}, {"macs", l.macs()}, {"gmacs_per_s", gmacs},
+                   {"share_of_peak", peak > 0 && !l.first ? gmacs / peak : 0.0}});
+    if (print)
+      fmt::print("    {:<24} {:>4}x{:<4} {}x{} /{} {:>4}->{:<4} {:8.4f} ms {:7.1f} G MAC/s {}\n", l.name, l.in_height,
+                 l.in_width, l.kernel, l.kernel, l.stride, l.in_channels, l.out_channels, ms, gmacs,
+                 l.first ? std::string("(float)") : peak > 0 ? fmt::format("{:5.1f} % of peak", 100 * gmacs / peak) : "");
+  }
+  if (print) fmt::print("    convolutions together: {:.3f} ms\n", total_ms);
+  return out;
+}
+
 void run_bench(const BenchOptions& o) {
   const runtime::Model engine = runtime::Model::load(o.model);
   const runtime::ModelInfo& info = engine.info();
   const auto& spec = info.spec;
+  const std::vector<levels::LayerInfo> layers = levels::enumerate_layers(spec, info.height, info.width);
   int64_t macs = 0;
-  for (const auto& l : levels::enumerate_layers(spec, info.height, info.width)) macs += l.macs();
+  for (const auto& l : layers) macs += l.macs();
+  const kernels::GemmIsa isa = kernels::default_gemm_isa();
+  const double peak = kernels::measure_peak_gmacs(isa);
   qat::ResNet fp = qat::make_resnet(spec.name, spec.in_channels, spec.num_classes, spec.shortcut);
   fp->eval();
   torch::NoGradGuard no_grad;
+  std::optional<TorchOnednnFp32> direct;
+  if (TorchOnednnFp32::available()) direct.emplace(spec, info.height, info.width);
+  std::string dnnl_isa = "not built";
   nlohmann::json results = nlohmann::json::array();
   if (!o.json)
-    fmt::print("{} {}x{} ({:.1f} M MACs per image), GEMM path {}\n", spec.name, info.height, info.width, macs / 1e6,
-               kernels::to_string(kernels::default_gemm_isa()));
+    fmt::print("{} {}x{} ({:.1f} M MACs per image), engine path {}, its peak {:.1f} G MAC/s per thread\n", spec.name,
+               info.height, info.width, macs / 1e6, kernels::to_string(isa), peak);
   for (int threads : o.threads)
     for (int batch : o.batches) {
       torch::set_num_threads(threads);
       const torch::Tensor x = torch::randn({batch, spec.in_channels, info.height, info.width});
       runtime::RunOptions ro;
       ro.threads = threads;
-      const int reps = o.reps > 0 ? o.reps : std::max(5, 200 / batch);
-      std::vector<double> engine_ms, torch_ms;
-      engine.run(x.data_ptr<float>(), batch, ro);  // warm-up
-      fp(x);
-      for (int r = 0; r < reps; ++r) {
-        engine_ms.push_back(time_ms([&] { engine.run(x.data_ptr<float>(), batch, ro); }));
-        torch_ms.push_back(time_ms([&] { fp(x); }));
+      std::vector<Contender> c;
+      c.push_back({"engine", [&] { engine.run(x.data_ptr<float>(), batch, ro); }, {}});
+      c.push_back({"libtorch_fp32_module", [&] { fp(x); }, {}});
+      if (direct) c.push_back({"libtorch_fp32_onednn", [&] { direct->forward(x); }, {}});
+      std::optional<OnednnInt8> int8;
+      if (OnednnInt8::available()) {
+        int8.emplace(spec, info.height, info.width, batch);
+        dnnl_isa = int8->isa();
+        c.push_back({"onednn_int8", [&] { int8->run(threads); }, {}});
       }
-      const double e = median(engine_ms), t = median(torch_ms);
-      const double gmacs = macs * double(batch) / (e * 1e-3) / 1e9;
-      results.push_back({{"batch", batch}, {"threads", threads}, {"engine_ms", e}, {"libtorch_fp32_ms", t},
-                         {"speedup_vs_fp32", t / e}, {"engine_gmacs_per_s", gmacs}, {"reps", reps}});
-      if (!o.json)
-        fmt::print("  batch {:>3}, {} thread(s): engine {:8.3f} ms, LibTorch FP32 {:8.3f} ms -> {:5.2f}x; engine {:6.1f} G MAC/s\n",
-                   batch, threads, e, t, t / e, gmacs);
+      const int reps = o.reps > 0 ? o.reps : std::max(7, 200 / batch);
+      for (auto& k : c) k.run();  // warm-up
+      for (int r = 0; r < reps; ++r)
+        for (auto& k : c) k.ms.push_back(time_ms(k.run));
+      nlohmann::json row{{"batch", batch}, {"threads", threads}, {"reps", reps}};
+      for (auto& k : c) row[k.name + "_ms"] = median(k.ms);
+      const double e = row["engine_ms"];
+      double fp32 = row["libtorch_fp32_module_ms"];
+      if (direct) fp32 = std::min(fp32, row["libtorch_fp32_onednn_ms"].get<double>());
+      row["libtorch_fp32_best_ms"] = fp32;
+      row["speedup_vs_fp32"] = fp32 / e;
+      row["engine_gmacs_per_s"] = macs * double(batch) / (e * 1e-3) / 1e9;
+      if (int8) row["speedup_vs_onednn_int8"] = row["onednn_int8_ms"].get<double>() / e;
+      results.push_back(row);
+      if (!o.json) {
+        fmt::print("  batch {:>3}, {} thread(s): engine {:8.3f} ms | LibTorch FP32 module {:8.3f} ms, via oneDNN {} | "
+                   "oneDNN int8 {} -> {:5.2f}x FP32 (best), {} int8; engine {:6.1f} G MAC/s\n",
+                   batch, threads, e, row["libtorch_fp32_module_ms"].get<double>(),
+                   direct ? fmt::format("{:8.3f} ms", row["libtorch_fp32_onednn_ms"].get<double>()) : "n/a",
+                   int8 ? fmt::format("{:8.3f} ms", row["onednn_int8_ms"].get<double>()) : "n/a", fp32 / e,
+                   int8 ? fmt::format("{:5.2f}x", row["speedup_vs_onednn_int8"].get<double>()) : "n/a",
+                   row["engine_gmacs_per_s"].get<double>());
+      }
     }
-  if (o.json)
-    fmt::print("{}\n", nlohmann::json{{"model", o.model}, {"arch", spec.name}, {"macs_per_image", macs},
-                                      {"gemm", kernels::to_string(kernels::default_gemm_isa())}, {"results", results}}
-                           .dump());
+  nlohmann::json report{{"model", o.model},    {"arch", spec.name},        {"macs_per_image", macs},
+                        {"gemm", kernels::to_string(isa)}, {"peak_gmacs_per_s", peak}, {"onednn_isa", dnnl_isa},
+                        {"results", results}};
+  if (!o.json) fmt::print("  oneDNN int8 dispatches to: {}\n", dnnl_isa);
+  if (o.layers) report["layers"] = layer_report(engine, layers, o.reps > 0 ? o.reps : 50, peak, !o.json);
+  if (o.json) fmt::print("{}\n", report.dump());
 }
 
 }  // namespace
 
 void register_bench(CLI::App& app) {
   auto o = std::make_shared<BenchOptions>();
-  CLI::App* cmd = app.add_subcommand("bench", "Time the integer engine against LibTorch FP32 on the same network");
+  CLI::App* cmd = app.add_subcommand(
+      "bench", "Time the integer engine against LibTorch FP32 and oneDNN int8 on the same network");
   cmd->add_option("model", o->model, ".apot file")->required()->check(CLI::ExistingFile);
-  cmd->add_option("--batch", o->batches, "batch sizes, e.g. 1,32")->delimiter(',')->capture_default_str();
-  cmd->add_option("--threads", o->threads, "thread counts, e.g. 1,2")->delimiter(',')->capture_default_str();
-  cmd->add_option("--reps", o->reps, "repetitions per configuration (default: about 200 images)");
+  cmd->add_option("--batch", o->batches, "batch sizes, e.g. 1,32")->delimiter(',')->capture_default_str()
+      ->check(CLI::Range(1, 4096));
+  cmd->add_option("--threads", o->threads, "thread counts, e.g. 1,2")->delimiter(',')->capture_default_str()
+      ->check(CLI::Range(1, 1024));
+  cmd->add_option("--reps", o->reps, "repetitions per configuration (default: about 200 images)")
+      ->check(CLI::Range(1, 100000));
+  cmd->add_flag("--layers", o->layers, "also report the engine's time and G MAC/s per layer");
   cmd->add_flag("--json", o->json, "print one JSON object");
   cmd->callback([o] { run_bench(*o); });
 }

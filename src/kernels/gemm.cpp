@@ -2,6 +2,7 @@
 #include <cmath>
 #include <cstdlib>
 #include <algorithm>
+#include <chrono>
 #include <stdexcept>
 
 #include "gemm_impl.h"
@@ -126,6 +127,26 @@ void conv_u8s8(const CodeImage& in, const PackedConv& w, int max_code, const Con
   if (isa == GemmIsa::avx512_vnni) rows = detail::conv_rows_avx512_vnni;
   if (isa == GemmIsa::avx2 && 2 * max_code * w.max_abs <= 32767) rows = detail::conv_rows_avx2;
   detail::split_rows(rows, a, a.oh * a.ow, threads);
+}
+
+double measure_peak_gmacs(GemmIsa isa, double seconds) {
+  if (isa == GemmIsa::scalar || !supports(isa)) return 0.0;
+  const bool vnni = isa == GemmIsa::avx512_vnni;
+  auto probe = vnni ? detail::peak_probe_avx512_vnni : detail::peak_probe_avx2;
+  const long per_round = vnni ? detail::peak_macs_per_round_avx512 : detail::peak_macs_per_round_avx2;
+  volatile int32_t sink = probe(1000);  // warm-up (frequency, caches)
+  double best = 0;
+  long iterations = 100000;
+  for (auto start = std::chrono::steady_clock::now();
+       std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count() < seconds;) {
+    const auto t0 = std::chrono::steady_clock::now();
+    sink = probe(iterations);
+    const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    best = std::max(best, double(iterations) * per_round / s / 1e9);
+    if (s < 0.01) iterations *= 2;
+  }
+  (void)sink;
+  return best;
 }
 
 PackedFloatConv pack_float_conv(const int8_t* weights, int out_channels, int in_channels, int kernel, int stride,

@@ -49,6 +49,22 @@ void tile(const ConvArgs& a, int m, int valid, int nb) {
 
 }  // namespace
 
+int32_t peak_probe_avx2(long iterations) {
+  const __m256i ones = _mm256_set1_epi16(1);
+  __m256i acc[8];
+  for (int i = 0; i < 8; ++i) acc[i] = _mm256_set1_epi32(i);
+  __m256i a = _mm256_set1_epi8(1), b = _mm256_set1_epi8(2);
+  for (long it = 0; it < iterations; ++it) {
+    for (int i = 0; i < 8; ++i) acc[i] = _mm256_add_epi32(acc[i], _mm256_madd_epi16(_mm256_maddubs_epi16(a, b), ones));
+    __asm__ volatile("" : "+x"(a), "+x"(b));
+  }
+  __m256i sum = acc[0];
+  for (int i = 1; i < 8; ++i) sum = _mm256_add_epi32(sum, acc[i]);
+  alignas(32) int32_t lanes[8];
+  _mm256_store_si256(reinterpret_cast<__m256i*>(lanes), sum);
+  return lanes[0] + lanes[7];
+}
+
 void conv_rows_avx2(const ConvArgs& a, int m0, int m1) {
   constexpr int R = 4;
   for (int nb = 0; nb < a.w->nblocks; ++nb)

@@ -187,6 +187,19 @@ void conv_f32_rows_avx512(const FloatConvArgs& a, int m0, int m1) {
   }
 }
 
+int32_t peak_probe_avx512_vnni(long iterations) {
+  __m512i acc[16];
+  for (int i = 0; i < 16; ++i) acc[i] = _mm512_set1_epi32(i);
+  __m512i a = _mm512_set1_epi8(1), b = _mm512_set1_epi8(2);
+  for (long it = 0; it < iterations; ++it) {
+    for (int i = 0; i < 16; ++i) acc[i] = _mm512_dpbusd_epi32(acc[i], a, b);
+    __asm__ volatile("" : "+v"(a), "+v"(b));  // keep the inputs opaque to the compiler
+  }
+  __m512i sum = acc[0];
+  for (int i = 1; i < 16; ++i) sum = _mm512_add_epi32(sum, acc[i]);
+  return _mm512_reduce_add_epi32(sum);
+}
+
 void requantize_avx512(const float* values, int h, int w, int n, const Requantizer& q, const CodeImage& out) {
   const Search search(&q);
   for (int y = 0; y < h; ++y)

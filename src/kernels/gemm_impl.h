@@ -55,6 +55,13 @@ void split_rows(void (*rows)(const Args&, int, int), const Args& a, int M, int t
   for (int c = 0; c < chunks; ++c) rows(a, std::min(M, c * per_chunk), std::min(M, (c + 1) * per_chunk));
 }
 
+// The peak probes: `iterations` rounds of independent multiply-accumulates; return a value
+// that depends on all of them. MACs per round: peak_macs_per_round_*.
+constexpr long peak_macs_per_round_avx512 = 16L * 64;
+constexpr long peak_macs_per_round_avx2 = 8L * 32;
+int32_t peak_probe_avx512_vnni(long iterations);
+int32_t peak_probe_avx2(long iterations);
+
 // Four consecutive activation codes as one int32 (for the broadcast of a 4-byte group).
 inline int32_t load4(const uint8_t* p) {
   int32_t v;

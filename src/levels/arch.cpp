@@ -131,4 +131,23 @@ std::vector<LayerInfo> enumerate_layers(const ResNetSpec& spec, int height, int 
   return b.layers;
 }
 
+std::vector<BlockInfo> enumerate_blocks(const ResNetSpec& spec) {
+  std::vector<BlockInfo> out;
+  int next = 1;  // layer 0 is the stem; the order is that of enumerate_layers()
+  int in_planes = spec.widths.front();
+  for (size_t stage = 0; stage < spec.blocks.size(); ++stage)
+    for (int block = 0; block < spec.blocks[stage]; ++block) {
+      BlockInfo b;
+      b.stride = (stage > 0 && block == 0) ? 2 : 1;
+      b.in_planes = in_planes;
+      b.out_planes = spec.widths[stage] * spec.expansion();
+      const int convs = spec.block == BlockType::bottleneck ? 3 : 2;
+      for (int c = 0; c < convs; ++c) b.conv[c] = next++;
+      if ((b.stride != 1 || b.in_planes != b.out_planes) && spec.shortcut == Shortcut::B) b.projection = next++;
+      in_planes = b.out_planes;
+      out.push_back(b);
+    }
+  return out;
+}
+
 }  // namespace apot::levels

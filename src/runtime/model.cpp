@@ -4,6 +4,7 @@
 #include <omp.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <cstring>
 #include <fstream>
@@ -29,12 +30,6 @@ struct Layer {
   kernels::PackedFloatConv packed_float;
   // The classifier: weights as float integers, [in][out].
   std::vector<float> weights_k_out;
-};
-
-struct Block {
-  int conv[3] = {-1, -1, -1};  // the block's convolutions in order
-  int projection = -1;
-  int stride = 1, in_planes = 0, out_planes = 0;
 };
 
 // Working memory for one image at a time, sized for the model once: one zero-bordered code
@@ -69,7 +64,7 @@ levels::Kind kind_of(uint32_t k) {
 struct Model::Impl {
   ModelInfo info;
   std::vector<Layer> layers;
-  std::vector<Block> blocks;
+  std::vector<levels::BlockInfo> blocks;
   size_t max_feature = 0;  // the largest float feature map of one image, in floats
   mutable std::mutex pool_mutex;
   mutable std::vector<std::unique_ptr<Workspace>> pool;
@@ -109,6 +104,15 @@ struct Model::Impl {
     pool.push_back(std::move(ws));
   }
 
+  // Runs f, adding its time to layer `index` of o.layer_seconds if that is set.
+  template <typename F>
+  static void timed(const RunOptions& o, int index, F f) {
+    if (!o.layer_seconds) return f();
+    const auto t0 = std::chrono::steady_clock::now();
+    f();
+    (*o.layer_seconds)[size_t(index)] += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  }
+
   // Codes of a float feature map for quantised layer `consumer`.
   void requantize(const float* values, int consumer, Workspace& ws, const RunOptions& o) const {
     const Layer& l = layers[consumer];
@@ -118,7 +122,7 @@ struct Model::Impl {
   // One residual block: ws.stream (float input, whose codes for the block's first convolution
   // are already in place) -> ws.next (float output), plus the codes of the next block's first
   // convolution (next_consumer, if any).
-  void block(const Block& b, int next_consumer, Workspace& ws, const RunOptions& o) const {
+  void block(const levels::BlockInfo& b, int next_consumer, Workspace& ws, const RunOptions& o) const {
     const Layer& first = layers[b.conv[0]];
     const int h = first.info.in_height, w = first.info.in_width;
     const float* residual = ws.stream.data();
@@ -129,7 +133,7 @@ struct Model::Impl {
       out.scale = l.scale.data();
       out.bias = l.bias.data();
       out.values = ws.shortcut.data();
-      kernels::conv_u8s8(ws.codes[b.projection], l.packed, l.max_code, out, o.isa, o.threads);
+      timed(o, b.projection, [&] { kernels::conv_u8s8(ws.codes[b.projection], l.packed, l.max_code, out, o.isa, o.threads); });
       residual = ws.shortcut.data();
     } else if (b.stride != 1 || b.in_planes != b.out_planes) {  // option A: subsample, zero-pad channels
       const int before = (b.out_planes - b.in_planes) / 2;
@@ -158,7 +162,7 @@ struct Model::Impl {
         out.requantizer = &layers[consumer].input;
         out.codes = ws.codes[consumer];
       }
-      kernels::conv_u8s8(ws.codes[b.conv[i]], l.packed, l.max_code, out, o.isa, o.threads);
+      timed(o, b.conv[i], [&] { kernels::conv_u8s8(ws.codes[b.conv[i]], l.packed, l.max_code, out, o.isa, o.threads); });
     }
   }
 
@@ -171,8 +175,10 @@ struct Model::Impl {
         for (int ci = 0; ci < c; ++ci) dst[ci] = image[(size_t(ci) * H + y) * W + x];
       }
     const Layer& stem = layers.front();
-    kernels::conv_f32(ws->image, stem.packed_float, stem.scale.data(), stem.bias.data(), true, ws->stem.data(), o.isa,
-                      o.threads);
+    timed(o, 0, [&] {
+      kernels::conv_f32(ws->image, stem.packed_float, stem.scale.data(), stem.bias.data(), true, ws->stem.data(), o.isa,
+                        o.threads);
+    });
     int h = stem.info.out_height, w = stem.info.out_width;
     const int sc = stem.info.out_channels;
     if (info.spec.stem == levels::Stem::imagenet) {  // max-pool 3x3, stride 2, padding 1
@@ -197,10 +203,10 @@ struct Model::Impl {
     if (taps) taps->emplace_back(ws->stream.begin(), ws->stream.begin() + size_t(h) * w * channels);
     if (!blocks.empty()) requantize(ws->stream.data(), blocks.front().conv[0], *ws, o);
     for (size_t bi = 0; bi < blocks.size(); ++bi) {
-      const Block& b = blocks[bi];
+      const levels::BlockInfo& b = blocks[bi];
       block(b, bi + 1 < blocks.size() ? blocks[bi + 1].conv[0] : -1, *ws, o);
       std::swap(ws->stream, ws->next);
-      const Layer& last = layers[b.conv[b.conv[2] >= 0 ? 2 : 1]];
+      const Layer& last = layers[b.last_conv()];
       h = last.info.out_height;
       w = last.info.out_width;
       channels = last.info.out_channels;
@@ -307,22 +313,7 @@ Model Model::from_bytes(const std::vector<uint8_t>& bytes, const std::string& na
     }
     impl->layers.push_back(std::move(l));
   }
-  // Blocks in enumeration order: conv1, conv2 [, conv3] [, projection].
-  size_t next = 1;
-  int in_planes = info.spec.widths.front();
-  for (size_t s = 0; s < info.spec.blocks.size(); ++s)
-    for (int bi = 0; bi < info.spec.blocks[s]; ++bi) {
-      Block b;
-      b.stride = (s > 0 && bi == 0) ? 2 : 1;
-      b.in_planes = in_planes;
-      b.out_planes = info.spec.widths[s] * info.spec.expansion();
-      const int convs = info.spec.block == levels::BlockType::bottleneck ? 3 : 2;
-      for (int c = 0; c < convs; ++c) b.conv[c] = static_cast<int>(next++);
-      if ((b.stride != 1 || b.in_planes != b.out_planes) && info.spec.shortcut == levels::Shortcut::B)
-        b.projection = static_cast<int>(next++);
-      in_planes = b.out_planes;
-      impl->blocks.push_back(b);
-    }
+  impl->blocks = levels::enumerate_blocks(info.spec);
   return Model(std::move(impl));
 }
 
@@ -342,8 +333,10 @@ std::vector<float> Model::run(const float* input, int batch, const RunOptions& o
   const size_t image = size_t(impl_->info.spec.in_channels) * impl_->info.height * impl_->info.width;
   const size_t classes = impl_->layers.back().info.out_channels;
   std::vector<float> logits(size_t(batch) * classes);
+  if (options.layer_seconds && options.layer_seconds->size() != impl_->layers.size())
+    throw std::invalid_argument("RunOptions::layer_seconds must have one entry per layer");
   const int threads = std::max(1, options.threads);
-  if (batch == 1 || threads == 1) {
+  if (batch == 1 || threads == 1 || options.layer_seconds) {
     for (int b = 0; b < batch; ++b) impl_->run_image(input + b * image, logits.data() + b * classes, nullptr, options);
     return logits;
   }

@@ -88,6 +88,12 @@ void conv_u8s8(const CodeImage& in, const PackedConv& w, int max_code, const Con
 void requantize(const float* values, int h, int w, int n, const Requantizer& q, const CodeImage& out,
                 GemmIsa isa = default_gemm_isa());
 
+// The int8 multiply-accumulate rate of the path's inner instruction (vpdpbusd for
+// avx512-vnni, vpmaddubsw + vpmaddwd + vpaddd for avx2) on one thread, with enough independent
+// accumulators to hide latency and no memory traffic: the peak a kernel can approach.
+// Measured over about `seconds`; 0 for the scalar path.
+double measure_peak_gmacs(GemmIsa isa, double seconds = 0.2);
+
 // ---- the float first layer (float image x integer weights, as in the trained model) ----
 
 // A float image in NHWC order with a zero border, laid out like CodeImage (channel stride c).

@@ -48,4 +48,15 @@ struct LayerInfo {
 // Every convolution and linear layer in forward order for an input of height x width.
 std::vector<LayerInfo> enumerate_layers(const ResNetSpec& spec, int height, int width);
 
+// The residual blocks, with their layers as indices into enumerate_layers(): the convolutions
+// of the main path in order (conv[2] = -1 for basic blocks) and the projection shortcut (-1
+// when the shortcut has no parameters: identity, or option A's subsample and zero-padding).
+struct BlockInfo {
+  int conv[3] = {-1, -1, -1};
+  int projection = -1;
+  int stride = 1, in_planes = 0, out_planes = 0;
+  int last_conv() const { return conv[2] >= 0 ? conv[2] : conv[1]; }
+};
+std::vector<BlockInfo> enumerate_blocks(const ResNetSpec& spec);
+
 }  // namespace apot::levels

@@ -32,6 +32,9 @@ struct ModelInfo {
 struct RunOptions {
   int threads = 1;
   kernels::GemmIsa isa = kernels::default_gemm_isa();
+  // If set (size layer_count()), the seconds spent in each layer's convolution are added to it
+  // (for the per-layer report of `apot bench`; the images of a batch then run one by one).
+  std::vector<double>* layer_seconds = nullptr;
 };
 
 class Model {
