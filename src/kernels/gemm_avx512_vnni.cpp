@@ -10,13 +10,12 @@
 namespace apot::kernels::detail {
 namespace {
 
-// The requantiser's tables, padded to a power of two of at most 32: thresholds with +inf,
-// codes with the last code (so that v = +inf, which passes the padding, still gets it).
+// The requantiser's tables padded to 32 entries: thresholds with +inf, codes with the last code
+// (so that v = +inf, which passes the padding, still gets it).
 struct Search {
   __m512 t0, t1;
   __m512i c0, c1;
-  int steps = 0;  // log2 of the table size
-  bool wide = false;
+  bool wide;  // more than 16 levels
 
   explicit Search(const Requantizer* q) {
     alignas(64) float t[32];
@@ -25,26 +24,32 @@ struct Search {
       t[i] = i < int(q ? q->thresholds.size() : 0) ? q->thresholds[i] : __builtin_inff();
       c[i] = q ? q->codes[std::min(i, int(q->codes.size()) - 1)] : 0;
     }
-    const int levels = q ? int(q->codes.size()) : 1;
-    while ((1 << steps) < levels) ++steps;
-    wide = steps > 4;
+    wide = q && q->codes.size() > 16;
     t0 = _mm512_load_ps(t);
     t1 = _mm512_load_ps(t + 16);
     c0 = _mm512_load_si512(c);
     c1 = _mm512_load_si512(c + 16);
   }
 
-  // Codes of 16 values: index = number of thresholds <= v.
+  // Codes of 16 values: index = number of thresholds <= v. Sets of up to 16 levels take four
+  // search steps in the first table (the predictable branch is taken once per vector).
   __m128i codes(__m512 v) const {
     __m512i index = _mm512_setzero_si512();
-    for (int step = (1 << steps) >> 1; step >= 1; step >>= 1) {
-      const __m512i candidate = _mm512_add_epi32(index, _mm512_set1_epi32(step));
-      const __m512i probe = _mm512_sub_epi32(candidate, _mm512_set1_epi32(1));
-      const __m512 t = wide ? _mm512_permutex2var_ps(t0, probe, t1) : _mm512_permutexvar_ps(probe, t0);
-      index = _mm512_mask_mov_epi32(index, _mm512_cmp_ps_mask(v, t, _CMP_GE_OQ), candidate);
+    if (wide) {
+      step(v, index, 16);
+      for (int s = 8; s >= 1; s >>= 1) step(v, index, s);  // unrolled: constant trip count
+      return _mm512_cvtepi32_epi8(_mm512_permutex2var_epi32(c0, index, c1));
     }
-    const __m512i code = wide ? _mm512_permutex2var_epi32(c0, index, c1) : _mm512_permutexvar_epi32(index, c0);
-    return _mm512_cvtepi32_epi8(code);
+    for (int s = 8; s >= 1; s >>= 1) step(v, index, s);
+    return _mm512_cvtepi32_epi8(_mm512_permutexvar_epi32(index, c0));
+  }
+
+ private:
+  void step(__m512 v, __m512i& index, int s) const {
+    const __m512i candidate = _mm512_add_epi32(index, _mm512_set1_epi32(s));
+    const __m512i probe = _mm512_sub_epi32(candidate, _mm512_set1_epi32(1));
+    const __m512 t = wide ? _mm512_permutex2var_ps(t0, probe, t1) : _mm512_permutexvar_ps(probe, t0);
+    index = _mm512_mask_mov_epi32(index, _mm512_cmp_ps_mask(v, t, _CMP_GE_OQ), candidate);
   }
 };
 
@@ -67,66 +72,98 @@ struct Epilogue {
   }
 };
 
-// R output pixels (the first `valid` are real; the others repeat the last) x NB blocks of 16
-// output channels from block nb.
-template <int R, int NB>
-void tile(const ConvArgs& a, const Epilogue& epilogue, int m, int valid, int nb) {
+// One tile: R output pixels x NB blocks of 16 output channels from block nb, all pixels in
+// output row y from column x. CS > 0: the input has CS channels and stride S, so neighbouring
+// pixels' inputs are S * CS bytes apart (constant offsets from one pointer, and an inner loop
+// the compiler unrolls). CS = 0: any shape, one pointer per pixel, `valid` <= R real pixels
+// (the others repeat the last).
+template <int R, int NB, int CS, int S>
+void tile(const ConvArgs& a, const Epilogue& epilogue, int y, int x, int valid, int nb) {
   const PackedConv& w = *a.w;
+  const int cs4 = CS > 0 ? CS / 4 : w.cs / 4;
   const uint8_t* ap[R];
-  int ys[R], xs[R];
-  for (int r = 0, y = m / a.ow, x = m % a.ow; r < R; ++r) {
-    ys[r] = y;
-    xs[r] = x;
-    ap[r] = r < valid ? a.base(y, x) : ap[r - 1];
-    if (++x == a.ow) x = 0, ++y;
-  }
+  const uint8_t* const a0 = a.base(y, x);
+  if (CS == 0)
+    for (int r = 0; r < R; ++r) ap[r] = r < valid ? a.base(y, x + r) : ap[r - 1];
   __m512i acc[R][NB];
   for (int r = 0; r < R; ++r)
     for (int j = 0; j < NB; ++j) acc[r][j] = _mm512_setzero_si512();
   const int8_t* bp = w.data.data() + size_t(nb) * 64;
   const size_t bstep = size_t(w.nblocks) * 64;
-  const int taps = w.kernel * w.kernel, cs4 = w.cs / 4;
+  const int taps = w.kernel * w.kernel;
   for (int t = 0; t < taps; ++t) {
     const ptrdiff_t off = a.tap_offsets[t];
     for (int c4 = 0; c4 < cs4; ++c4, bp += bstep) {
       __m512i b[NB];
       for (int j = 0; j < NB; ++j) b[j] = _mm512_loadu_si512(bp + j * 64);
       for (int r = 0; r < R; ++r) {
-        const __m512i av = _mm512_set1_epi32(load4(ap[r] + off + 4 * c4));
+        const uint8_t* src = CS > 0 ? a0 + r * S * CS : ap[r];
+        const __m512i av = _mm512_set1_epi32(load4(src + off + 4 * c4));
         for (int j = 0; j < NB; ++j) acc[r][j] = _mm512_dpbusd_epi32(acc[r][j], av, b[j]);
       }
     }
   }
+  const int p0 = y * a.ow + x;
   for (int j = 0; j < NB; ++j) {
     const int n0 = (nb + j) * 16;
     const __mmask16 mask = lane_mask(w.out_channels - n0);
     for (int r = 0; r < R; ++r)
-      if (r < valid) epilogue(acc[r][j], m + r, ys[r], xs[r], n0, mask);
+      if (CS > 0 || r < valid) epilogue(acc[r][j], p0 + r, y, x + r, n0, mask);
   }
 }
 
-// Channel blocks [nb, nb + NB) for all pixels, R at a time.
-template <int R, int NB>
+// Channel blocks [nb, nb + NB) for output pixels [m0, m1), row by row: whole tiles on the
+// fast path, the rest of a row on the general one.
+template <int R, int NB, int CS, int S>
 void sweep(const ConvArgs& a, const Epilogue& e, int m0, int m1, int nb) {
-  for (int m = m0; m < m1; m += R) tile<R, NB>(a, e, m, std::min(R, m1 - m), nb);
+  for (int m = m0; m < m1;) {
+    const int y = m / a.ow, x = m % a.ow, end = std::min(m1, (y + 1) * a.ow);
+    int xx = x;
+    for (; xx + R <= x + (end - m); xx += R) tile<R, NB, CS, S>(a, e, y, xx, R, nb);
+    for (; xx < x + (end - m); xx += R) tile<R, NB, 0, 1>(a, e, y, xx, std::min(R, x + (end - m) - xx), nb);
+    m = end;
+  }
+}
+
+template <int CS, int S>
+void sweep_all(const ConvArgs& a, const Epilogue& e, int m0, int m1) {
+  const int nblocks = a.w->nblocks;
+  int nb = 0;
+  if (nblocks >= 4 && a.ow % 4 != 0 && a.ow % 7 == 0) {  // 7- and 14-wide rows: 7-pixel tiles
+    for (; nb + 2 <= nblocks; nb += 2) sweep<7, 2, CS, S>(a, e, m0, m1, nb);
+    if (nb < nblocks) sweep<7, 1, CS, S>(a, e, m0, m1, nb);
+    return;
+  }
+  for (; nb + 4 <= nblocks; nb += 4) sweep<4, 4, CS, S>(a, e, m0, m1, nb);
+  switch (nblocks - nb) {
+    case 3: sweep<6, 3, CS, S>(a, e, m0, m1, nb); break;
+    case 2: sweep<8, 2, CS, S>(a, e, m0, m1, nb); break;
+    case 1: sweep<8, 1, CS, S>(a, e, m0, m1, nb); break;
+    default: break;
+  }
+}
+
+template <int S>
+void sweep_cs(const ConvArgs& a, const Epilogue& e, int m0, int m1) {
+  switch (a.w->cs) {
+    case 16: return sweep_all<16, S>(a, e, m0, m1);
+    case 32: return sweep_all<32, S>(a, e, m0, m1);
+    case 64: return sweep_all<64, S>(a, e, m0, m1);
+    case 128: return sweep_all<128, S>(a, e, m0, m1);
+    case 256: return sweep_all<256, S>(a, e, m0, m1);
+    case 512: return sweep_all<512, S>(a, e, m0, m1);
+    default: return sweep_all<0, 1>(a, e, m0, m1);
+  }
 }
 
 }  // namespace
 
 // Channel groups outside, pixels inside: a group's weights stay in cache while the pixels pass.
-// Accumulator tiles: 12 pixels x 1 block, 8 x 2, 6 x 3 or 6 x 4 (enough independent vpdpbusd
-// chains to hide their latency, at most 24 of the 32 registers).
 void conv_rows_avx512_vnni(const ConvArgs& a, int m0, int m1) {
   const Epilogue e{*a.out, Search(a.out->requantizer), size_t(a.w->out_channels)};
-  const int nblocks = a.w->nblocks;
-  int nb = 0;
-  for (; nb + 4 <= nblocks; nb += 4) sweep<6, 4>(a, e, m0, m1, nb);
-  switch (nblocks - nb) {
-    case 3: sweep<6, 3>(a, e, m0, m1, nb); break;
-    case 2: sweep<8, 2>(a, e, m0, m1, nb); break;
-    case 1: sweep<12, 1>(a, e, m0, m1, nb); break;
-    default: break;
-  }
+  if (a.w->stride == 1) return sweep_cs<1>(a, e, m0, m1);
+  if (a.w->stride == 2) return sweep_cs<2>(a, e, m0, m1);
+  sweep_all<0, 1>(a, e, m0, m1);
 }
 
 namespace {

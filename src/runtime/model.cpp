@@ -175,29 +175,27 @@ struct Model::Impl {
         for (int ci = 0; ci < c; ++ci) dst[ci] = image[(size_t(ci) * H + y) * W + x];
       }
     const Layer& stem = layers.front();
+    const bool pool = info.spec.stem == levels::Stem::imagenet;
     timed(o, 0, [&] {
-      kernels::conv_f32(ws->image, stem.packed_float, stem.scale.data(), stem.bias.data(), true, ws->stem.data(), o.isa,
-                        o.threads);
+      kernels::conv_f32(ws->image, stem.packed_float, stem.scale.data(), stem.bias.data(), true,
+                        pool ? ws->stem.data() : ws->stream.data(), o.isa, o.threads);
     });
     int h = stem.info.out_height, w = stem.info.out_width;
     const int sc = stem.info.out_channels;
-    if (info.spec.stem == levels::Stem::imagenet) {  // max-pool 3x3, stride 2, padding 1
+    if (pool) {  // max-pool 3x3, stride 2, padding 1 (the taps inside the image)
       const int ph = (h + 2 - 3) / 2 + 1, pw = (w + 2 - 3) / 2 + 1;
-      std::fill(ws->stream.begin(), ws->stream.begin() + size_t(ph) * pw * sc, -INFINITY);
       for (int y = 0; y < ph; ++y)
-        for (int xx = 0; xx < pw; ++xx)
-          for (int ky = 0; ky < 3; ++ky)
-            for (int kx = 0; kx < 3; ++kx) {
-              const int iy = y * 2 - 1 + ky, ix = xx * 2 - 1 + kx;
-              if (iy < 0 || iy >= h || ix < 0 || ix >= w) continue;
-              float* d = ws->stream.data() + (size_t(y) * pw + xx) * sc;
+        for (int xx = 0; xx < pw; ++xx) {
+          float* d = ws->stream.data() + (size_t(y) * pw + xx) * sc;
+          std::fill_n(d, sc, -INFINITY);
+          for (int iy = std::max(0, 2 * y - 1); iy <= std::min(h - 1, 2 * y + 1); ++iy)
+            for (int ix = std::max(0, 2 * xx - 1); ix <= std::min(w - 1, 2 * xx + 1); ++ix) {
               const float* src = ws->stem.data() + (size_t(iy) * w + ix) * sc;
-              for (int ci = 0; ci < sc; ++ci) d[ci] = std::max(d[ci], src[ci]);
+              for (int ci = 0; ci < sc; ++ci) d[ci] = d[ci] < src[ci] ? src[ci] : d[ci];
             }
+        }
       h = ph;
       w = pw;
-    } else {
-      std::copy_n(ws->stem.data(), size_t(h) * w * sc, ws->stream.data());
     }
     int channels = sc;
     if (taps) taps->emplace_back(ws->stream.begin(), ws->stream.begin() + size_t(h) * w * channels);
