@@ -181,19 +181,21 @@ void float_tile(const FloatConvArgs& a, int m, int valid, int nb) {
   __m512 acc[R][NB];
   for (int r = 0; r < R; ++r)
     for (int j = 0; j < NB; ++j) acc[r][j] = _mm512_setzero_ps();
-  for (int ky = 0; ky < w.kernel; ++ky)
-    for (int kx = 0; kx < w.kernel; ++kx) {
-      const ptrdiff_t off = (ptrdiff_t(ky) * a.in->padded_w() + kx) * c;
-      const float* wk = w.data.data() + size_t((ky * w.kernel + kx) * c) * ld + size_t(nb) * 16;
-      for (int ci = 0; ci < c; ++ci) {
-        __m512 b[NB];
-        for (int j = 0; j < NB; ++j) b[j] = _mm512_loadu_ps(wk + size_t(ci) * ld + j * 16);
-        for (int r = 0; r < R; ++r) {
-          const __m512 av = _mm512_set1_ps(ap[r][off + ci]);
-          for (int j = 0; j < NB; ++j) acc[r][j] = _mm512_add_ps(acc[r][j], _mm512_mul_ps(av, b[j]));
-        }
+  // Within one kernel row the taps (kx, c) are kernel * c consecutive floats of the input and
+  // consecutive weight rows: one loop over them.
+  const int row = w.kernel * c;
+  for (int ky = 0; ky < w.kernel; ++ky) {
+    const ptrdiff_t off = ptrdiff_t(ky) * a.in->padded_w() * c;
+    const float* wk = w.data.data() + size_t(ky) * row * ld + size_t(nb) * 16;
+    for (int k = 0; k < row; ++k) {
+      __m512 b[NB];
+      for (int j = 0; j < NB; ++j) b[j] = _mm512_loadu_ps(wk + size_t(k) * ld + j * 16);
+      for (int r = 0; r < R; ++r) {
+        const __m512 av = _mm512_set1_ps(ap[r][off + k]);
+        for (int j = 0; j < NB; ++j) acc[r][j] = _mm512_add_ps(acc[r][j], _mm512_mul_ps(av, b[j]));
       }
     }
+  }
   for (int j = 0; j < NB; ++j) {
     const int n0 = (nb + j) * 16;
     const __mmask16 mask = lane_mask(w.out_channels - n0);
