@@ -134,7 +134,7 @@ TEST(Conv, ScalarReferenceIsTheConvolution) {
 
 TEST(Conv, EveryPathMatchesTheReferenceOnManyShapes) {
   unsigned seed = 100;
-  for (auto [h, w] : {std::pair{1, 1}, std::pair{3, 5}, std::pair{8, 8}, std::pair{13, 7}})
+  for (auto [h, w] : {std::pair{1, 1}, std::pair{3, 5}, std::pair{8, 8}, std::pair{13, 7}, std::pair{4, 33}})
     for (int c : {3, 4, 16, 20, 64})
       for (int n : {1, 5, 16, 17, 32, 48, 64, 80})
         for (auto [k, stride] : {std::pair{3, 1}, std::pair{3, 2}, std::pair{1, 1}, std::pair{1, 2}})
@@ -256,4 +256,12 @@ TEST(FloatConv, EveryPathMatchesAPlainConvolution) {
             ASSERT_EQ(got, ref) << apot::kernels::to_string(isa) << " k" << k << " n" << n;
           }
       }
+}
+
+TEST(Conv, PeakProbeMeasuresEverySimdPath) {
+  for (GemmIsa isa : apot::kernels::supported_gemm_isas())
+    if (isa == GemmIsa::scalar)
+      EXPECT_EQ(apot::kernels::measure_peak_gmacs(isa, 0.01), 0.0);
+    else
+      EXPECT_GT(apot::kernels::measure_peak_gmacs(isa, 0.01), 0.0) << apot::kernels::to_string(isa);
 }

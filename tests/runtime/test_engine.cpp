@@ -142,3 +142,35 @@ TEST(Engine, BottleneckBlocksMatchTheTrainedModel) {
     expect_close(b + 1, out);
   }
 }
+
+// The same logits for any thread count (batch 1 splits each convolution over the threads,
+// larger batches split the images), and the per-layer timing hook fills one entry per layer.
+TEST(Engine, ThreadsAndLayerTimesDoNotChangeResults) {
+  auto model = apot::qat::make_resnet("resnet20", 3, 10);
+  apot::qat::apply_policy(*model, QuantPolicy{});
+  randomise(model, 21);
+  model->eval();
+  apot::exporter::ExportInfo info;
+  info.mean = {0, 0, 0};
+  info.std = {1, 1, 1};
+  info.class_names = std::vector<std::string>(10, "c");
+  const auto engine = apot::runtime::Model::from_bytes(apot::exporter::export_model(model, info));
+  const torch::Tensor x = torch::randn({3, 3, 32, 32});
+  const std::vector<float> one = engine.run(x.data_ptr<float>(), 3);
+  for (int threads : {2, 3}) {
+    apot::runtime::RunOptions o;
+    o.threads = threads;
+    EXPECT_EQ(engine.run(x.data_ptr<float>(), 3, o), one) << threads << " threads";
+    const std::vector<float> first = engine.run(x.data_ptr<float>(), 1, o);
+    EXPECT_EQ(first, std::vector<float>(one.begin(), one.begin() + 10)) << threads << " threads, batch 1";
+  }
+  std::vector<double> seconds(engine.layer_count(), 0.0);
+  apot::runtime::RunOptions timed;
+  timed.layer_seconds = &seconds;
+  EXPECT_EQ(engine.run(x.data_ptr<float>(), 3, timed), one);
+  for (size_t i = 0; i + 1 < seconds.size(); ++i) EXPECT_GT(seconds[i], 0.0) << "layer " << i;
+  EXPECT_EQ(seconds.back(), 0.0);  // the classifier is not timed
+  std::vector<double> wrong(2);
+  timed.layer_seconds = &wrong;
+  EXPECT_THROW(engine.run(x.data_ptr<float>(), 1, timed), std::invalid_argument);
+}
