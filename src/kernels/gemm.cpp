@@ -64,7 +64,7 @@ PackedConv pack_conv(const int8_t* weights, int out_channels, int in_channels, i
       for (int c = 0; c < in_channels; ++c) {
         const int8_t v = weights[(size_t(n) * kernel * kernel + tap) * in_channels + c];
         const int k = tap * w.cs + c;
-        w.data[(size_t(k / 4) * w.nblocks + n / 16) * 64 + (n % 16) * 4 + k % 4] = v;
+        w.data[(size_t(n / 16) * (w.K() / 4) + k / 4) * 64 + (n % 16) * 4 + k % 4] = v;
         w.max_abs = std::max(w.max_abs, std::abs(int(v)));
       }
   return w;

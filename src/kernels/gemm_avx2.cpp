@@ -22,8 +22,8 @@ void tile(const ConvArgs& a, int m, int valid, int nb) {
   }
   __m256i acc[R][2];
   for (int r = 0; r < R; ++r) acc[r][0] = acc[r][1] = _mm256_setzero_si256();
-  const int8_t* bp = w.data.data() + size_t(nb) * 64;
-  const size_t bstep = size_t(w.nblocks) * 64;
+  const int8_t* bp = w.data.data() + size_t(nb) * (w.K() / 4) * 64;
+  const size_t bstep = 64;
   const int taps = w.kernel * w.kernel, cs4 = w.cs / 4;
   for (int t = 0; t < taps; ++t) {
     const ptrdiff_t off = a.tap_offsets[t];

@@ -88,18 +88,33 @@ void tile(const ConvArgs& a, const Epilogue& epilogue, int y, int x, int valid, 
   __m512i acc[R][NB];
   for (int r = 0; r < R; ++r)
     for (int j = 0; j < NB; ++j) acc[r][j] = _mm512_setzero_si512();
-  const int8_t* bp = w.data.data() + size_t(nb) * 64;
-  const size_t bstep = size_t(w.nblocks) * 64;
+  // Block-major weights: NB sequential streams, bs bytes apart.
+  const size_t bs = size_t(w.K() / 4) * 64;
+  const int8_t* bp = w.data.data() + size_t(nb) * bs;
+  const size_t bstep = 64;
   const int taps = w.kernel * w.kernel;
   for (int t = 0; t < taps; ++t) {
     const ptrdiff_t off = a.tap_offsets[t];
-    for (int c4 = 0; c4 < cs4; ++c4, bp += bstep) {
-      __m512i b[NB];
-      for (int j = 0; j < NB; ++j) b[j] = _mm512_loadu_si512(bp + j * 64);
-      for (int r = 0; r < R; ++r) {
-        const uint8_t* src = CS > 0 ? a0 + r * S * CS : ap[r];
-        const __m512i av = _mm512_set1_epi32(load4(src + off + 4 * c4));
-        for (int j = 0; j < NB; ++j) acc[r][j] = _mm512_dpbusd_epi32(acc[r][j], av, b[j]);
+    if (CS > 0) {
+      // One moving pointer, the pixels at constant offsets from it.
+      const uint8_t* p = a0 + off;
+#pragma GCC unroll 1
+      for (int c4 = 0; c4 < cs4; ++c4, bp += bstep, p += 4) {
+        __m512i b[NB];
+        for (int j = 0; j < NB; ++j) b[j] = _mm512_load_si512(bp + j * bs);
+        for (int r = 0; r < R; ++r) {
+          const __m512i av = _mm512_set1_epi32(load4(p + r * S * CS));
+          for (int j = 0; j < NB; ++j) acc[r][j] = _mm512_dpbusd_epi32(acc[r][j], av, b[j]);
+        }
+      }
+    } else {
+      for (int c4 = 0; c4 < cs4; ++c4, bp += bstep) {
+        __m512i b[NB];
+        for (int j = 0; j < NB; ++j) b[j] = _mm512_load_si512(bp + j * bs);
+        for (int r = 0; r < R; ++r) {
+          const __m512i av = _mm512_set1_epi32(load4(ap[r] + off + 4 * c4));
+          for (int j = 0; j < NB; ++j) acc[r][j] = _mm512_dpbusd_epi32(acc[r][j], av, b[j]);
+        }
       }
     }
   }

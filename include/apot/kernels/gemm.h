@@ -11,6 +11,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <new>
 #include <string>
 #include <vector>
 
@@ -23,6 +24,21 @@ GemmIsa parse_gemm_isa(const std::string& name);  // "scalar" | "avx2" | "avx512
 GemmIsa default_gemm_isa();                        // APOT_GEMM_ISA, else the best supported
 
 inline int round_up4(int k) { return (k + 3) / 4 * 4; }
+
+// Storage aligned to 64 bytes (a cache line, one zmm register) for packed weights.
+template <typename T>
+struct Aligned64 {
+  using value_type = T;
+  Aligned64() = default;
+  template <typename U>
+  Aligned64(const Aligned64<U>&) {}
+  T* allocate(size_t n) { return static_cast<T*>(::operator new(n * sizeof(T), std::align_val_t(64))); }
+  void deallocate(T* p, size_t) { ::operator delete(p, std::align_val_t(64)); }
+  template <typename U>
+  bool operator==(const Aligned64<U>&) const { return true; }
+  template <typename U>
+  bool operator!=(const Aligned64<U>&) const { return false; }
+};
 
 // Activation codes of one image in NHWC order with a zero border: pixel (y, x), channel c is at
 // data[((y + border) * (w + 2 * border) + x + border) * cs + c] with cs = round_up4(channels).
@@ -37,15 +53,16 @@ struct CodeImage {
 
 // The weights of one convolution, packed for the kernels. Rows k = (ky * kernel + kx) * cs + c
 // (K = kernel * kernel * cs, channels padded to cs with zeros), in blocks of 4 rows x 16 output
-// channels, one 64-byte vector per block:
-//   data[((k / 4) * nblocks + n / 16) * 64 + (n % 16) * 4 + k % 4] = W[n][k]
+// channels, one 64-byte vector per block, the blocks of 16 output channels one after the other
+// (each a sequential stream for the kernels):
+//   data[((n / 16) * (K / 4) + k / 4) * 64 + (n % 16) * 4 + k % 4] = W[n][k]
 struct PackedConv {
   int in_channels = 0, cs = 0, out_channels = 0, kernel = 1, stride = 1, padding = 0;
   int nblocks = 0;  // ceil(out_channels / 16)
   int max_abs = 0;  // largest |W| (for the AVX2 saturation check)
-  std::vector<int8_t> data;
+  std::vector<int8_t, Aligned64<int8_t>> data;
   int K() const { return kernel * kernel * cs; }
-  int8_t at(int k, int n) const { return data[(size_t(k / 4) * nblocks + n / 16) * 64 + (n % 16) * 4 + k % 4]; }
+  int8_t at(int k, int n) const { return data[(size_t(n / 16) * (K() / 4) + k / 4) * 64 + (n % 16) * 4 + k % 4]; }
   int out_h(int h) const { return (h + 2 * padding - kernel) / stride + 1; }
   int out_w(int w) const { return (w + 2 * padding - kernel) / stride + 1; }
 };
@@ -109,7 +126,7 @@ struct FloatImage {
 // output channels (zero beyond out_channels).
 struct PackedFloatConv {
   int in_channels = 0, out_channels = 0, kernel = 1, stride = 1, padding = 0, nblocks = 0;
-  std::vector<float> data;
+  std::vector<float, Aligned64<float>> data;
   int out_h(int h) const { return (h + 2 * padding - kernel) / stride + 1; }
   int out_w(int w) const { return (w + 2 * padding - kernel) / stride + 1; }
 };
