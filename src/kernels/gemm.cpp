@@ -23,7 +23,7 @@ std::vector<GemmIsa> supported_gemm_isas() {
     std::vector<GemmIsa> out{GemmIsa::scalar};
 #if defined(__x86_64__)
     __builtin_cpu_init();
-    if (__builtin_cpu_supports("avx2")) out.push_back(GemmIsa::avx2);
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) out.push_back(GemmIsa::avx2);
     if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
         __builtin_cpu_supports("avx512vnni"))
       out.push_back(GemmIsa::avx512_vnni);
@@ -162,28 +162,7 @@ PackedFloatConv pack_float_conv(const int8_t* weights, int out_channels, int in_
 }
 
 namespace detail {
-void conv_f32_rows_scalar(const FloatConvArgs& a, int m0, int m1) {
-  const PackedFloatConv& w = *a.w;
-  const int n = w.out_channels, c = w.in_channels, ld = w.nblocks * 16;
-  std::vector<float> acc(static_cast<size_t>(n));
-  for (int m = m0; m < m1; ++m) {
-    const float* base = a.base(m / a.ow, m % a.ow);
-    std::fill(acc.begin(), acc.end(), 0.0f);
-    for (int ky = 0; ky < w.kernel; ++ky)
-      for (int kx = 0; kx < w.kernel; ++kx) {
-        const float* src = base + (size_t(ky) * a.in->padded_w() + kx) * c;
-        const float* wk = w.data.data() + size_t((ky * w.kernel + kx) * c) * ld;
-        for (int ci = 0; ci < c; ++ci)
-          for (int o = 0; o < n; ++o) acc[o] = acc[o] + src[ci] * wk[size_t(ci) * ld + o];
-      }
-    float* dst = a.out + size_t(m) * n;
-    for (int o = 0; o < n; ++o) {
-      float v = a.scale[o] * acc[o];
-      v = v + a.bias[o];
-      dst[o] = a.relu ? std::max(v, 0.0f) : v;
-    }
-  }
-}
+void conv_f32_rows_scalar(const FloatConvArgs& a, int m0, int m1) { conv_f32_reference(a, m0, m1); }
 }  // namespace detail
 
 void conv_f32(const FloatImage& in, const PackedFloatConv& w, const float* scale, const float* bias, bool relu,
@@ -194,8 +173,10 @@ void conv_f32(const FloatImage& in, const PackedFloatConv& w, const float* scale
     throw std::invalid_argument("conv_f32: input smaller than the kernel");
   if (!supports(isa)) throw std::invalid_argument(std::string("GEMM path ") + to_string(isa) + " is not supported here");
   const detail::FloatConvArgs a{&in, &w, scale, bias, relu, out, w.out_h(in.h), w.out_w(in.w), in.border - w.padding};
-  detail::split_rows(isa == GemmIsa::avx512_vnni ? detail::conv_f32_rows_avx512 : detail::conv_f32_rows_scalar, a,
-                     a.oh * a.ow, threads);
+  detail::FloatConvRows rows = detail::conv_f32_rows_scalar;
+  if (isa == GemmIsa::avx512_vnni) rows = detail::conv_f32_rows_avx512;
+  if (isa == GemmIsa::avx2) rows = detail::conv_f32_rows_avx2;
+  detail::split_rows(rows, a, a.oh * a.ow, threads);
 }
 
 void requantize(const float* values, int h, int w, int n, const Requantizer& q, const CodeImage& out, GemmIsa isa) {

@@ -182,8 +182,8 @@ void conv_rows_avx512_vnni(const ConvArgs& a, int m0, int m1) {
 }
 
 namespace {
-// The float first layer: R pixels x NB blocks of 16 output channels, mul then add (no FMA) in
-// the reference's order.
+// The float first layer: R pixels x NB blocks of 16 output channels, fused multiply-adds in the
+// reference's order.
 template <int R, int NB>
 void float_tile(const FloatConvArgs& a, int m, int valid, int nb) {
   const PackedFloatConv& w = *a.w;
@@ -207,7 +207,7 @@ void float_tile(const FloatConvArgs& a, int m, int valid, int nb) {
       for (int j = 0; j < NB; ++j) b[j] = _mm512_loadu_ps(wk + size_t(k) * ld + j * 16);
       for (int r = 0; r < R; ++r) {
         const __m512 av = _mm512_set1_ps(ap[r][off + k]);
-        for (int j = 0; j < NB; ++j) acc[r][j] = _mm512_add_ps(acc[r][j], _mm512_mul_ps(av, b[j]));
+        for (int j = 0; j < NB; ++j) acc[r][j] = _mm512_fmadd_ps(av, b[j], acc[r][j]);
       }
     }
   }

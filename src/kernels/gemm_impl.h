@@ -2,6 +2,7 @@
 #pragma once
 
 #include <algorithm>
+#include <cmath>
 #include <cstring>
 #include <vector>
 
@@ -42,6 +43,7 @@ struct FloatConvArgs {
 };
 using FloatConvRows = void (*)(const FloatConvArgs& a, int m0, int m1);
 void conv_f32_rows_scalar(const FloatConvArgs& a, int m0, int m1);
+void conv_f32_rows_avx2(const FloatConvArgs& a, int m0, int m1);
 void conv_f32_rows_avx512(const FloatConvArgs& a, int m0, int m1);
 
 // Runs rows(a, m0, m1) over [0, M) on up to `threads` OpenMP threads in chunks of whole
@@ -61,6 +63,10 @@ constexpr long peak_macs_per_round_avx512 = 16L * 64;
 constexpr long peak_macs_per_round_avx2 = 8L * 32;
 int32_t peak_probe_avx512_vnni(long iterations);
 int32_t peak_probe_avx2(long iterations);
+
+// Helpers compiled into every path's file with that file's instruction set: internal linkage,
+// so that the linker cannot hand one file's copy (say, AVX2 code) to another (the scalar path).
+namespace {
 
 // Four consecutive activation codes as one int32 (for the broadcast of a 4-byte group).
 inline int32_t load4(const uint8_t* p) {
@@ -88,4 +94,32 @@ inline void epilogue_scalar(const ConvArgs& a, int p, int y, int x, int n0, int 
   }
 }
 
+// The float first layer, one pixel at a time: acc = fma(x, w, acc) over taps and channels in
+// row order (fma rounds once, as the AVX-512 kernel's vfmadd does), then scale and bias rounded
+// separately. The scalar path compiles it plainly (std::fma from libm), the AVX2 path with
+// -mavx2 -mfma, where the loop over output channels becomes vfmadd.
+inline void conv_f32_reference(const FloatConvArgs& a, int m0, int m1) {
+  const PackedFloatConv& w = *a.w;
+  const int n = w.out_channels, c = w.in_channels, ld = w.nblocks * 16;
+  std::vector<float> acc(static_cast<size_t>(n));
+  for (int m = m0; m < m1; ++m) {
+    const float* base = a.base(m / a.ow, m % a.ow);
+    std::fill(acc.begin(), acc.end(), 0.0f);
+    for (int ky = 0; ky < w.kernel; ++ky)
+      for (int kx = 0; kx < w.kernel; ++kx) {
+        const float* src = base + (size_t(ky) * a.in->padded_w() + kx) * c;
+        const float* wk = w.data.data() + size_t((ky * w.kernel + kx) * c) * ld;
+        for (int ci = 0; ci < c; ++ci)
+          for (int o = 0; o < n; ++o) acc[o] = std::fma(src[ci], wk[size_t(ci) * ld + o], acc[o]);
+      }
+    float* dst = a.out + size_t(m) * n;
+    for (int o = 0; o < n; ++o) {
+      float v = a.scale[o] * acc[o];
+      v = v + a.bias[o];
+      dst[o] = a.relu ? std::max(v, 0.0f) : v;
+    }
+  }
+}
+
+}  // namespace
 }  // namespace apot::kernels::detail

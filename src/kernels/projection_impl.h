@@ -55,6 +55,9 @@ extern const IsaKernels kAvx2Kernels;
 extern const IsaKernels kAvx512Kernels;
 
 // ---- the scalar reference, one element at a time (also used for SIMD tails) ----
+// Internal linkage: every ISA file compiles its own copy with its own instruction set, so the
+// linker cannot hand one file's copy (say, AVX2 code) to another (the scalar path).
+namespace {
 
 inline float normalised_input(const RangeArgs& a, float in) {
   return ((in - a.norm.shift) / a.norm.scale) / a.alpha;
@@ -129,4 +132,5 @@ inline uint8_t index_element(const RangeArgs& a, float in) {
   return static_cast<uint8_t>(a.zero_index + signed_index);
 }
 
+}  // namespace
 }  // namespace apot::kernels::detail

@@ -134,9 +134,10 @@ PackedFloatConv pack_float_conv(const int8_t* weights, int out_channels, int in_
                                 int padding);
 
 // out[p][n] = max(scale[n] * sum + bias[n], 0) (without the max when relu is false), the sum
-// over taps and channels in row order, every product included (the border contributes zeros),
-// multiplications and additions rounded separately: every path gives the same bits. The
-// AVX-512 path vectorises over output channels; the others run the reference.
+// accumulated as sum = fma(x, w, sum) over taps and channels in row order, every product
+// included (the border contributes zeros), scale and bias rounded separately: every path gives
+// the same bits (fma is exactly rounded). AVX-512 vectorises over output channels; AVX2 is the
+// reference compiled for AVX2 + FMA.
 void conv_f32(const FloatImage& in, const PackedFloatConv& w, const float* scale, const float* bias, bool relu,
               float* out, GemmIsa isa = default_gemm_isa(), int threads = 1);
 
