@@ -80,9 +80,9 @@ Requantizer make_requantizer(std::vector<float> thresholds, std::vector<uint8_t>
 }
 
 int Requantizer::code(float v) const {
-  size_t index = 0;
-  while (index < thresholds.size() && v >= thresholds[index]) ++index;
-  return codes[index];
+  if (std::isnan(v)) return codes[0];
+  // The number of thresholds t <= v (upper_bound: the first t with v < t).
+  return codes[size_t(std::upper_bound(thresholds.begin(), thresholds.end(), v) - thresholds.begin())];
 }
 
 namespace detail {

@@ -7,6 +7,35 @@
 namespace apot::kernels::detail {
 namespace {
 
+// The epilogue of 16 channels, as epilogue_scalar: the float arithmetic in the same order, the
+// level index as a count of thresholds <= v (compare masks are -1), the codes looked up per lane.
+void epilogue16(const ConvArgs& a, int p, int y, int x, int n0, const __m256i acc[2]) {
+  const ConvOutput& o = *a.out;
+  const size_t at = size_t(p) * a.w->out_channels + n0;
+  __m256 v[2];
+  for (int h = 0; h < 2; ++h) {
+    v[h] = _mm256_mul_ps(_mm256_loadu_ps(o.scale + n0 + 8 * h), _mm256_cvtepi32_ps(acc[h]));
+    v[h] = _mm256_add_ps(v[h], _mm256_loadu_ps(o.bias + n0 + 8 * h));
+    if (o.residual) v[h] = _mm256_add_ps(v[h], _mm256_loadu_ps(o.residual + at + 8 * h));
+    if (o.relu) v[h] = _mm256_max_ps(_mm256_setzero_ps(), v[h]);  // = std::max(v, 0.0f), NaN included
+    if (o.values) _mm256_storeu_ps(o.values + at + 8 * h, v[h]);
+    if (o.accumulators) _mm256_storeu_si256(reinterpret_cast<__m256i*>(o.accumulators + at + 8 * h), acc[h]);
+  }
+  if (!o.requantizer) return;
+  const Requantizer& q = *o.requantizer;
+  __m256i index[2] = {_mm256_setzero_si256(), _mm256_setzero_si256()};
+  for (float t : q.thresholds) {
+    const __m256 tv = _mm256_set1_ps(t);
+    for (int h = 0; h < 2; ++h)
+      index[h] = _mm256_sub_epi32(index[h], _mm256_castps_si256(_mm256_cmp_ps(v[h], tv, _CMP_GE_OQ)));
+  }
+  alignas(32) int32_t lanes[16];
+  _mm256_store_si256(reinterpret_cast<__m256i*>(lanes), index[0]);
+  _mm256_store_si256(reinterpret_cast<__m256i*>(lanes + 8), index[1]);
+  uint8_t* codes = o.codes.pixel(y, x) + n0;
+  for (int i = 0; i < 16; ++i) codes[i] = q.codes[size_t(lanes[i])];
+}
+
 // R output pixels (the first `valid` are real) x 16 output channels from block nb.
 template <int R>
 void tile(const ConvArgs& a, int m, int valid, int nb) {
@@ -40,10 +69,14 @@ void tile(const ConvArgs& a, int m, int valid, int nb) {
   const int n0 = nb * 16;
   const int count = std::min(16, w.out_channels - n0);
   for (int r = 0; r < valid; ++r) {
-    alignas(32) int32_t lanes[16];
-    _mm256_store_si256(reinterpret_cast<__m256i*>(lanes), acc[r][0]);
-    _mm256_store_si256(reinterpret_cast<__m256i*>(lanes + 8), acc[r][1]);
-    epilogue_scalar(a, m + r, ys[r], xs[r], n0, count, lanes);
+    if (count < 16) {  // the last block of channels: the reference epilogue
+      alignas(32) int32_t lanes[16];
+      _mm256_store_si256(reinterpret_cast<__m256i*>(lanes), acc[r][0]);
+      _mm256_store_si256(reinterpret_cast<__m256i*>(lanes + 8), acc[r][1]);
+      epilogue_scalar(a, m + r, ys[r], xs[r], n0, count, lanes);
+    } else {
+      epilogue16(a, m + r, ys[r], xs[r], n0, acc[r]);
+    }
   }
 }
 
@@ -51,12 +84,12 @@ void tile(const ConvArgs& a, int m, int valid, int nb) {
 
 int32_t peak_probe_avx2(long iterations) {
   const __m256i ones = _mm256_set1_epi16(1);
-  __m256i acc[8];
-  for (int i = 0; i < 8; ++i) acc[i] = _mm256_set1_epi32(i);
-  __m256i a = _mm256_set1_epi8(1), b = _mm256_set1_epi8(2);
+  __m256i acc[8], b[8];
+  for (int i = 0; i < 8; ++i) acc[i] = _mm256_set1_epi32(i), b[i] = _mm256_set1_epi8(static_cast<char>(i + 1));
+  __m256i a = _mm256_set1_epi8(1);
   for (long it = 0; it < iterations; ++it) {
-    for (int i = 0; i < 8; ++i) acc[i] = _mm256_add_epi32(acc[i], _mm256_madd_epi16(_mm256_maddubs_epi16(a, b), ones));
-    __asm__ volatile("" : "+x"(a), "+x"(b));
+    __asm__ volatile("" : "+x"(a));  // a new operand every round: nothing can be hoisted
+    for (int i = 0; i < 8; ++i) acc[i] = _mm256_add_epi32(acc[i], _mm256_madd_epi16(_mm256_maddubs_epi16(a, b[i]), ones));
   }
   __m256i sum = acc[0];
   for (int i = 1; i < 8; ++i) sum = _mm256_add_epi32(sum, acc[i]);
