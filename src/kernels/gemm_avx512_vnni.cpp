@@ -11,44 +11,69 @@ namespace apot::kernels::detail {
 namespace {
 
 // The requantiser's tables padded to 32 entries: thresholds with +inf, codes with the last code
-// (so that v = +inf, which passes the padding, still gets it).
+// (so that v = +inf, which passes the padding, still gets it). The search keeps the index minus
+// one (-1 .. 30): each step is then add, permute, compare, blend, and the first step compares
+// with a constant; the code table is stored shifted by one, its last entry holding codes[0],
+// because the permutes read only the low index bits (-1 selects the last entry).
 struct Search {
-  __m512 t0, t1;
-  __m512i c0, c1;
-  bool wide;  // more than 16 levels
+  __m512 t0, t1, first;  // first: the threshold the first step probes, in every lane
+  __m512i c0, c1;        // c[j] = codes[j + 1], c[last] = codes[0]
+  bool wide;             // more than 16 levels: five steps over 32 entries, else four over 16
 
   explicit Search(const Requantizer* q) {
     alignas(64) float t[32];
     alignas(64) int32_t c[32];
+    const int n = q ? int(q->codes.size()) : 1;
+    wide = n > 16;
+    const int size = wide ? 32 : 16;
     for (int i = 0; i < 32; ++i) {
-      t[i] = i < int(q ? q->thresholds.size() : 0) ? q->thresholds[i] : __builtin_inff();
-      c[i] = q ? q->codes[std::min(i, int(q->codes.size()) - 1)] : 0;
+      t[i] = i < n - 1 ? q->thresholds[i] : __builtin_inff();
+      c[i] = q ? q->codes[i + 1 < size ? std::min(i + 1, n - 1) : 0] : 0;
     }
-    wide = q && q->codes.size() > 16;
     t0 = _mm512_load_ps(t);
     t1 = _mm512_load_ps(t + 16);
+    first = _mm512_set1_ps(t[size / 2 - 1]);
     c0 = _mm512_load_si512(c);
     c1 = _mm512_load_si512(c + 16);
   }
 
-  // Codes of 16 values: index = number of thresholds <= v. Sets of up to 16 levels take four
-  // search steps in the first table (the predictable branch is taken once per vector).
-  __m128i codes(__m512 v) const {
-    __m512i index = _mm512_setzero_si512();
+  // Codes of R x 16 values, the search steps of the R vectors interleaved (independent
+  // dependency chains for the out-of-order core).
+  template <int R>
+  void codes(const __m512 (&v)[R], __m128i (&out)[R]) const {
+    const int half = wide ? 16 : 8;
+    __m512i index[R];
+    for (int r = 0; r < R; ++r)
+      index[r] = _mm512_mask_mov_epi32(_mm512_set1_epi32(-1), _mm512_cmp_ps_mask(v[r], first, _CMP_GE_OQ),
+                                       _mm512_set1_epi32(half - 1));
     if (wide) {
-      step(v, index, 16);
+      for (int s = 8; s >= 1; s >>= 1)
+        for (int r = 0; r < R; ++r) step(v[r], index[r], s);
+      for (int r = 0; r < R; ++r) out[r] = _mm512_cvtepi32_epi8(_mm512_permutex2var_epi32(c0, index[r], c1));
+      return;
+    }
+    for (int s = 4; s >= 1; s >>= 1)
+      for (int r = 0; r < R; ++r) step(v[r], index[r], s);
+    for (int r = 0; r < R; ++r) out[r] = _mm512_cvtepi32_epi8(_mm512_permutexvar_epi32(index[r], c0));
+  }
+
+  // Codes of 16 values: index = number of thresholds <= v.
+  __m128i codes(__m512 v) const {
+    const int half = wide ? 16 : 8;
+    __m512i index = _mm512_set1_epi32(-1);
+    index = _mm512_mask_mov_epi32(index, _mm512_cmp_ps_mask(v, first, _CMP_GE_OQ), _mm512_set1_epi32(half - 1));
+    if (wide) {
       for (int s = 8; s >= 1; s >>= 1) step(v, index, s);  // unrolled: constant trip count
       return _mm512_cvtepi32_epi8(_mm512_permutex2var_epi32(c0, index, c1));
     }
-    for (int s = 8; s >= 1; s >>= 1) step(v, index, s);
+    for (int s = 4; s >= 1; s >>= 1) step(v, index, s);
     return _mm512_cvtepi32_epi8(_mm512_permutexvar_epi32(index, c0));
   }
 
  private:
   void step(__m512 v, __m512i& index, int s) const {
     const __m512i candidate = _mm512_add_epi32(index, _mm512_set1_epi32(s));
-    const __m512i probe = _mm512_sub_epi32(candidate, _mm512_set1_epi32(1));
-    const __m512 t = wide ? _mm512_permutex2var_ps(t0, probe, t1) : _mm512_permutexvar_ps(probe, t0);
+    const __m512 t = wide ? _mm512_permutex2var_ps(t0, candidate, t1) : _mm512_permutexvar_ps(candidate, t0);
     index = _mm512_mask_mov_epi32(index, _mm512_cmp_ps_mask(v, t, _CMP_GE_OQ), candidate);
   }
 };
@@ -69,6 +94,30 @@ struct Epilogue {
     if (o.values) _mm512_mask_storeu_ps(o.values + at, mask, v);
     if (o.accumulators) _mm512_mask_storeu_epi32(o.accumulators + at, mask, acc);
     if (o.requantizer) _mm_mask_storeu_epi8(o.codes.pixel(y, x) + n0, mask, search.codes(v));
+  }
+
+  // The same for pixels (y, x + r), r < valid, of one row: the float part per vector, then the
+  // requantisation of all of them together.
+  template <int R>
+  void row(const __m512i (&acc)[R], int p, int y, int x, int n0, __mmask16 mask, int valid) const {
+    __m512 v[R];
+    const __m512 scale = _mm512_maskz_loadu_ps(mask, o.scale + n0), bias = _mm512_maskz_loadu_ps(mask, o.bias + n0);
+    for (int r = 0; r < R; ++r) {
+      const size_t at = size_t(p + r) * N + n0;
+      v[r] = _mm512_add_ps(_mm512_mul_ps(scale, _mm512_cvtepi32_ps(acc[r])), bias);
+      if (r >= valid) continue;
+      if (o.residual) v[r] = _mm512_add_ps(v[r], _mm512_maskz_loadu_ps(mask, o.residual + at));
+      if (o.relu) v[r] = _mm512_max_ps(_mm512_setzero_ps(), v[r]);
+      if (o.values) _mm512_mask_storeu_ps(o.values + at, mask, v[r]);
+      if (o.accumulators) _mm512_mask_storeu_epi32(o.accumulators + at, mask, acc[r]);
+    }
+    if (!o.requantizer) return;
+    __m128i codes[R];
+    search.codes(v, codes);
+    uint8_t* dst = o.codes.pixel(y, x) + n0;
+    const size_t step = size_t(o.codes.cs);
+    for (int r = 0; r < R; ++r)
+      if (r < valid) _mm_mask_storeu_epi8(dst + r * step, mask, codes[r]);
   }
 };
 
@@ -122,8 +171,9 @@ void tile(const ConvArgs& a, const Epilogue& epilogue, int y, int x, int valid, 
   for (int j = 0; j < NB; ++j) {
     const int n0 = (nb + j) * 16;
     const __mmask16 mask = lane_mask(w.out_channels - n0);
-    for (int r = 0; r < R; ++r)
-      if (CS > 0 || r < valid) epilogue(acc[r][j], p0 + r, y, x + r, n0, mask);
+    __m512i column[R];
+    for (int r = 0; r < R; ++r) column[r] = acc[r][j];
+    epilogue.row<R>(column, p0, y, x, n0, mask, CS > 0 ? R : valid);
   }
 }
 

@@ -315,9 +315,22 @@ Model Model::from_bytes(const std::vector<uint8_t>& bytes, const std::string& na
   return Model(std::move(impl));
 }
 
+namespace {
+// The engine quantises without complaint, so a NaN or infinite pixel would give meaningless
+// logits: refuse such input up front.
+void check_input(const float* input, int batch, size_t image) {
+  if (batch < 0) throw std::invalid_argument("negative batch size");
+  const size_t n = size_t(batch) * image;
+  for (size_t i = 0; i < n; ++i)
+    if (!std::isfinite(input[i]))
+      throw std::invalid_argument("input holds a NaN or infinite value (image " + std::to_string(i / image) + ")");
+}
+}  // namespace
+
 std::vector<float> Model::run_with_taps(const float* input, int batch, std::vector<std::vector<float>>& taps,
                                         const RunOptions& options) const {
   const size_t image = size_t(impl_->info.spec.in_channels) * impl_->info.height * impl_->info.width;
+  check_input(input, batch, image);
   const size_t classes = impl_->layers.back().info.out_channels;
   std::vector<float> logits(size_t(batch) * classes);
   taps.clear();
@@ -329,6 +342,7 @@ std::vector<float> Model::run_with_taps(const float* input, int batch, std::vect
 // convolutions split their output pixels over the threads.
 std::vector<float> Model::run(const float* input, int batch, const RunOptions& options) const {
   const size_t image = size_t(impl_->info.spec.in_channels) * impl_->info.height * impl_->info.width;
+  check_input(input, batch, image);
   const size_t classes = impl_->layers.back().info.out_channels;
   std::vector<float> logits(size_t(batch) * classes);
   if (options.layer_seconds && options.layer_seconds->size() != impl_->layers.size())

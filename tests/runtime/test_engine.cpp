@@ -2,6 +2,8 @@
 // networks of several architectures and bit-widths, on every GEMM path.
 #include <gtest/gtest.h>
 
+#include <limits>
+
 #include "apot/export/export.h"
 #include "apot/runtime/model.h"
 
@@ -173,4 +175,11 @@ TEST(Engine, ThreadsAndLayerTimesDoNotChangeResults) {
   std::vector<double> wrong(2);
   timed.layer_seconds = &wrong;
   EXPECT_THROW(engine.run(x.data_ptr<float>(), 1, timed), std::invalid_argument);
+  torch::Tensor bad = x.clone();
+  bad[2][1][5][7] = std::numeric_limits<float>::quiet_NaN();
+  EXPECT_THROW(engine.run(bad.data_ptr<float>(), 3), std::invalid_argument);
+  EXPECT_NO_THROW(engine.run(bad.data_ptr<float>(), 2));  // the NaN is in the third image
+  bad[0][0][0][0] = std::numeric_limits<float>::infinity();
+  std::vector<std::vector<float>> taps;
+  EXPECT_THROW(engine.run_with_taps(bad.data_ptr<float>(), 1, taps), std::invalid_argument);
 }

@@ -47,7 +47,7 @@ class Model {
 
   const ModelInfo& info() const;
   // input: batch x C x H x W float32, normalised as in training (ModelInfo mean/std).
-  // Returns batch x classes logits.
+  // Returns batch x classes logits. Throws std::invalid_argument on NaN or infinite input.
   std::vector<float> run(const float* input, int batch, const RunOptions& options = {}) const;
   // As run(), also returning the float output of the stem and of every residual block
   // (NHWC, per image) for comparisons with the trained model.
