@@ -304,17 +304,27 @@ int32_t peak_probe_avx512_vnni(long iterations) {
   return _mm512_reduce_add_epi32(sum);
 }
 
+// Four vectors at a time where the channels come in whole vectors (independent search chains).
 void requantize_avx512(const float* values, int h, int w, int n, const Requantizer& q, const CodeImage& out) {
   const Search search(&q);
-  for (int y = 0; y < h; ++y)
-    for (int x = 0; x < w; ++x) {
-      const float* v = values + (size_t(y) * w + x) * n;
-      uint8_t* dst = out.pixel(y, x);
-      for (int c = 0; c < n; c += 16) {
-        const __mmask16 mask = lane_mask(n - c);
-        _mm_mask_storeu_epi8(dst + c, mask, search.codes(_mm512_maskz_loadu_ps(mask, v + c)));
-      }
+  const int vectors = (n + 15) / 16;
+  auto target = [&](long i) { return out.pixel(int(i / vectors / w), int(i / vectors % w)) + (i % vectors) * 16; };
+  long i = 0;
+  const long total = long(h) * w * vectors;
+  if (n % 16 == 0)
+    for (; i + 4 <= total; i += 4) {
+      __m512 v[4];
+      __m128i codes[4];
+      for (int r = 0; r < 4; ++r) v[r] = _mm512_loadu_ps(values + (i + r) * 16);
+      search.codes(v, codes);
+      for (int r = 0; r < 4; ++r) _mm_storeu_si128(reinterpret_cast<__m128i*>(target(i + r)), codes[r]);
     }
+  for (; i < total; ++i) {
+    const long pixel = i / vectors;
+    const int c = int(i % vectors) * 16;
+    const __mmask16 mask = lane_mask(n - c);
+    _mm_mask_storeu_epi8(target(i), mask, search.codes(_mm512_maskz_loadu_ps(mask, values + pixel * n + c)));
+  }
 }
 
 }  // namespace apot::kernels::detail

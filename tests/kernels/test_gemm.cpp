@@ -185,6 +185,16 @@ TEST(Conv, RequantizeMatchesTheProjectionKernels) {
         Image out(1, 1, n, 0);
         apot::kernels::requantize(v.data(), 1, 1, n, q, out.view, isa);
         for (int i = 0; i < n; ++i) ASSERT_EQ(out.bytes[i], q.code(v[i])) << apot::kernels::to_string(isa) << " " << v[i];
+        // A bordered 3 x 5 x 32 image (whole vectors of channels): the same values in turn.
+        Image image(3, 5, 32, 1);
+        std::vector<float> values(3 * 5 * 32);
+        for (size_t i = 0; i < values.size(); ++i) values[i] = v[i % v.size()];
+        apot::kernels::requantize(values.data(), 3, 5, 32, q, image.view, isa);
+        for (int y = 0; y < 3; ++y)
+          for (int x = 0; x < 5; ++x)
+            for (int c = 0; c < 32; ++c)
+              ASSERT_EQ(image.view.pixel(y, x)[c], q.code(values[(size_t(y) * 5 + x) * 32 + c]))
+                  << apot::kernels::to_string(isa) << " pixel " << y << "," << x << " channel " << c;
       }
     }
 }
