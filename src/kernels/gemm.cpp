@@ -149,6 +149,18 @@ double measure_peak_gmacs(GemmIsa isa, double seconds) {
   return best;
 }
 
+void max_pool_3x3s2(const float* in, int h, int w, int c, float* out, GemmIsa isa) {
+  if (h < 1 || w < 1 || c < 1) throw std::invalid_argument("max_pool_3x3s2: empty input");
+  if (!supports(isa)) throw std::invalid_argument(std::string("GEMM path ") + to_string(isa) + " is not supported here");
+  if (isa == GemmIsa::avx512_vnni) return detail::max_pool_avx512(in, h, w, c, out);
+  const int oh = (h + 1) / 2, ow = (w + 1) / 2;
+  for (int y = 0; y < oh; ++y)
+    for (int x = 0; x < ow; ++x)
+      detail::max_pool_pixel(in, h, w, c, out, y, x, [c](float* d, const float* s, bool first) {
+        for (int ch = 0; ch < c; ++ch) d[ch] = first || d[ch] < s[ch] ? s[ch] : d[ch];
+      });
+}
+
 PackedFloatConv pack_float_conv(const int8_t* weights, int out_channels, int in_channels, int kernel, int stride,
                                 int padding) {
   if (out_channels < 1 || in_channels < 1 || kernel < 1 || stride < 1 || padding < 0 || padding >= kernel)

@@ -304,6 +304,20 @@ int32_t peak_probe_avx512_vnni(long iterations) {
   return _mm512_reduce_add_epi32(sum);
 }
 
+void max_pool_avx512(const float* in, int h, int w, int c, float* out) {
+  const int oh = (h + 1) / 2, ow = (w + 1) / 2;
+  for (int y = 0; y < oh; ++y)
+    for (int x = 0; x < ow; ++x)
+      max_pool_pixel(in, h, w, c, out, y, x, [c](float* d, const float* s, bool first) {
+        for (int ch = 0; ch < c; ch += 16) {
+          const __mmask16 mask = lane_mask(c - ch);
+          const __m512 v = _mm512_maskz_loadu_ps(mask, s + ch);
+          // max(v, d) = v > d ? v : d, the reference's choice for every pair of numbers
+          _mm512_mask_storeu_ps(d + ch, mask, first ? v : _mm512_max_ps(v, _mm512_maskz_loadu_ps(mask, d + ch)));
+        }
+      });
+}
+
 // Four vectors at a time where the channels come in whole vectors (independent search chains).
 void requantize_avx512(const float* values, int h, int w, int n, const Requantizer& q, const CodeImage& out) {
   const Search search(&q);

@@ -28,6 +28,7 @@ using ConvRows = void (*)(const ConvArgs& a, int m0, int m1);
 void conv_rows_scalar(const ConvArgs& a, int m0, int m1);
 void conv_rows_avx2(const ConvArgs& a, int m0, int m1);
 void conv_rows_avx512_vnni(const ConvArgs& a, int m0, int m1);
+void max_pool_avx512(const float* in, int h, int w, int c, float* out);
 void requantize_avx512(const float* values, int h, int w, int n, const Requantizer& q, const CodeImage& out);
 
 struct FloatConvArgs {
@@ -92,6 +93,19 @@ inline void epilogue_scalar(const ConvArgs& a, int p, int y, int x, int n0, int 
     if (o.accumulators) o.accumulators[at] = acc[i];
     if (codes) codes[n] = static_cast<uint8_t>(o.requantizer->code(v));
   }
+}
+
+// Max-pooling, one output pixel: the channels from c0 of the window's pixels inside the map,
+// with `step` channels per call of `op` (op(dst, src) folds src into dst).
+template <typename Op>
+inline void max_pool_pixel(const float* in, int h, int w, int c, float* out, int y, int x, Op op) {
+  float* d = out + (size_t(y) * ((w + 1) / 2) + x) * c;
+  bool first = true;
+  for (int iy = std::max(0, 2 * y - 1); iy <= std::min(h - 1, 2 * y + 1); ++iy)
+    for (int ix = std::max(0, 2 * x - 1); ix <= std::min(w - 1, 2 * x + 1); ++ix) {
+      op(d, in + (size_t(iy) * w + ix) * c, first);
+      first = false;
+    }
 }
 
 // The float first layer, one pixel at a time: acc = fma(x, w, acc) over taps and channels in

@@ -182,20 +182,10 @@ struct Model::Impl {
     });
     int h = stem.info.out_height, w = stem.info.out_width;
     const int sc = stem.info.out_channels;
-    if (pool) {  // max-pool 3x3, stride 2, padding 1 (the taps inside the image)
-      const int ph = (h + 2 - 3) / 2 + 1, pw = (w + 2 - 3) / 2 + 1;
-      for (int y = 0; y < ph; ++y)
-        for (int xx = 0; xx < pw; ++xx) {
-          float* d = ws->stream.data() + (size_t(y) * pw + xx) * sc;
-          std::fill_n(d, sc, -INFINITY);
-          for (int iy = std::max(0, 2 * y - 1); iy <= std::min(h - 1, 2 * y + 1); ++iy)
-            for (int ix = std::max(0, 2 * xx - 1); ix <= std::min(w - 1, 2 * xx + 1); ++ix) {
-              const float* src = ws->stem.data() + (size_t(iy) * w + ix) * sc;
-              for (int ci = 0; ci < sc; ++ci) d[ci] = d[ci] < src[ci] ? src[ci] : d[ci];
-            }
-        }
-      h = ph;
-      w = pw;
+    if (pool) {  // max-pool 3x3, stride 2, padding 1
+      kernels::max_pool_3x3s2(ws->stem.data(), h, w, sc, ws->stream.data(), o.isa);
+      h = (h + 1) / 2;
+      w = (w + 1) / 2;
     }
     int channels = sc;
     if (taps) taps->emplace_back(ws->stream.begin(), ws->stream.begin() + size_t(h) * w * channels);

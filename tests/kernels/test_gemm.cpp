@@ -275,3 +275,31 @@ TEST(Conv, PeakProbeMeasuresEverySimdPath) {
     else
       EXPECT_GT(apot::kernels::measure_peak_gmacs(isa, 0.01), 0.0) << apot::kernels::to_string(isa);
 }
+
+TEST(MaxPool, EveryPathMatchesAPlainLoop) {
+  std::mt19937 rng(17);
+  std::uniform_real_distribution<float> u(-3.0f, 3.0f);
+  for (auto [h, w] : {std::pair{1, 1}, std::pair{2, 3}, std::pair{7, 8}, std::pair{112, 9}})
+    for (int c : {1, 16, 20, 64}) {
+      std::vector<float> in(size_t(h) * w * c);
+      for (auto& v : in) v = u(rng);
+      const int oh = (h + 1) / 2, ow = (w + 1) / 2;
+      std::vector<float> expected(size_t(oh) * ow * c, -INFINITY);
+      for (int y = 0; y < oh; ++y)
+        for (int x = 0; x < ow; ++x)
+          for (int ky = -1; ky <= 1; ++ky)
+            for (int kx = -1; kx <= 1; ++kx) {
+              const int iy = 2 * y + ky, ix = 2 * x + kx;
+              if (iy < 0 || iy >= h || ix < 0 || ix >= w) continue;
+              for (int ch = 0; ch < c; ++ch) {
+                float& e = expected[(size_t(y) * ow + x) * c + ch];
+                e = std::max(e, in[(size_t(iy) * w + ix) * c + ch]);
+              }
+            }
+      for (GemmIsa isa : apot::kernels::supported_gemm_isas()) {
+        std::vector<float> got(expected.size(), 99.0f);
+        apot::kernels::max_pool_3x3s2(in.data(), h, w, c, got.data(), isa);
+        ASSERT_EQ(got, expected) << apot::kernels::to_string(isa) << " " << h << "x" << w << "x" << c;
+      }
+    }
+}

@@ -141,4 +141,8 @@ PackedFloatConv pack_float_conv(const int8_t* weights, int out_channels, int in_
 void conv_f32(const FloatImage& in, const PackedFloatConv& w, const float* scale, const float* bias, bool relu,
               float* out, GemmIsa isa = default_gemm_isa(), int threads = 1);
 
+// 3x3 max-pooling with stride 2 and padding 1 (the ImageNet stem) of an h x w x c NHWC map:
+// out[y][x][ch] = the largest in[iy][ix][ch] over the window's pixels inside the map.
+void max_pool_3x3s2(const float* in, int h, int w, int c, float* out, GemmIsa isa = default_gemm_isa());
+
 }  // namespace apot::kernels
