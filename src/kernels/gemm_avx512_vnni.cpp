@@ -85,19 +85,9 @@ struct Epilogue {
   const Search search;
   const size_t N;
 
-  void operator()(__m512i acc, int p, int y, int x, int n0, __mmask16 mask) const {
-    const size_t at = size_t(p) * N + n0;
-    __m512 v = _mm512_mul_ps(_mm512_maskz_loadu_ps(mask, o.scale + n0), _mm512_cvtepi32_ps(acc));
-    v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(mask, o.bias + n0));
-    if (o.residual) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(mask, o.residual + at));
-    if (o.relu) v = _mm512_max_ps(_mm512_setzero_ps(), v);  // = std::max(v, 0.0f), NaN included
-    if (o.values) _mm512_mask_storeu_ps(o.values + at, mask, v);
-    if (o.accumulators) _mm512_mask_storeu_epi32(o.accumulators + at, mask, acc);
-    if (o.requantizer) _mm_mask_storeu_epi8(o.codes.pixel(y, x) + n0, mask, search.codes(v));
-  }
-
-  // The same for pixels (y, x + r), r < valid, of one row: the float part per vector, then the
-  // requantisation of all of them together.
+  // Output vectors of pixels (y, x + r), r < valid, of one row: v = scale * acc + bias
+  // (+ residual) (ReLU: max(0, v) = std::max(v, 0.0f), NaN included) per vector, the stores, then
+  // the requantisation of all of them together.
   template <int R>
   void row(const __m512i (&acc)[R], int p, int y, int x, int n0, __mmask16 mask, int valid) const {
     __m512 v[R];
