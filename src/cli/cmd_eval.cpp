@@ -20,7 +20,7 @@ struct EvalOptions {
 void run_eval(const EvalOptions& o) {
   if (!std::filesystem::exists(o.checkpoint)) throw UsageError(o.checkpoint + ": file not found");
   if (o.threads > 0) torch::set_num_threads(o.threads);
-  const data::DataSpec spec = data::parse_data_spec(o.data);
+  const data::DataSpec spec = parse_data_argument(o.data);
   const auto test_set = data::open_dataset(spec, data::Split::test);
   data::LoaderOptions lo;
   lo.batch_size = o.batch;
@@ -80,6 +80,14 @@ void register_eval(CLI::App& app) {
   cmd->add_option("--threads", o->threads, "LibTorch threads (0: all cores)");
   cmd->add_flag("--json", o->json, "print one JSON object");
   cmd->callback([o] { run_eval(*o); });
+}
+
+data::DataSpec parse_data_argument(const std::string& text) {
+  try {
+    return data::parse_data_spec(text);
+  } catch (const data::DataError& e) {
+    throw UsageError(e.what());
+  }
 }
 
 }  // namespace apot::cli

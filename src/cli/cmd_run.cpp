@@ -41,7 +41,7 @@ std::vector<std::vector<float>> torch_taps(qat::ResNet& model, const torch::Tens
 void run_run(const RunCmdOptions& o) {
   const runtime::Model engine = runtime::Model::load(o.model);
   const runtime::ModelInfo& info = engine.info();
-  const data::DataSpec spec = data::parse_data_spec(o.data);
+  const data::DataSpec spec = parse_data_argument(o.data);
   const auto test_set = data::open_dataset(spec, data::Split::test);
   if (test_set->num_classes() != info.class_names.size())
     throw UsageError(o.model + " has " + std::to_string(info.class_names.size()) + " classes, " + o.data + " has " +

@@ -3,12 +3,21 @@
 
 #include <CLI/CLI.hpp>
 
+#ifdef APOT_WITH_TORCH
+#include "apot/data/spec.h"
+#endif
+
 namespace apot::cli {
 
 // Thrown by a subcommand for a user mistake: main prints "apot: error: <what>" and exits 2.
 struct UsageError : std::runtime_error {
   using std::runtime_error::runtime_error;
 };
+
+#ifdef APOT_WITH_TORCH
+// A --data argument that is not a data set spec is a usage error (exit 2).
+data::DataSpec parse_data_argument(const std::string& text);
+#endif
 
 void register_levels(CLI::App& app);
 void register_cost(CLI::App& app);

@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# The deploy path end to end through the command: a (very) short training run, `apot export`,
+# `apot run --compare` and `apot bench --json --layers`, and one error line with the right exit
+# code for bad input to them.
+set -u
+apot="$1"
+fail=0
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+check() {  # check NAME EXPECTED_RC CMD... ; captures stdout+stderr in $out
+  local name=$1 want=$2; shift 2
+  out=$("$@" 2>&1); local rc=$?
+  if [ "$rc" -ne "$want" ]; then echo "FAIL $name: exit $rc, want $want: $out"; fail=1; fi
+}
+expect() {  # expect NAME PATTERN
+  if ! grep -qE -- "$2" <<<"$out"; then echo "FAIL $1: no /$2/ in: $out"; fail=1; fi
+}
+one_line() {
+  [ "$(printf '%s\n' "$out" | grep -c .)" -eq 1 ] || { echo "FAIL $1: want one error line, got: $out"; fail=1; }
+}
+
+recipe="$(dirname "$0")/../../recipes/fashion-mnist-resnet20-w4a4.toml"
+check train 0 "$apot" train "$recipe" --out "$tmp/run" --set optim.epochs=1 --set run.max_steps_per_epoch=3 \
+  --set data.workers=1
+check export 0 "$apot" export --checkpoint "$tmp/run/best.ckpt" --out "$tmp/m.apot"
+expect export "wrote .*m\.apot"
+check run 0 "$apot" run "$tmp/m.apot" --data fashion-mnist --compare "$tmp/run/best.ckpt" --limit 256 --json
+expect run '"agreement"'
+check bench 0 "$apot" bench "$tmp/m.apot" --batch 1,2 --threads 1,2 --reps 2 --json --layers
+for key in engine_ms libtorch_fp32_module_ms libtorch_fp32_onednn_ms speedup_vs_fp32 peak_gmacs_per_s \
+           '"layer":"layer3.2.conv2"'; do
+  expect "bench $key" "$key"
+done
+check bench-text 0 "$apot" bench "$tmp/m.apot" --batch 1 --threads 1 --reps 1
+expect bench-text "engine +[0-9.]+ ms"
+
+head -c 100 "$tmp/m.apot" >"$tmp/truncated.apot"
+check bench-truncated 1 "$apot" bench "$tmp/truncated.apot";  expect bench-truncated "truncated"; one_line bench-truncated
+check run-truncated 1 "$apot" run "$tmp/truncated.apot" --data fashion-mnist; one_line run-truncated
+check bench-missing 2 "$apot" bench "$tmp/none.apot";          one_line bench-missing
+check bench-batch 2 "$apot" bench "$tmp/m.apot" --batch 0;     one_line bench-batch
+check run-data 2 "$apot" run "$tmp/m.apot" --data nosuchset;   one_line run-data
+exit $fail
