@@ -7,17 +7,8 @@ apot="$1"
 fail=0
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
-check() {  # check NAME EXPECTED_RC CMD... ; captures stdout+stderr in $out
-  local name=$1 want=$2; shift 2
-  out=$("$@" 2>&1); local rc=$?
-  if [ "$rc" -ne "$want" ]; then echo "FAIL $name: exit $rc, want $want: $out"; fail=1; fi
-}
-expect() {  # expect NAME PATTERN
-  if ! grep -qE -- "$2" <<<"$out"; then echo "FAIL $1: no /$2/ in: $out"; fail=1; fi
-}
-one_line() {
-  [ "$(printf '%s\n' "$out" | grep -c .)" -eq 1 ] || { echo "FAIL $1: want one error line, got: $out"; fail=1; }
-}
+# shellcheck source=lib.sh
+source "$(dirname "$0")/lib.sh"
 
 recipe="$(dirname "$0")/../../recipes/fashion-mnist-resnet20-w4a4.toml"
 check train 0 "$apot" train "$recipe" --out "$tmp/run" --set optim.epochs=1 --set run.max_steps_per_epoch=3 \

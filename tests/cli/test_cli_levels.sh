@@ -3,14 +3,8 @@
 set -u
 apot="$1"
 fail=0
-check() {  # check NAME EXPECTED_RC CMD... ; captures stdout+stderr in $out
-  local name=$1 want=$2; shift 2
-  out=$("$@" 2>&1); local rc=$?
-  if [ "$rc" -ne "$want" ]; then echo "FAIL $name: exit $rc, want $want: $out"; fail=1; fi
-}
-expect() {  # expect NAME PATTERN
-  if ! grep -qE -- "$2" <<<"$out"; then echo "FAIL $1: no /$2/ in: $out"; fail=1; fi
-}
+# shellcheck source=lib.sh
+source "$(dirname "$0")/lib.sh"
 
 check help 0 "$apot" --help;                          expect help "levels"
 check levels-help 0 "$apot" levels --help;            expect levels-help "--bits"
@@ -36,8 +30,7 @@ for bad in "levels --bits 7" "levels --bits 1" "levels --bits 0" "levels --bits 
            "cost --arch vgg16" "cost --wbits 1" "cost --kind lloyd"; do
   # shellcheck disable=SC2086
   check "bad: $bad" 2 "$apot" $bad
-  lines=$(printf '%s\n' "$out" | grep -c .)
-  [ "$lines" -eq 1 ] || { echo "FAIL bad: $bad: want one error line, got: $out"; fail=1; }
+  one_line "bad: $bad"
   expect "bad: $bad" "^apot: error: "
 done
 [ $fail -eq 0 ] && echo "all apot levels checks passed"
