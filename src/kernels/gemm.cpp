@@ -13,20 +13,38 @@ const char* to_string(GemmIsa isa) {
   switch (isa) {
     case GemmIsa::scalar: return "scalar";
     case GemmIsa::avx2: return "avx2";
+    case GemmIsa::avx_vnni: return "avx-vnni";
     case GemmIsa::avx512_vnni: return "avx512-vnni";
   }
   return "unknown";
 }
+
+namespace {
+#if defined(__x86_64__)
+bool has_avx_vnni() {
+  __builtin_cpu_init();
+  return __builtin_cpu_supports("avxvnni");
+}
+bool has_avx512_vnni_vl() {
+  __builtin_cpu_init();
+  return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
+         __builtin_cpu_supports("avx512vnni");
+}
+#else
+bool has_avx_vnni() { return false; }
+bool has_avx512_vnni_vl() { return false; }
+#endif
+}  // namespace
 
 std::vector<GemmIsa> supported_gemm_isas() {
   static const std::vector<GemmIsa> detected = [] {
     std::vector<GemmIsa> out{GemmIsa::scalar};
 #if defined(__x86_64__)
     __builtin_cpu_init();
-    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) out.push_back(GemmIsa::avx2);
-    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-        __builtin_cpu_supports("avx512vnni"))
-      out.push_back(GemmIsa::avx512_vnni);
+    const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+    if (avx2) out.push_back(GemmIsa::avx2);
+    if (avx2 && (has_avx_vnni() || has_avx512_vnni_vl())) out.push_back(GemmIsa::avx_vnni);
+    if (has_avx512_vnni_vl() && __builtin_cpu_supports("avx512bw")) out.push_back(GemmIsa::avx512_vnni);
 #endif
     return out;
   }();
@@ -36,7 +54,7 @@ std::vector<GemmIsa> supported_gemm_isas() {
 GemmIsa parse_gemm_isa(const std::string& name) {
   for (GemmIsa isa : supported_gemm_isas())
     if (name == to_string(isa)) return isa;
-  throw std::runtime_error("APOT_GEMM_ISA=" + name + " is not a GEMM path this CPU supports (scalar, avx2, avx512-vnni)");
+  throw std::runtime_error("APOT_GEMM_ISA=" + name + " is not a GEMM path this CPU supports (scalar, avx2, avx-vnni, avx512-vnni)");
 }
 
 GemmIsa default_gemm_isa() {
@@ -126,14 +144,19 @@ void conv_u8s8(const CodeImage& in, const PackedConv& w, int max_code, const Con
   detail::ConvRows rows = detail::conv_rows_scalar;
   if (isa == GemmIsa::avx512_vnni) rows = detail::conv_rows_avx512_vnni;
   if (isa == GemmIsa::avx2 && 2 * max_code * w.max_abs <= 32767) rows = detail::conv_rows_avx2;
+  if (isa == GemmIsa::avx_vnni) rows = has_avx_vnni() ? detail::conv_rows_avx_vnni : detail::conv_rows_avx_vnni_evex;
   detail::split_rows(rows, a, a.oh * a.ow, threads);
 }
 
 double measure_peak_gmacs(GemmIsa isa, double seconds) {
   if (isa == GemmIsa::scalar || !supports(isa)) return 0.0;
-  const bool vnni = isa == GemmIsa::avx512_vnni;
-  auto probe = vnni ? detail::peak_probe_avx512_vnni : detail::peak_probe_avx2;
-  const long per_round = vnni ? detail::peak_macs_per_round_avx512 : detail::peak_macs_per_round_avx2;
+  auto probe = detail::peak_probe_avx2;
+  long per_round = detail::peak_macs_per_round_ymm;
+  if (isa == GemmIsa::avx_vnni) probe = has_avx_vnni() ? detail::peak_probe_avx_vnni : detail::peak_probe_avx_vnni_evex;
+  if (isa == GemmIsa::avx512_vnni) {
+    probe = detail::peak_probe_avx512_vnni;
+    per_round = detail::peak_macs_per_round_avx512;
+  }
   volatile int32_t sink = probe(1000);  // warm-up (frequency, caches)
   double best = 0;
   long iterations = 100000;
@@ -187,7 +210,7 @@ void conv_f32(const FloatImage& in, const PackedFloatConv& w, const float* scale
   const detail::FloatConvArgs a{&in, &w, scale, bias, relu, out, w.out_h(in.h), w.out_w(in.w), in.border - w.padding};
   detail::FloatConvRows rows = detail::conv_f32_rows_scalar;
   if (isa == GemmIsa::avx512_vnni) rows = detail::conv_f32_rows_avx512;
-  if (isa == GemmIsa::avx2) rows = detail::conv_f32_rows_avx2;
+  if (isa == GemmIsa::avx2 || isa == GemmIsa::avx_vnni) rows = detail::conv_f32_rows_avx2;
   detail::split_rows(rows, a, a.oh * a.ow, threads);
 }
 

@@ -1,109 +1,19 @@
-// AVX2 convolution: vpmaddubsw (u8 x s8 -> saturating int16 pairs) then vpmaddwd with ones; the
-// driver only calls it when no pair sum can exceed 32767. The epilogue is the scalar one.
-#include <immintrin.h>
-
-#include "gemm_impl.h"
+// AVX2 convolution: vpmaddubsw (u8 x s8 -> saturating int16 pairs) then vpmaddwd with ones and
+// vpaddd; the driver only calls it when no pair sum can exceed 32767. The float first layer on
+// AVX2 machines: the reference compiled with FMA.
+#include "gemm_ymm.h"
 
 namespace apot::kernels::detail {
 namespace {
-
-// The epilogue of 16 channels, as epilogue_scalar: the float arithmetic in the same order, the
-// level index as a count of thresholds <= v (compare masks are -1), the codes looked up per lane.
-void epilogue16(const ConvArgs& a, int p, int y, int x, int n0, const __m256i acc[2]) {
-  const ConvOutput& o = *a.out;
-  const size_t at = size_t(p) * a.w->out_channels + n0;
-  __m256 v[2];
-  for (int h = 0; h < 2; ++h) {
-    v[h] = _mm256_mul_ps(_mm256_loadu_ps(o.scale + n0 + 8 * h), _mm256_cvtepi32_ps(acc[h]));
-    v[h] = _mm256_add_ps(v[h], _mm256_loadu_ps(o.bias + n0 + 8 * h));
-    if (o.residual) v[h] = _mm256_add_ps(v[h], _mm256_loadu_ps(o.residual + at + 8 * h));
-    if (o.relu) v[h] = _mm256_max_ps(_mm256_setzero_ps(), v[h]);  // = std::max(v, 0.0f), NaN included
-    if (o.values) _mm256_storeu_ps(o.values + at + 8 * h, v[h]);
-    if (o.accumulators) _mm256_storeu_si256(reinterpret_cast<__m256i*>(o.accumulators + at + 8 * h), acc[h]);
+struct Avx2Dot {
+  static __m256i add(__m256i acc, __m256i a, __m256i b) {
+    return _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_maddubs_epi16(a, b), _mm256_set1_epi16(1)));
   }
-  if (!o.requantizer) return;
-  const Requantizer& q = *o.requantizer;
-  __m256i index[2] = {_mm256_setzero_si256(), _mm256_setzero_si256()};
-  for (float t : q.thresholds) {
-    const __m256 tv = _mm256_set1_ps(t);
-    for (int h = 0; h < 2; ++h)
-      index[h] = _mm256_sub_epi32(index[h], _mm256_castps_si256(_mm256_cmp_ps(v[h], tv, _CMP_GE_OQ)));
-  }
-  alignas(32) int32_t lanes[16];
-  _mm256_store_si256(reinterpret_cast<__m256i*>(lanes), index[0]);
-  _mm256_store_si256(reinterpret_cast<__m256i*>(lanes + 8), index[1]);
-  uint8_t* codes = o.codes.pixel(y, x) + n0;
-  for (int i = 0; i < 16; ++i) codes[i] = q.codes[size_t(lanes[i])];
-}
-
-// R output pixels (the first `valid` are real) x 16 output channels from block nb.
-template <int R>
-void tile(const ConvArgs& a, int m, int valid, int nb) {
-  const PackedConv& w = *a.w;
-  const __m256i ones = _mm256_set1_epi16(1);
-  const uint8_t* ap[R];
-  int ys[R], xs[R];
-  for (int r = 0, y = m / a.ow, x = m % a.ow; r < R; ++r) {
-    ys[r] = y;
-    xs[r] = x;
-    ap[r] = r < valid ? a.base(y, x) : ap[r - 1];
-    if (++x == a.ow) x = 0, ++y;
-  }
-  __m256i acc[R][2];
-  for (int r = 0; r < R; ++r) acc[r][0] = acc[r][1] = _mm256_setzero_si256();
-  const int8_t* bp = w.data.data() + size_t(nb) * (w.K() / 4) * 64;
-  const size_t bstep = 64;
-  const int taps = w.kernel * w.kernel, cs4 = w.cs / 4;
-  for (int t = 0; t < taps; ++t) {
-    const ptrdiff_t off = a.tap_offsets[t];
-    for (int c4 = 0; c4 < cs4; ++c4, bp += bstep) {
-      const __m256i b0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(bp));
-      const __m256i b1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(bp + 32));
-      for (int r = 0; r < R; ++r) {
-        const __m256i av = _mm256_set1_epi32(load4(ap[r] + off + 4 * c4));
-        acc[r][0] = _mm256_add_epi32(acc[r][0], _mm256_madd_epi16(_mm256_maddubs_epi16(av, b0), ones));
-        acc[r][1] = _mm256_add_epi32(acc[r][1], _mm256_madd_epi16(_mm256_maddubs_epi16(av, b1), ones));
-      }
-    }
-  }
-  const int n0 = nb * 16;
-  const int count = std::min(16, w.out_channels - n0);
-  for (int r = 0; r < valid; ++r) {
-    if (count < 16) {  // the last block of channels: the reference epilogue
-      alignas(32) int32_t lanes[16];
-      _mm256_store_si256(reinterpret_cast<__m256i*>(lanes), acc[r][0]);
-      _mm256_store_si256(reinterpret_cast<__m256i*>(lanes + 8), acc[r][1]);
-      epilogue_scalar(a, m + r, ys[r], xs[r], n0, count, lanes);
-    } else {
-      epilogue16(a, m + r, ys[r], xs[r], n0, acc[r]);
-    }
-  }
-}
-
+};
 }  // namespace
 
-int32_t peak_probe_avx2(long iterations) {
-  const __m256i ones = _mm256_set1_epi16(1);
-  __m256i acc[8], b[8];
-  for (int i = 0; i < 8; ++i) acc[i] = _mm256_set1_epi32(i), b[i] = _mm256_set1_epi8(static_cast<char>(i + 1));
-  __m256i a = _mm256_set1_epi8(1);
-  for (long it = 0; it < iterations; ++it) {
-    __asm__ volatile("" : "+x"(a));  // a new operand every round: nothing can be hoisted
-    for (int i = 0; i < 8; ++i) acc[i] = _mm256_add_epi32(acc[i], _mm256_madd_epi16(_mm256_maddubs_epi16(a, b[i]), ones));
-  }
-  __m256i sum = acc[0];
-  for (int i = 1; i < 8; ++i) sum = _mm256_add_epi32(sum, acc[i]);
-  alignas(32) int32_t lanes[8];
-  _mm256_store_si256(reinterpret_cast<__m256i*>(lanes), sum);
-  return lanes[0] + lanes[7];
-}
-
+void conv_rows_avx2(const ConvArgs& a, int m0, int m1) { ymm_rows<4, Avx2Dot>(a, m0, m1); }
+int32_t peak_probe_avx2(long iterations) { return ymm_peak_probe<Avx2Dot>(iterations); }
 void conv_f32_rows_avx2(const FloatConvArgs& a, int m0, int m1) { conv_f32_reference(a, m0, m1); }
-
-void conv_rows_avx2(const ConvArgs& a, int m0, int m1) {
-  constexpr int R = 4;
-  for (int nb = 0; nb < a.w->nblocks; ++nb)
-    for (int m = m0; m < m1; m += R) tile<R>(a, m, std::min(R, m1 - m), nb);
-}
 
 }  // namespace apot::kernels::detail

@@ -27,6 +27,8 @@ struct ConvArgs {
 using ConvRows = void (*)(const ConvArgs& a, int m0, int m1);
 void conv_rows_scalar(const ConvArgs& a, int m0, int m1);
 void conv_rows_avx2(const ConvArgs& a, int m0, int m1);
+void conv_rows_avx_vnni(const ConvArgs& a, int m0, int m1);       // VEX (AVX-VNNI)
+void conv_rows_avx_vnni_evex(const ConvArgs& a, int m0, int m1);  // the same kernel, EVEX (AVX-512 VNNI + VL)
 void conv_rows_avx512_vnni(const ConvArgs& a, int m0, int m1);
 void max_pool_avx512(const float* in, int h, int w, int c, float* out);
 void requantize_avx512(const float* values, int h, int w, int n, const Requantizer& q, const CodeImage& out);
@@ -61,9 +63,11 @@ void split_rows(void (*rows)(const Args&, int, int), const Args& a, int M, int t
 // The peak probes: `iterations` rounds of independent multiply-accumulates; return a value
 // that depends on all of them. MACs per round: peak_macs_per_round_*.
 constexpr long peak_macs_per_round_avx512 = 16L * 64;
-constexpr long peak_macs_per_round_avx2 = 8L * 32;
+constexpr long peak_macs_per_round_ymm = 8L * 32;
 int32_t peak_probe_avx512_vnni(long iterations);
 int32_t peak_probe_avx2(long iterations);
+int32_t peak_probe_avx_vnni(long iterations);
+int32_t peak_probe_avx_vnni_evex(long iterations);
 
 // Helpers compiled into every path's file with that file's instruction set: internal linkage,
 // so that the linker cannot hand one file's copy (say, AVX2 code) to another (the scalar path).

@@ -4,7 +4,8 @@
 //   v = scale[n] * acc + bias[n]  (+ residual)  (ReLU)  -> float values and/or the consumer's
 //   activation codes (requantisation by thresholds).
 // Paths: a scalar reference, AVX2 (vpmaddubsw + vpmaddwd, only where no int16 pair sum can
-// saturate) and AVX-512 VNNI (vpdpbusd, vectorised epilogue); chosen at run time,
+// saturate), AVX-VNNI (vpdpbusd on 256-bit registers; on AVX-512 machines the same kernel runs
+// with the EVEX encoding) and AVX-512 VNNI (vpdpbusd on 512-bit registers); chosen at run time,
 // APOT_GEMM_ISA forces one. Every path gives bit-identical results (integer sums are exact, the
 // epilogue rounds in the same order, fused multiply-adds are disabled).
 #pragma once
@@ -17,10 +18,10 @@
 
 namespace apot::kernels {
 
-enum class GemmIsa { scalar, avx2, avx512_vnni };
+enum class GemmIsa { scalar, avx2, avx_vnni, avx512_vnni };
 const char* to_string(GemmIsa isa);
 std::vector<GemmIsa> supported_gemm_isas();
-GemmIsa parse_gemm_isa(const std::string& name);  // "scalar" | "avx2" | "avx512-vnni"
+GemmIsa parse_gemm_isa(const std::string& name);  // "scalar" | "avx2" | "avx-vnni" | "avx512-vnni"
 GemmIsa default_gemm_isa();                        // APOT_GEMM_ISA, else the best supported
 
 inline int round_up4(int k) { return (k + 3) / 4 * 4; }
