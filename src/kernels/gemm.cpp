@@ -65,9 +65,23 @@ GemmIsa default_gemm_isa() {
   return chosen;
 }
 
-PackedConv pack_conv(const int8_t* weights, int out_channels, int in_channels, int kernel, int stride, int padding) {
+namespace {
+bool supports(GemmIsa isa) {
+  for (GemmIsa s : supported_gemm_isas())
+    if (s == isa) return true;
+  return false;
+}
+void require(GemmIsa isa) {
+  if (!supports(isa)) throw std::invalid_argument(std::string("GEMM path ") + to_string(isa) + " is not supported here");
+}
+void check_shape(const char* what, int out_channels, int in_channels, int kernel, int stride, int padding) {
   if (out_channels < 1 || in_channels < 1 || kernel < 1 || stride < 1 || padding < 0 || padding >= kernel)
-    throw std::invalid_argument("pack_conv: invalid convolution shape");
+    throw std::invalid_argument(std::string(what) + ": invalid convolution shape");
+}
+}  // namespace
+
+PackedConv pack_conv(const int8_t* weights, int out_channels, int in_channels, int kernel, int stride, int padding) {
+  check_shape("pack_conv", out_channels, in_channels, kernel, stride, padding);
   PackedConv w;
   w.in_channels = in_channels;
   w.cs = round_up4(in_channels);
@@ -121,13 +135,6 @@ void conv_rows_scalar(const ConvArgs& a, int m0, int m1) {
 }
 }  // namespace detail
 
-namespace {
-bool supports(GemmIsa isa) {
-  for (GemmIsa s : supported_gemm_isas())
-    if (s == isa) return true;
-  return false;
-}
-}  // namespace
 
 void conv_u8s8(const CodeImage& in, const PackedConv& w, int max_code, const ConvOutput& out, GemmIsa isa, int threads) {
   if (in.cs != w.cs || in.border < w.padding || in.data == nullptr)
@@ -138,7 +145,7 @@ void conv_u8s8(const CodeImage& in, const PackedConv& w, int max_code, const Con
   detail::ConvArgs a{&in, &w, &out, w.out_h(in.h), w.out_w(in.w), in.border - w.padding, {}};
   if (out.requantizer && (out.codes.h != a.oh || out.codes.w != a.ow || out.codes.cs < w.out_channels || !out.codes.data))
     throw std::invalid_argument("conv_u8s8: output code image does not fit the convolution");
-  if (!supports(isa)) throw std::invalid_argument(std::string("GEMM path ") + to_string(isa) + " is not supported here");
+  require(isa);
   for (int ky = 0; ky < w.kernel; ++ky)
     for (int kx = 0; kx < w.kernel; ++kx) a.tap_offsets.push_back((ptrdiff_t(ky) * in.padded_w() + kx) * in.cs);
   detail::ConvRows rows = detail::conv_rows_scalar;
@@ -174,7 +181,7 @@ double measure_peak_gmacs(GemmIsa isa, double seconds) {
 
 void max_pool_3x3s2(const float* in, int h, int w, int c, float* out, GemmIsa isa) {
   if (h < 1 || w < 1 || c < 1) throw std::invalid_argument("max_pool_3x3s2: empty input");
-  if (!supports(isa)) throw std::invalid_argument(std::string("GEMM path ") + to_string(isa) + " is not supported here");
+  require(isa);
   if (isa == GemmIsa::avx512_vnni) return detail::max_pool_avx512(in, h, w, c, out);
   const int oh = (h + 1) / 2, ow = (w + 1) / 2;
   for (int y = 0; y < oh; ++y)
@@ -186,8 +193,7 @@ void max_pool_3x3s2(const float* in, int h, int w, int c, float* out, GemmIsa is
 
 PackedFloatConv pack_float_conv(const int8_t* weights, int out_channels, int in_channels, int kernel, int stride,
                                 int padding) {
-  if (out_channels < 1 || in_channels < 1 || kernel < 1 || stride < 1 || padding < 0 || padding >= kernel)
-    throw std::invalid_argument("pack_float_conv: invalid convolution shape");
+  check_shape("pack_float_conv", out_channels, in_channels, kernel, stride, padding);
   PackedFloatConv w{in_channels, out_channels, kernel, stride, padding, (out_channels + 15) / 16, {}};
   const int K = kernel * kernel * in_channels, ld = w.nblocks * 16;
   w.data.assign(size_t(K) * ld, 0.0f);
@@ -206,7 +212,7 @@ void conv_f32(const FloatImage& in, const PackedFloatConv& w, const float* scale
     throw std::invalid_argument("conv_f32: input image does not fit the convolution");
   if (in.h + 2 * w.padding < w.kernel || in.w + 2 * w.padding < w.kernel)
     throw std::invalid_argument("conv_f32: input smaller than the kernel");
-  if (!supports(isa)) throw std::invalid_argument(std::string("GEMM path ") + to_string(isa) + " is not supported here");
+  require(isa);
   const detail::FloatConvArgs a{&in, &w, scale, bias, relu, out, w.out_h(in.h), w.out_w(in.w), in.border - w.padding};
   detail::FloatConvRows rows = detail::conv_f32_rows_scalar;
   if (isa == GemmIsa::avx512_vnni) rows = detail::conv_f32_rows_avx512;
@@ -217,7 +223,7 @@ void conv_f32(const FloatImage& in, const PackedFloatConv& w, const float* scale
 void requantize(const float* values, int h, int w, int n, const Requantizer& q, const CodeImage& out, GemmIsa isa) {
   if (out.h != h || out.w != w || out.cs < n || !out.data)
     throw std::invalid_argument("requantize: output code image does not fit");
-  if (!supports(isa)) throw std::invalid_argument(std::string("GEMM path ") + to_string(isa) + " is not supported here");
+  require(isa);
   if (isa == GemmIsa::avx512_vnni) return detail::requantize_avx512(values, h, w, n, q, out);
   for (int y = 0; y < h; ++y)
     for (int x = 0; x < w; ++x) {

@@ -37,8 +37,8 @@ struct Search {
     c1 = _mm512_load_si512(c + 16);
   }
 
-  // Codes of R x 16 values, the search steps of the R vectors interleaved (independent
-  // dependency chains for the out-of-order core).
+  // Codes of R x 16 values (index = number of thresholds <= v), the search steps of the R
+  // vectors interleaved (independent dependency chains for the out-of-order core).
   template <int R>
   void codes(const __m512 (&v)[R], __m128i (&out)[R]) const {
     const int half = wide ? 16 : 8;
@@ -57,17 +57,12 @@ struct Search {
     for (int r = 0; r < R; ++r) out[r] = _mm512_cvtepi32_epi8(_mm512_permutexvar_epi32(index[r], c0));
   }
 
-  // Codes of 16 values: index = number of thresholds <= v.
+  // Codes of 16 values.
   __m128i codes(__m512 v) const {
-    const int half = wide ? 16 : 8;
-    __m512i index = _mm512_set1_epi32(-1);
-    index = _mm512_mask_mov_epi32(index, _mm512_cmp_ps_mask(v, first, _CMP_GE_OQ), _mm512_set1_epi32(half - 1));
-    if (wide) {
-      for (int s = 8; s >= 1; s >>= 1) step(v, index, s);  // unrolled: constant trip count
-      return _mm512_cvtepi32_epi8(_mm512_permutex2var_epi32(c0, index, c1));
-    }
-    for (int s = 4; s >= 1; s >>= 1) step(v, index, s);
-    return _mm512_cvtepi32_epi8(_mm512_permutexvar_epi32(index, c0));
+    const __m512 one[1] = {v};
+    __m128i out[1];
+    codes(one, out);
+    return out[0];
   }
 
  private:

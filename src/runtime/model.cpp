@@ -96,7 +96,8 @@ struct Model::Impl {
     ws->image = {nullptr, info.height, info.width, stem.info.in_channels, stem.info.padding};
     ws->image_bytes.assign(ws->image.floats(), 0.0f);
     ws->image.data = ws->image_bytes.data();
-    for (auto* v : {&ws->stem, &ws->stream, &ws->next, &ws->shortcut}) v->resize(max_feature);
+    for (auto* v : {&ws->stream, &ws->next, &ws->shortcut}) v->resize(max_feature);
+    if (info.spec.stem == levels::Stem::imagenet) ws->stem.resize(max_feature);  // before the max-pool
     return ws;
   }
   void release(std::unique_ptr<Workspace> ws) const {
@@ -113,6 +114,14 @@ struct Model::Impl {
     (*o.layer_seconds)[size_t(index)] += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   }
 
+  // Quantised layer `index` on its input codes; `out` has the outputs, scale and bias are added.
+  void conv(int index, kernels::ConvOutput out, Workspace& ws, const RunOptions& o) const {
+    const Layer& l = layers[index];
+    out.scale = l.scale.data();
+    out.bias = l.bias.data();
+    timed(o, index, [&] { kernels::conv_u8s8(ws.codes[index], l.packed, l.max_code, out, o.isa, o.threads); });
+  }
+
   // Codes of a float feature map for quantised layer `consumer`.
   void requantize(const float* values, int consumer, Workspace& ws, const RunOptions& o) const {
     const Layer& l = layers[consumer];
@@ -127,13 +136,10 @@ struct Model::Impl {
     const int h = first.info.in_height, w = first.info.in_width;
     const float* residual = ws.stream.data();
     if (b.projection >= 0) {
-      const Layer& l = layers[b.projection];
       requantize(ws.stream.data(), b.projection, ws, o);
       kernels::ConvOutput out;
-      out.scale = l.scale.data();
-      out.bias = l.bias.data();
       out.values = ws.shortcut.data();
-      timed(o, b.projection, [&] { kernels::conv_u8s8(ws.codes[b.projection], l.packed, l.max_code, out, o.isa, o.threads); });
+      conv(b.projection, out, ws, o);
       residual = ws.shortcut.data();
     } else if (b.stride != 1 || b.in_planes != b.out_planes) {  // option A: subsample, zero-pad channels
       const int before = (b.out_planes - b.in_planes) / 2;
@@ -147,12 +153,9 @@ struct Model::Impl {
     }
     const int convs = b.conv[2] >= 0 ? 3 : 2;
     for (int i = 0; i < convs; ++i) {
-      const Layer& l = layers[b.conv[i]];
       const bool last = i + 1 == convs;
       const int consumer = last ? next_consumer : b.conv[i + 1];
       kernels::ConvOutput out;
-      out.scale = l.scale.data();
-      out.bias = l.bias.data();
       out.relu = true;
       if (last) {
         out.residual = residual;
@@ -162,7 +165,7 @@ struct Model::Impl {
         out.requantizer = &layers[consumer].input;
         out.codes = ws.codes[consumer];
       }
-      timed(o, b.conv[i], [&] { kernels::conv_u8s8(ws.codes[b.conv[i]], l.packed, l.max_code, out, o.isa, o.threads); });
+      conv(b.conv[i], out, ws, o);
     }
   }
 
