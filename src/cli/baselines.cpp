@@ -2,6 +2,8 @@
 
 #include <omp.h>
 
+#include <algorithm>
+#include <chrono>
 #include <map>
 #include <stdexcept>
 #include <tuple>
@@ -66,6 +68,8 @@ struct OnednnInt8::Impl {
   dnnl::stream stream{engine};
   std::vector<dnnl::primitive> primitives;
   std::vector<std::unordered_map<int, dnnl::memory>> arguments;
+  std::vector<int> layer;  // the layer of each primitive; -1 for the max-pool
+  size_t layers = 0;
 };
 
 namespace {
@@ -118,6 +122,7 @@ OnednnInt8::OnednnInt8(const levels::ResNetSpec& spec, int height, int width, in
     std::fill_n(static_cast<uint8_t*>(dst.get_data_handle()), pd.dst_desc().get_size(), uint8_t{0});
     m.primitives.push_back(dnnl::convolution_forward(pd));
     m.arguments.push_back({{DNNL_ARG_SRC, src}, {DNNL_ARG_WEIGHTS, weights}, {DNNL_ARG_DST, dst}});
+    m.layer.push_back(int(i));
     latest[std::make_tuple(l.out_channels, l.out_height, l.out_width)] = dst;
     if (l.first && spec.stem == levels::Stem::imagenet) {  // max-pool 3x3, stride 2, padding 1
       const int ph = (l.out_height + 2 - 3) / 2 + 1, pw = (l.out_width + 2 - 3) / 2 + 1;
@@ -128,9 +133,11 @@ OnednnInt8::OnednnInt8(const levels::ResNetSpec& spec, int height, int width, in
       memory pooled(ppd.dst_desc(), m.engine);
       m.primitives.push_back(dnnl::pooling_forward(ppd));
       m.arguments.push_back({{DNNL_ARG_SRC, dst}, {DNNL_ARG_DST, pooled}});
+      m.layer.push_back(-1);
       latest[std::make_tuple(l.out_channels, ph, pw)] = pooled;
     }
   }
+  m.layers = layers.size();
   m.stream.wait();
 }
 
@@ -155,6 +162,26 @@ void OnednnInt8::run(int threads) const {
   impl_->stream.wait();
 }
 
+std::vector<double> OnednnInt8::layer_seconds(int reps) const {
+  omp_set_num_threads(1);
+  std::vector<std::vector<double>> samples(impl_->layers);
+  for (int r = 0; r < std::max(reps, 1); ++r)
+    for (size_t i = 0; i < impl_->primitives.size(); ++i) {
+      const auto t0 = std::chrono::steady_clock::now();
+      impl_->primitives[i].execute(impl_->stream, impl_->arguments[i]);
+      impl_->stream.wait();
+      const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+      if (impl_->layer[i] >= 0) samples[size_t(impl_->layer[i])].push_back(s);
+    }
+  std::vector<double> out(impl_->layers, 0.0);
+  for (size_t l = 0; l < out.size(); ++l)
+    if (!samples[l].empty()) {
+      std::nth_element(samples[l].begin(), samples[l].begin() + samples[l].size() / 2, samples[l].end());
+      out[l] = samples[l][samples[l].size() / 2];
+    }
+  return out;
+}
+
 #else  // built without oneDNN
 
 struct OnednnInt8::Impl {};
@@ -165,6 +192,7 @@ OnednnInt8::~OnednnInt8() = default;
 bool OnednnInt8::available() { return false; }
 std::string OnednnInt8::isa() const { return "none"; }
 void OnednnInt8::run(int) const {}
+std::vector<double> OnednnInt8::layer_seconds(int) const { return {}; }
 
 #endif
 

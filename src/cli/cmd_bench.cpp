@@ -37,41 +37,66 @@ double time_ms(F f) {
   return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
 }
 
+// `batch` random 8-bit images, normalised as the model expects (what a data set of images gives
+// the engine; the baselines' speed does not depend on the values).
+torch::Tensor random_images(const runtime::ModelInfo& info, int batch) {
+  const torch::Tensor pixels = torch::randint(0, 256, {batch, info.spec.in_channels, info.height, info.width}).to(torch::kFloat);
+  const auto shape = std::vector<int64_t>{1, info.spec.in_channels, 1, 1};
+  const torch::Tensor mean = torch::tensor(info.mean).reshape(shape), std = torch::tensor(info.std).reshape(shape);
+  return ((pixels / 255.0f - mean) / std).contiguous();
+}
+
 struct Contender {
   std::string name;
   std::function<void()> run;
   std::vector<double> ms;
 };
 
-// Per-layer time of the engine (batch 1, one thread) against the measured peak.
+// Per-layer time of the engine (batch 1, one thread) against the measured peak, and beside it
+// oneDNN int8's time for the same convolution where the baseline is built.
 nlohmann::json layer_report(const runtime::Model& engine, const std::vector<levels::LayerInfo>& layers, int reps,
                             double peak, bool print) {
   const runtime::ModelInfo& info = engine.info();
-  const std::vector<float> x(size_t(info.spec.in_channels) * info.height * info.width, 0.5f);
+  const torch::Tensor x = random_images(info, 1);
   std::vector<std::vector<double>> samples(layers.size());
   runtime::RunOptions o;
   for (int r = 0; r < std::max(reps, 5); ++r) {
     std::vector<double> seconds(layers.size(), 0.0);
     o.layer_seconds = &seconds;
-    engine.run(x.data(), 1, o);
+    engine.run(x.data_ptr<float>(), 1, o);
     for (size_t i = 0; i < layers.size(); ++i) samples[i].push_back(seconds[i]);
   }
+  std::vector<double> int8;
+  if (OnednnInt8::available()) int8 = OnednnInt8(info.spec, info.height, info.width, 1).layer_seconds(std::max(reps, 5));
   nlohmann::json out = nlohmann::json::array();
-  if (print) fmt::print("  per layer (batch 1, 1 thread; peak {:.1f} G MAC/s):\n", peak);
-  double total_ms = 0;
+  if (print)
+    fmt::print("  per layer (batch 1, 1 thread; peak {:.1f} G MAC/s){}:\n", peak,
+               int8.empty() ? "" : "; oneDNN int8 on the right");
+  double total_ms = 0, int8_total_ms = 0;
   for (size_t i = 0; i + 1 < layers.size(); ++i) {
     const levels::LayerInfo& l = layers[i];
     const double ms = median(samples[i]) * 1e3;
     const double gmacs = l.macs() / (ms * 1e-3) / 1e9;
     total_ms += ms;
-    out.push_back({{"layer", l.name}, {"ms", ms}, {"macs", l.macs()}, {"gmacs_per_s", gmacs},
-                   {"share_of_peak", peak > 0 && !l.first ? gmacs / peak : 0.0}});
+    nlohmann::json row{{"layer", l.name}, {"ms", ms}, {"macs", l.macs()}, {"gmacs_per_s", gmacs},
+                       {"share_of_peak", peak > 0 && !l.first ? gmacs / peak : 0.0}};
+    std::string theirs;
+    if (!int8.empty()) {
+      const double ims = int8[i] * 1e3;
+      int8_total_ms += ims;
+      row["onednn_int8_ms"] = ims;
+      theirs = fmt::format(" | {:8.4f} ms {:6.1f} G MAC/s", ims, l.macs() / (ims * 1e-3) / 1e9);
+    }
+    out.push_back(row);
     if (print)
-      fmt::print("    {:<24} {:>4}x{:<4} {}x{} /{} {:>4}->{:<4} {:8.4f} ms {:7.1f} G MAC/s {}\n", l.name, l.in_height,
+      fmt::print("    {:<24} {:>4}x{:<4} {}x{} /{} {:>4}->{:<4} {:8.4f} ms {:7.1f} G MAC/s {:>15}{}\n", l.name, l.in_height,
                  l.in_width, l.kernel, l.kernel, l.stride, l.in_channels, l.out_channels, ms, gmacs,
-                 l.first ? std::string("(float)") : peak > 0 ? fmt::format("{:5.1f} % of peak", 100 * gmacs / peak) : "");
+                 l.first ? std::string("(first layer)") : peak > 0 ? fmt::format("{:5.1f} % of peak", 100 * gmacs / peak) : "",
+                 theirs);
   }
-  if (print) fmt::print("    convolutions together: {:.3f} ms\n", total_ms);
+  if (print)
+    fmt::print("    convolutions together: {:.3f} ms{}\n", total_ms,
+               int8.empty() ? "" : fmt::format(" (oneDNN int8: {:.3f} ms)", int8_total_ms));
   return out;
 }
 
@@ -97,7 +122,7 @@ void run_bench(const BenchOptions& o) {
   for (int threads : o.threads)
     for (int batch : o.batches) {
       torch::set_num_threads(threads);
-      const torch::Tensor x = torch::randn({batch, spec.in_channels, info.height, info.width});
+      const torch::Tensor x = random_images(info, batch);
       runtime::RunOptions ro;
       ro.threads = threads;
       std::vector<Contender> c;
@@ -155,7 +180,7 @@ void register_bench(CLI::App& app) {
       ->check(CLI::Range(1, 1024));
   cmd->add_option("--reps", o->reps, "repetitions per configuration (default: about 200 images)")
       ->check(CLI::Range(1, 100000));
-  cmd->add_flag("--layers", o->layers, "also report the engine's time and G MAC/s per layer");
+  cmd->add_flag("--layers", o->layers, "also report the engine's time and G MAC/s per layer (and oneDNN int8's)");
   cmd->add_flag("--json", o->json, "print one JSON object");
   cmd->callback([o] { run_bench(*o); });
 }

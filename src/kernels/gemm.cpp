@@ -71,6 +71,9 @@ bool supports(GemmIsa isa) {
     if (s == isa) return true;
   return false;
 }
+}  // namespace
+
+namespace detail {
 void require(GemmIsa isa) {
   if (!supports(isa)) throw std::invalid_argument(std::string("GEMM path ") + to_string(isa) + " is not supported here");
 }
@@ -78,7 +81,9 @@ void check_shape(const char* what, int out_channels, int in_channels, int kernel
   if (out_channels < 1 || in_channels < 1 || kernel < 1 || stride < 1 || padding < 0 || padding >= kernel)
     throw std::invalid_argument(std::string(what) + ": invalid convolution shape");
 }
-}  // namespace
+}  // namespace detail
+using detail::check_shape;
+using detail::require;
 
 PackedConv pack_conv(const int8_t* weights, int out_channels, int in_channels, int kernel, int stride, int padding) {
   check_shape("pack_conv", out_channels, in_channels, kernel, stride, padding);
@@ -152,7 +157,7 @@ void conv_u8s8(const CodeImage& in, const PackedConv& w, int max_code, const Con
   if (isa == GemmIsa::avx512_vnni) rows = detail::conv_rows_avx512_vnni;
   if (isa == GemmIsa::avx2 && 2 * max_code * w.max_abs <= 32767) rows = detail::conv_rows_avx2;
   if (isa == GemmIsa::avx_vnni) rows = has_avx_vnni() ? detail::conv_rows_avx_vnni : detail::conv_rows_avx_vnni_evex;
-  detail::split_rows(rows, a, a.oh * a.ow, threads);
+  detail::split_rows(rows, a, 0, a.oh * a.ow, threads);
 }
 
 double measure_peak_gmacs(GemmIsa isa, double seconds) {
@@ -179,14 +184,17 @@ double measure_peak_gmacs(GemmIsa isa, double seconds) {
   return best;
 }
 
-void max_pool_3x3s2(const float* in, int h, int w, int c, float* out, GemmIsa isa) {
+void max_pool_3x3s2(const float* in, int h, int w, int c, float* out, GemmIsa isa, int y0, int y1, int in_row0) {
   if (h < 1 || w < 1 || c < 1) throw std::invalid_argument("max_pool_3x3s2: empty input");
-  require(isa);
-  if (isa == GemmIsa::avx512_vnni) return detail::max_pool_avx512(in, h, w, c, out);
   const int oh = (h + 1) / 2, ow = (w + 1) / 2;
-  for (int y = 0; y < oh; ++y)
+  if (y1 < 0) y1 = oh;
+  if (y0 < 0 || y1 > oh || y0 > y1 || in_row0 < 0 || in_row0 > std::max(0, 2 * y0 - 1))
+    throw std::invalid_argument("max_pool_3x3s2: invalid row range");
+  require(isa);
+  if (isa == GemmIsa::avx512_vnni) return detail::max_pool_avx512(in, h, w, c, out, y0, y1, in_row0);
+  for (int y = y0; y < y1; ++y)
     for (int x = 0; x < ow; ++x)
-      detail::max_pool_pixel(in, h, w, c, out, y, x, [c](float* d, const float* s, bool first) {
+      detail::max_pool_pixel(in, h, w, c, out, y, x, in_row0, [c](float* d, const float* s, bool first) {
         for (int ch = 0; ch < c; ++ch) d[ch] = first || d[ch] < s[ch] ? s[ch] : d[ch];
       });
 }
@@ -217,7 +225,7 @@ void conv_f32(const FloatImage& in, const PackedFloatConv& w, const float* scale
   detail::FloatConvRows rows = detail::conv_f32_rows_scalar;
   if (isa == GemmIsa::avx512_vnni) rows = detail::conv_f32_rows_avx512;
   if (isa == GemmIsa::avx2 || isa == GemmIsa::avx_vnni) rows = detail::conv_f32_rows_avx2;
-  detail::split_rows(rows, a, a.oh * a.ow, threads);
+  detail::split_rows(rows, a, 0, a.oh * a.ow, threads);
 }
 
 void requantize(const float* values, int h, int w, int n, const Requantizer& q, const CodeImage& out, GemmIsa isa) {

@@ -10,6 +10,14 @@
 namespace apot::kernels::detail {
 namespace {
 
+// acc += the four u8 x s8 products of each lane. Inline assembly ties the accumulator's input
+// and output to one register: with the intrinsic GCC 12 copies every accumulator of a tile
+// through a second register on each trip round the loop (two vmovdqa per vpdpbusd).
+inline __m512i dpbusd(__m512i acc, __m512i a, __m512i b) {
+  __asm__("vpdpbusd %2, %1, %0" : "+v"(acc) : "v"(a), "v"(b));
+  return acc;
+}
+
 // The requantiser's tables padded to 32 entries: thresholds with +inf, codes with the last code
 // (so that v = +inf, which passes the padding, still gets it). The search keeps the index minus
 // one (-1 .. 30): each step is then add, permute, compare, blend, and the first step compares
@@ -138,7 +146,7 @@ void tile(const ConvArgs& a, const Epilogue& epilogue, int y, int x, int valid, 
         for (int j = 0; j < NB; ++j) b[j] = _mm512_load_si512(bp + j * bs);
         for (int r = 0; r < R; ++r) {
           const __m512i av = _mm512_set1_epi32(load4(p + r * S * CS));
-          for (int j = 0; j < NB; ++j) acc[r][j] = _mm512_dpbusd_epi32(acc[r][j], av, b[j]);
+          for (int j = 0; j < NB; ++j) acc[r][j] = dpbusd(acc[r][j], av, b[j]);
         }
       }
     } else {
@@ -147,7 +155,7 @@ void tile(const ConvArgs& a, const Epilogue& epilogue, int y, int x, int valid, 
         for (int j = 0; j < NB; ++j) b[j] = _mm512_load_si512(bp + j * bs);
         for (int r = 0; r < R; ++r) {
           const __m512i av = _mm512_set1_epi32(load4(ap[r] + off + 4 * c4));
-          for (int j = 0; j < NB; ++j) acc[r][j] = _mm512_dpbusd_epi32(acc[r][j], av, b[j]);
+          for (int j = 0; j < NB; ++j) acc[r][j] = dpbusd(acc[r][j], av, b[j]);
         }
       }
     }
@@ -276,6 +284,86 @@ void conv_f32_rows_avx512(const FloatConvArgs& a, int m0, int m1) {
   }
 }
 
+namespace {
+// The 8-bit first layer: R pixels x NB blocks of 16 output channels x C input channels of int32
+// sums (vpdpbusd on four taps of a kernel row) in one pass over the taps, then
+// sum = a_0 A_0 + a_1 A_1 + .. in the reference's order, and the epilogue.
+template <int C, int R, int NB>
+void stem_tile(const StemArgs& a, int m, int valid, int nb) {
+  const PackedStem& w = *a.w;
+  const uint8_t* ap[R];
+  const float* d[R];  // D of each pixel
+  for (int r = 0, y = m / a.ow, x = m % a.ow; r < R; ++r) {
+    ap[r] = r < valid ? a.base(y, x) : ap[r - 1];
+    d[r] = r < valid ? a.border_offset(y, x) : d[r - 1];
+    if (++x == a.ow) x = 0, ++y;
+  }
+  const int steps = w.kernel * w.groups;  // per channel
+  const size_t block = size_t(C) * steps * 64;  // bytes from one block of 16 channels to the next
+  const size_t plane = a.in->plane();
+  __m512i acc[C][R][NB];
+  for (int c = 0; c < C; ++c)
+    for (int r = 0; r < R; ++r)
+      for (int j = 0; j < NB; ++j) acc[c][r][j] = _mm512_setzero_si512();
+  const int8_t* bp = w.data.data() + size_t(nb) * block;
+  const ptrdiff_t* off = a.tap_offsets.data();  // channel 0's
+#pragma GCC unroll 1
+  for (int t = 0; t < steps; ++t, bp += 64)
+    for (int c = 0; c < C; ++c) {
+      __m512i b[NB];
+      for (int j = 0; j < NB; ++j) b[j] = _mm512_load_si512(bp + size_t(c) * steps * 64 + j * block);
+      for (int r = 0; r < R; ++r) {
+        const __m512i av = _mm512_set1_epi32(load4(ap[r] + c * plane + off[t]));
+        for (int j = 0; j < NB; ++j) acc[c][r][j] = dpbusd(acc[c][r][j], av, b[j]);
+      }
+    }
+  for (int j = 0; j < NB; ++j) {
+    const int n0 = (nb + j) * 16;
+    const __mmask16 mask = lane_mask(w.out_channels - n0);
+    const __m512 scale = _mm512_maskz_loadu_ps(mask, a.scale + n0), bias = _mm512_maskz_loadu_ps(mask, a.bias + n0);
+    for (int r = 0; r < R; ++r) {
+      if (r >= valid) break;
+      __m512 sum = _mm512_setzero_ps();
+      for (int c = 0; c < C; ++c)
+        sum = _mm512_add_ps(sum, _mm512_mul_ps(_mm512_set1_ps(w.pixel_scale[size_t(c)]), _mm512_cvtepi32_ps(acc[c][r][j])));
+      __m512 v = _mm512_add_ps(_mm512_mul_ps(scale, _mm512_sub_ps(sum, _mm512_loadu_ps(d[r] + n0))), bias);
+      if (a.relu) v = _mm512_max_ps(_mm512_setzero_ps(), v);
+      _mm512_mask_storeu_ps(a.out + size_t(m + r - a.m_base) * w.out_channels + n0, mask, v);
+    }
+  }
+}
+
+template <int C, int R, int NB>
+void stem_sweep(const StemArgs& a, int m0, int m1, int nb) {
+  for (int m = m0; m < m1; m += R) stem_tile<C, R, NB>(a, m, std::min(R, m1 - m), nb);
+}
+
+// About 24 accumulators: C * R * NB.
+template <int C>
+void stem_rows(const StemArgs& a, int m0, int m1) {
+  constexpr int R4 = C == 1 ? 6 : C == 2 ? 3 : 2;
+  const int nblocks = a.w->nblocks;
+  int nb = 0;
+  for (; nb + 4 <= nblocks; nb += 4) stem_sweep<C, R4, 4>(a, m0, m1, nb);
+  switch (nblocks - nb) {
+    case 3: stem_sweep<C, R4, 3>(a, m0, m1, nb); break;
+    case 2: stem_sweep<C, 2 * R4, 2>(a, m0, m1, nb); break;
+    case 1: stem_sweep<C, 4 * R4, 1>(a, m0, m1, nb); break;
+    default: break;
+  }
+}
+}  // namespace
+
+void stem_rows_avx512(const StemArgs& a, int m0, int m1) {
+  switch (a.w->in_channels) {
+    case 1: return stem_rows<1>(a, m0, m1);
+    case 2: return stem_rows<2>(a, m0, m1);
+    case 3: return stem_rows<3>(a, m0, m1);
+    case 4: return stem_rows<4>(a, m0, m1);
+    default: return stem_reference(a, m0, m1);
+  }
+}
+
 int32_t peak_probe_avx512_vnni(long iterations) {
   __m512i acc[16];
   for (int i = 0; i < 16; ++i) acc[i] = _mm512_set1_epi32(i);
@@ -289,11 +377,11 @@ int32_t peak_probe_avx512_vnni(long iterations) {
   return _mm512_reduce_add_epi32(sum);
 }
 
-void max_pool_avx512(const float* in, int h, int w, int c, float* out) {
-  const int oh = (h + 1) / 2, ow = (w + 1) / 2;
-  for (int y = 0; y < oh; ++y)
+void max_pool_avx512(const float* in, int h, int w, int c, float* out, int y0, int y1, int in_row0) {
+  const int ow = (w + 1) / 2;
+  for (int y = y0; y < y1; ++y)
     for (int x = 0; x < ow; ++x)
-      max_pool_pixel(in, h, w, c, out, y, x, [c](float* d, const float* s, bool first) {
+      max_pool_pixel(in, h, w, c, out, y, x, in_row0, [c](float* d, const float* s, bool first) {
         for (int ch = 0; ch < c; ch += 16) {
           const __mmask16 mask = lane_mask(c - ch);
           const __m512 v = _mm512_maskz_loadu_ps(mask, s + ch);

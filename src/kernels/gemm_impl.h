@@ -7,8 +7,13 @@
 #include <vector>
 
 #include "apot/kernels/gemm.h"
+#include "apot/kernels/stem.h"
 
 namespace apot::kernels::detail {
+
+// Shared checks of the drivers (gemm.cpp): throw std::invalid_argument.
+void require(GemmIsa isa);  // the path runs on this CPU
+void check_shape(const char* what, int out_channels, int in_channels, int kernel, int stride, int padding);
 
 struct ConvArgs {
   const CodeImage* in;
@@ -30,7 +35,7 @@ void conv_rows_avx2(const ConvArgs& a, int m0, int m1);
 void conv_rows_avx_vnni(const ConvArgs& a, int m0, int m1);       // VEX (AVX-VNNI)
 void conv_rows_avx_vnni_evex(const ConvArgs& a, int m0, int m1);  // the same kernel, EVEX (AVX-512 VNNI + VL)
 void conv_rows_avx512_vnni(const ConvArgs& a, int m0, int m1);
-void max_pool_avx512(const float* in, int h, int w, int c, float* out);
+void max_pool_avx512(const float* in, int h, int w, int c, float* out, int y0, int y1, int in_row0);
 void requantize_avx512(const float* values, int h, int w, int n, const Requantizer& q, const CodeImage& out);
 
 struct FloatConvArgs {
@@ -49,15 +54,39 @@ void conv_f32_rows_scalar(const FloatConvArgs& a, int m0, int m1);
 void conv_f32_rows_avx2(const FloatConvArgs& a, int m0, int m1);
 void conv_f32_rows_avx512(const FloatConvArgs& a, int m0, int m1);
 
-// Runs rows(a, m0, m1) over [0, M) on up to `threads` OpenMP threads in chunks of whole
+struct StemArgs {
+  const PixelImage* in;
+  const PackedStem* w;
+  const float *scale, *bias;
+  bool relu;
+  float* out;  // from output pixel m_base on
+  int oh, ow, offset, m_base;
+  std::vector<ptrdiff_t> tap_offsets;  // of group g of kernel row ky from base(): [ky * groups + g]
+  std::vector<int> row_offset, col_offset;  // of output row y's / column x's entries in w->offset
+  // Channel 0's pixel under tap (0, 0) of output pixel (y, x).
+  const uint8_t* base(int y, int x) const {
+    return in->data + size_t(y * w->stride + offset) * in->padded_w() + size_t(x * w->stride + offset);
+  }
+  // D of output pixel (y, x), 16 * nblocks entries.
+  const float* border_offset(int y, int x) const {
+    return w->offset.data() + row_offset[size_t(y)] + col_offset[size_t(x)];
+  }
+};
+using StemRows = void (*)(const StemArgs& a, int m0, int m1);
+void stem_rows_scalar(const StemArgs& a, int m0, int m1);
+void stem_rows_avx512(const StemArgs& a, int m0, int m1);
+
+// Runs rows(a, m0, m1) over [begin, end) on up to `threads` OpenMP threads in chunks of whole
 // 48-pixel groups (a multiple of every kernel's tile height).
 template <typename Args>
-void split_rows(void (*rows)(const Args&, int, int), const Args& a, int M, int threads) {
+void split_rows(void (*rows)(const Args&, int, int), const Args& a, int begin, int end, int threads) {
+  const int M = end - begin;
   const int chunks = std::min(std::max(1, threads), (M + 47) / 48);
-  if (chunks <= 1) return rows(a, 0, M);
+  if (chunks <= 1) return rows(a, begin, end);
   const int per_chunk = (M + 48 * chunks - 1) / (48 * chunks) * 48;
 #pragma omp parallel for num_threads(chunks) schedule(static, 1)
-  for (int c = 0; c < chunks; ++c) rows(a, std::min(M, c * per_chunk), std::min(M, (c + 1) * per_chunk));
+  for (int c = 0; c < chunks; ++c)
+    rows(a, begin + std::min(M, c * per_chunk), begin + std::min(M, (c + 1) * per_chunk));
 }
 
 // The peak probes: `iterations` rounds of independent multiply-accumulates; return a value
@@ -99,15 +128,15 @@ inline void epilogue_scalar(const ConvArgs& a, int p, int y, int x, int n0, int 
   }
 }
 
-// Max-pooling, one output pixel: the channels from c0 of the window's pixels inside the map,
-// with `step` channels per call of `op` (op(dst, src) folds src into dst).
+// Max-pooling, one output pixel: the window's pixels inside the map (`in` from row in_row0 on),
+// op(dst, src, first) folding the channels of src into dst.
 template <typename Op>
-inline void max_pool_pixel(const float* in, int h, int w, int c, float* out, int y, int x, Op op) {
+inline void max_pool_pixel(const float* in, int h, int w, int c, float* out, int y, int x, int in_row0, Op op) {
   float* d = out + (size_t(y) * ((w + 1) / 2) + x) * c;
   bool first = true;
   for (int iy = std::max(0, 2 * y - 1); iy <= std::min(h - 1, 2 * y + 1); ++iy)
     for (int ix = std::max(0, 2 * x - 1); ix <= std::min(w - 1, 2 * x + 1); ++ix) {
-      op(d, in + (size_t(iy) * w + ix) * c, first);
+      op(d, in + (size_t(iy - in_row0) * w + ix) * c, first);
       first = false;
     }
 }
@@ -133,6 +162,36 @@ inline void conv_f32_reference(const FloatConvArgs& a, int m0, int m1) {
     float* dst = a.out + size_t(m) * n;
     for (int o = 0; o < n; ++o) {
       float v = a.scale[o] * acc[o];
+      v = v + a.bias[o];
+      dst[o] = a.relu ? std::max(v, 0.0f) : v;
+    }
+  }
+}
+
+// The 8-bit first layer, one pixel at a time: the definition of conv_stem_u8's rounding.
+inline void stem_reference(const StemArgs& a, int m0, int m1) {
+  const PackedStem& w = *a.w;
+  const int n = w.out_channels, ld = 16 * w.nblocks, K = w.kernel, pw = a.in->padded_w();
+  std::vector<int32_t> A(static_cast<size_t>(ld));
+  std::vector<float> sum(static_cast<size_t>(ld));
+  for (int m = m0; m < m1; ++m) {
+    const int y = m / a.ow, x = m % a.ow;
+    std::fill(sum.begin(), sum.end(), 0.0f);
+    for (int c = 0; c < w.in_channels; ++c) {
+      const uint8_t* plane = a.base(y, x) + c * a.in->plane();
+      std::fill(A.begin(), A.end(), 0);
+      for (int ky = 0; ky < K; ++ky)
+        for (int kx = 0; kx < K; ++kx) {
+          const int32_t p = plane[ky * pw + kx];
+          const int32_t* wk = w.plain.data() + ((size_t(c) * K + ky) * K + kx) * ld;
+          for (int o = 0; o < ld; ++o) A[o] += wk[o] * p;
+        }
+      for (int o = 0; o < ld; ++o) sum[o] = sum[o] + w.pixel_scale[c] * float(A[o]);
+    }
+    const float* D = a.border_offset(y, x);
+    float* dst = a.out + size_t(m - a.m_base) * n;
+    for (int o = 0; o < n; ++o) {
+      float v = a.scale[o] * (sum[o] - D[o]);
       v = v + a.bias[o];
       dst[o] = a.relu ? std::max(v, 0.0f) : v;
     }

@@ -8,10 +8,13 @@
 #include <cmath>
 #include <cstring>
 #include <fstream>
+#include <limits>
 #include <mutex>
+#include <optional>
 #include <nlohmann/json.hpp>
 
 #include "apot/kernels/projection.h"
+#include "apot/kernels/stem.h"
 #include "apot/levels/level_set.h"
 
 namespace apot::runtime {
@@ -26,8 +29,9 @@ struct Layer {
   kernels::PackedConv packed;
   kernels::Requantizer input;
   int max_code = 0;
-  // The float first convolution.
+  // The first convolution: on float input, and on 8-bit pixels (when the normalisation allows).
   kernels::PackedFloatConv packed_float;
+  std::optional<kernels::PackedStem> packed_pixels;
   // The classifier: weights as float integers, [in][out].
   std::vector<float> weights_k_out;
 };
@@ -40,6 +44,8 @@ struct Workspace {
   std::vector<kernels::CodeImage> codes;  // per layer; empty for float layers
   std::vector<float> image_bytes;         // the input image with the stem's zero border
   kernels::FloatImage image;
+  std::vector<uint8_t> pixel_bytes;       // the same as 8-bit pixels, if it is made of them
+  kernels::PixelImage pixels;
   std::vector<float> stem, stream, next, shortcut;
 };
 
@@ -60,6 +66,9 @@ levels::Kind kind_of(uint32_t k) {
 }
 
 }  // namespace
+
+// Pooled rows per band of the ImageNet stem on pixels (its buffer: 2 * 8 + 1 stem rows).
+constexpr int kStemBand = 8;
 
 struct Model::Impl {
   ModelInfo info;
@@ -96,6 +105,11 @@ struct Model::Impl {
     ws->image = {nullptr, info.height, info.width, stem.info.in_channels, stem.info.padding};
     ws->image_bytes.assign(ws->image.floats(), 0.0f);
     ws->image.data = ws->image_bytes.data();
+    if (stem.packed_pixels) {
+      ws->pixels = {nullptr, info.height, info.width, stem.info.in_channels, stem.info.padding};
+      ws->pixel_bytes.assign(ws->pixels.bytes(), 0);
+      ws->pixels.data = ws->pixel_bytes.data();
+    }
     for (auto* v : {&ws->stream, &ws->next, &ws->shortcut}) v->resize(max_feature);
     if (info.spec.stem == levels::Stem::imagenet) ws->stem.resize(max_feature);  // before the max-pool
     return ws;
@@ -171,24 +185,44 @@ struct Model::Impl {
 
   void run_image(const float* image, float* logits, std::vector<std::vector<float>>* taps, const RunOptions& o) const {
     std::unique_ptr<Workspace> ws = acquire();
-    const int c = info.spec.in_channels, H = info.height, W = info.width;
-    for (int y = 0; y < H; ++y)
-      for (int x = 0; x < W; ++x) {
-        float* dst = ws->image.pixel(y, x);
-        for (int ci = 0; ci < c; ++ci) dst[ci] = image[(size_t(ci) * H + y) * W + x];
-      }
     const Layer& stem = layers.front();
     const bool pool = info.spec.stem == levels::Stem::imagenet;
-    timed(o, 0, [&] {
-      kernels::conv_f32(ws->image, stem.packed_float, stem.scale.data(), stem.bias.data(), true,
-                        pool ? ws->stem.data() : ws->stream.data(), o.isa, o.threads);
-    });
     int h = stem.info.out_height, w = stem.info.out_width;
     const int sc = stem.info.out_channels;
-    if (pool) {  // max-pool 3x3, stride 2, padding 1
-      kernels::max_pool_3x3s2(ws->stem.data(), h, w, sc, ws->stream.data(), o.isa);
-      h = (h + 1) / 2;
-      w = (w + 1) / 2;
+    const int ph = (h + 1) / 2, pw = (w + 1) / 2;  // after the max-pool (3x3, stride 2, padding 1)
+    const bool pixels = o.pixel_stem && o.isa == kernels::GemmIsa::avx512_vnni && stem.packed_pixels &&
+                        kernels::to_pixels(image, info.mean, info.std, ws->pixels);
+    if (pixels && pool) {
+      // Bands of pooled rows: the stem rows they need go through a buffer that stays in cache.
+      for (int py0 = 0; py0 < ph; py0 += kStemBand) {
+        const int py1 = std::min(ph, py0 + kStemBand), r0 = std::max(0, 2 * py0 - 1), r1 = std::min(h, 2 * py1);
+        timed(o, 0, [&] {
+          kernels::conv_stem_u8(ws->pixels, *stem.packed_pixels, stem.scale.data(), stem.bias.data(), true,
+                                ws->stem.data(), o.isa, o.threads, r0, r1);
+        });
+        kernels::max_pool_3x3s2(ws->stem.data(), h, w, sc, ws->stream.data(), o.isa, py0, py1, r0);
+      }
+    } else if (pixels) {
+      timed(o, 0, [&] {
+        kernels::conv_stem_u8(ws->pixels, *stem.packed_pixels, stem.scale.data(), stem.bias.data(), true,
+                              ws->stream.data(), o.isa, o.threads);
+      });
+    } else {
+      const int c = info.spec.in_channels, H = info.height, W = info.width;
+      for (int y = 0; y < H; ++y)
+        for (int x = 0; x < W; ++x) {
+          float* dst = ws->image.pixel(y, x);
+          for (int ci = 0; ci < c; ++ci) dst[ci] = image[(size_t(ci) * H + y) * W + x];
+        }
+      timed(o, 0, [&] {
+        kernels::conv_f32(ws->image, stem.packed_float, stem.scale.data(), stem.bias.data(), true,
+                          pool ? ws->stem.data() : ws->stream.data(), o.isa, o.threads);
+      });
+      if (pool) kernels::max_pool_3x3s2(ws->stem.data(), h, w, sc, ws->stream.data(), o.isa);
+    }
+    if (pool) {
+      h = ph;
+      w = pw;
     }
     int channels = sc;
     if (taps) taps->emplace_back(ws->stream.begin(), ws->stream.begin() + size_t(h) * w * channels);
@@ -293,6 +327,12 @@ Model Model::from_bytes(const std::vector<uint8_t>& bytes, const std::string& na
       }
     } else if (r.kind == uint32_t(LayerKind::float_conv)) {
       l.packed_float = kernels::pack_float_conv(w.data(), li.out_channels, li.in_channels, li.kernel, li.stride, li.padding);
+      try {  // a normalisation that does not fit (say, a zero std) leaves only the float path
+        l.packed_pixels = kernels::pack_stem(w.data(), li.out_channels, li.in_channels, li.kernel, li.stride,
+                                             li.padding, info.height, info.width, info.mean, info.std);
+      } catch (const std::invalid_argument&) {
+        l.packed_pixels.reset();
+      }
     } else {
       l.weights_k_out.resize(size_t(K) * li.out_channels);
       for (int o = 0; o < li.out_channels; ++o)
@@ -313,10 +353,12 @@ namespace {
 // logits: refuse such input up front.
 void check_input(const float* input, int batch, size_t image) {
   if (batch < 0) throw std::invalid_argument("negative batch size");
-  const size_t n = size_t(batch) * image;
-  for (size_t i = 0; i < n; ++i)
-    if (!std::isfinite(input[i]))
-      throw std::invalid_argument("input holds a NaN or infinite value (image " + std::to_string(i / image) + ")");
+  for (int b = 0; b < batch; ++b) {
+    const float* x = input + size_t(b) * image;
+    bool finite = true;  // one branch-free pass (vectorised); NaN fails the comparison
+    for (size_t i = 0; i < image; ++i) finite &= std::fabs(x[i]) <= std::numeric_limits<float>::max();
+    if (!finite) throw std::invalid_argument("input holds a NaN or infinite value (image " + std::to_string(b) + ")");
+  }
 }
 }  // namespace
 

@@ -300,6 +300,14 @@ TEST(MaxPool, EveryPathMatchesAPlainLoop) {
         std::vector<float> got(expected.size(), 99.0f);
         apot::kernels::max_pool_3x3s2(in.data(), h, w, c, got.data(), isa);
         ASSERT_EQ(got, expected) << apot::kernels::to_string(isa) << " " << h << "x" << w << "x" << c;
+        // In bands of two output rows, each from a copy of only the input rows it needs.
+        std::vector<float> banded(expected.size(), 99.0f);
+        for (int y0 = 0; y0 < oh; y0 += 2) {
+          const int y1 = std::min(oh, y0 + 2), r0 = std::max(0, 2 * y0 - 1), r1 = std::min(h, 2 * y1);
+          const std::vector<float> band(in.begin() + size_t(r0) * w * c, in.begin() + size_t(r1) * w * c);
+          apot::kernels::max_pool_3x3s2(band.data(), h, w, c, banded.data(), isa, y0, y1, r0);
+        }
+        ASSERT_EQ(banded, expected) << apot::kernels::to_string(isa) << " in bands, " << h << "x" << w << "x" << c;
       }
     }
 }

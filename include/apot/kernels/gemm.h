@@ -144,6 +144,9 @@ void conv_f32(const FloatImage& in, const PackedFloatConv& w, const float* scale
 
 // 3x3 max-pooling with stride 2 and padding 1 (the ImageNet stem) of an h x w x c NHWC map:
 // out[y][x][ch] = the largest in[iy][ix][ch] over the window's pixels inside the map.
-void max_pool_3x3s2(const float* in, int h, int w, int c, float* out, GemmIsa isa = default_gemm_isa());
+// Output rows [y0, y1) only (y1 < 0: to the end), from a band of the map: `in` holds its rows
+// from in_row0 on (at least those the output rows need), `out` the whole output.
+void max_pool_3x3s2(const float* in, int h, int w, int c, float* out, GemmIsa isa = default_gemm_isa(), int y0 = 0,
+                    int y1 = -1, int in_row0 = 0);
 
 }  // namespace apot::kernels

@@ -1,0 +1,147 @@
+// The first layer on 8-bit pixels: packing, the border table, the scalar reference and the
+// choice of path.
+#include "apot/kernels/stem.h"
+
+#include <cmath>
+#include <map>
+#include <stdexcept>
+#include <utility>
+
+#include "gemm_impl.h"
+
+namespace apot::kernels {
+
+namespace {
+// The class of each output row (or column): outputs whose kernel has the same taps inside the
+// image share one. Returns the class per output and the in-image tap range [lo, hi] per class.
+std::pair<std::vector<int>, std::vector<std::pair<int, int>>> classes(int size, int kernel, int stride, int padding) {
+  const int out = (size + 2 * padding - kernel) / stride + 1;
+  std::map<std::pair<int, int>, int> ids;
+  std::vector<std::pair<int, int>> ranges;
+  std::vector<int> cls(size_t(std::max(out, 0)));
+  for (int o = 0; o < out; ++o) {
+    const int first = o * stride - padding;  // the input index under tap 0
+    const std::pair<int, int> range{std::max(0, -first), std::min(kernel - 1, size - 1 - first)};
+    auto [it, added] = ids.emplace(range, int(ranges.size()));
+    if (added) ranges.push_back(range);
+    cls[size_t(o)] = it->second;
+  }
+  return {cls, ranges};
+}
+}  // namespace
+
+PackedStem pack_stem(const int8_t* weights, int out_channels, int in_channels, int kernel, int stride, int padding,
+                     int h, int w, const std::vector<float>& mean, const std::vector<float>& std) {
+  detail::check_shape("pack_stem", out_channels, in_channels, kernel, stride, padding);
+  if (h + 2 * padding < kernel || w + 2 * padding < kernel) throw std::invalid_argument("pack_stem: input smaller than the kernel");
+  if (mean.size() != size_t(in_channels) || std.size() != size_t(in_channels))
+    throw std::invalid_argument("pack_stem: one mean and one std per input channel needed");
+  for (int c = 0; c < in_channels; ++c)
+    if (!std::isfinite(mean[c]) || !std::isfinite(std[c]) || !(std[c] > 0))
+      throw std::invalid_argument("pack_stem: mean and std must be finite, std positive");
+  PackedStem s;
+  s.in_channels = in_channels;
+  s.out_channels = out_channels;
+  s.kernel = kernel;
+  s.stride = stride;
+  s.padding = padding;
+  s.nblocks = (out_channels + 15) / 16;
+  s.groups = (kernel + 3) / 4;
+  s.h = h;
+  s.w = w;
+  const int ld = 16 * s.nblocks;
+  auto W = [&](int n, int ky, int kx, int c) {
+    return weights[((size_t(n) * kernel + ky) * kernel + kx) * in_channels + c];
+  };
+  s.data.assign(size_t(s.nblocks) * in_channels * kernel * s.groups * 64, 0);
+  s.plain.assign(size_t(in_channels) * kernel * kernel * ld, 0);
+  for (int n = 0; n < out_channels; ++n)
+    for (int c = 0; c < in_channels; ++c)
+      for (int ky = 0; ky < kernel; ++ky)
+        for (int kx = 0; kx < kernel; ++kx) {
+          const size_t vec = ((size_t(n / 16) * in_channels + c) * kernel + ky) * s.groups + kx / 4;
+          s.data[vec * 64 + (n % 16) * 4 + kx % 4] = W(n, ky, kx, c);
+          s.plain[((size_t(c) * kernel + ky) * kernel + kx) * ld + n] = W(n, ky, kx, c);
+        }
+  for (int c = 0; c < in_channels; ++c) s.pixel_scale.push_back(float(1.0 / (255.0 * double(std[c]))));
+  const auto [rows, row_ranges] = classes(h, kernel, stride, padding);
+  const auto [cols, col_ranges] = classes(w, kernel, stride, padding);
+  s.row_class = rows;
+  s.col_class = cols;
+  s.col_classes = int(col_ranges.size());
+  s.offset.assign(row_ranges.size() * col_ranges.size() * ld, 0.0f);
+  for (size_t rc = 0; rc < row_ranges.size(); ++rc)
+    for (size_t cc = 0; cc < col_ranges.size(); ++cc)
+      for (int n = 0; n < out_channels; ++n) {
+        double d = 0;
+        for (int c = 0; c < in_channels; ++c) {
+          long inside = 0;
+          for (int ky = row_ranges[rc].first; ky <= row_ranges[rc].second; ++ky)
+            for (int kx = col_ranges[cc].first; kx <= col_ranges[cc].second; ++kx) inside += W(n, ky, kx, c);
+          d += double(mean[c]) / double(std[c]) * double(inside);
+        }
+        s.offset[(rc * col_ranges.size() + cc) * ld + n] = float(d);
+      }
+  return s;
+}
+
+namespace {
+// pixel_of with the scale 255 std and offset 255 mean precomputed; branch-free, so that the
+// loop over an image vectorises. Adding and subtracting 1.5 * 2^23 rounds to the nearest integer
+// (ties to even) for |q| < 2^22; larger q and NaN fail the range test.
+inline int pixel(float x, float s, float m) {
+  const float q = x * s + m;
+  const float p = (q + 12582912.0f) - 12582912.0f;
+  const bool ok = q > -0.5f && q < 255.5f && std::fabs(q - p) <= 1e-3f;
+  return ok ? int(p) : -1;
+}
+}  // namespace
+
+int pixel_of(float x, float mean, float std) { return pixel(x, 255.0f * std, 255.0f * mean); }
+
+bool to_pixels(const float* image, const std::vector<float>& mean, const std::vector<float>& std, const PixelImage& out) {
+  if (mean.size() != size_t(out.c) || std.size() != size_t(out.c))
+    throw std::invalid_argument("to_pixels: one mean and one std per channel needed");
+  const int h = out.h, w = out.w;  // locals: the byte stores below could alias out's fields
+  for (int c = 0; c < out.c; ++c) {
+    const float s = 255.0f * std[c], m = 255.0f * mean[c];
+    for (int y = 0; y < h; ++y) {
+      const float* src = image + (size_t(c) * h + y) * w;
+      uint8_t* dst = out.pixel(c, y, 0);
+      int ok = 1;
+      for (int x = 0; x < w; ++x) {  // pixel() spelled out without branches, so that it vectorises
+        const float q = src[x] * s + m;
+        const float p = (q + 12582912.0f) - 12582912.0f;
+        ok &= int(q > -0.5f) & int(q < 255.5f) & int(std::fabs(q - p) <= 1e-3f);
+        dst[x] = static_cast<uint8_t>(int(std::min(std::max(p, 0.0f), 255.0f)));
+      }
+      if (!ok) return false;
+    }
+  }
+  return true;
+}
+
+namespace detail {
+void stem_rows_scalar(const StemArgs& a, int m0, int m1) { stem_reference(a, m0, m1); }
+}  // namespace detail
+
+void conv_stem_u8(const PixelImage& in, const PackedStem& w, const float* scale, const float* bias, bool relu,
+                  float* out, GemmIsa isa, int threads, int y0, int y1) {
+  if (in.c != w.in_channels || in.h != w.h || in.w != w.w || in.border < w.padding || !in.data || !scale || !bias ||
+      !out)
+    throw std::invalid_argument("conv_stem_u8: input image does not fit the convolution");
+  if (y1 < 0) y1 = w.out_h();
+  if (y0 < 0 || y0 > y1 || y1 > w.out_h()) throw std::invalid_argument("conv_stem_u8: invalid row range");
+  detail::require(isa);
+  detail::StemArgs a{&in, &w, scale, bias, relu, out, w.out_h(), w.out_w(), in.border - w.padding, y0 * w.out_w(),
+                     {}, {}, {}};
+  for (int rc : w.row_class) a.row_offset.push_back(rc * w.col_classes * 16 * w.nblocks);
+  for (int cc : w.col_class) a.col_offset.push_back(cc * 16 * w.nblocks);
+  for (int ky = 0; ky < w.kernel; ++ky)
+    for (int g = 0; g < w.groups; ++g) a.tap_offsets.push_back(ptrdiff_t(ky) * in.padded_w() + 4 * g);
+  detail::StemRows rows = detail::stem_rows_scalar;
+  if (isa == GemmIsa::avx512_vnni) rows = detail::stem_rows_avx512;
+  detail::split_rows(rows, a, y0 * a.ow, y1 * a.ow, threads);
+}
+
+}  // namespace apot::kernels
