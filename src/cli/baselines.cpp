@@ -163,7 +163,6 @@ void OnednnInt8::run(int threads) const {
 }
 
 std::vector<double> OnednnInt8::layer_seconds(int reps) const {
-  omp_set_num_threads(1);
   std::vector<std::vector<double>> samples(impl_->layers);
   for (int r = 0; r < std::max(reps, 1); ++r)
     for (size_t i = 0; i < impl_->primitives.size(); ++i) {

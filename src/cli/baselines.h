@@ -40,8 +40,9 @@ class OnednnInt8 {
   static bool available();  // built with oneDNN
   std::string isa() const;  // the instruction set oneDNN dispatches to
   void run(int threads) const;
-  // Median seconds of each layer's convolution over `reps` runs on one thread (one entry per
-  // layer of enumerate_layers; the classifier, left out, gets 0).
+  // Median seconds of each layer's convolution over `reps` runs (one entry per layer of
+  // enumerate_layers; the classifier, left out, gets 0), on the threads the OpenMP setting
+  // allowed when this object was created (oneDNN fixes them then).
   std::vector<double> layer_seconds(int reps) const;
 
  private:

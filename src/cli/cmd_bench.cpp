@@ -57,6 +57,8 @@ struct Contender {
 nlohmann::json layer_report(const runtime::Model& engine, const std::vector<levels::LayerInfo>& layers, int reps,
                             double peak, bool print) {
   const runtime::ModelInfo& info = engine.info();
+  // One thread for both: oneDNN fixes a primitive's thread count when it is created.
+  torch::set_num_threads(1);
   const torch::Tensor x = random_images(info, 1);
   std::vector<std::vector<double>> samples(layers.size());
   runtime::RunOptions o;

@@ -299,21 +299,21 @@ void stem_tile(const StemArgs& a, int m, int valid, int nb) {
     if (++x == a.ow) x = 0, ++y;
   }
   const int steps = w.kernel * w.groups;  // per channel
-  const size_t block = size_t(C) * steps * 64;  // bytes from one block of 16 channels to the next
-  const size_t plane = a.in->plane();
   __m512i acc[C][R][NB];
   for (int c = 0; c < C; ++c)
     for (int r = 0; r < R; ++r)
       for (int j = 0; j < NB; ++j) acc[c][r][j] = _mm512_setzero_si512();
-  const int8_t* bp = w.data.data() + size_t(nb) * block;
-  const ptrdiff_t* off = a.tap_offsets.data();  // channel 0's
+  // One weight stream for the group of blocks from nb (the vectors of a step at constant offsets).
+  const int8_t* bp = w.data.data() + size_t(nb) * C * steps * 64;
+  const ptrdiff_t* off = a.tap_offsets.data();
 #pragma GCC unroll 1
-  for (int t = 0; t < steps; ++t, bp += 64)
+  for (int t = 0; t < steps; ++t, bp += C * NB * 64, off += C)
     for (int c = 0; c < C; ++c) {
       __m512i b[NB];
-      for (int j = 0; j < NB; ++j) b[j] = _mm512_load_si512(bp + size_t(c) * steps * 64 + j * block);
+      for (int j = 0; j < NB; ++j) b[j] = _mm512_load_si512(bp + (c * NB + j) * 64);
+      const ptrdiff_t o = off[c];
       for (int r = 0; r < R; ++r) {
-        const __m512i av = _mm512_set1_epi32(load4(ap[r] + c * plane + off[t]));
+        const __m512i av = _mm512_set1_epi32(load4(ap[r] + o));
         for (int j = 0; j < NB; ++j) acc[c][r][j] = dpbusd(acc[c][r][j], av, b[j]);
       }
     }

@@ -61,7 +61,7 @@ struct StemArgs {
   bool relu;
   float* out;  // from output pixel m_base on
   int oh, ow, offset, m_base;
-  std::vector<ptrdiff_t> tap_offsets;  // of group g of kernel row ky from base(): [ky * groups + g]
+  std::vector<ptrdiff_t> tap_offsets;  // of step t = ky * groups + g, channel c from base(): [t * C + c]
   std::vector<int> row_offset, col_offset;  // of output row y's / column x's entries in w->offset
   // Channel 0's pixel under tap (0, 0) of output pixel (y, x).
   const uint8_t* base(int y, int x) const {

@@ -3,6 +3,7 @@
 #include "apot/kernels/stem.h"
 
 #include <cmath>
+#include <algorithm>
 #include <map>
 #include <stdexcept>
 #include <utility>
@@ -59,7 +60,9 @@ PackedStem pack_stem(const int8_t* weights, int out_channels, int in_channels, i
     for (int c = 0; c < in_channels; ++c)
       for (int ky = 0; ky < kernel; ++ky)
         for (int kx = 0; kx < kernel; ++kx) {
-          const size_t vec = ((size_t(n / 16) * in_channels + c) * kernel + ky) * s.groups + kx / 4;
+          const int b = n / 16, b0 = b / 4 * 4, NB = std::min(4, s.nblocks - b0);
+          const size_t t = size_t(ky) * s.groups + kx / 4, steps = size_t(kernel) * s.groups;
+          const size_t vec = size_t(b0) * in_channels * steps + (t * in_channels + c) * NB + (b - b0);
           s.data[vec * 64 + (n % 16) * 4 + kx % 4] = W(n, ky, kx, c);
           s.plain[((size_t(c) * kernel + ky) * kernel + kx) * ld + n] = W(n, ky, kx, c);
         }
@@ -138,7 +141,9 @@ void conv_stem_u8(const PixelImage& in, const PackedStem& w, const float* scale,
   for (int rc : w.row_class) a.row_offset.push_back(rc * w.col_classes * 16 * w.nblocks);
   for (int cc : w.col_class) a.col_offset.push_back(cc * 16 * w.nblocks);
   for (int ky = 0; ky < w.kernel; ++ky)
-    for (int g = 0; g < w.groups; ++g) a.tap_offsets.push_back(ptrdiff_t(ky) * in.padded_w() + 4 * g);
+    for (int g = 0; g < w.groups; ++g)
+      for (int c = 0; c < w.in_channels; ++c)
+        a.tap_offsets.push_back(ptrdiff_t(c * in.plane()) + ptrdiff_t(ky) * in.padded_w() + 4 * g);
   detail::StemRows rows = detail::stem_rows_scalar;
   if (isa == GemmIsa::avx512_vnni) rows = detail::stem_rows_avx512;
   detail::split_rows(rows, a, y0 * a.ow, y1 * a.ow, threads);

@@ -30,9 +30,13 @@ struct PixelImage {
 };
 
 // The first layer's weights for an h x w input with the given normalisation, packed for the
-// kernels: groups of four taps kx = 4g .. 4g + 3 of one kernel row (zero past the kernel) in
-// blocks of 16 output channels, one 64-byte vector per (block, channel, ky, g):
-//   data[(((nb * C + c) * kernel + ky) * groups + g) * 64 + (n % 16) * 4 + i] = W[n][ky][4g + i][c]
+// kernels: groups of four taps kx = 4g .. 4g + 3 of one kernel row (zero past the kernel), one
+// 64-byte vector (16 output channels x 4 taps) per (block of 16 output channels, channel c, ky, g).
+// The blocks are taken four at a time (the last group holds the rest, NB blocks); within a group
+// starting at block b0 the vectors are ordered by step t = ky * groups + g, then c, then block:
+//   data[b0 * C * steps * 64 + ((t * C + c) * NB + (n / 16 - b0)) * 64 + (n % 16) * 4 + i]
+//     = W[n][ky][4g + i][c],   steps = kernel * groups
+// so that a kernel tile reads one stream with constant offsets.
 struct PackedStem {
   int in_channels = 0, out_channels = 0, kernel = 1, stride = 1, padding = 0, nblocks = 0, groups = 0;
   int h = 0, w = 0;  // the input size the border table is for
