@@ -364,6 +364,24 @@ void stem_rows_avx512(const StemArgs& a, int m0, int m1) {
   }
 }
 
+// to_pixels' formula, 16 values at a time.
+bool pixel_row_avx512(const float* src, int w, float s, float m, uint8_t* dst) {
+  const __m512 scale = _mm512_set1_ps(s), offset = _mm512_set1_ps(m), magic = _mm512_set1_ps(12582912.0f);
+  const __m512 low = _mm512_set1_ps(-0.5f), high = _mm512_set1_ps(255.5f), tolerance = _mm512_set1_ps(1e-3f);
+  __mmask16 bad = 0;
+  for (int x = 0; x < w; x += 16) {
+    const __mmask16 mask = lane_mask(w - x);
+    const __m512 q = _mm512_add_ps(_mm512_mul_ps(_mm512_maskz_loadu_ps(mask, src + x), scale), offset);
+    const __m512 p = _mm512_sub_ps(_mm512_add_ps(q, magic), magic);
+    const __mmask16 in_range = _mm512_cmp_ps_mask(q, low, _CMP_GT_OQ) & _mm512_cmp_ps_mask(q, high, _CMP_LT_OQ);
+    const __mmask16 near = _mm512_cmp_ps_mask(_mm512_abs_ps(_mm512_sub_ps(q, p)), tolerance, _CMP_LE_OQ);
+    bad |= mask & ~(in_range & near);
+    const __m512i pixels = _mm512_cvttps_epi32(_mm512_maskz_mov_ps(in_range, p));
+    _mm_mask_storeu_epi8(dst + x, mask, _mm512_cvtepi32_epi8(pixels));
+  }
+  return bad == 0;
+}
+
 int32_t peak_probe_avx512_vnni(long iterations) {
   __m512i acc[16];
   for (int i = 0; i < 16; ++i) acc[i] = _mm512_set1_epi32(i);

@@ -75,6 +75,8 @@ struct StemArgs {
 using StemRows = void (*)(const StemArgs& a, int m0, int m1);
 void stem_rows_scalar(const StemArgs& a, int m0, int m1);
 void stem_rows_avx512(const StemArgs& a, int m0, int m1);
+// One row of to_pixels (s = 255 std, m = 255 mean): false if a value is not a pixel.
+bool pixel_row_avx512(const float* src, int w, float s, float m, uint8_t* dst);
 
 // Runs rows(a, m0, m1) over [begin, end) on up to `threads` OpenMP threads in chunks of whole
 // 48-pixel groups (a multiple of every kernel's tile height).

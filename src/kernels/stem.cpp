@@ -102,21 +102,28 @@ inline int pixel(float x, float s, float m) {
 
 int pixel_of(float x, float mean, float std) { return pixel(x, 255.0f * std, 255.0f * mean); }
 
-bool to_pixels(const float* image, const std::vector<float>& mean, const std::vector<float>& std, const PixelImage& out) {
+bool to_pixels(const float* image, const std::vector<float>& mean, const std::vector<float>& std, const PixelImage& out,
+               GemmIsa isa) {
   if (mean.size() != size_t(out.c) || std.size() != size_t(out.c))
     throw std::invalid_argument("to_pixels: one mean and one std per channel needed");
+  detail::require(isa);
   const int h = out.h, w = out.w;  // locals: the byte stores below could alias out's fields
   for (int c = 0; c < out.c; ++c) {
     const float s = 255.0f * std[c], m = 255.0f * mean[c];
     for (int y = 0; y < h; ++y) {
       const float* src = image + (size_t(c) * h + y) * w;
       uint8_t* dst = out.pixel(c, y, 0);
+      if (isa == GemmIsa::avx512_vnni) {
+        if (!detail::pixel_row_avx512(src, w, s, m, dst)) return false;
+        continue;
+      }
       int ok = 1;
       for (int x = 0; x < w; ++x) {  // pixel() spelled out without branches, so that it vectorises
         const float q = src[x] * s + m;
         const float p = (q + 12582912.0f) - 12582912.0f;
-        ok &= int(q > -0.5f) & int(q < 255.5f) & int(std::fabs(q - p) <= 1e-3f);
-        dst[x] = static_cast<uint8_t>(int(std::min(std::max(p, 0.0f), 255.0f)));
+        const int in_range = int(q > -0.5f) & int(q < 255.5f);  // then 0 <= p <= 255
+        ok &= in_range & int(std::fabs(q - p) <= 1e-3f);
+        dst[x] = static_cast<uint8_t>(int(in_range ? p : 0.0f));
       }
       if (!ok) return false;
     }

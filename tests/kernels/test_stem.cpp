@@ -166,14 +166,23 @@ TEST(Stem, ToPixelsRecoversAnImage) {
       const size_t at = size_t(c) * p.h * p.w + i;
       image[at] = (float(p.pixels[at]) / 255.0f - p.mean[c]) / p.std[c];
     }
-  Pixels want(p, 2), got(p, 2);
-  std::fill(got.bytes.begin(), got.bytes.end(), uint8_t{0});
-  EXPECT_TRUE(apot::kernels::to_pixels(image.data(), p.mean, p.std, got.view));
-  EXPECT_EQ(got.bytes, want.bytes);  // the interior filled, the border untouched
-  image[17] += 0.3f / 255.0f / p.std[0];  // off the 8-bit grid
-  EXPECT_FALSE(apot::kernels::to_pixels(image.data(), p.mean, p.std, got.view));
-  image[17] = std::nanf("");
-  EXPECT_FALSE(apot::kernels::to_pixels(image.data(), p.mean, p.std, got.view));
+  for (GemmIsa isa : apot::kernels::supported_gemm_isas()) {
+    std::vector<float> x = image;
+    Pixels want(p, 2), got(p, 2);
+    std::fill(got.bytes.begin(), got.bytes.end(), uint8_t{0});
+    EXPECT_TRUE(apot::kernels::to_pixels(x.data(), p.mean, p.std, got.view, isa));
+    EXPECT_EQ(got.bytes, want.bytes) << apot::kernels::to_string(isa);  // the interior filled, the border untouched
+    for (size_t at : {size_t(0), size_t(17), x.size() - 1}) {  // first, inside a row's vector, last
+      const float keep = x[at];
+      for (float bad : {keep + 0.3f / 255.0f / p.std[0], std::nanf(""), INFINITY, (-1.0f / 255.0f - p.mean[0]) / p.std[0]}) {
+        x[at] = bad;
+        EXPECT_FALSE(apot::kernels::to_pixels(x.data(), p.mean, p.std, got.view, isa))
+            << apot::kernels::to_string(isa) << " value " << bad << " at " << at;
+      }
+      x[at] = keep;
+    }
+  }
+  Pixels got(p, 2);
   EXPECT_THROW(apot::kernels::to_pixels(image.data(), {0.5f}, p.std, got.view), std::invalid_argument);
 }
 

@@ -71,7 +71,8 @@ int pixel_of(float x, float mean, float std);
 
 // The pixels of a normalised C x H x W float image (C = out.c, H x W = out.h x out.w) into the
 // interior of `out`: true if every value is an 8-bit pixel (pixel_of), false (out unspecified)
-// otherwise.
-bool to_pixels(const float* image, const std::vector<float>& mean, const std::vector<float>& std, const PixelImage& out);
+// otherwise. Every path gives the same answer and, when it is true, the same pixels.
+bool to_pixels(const float* image, const std::vector<float>& mean, const std::vector<float>& std, const PixelImage& out,
+               GemmIsa isa = default_gemm_isa());
 
 }  // namespace apot::kernels
