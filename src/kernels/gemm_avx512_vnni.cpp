@@ -81,6 +81,15 @@ struct Search {
   }
 };
 
+// A weight vector, and a prefetch of the one 1 KiB further down its stream: a layer's weights
+// come from L3 (or memory) on the first pass over them, and the prefetch hides that (single
+// layers with cold caches: 56x56, 64 channels 0.60 -> 0.55 ms; 14x14, 256 channels 0.58 ->
+// 0.52 ms; no change with warm caches).
+inline __m512i load_weights(const int8_t* p) {
+  _mm_prefetch(reinterpret_cast<const char*>(p + 1024), _MM_HINT_T0);
+  return _mm512_load_si512(p);
+}
+
 inline __mmask16 lane_mask(int count) { return static_cast<__mmask16>(count >= 16 ? 0xFFFF : (1u << count) - 1); }
 
 struct Epilogue {
@@ -143,7 +152,7 @@ void tile(const ConvArgs& a, const Epilogue& epilogue, int y, int x, int valid, 
 #pragma GCC unroll 1
       for (int c4 = 0; c4 < cs4; ++c4, bp += bstep, p += 4) {
         __m512i b[NB];
-        for (int j = 0; j < NB; ++j) b[j] = _mm512_load_si512(bp + j * bs);
+        for (int j = 0; j < NB; ++j) b[j] = load_weights(bp + j * bs);
         for (int r = 0; r < R; ++r) {
           const __m512i av = _mm512_set1_epi32(load4(p + r * S * CS));
           for (int j = 0; j < NB; ++j) acc[r][j] = dpbusd(acc[r][j], av, b[j]);
@@ -152,7 +161,7 @@ void tile(const ConvArgs& a, const Epilogue& epilogue, int y, int x, int valid, 
     } else {
       for (int c4 = 0; c4 < cs4; ++c4, bp += bstep) {
         __m512i b[NB];
-        for (int j = 0; j < NB; ++j) b[j] = _mm512_load_si512(bp + j * bs);
+        for (int j = 0; j < NB; ++j) b[j] = load_weights(bp + j * bs);
         for (int r = 0; r < R; ++r) {
           const __m512i av = _mm512_set1_epi32(load4(ap[r] + off + 4 * c4));
           for (int j = 0; j < NB; ++j) acc[r][j] = dpbusd(acc[r][j], av, b[j]);
