@@ -280,7 +280,7 @@ TEST(MaxPool, EveryPathMatchesAPlainLoop) {
   std::mt19937 rng(17);
   std::uniform_real_distribution<float> u(-3.0f, 3.0f);
   for (auto [h, w] : {std::pair{1, 1}, std::pair{2, 3}, std::pair{7, 8}, std::pair{112, 9}})
-    for (int c : {1, 16, 20, 64}) {
+    for (int c : {1, 16, 20, 64, 70, 130}) {
       std::vector<float> in(size_t(h) * w * c);
       for (auto& v : in) v = u(rng);
       const int oh = (h + 1) / 2, ow = (w + 1) / 2;
