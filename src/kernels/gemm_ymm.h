@@ -13,9 +13,33 @@
 namespace apot::kernels::detail {
 namespace {
 
+// The consumer's code table for vpshufb: codes[0..15] and codes[16..31] (up to 32 levels), each
+// in both 128-bit lanes.
+struct CodeTable {
+  __m256i lo, hi;
+  explicit CodeTable(const Requantizer* q) {
+    alignas(32) uint8_t t[64] = {};
+    if (q)
+      for (size_t i = 0; i < q->codes.size() && i < 32; ++i) t[(i / 16) * 32 + i % 16] = t[(i / 16) * 32 + 16 + i % 16] = q->codes[i];
+    lo = _mm256_load_si256(reinterpret_cast<const __m256i*>(t));
+    hi = _mm256_load_si256(reinterpret_cast<const __m256i*>(t + 32));
+  }
+
+  // The codes of level indices (0..31) of channels 0-7 (i0) and 8-15 (i1), in channel order.
+  __m128i lookup(__m256i i0, __m256i i1) const {
+    // Packing interleaves the 128-bit lanes: bytes 0-7 of lane 0 are channels 0-3, 8-11, of
+    // lane 1 channels 4-7, 12-15.
+    const __m256i words = _mm256_packus_epi32(i0, i1);
+    const __m256i bytes = _mm256_packus_epi16(words, words);
+    const __m256i wide = _mm256_cmpgt_epi8(bytes, _mm256_set1_epi8(15));
+    const __m256i c = _mm256_blendv_epi8(_mm256_shuffle_epi8(lo, bytes), _mm256_shuffle_epi8(hi, bytes), wide);
+    return _mm_unpacklo_epi32(_mm256_castsi256_si128(c), _mm256_extracti128_si256(c, 1));
+  }
+};
+
 // The epilogue of 16 channels, as epilogue_scalar: the float arithmetic in the same order, the
-// level index as a count of thresholds <= v (compare masks are -1), the codes looked up per lane.
-void epilogue16(const ConvArgs& a, int p, int y, int x, int n0, const __m256i acc[2]) {
+// level index as a count of thresholds <= v (compare masks are -1), the codes by table lookup.
+void epilogue16(const ConvArgs& a, const CodeTable& table, int p, int y, int x, int n0, const __m256i acc[2]) {
   const ConvOutput& o = *a.out;
   const size_t at = size_t(p) * a.w->out_channels + n0;
   __m256 v[2];
@@ -35,16 +59,12 @@ void epilogue16(const ConvArgs& a, int p, int y, int x, int n0, const __m256i ac
     for (int h = 0; h < 2; ++h)
       index[h] = _mm256_sub_epi32(index[h], _mm256_castps_si256(_mm256_cmp_ps(v[h], tv, _CMP_GE_OQ)));
   }
-  alignas(32) int32_t lanes[16];
-  _mm256_store_si256(reinterpret_cast<__m256i*>(lanes), index[0]);
-  _mm256_store_si256(reinterpret_cast<__m256i*>(lanes + 8), index[1]);
-  uint8_t* codes = o.codes.pixel(y, x) + n0;
-  for (int i = 0; i < 16; ++i) codes[i] = q.codes[size_t(lanes[i])];
+  _mm_storeu_si128(reinterpret_cast<__m128i*>(o.codes.pixel(y, x) + n0), table.lookup(index[0], index[1]));
 }
 
 // R output pixels (the first `valid` are real) x 16 output channels from block nb.
 template <int R, typename Dot>
-void tile(const ConvArgs& a, int m, int valid, int nb) {
+void tile(const ConvArgs& a, const CodeTable& table, int m, int valid, int nb) {
   const PackedConv& w = *a.w;
   const uint8_t* ap[R];
   int ys[R], xs[R];
@@ -80,15 +100,16 @@ void tile(const ConvArgs& a, int m, int valid, int nb) {
       _mm256_store_si256(reinterpret_cast<__m256i*>(lanes + 8), acc[r][1]);
       epilogue_scalar(a, m + r, ys[r], xs[r], n0, count, lanes);
     } else {
-      epilogue16(a, m + r, ys[r], xs[r], n0, acc[r]);
+      epilogue16(a, table, m + r, ys[r], xs[r], n0, acc[r]);
     }
   }
 }
 
 template <int R, typename Dot>
 void ymm_rows(const ConvArgs& a, int m0, int m1) {
+  const CodeTable table(a.out->requantizer);
   for (int nb = 0; nb < a.w->nblocks; ++nb)
-    for (int m = m0; m < m1; m += R) tile<R, Dot>(a, m, std::min(R, m1 - m), nb);
+    for (int m = m0; m < m1; m += R) tile<R, Dot>(a, table, m, std::min(R, m1 - m), nb);
 }
 
 // The inner instruction alone: 8 independent accumulators, a new operand every round (nothing

@@ -64,12 +64,13 @@ Image input_image(const Problem& p, int extra_border = 0) {
   return im;
 }
 
-// 4-bit APoT activation codes and thresholds spread over the range of the epilogue values.
-apot::kernels::Requantizer requantizer() {
+// `levels` activation codes (16: 4-bit) and thresholds spread over the range of the epilogue
+// values.
+apot::kernels::Requantizer requantizer(int levels = 16) {
   std::vector<float> t;
   std::vector<uint8_t> codes{0};
-  for (int i = 0; i < 15; ++i) {
-    t.push_back(-0.5f + 0.1f * float(i));
+  for (int i = 0; i + 1 < levels; ++i) {
+    t.push_back(-0.5f + 1.5f * float(i) / float(levels - 1));
     codes.push_back(static_cast<uint8_t>(3 * (i + 1)));
   }
   return apot::kernels::make_requantizer(t, codes);
@@ -81,10 +82,11 @@ struct Result {
   std::vector<uint8_t> codes;  // the whole bordered output image
 };
 
-Result run(const Problem& p, GemmIsa isa, bool residual, bool relu, int threads = 1, int extra_border = 0) {
+Result run(const Problem& p, GemmIsa isa, bool residual, bool relu, int threads = 1, int extra_border = 0,
+           int levels = 16) {
   const Image in = input_image(p, extra_border);
   const auto packed = apot::kernels::pack_conv(p.W.data(), p.n, p.c, p.k, p.stride, p.pad);
-  const auto q = requantizer();
+  const auto q = requantizer(levels);
   Result r;
   r.acc.assign(size_t(p.oh()) * p.ow() * p.n, -7);
   r.values.assign(r.acc.size(), -7.0f);
@@ -153,6 +155,18 @@ TEST(Conv, EveryPathMatchesTheReferenceOnManyShapes) {
               ASSERT_EQ(got.codes, ref.codes) << what;
             }
           }
+}
+
+// The epilogues' code lookups (permutes, byte shuffles) for every level count from 2 to 32.
+TEST(Conv, EveryPathMatchesTheReferenceForEveryLevelCount) {
+  for (int levels = 2; levels <= 32; ++levels)
+    for (int n : {32, 20}) {
+      const Problem p = make(6, 7, 16, n, 3, 1, 48, 10, 300 + unsigned(levels));
+      const Result ref = run(p, GemmIsa::scalar, true, true, 1, 0, levels);
+      for (GemmIsa isa : apot::kernels::supported_gemm_isas())
+        ASSERT_EQ(run(p, isa, true, true, 1, 0, levels).codes, ref.codes)
+            << apot::kernels::to_string(isa) << " " << levels << " levels, " << n << " channels";
+    }
 }
 
 TEST(Conv, RequantizeMatchesTheProjectionKernels) {
