@@ -94,7 +94,7 @@ void split_rows(void (*rows)(const Args&, int, int), const Args& a, int begin, i
 // The peak probes: `iterations` rounds of independent multiply-accumulates; return a value
 // that depends on all of them. MACs per round: peak_macs_per_round_*.
 constexpr long peak_macs_per_round_avx512 = 16L * 64;
-constexpr long peak_macs_per_round_ymm = 8L * 32;
+constexpr long peak_macs_per_round_ymm = 6L * 32;
 int32_t peak_probe_avx512_vnni(long iterations);
 int32_t peak_probe_avx2(long iterations);
 int32_t peak_probe_avx_vnni(long iterations);

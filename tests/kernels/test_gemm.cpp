@@ -241,7 +241,7 @@ TEST(FloatConv, EveryPathMatchesAPlainConvolution) {
   std::mt19937 rng(11);
   std::uniform_real_distribution<float> u(-2.0f, 2.0f);
   for (auto [k, stride] : {std::pair{3, 1}, std::pair{7, 2}, std::pair{1, 1}})
-    for (int n : {5, 16, 64, 70})
+    for (int n : {5, 8, 13, 16, 24, 64, 70})
       for (auto [h, w] : {std::pair{9, 7}, std::pair{16, 16}}) {
         const int c = 3, pad = k / 2, oh = (h + 2 * pad - k) / stride + 1, ow = (w + 2 * pad - k) / stride + 1;
         std::vector<float> x(size_t(h) * w * c), scale(n), bias(n);
@@ -273,11 +273,16 @@ TEST(FloatConv, EveryPathMatchesAPlainConvolution) {
               const double expected = std::max(scale[o] * sum + bias[o], 0.0);
               ASSERT_NEAR(ref[(size_t(y) * ow + xx) * n + o], expected, 1e-4 * (1 + std::abs(scale[o]) * 200 * k * k));
             }
+        std::vector<float> linear(ref.size());  // without the ReLU
+        apot::kernels::conv_f32(in, packed, scale.data(), bias.data(), false, linear.data(), GemmIsa::scalar);
+        for (size_t i = 0; i < ref.size(); ++i) ASSERT_EQ(ref[i], std::max(linear[i], 0.0f));
         for (GemmIsa isa : apot::kernels::supported_gemm_isas())
           for (int threads : {1, 2}) {
             std::vector<float> got(ref.size(), -1.0f);
             apot::kernels::conv_f32(in, packed, scale.data(), bias.data(), true, got.data(), isa, threads);
             ASSERT_EQ(got, ref) << apot::kernels::to_string(isa) << " k" << k << " n" << n;
+            apot::kernels::conv_f32(in, packed, scale.data(), bias.data(), false, got.data(), isa, threads);
+            ASSERT_EQ(got, linear) << apot::kernels::to_string(isa) << " k" << k << " n" << n << " without ReLU";
           }
       }
 }
