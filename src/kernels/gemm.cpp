@@ -155,7 +155,8 @@ void conv_u8s8(const CodeImage& in, const PackedConv& w, int max_code, const Con
     for (int kx = 0; kx < w.kernel; ++kx) a.tap_offsets.push_back((ptrdiff_t(ky) * in.padded_w() + kx) * in.cs);
   detail::ConvRows rows = detail::conv_rows_scalar;
   if (isa == GemmIsa::avx512_vnni) rows = detail::conv_rows_avx512_vnni;
-  if (isa == GemmIsa::avx2 && 2 * max_code * w.max_abs <= 32767) rows = detail::conv_rows_avx2;
+  if (isa == GemmIsa::avx2 && 2 * max_code * w.max_abs <= 32767)
+    rows = 4 * max_code * w.max_abs <= 32767 ? detail::conv_rows_avx2_pairs : detail::conv_rows_avx2;
   if (isa == GemmIsa::avx_vnni) rows = has_avx_vnni() ? detail::conv_rows_avx_vnni : detail::conv_rows_avx_vnni_evex;
   detail::split_rows(rows, a, 0, a.oh * a.ow, threads);
 }

@@ -6,6 +6,7 @@ namespace apot::kernels::detail {
 namespace {
 struct VexDot {
   static __m256i add(__m256i acc, __m256i a, __m256i b) { return _mm256_dpbusd_avx_epi32(acc, a, b); }
+  static __m256i add2(__m256i acc, __m256i a, __m256i b, __m256i c, __m256i d) { return add(add(acc, a, b), c, d); }
 };
 }  // namespace
 

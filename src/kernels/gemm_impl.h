@@ -31,7 +31,8 @@ struct ConvArgs {
 
 using ConvRows = void (*)(const ConvArgs& a, int m0, int m1);
 void conv_rows_scalar(const ConvArgs& a, int m0, int m1);
-void conv_rows_avx2(const ConvArgs& a, int m0, int m1);
+void conv_rows_avx2(const ConvArgs& a, int m0, int m1);        // 2 * max code * max|W| <= 32767
+void conv_rows_avx2_pairs(const ConvArgs& a, int m0, int m1);  // 4 * max code * max|W| <= 32767
 void conv_rows_avx_vnni(const ConvArgs& a, int m0, int m1);       // VEX (AVX-VNNI)
 void conv_rows_avx_vnni_evex(const ConvArgs& a, int m0, int m1);  // the same kernel, EVEX (AVX-512 VNNI + VL)
 void conv_rows_avx512_vnni(const ConvArgs& a, int m0, int m1);

@@ -1,7 +1,8 @@
 // The 256-bit convolution kernel shared by the AVX2 path (vpmaddubsw + vpmaddwd + vpaddd) and
 // the 256-bit VNNI path (vpdpbusd on ymm, VEX-encoded for AVX-VNNI CPUs or EVEX-encoded on
 // AVX-512 VNNI ones): R pixels x 16 output channels (two ymm) per tile, the epilogue vectorised
-// over 8 lanes. `Dot::add(acc, a, b)` adds the four u8 x s8 products of each 32-bit lane.
+// over 8 lanes. `Dot::add(acc, a, b)` adds the four u8 x s8 products of each 32-bit lane,
+// `Dot::add2(acc, a, b, c, d)` those of a x b and c x d.
 // Included by one file per instruction set, each compiled with its own flags: everything here
 // has internal linkage so that no copy is shared between them.
 #pragma once
@@ -62,8 +63,9 @@ void epilogue16(const ConvArgs& a, const CodeTable& table, int p, int y, int x, 
   _mm_storeu_si128(reinterpret_cast<__m128i*>(o.codes.pixel(y, x) + n0), table.lookup(index[0], index[1]));
 }
 
-// R output pixels (the first `valid` are real) x 16 output channels from block nb.
-template <int R, typename Dot>
+// R output pixels (the first `valid` are real) x 16 output channels from block nb; Pairs: two
+// groups of four input channels per step through Dot::add2.
+template <int R, typename Dot, bool Pairs>
 void tile(const ConvArgs& a, const CodeTable& table, int m, int valid, int nb) {
   const PackedConv& w = *a.w;
   const uint8_t* ap[R];
@@ -81,7 +83,20 @@ void tile(const ConvArgs& a, const CodeTable& table, int m, int valid, int nb) {
   const int taps = w.kernel * w.kernel, cs4 = w.cs / 4;
   for (int t = 0; t < taps; ++t) {
     const ptrdiff_t off = a.tap_offsets[t];
-    for (int c4 = 0; c4 < cs4; ++c4, bp += bstep) {
+    int c4 = 0;
+    for (; Pairs && c4 + 1 < cs4; c4 += 2, bp += 2 * bstep) {  // two groups of four channels per step
+      const __m256i b0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(bp));
+      const __m256i b1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(bp + 32));
+      const __m256i c0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(bp + bstep));
+      const __m256i c1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(bp + bstep + 32));
+      for (int r = 0; r < R; ++r) {
+        const __m256i av = _mm256_set1_epi32(load4(ap[r] + off + 4 * c4));
+        const __m256i aw = _mm256_set1_epi32(load4(ap[r] + off + 4 * c4 + 4));
+        acc[r][0] = Dot::add2(acc[r][0], av, b0, aw, c0);
+        acc[r][1] = Dot::add2(acc[r][1], av, b1, aw, c1);
+      }
+    }
+    for (; c4 < cs4; ++c4, bp += bstep) {
       const __m256i b0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(bp));
       const __m256i b1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(bp + 32));
       for (int r = 0; r < R; ++r) {
@@ -105,11 +120,11 @@ void tile(const ConvArgs& a, const CodeTable& table, int m, int valid, int nb) {
   }
 }
 
-template <int R, typename Dot>
+template <int R, typename Dot, bool Pairs = true>
 void ymm_rows(const ConvArgs& a, int m0, int m1) {
   const CodeTable table(a.out->requantizer);
   for (int nb = 0; nb < a.w->nblocks; ++nb)
-    for (int m = m0; m < m1; m += R) tile<R, Dot>(a, table, m, std::min(R, m1 - m), nb);
+    for (int m = m0; m < m1; m += R) tile<R, Dot, Pairs>(a, table, m, std::min(R, m1 - m), nb);
 }
 
 // The inner instruction alone: 6 independent accumulators, a new operand every round (nothing

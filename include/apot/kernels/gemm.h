@@ -97,7 +97,8 @@ struct ConvOutput {
 
 // Convolution of `in` (whose border must be at least w.padding and whose cs must equal w.cs)
 // with max_code an upper bound of the input codes (the AVX2 path needs
-// 2 * max_code * max|W| <= 32767 and falls back to the reference otherwise). threads > 1
+// 2 * max_code * max|W| <= 32767 and falls back to the reference otherwise; with
+// 4 * max_code * max|W| <= 32767 it adds two int16 pair sums before widening). threads > 1
 // splits the output pixels over that many OpenMP threads.
 void conv_u8s8(const CodeImage& in, const PackedConv& w, int max_code, const ConvOutput& out,
                GemmIsa isa = default_gemm_isa(), int threads = 1);
