@@ -2,8 +2,8 @@
 // choice of path.
 #include "apot/kernels/stem.h"
 
-#include <cmath>
 #include <algorithm>
+#include <cmath>
 #include <map>
 #include <stdexcept>
 #include <utility>
