@@ -162,7 +162,7 @@ void OnednnInt8::run(int threads) const {
   impl_->stream.wait();
 }
 
-std::vector<double> OnednnInt8::layer_seconds(int reps) const {
+std::vector<std::vector<double>> OnednnInt8::layer_samples(int reps) const {
   std::vector<std::vector<double>> samples(impl_->layers);
   for (int r = 0; r < std::max(reps, 1); ++r)
     for (size_t i = 0; i < impl_->primitives.size(); ++i) {
@@ -172,13 +172,7 @@ std::vector<double> OnednnInt8::layer_seconds(int reps) const {
       const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
       if (impl_->layer[i] >= 0) samples[size_t(impl_->layer[i])].push_back(s);
     }
-  std::vector<double> out(impl_->layers, 0.0);
-  for (size_t l = 0; l < out.size(); ++l)
-    if (!samples[l].empty()) {
-      std::nth_element(samples[l].begin(), samples[l].begin() + samples[l].size() / 2, samples[l].end());
-      out[l] = samples[l][samples[l].size() / 2];
-    }
-  return out;
+  return samples;
 }
 
 #else  // built without oneDNN
@@ -191,7 +185,7 @@ OnednnInt8::~OnednnInt8() = default;
 bool OnednnInt8::available() { return false; }
 std::string OnednnInt8::isa() const { return "none"; }
 void OnednnInt8::run(int) const {}
-std::vector<double> OnednnInt8::layer_seconds(int) const { return {}; }
+std::vector<std::vector<double>> OnednnInt8::layer_samples(int) const { return {}; }
 
 #endif
 

@@ -40,10 +40,10 @@ class OnednnInt8 {
   static bool available();  // built with oneDNN
   std::string isa() const;  // the instruction set oneDNN dispatches to
   void run(int threads) const;
-  // Median seconds of each layer's convolution over `reps` runs (one entry per layer of
-  // enumerate_layers; the classifier, left out, gets 0), on the threads the OpenMP setting
-  // allowed when this object was created (oneDNN fixes them then).
-  std::vector<double> layer_seconds(int reps) const;
+  // Seconds of each layer's convolution in each of `reps` runs (one list per layer of
+  // enumerate_layers; the classifier's, left out, stays empty), on the threads the OpenMP
+  // setting allowed when this object was created (oneDNN fixes them then).
+  std::vector<std::vector<double>> layer_samples(int reps) const;
 
  private:
   struct Impl;

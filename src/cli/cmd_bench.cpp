@@ -68,8 +68,8 @@ nlohmann::json layer_report(const runtime::Model& engine, const std::vector<leve
     engine.run(x.data_ptr<float>(), 1, o);
     for (size_t i = 0; i < layers.size(); ++i) samples[i].push_back(seconds[i]);
   }
-  std::vector<double> int8;
-  if (OnednnInt8::available()) int8 = OnednnInt8(info.spec, info.height, info.width, 1).layer_seconds(std::max(reps, 5));
+  std::vector<std::vector<double>> int8;
+  if (OnednnInt8::available()) int8 = OnednnInt8(info.spec, info.height, info.width, 1).layer_samples(std::max(reps, 5));
   nlohmann::json out = nlohmann::json::array();
   if (print)
     fmt::print("  per layer (batch 1, 1 thread; peak {:.1f} G MAC/s){}:\n", peak,
@@ -84,7 +84,7 @@ nlohmann::json layer_report(const runtime::Model& engine, const std::vector<leve
                        {"share_of_peak", peak > 0 && !l.first ? gmacs / peak : 0.0}};
     std::string theirs;
     if (!int8.empty()) {
-      const double ims = int8[i] * 1e3;
+      const double ims = median(int8[i]) * 1e3;
       int8_total_ms += ims;
       row["onednn_int8_ms"] = ims;
       theirs = fmt::format(" | {:8.4f} ms {:6.1f} G MAC/s", ims, l.macs() / (ims * 1e-3) / 1e9);

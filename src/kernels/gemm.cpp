@@ -194,10 +194,15 @@ void max_pool_3x3s2(const float* in, int h, int w, int c, float* out, GemmIsa is
   require(isa);
   if (isa == GemmIsa::avx512_vnni) return detail::max_pool_avx512(in, h, w, c, out, y0, y1, in_row0);
   for (int y = y0; y < y1; ++y)
-    for (int x = 0; x < ow; ++x)
-      detail::max_pool_pixel(in, h, w, c, out, y, x, in_row0, [c](float* d, const float* s, bool first) {
-        for (int ch = 0; ch < c; ++ch) d[ch] = first || d[ch] < s[ch] ? s[ch] : d[ch];
-      });
+    for (int x = 0; x < ow; ++x) {
+      float* d = out + (size_t(y) * ow + x) * c;
+      bool first = true;
+      for (int iy = std::max(0, 2 * y - 1); iy <= std::min(h - 1, 2 * y + 1); ++iy)
+        for (int ix = std::max(0, 2 * x - 1); ix <= std::min(w - 1, 2 * x + 1); ++ix, first = false) {
+          const float* s = in + (size_t(iy - in_row0) * w + ix) * c;
+          for (int ch = 0; ch < c; ++ch) d[ch] = first || d[ch] < s[ch] ? s[ch] : d[ch];
+        }
+    }
 }
 
 PackedFloatConv pack_float_conv(const int8_t* weights, int out_channels, int in_channels, int kernel, int stride,

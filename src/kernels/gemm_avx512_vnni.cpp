@@ -330,8 +330,7 @@ void stem_tile(const StemArgs& a, int m, int valid, int nb) {
     const int n0 = (nb + j) * 16;
     const __mmask16 mask = lane_mask(w.out_channels - n0);
     const __m512 scale = _mm512_maskz_loadu_ps(mask, a.scale + n0), bias = _mm512_maskz_loadu_ps(mask, a.bias + n0);
-    for (int r = 0; r < R; ++r) {
-      if (r >= valid) break;
+    for (int r = 0; r < valid; ++r) {
       __m512 sum = _mm512_setzero_ps();
       for (int c = 0; c < C; ++c)
         sum = _mm512_add_ps(sum, _mm512_mul_ps(_mm512_set1_ps(w.pixel_scale[size_t(c)]), _mm512_cvtepi32_ps(acc[c][r][j])));

@@ -63,14 +63,13 @@ struct StemArgs {
   float* out;  // from output pixel m_base on
   int oh, ow, offset, m_base;
   std::vector<ptrdiff_t> tap_offsets;  // of step t = ky * groups + g, channel c from base(): [t * C + c]
-  std::vector<int> row_offset, col_offset;  // of output row y's / column x's entries in w->offset
   // Channel 0's pixel under tap (0, 0) of output pixel (y, x).
   const uint8_t* base(int y, int x) const {
     return in->data + size_t(y * w->stride + offset) * in->padded_w() + size_t(x * w->stride + offset);
   }
   // D of output pixel (y, x), 16 * nblocks entries.
   const float* border_offset(int y, int x) const {
-    return w->offset.data() + row_offset[size_t(y)] + col_offset[size_t(x)];
+    return w->offset.data() + w->row_offset[size_t(y)] + w->col_offset[size_t(x)];
   }
 };
 using StemRows = void (*)(const StemArgs& a, int m0, int m1);
@@ -131,23 +130,10 @@ inline void epilogue_scalar(const ConvArgs& a, int p, int y, int x, int n0, int 
   }
 }
 
-// Max-pooling, one output pixel: the window's pixels inside the map (`in` from row in_row0 on),
-// op(dst, src, first) folding the channels of src into dst.
-template <typename Op>
-inline void max_pool_pixel(const float* in, int h, int w, int c, float* out, int y, int x, int in_row0, Op op) {
-  float* d = out + (size_t(y) * ((w + 1) / 2) + x) * c;
-  bool first = true;
-  for (int iy = std::max(0, 2 * y - 1); iy <= std::min(h - 1, 2 * y + 1); ++iy)
-    for (int ix = std::max(0, 2 * x - 1); ix <= std::min(w - 1, 2 * x + 1); ++ix) {
-      op(d, in + (size_t(iy - in_row0) * w + ix) * c, first);
-      first = false;
-    }
-}
-
 // The float first layer, one pixel at a time: acc = fma(x, w, acc) over taps and channels in
 // row order (fma rounds once, as the AVX-512 kernel's vfmadd does), then scale and bias rounded
-// separately. The scalar path compiles it plainly (std::fma from libm), the AVX2 path with
-// -mavx2 -mfma, where the loop over output channels becomes vfmadd.
+// separately (std::fma from libm): the scalar path, and the definition of the AVX2 and AVX-512
+// kernels' bits.
 inline void conv_f32_reference(const FloatConvArgs& a, int m0, int m1) {
   const PackedFloatConv& w = *a.w;
   const int n = w.out_channels, c = w.in_channels, ld = w.nblocks * 16;

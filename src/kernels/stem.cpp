@@ -69,9 +69,8 @@ PackedStem pack_stem(const int8_t* weights, int out_channels, int in_channels, i
   for (int c = 0; c < in_channels; ++c) s.pixel_scale.push_back(float(1.0 / (255.0 * double(std[c]))));
   const auto [rows, row_ranges] = classes(h, kernel, stride, padding);
   const auto [cols, col_ranges] = classes(w, kernel, stride, padding);
-  s.row_class = rows;
-  s.col_class = cols;
-  s.col_classes = int(col_ranges.size());
+  for (int rc : rows) s.row_offset.push_back(rc * int(col_ranges.size()) * ld);
+  for (int cc : cols) s.col_offset.push_back(cc * ld);
   s.offset.assign(row_ranges.size() * col_ranges.size() * ld, 0.0f);
   for (size_t rc = 0; rc < row_ranges.size(); ++rc)
     for (size_t cc = 0; cc < col_ranges.size(); ++cc)
@@ -89,9 +88,9 @@ PackedStem pack_stem(const int8_t* weights, int out_channels, int in_channels, i
 }
 
 namespace {
-// pixel_of with the scale 255 std and offset 255 mean precomputed; branch-free, so that the
-// loop over an image vectorises. Adding and subtracting 1.5 * 2^23 rounds to the nearest integer
-// (ties to even) for |q| < 2^22; larger q and NaN fail the range test.
+// pixel_of with the scale 255 std and offset 255 mean precomputed (the formula of
+// pixel_row_avx512 too). Adding and subtracting 1.5 * 2^23 rounds to the nearest integer (ties
+// to even) for |q| < 2^22; larger q and NaN fail the range test.
 inline int pixel(float x, float s, float m) {
   const float q = x * s + m;
   const float p = (q + 12582912.0f) - 12582912.0f;
@@ -107,7 +106,7 @@ bool to_pixels(const float* image, const std::vector<float>& mean, const std::ve
   if (mean.size() != size_t(out.c) || std.size() != size_t(out.c))
     throw std::invalid_argument("to_pixels: one mean and one std per channel needed");
   detail::require(isa);
-  const int h = out.h, w = out.w;  // locals: the byte stores below could alias out's fields
+  const int h = out.h, w = out.w;
   for (int c = 0; c < out.c; ++c) {
     const float s = 255.0f * std[c], m = 255.0f * mean[c];
     for (int y = 0; y < h; ++y) {
@@ -117,13 +116,11 @@ bool to_pixels(const float* image, const std::vector<float>& mean, const std::ve
         if (!detail::pixel_row_avx512(src, w, s, m, dst)) return false;
         continue;
       }
-      int ok = 1;
-      for (int x = 0; x < w; ++x) {  // pixel() spelled out without branches, so that it vectorises
-        const float q = src[x] * s + m;
-        const float p = (q + 12582912.0f) - 12582912.0f;
-        const int in_range = int(q > -0.5f) & int(q < 255.5f);  // then 0 <= p <= 255
-        ok &= in_range & int(std::fabs(q - p) <= 1e-3f);
-        dst[x] = static_cast<uint8_t>(int(in_range ? p : 0.0f));
+      bool ok = true;
+      for (int x = 0; x < w; ++x) {
+        const int p = pixel(src[x], s, m);
+        ok &= p >= 0;
+        dst[x] = static_cast<uint8_t>(p);
       }
       if (!ok) return false;
     }
@@ -143,10 +140,7 @@ void conv_stem_u8(const PixelImage& in, const PackedStem& w, const float* scale,
   if (y1 < 0) y1 = w.out_h();
   if (y0 < 0 || y0 > y1 || y1 > w.out_h()) throw std::invalid_argument("conv_stem_u8: invalid row range");
   detail::require(isa);
-  detail::StemArgs a{&in, &w, scale, bias, relu, out, w.out_h(), w.out_w(), in.border - w.padding, y0 * w.out_w(),
-                     {}, {}, {}};
-  for (int rc : w.row_class) a.row_offset.push_back(rc * w.col_classes * 16 * w.nblocks);
-  for (int cc : w.col_class) a.col_offset.push_back(cc * 16 * w.nblocks);
+  detail::StemArgs a{&in, &w, scale, bias, relu, out, w.out_h(), w.out_w(), in.border - w.padding, y0 * w.out_w(), {}};
   for (int ky = 0; ky < w.kernel; ++ky)
     for (int g = 0; g < w.groups; ++g)
       for (int c = 0; c < w.in_channels; ++c)

@@ -43,9 +43,10 @@ struct PackedStem {
   std::vector<int8_t, Aligned64<int8_t>> data;
   std::vector<int32_t> plain;     // [c][ky][kx][n] with n padded to 16 * nblocks (the reference)
   std::vector<float> pixel_scale; // a_c
-  std::vector<int> row_class, col_class;  // per output row / column
-  int col_classes = 0;
-  std::vector<float> offset;  // D: [(row_class * col_classes + col_class) * 16 * nblocks + n]
+  // D, 16 * nblocks entries per (row class, column class); output pixel (y, x) finds its
+  // entries at offset[row_offset[y] + col_offset[x] + n].
+  std::vector<float> offset;
+  std::vector<int> row_offset, col_offset;
   int out_h() const { return (h + 2 * padding - kernel) / stride + 1; }
   int out_w() const { return (w + 2 * padding - kernel) / stride + 1; }
 };
