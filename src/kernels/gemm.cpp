@@ -125,21 +125,39 @@ int Requantizer::code(float v) const {
 namespace detail {
 void conv_rows_scalar(const ConvArgs& a, int m0, int m1) {
   const PackedConv& w = *a.w;
-  std::vector<int32_t> acc(size_t(w.out_channels));
+  const int n0 = 16 * a.nb0, n1 = std::min(w.out_channels, 16 * a.nb1);
+  std::vector<int32_t> acc(size_t(std::max(0, n1 - n0)));
   for (int m = m0; m < m1; ++m) {
     const int y = m / a.ow, x = m % a.ow;
     const uint8_t* base = a.base(y, x);
-    for (int n = 0; n < w.out_channels; ++n) {
+    for (int n = n0; n < n1; ++n) {
       int32_t sum = 0;
       for (int tap = 0; tap < w.kernel * w.kernel; ++tap)
         for (int c = 0; c < w.cs; ++c) sum += int32_t(base[a.tap_offsets[tap] + c]) * w.at(tap * w.cs + c, n);
-      acc[n] = sum;
+      acc[size_t(n - n0)] = sum;
     }
-    epilogue_scalar(a, m, y, x, 0, w.out_channels, acc.data());
+    epilogue_scalar(a, m, y, x, n0, n1 - n0, acc.data());
   }
 }
-}  // namespace detail
 
+ConvSplit conv_split(int rows, int blocks, int threads) {
+  ConvSplit s;
+  threads = std::max(1, threads);
+  const int per_row = (rows + threads - 1) / threads;
+  const int unit = blocks >= 4 * threads ? 4 : blocks >= 2 * threads ? 2 : 1;
+  const int per_block = (blocks + unit * threads - 1) / (unit * threads) * unit;
+  // The busiest thread's share of the work: per_row / rows against per_block / blocks.
+  if (long(per_block) * rows < long(per_row) * blocks) {
+    s.by_rows = false;
+    s.per_part = per_block;
+    s.parts = (blocks + per_block - 1) / per_block;
+  } else {
+    s.per_part = per_row;
+    s.parts = (rows + per_row - 1) / per_row;
+  }
+  return s;
+}
+}  // namespace detail
 
 void conv_u8s8(const CodeImage& in, const PackedConv& w, int max_code, const ConvOutput& out, GemmIsa isa, int threads) {
   if (in.cs != w.cs || in.border < w.padding || in.data == nullptr)
@@ -147,7 +165,7 @@ void conv_u8s8(const CodeImage& in, const PackedConv& w, int max_code, const Con
   if (in.h + 2 * w.padding < w.kernel || in.w + 2 * w.padding < w.kernel)
     throw std::invalid_argument("conv_u8s8: input smaller than the kernel");
   if (!out.scale || !out.bias) throw std::invalid_argument("conv_u8s8: scale and bias are required");
-  detail::ConvArgs a{&in, &w, &out, w.out_h(in.h), w.out_w(in.w), in.border - w.padding, {}};
+  detail::ConvArgs a{&in, &w, &out, w.out_h(in.h), w.out_w(in.w), in.border - w.padding, {}, 0, w.nblocks};
   if (out.requantizer && (out.codes.h != a.oh || out.codes.w != a.ow || out.codes.cs < w.out_channels || !out.codes.data))
     throw std::invalid_argument("conv_u8s8: output code image does not fit the convolution");
   require(isa);
@@ -158,7 +176,21 @@ void conv_u8s8(const CodeImage& in, const PackedConv& w, int max_code, const Con
   if (isa == GemmIsa::avx2 && 2 * max_code * w.max_abs <= 32767)
     rows = 4 * max_code * w.max_abs <= 32767 ? detail::conv_rows_avx2_pairs : detail::conv_rows_avx2;
   if (isa == GemmIsa::avx_vnni) rows = has_avx_vnni() ? detail::conv_rows_avx_vnni : detail::conv_rows_avx_vnni_evex;
-  detail::split_rows(rows, a, 0, a.oh * a.ow, threads);
+  const detail::ConvSplit split = detail::conv_split(a.oh, w.nblocks, threads);
+  if (split.parts <= 1) return rows(a, 0, a.oh * a.ow);
+#pragma omp parallel for num_threads(split.parts) schedule(static, 1)
+  for (int part = 0; part < split.parts; ++part) {
+    detail::ConvArgs mine = a;
+    int m0 = 0, m1 = a.oh * a.ow;
+    if (split.by_rows) {
+      m0 = std::min(a.oh, part * split.per_part) * a.ow;
+      m1 = std::min(a.oh, (part + 1) * split.per_part) * a.ow;
+    } else {
+      mine.nb0 = std::min(w.nblocks, part * split.per_part);
+      mine.nb1 = std::min(w.nblocks, (part + 1) * split.per_part);
+    }
+    rows(mine, m0, m1);
+  }
 }
 
 double measure_peak_gmacs(GemmIsa isa, double seconds) {

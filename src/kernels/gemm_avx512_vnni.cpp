@@ -194,9 +194,9 @@ void sweep(const ConvArgs& a, const Epilogue& e, int m0, int m1, int nb) {
 
 template <int CS, int S>
 void sweep_all(const ConvArgs& a, const Epilogue& e, int m0, int m1) {
-  const int nblocks = a.w->nblocks;
-  int nb = 0;
-  if (nblocks >= 4 && a.ow % 4 != 0 && a.ow % 7 == 0) {  // 7- and 14-wide rows: 7-pixel tiles
+  const int nblocks = a.nb1;
+  int nb = a.nb0;
+  if (nblocks - nb >= 4 && a.ow % 4 != 0 && a.ow % 7 == 0) {  // 7- and 14-wide rows: 7-pixel tiles
     for (; nb + 2 <= nblocks; nb += 2) sweep<7, 2, CS, S>(a, e, m0, m1, nb);
     if (nb < nblocks) sweep<7, 1, CS, S>(a, e, m0, m1, nb);
     return;

@@ -22,6 +22,7 @@ struct ConvArgs {
   int oh, ow;
   int offset;                           // in.border - padding
   std::vector<ptrdiff_t> tap_offsets;  // byte offset of tap (ky, kx) from the tap (0, 0) pixel
+  int nb0 = 0, nb1 = 0;                // the blocks of 16 output channels to compute: [nb0, nb1)
 
   // The input pixel under tap (0, 0) of output pixel (y, x).
   const uint8_t* base(int y, int x) const {
@@ -29,6 +30,7 @@ struct ConvArgs {
   }
 };
 
+// Output pixels [m0, m1), channel blocks [a.nb0, a.nb1).
 using ConvRows = void (*)(const ConvArgs& a, int m0, int m1);
 void conv_rows_scalar(const ConvArgs& a, int m0, int m1);
 void conv_rows_avx2(const ConvArgs& a, int m0, int m1);        // 2 * max code * max|W| <= 32767
@@ -77,6 +79,17 @@ void stem_rows_scalar(const StemArgs& a, int m0, int m1);
 void stem_rows_avx512(const StemArgs& a, int m0, int m1);
 // One row of to_pixels (s = 255 std, m = 255 mean): false if a value is not a pixel.
 bool pixel_row_avx512(const float* src, int w, float s, float m, uint8_t* dst);
+
+// How conv_u8s8 shares a convolution among threads: whole output rows, `per_part` each, or
+// (where rows divide badly, as 7 rows over 2 threads) the blocks of 16 output channels,
+// `per_part` each, in groups of four blocks where there are enough (the AVX-512 tiles' width).
+// Whichever leaves the busiest thread the least work; rows on a tie.
+struct ConvSplit {
+  int parts = 1;
+  bool by_rows = true;
+  int per_part = 0;
+};
+ConvSplit conv_split(int rows, int blocks, int threads);
 
 // Runs rows(a, m0, m1) over [begin, end) on up to `threads` OpenMP threads in chunks of whole
 // 48-pixel groups (a multiple of every kernel's tile height).

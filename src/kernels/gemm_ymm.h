@@ -123,7 +123,7 @@ void tile(const ConvArgs& a, const CodeTable& table, int m, int valid, int nb) {
 template <int R, typename Dot, bool Pairs = true>
 void ymm_rows(const ConvArgs& a, int m0, int m1) {
   const CodeTable table(a.out->requantizer);
-  for (int nb = 0; nb < a.w->nblocks; ++nb)
+  for (int nb = a.nb0; nb < a.nb1; ++nb)
     for (int m = m0; m < m1; m += R) tile<R, Dot, Pairs>(a, table, m, std::min(R, m1 - m), nb);
 }
 

@@ -157,6 +157,31 @@ TEST(Conv, EveryPathMatchesTheReferenceOnManyShapes) {
           }
 }
 
+// Threads share a convolution by whole output rows or, where rows divide badly (7 rows over 2
+// threads, one row), by blocks of output channels (the last one partial with 130 channels):
+// every split gives the one-thread result.
+TEST(Conv, ThreadsShareRowsOrChannelBlocks) {
+  struct Shape {
+    int h, w, c, n, k, stride;
+  };
+  unsigned seed = 500;
+  for (const Shape& s : {Shape{7, 7, 32, 128, 3, 1}, Shape{14, 14, 16, 256, 3, 2}, Shape{3, 3, 8, 64, 3, 1},
+                         Shape{2, 2, 16, 130, 3, 2}, Shape{1, 1, 20, 200, 1, 1}, Shape{4, 33, 16, 80, 3, 1}}) {
+    const Problem p = make(s.h, s.w, s.c, s.n, s.k, s.stride, 48, 10, ++seed);
+    const Result ref = run(p, GemmIsa::scalar, true, true);
+    for (GemmIsa isa : apot::kernels::supported_gemm_isas())
+      for (int threads : {1, 2, 3, 4}) {
+        const Result got = run(p, isa, true, true, threads);
+        const std::string what = std::string(apot::kernels::to_string(isa)) + " " + std::to_string(s.h) + "x" +
+                                 std::to_string(s.w) + " -> " + std::to_string(s.n) + ", " + std::to_string(threads) +
+                                 " threads";
+        ASSERT_EQ(got.acc, ref.acc) << what;
+        ASSERT_EQ(got.values, ref.values) << what;
+        ASSERT_EQ(got.codes, ref.codes) << what;
+      }
+  }
+}
+
 // The epilogues' code lookups (permutes, byte shuffles) for every level count from 2 to 32.
 TEST(Conv, EveryPathMatchesTheReferenceForEveryLevelCount) {
   for (int levels = 2; levels <= 32; ++levels)
