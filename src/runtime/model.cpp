@@ -61,6 +61,15 @@ std::vector<int8_t> weight_integers(const LayerRecord& r, const std::vector<uint
   return out;
 }
 
+// f(y0, y1) on contiguous ranges of [0, rows), one per thread (OpenMP). f must not throw.
+template <typename F>
+void parallel_rows(int threads, int rows, F f) {
+  const int parts = std::max(1, std::min(threads, rows));
+  if (parts == 1) return f(0, rows);
+#pragma omp parallel for num_threads(parts) schedule(static, 1)
+  for (int p = 0; p < parts; ++p) f(rows * p / parts, rows * (p + 1) / parts);
+}
+
 levels::Kind kind_of(uint32_t k) {
   return k == 0 ? levels::Kind::apot : k == 1 ? levels::Kind::pot : levels::Kind::uniform;
 }
@@ -136,10 +145,24 @@ struct Model::Impl {
     timed(o, index, [&] { kernels::conv_u8s8(ws.codes[index], l.packed, l.max_code, out, o.isa, o.threads); });
   }
 
-  // Codes of a float feature map for quantised layer `consumer`.
+  // Codes of a float feature map for quantised layer `consumer`, rows shared by the threads.
   void requantize(const float* values, int consumer, Workspace& ws, const RunOptions& o) const {
     const Layer& l = layers[consumer];
-    kernels::requantize(values, l.info.in_height, l.info.in_width, l.info.in_channels, l.input, ws.codes[consumer], o.isa);
+    const int w = l.info.in_width, n = l.info.in_channels;
+    const kernels::CodeImage& all = ws.codes[consumer];
+    parallel_rows(o.threads, l.info.in_height, [&](int y0, int y1) {
+      kernels::CodeImage rows = all;
+      rows.data += size_t(y0) * all.padded_w() * all.cs;
+      rows.h = y1 - y0;
+      kernels::requantize(values + size_t(y0) * w * n, y1 - y0, w, n, l.input, rows, o.isa);
+    });
+  }
+
+  // The ImageNet stem's max-pool, output rows [y0, y1) from the stem rows from in_row0 on.
+  static void max_pool(const float* in, int h, int w, int c, float* out, int y0, int y1, int in_row0, const RunOptions& o) {
+    parallel_rows(o.threads, y1 - y0, [&](int a, int b) {
+      kernels::max_pool_3x3s2(in, h, w, c, out, o.isa, y0 + a, y0 + b, in_row0);
+    });
   }
 
   // One residual block: ws.stream (float input, whose codes for the block's first convolution
@@ -200,7 +223,7 @@ struct Model::Impl {
           kernels::conv_stem_u8(ws->pixels, *stem.packed_pixels, stem.scale.data(), stem.bias.data(), true,
                                 ws->stem.data(), o.isa, o.threads, r0, r1);
         });
-        kernels::max_pool_3x3s2(ws->stem.data(), h, w, sc, ws->stream.data(), o.isa, py0, py1, r0);
+        max_pool(ws->stem.data(), h, w, sc, ws->stream.data(), py0, py1, r0, o);
       }
     } else if (pixels) {
       timed(o, 0, [&] {
@@ -218,7 +241,7 @@ struct Model::Impl {
         kernels::conv_f32(ws->image, stem.packed_float, stem.scale.data(), stem.bias.data(), true,
                           pool ? ws->stem.data() : ws->stream.data(), o.isa, o.threads);
       });
-      if (pool) kernels::max_pool_3x3s2(ws->stem.data(), h, w, sc, ws->stream.data(), o.isa);
+      if (pool) max_pool(ws->stem.data(), h, w, sc, ws->stream.data(), 0, ph, 0, o);
     }
     if (pool) {
       h = ph;
@@ -355,9 +378,15 @@ void check_input(const float* input, int batch, size_t image) {
   if (batch < 0) throw std::invalid_argument("negative batch size");
   for (int b = 0; b < batch; ++b) {
     const float* x = input + size_t(b) * image;
-    bool finite = true;  // one branch-free pass (vectorised); NaN fails the comparison
-    for (size_t i = 0; i < image; ++i) finite &= std::fabs(x[i]) <= std::numeric_limits<float>::max();
-    if (!finite) throw std::invalid_argument("input holds a NaN or infinite value (image " + std::to_string(b) + ")");
+    // One branch-free pass over the bits (vectorised): a NaN or an infinity has every exponent
+    // bit set.
+    uint32_t non_finite = 0;
+    for (size_t i = 0; i < image; ++i) {
+      uint32_t bits;
+      std::memcpy(&bits, x + i, 4);
+      non_finite |= uint32_t((bits & 0x7f800000u) == 0x7f800000u);
+    }
+    if (non_finite) throw std::invalid_argument("input holds a NaN or infinite value (image " + std::to_string(b) + ")");
   }
 }
 }  // namespace

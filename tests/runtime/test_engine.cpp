@@ -242,4 +242,10 @@ TEST(Engine, ThreadsAndLayerTimesDoNotChangeResults) {
   bad[0][0][0][0] = std::numeric_limits<float>::infinity();
   std::vector<std::vector<float>> taps;
   EXPECT_THROW(engine.run_with_taps(bad.data_ptr<float>(), 1, taps), std::invalid_argument);
+  bad = x.clone();
+  bad[1][2][3][4] = -std::numeric_limits<float>::infinity();
+  EXPECT_THROW(engine.run(bad.data_ptr<float>(), 2), std::invalid_argument);
+  bad[1][2][3][4] = -std::numeric_limits<float>::max();  // the largest finite values are input
+  bad[1][0][0][1] = std::numeric_limits<float>::max();
+  EXPECT_NO_THROW(engine.run(bad.data_ptr<float>(), 2));
 }
