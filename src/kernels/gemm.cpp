@@ -1,8 +1,10 @@
 // GEMM driver: packing, ISA selection and the scalar reference.
-#include <cmath>
-#include <cstdlib>
+#include <sys/mman.h>
+
 #include <algorithm>
 #include <chrono>
+#include <cmath>
+#include <cstdlib>
 #include <stdexcept>
 
 #include "gemm_impl.h"
@@ -105,6 +107,24 @@ PackedConv pack_conv(const int8_t* weights, int out_channels, int in_channels, i
         w.max_abs = std::max(w.max_abs, std::abs(int(v)));
       }
   return w;
+}
+
+namespace {
+constexpr size_t kHugePage = size_t(2) << 20, kHugeFrom = size_t(1) << 20;
+}
+
+void* allocate_aligned(size_t bytes) {
+  if (bytes < kHugeFrom) return ::operator new(bytes, std::align_val_t(64));
+  const size_t rounded = (bytes + kHugePage - 1) / kHugePage * kHugePage;
+  void* p = ::operator new(rounded, std::align_val_t(kHugePage));
+#ifdef MADV_HUGEPAGE
+  madvise(p, rounded, MADV_HUGEPAGE);  // advice: where it is refused, small pages remain
+#endif
+  return p;
+}
+
+void free_aligned(void* p, size_t bytes) {
+  ::operator delete(p, std::align_val_t(bytes < kHugeFrom ? 64 : kHugePage));
 }
 
 Requantizer make_requantizer(std::vector<float> thresholds, std::vector<uint8_t> codes) {

@@ -238,6 +238,23 @@ TEST(Conv, RequantizeMatchesTheProjectionKernels) {
     }
 }
 
+// Packed weights: 64-byte aligned, and from 1 MiB on in whole 2 MiB pages (huge-page advice).
+TEST(Conv, PackedWeightsAreAlignedForTheKernelsAndHugePages) {
+  for (size_t bytes : {size_t(1), size_t(4096), (size_t(1) << 20) - 1, size_t(1) << 20, size_t(3) << 20}) {
+    auto* p = static_cast<uint8_t*>(apot::kernels::allocate_aligned(bytes));
+    const size_t alignment = bytes < (size_t(1) << 20) ? 64 : size_t(2) << 20;
+    EXPECT_EQ(reinterpret_cast<uintptr_t>(p) % alignment, 0u) << bytes << " bytes";
+    std::fill(p, p + bytes, uint8_t(7));  // all of it is usable (ASan checks the bounds)
+    EXPECT_EQ(p[bytes - 1], 7);
+    apot::kernels::free_aligned(p, bytes);
+  }
+  // ResNet-18's last layers: 512 x 512 x 3 x 3 weights, 2.25 MiB.
+  std::vector<int8_t> w(size_t(512) * 512 * 9, 1);
+  const auto packed = apot::kernels::pack_conv(w.data(), 512, 512, 3, 1, 1);
+  EXPECT_EQ(reinterpret_cast<uintptr_t>(packed.data.data()) % (size_t(2) << 20), 0u);
+  EXPECT_EQ(packed.at(4607, 511), 1);
+}
+
 TEST(Conv, BadArgumentsAndNames) {
   const Problem p = make(4, 4, 8, 8, 3, 1, 10, 10, 3);
   const auto packed = apot::kernels::pack_conv(p.W.data(), p.n, p.c, p.k, p.stride, p.pad);
