@@ -46,7 +46,7 @@ struct Workspace {
   kernels::FloatImage image;
   std::vector<uint8_t> pixel_bytes;       // the same as 8-bit pixels, if it is made of them
   kernels::PixelImage pixels;
-  std::vector<float> stem, stream, next, shortcut;
+  std::vector<float> stem, stream, shortcut;
 };
 
 std::vector<int8_t> weight_integers(const LayerRecord& r, const std::vector<uint8_t>& blob, const std::string& name) {
@@ -119,7 +119,7 @@ struct Model::Impl {
       ws->pixel_bytes.assign(ws->pixels.bytes(), 0);
       ws->pixels.data = ws->pixel_bytes.data();
     }
-    for (auto* v : {&ws->stream, &ws->next, &ws->shortcut}) v->resize(max_feature);
+    for (auto* v : {&ws->stream, &ws->shortcut}) v->resize(max_feature);
     if (info.spec.stem == levels::Stem::imagenet) ws->stem.resize(max_feature);  // before the max-pool
     return ws;
   }
@@ -166,12 +166,14 @@ struct Model::Impl {
   }
 
   // One residual block: ws.stream (float input, whose codes for the block's first convolution
-  // are already in place) -> ws.next (float output), plus the codes of the next block's first
-  // convolution (next_consumer, if any).
+  // are already in place) -> ws.stream (float output), plus the codes of the next block's first
+  // convolution (next_consumer, if any). The last convolution writes its output over its
+  // residual input, in place (each output reads only its own residual value): the lines it
+  // writes are already in cache, and no third buffer is needed.
   void block(const levels::BlockInfo& b, int next_consumer, Workspace& ws, const RunOptions& o) const {
     const Layer& first = layers[b.conv[0]];
     const int h = first.info.in_height, w = first.info.in_width;
-    const float* residual = ws.stream.data();
+    float* residual = ws.stream.data();
     if (b.projection >= 0) {
       requantize(ws.stream.data(), b.projection, ws, o);
       kernels::ConvOutput out;
@@ -196,7 +198,7 @@ struct Model::Impl {
       out.relu = true;
       if (last) {
         out.residual = residual;
-        out.values = ws.next.data();
+        out.values = residual;
       }
       if (consumer >= 0) {
         out.requantizer = &layers[consumer].input;
@@ -204,6 +206,7 @@ struct Model::Impl {
       }
       conv(b.conv[i], out, ws, o);
     }
+    if (residual != ws.stream.data()) std::swap(ws.stream, ws.shortcut);
   }
 
   void run_image(const float* image, float* logits, std::vector<std::vector<float>>* taps, const RunOptions& o) const {
@@ -253,7 +256,6 @@ struct Model::Impl {
     for (size_t bi = 0; bi < blocks.size(); ++bi) {
       const levels::BlockInfo& b = blocks[bi];
       block(b, bi + 1 < blocks.size() ? blocks[bi + 1].conv[0] : -1, *ws, o);
-      std::swap(ws->stream, ws->next);
       const Layer& last = layers[b.last_conv()];
       h = last.info.out_height;
       w = last.info.out_width;

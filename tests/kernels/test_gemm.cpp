@@ -182,6 +182,37 @@ TEST(Conv, ThreadsShareRowsOrChannelBlocks) {
   }
 }
 
+// The engine writes a block's output over its residual input: the same results as separate
+// buffers on every path and split.
+TEST(Conv, ResidualInPlaceEqualsSeparateBuffers) {
+  unsigned seed = 700;
+  for (auto [h, n] : {std::pair{7, 128}, std::pair{13, 17}, std::pair{9, 64}}) {
+    const Problem p = make(h, h, 32, n, 3, 1, 48, 10, ++seed);
+    const Result ref = run(p, GemmIsa::scalar, true, true);
+    const Image in = input_image(p);
+    const auto packed = apot::kernels::pack_conv(p.W.data(), p.n, p.c, p.k, p.stride, p.pad);
+    const auto q = requantizer();
+    for (GemmIsa isa : apot::kernels::supported_gemm_isas())
+      for (int threads : {1, 3}) {
+        std::vector<float> stream = p.residual;
+        Image out(p.oh(), p.ow(), p.n, 1);
+        ConvOutput o;
+        o.scale = p.scale.data();
+        o.bias = p.bias.data();
+        o.residual = stream.data();
+        o.values = stream.data();
+        o.relu = true;
+        o.requantizer = &q;
+        o.codes = out.view;
+        apot::kernels::conv_u8s8(in.view, packed, p.max_a, o, isa, threads);
+        const std::string what = std::string(apot::kernels::to_string(isa)) + " " + std::to_string(h) + " -> " +
+                                 std::to_string(n) + ", " + std::to_string(threads) + " threads";
+        ASSERT_EQ(stream, ref.values) << what;
+        ASSERT_EQ(out.bytes, ref.codes) << what;
+      }
+  }
+}
+
 // The epilogues' code lookups (permutes, byte shuffles) for every level count from 2 to 32.
 TEST(Conv, EveryPathMatchesTheReferenceForEveryLevelCount) {
   for (int levels = 2; levels <= 32; ++levels)

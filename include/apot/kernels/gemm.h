@@ -95,7 +95,7 @@ struct ConvOutput {
   const float* bias = nullptr;      // out_channels
   const float* residual = nullptr;  // added after scale and bias, before the ReLU
   bool relu = false;
-  float* values = nullptr;                  // the float results
+  float* values = nullptr;                  // the float results (may be `residual`: in place)
   const Requantizer* requantizer = nullptr; // with codes: the consumer's codes, written into
   CodeImage codes;                          // the interior of an oh x ow image
   int32_t* accumulators = nullptr;          // the raw integer sums (tests)
