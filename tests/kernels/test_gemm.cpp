@@ -65,12 +65,14 @@ Image input_image(const Problem& p, int extra_border = 0) {
 }
 
 // `levels` activation codes (16: 4-bit) and thresholds spread over the range of the epilogue
-// values.
-apot::kernels::Requantizer requantizer(int levels = 16) {
+// values: from -0.5 (the AVX-512 epilogue's threshold search), or from 0 and denser towards 0,
+// as APoT's are (its cells, where no cell holds more than two thresholds).
+apot::kernels::Requantizer requantizer(int levels = 16, bool from_zero = false) {
   std::vector<float> t;
   std::vector<uint8_t> codes{0};
   for (int i = 0; i + 1 < levels; ++i) {
-    t.push_back(-0.5f + 1.5f * float(i) / float(levels - 1));
+    const float f = float(i) / float(levels - 1);
+    t.push_back(from_zero ? 0.01f + 1.2f * f * (0.5f + 0.5f * f) : -0.5f + 1.5f * f);
     codes.push_back(static_cast<uint8_t>(3 * (i + 1)));
   }
   return apot::kernels::make_requantizer(t, codes);
@@ -83,10 +85,10 @@ struct Result {
 };
 
 Result run(const Problem& p, GemmIsa isa, bool residual, bool relu, int threads = 1, int extra_border = 0,
-           int levels = 16) {
+           int levels = 16, bool from_zero = false) {
   const Image in = input_image(p, extra_border);
   const auto packed = apot::kernels::pack_conv(p.W.data(), p.n, p.c, p.k, p.stride, p.pad);
-  const auto q = requantizer(levels);
+  const auto q = requantizer(levels, from_zero);
   Result r;
   r.acc.assign(size_t(p.oh()) * p.ow() * p.n, -7);
   r.values.assign(r.acc.size(), -7.0f);
@@ -213,16 +215,19 @@ TEST(Conv, ResidualInPlaceEqualsSeparateBuffers) {
   }
 }
 
-// The epilogues' code lookups (permutes, byte shuffles) for every level count from 2 to 32.
+// The epilogues' code lookups (permutes, byte shuffles) for every level count from 2 to 32,
+// with both kinds of threshold sets.
 TEST(Conv, EveryPathMatchesTheReferenceForEveryLevelCount) {
-  for (int levels = 2; levels <= 32; ++levels)
-    for (int n : {32, 20}) {
-      const Problem p = make(6, 7, 16, n, 3, 1, 48, 10, 300 + unsigned(levels));
-      const Result ref = run(p, GemmIsa::scalar, true, true, 1, 0, levels);
-      for (GemmIsa isa : apot::kernels::supported_gemm_isas())
-        ASSERT_EQ(run(p, isa, true, true, 1, 0, levels).codes, ref.codes)
-            << apot::kernels::to_string(isa) << " " << levels << " levels, " << n << " channels";
-    }
+  for (bool from_zero : {false, true})
+    for (int levels = 2; levels <= 32; ++levels)
+      for (int n : {32, 20}) {
+        const Problem p = make(6, 7, 16, n, 3, 1, 48, 10, 300 + unsigned(levels));
+        const Result ref = run(p, GemmIsa::scalar, true, true, 1, 0, levels, from_zero);
+        for (GemmIsa isa : apot::kernels::supported_gemm_isas())
+          ASSERT_EQ(run(p, isa, true, true, 1, 0, levels, from_zero).codes, ref.codes)
+              << apot::kernels::to_string(isa) << " " << levels << " levels, " << n << " channels"
+              << (from_zero ? ", thresholds from 0" : "");
+      }
 }
 
 TEST(Conv, RequantizeMatchesTheProjectionKernels) {
