@@ -5,10 +5,8 @@
 
 #include <algorithm>
 #include <chrono>
-#include <cmath>
 #include <cstring>
 #include <fstream>
-#include <limits>
 #include <mutex>
 #include <optional>
 #include <nlohmann/json.hpp>
