@@ -24,7 +24,7 @@ const char* to_string(GemmIsa isa) {
   return "unknown";
 }
 
-namespace {
+namespace detail {
 #if defined(__x86_64__)
 // AVX-VNNI from CPUID leaf 7, sub-leaf 1 (EAX bit 4) directly: GCC's __builtin_cpu_supports
 // knows "avxvnni", Clang 14's does not. The OS must save the ymm state, which AVX2 support
@@ -39,13 +39,20 @@ bool has_avx_vnni() {
   }();
   return present;
 }
+#else
+bool has_avx_vnni() { return false; }
+#endif
+}  // namespace detail
+
+namespace {
+using detail::has_avx_vnni;
+#if defined(__x86_64__)
 bool has_avx512_vnni_vl() {
   __builtin_cpu_init();
   return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
          __builtin_cpu_supports("avx512vnni");
 }
 #else
-bool has_avx_vnni() { return false; }
 bool has_avx512_vnni_vl() { return false; }
 #endif
 }  // namespace

@@ -74,6 +74,30 @@ void float_sweep8(const FloatConvArgs& a, int m0, int m1, int n8) {
 }
 }  // namespace
 
+// to_pixels' formula, 8 values at a time (the AVX-VNNI path's pixel recovery; as
+// pixel_row_avx512).
+bool pixel_row_avx2(const float* src, int w, float s, float m, uint8_t* dst) {
+  const __m256 scale = _mm256_set1_ps(s), offset = _mm256_set1_ps(m), magic = _mm256_set1_ps(12582912.0f);
+  const __m256 low = _mm256_set1_ps(-0.5f), high = _mm256_set1_ps(255.5f), tolerance = _mm256_set1_ps(1e-3f);
+  const __m256 magnitude = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
+  int bad = 0;
+  for (int x = 0; x < w; x += 8) {
+    const int count = std::min(8, w - x);
+    const __m256i mask = lane_mask8(count);
+    const __m256 q = _mm256_add_ps(_mm256_mul_ps(_mm256_maskload_ps(src + x, mask), scale), offset);
+    const __m256 p = _mm256_sub_ps(_mm256_add_ps(q, magic), magic);
+    const __m256 in_range = _mm256_and_ps(_mm256_cmp_ps(q, low, _CMP_GT_OQ), _mm256_cmp_ps(q, high, _CMP_LT_OQ));
+    const __m256 near = _mm256_cmp_ps(_mm256_and_ps(_mm256_sub_ps(q, p), magnitude), tolerance, _CMP_LE_OQ);
+    bad |= ~_mm256_movemask_ps(_mm256_and_ps(in_range, near)) & ((1 << count) - 1);
+    const __m256i pixels = _mm256_cvttps_epi32(_mm256_and_ps(in_range, p));
+    const __m128i words = _mm_packus_epi32(_mm256_castsi256_si128(pixels), _mm256_extracti128_si256(pixels, 1));
+    alignas(16) uint8_t bytes[16];
+    _mm_store_si128(reinterpret_cast<__m128i*>(bytes), _mm_packus_epi16(words, words));
+    std::memcpy(dst + x, bytes, size_t(count));
+  }
+  return bad == 0;
+}
+
 // 13 of the 16 ymm registers: 5 x 2 accumulators, 2 weight vectors, the broadcast.
 void conv_f32_rows_avx2(const FloatConvArgs& a, int m0, int m1) {
   const int vectors = (a.w->out_channels + 7) / 8;

@@ -11,6 +11,7 @@ struct VexDot {
 }  // namespace
 
 void conv_rows_avx_vnni(const ConvArgs& a, int m0, int m1) { ymm_rows<6, VexDot>(a, m0, m1); }
+void stem_rows_avx_vnni(const StemArgs& a, int m0, int m1) { stem_rows_ymm<VexDot>(a, m0, m1); }
 int32_t peak_probe_avx_vnni(long iterations) { return ymm_peak_probe<VexDot>(iterations); }
 
 }  // namespace apot::kernels::detail

@@ -12,6 +12,7 @@ struct EvexDot {
 }  // namespace
 
 void conv_rows_avx_vnni_evex(const ConvArgs& a, int m0, int m1) { ymm_rows<6, EvexDot>(a, m0, m1); }
+void stem_rows_avx_vnni_evex(const StemArgs& a, int m0, int m1) { stem_rows_ymm<EvexDot>(a, m0, m1); }
 int32_t peak_probe_avx_vnni_evex(long iterations) { return ymm_peak_probe<EvexDot>(iterations); }
 
 }  // namespace apot::kernels::detail

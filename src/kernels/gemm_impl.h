@@ -11,6 +11,9 @@
 
 namespace apot::kernels::detail {
 
+// The CPU has AVX-VNNI (VEX-encoded vpdpbusd); asked once.
+bool has_avx_vnni();
+
 // Shared checks of the drivers (gemm.cpp): throw std::invalid_argument.
 void require(GemmIsa isa);  // the path runs on this CPU
 void check_shape(const char* what, int out_channels, int in_channels, int kernel, int stride, int padding);
@@ -77,8 +80,11 @@ struct StemArgs {
 using StemRows = void (*)(const StemArgs& a, int m0, int m1);
 void stem_rows_scalar(const StemArgs& a, int m0, int m1);
 void stem_rows_avx512(const StemArgs& a, int m0, int m1);
+void stem_rows_avx_vnni(const StemArgs& a, int m0, int m1);       // VEX
+void stem_rows_avx_vnni_evex(const StemArgs& a, int m0, int m1);  // the same kernel, EVEX
 // One row of to_pixels (s = 255 std, m = 255 mean): false if a value is not a pixel.
 bool pixel_row_avx512(const float* src, int w, float s, float m, uint8_t* dst);
+bool pixel_row_avx2(const float* src, int w, float s, float m, uint8_t* dst);
 
 // How conv_u8s8 shares a convolution among threads: whole output rows, `per_part` each, or
 // (where rows divide badly, as 7 rows over 2 threads) the blocks of 16 output channels,

@@ -127,6 +127,84 @@ void ymm_rows(const ConvArgs& a, int m0, int m1) {
     for (int m = m0; m < m1; m += R) tile<R, Dot, Pairs>(a, table, m, std::min(R, m1 - m), nb);
 }
 
+// The 8-bit first layer on 256-bit VNNI registers (vpdpbusd adds u8 x s8 products in int32, so
+// 255 x 127 needs no range check; AVX2's vpmaddubsw would saturate): R pixels x one block of
+// 16 output channels (two ymm) x C input channels of int32 sums, as the AVX-512 kernel, then
+// sum = a_0 A_0 + a_1 A_1 + .. and the epilogue in the reference's order. The weights are the
+// AVX-512 kernel's groups of up to four blocks; this kernel reads one block of a group.
+template <int C, int R, typename Dot>
+void stem_tile_ymm(const StemArgs& a, int m, int valid, int nb) {
+  const PackedStem& w = *a.w;
+  const uint8_t* ap[R] = {};
+  const float* d[R] = {};  // D of each pixel
+  for (int r = 0, y = m / a.ow, x = m % a.ow; r < R; ++r) {
+    ap[r] = r < valid ? a.base(y, x) : ap[r - 1];
+    d[r] = r < valid ? a.border_offset(y, x) : d[r - 1];
+    if (++x == a.ow) x = 0, ++y;
+  }
+  const int steps = w.kernel * w.groups, b0 = nb / 4 * 4, NB = std::min(4, w.nblocks - b0);
+  __m256i acc[C][R][2];
+  for (int c = 0; c < C; ++c)
+    for (int r = 0; r < R; ++r) acc[c][r][0] = acc[c][r][1] = _mm256_setzero_si256();
+  const int8_t* bp = w.data.data() + (size_t(b0) * C * steps + (nb - b0)) * 64;
+  const ptrdiff_t* off = a.tap_offsets.data();
+  const size_t stride = size_t(NB) * 64;  // from one (step, channel) vector of the block to the next
+  for (int t = 0; t < steps; ++t, off += C)
+    for (int c = 0; c < C; ++c, bp += stride) {
+      const __m256i lo = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(bp));
+      const __m256i hi = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(bp + 32));
+      for (int r = 0; r < R; ++r) {
+        const __m256i av = _mm256_set1_epi32(load4(ap[r] + off[c]));
+        acc[c][r][0] = Dot::add(acc[c][r][0], av, lo);
+        acc[c][r][1] = Dot::add(acc[c][r][1], av, hi);
+      }
+    }
+  const int n0 = nb * 16, count = std::min(16, w.out_channels - n0);
+  for (int r = 0; r < valid; ++r) {
+    float* dst = a.out + size_t(m + r - a.m_base) * w.out_channels + n0;
+    alignas(32) float lanes[16];  // sum - D (D has 16 entries per block, scale and bias only count)
+    for (int h = 0; h < 2; ++h) {
+      __m256 sum = _mm256_setzero_ps();
+      for (int c = 0; c < C; ++c)
+        sum = _mm256_add_ps(sum, _mm256_mul_ps(_mm256_set1_ps(w.pixel_scale[size_t(c)]), _mm256_cvtepi32_ps(acc[c][r][h])));
+      const __m256 centred = _mm256_sub_ps(sum, _mm256_loadu_ps(d[r] + n0 + 8 * h));
+      if (count < 16) {
+        _mm256_store_ps(lanes + 8 * h, centred);
+        continue;
+      }
+      __m256 v = _mm256_mul_ps(_mm256_loadu_ps(a.scale + n0 + 8 * h), centred);
+      v = _mm256_add_ps(v, _mm256_loadu_ps(a.bias + n0 + 8 * h));
+      if (a.relu) v = _mm256_max_ps(_mm256_setzero_ps(), v);  // = std::max(v, 0.0f), NaN included
+      _mm256_storeu_ps(dst + 8 * h, v);
+    }
+    for (int i = 0; count < 16 && i < count; ++i) {  // the last, partial block: the reference's epilogue
+      float v = a.scale[n0 + i] * lanes[i];
+      v = v + a.bias[n0 + i];
+      dst[i] = a.relu ? std::max(v, 0.0f) : v;
+    }
+  }
+}
+
+// About 12 accumulators (C * R * 2), which with two weight vectors and a broadcast fit the 16
+// ymm registers of VEX code.
+template <typename Dot, int C>
+void stem_rows_ymm_c(const StemArgs& a, int m0, int m1) {
+  constexpr int R = C == 1 ? 6 : C == 2 ? 3 : C == 3 ? 2 : 1;
+  for (int nb = 0; nb < a.w->nblocks; ++nb)
+    for (int m = m0; m < m1; m += R) stem_tile_ymm<C, R, Dot>(a, m, std::min(R, m1 - m), nb);
+}
+
+template <typename Dot>
+void stem_rows_ymm(const StemArgs& a, int m0, int m1) {
+  switch (a.w->in_channels) {
+    case 1: return stem_rows_ymm_c<Dot, 1>(a, m0, m1);
+    case 2: return stem_rows_ymm_c<Dot, 2>(a, m0, m1);
+    case 3: return stem_rows_ymm_c<Dot, 3>(a, m0, m1);
+    case 4: return stem_rows_ymm_c<Dot, 4>(a, m0, m1);
+    default: return stem_reference(a, m0, m1);
+  }
+}
+
 // The inner instruction alone: 6 independent accumulators, a new operand every round (nothing
 // can be hoisted), no memory traffic; 6 accumulators, 6 operands, the broadcast and AVX2's
 // constant of ones fit the 16 ymm registers of VEX code (with 8 + 8 the probe spilled and

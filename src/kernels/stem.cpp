@@ -116,6 +116,10 @@ bool to_pixels(const float* image, const std::vector<float>& mean, const std::ve
         if (!detail::pixel_row_avx512(src, w, s, m, dst)) return false;
         continue;
       }
+      if (isa == GemmIsa::avx2 || isa == GemmIsa::avx_vnni) {
+        if (!detail::pixel_row_avx2(src, w, s, m, dst)) return false;
+        continue;
+      }
       bool ok = true;
       for (int x = 0; x < w; ++x) {
         const int p = pixel(src[x], s, m);
@@ -147,6 +151,7 @@ void conv_stem_u8(const PixelImage& in, const PackedStem& w, const float* scale,
         a.tap_offsets.push_back(ptrdiff_t(c * in.plane()) + ptrdiff_t(ky) * in.padded_w() + 4 * g);
   detail::StemRows rows = detail::stem_rows_scalar;
   if (isa == GemmIsa::avx512_vnni) rows = detail::stem_rows_avx512;
+  if (isa == GemmIsa::avx_vnni) rows = detail::has_avx_vnni() ? detail::stem_rows_avx_vnni : detail::stem_rows_avx_vnni_evex;
   detail::split_rows(rows, a, y0 * a.ow, y1 * a.ow, threads);
 }
 

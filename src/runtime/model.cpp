@@ -214,7 +214,8 @@ struct Model::Impl {
     int h = stem.info.out_height, w = stem.info.out_width;
     const int sc = stem.info.out_channels;
     const int ph = (h + 1) / 2, pw = (w + 1) / 2;  // after the max-pool (3x3, stride 2, padding 1)
-    const bool pixels = o.pixel_stem && o.isa == kernels::GemmIsa::avx512_vnni && stem.packed_pixels &&
+    const bool vnni = o.isa == kernels::GemmIsa::avx512_vnni || o.isa == kernels::GemmIsa::avx_vnni;
+    const bool pixels = o.pixel_stem && vnni && stem.packed_pixels &&
                         kernels::to_pixels(image, info.mean, info.std, ws->pixels, o.isa);
     if (pixels && pool) {
       // Bands of pooled rows: the stem rows they need go through a buffer that stays in cache.

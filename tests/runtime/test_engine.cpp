@@ -93,12 +93,13 @@ TEST(Engine, AgreesWithTheTrainedModel) {
   }
 }
 
-// The first layer on 8-bit pixels (AVX-512 VNNI path, the ImageNet max-pool fused in bands)
+// The first layer on 8-bit pixels (the VNNI paths, the ImageNet max-pool fused in bands)
 // against the float first layer and the trained model, with a real normalisation.
 TEST(Engine, FirstLayerOnPixelsMatchesTheFloatFirstLayer) {
-  const auto isas = apot::kernels::supported_gemm_isas();
-  if (std::find(isas.begin(), isas.end(), apot::kernels::GemmIsa::avx512_vnni) == isas.end())
-    GTEST_SKIP() << "the first layer runs on pixels on the AVX-512 VNNI path only";
+  std::vector<apot::kernels::GemmIsa> vnni;
+  for (auto isa : apot::kernels::supported_gemm_isas())
+    if (isa == apot::kernels::GemmIsa::avx512_vnni || isa == apot::kernels::GemmIsa::avx_vnni) vnni.push_back(isa);
+  if (vnni.empty()) GTEST_SKIP() << "the first layer runs on pixels on the VNNI paths only";
   torch::set_num_threads(1);
   const std::vector<float> mean{0.485f, 0.456f, 0.406f}, std{0.229f, 0.224f, 0.225f};
   for (const Case& c : {Case{"resnet20", apot::levels::Shortcut::A, 4, apot::levels::Kind::apot, 32},
@@ -124,29 +125,32 @@ TEST(Engine, FirstLayerOnPixelsMatchesTheFloatFirstLayer) {
       torch::NoGradGuard no_grad;
       reference = model(x).contiguous();
     }
-    apot::runtime::RunOptions on, off;
-    on.isa = off.isa = apot::kernels::GemmIsa::avx512_vnni;
-    off.pixel_stem = false;
-    std::vector<std::vector<float>> taps_on, taps_off;
-    const std::vector<float> logits_on = engine.run_with_taps(x.data_ptr<float>(), batch, taps_on, on);
-    const std::vector<float> logits_off = engine.run_with_taps(x.data_ptr<float>(), batch, taps_off, off);
-    // The stem (after the max-pool for ResNet-18): the same up to float rounding, and not the
-    // same bits (the pixel path ran).
-    ASSERT_EQ(taps_on[0].size(), taps_off[0].size());
-    float largest = 0, diff = 0;
-    for (size_t i = 0; i < taps_on[0].size(); ++i) {
-      largest = std::max(largest, std::fabs(taps_off[0][i]));
-      diff = std::max(diff, std::fabs(taps_on[0][i] - taps_off[0][i]));
+    for (auto isa : vnni) {
+      const std::string what = c.arch + " on " + apot::kernels::to_string(isa);
+      apot::runtime::RunOptions on, off;
+      on.isa = off.isa = isa;
+      off.pixel_stem = false;
+      std::vector<std::vector<float>> taps_on, taps_off;
+      const std::vector<float> logits_on = engine.run_with_taps(x.data_ptr<float>(), batch, taps_on, on);
+      const std::vector<float> logits_off = engine.run_with_taps(x.data_ptr<float>(), batch, taps_off, off);
+      // The stem (after the max-pool for ResNet-18): the same up to float rounding, and not the
+      // same bits (the pixel path ran).
+      ASSERT_EQ(taps_on[0].size(), taps_off[0].size());
+      float largest = 0, diff = 0;
+      for (size_t i = 0; i < taps_on[0].size(); ++i) {
+        largest = std::max(largest, std::fabs(taps_off[0][i]));
+        diff = std::max(diff, std::fabs(taps_on[0][i] - taps_off[0][i]));
+      }
+      EXPECT_LE(diff, 1e-5f * largest) << what;
+      EXPECT_NE(taps_on[0], taps_off[0]) << what;
+      const torch::Tensor got = torch::tensor(logits_on).reshape({batch, 10});
+      const float scale = reference.abs().max().item<float>();
+      EXPECT_GE(((got - reference).abs() < 0.02f * scale).to(torch::kFloat).mean().item<double>(), 0.9) << what;
+      EXPECT_GE(got.argmax(1).eq(reference.argmax(1)).sum().item<int64_t>(), batch - 1) << what;
+      // Input off the 8-bit grid takes the float first layer: the same bits either way.
+      const torch::Tensor y = torch::randn({1, 3, c.size, c.size});
+      EXPECT_EQ(engine.run(y.data_ptr<float>(), 1, on), engine.run(y.data_ptr<float>(), 1, off)) << what;
     }
-    EXPECT_LE(diff, 1e-5f * largest) << c.arch;
-    EXPECT_NE(taps_on[0], taps_off[0]) << c.arch;
-    const torch::Tensor got = torch::tensor(logits_on).reshape({batch, 10});
-    const float scale = reference.abs().max().item<float>();
-    EXPECT_GE(((got - reference).abs() < 0.02f * scale).to(torch::kFloat).mean().item<double>(), 0.9) << c.arch;
-    EXPECT_GE(got.argmax(1).eq(reference.argmax(1)).sum().item<int64_t>(), batch - 1) << c.arch;
-    // Input off the 8-bit grid takes the float first layer: the same bits either way.
-    const torch::Tensor y = torch::randn({1, 3, c.size, c.size});
-    EXPECT_EQ(engine.run(y.data_ptr<float>(), 1, on), engine.run(y.data_ptr<float>(), 1, off)) << c.arch;
   }
 }
 

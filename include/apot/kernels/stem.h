@@ -60,7 +60,8 @@ PackedStem pack_stem(const int8_t* weights, int out_channels, int in_channels, i
 // sum = 0.0f, then sum = sum + a_c * float(A_c) for c = 0, 1, .. (each product and sum rounded):
 // every path gives the same bits. `in` must be w.h x w.w with w.in_channels channels and a border
 // of at least w.padding. Output rows [y0, y1) only (y1 < 0: to the end), `out` from row y0 on.
-// AVX-512 VNNI has a kernel (for up to 4 input channels); the other paths run the reference.
+// AVX-512 VNNI and AVX-VNNI (256-bit vpdpbusd) have kernels for up to 4 input channels; the
+// other paths run the reference (AVX2's vpmaddubsw would saturate on 255 x 127).
 void conv_stem_u8(const PixelImage& in, const PackedStem& w, const float* scale, const float* bias, bool relu,
                   float* out, GemmIsa isa = default_gemm_isa(), int threads = 1, int y0 = 0, int y1 = -1);
 

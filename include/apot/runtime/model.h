@@ -35,11 +35,11 @@ struct RunOptions {
   // If set (size layer_count()), the seconds spent in each layer's convolution are added to it
   // (for the per-layer report of `apot bench`; the images of a batch then run one by one).
   std::vector<double>* layer_seconds = nullptr;
-  // On the AVX-512 VNNI path, an image whose values are all normalised 8-bit pixels
-  // (kernels::pixel_of; every image a data set of 8-bit images gives) runs its first layer on
-  // the pixels with integer sums (kernels::conv_stem_u8), the ImageNet max-pool fused in bands;
-  // other input, other paths (where the float layer is as fast), or false here use the float
-  // first layer. Both compute the trained model's first layer; they differ in rounding only.
+  // On the VNNI paths (AVX-512 VNNI, AVX-VNNI), an image whose values are all normalised 8-bit
+  // pixels (kernels::pixel_of; every image a data set of 8-bit images gives) runs its first
+  // layer on the pixels with integer sums (kernels::conv_stem_u8), the ImageNet max-pool fused
+  // in bands; other input, the AVX2 and scalar paths, or false here use the float first layer.
+  // Both compute the trained model's first layer; they differ in rounding only.
   bool pixel_stem = true;
 };
 
