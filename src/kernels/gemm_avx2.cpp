@@ -2,6 +2,7 @@
 // vpaddd; the driver only calls it when no pair sum can exceed 32767, and the variant that adds
 // two vpmaddubsw results in int16 first when no sum of two pairs can. The float first layer on
 // AVX2 machines: 5 pixels x 16 channels of vfmadd in the reference's order.
+#include "float_tile.h"
 #include "gemm_ymm.h"
 
 namespace apot::kernels::detail {
@@ -27,51 +28,21 @@ inline __m256i lane_mask8(int count) {
   return _mm256_cmpgt_epi32(_mm256_set1_epi32(std::min(count, 8)), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
 }
 
-// The float first layer: R pixels x NB vectors of 8 output channels from vector n8, fused
-// multiply-adds in the reference's order (the same bits), scale and bias rounded separately.
-template <int R, int NB>
-void float_tile8(const FloatConvArgs& a, int m, int valid, int n8) {
-  const PackedFloatConv& w = *a.w;
-  const int c = w.in_channels, ld = w.nblocks * 16;
-  const float* ap[R];
-  for (int r = 0, y = m / a.ow, x = m % a.ow; r < R; ++r) {
-    ap[r] = r < valid ? a.base(y, x) : ap[r - 1];
-    if (++x == a.ow) x = 0, ++y;
-  }
-  __m256 acc[R][NB];
-  for (int r = 0; r < R; ++r)
-    for (int j = 0; j < NB; ++j) acc[r][j] = _mm256_setzero_ps();
-  // Within one kernel row the taps (kx, c) are kernel * c consecutive floats of the input and
-  // consecutive weight rows: one loop over them.
-  const int row = w.kernel * c;
-  for (int ky = 0; ky < w.kernel; ++ky) {
-    const ptrdiff_t off = ptrdiff_t(ky) * a.in->padded_w() * c;
-    const float* wk = w.data.data() + size_t(ky) * row * ld + size_t(n8) * 8;
-    for (int k = 0; k < row; ++k) {
-      __m256 b[NB];
-      for (int j = 0; j < NB; ++j) b[j] = _mm256_loadu_ps(wk + size_t(k) * ld + j * 8);
-      for (int r = 0; r < R; ++r) {
-        const __m256 av = _mm256_set1_ps(ap[r][off + k]);
-        for (int j = 0; j < NB; ++j) acc[r][j] = _mm256_fmadd_ps(av, b[j], acc[r][j]);
-      }
-    }
-  }
-  for (int j = 0; j < NB; ++j) {
-    const int n0 = (n8 + j) * 8;
-    const __m256i mask = lane_mask8(w.out_channels - n0);
-    const __m256 scale = _mm256_maskload_ps(a.scale + n0, mask), bias = _mm256_maskload_ps(a.bias + n0, mask);
-    for (int r = 0; r < valid; ++r) {
-      __m256 v = _mm256_add_ps(_mm256_mul_ps(scale, acc[r][j]), bias);
-      if (a.relu) v = _mm256_max_ps(_mm256_setzero_ps(), v);  // = std::max(v, 0.0f), NaN and -0 included
-      _mm256_maskstore_ps(a.out + size_t(m + r) * w.out_channels + n0, mask, v);
-    }
-  }
-}
-
-template <int R, int NB>
-void float_sweep8(const FloatConvArgs& a, int m0, int m1, int n8) {
-  for (int m = m0; m < m1; m += R) float_tile8<R, NB>(a, m, std::min(R, m1 - m), n8);
-}
+// The float first layer's vectors: 8 floats.
+struct Ymm {
+  using type = __m256;
+  static constexpr int lanes = 8;
+  static __m256 zero() { return _mm256_setzero_ps(); }
+  static __m256 set1(float x) { return _mm256_set1_ps(x); }
+  static __m256 load(const float* p) { return _mm256_loadu_ps(p); }
+  static __m256i mask(int count) { return lane_mask8(count); }
+  static __m256 load(const float* p, __m256i mask) { return _mm256_maskload_ps(p, mask); }
+  static void store(float* p, __m256i mask, __m256 v) { _mm256_maskstore_ps(p, mask, v); }
+  static __m256 fmadd(__m256 a, __m256 b, __m256 c) { return _mm256_fmadd_ps(a, b, c); }
+  static __m256 mul(__m256 a, __m256 b) { return _mm256_mul_ps(a, b); }
+  static __m256 add(__m256 a, __m256 b) { return _mm256_add_ps(a, b); }
+  static __m256 max(__m256 a, __m256 b) { return _mm256_max_ps(a, b); }
+};
 }  // namespace
 
 // to_pixels' formula, 8 values at a time (the AVX-VNNI path's pixel recovery; as
@@ -102,8 +73,8 @@ bool pixel_row_avx2(const float* src, int w, float s, float m, uint8_t* dst) {
 void conv_f32_rows_avx2(const FloatConvArgs& a, int m0, int m1) {
   const int vectors = (a.w->out_channels + 7) / 8;
   int n8 = 0;
-  for (; n8 + 2 <= vectors; n8 += 2) float_sweep8<5, 2>(a, m0, m1, n8);
-  if (n8 < vectors) float_sweep8<10, 1>(a, m0, m1, n8);
+  for (; n8 + 2 <= vectors; n8 += 2) float_sweep<Ymm, 5, 2>(a, m0, m1, n8);
+  if (n8 < vectors) float_sweep<Ymm, 10, 1>(a, m0, m1, n8);
 }
 
 }  // namespace apot::kernels::detail

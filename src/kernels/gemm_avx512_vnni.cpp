@@ -5,6 +5,7 @@
 // registers (vpermps), then a vpermd table lookup of the codes.
 #include <immintrin.h>
 
+#include "float_tile.h"
 #include "gemm_impl.h"
 
 namespace apot::kernels::detail {
@@ -307,61 +308,31 @@ void conv_rows_avx512_vnni(const ConvArgs& a, int m0, int m1) {
 }
 
 namespace {
-// The float first layer: R pixels x NB blocks of 16 output channels, fused multiply-adds in the
-// reference's order.
-template <int R, int NB>
-void float_tile(const FloatConvArgs& a, int m, int valid, int nb) {
-  const PackedFloatConv& w = *a.w;
-  const int c = w.in_channels, ld = w.nblocks * 16;
-  const float* ap[R];
-  for (int r = 0, y = m / a.ow, x = m % a.ow; r < R; ++r) {
-    ap[r] = r < valid ? a.base(y, x) : ap[r - 1];
-    if (++x == a.ow) x = 0, ++y;
-  }
-  __m512 acc[R][NB];
-  for (int r = 0; r < R; ++r)
-    for (int j = 0; j < NB; ++j) acc[r][j] = _mm512_setzero_ps();
-  // Within one kernel row the taps (kx, c) are kernel * c consecutive floats of the input and
-  // consecutive weight rows: one loop over them.
-  const int row = w.kernel * c;
-  for (int ky = 0; ky < w.kernel; ++ky) {
-    const ptrdiff_t off = ptrdiff_t(ky) * a.in->padded_w() * c;
-    const float* wk = w.data.data() + size_t(ky) * row * ld + size_t(nb) * 16;
-    for (int k = 0; k < row; ++k) {
-      __m512 b[NB];
-      for (int j = 0; j < NB; ++j) b[j] = _mm512_loadu_ps(wk + size_t(k) * ld + j * 16);
-      for (int r = 0; r < R; ++r) {
-        const __m512 av = _mm512_set1_ps(ap[r][off + k]);
-        for (int j = 0; j < NB; ++j) acc[r][j] = _mm512_fmadd_ps(av, b[j], acc[r][j]);
-      }
-    }
-  }
-  for (int j = 0; j < NB; ++j) {
-    const int n0 = (nb + j) * 16;
-    const __mmask16 mask = lane_mask(w.out_channels - n0);
-    const __m512 scale = _mm512_maskz_loadu_ps(mask, a.scale + n0), bias = _mm512_maskz_loadu_ps(mask, a.bias + n0);
-    for (int r = 0; r < valid; ++r) {
-      __m512 v = _mm512_add_ps(_mm512_mul_ps(scale, acc[r][j]), bias);
-      if (a.relu) v = _mm512_max_ps(_mm512_setzero_ps(), v);
-      _mm512_mask_storeu_ps(a.out + size_t(m + r) * w.out_channels + n0, mask, v);
-    }
-  }
-}
-
-template <int R, int NB>
-void float_sweep(const FloatConvArgs& a, int m0, int m1, int nb) {
-  for (int m = m0; m < m1; m += R) float_tile<R, NB>(a, m, std::min(R, m1 - m), nb);
-}
+// The float first layer's vectors: 16 floats.
+struct Zmm {
+  using type = __m512;
+  static constexpr int lanes = 16;
+  static __m512 zero() { return _mm512_setzero_ps(); }
+  static __m512 set1(float x) { return _mm512_set1_ps(x); }
+  static __m512 load(const float* p) { return _mm512_loadu_ps(p); }
+  static __mmask16 mask(int count) { return lane_mask(count); }
+  static __m512 load(const float* p, __mmask16 mask) { return _mm512_maskz_loadu_ps(mask, p); }
+  static void store(float* p, __mmask16 mask, __m512 v) { _mm512_mask_storeu_ps(p, mask, v); }
+  static __m512 fmadd(__m512 a, __m512 b, __m512 c) { return _mm512_fmadd_ps(a, b, c); }
+  static __m512 mul(__m512 a, __m512 b) { return _mm512_mul_ps(a, b); }
+  static __m512 add(__m512 a, __m512 b) { return _mm512_add_ps(a, b); }
+  static __m512 max(__m512 a, __m512 b) { return _mm512_max_ps(a, b); }
+};
 }  // namespace
 
 void conv_f32_rows_avx512(const FloatConvArgs& a, int m0, int m1) {
   const int nblocks = a.w->nblocks;
   int nb = 0;
-  for (; nb + 4 <= nblocks; nb += 4) float_sweep<6, 4>(a, m0, m1, nb);
+  for (; nb + 4 <= nblocks; nb += 4) float_sweep<Zmm, 6, 4>(a, m0, m1, nb);
   switch (nblocks - nb) {
-    case 3: float_sweep<6, 3>(a, m0, m1, nb); break;
-    case 2: float_sweep<8, 2>(a, m0, m1, nb); break;
-    case 1: float_sweep<12, 1>(a, m0, m1, nb); break;
+    case 3: float_sweep<Zmm, 6, 3>(a, m0, m1, nb); break;
+    case 2: float_sweep<Zmm, 8, 2>(a, m0, m1, nb); break;
+    case 1: float_sweep<Zmm, 12, 1>(a, m0, m1, nb); break;
     default: break;
   }
 }
