@@ -237,3 +237,32 @@ TEST(RcfQuantize, ReferenceArgminBackendAgreesAwayFromTies) {
     EXPECT_TRUE(torch::equal(ours, rcf_quantize(in, torch::tensor(3.0f), spec)));
   }
 }
+
+// CUDA tensors take the LibTorch-ops path (APOT_SPEC's operators on the device); it must give
+// the CPU kernels' values bit for bit, per-tensor and per-channel, forward and backward. Runs
+// where LibTorch was built with CUDA and a GPU is present (the device check in docs/RESULTS.md);
+// skipped elsewhere.
+TEST(RcfQuantize, CudaTensorsEqualTheCpuKernels) {
+  if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA device";
+  for (const QuantizerSpec& spec : specs()) {
+    const bool per_channel = spec.role == Role::weight;
+    const torch::Tensor in = sample_input(spec, 1.7f, 7).reshape({3, -1});
+    const torch::Tensor alpha = per_channel ? torch::tensor({1.7f, 0.9f, 2.3f}) : torch::tensor(1.7f);
+    const torch::Tensor g = torch::randn_like(in);
+    std::vector<torch::Tensor> outs, grads, alpha_grads;
+    for (torch::Device device : {torch::Device(torch::kCPU), torch::Device(torch::kCUDA)}) {
+      const torch::Tensor x = in.to(device).requires_grad_(true);
+      const torch::Tensor a = alpha.to(device).requires_grad_(true);
+      const torch::Tensor out = rcf_quantize(x, a, spec);
+      ASSERT_EQ(out.device().type(), device.type());
+      out.backward(g.to(device));
+      outs.push_back(out.detach().cpu());
+      grads.push_back(x.grad().cpu());
+      alpha_grads.push_back(a.grad().cpu());
+    }
+    const std::string name = LevelSet::make(spec.kind, spec.bits, spec.role).name();
+    EXPECT_TRUE(apot::test::bitwise_equal(outs[0], outs[1])) << name;
+    EXPECT_TRUE(apot::test::bitwise_equal(grads[0], grads[1])) << name;
+    EXPECT_TRUE(torch::allclose(alpha_grads[0], alpha_grads[1], 1e-5, 1e-4)) << name;
+  }
+}
