@@ -15,6 +15,7 @@ export PATH=$PATH:/usr/local/cuda/bin
 {
   echo "== machine"; date -u; uname -srm; nproc
   grep -m1 'model name' /proc/cpuinfo
+  echo "cpu flags: $(grep -m1 -o -w -E 'avx2|avx512f|avx512_vnni|avx_vnni|amx_int8' /proc/cpuinfo | sort -u | tr '\n' ' ')"
   nvidia-smi -L 2>/dev/null || echo "no nvidia-smi"
   g++ --version | head -1; cmake --version | head -1; ninja --version
   command -v nvcc >/dev/null && nvcc --version | tail -1
@@ -60,4 +61,17 @@ test_rc=$?
 echo "== ctest rc=$test_rc"
 grep -E "tests passed|Failed|\*\*\*|Not Run" "$LOG/ctest.log" | head -30
 "$BUILD_DIR"/tests/qat/test_qat --gtest_filter='*Cuda*' 2>&1 | tail -4 | tee "$LOG/cuda_test.txt"
+
+# A backtrace of each failed test (at most four), where a debugger is installed.
+GDB=$(command -v gdb || command -v cuda-gdb || true)
+failed="$BUILD_DIR/Testing/Temporary/LastTestsFailed.log"
+if [ -n "$GDB" ] && [ -s "$failed" ]; then
+  for t in $(cut -d: -f2 "$failed" | head -4); do
+    cmd=$(cd "$BUILD_DIR" && ctest -N -V -R "^${t}\$" | sed -n 's/.*Test command: //p' | head -1)
+    eval "set -- $cmd"
+    echo "== $t: $*"
+    timeout 120 "$GDB" -batch -ex run -ex "bt 40" -ex "info sharedlibrary" --args "$@" 2>&1 | tail -120
+  done >"$LOG/backtraces.txt" 2>&1
+  ldd "$BUILD_DIR"/tests/train/test_train >>"$LOG/backtraces.txt" 2>&1
+fi
 exit $(( build_rc != 0 || test_rc != 0 ))

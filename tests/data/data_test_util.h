@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 #include <png.h>
 #include <turbojpeg.h>
+#include <ftw.h>
 #include <zlib.h>
 
 #include <cstring>
@@ -22,7 +23,14 @@ class TempDir {
     path_ = fs::temp_directory_path() / ("apot-test-" + std::to_string(::getpid()) + "-" + std::to_string(counter()++));
     fs::create_directories(path_);
   }
-  ~TempDir() { fs::remove_all(path_); }
+  // POSIX nftw rather than std::filesystem::remove_all: the pip LibTorch 2.11 wheel's
+  // libtorch.so exports its own copy of remove_all, which crashed there (a null call); see
+  // docs/RESULTS.md, "LibTorch 2.x and CUDA".
+  ~TempDir() {
+    ::nftw(
+        path_.c_str(), [](const char* p, const struct stat*, int, struct FTW*) { return ::remove(p); }, 16,
+        FTW_DEPTH | FTW_PHYS);
+  }
   std::string operator/(const std::string& name) const { return (path_ / name).string(); }
   std::string str() const { return path_.string(); }
 
