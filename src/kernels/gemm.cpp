@@ -106,6 +106,47 @@ void check_shape(const char* what, int out_channels, int in_channels, int kernel
 using detail::check_shape;
 using detail::require;
 
+namespace {
+// F(2,3) along x: y0 = m0 + m1 + m2, y1 = m1 - m2 - m3 with m_j = t_j u_j, the input transform
+// t = (d0 - d2, d1 + d2, d2 - d1, d1 - d3) and the weights doubled (u = 2 G g) so that they are
+// integers; the kernels halve the sums.
+void pack_winograd(const int8_t* weights, PackedConv& w) {
+  const int cs = w.cs, C = w.in_channels, N = w.out_channels;
+  std::vector<int8_t, Aligned64<int8_t>> wino(size_t(w.nblocks) * 3 * cs * 4 * 16, 0);
+  std::vector<int32_t> e0(size_t(w.nblocks) * 16, 0), e1(size_t(w.nblocks) * 16, 0);
+  for (int n = 0; n < N; ++n)
+    for (int ky = 0; ky < 3; ++ky)
+      for (int c = 0; c < C; ++c) {
+        const int8_t* g = weights + (size_t(n) * 9 + ky * 3) * C + c;  // taps (ky, kx) of channel c
+        const int g0 = g[0], g1 = g[C], g2 = g[2 * C];
+        const int u[4] = {2 * g0, g0 + g1 + g2, g0 - g1 + g2, 2 * g2};
+        for (int j = 0; j < 4; ++j) {
+          if (u[j] < -127 || u[j] > 127) return;  // does not fit: the direct kernel only
+          wino[(((size_t(n / 16) * 3 + ky) * (cs / 4) + c / 4) * 4 + j) * 64 + (n % 16) * 4 + c % 4] = int8_t(u[j]);
+        }
+        e0[size_t(n)] += u[0] + u[2];
+        e1[size_t(n)] += u[2] + u[3];
+      }
+  w.wino = std::move(wino);
+  w.wino_e0 = std::move(e0);
+  w.wino_e1 = std::move(e1);
+}
+
+bool winograd_enabled() {
+  static const bool enabled = [] {
+    const char* v = std::getenv("APOT_WINOGRAD");
+    return !(v && std::string(v) == "0");
+  }();
+  return enabled;
+}
+}  // namespace
+
+bool winograd_applies(const PackedConv& w, int max_code, GemmIsa isa) {
+  const int cs = w.cs;
+  return isa == GemmIsa::avx512_vnni && !w.wino.empty() && max_code >= 0 && 2 * max_code <= 255 &&
+         (cs == 16 || cs == 32 || cs == 64 || cs == 128 || cs == 256 || cs == 512) && winograd_enabled();
+}
+
 PackedConv pack_conv(const int8_t* weights, int out_channels, int in_channels, int kernel, int stride, int padding) {
   check_shape("pack_conv", out_channels, in_channels, kernel, stride, padding);
   PackedConv w;
@@ -125,6 +166,7 @@ PackedConv pack_conv(const int8_t* weights, int out_channels, int in_channels, i
         w.data[(size_t(n / 16) * (w.K() / 4) + k / 4) * 64 + (n % 16) * 4 + k % 4] = v;
         w.max_abs = std::max(w.max_abs, std::abs(int(v)));
       }
+  if (kernel == 3 && stride == 1 && padding == 1) pack_winograd(weights, w);
   return w;
 }
 
@@ -205,6 +247,8 @@ void conv_u8s8(const CodeImage& in, const PackedConv& w, int max_code, const Con
     throw std::invalid_argument("conv_u8s8: input smaller than the kernel");
   if (!out.scale || !out.bias) throw std::invalid_argument("conv_u8s8: scale and bias are required");
   detail::ConvArgs a{&in, &w, &out, w.out_h(in.h), w.out_w(in.w), in.border - w.padding, {}, 0, w.nblocks};
+  a.max_code = max_code;
+  a.winograd = winograd_applies(w, max_code, isa);
   if (out.requantizer && (out.codes.h != a.oh || out.codes.w != a.ow || out.codes.cs < w.out_channels || !out.codes.data))
     throw std::invalid_argument("conv_u8s8: output code image does not fit the convolution");
   require(isa);

@@ -173,11 +173,13 @@ struct Model::Impl {
     const int h = first.info.in_height, w = first.info.in_width;
     float* residual = ws.stream.data();
     if (b.projection >= 0) {
+      // Once the projection's codes are made, the block reads no float of its input: the
+      // projection writes over it, into lines that requantize() has just brought into cache
+      // (to a cold buffer it took 0.08 instead of 0.05 ms at ResNet-18's first projection).
       requantize(ws.stream.data(), b.projection, ws, o);
       kernels::ConvOutput out;
-      out.values = ws.shortcut.data();
+      out.values = ws.stream.data();
       conv(b.projection, out, ws, o);
-      residual = ws.shortcut.data();
     } else if (b.stride != 1 || b.in_planes != b.out_planes) {  // option A: subsample, zero-pad channels
       const int before = (b.out_planes - b.in_planes) / 2;
       const int oh = (h - 1) / b.stride + 1, ow = (w - 1) / b.stride + 1;

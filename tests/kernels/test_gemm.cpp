@@ -159,6 +159,61 @@ TEST(Conv, EveryPathMatchesTheReferenceOnManyShapes) {
           }
 }
 
+// The Winograd F(2,3) kernel (3x3, stride 1, AVX-512 VNNI): taken exactly where it applies,
+// and equal to the reference at its limits: codes up to 127 (transformed inputs up to 254),
+// transformed weights of +-127, odd and even widths (a last pair with one pixel), rows of 1 to
+// 4 pairs (the 2 x 2, 3 x 2 and 4 x 1 tiles and their tails), padded channels, partial output
+// blocks, and 1-3 threads (split by rows and by channel blocks).
+TEST(Conv, WinogradMatchesTheReferenceAtItsLimits) {
+  using apot::kernels::winograd_applies;
+  auto packed = [](const Problem& p) { return apot::kernels::pack_conv(p.W.data(), p.n, p.c, p.k, p.stride, p.pad); };
+  // Which layers qualify.
+  Problem p = make(4, 4, 16, 16, 3, 1, 127, 10, 1);
+  EXPECT_TRUE(winograd_applies(packed(p), 127, GemmIsa::avx512_vnni));
+  EXPECT_FALSE(winograd_applies(packed(p), 128, GemmIsa::avx512_vnni)) << "2 x 128 is no byte";
+  EXPECT_FALSE(winograd_applies(packed(p), 48, GemmIsa::avx2));
+  EXPECT_FALSE(winograd_applies(packed(make(4, 4, 20, 16, 3, 1, 48, 10, 2)), 48, GemmIsa::avx512_vnni)) << "cs 20";
+  EXPECT_FALSE(winograd_applies(packed(make(4, 4, 16, 16, 3, 2, 48, 10, 3)), 48, GemmIsa::avx512_vnni)) << "stride 2";
+  EXPECT_FALSE(winograd_applies(packed(make(4, 4, 16, 16, 1, 1, 48, 10, 4)), 48, GemmIsa::avx512_vnni)) << "1x1";
+  p.W.assign(p.W.size(), 0);
+  p.W[0] = 64;  // 2 g0 = 128
+  EXPECT_FALSE(winograd_applies(packed(p), 48, GemmIsa::avx512_vnni));
+  p.W[0] = 43, p.W[16] = 43, p.W[32] = 42;  // g0 + g1 + g2 = 128 (taps kx = 0, 1, 2 of channel 0)
+  EXPECT_FALSE(winograd_applies(packed(p), 48, GemmIsa::avx512_vnni));
+  p.W[0] = 42;  // 127
+  EXPECT_TRUE(winograd_applies(packed(p), 48, GemmIsa::avx512_vnni));
+
+  // Rows of taps at the limits: (63, 1, 63) gives u = (126, 127, 125, 126), and their negations;
+  // (63, -1, 63) gives u2 = 127.
+  const int8_t rows[][3] = {{63, 1, 63}, {-63, -1, -63}, {63, -1, 63}, {-63, 1, -63}, {0, 0, 0}, {5, -7, 2}};
+  unsigned seed = 900;
+  for (int w : {1, 2, 3, 4, 5, 6, 7, 8, 9, 14})
+    for (int h : {1, 2, 4})
+      for (auto [c, n] : {std::pair{13, 17}, std::pair{32, 40}, std::pair{64, 64}, std::pair{128, 96}, std::pair{16, 16}}) {
+        Problem q = make(h, w, c, n, 3, 1, 127, 10, ++seed);
+        std::mt19937 rng(seed);
+        for (size_t i = 0; i < q.x.size(); ++i) q.x[i] = rng() % 3 == 0 ? 127 : static_cast<uint8_t>(rng() % 128);
+        for (int o = 0; o < n; ++o)
+          for (int ky = 0; ky < 3; ++ky)
+            for (int ci = 0; ci < c; ++ci) {
+              const int8_t* r = rows[rng() % 6];
+              for (int kx = 0; kx < 3; ++kx) q.W[((size_t(o) * 3 + ky) * 3 + kx) * c + ci] = r[kx];
+            }
+        ASSERT_TRUE(winograd_applies(packed(q), 127, GemmIsa::avx512_vnni));
+        const Result ref = run(q, GemmIsa::scalar, seed % 2 == 0, true);
+        for (GemmIsa isa : apot::kernels::supported_gemm_isas())
+          for (int threads : {1, 2, 3}) {
+            const Result got = run(q, isa, seed % 2 == 0, true, threads, seed % 2);
+            const std::string what = std::string(apot::kernels::to_string(isa)) + " " + std::to_string(h) + "x" +
+                                     std::to_string(w) + "x" + std::to_string(c) + " -> " + std::to_string(n) + ", " +
+                                     std::to_string(threads) + " threads";
+            ASSERT_EQ(got.acc, ref.acc) << what;
+            ASSERT_EQ(got.values, ref.values) << what;
+            ASSERT_EQ(got.codes, ref.codes) << what;
+          }
+      }
+}
+
 // Threads share a convolution by whole output rows or, where rows divide badly (7 rows over 2
 // threads, one row), by blocks of output channels (the last one partial with 130 channels):
 // every split gives the one-thread result.
