@@ -162,8 +162,9 @@ TEST(Conv, EveryPathMatchesTheReferenceOnManyShapes) {
 // The Winograd F(2,3) kernel (3x3, stride 1, AVX-512 VNNI): taken exactly where it applies,
 // and equal to the reference at its limits: codes up to 127 (transformed inputs up to 254),
 // transformed weights of +-127, odd and even widths (a last pair with one pixel), rows of 1 to
-// 4 pairs (the 2 x 2, 3 x 2 and 4 x 1 tiles and their tails), padded channels, partial output
-// blocks, and 1-3 threads (split by rows and by channel blocks).
+// 9 pairs (the 2 x 2, 3 x 2 and 4 x 1 tiles and their tails; tiles within a row, and with 128
+// channels tiles spanning two or three rows), padded channels, partial output blocks, and 1-3
+// threads (split by rows and by channel blocks).
 TEST(Conv, WinogradMatchesTheReferenceAtItsLimits) {
   using apot::kernels::winograd_applies;
   auto packed = [](const Problem& p) { return apot::kernels::pack_conv(p.W.data(), p.n, p.c, p.k, p.stride, p.pad); };
@@ -187,7 +188,7 @@ TEST(Conv, WinogradMatchesTheReferenceAtItsLimits) {
   // (63, -1, 63) gives u2 = 127.
   const int8_t rows[][3] = {{63, 1, 63}, {-63, -1, -63}, {63, -1, 63}, {-63, 1, -63}, {0, 0, 0}, {5, -7, 2}};
   unsigned seed = 900;
-  for (int w : {1, 2, 3, 4, 5, 6, 7, 8, 9, 14})
+  for (int w : {1, 2, 3, 4, 5, 6, 7, 8, 9, 14, 17})
     for (int h : {1, 2, 4})
       for (auto [c, n] : {std::pair{13, 17}, std::pair{32, 40}, std::pair{64, 64}, std::pair{128, 96}, std::pair{16, 16}}) {
         Problem q = make(h, w, c, n, 3, 1, 127, 10, ++seed);
