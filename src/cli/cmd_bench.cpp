@@ -72,16 +72,19 @@ nlohmann::json layer_report(const runtime::Model& engine, const std::vector<leve
   if (OnednnInt8::available()) int8 = OnednnInt8(info.spec, info.height, info.width, 1).layer_samples(std::max(reps, 5));
   nlohmann::json out = nlohmann::json::array();
   if (print)
-    fmt::print("  per layer (batch 1, 1 thread; peak {:.1f} G MAC/s){}:\n", peak,
-               int8.empty() ? "" : "; oneDNN int8 on the right");
+    fmt::print("  per layer (batch 1, 1 thread; peak {:.1f} G MAC/s){}:\n"
+               "  (W: Winograd F(2,3), four products where the direct convolution takes six; its rate counts the\n"
+               "  direct convolution's MACs and can pass the peak. APOT_WINOGRAD=0 runs the direct kernel.)\n",
+               peak, int8.empty() ? "" : "; oneDNN int8 on the right");
   double total_ms = 0, int8_total_ms = 0;
   for (size_t i = 0; i + 1 < layers.size(); ++i) {
     const levels::LayerInfo& l = layers[i];
     const double ms = median(samples[i]) * 1e3;
     const double gmacs = l.macs() / (ms * 1e-3) / 1e9;
     total_ms += ms;
+    const bool winograd = engine.uses_winograd(i, o.isa);
     nlohmann::json row{{"layer", l.name}, {"ms", ms}, {"macs", l.macs()}, {"gmacs_per_s", gmacs},
-                       {"share_of_peak", peak > 0 && !l.first ? gmacs / peak : 0.0}};
+                       {"share_of_peak", peak > 0 && !l.first ? gmacs / peak : 0.0}, {"winograd", winograd}};
     std::string theirs;
     if (!int8.empty()) {
       const double ims = median(int8[i]) * 1e3;
@@ -91,10 +94,10 @@ nlohmann::json layer_report(const runtime::Model& engine, const std::vector<leve
     }
     out.push_back(row);
     if (print)
-      fmt::print("    {:<24} {:>4}x{:<4} {}x{} /{} {:>4}->{:<4} {:8.4f} ms {:7.1f} G MAC/s {:>15}{}\n", l.name, l.in_height,
-                 l.in_width, l.kernel, l.kernel, l.stride, l.in_channels, l.out_channels, ms, gmacs,
+      fmt::print("    {:<24} {:>4}x{:<4} {}x{} /{} {:>4}->{:<4} {:8.4f} ms {:7.1f} G MAC/s {:>15}{}{}\n", l.name,
+                 l.in_height, l.in_width, l.kernel, l.kernel, l.stride, l.in_channels, l.out_channels, ms, gmacs,
                  l.first ? std::string("(first layer)") : peak > 0 ? fmt::format("{:5.1f} % of peak", 100 * gmacs / peak) : "",
-                 theirs);
+                 winograd ? " W" : "  ", theirs);
   }
   if (print)
     fmt::print("    convolutions together: {:.3f} ms{}\n", total_ms,

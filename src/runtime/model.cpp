@@ -286,6 +286,11 @@ Model::~Model() = default;
 const ModelInfo& Model::info() const { return impl_->info; }
 size_t Model::layer_count() const { return impl_->layers.size(); }
 
+bool Model::uses_winograd(size_t index, kernels::GemmIsa isa) const {
+  const Layer& l = impl_->layers.at(index);
+  return l.record.kind == uint32_t(LayerKind::quantized_conv) && kernels::winograd_applies(l.packed, l.max_code, isa);
+}
+
 Model Model::load(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
   if (!in) throw FormatError(path + ": cannot open");

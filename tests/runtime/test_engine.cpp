@@ -230,6 +230,14 @@ TEST(Engine, ThreadsAndLayerTimesDoNotChangeResults) {
     const std::vector<float> first = engine.run(x.data_ptr<float>(), 1, o);
     EXPECT_EQ(first, std::vector<float>(one.begin(), one.begin() + 10)) << threads << " threads, batch 1";
   }
+  // The 3x3 stride-1 quantised layers (4-bit APoT: codes <= 48, |W| <= 10) take Winograd on
+  // the AVX-512 VNNI path only; the first, strided and last layers never.
+  const auto specs = apot::levels::enumerate_layers(engine.info().spec, 32, 32);
+  for (size_t i = 0; i < engine.layer_count(); ++i) {
+    const bool eligible = !specs[i].first && !specs[i].last && specs[i].kernel == 3 && specs[i].stride == 1;
+    EXPECT_EQ(engine.uses_winograd(i, apot::kernels::GemmIsa::avx512_vnni), eligible) << specs[i].name;
+    EXPECT_FALSE(engine.uses_winograd(i, apot::kernels::GemmIsa::avx2)) << specs[i].name;
+  }
   std::vector<double> seconds(engine.layer_count(), 0.0);
   apot::runtime::RunOptions timed;
   timed.layer_seconds = &seconds;

@@ -60,6 +60,8 @@ class Model {
   std::vector<float> run_with_taps(const float* input, int batch, std::vector<std::vector<float>>& taps,
                                    const RunOptions& options = {}) const;
   size_t layer_count() const;
+  // Whether layer `index` runs the Winograd F(2,3) kernel on this path (kernels::winograd_applies).
+  bool uses_winograd(size_t index, kernels::GemmIsa isa = kernels::default_gemm_isa()) const;
 
  private:
   struct Impl;
