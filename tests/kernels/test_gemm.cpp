@@ -3,6 +3,7 @@
 // epilogue option, and the requantiser against the projection kernels it replaces.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <random>
 
@@ -167,6 +168,9 @@ TEST(Conv, EveryPathMatchesTheReferenceOnManyShapes) {
 // threads (split by rows and by channel blocks).
 TEST(Conv, WinogradMatchesTheReferenceAtItsLimits) {
   using apot::kernels::winograd_applies;
+  const auto isas = apot::kernels::supported_gemm_isas();
+  if (std::find(isas.begin(), isas.end(), GemmIsa::avx512_vnni) == isas.end())
+    GTEST_SKIP() << "Winograd weights are packed on AVX-512 VNNI CPUs only";
   auto packed = [](const Problem& p) { return apot::kernels::pack_conv(p.W.data(), p.n, p.c, p.k, p.stride, p.pad); };
   // Which layers qualify.
   Problem p = make(4, 4, 16, 16, 3, 1, 127, 10, 1);
