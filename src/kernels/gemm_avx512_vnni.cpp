@@ -335,8 +335,8 @@ void wino_transform(const ConvArgs& a, int y0, int y1, uint8_t* t) {
 // The epilogue of pairs [0, S) of a tile in row y from pair p, and of pairs [S, R) in row
 // y + 1 from pair 0 (S = 1 .. R - 1, one template per split).
 template <int R, int S = 1>
-__attribute__((noinline)) void wino_segments(const Epilogue& e, const __m512i (&column)[2 * R], int ow,
-                                                         int split, int y, int p, int n0, __mmask16 mask) {
+__attribute__((noinline)) void wino_segments(const Epilogue& e, const __m512i (&column)[2 * R], int ow, int split,
+                                             int y, int p, int n0, __mmask16 mask) {
   if constexpr (S < R) {
     if (split != S) return wino_segments<R, S + 1>(e, column, ow, split, y, p, n0, mask);
     __m512i first[2 * S], second[2 * (R - S)];
