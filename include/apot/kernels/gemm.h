@@ -70,9 +70,10 @@ struct PackedConv {
   std::vector<int8_t, Aligned64<int8_t>> data;
   // Winograd F(2,3) along rows (3x3, stride 1, padding 1; docs/KERNELS.md): for kernel row ky
   // and input channel c, the transformed weights u_j = (2 g0, g0 + g1 + g2, g0 - g1 + g2, 2 g2)
-  // of the row's taps g, when every |u_j| <= 127 and the CPU has AVX-512 VNNI; empty otherwise. Layout per block of 16
-  // output channels: [ky][c / 4][j] vectors of 16 channels x 4 input channels. wino_e0/e1:
-  // per output channel (16 * nblocks), the sums over ky and c of u0 + u2 and of u2 + u3.
+  // of the row's taps g, when every |u_j| <= 127 and the CPU has AVX-512 VNNI; empty
+  // otherwise. Layout per block of 16 output channels: [ky][c / 4][j] vectors of 16 channels x
+  // 4 input channels. wino_e0/e1: per output channel (16 * nblocks), the sums over ky and c of
+  // u0 + u2 and of u2 + u3.
   std::vector<int8_t, Aligned64<int8_t>> wino;
   std::vector<int32_t> wino_e0, wino_e1;
   int K() const { return kernel * kernel * cs; }
