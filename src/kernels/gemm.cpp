@@ -112,6 +112,7 @@ namespace {
 // integers; the kernels halve the sums.
 void pack_winograd(const int8_t* weights, PackedConv& w) {
   const int cs = w.cs, C = w.in_channels, N = w.out_channels;
+  if (cs != 16 && cs != 32 && cs != 64 && cs != 128 && cs != 256 && cs != 512) return;  // the kernel's channel strides
   std::vector<int8_t, Aligned64<int8_t>> wino(size_t(w.nblocks) * 3 * cs * 4 * 16, 0);
   std::vector<int32_t> e0(size_t(w.nblocks) * 16, 0), e1(size_t(w.nblocks) * 16, 0);
   for (int n = 0; n < N; ++n)
@@ -142,9 +143,8 @@ bool winograd_enabled() {
 }  // namespace
 
 bool winograd_applies(const PackedConv& w, int max_code, GemmIsa isa) {
-  const int cs = w.cs;
   return isa == GemmIsa::avx512_vnni && !w.wino.empty() && max_code >= 0 && 2 * max_code <= 255 &&
-         (cs == 16 || cs == 32 || cs == 64 || cs == 128 || cs == 256 || cs == 512) && winograd_enabled();
+         winograd_enabled();
 }
 
 PackedConv pack_conv(const int8_t* weights, int out_channels, int in_channels, int kernel, int stride, int padding) {

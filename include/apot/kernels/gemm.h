@@ -70,10 +70,10 @@ struct PackedConv {
   std::vector<int8_t, Aligned64<int8_t>> data;
   // Winograd F(2,3) along rows (3x3, stride 1, padding 1; docs/KERNELS.md): for kernel row ky
   // and input channel c, the transformed weights u_j = (2 g0, g0 + g1 + g2, g0 - g1 + g2, 2 g2)
-  // of the row's taps g, when every |u_j| <= 127 and the CPU has AVX-512 VNNI; empty
-  // otherwise. Layout per block of 16 output channels: [ky][c / 4][j] vectors of 16 channels x
-  // 4 input channels. wino_e0/e1: per output channel (16 * nblocks), the sums over ky and c of
-  // u0 + u2 and of u2 + u3.
+  // of the row's taps g, when every |u_j| <= 127, cs is 16, 32, 64, 128, 256 or 512 and the
+  // CPU has AVX-512 VNNI; empty otherwise. Layout per block of 16 output channels:
+  // [ky][c / 4][j] vectors of 16 channels x 4 input channels. wino_e0/e1: per output channel
+  // (16 * nblocks), the sums over ky and c of u0 + u2 and of u2 + u3.
   std::vector<int8_t, Aligned64<int8_t>> wino;
   std::vector<int32_t> wino_e0, wino_e1;
   int K() const { return kernel * kernel * cs; }
@@ -110,8 +110,8 @@ struct ConvOutput {
 };
 
 // Whether conv_u8s8 takes the Winograd F(2,3) kernel for this layer: the AVX-512 VNNI path,
-// packed Winograd weights, 2 * max_code <= 255 (the transformed inputs are bytes), a channel
-// stride of 16, 32, 64, 128, 256 or 512, and not switched off by APOT_WINOGRAD=0.
+// packed Winograd weights (PackedConv::wino), 2 * max_code <= 255 (the transformed inputs are
+// bytes), and not switched off by APOT_WINOGRAD=0.
 bool winograd_applies(const PackedConv& w, int max_code, GemmIsa isa);
 
 // Convolution of `in` (whose border must be at least w.padding and whose cs must equal w.cs)

@@ -1,0 +1,195 @@
+// Internals shared by the AVX-512 VNNI convolution kernels (gemm_avx512_vnni.cpp, the direct
+// kernel; gemm_winograd_avx512.cpp, Winograd F(2,3)): the vpdpbusd step, the weight loads, and
+// the vectorised epilogue with its requantisation. Internal linkage, included only by files
+// compiled with the AVX-512 VNNI flags.
+#pragma once
+
+#include <immintrin.h>
+
+#include "gemm_impl.h"
+
+namespace apot::kernels::detail {
+namespace {
+
+// acc += the four u8 x s8 products of each lane. Inline assembly ties the accumulator's input
+// and output to one register: with the intrinsic GCC 12 copies every accumulator of a tile
+// through a second register on each trip round the loop (two vmovdqa per vpdpbusd).
+inline __m512i dpbusd(__m512i acc, __m512i a, __m512i b) {
+  __asm__("vpdpbusd %2, %1, %0" : "+v"(acc) : "v"(a), "v"(b));
+  return acc;
+}
+
+// The requantiser's tables padded to 32 entries: thresholds with +inf, codes with the last code
+// (so that v = +inf, which passes the padding, still gets it). The search keeps the index minus
+// one (-1 .. 30): each step is then add, permute, compare, blend, and the first step compares
+// with a constant; the code table is stored shifted by one, its last entry holding codes[0],
+// because the permutes read only the low index bits (-1 selects the last entry).
+//
+// Where it applies, cells replace the search (exact as well, and fewer instructions: 13 per
+// vector for 4-bit APoT instead of 16): u = min(max(v * k, 0), 31) truncated is a cell
+// g = 0..31 that never decreases as v grows (NaN: 0). A threshold whose own cell is below g is
+// <= v, one whose cell is above g is > v, so the index is base[g] (the thresholds in lower
+// cells) plus the comparisons of v with the at most `checks` thresholds in cell g, taken in
+// order: index += v >= t[index]. It applies when the thresholds are finite and >= 0 and no cell
+// holds more than two of them (k = 31.75 / the largest threshold): APoT up to 4 bits, uniform
+// up to 5, PoT up to 3 (APoT 5-bit and PoT 4-bit keep the search).
+struct Search {
+  __m512 t0, t1, first;  // first: the threshold the first step probes, in every lane
+  __m512i c0, c1;        // c[j] = codes[j + 1], c[last] = codes[0]
+  bool wide;             // more than 16 levels: five steps over 32 entries, else four over 16
+  // The cells: k, the top cell, base[g], thresholds padded with NaN (no value passes them),
+  // codes padded with the last code.
+  int checks = 0;        // 0: no cells, the search
+  __m512 k, top, ct0, ct1;
+  __m512i base0, base1, cc0, cc1;
+
+  explicit Search(const Requantizer* q) {
+    alignas(64) float t[32];
+    alignas(64) int32_t c[32];
+    const int n = q ? int(q->codes.size()) : 1;
+    wide = n > 16;
+    const int size = wide ? 32 : 16;
+    for (int i = 0; i < 32; ++i) {
+      t[i] = i < n - 1 ? q->thresholds[i] : __builtin_inff();
+      c[i] = q ? q->codes[i + 1 < size ? std::min(i + 1, n - 1) : 0] : 0;
+    }
+    t0 = _mm512_load_ps(t);
+    t1 = _mm512_load_ps(t + 16);
+    first = _mm512_set1_ps(t[size / 2 - 1]);
+    c0 = _mm512_load_si512(c);
+    c1 = _mm512_load_si512(c + 16);
+    if (q) build_cells(*q);
+  }
+
+  // The cell of a value, as the vector code computes it.
+  static int cell_of(float v, float k) {
+    const float u = v * k;
+    return static_cast<int>(u < 31.0f ? u : 31.0f);  // v >= 0 here
+  }
+
+  void build_cells(const Requantizer& q) {
+    const int n = int(q.codes.size()), T = n - 1;
+    if (T < 1 || !(q.thresholds.front() >= 0.0f) || !(q.thresholds.back() > 0.0f) || !std::isfinite(q.thresholds.back()))
+      return;
+    const float kf = 31.75f / q.thresholds.back();
+    int count[32] = {};
+    alignas(64) int32_t base[32], cc[32];
+    alignas(64) float ct[32];
+    int most = 0;
+    for (float t : q.thresholds) most = std::max(most, ++count[cell_of(t, kf)]);
+    if (most > 2) return;
+    for (int g = 0, below = 0; g < 32; below += count[g], ++g) base[g] = below;
+    for (int i = 0; i < 32; ++i) {
+      ct[i] = i < T ? q.thresholds[size_t(i)] : __builtin_nanf("");
+      cc[i] = q.codes[size_t(std::min(i, n - 1))];
+    }
+    checks = most;
+    k = _mm512_set1_ps(kf);
+    top = _mm512_set1_ps(31.0f);
+    base0 = _mm512_load_si512(base);
+    base1 = _mm512_load_si512(base + 16);
+    ct0 = _mm512_load_ps(ct);
+    ct1 = _mm512_load_ps(ct + 16);
+    cc0 = _mm512_load_si512(cc);
+    cc1 = _mm512_load_si512(cc + 16);
+  }
+
+  // Codes of R x 16 values (index = number of thresholds <= v), the search steps of the R
+  // vectors interleaved (independent dependency chains for the out-of-order core).
+  template <int R>
+  void codes(const __m512 (&v)[R], __m128i (&out)[R]) const {
+    __m512i index[R];
+    if (checks > 0) {
+      for (int r = 0; r < R; ++r) {
+        // max(u, 0) returns its second operand, 0, for NaN
+        const __m512 u = _mm512_min_ps(_mm512_max_ps(_mm512_mul_ps(v[r], k), _mm512_setzero_ps()), top);
+        index[r] = _mm512_permutex2var_epi32(base0, _mm512_cvttps_epi32(u), base1);
+      }
+      for (int c = 0; c < checks; ++c)
+        for (int r = 0; r < R; ++r) {
+          const __m512 t = wide ? _mm512_permutex2var_ps(ct0, index[r], ct1) : _mm512_permutexvar_ps(index[r], ct0);
+          index[r] = _mm512_mask_add_epi32(index[r], _mm512_cmp_ps_mask(v[r], t, _CMP_GE_OQ), index[r], _mm512_set1_epi32(1));
+        }
+      for (int r = 0; r < R; ++r)
+        out[r] = _mm512_cvtepi32_epi8(wide ? _mm512_permutex2var_epi32(cc0, index[r], cc1) : _mm512_permutexvar_epi32(index[r], cc0));
+      return;
+    }
+    const int half = wide ? 16 : 8;
+    for (int r = 0; r < R; ++r)
+      index[r] = _mm512_mask_mov_epi32(_mm512_set1_epi32(-1), _mm512_cmp_ps_mask(v[r], first, _CMP_GE_OQ),
+                                       _mm512_set1_epi32(half - 1));
+    if (wide) {
+      for (int s = 8; s >= 1; s >>= 1)
+        for (int r = 0; r < R; ++r) step(v[r], index[r], s);
+      for (int r = 0; r < R; ++r) out[r] = _mm512_cvtepi32_epi8(_mm512_permutex2var_epi32(c0, index[r], c1));
+      return;
+    }
+    for (int s = 4; s >= 1; s >>= 1)
+      for (int r = 0; r < R; ++r) step(v[r], index[r], s);
+    for (int r = 0; r < R; ++r) out[r] = _mm512_cvtepi32_epi8(_mm512_permutexvar_epi32(index[r], c0));
+  }
+
+  // Codes of 16 values.
+  __m128i codes(__m512 v) const {
+    const __m512 one[1] = {v};
+    __m128i out[1];
+    codes(one, out);
+    return out[0];
+  }
+
+ private:
+  void step(__m512 v, __m512i& index, int s) const {
+    const __m512i candidate = _mm512_add_epi32(index, _mm512_set1_epi32(s));
+    const __m512 t = wide ? _mm512_permutex2var_ps(t0, candidate, t1) : _mm512_permutexvar_ps(candidate, t0);
+    index = _mm512_mask_mov_epi32(index, _mm512_cmp_ps_mask(v, t, _CMP_GE_OQ), candidate);
+  }
+};
+
+// A weight vector, and (Fetch) a prefetch of the one 1 KiB further down its stream: a layer's
+// weights come from L3 (or memory) on the first pass over them, and the prefetch hides that
+// (single layers with cold caches: 56x56, 64 channels 0.60 -> 0.55 ms; 14x14, 256 channels
+// 0.58 -> 0.52 ms). Later passes find them in L2, where the prefetches only take issue slots:
+// sweep() prefetches in the first tile of a pass only (ResNet-18, one thread: 9.61 -> 9.37 ms).
+template <bool Fetch>
+inline __m512i load_weights(const int8_t* p) {
+  if (Fetch) _mm_prefetch(reinterpret_cast<const char*>(p + 1024), _MM_HINT_T0);
+  return _mm512_load_si512(p);
+}
+
+inline __mmask16 lane_mask(int count) { return static_cast<__mmask16>(count >= 16 ? 0xFFFF : (1u << count) - 1); }
+
+struct Epilogue {
+  const ConvOutput& o;
+  const Search search;
+  const size_t N;
+
+  // Output vectors of pixels (y, x + r), r < valid, of one row: v = scale * acc + bias
+  // (+ residual) (ReLU: max(0, v) = std::max(v, 0.0f), NaN included) per vector, the stores, then
+  // the requantisation of all of them together. Always inlined into the tile (GCC kept the 7-
+  // and 8-pixel versions out of line, passing the accumulators through memory: ResNet-20 1.5 %).
+  template <int R>
+  __attribute__((always_inline)) void row(const __m512i (&acc)[R], int p, int y, int x, int n0, __mmask16 mask,
+                                          int valid) const {
+    __m512 v[R];
+    const __m512 scale = _mm512_maskz_loadu_ps(mask, o.scale + n0), bias = _mm512_maskz_loadu_ps(mask, o.bias + n0);
+    for (int r = 0; r < R; ++r) {
+      const size_t at = size_t(p + r) * N + n0;
+      v[r] = _mm512_add_ps(_mm512_mul_ps(scale, _mm512_cvtepi32_ps(acc[r])), bias);
+      if (r >= valid) continue;
+      if (o.residual) v[r] = _mm512_add_ps(v[r], _mm512_maskz_loadu_ps(mask, o.residual + at));
+      if (o.relu) v[r] = _mm512_max_ps(_mm512_setzero_ps(), v[r]);
+      if (o.values) _mm512_mask_storeu_ps(o.values + at, mask, v[r]);
+      if (o.accumulators) _mm512_mask_storeu_epi32(o.accumulators + at, mask, acc[r]);
+    }
+    if (!o.requantizer) return;
+    __m128i codes[R];
+    search.codes(v, codes);
+    uint8_t* dst = o.codes.pixel(y, x) + n0;
+    const size_t step = size_t(o.codes.cs);
+    for (int r = 0; r < R; ++r)
+      if (r < valid) _mm_mask_storeu_epi8(dst + r * step, mask, codes[r]);
+  }
+};
+
+}  // namespace
+}  // namespace apot::kernels::detail
