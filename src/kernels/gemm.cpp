@@ -167,9 +167,12 @@ PackedConv pack_conv(const int8_t* weights, int out_channels, int in_channels, i
         w.max_abs = std::max(w.max_abs, std::abs(int(v)));
       }
   // Only where the AVX-512 VNNI kernel can run: the Winograd weights take 4/3 of the direct
-  // ones' memory (ResNet-18: 12.6 MB more).
+  // ones' memory (ResNet-18: 12.6 MB more). Not for one block of output channels: there the
+  // Winograd tiles, as the direct ones, broadcast an input vector per vpdpbusd, and the direct
+  // kernel's row tiles (which share them) are faster.
   const std::vector<GemmIsa>& isas = supported_gemm_isas();
-  if (kernel == 3 && stride == 1 && padding == 1 && std::find(isas.begin(), isas.end(), GemmIsa::avx512_vnni) != isas.end())
+  if (kernel == 3 && stride == 1 && padding == 1 && w.nblocks > 1 &&
+      std::find(isas.begin(), isas.end(), GemmIsa::avx512_vnni) != isas.end())
     pack_winograd(weights, w);
   return w;
 }

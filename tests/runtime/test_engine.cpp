@@ -230,14 +230,16 @@ TEST(Engine, ThreadsAndLayerTimesDoNotChangeResults) {
     const std::vector<float> first = engine.run(x.data_ptr<float>(), 1, o);
     EXPECT_EQ(first, std::vector<float>(one.begin(), one.begin() + 10)) << threads << " threads, batch 1";
   }
-  // The 3x3 stride-1 quantised layers (4-bit APoT: codes <= 48, |W| <= 10) take Winograd on
-  // the AVX-512 VNNI path only; the first, strided and last layers never.
+  // The 3x3 stride-1 quantised layers (4-bit APoT: codes <= 48, |W| <= 10) with more than 16
+  // output channels take Winograd on the AVX-512 VNNI path only (layer1's 16-channel layers take
+  // the direct kernel's row tiles); the first, strided and last layers never.
   const auto specs = apot::levels::enumerate_layers(engine.info().spec, 32, 32);
   const auto isas = apot::kernels::supported_gemm_isas();
   const bool avx512 = std::find(isas.begin(), isas.end(), apot::kernels::GemmIsa::avx512_vnni) != isas.end();
   for (size_t i = 0; i < engine.layer_count(); ++i) {
     const bool eligible =
-        avx512 && !specs[i].first && !specs[i].last && specs[i].kernel == 3 && specs[i].stride == 1;
+        avx512 && !specs[i].first && !specs[i].last && specs[i].kernel == 3 && specs[i].stride == 1 &&
+        specs[i].out_channels > 16;
     EXPECT_EQ(engine.uses_winograd(i, apot::kernels::GemmIsa::avx512_vnni), eligible) << specs[i].name;
     EXPECT_FALSE(engine.uses_winograd(i, apot::kernels::GemmIsa::avx2)) << specs[i].name;
   }
