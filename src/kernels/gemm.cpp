@@ -361,6 +361,7 @@ void requantize(const float* values, int h, int w, int n, const Requantizer& q, 
     throw std::invalid_argument("requantize: output code image does not fit");
   require(isa);
   if (isa == GemmIsa::avx512_vnni) return detail::requantize_avx512(values, h, w, n, q, out);
+  if (isa == GemmIsa::avx2 || isa == GemmIsa::avx_vnni) return detail::requantize_avx2(values, h, w, n, q, out);
   for (int y = 0; y < h; ++y)
     for (int x = 0; x < w; ++x) {
       const float* v = values + (size_t(y) * w + x) * n;

@@ -23,6 +23,9 @@ struct Avx2Dot {
 void conv_rows_avx2(const ConvArgs& a, int m0, int m1) { ymm_rows<4, Avx2Dot, false>(a, m0, m1); }
 void conv_rows_avx2_pairs(const ConvArgs& a, int m0, int m1) { ymm_rows<4, Avx2Dot, true>(a, m0, m1); }
 int32_t peak_probe_avx2(long iterations) { return ymm_peak_probe<Avx2Dot>(iterations); }
+void requantize_avx2(const float* values, int h, int w, int n, const Requantizer& q, const CodeImage& out) {
+  requantize_ymm(values, h, w, n, q, out);
+}
 namespace {
 inline __m256i lane_mask8(int count) {
   return _mm256_cmpgt_epi32(_mm256_set1_epi32(std::min(count, 8)), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));

@@ -38,6 +38,18 @@ struct CodeTable {
   }
 };
 
+// The codes of 16 values (up to 32 levels): the level index as a count of thresholds <= v
+// (compare masks are -1; NaN passes none, as in Requantizer::code), then the table lookup.
+inline __m128i codes16(const Requantizer& q, const CodeTable& table, const __m256 (&v)[2]) {
+  __m256i index[2] = {_mm256_setzero_si256(), _mm256_setzero_si256()};
+  for (float t : q.thresholds) {
+    const __m256 tv = _mm256_set1_ps(t);
+    for (int h = 0; h < 2; ++h)
+      index[h] = _mm256_sub_epi32(index[h], _mm256_castps_si256(_mm256_cmp_ps(v[h], tv, _CMP_GE_OQ)));
+  }
+  return table.lookup(index[0], index[1]);
+}
+
 // The epilogue of 16 channels, as epilogue_scalar: the float arithmetic in the same order, the
 // level index as a count of thresholds <= v (compare masks are -1), the codes by table lookup.
 void epilogue16(const ConvArgs& a, const CodeTable& table, int p, int y, int x, int n0, const __m256i acc[2]) {
@@ -53,14 +65,23 @@ void epilogue16(const ConvArgs& a, const CodeTable& table, int p, int y, int x, 
     if (o.accumulators) _mm256_storeu_si256(reinterpret_cast<__m256i*>(o.accumulators + at + 8 * h), acc[h]);
   }
   if (!o.requantizer) return;
-  const Requantizer& q = *o.requantizer;
-  __m256i index[2] = {_mm256_setzero_si256(), _mm256_setzero_si256()};
-  for (float t : q.thresholds) {
-    const __m256 tv = _mm256_set1_ps(t);
-    for (int h = 0; h < 2; ++h)
-      index[h] = _mm256_sub_epi32(index[h], _mm256_castps_si256(_mm256_cmp_ps(v[h], tv, _CMP_GE_OQ)));
-  }
-  _mm_storeu_si128(reinterpret_cast<__m128i*>(o.codes.pixel(y, x) + n0), table.lookup(index[0], index[1]));
+  _mm_storeu_si128(reinterpret_cast<__m128i*>(o.codes.pixel(y, x) + n0), codes16(*o.requantizer, table, v));
+}
+
+// requantize(), 16 values at a time (the last n % 16 channels through Requantizer::code).
+inline void requantize_ymm(const float* values, int h, int w, int n, const Requantizer& q, const CodeImage& out) {
+  const CodeTable table(&q);
+  const int whole = n / 16 * 16;
+  for (int y = 0; y < h; ++y)
+    for (int x = 0; x < w; ++x) {
+      const float* src = values + (size_t(y) * w + x) * n;
+      uint8_t* dst = out.pixel(y, x);
+      for (int c = 0; c < whole; c += 16) {
+        const __m256 v[2] = {_mm256_loadu_ps(src + c), _mm256_loadu_ps(src + c + 8)};
+        _mm_storeu_si128(reinterpret_cast<__m128i*>(dst + c), codes16(q, table, v));
+      }
+      for (int c = whole; c < n; ++c) dst[c] = static_cast<uint8_t>(q.code(src[c]));
+    }
 }
 
 // R output pixels (the first `valid` are real) x 16 output channels from block nb; Pairs: two
