@@ -50,9 +50,11 @@ inline __m128i codes16(const Requantizer& q, const CodeTable& table, const __m25
   return table.lookup(index[0], index[1]);
 }
 
-// The epilogue of 16 channels, as epilogue_scalar: the float arithmetic in the same order, the
-// level index as a count of thresholds <= v (compare masks are -1), the codes by table lookup.
-void epilogue16(const ConvArgs& a, const CodeTable& table, int p, int y, int x, int n0, const __m256i acc[2]) {
+// The epilogue of 16 channels, as epilogue_scalar: the float arithmetic in the same order, then
+// codes16. Always inlined into the tile (out of line, the accumulators went through memory: ResNet-20 on
+// the AVX2 path 0.479 -> 0.455 ms).
+__attribute__((always_inline)) inline void epilogue16(const ConvArgs& a, const CodeTable& table, int p, int y, int x,
+                                                      int n0, const __m256i acc[2]) {
   const ConvOutput& o = *a.out;
   const size_t at = size_t(p) * a.w->out_channels + n0;
   __m256 v[2];
