@@ -315,6 +315,7 @@ void max_pool_3x3s2(const float* in, int h, int w, int c, float* out, GemmIsa is
     throw std::invalid_argument("max_pool_3x3s2: invalid row range");
   require(isa);
   if (isa == GemmIsa::avx512_vnni) return detail::max_pool_avx512(in, h, w, c, out, y0, y1, in_row0);
+  if (isa == GemmIsa::avx2 || isa == GemmIsa::avx_vnni) return detail::max_pool_avx2(in, h, w, c, out, y0, y1, in_row0);
   for (int y = y0; y < y1; ++y)
     for (int x = 0; x < ow; ++x) {
       float* d = out + (size_t(y) * ow + x) * c;

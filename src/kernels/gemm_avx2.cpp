@@ -72,6 +72,10 @@ bool pixel_row_avx2(const float* src, int w, float s, float m, uint8_t* dst) {
   return bad == 0;
 }
 
+void max_pool_avx2(const float* in, int h, int w, int c, float* out, int y0, int y1, int in_row0) {
+  max_pool_rows<Ymm>(in, h, w, c, out, y0, y1, in_row0);
+}
+
 // 13 of the 16 ymm registers: 5 x 2 accumulators, 2 weight vectors, the broadcast.
 void conv_f32_rows_avx2(const FloatConvArgs& a, int m0, int m1) {
   const int vectors = (a.w->out_channels + 7) / 8;

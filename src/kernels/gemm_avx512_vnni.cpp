@@ -319,32 +319,8 @@ int32_t peak_probe_avx512_vnni(long iterations) {
   return _mm512_reduce_add_epi32(sum);
 }
 
-// Up to four vectors of channels at a time, the running maxima in registers.
 void max_pool_avx512(const float* in, int h, int w, int c, float* out, int y0, int y1, int in_row0) {
-  const int ow = (w + 1) / 2;
-  for (int y = y0; y < y1; ++y)
-    for (int x = 0; x < ow; ++x) {
-      const int iy0 = std::max(0, 2 * y - 1), iy1 = std::min(h - 1, 2 * y + 1);
-      const int ix0 = std::max(0, 2 * x - 1), ix1 = std::min(w - 1, 2 * x + 1);
-      float* d = out + (size_t(y) * ow + x) * c;
-      for (int ch = 0; ch < c; ch += 64) {
-        __mmask16 mask[4];
-        __m512 m[4];
-        for (int k = 0; k < 4; ++k) mask[k] = ch + 16 * k < c ? lane_mask(c - ch - 16 * k) : 0;
-        bool first = true;
-        for (int iy = iy0; iy <= iy1; ++iy)
-          for (int ix = ix0; ix <= ix1; ++ix) {
-            const float* src = in + (size_t(iy - in_row0) * w + ix) * c + ch;
-            for (int k = 0; k < 4; ++k) {
-              const __m512 v = _mm512_maskz_loadu_ps(mask[k], src + 16 * k);
-              // max(v, m) = v > m ? v : m, the reference's choice for every pair of numbers
-              m[k] = first ? v : _mm512_max_ps(v, m[k]);
-            }
-            first = false;
-          }
-        for (int k = 0; k < 4; ++k) _mm512_mask_storeu_ps(d + ch + 16 * k, mask[k], m[k]);
-      }
-    }
+  max_pool_rows<Zmm>(in, h, w, c, out, y0, y1, in_row0);
 }
 
 // Four vectors at a time where the channels come in whole vectors (independent search chains).

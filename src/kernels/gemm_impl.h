@@ -46,6 +46,7 @@ void conv_rows_avx512_vnni(const ConvArgs& a, int m0, int m1);
 // Winograd F(2,3) for a.winograd layers and whole output rows; false (nothing done) otherwise.
 bool conv_rows_winograd_avx512(const ConvArgs& a, int m0, int m1);
 void max_pool_avx512(const float* in, int h, int w, int c, float* out, int y0, int y1, int in_row0);
+void max_pool_avx2(const float* in, int h, int w, int c, float* out, int y0, int y1, int in_row0);
 void requantize_avx512(const float* values, int h, int w, int n, const Requantizer& q, const CodeImage& out);
 void requantize_avx2(const float* values, int h, int w, int n, const Requantizer& q, const CodeImage& out);
 

@@ -468,5 +468,17 @@ TEST(MaxPool, EveryPathMatchesAPlainLoop) {
         }
         ASSERT_EQ(banded, expected) << apot::kernels::to_string(isa) << " in bands, " << h << "x" << w << "x" << c;
       }
+      // NaN: every path keeps the reference's choice, m = v > m ? v : m after the first value
+      // (so a NaN survives only where it comes first in its window).
+      for (size_t i = 0; i < in.size(); i += 5) in[i] = NAN;
+      std::vector<float> ref(expected.size());
+      apot::kernels::max_pool_3x3s2(in.data(), h, w, c, ref.data(), GemmIsa::scalar);
+      for (GemmIsa isa : apot::kernels::supported_gemm_isas()) {
+        std::vector<float> got(expected.size(), 99.0f);
+        apot::kernels::max_pool_3x3s2(in.data(), h, w, c, got.data(), isa);
+        for (size_t i = 0; i < got.size(); ++i)
+          ASSERT_TRUE(std::isnan(ref[i]) ? std::isnan(got[i]) : got[i] == ref[i])
+              << apot::kernels::to_string(isa) << " with NaN, " << h << "x" << w << "x" << c << " at " << i;
+      }
     }
 }
