@@ -1,7 +1,8 @@
-// `apot bench model.apot --batch 1,32 --threads 1,2 [--layers] [--json]`: the integer engine
-// against LibTorch FP32 (its module forward, and a forward calling oneDNN directly) and against
-// oneDNN int8 convolutions of the same network, measured side by side: in each repetition every
-// contender runs once, in turn; medians over the repetitions.
+// `apot bench model.apot --batch 1,32 --threads 1,2 [--back-to-back N] [--layers] [--json]`: the
+// integer engine against LibTorch FP32 (its module forward, and a forward calling oneDNN directly)
+// and against oneDNN int8 convolutions of the same network, measured side by side: in each
+// repetition every contender runs once (or N times in a row, the first left out), in turn;
+// medians over the repetitions.
 #include <fmt/format.h>
 
 #include <algorithm>
@@ -21,6 +22,7 @@ struct BenchOptions {
   std::string model;
   std::vector<int> batches{1, 32}, threads{1, 2};
   int reps = 0;
+  int back_to_back = 1;  // runs of each contender per turn; from 2 on, only the warm ones count
   bool layers = false;
   bool json = false;
 };
@@ -121,9 +123,13 @@ void run_bench(const BenchOptions& o) {
   if (TorchOnednnFp32::available()) direct.emplace(spec, info.height, info.width);
   std::string dnnl_isa = "not built";
   nlohmann::json results = nlohmann::json::array();
-  if (!o.json)
+  if (!o.json) {
     fmt::print("{} {}x{} ({:.1f} M MACs per image), engine path {}, its peak {:.1f} G MAC/s per thread\n", spec.name,
                info.height, info.width, macs / 1e6, kernels::to_string(isa), peak);
+    if (o.back_to_back > 1)
+      fmt::print("  (each contender runs {} times in a row per turn; the first run of a turn is left out: warm caches)\n",
+                 o.back_to_back);
+  }
   for (int threads : o.threads)
     for (int batch : o.batches) {
       torch::set_num_threads(threads);
@@ -143,8 +149,12 @@ void run_bench(const BenchOptions& o) {
       const int reps = o.reps > 0 ? o.reps : std::max(7, 200 / batch);
       for (auto& k : c) k.run();  // warm-up
       for (int r = 0; r < reps; ++r)
-        for (auto& k : c) k.ms.push_back(time_ms(k.run));
-      nlohmann::json row{{"batch", batch}, {"threads", threads}, {"reps", reps}};
+        for (auto& k : c) {
+          const double first = time_ms(k.run);
+          if (o.back_to_back == 1) k.ms.push_back(first);  // after the others: their data in cache
+          for (int again = 1; again < o.back_to_back; ++again) k.ms.push_back(time_ms(k.run));  // its own
+        }
+      nlohmann::json row{{"batch", batch}, {"threads", threads}, {"reps", reps}, {"back_to_back", o.back_to_back}};
       for (auto& k : c) row[k.name + "_ms"] = median(k.ms);
       const double e = row["engine_ms"];
       double fp32 = row["libtorch_fp32_module_ms"];
@@ -185,6 +195,11 @@ void register_bench(CLI::App& app) {
       ->check(CLI::Range(1, 1024));
   cmd->add_option("--reps", o->reps, "repetitions per configuration (default: about 200 images)")
       ->check(CLI::Range(1, 100000));
+  cmd->add_option("--back-to-back", o->back_to_back,
+                  "runs of each contender per turn; with 2 or more, the first of each turn (after the other "
+                  "contenders have filled the caches) is left out")
+      ->capture_default_str()
+      ->check(CLI::Range(1, 1000));
   cmd->add_flag("--layers", o->layers, "also report the engine's time and G MAC/s per layer (and oneDNN int8's)");
   cmd->add_flag("--json", o->json, "print one JSON object");
   cmd->callback([o] { run_bench(*o); });

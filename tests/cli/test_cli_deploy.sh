@@ -24,11 +24,14 @@ for key in engine_ms libtorch_fp32_module_ms libtorch_fp32_onednn_ms speedup_vs_
 done
 check bench-text 0 "$apot" bench "$tmp/m.apot" --batch 1 --threads 1 --reps 1
 expect bench-text "engine +[0-9.]+ ms"
+check bench-warm 0 "$apot" bench "$tmp/m.apot" --batch 1 --threads 1 --reps 2 --back-to-back 3 --json
+expect bench-warm '"back_to_back":3'
 
 head -c 100 "$tmp/m.apot" >"$tmp/truncated.apot"
 check bench-truncated 1 "$apot" bench "$tmp/truncated.apot";  expect bench-truncated "truncated"; one_line bench-truncated
 check run-truncated 1 "$apot" run "$tmp/truncated.apot" --data fashion-mnist; one_line run-truncated
 check bench-missing 2 "$apot" bench "$tmp/none.apot";          one_line bench-missing
 check bench-batch 2 "$apot" bench "$tmp/m.apot" --batch 0;     one_line bench-batch
+check bench-b2b 2 "$apot" bench "$tmp/m.apot" --back-to-back 0; one_line bench-b2b
 check run-data 2 "$apot" run "$tmp/m.apot" --data nosuchset;   one_line run-data
 exit $fail
