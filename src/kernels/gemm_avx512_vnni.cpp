@@ -212,8 +212,10 @@ void conv_f32_rows_avx512(const FloatConvArgs& a, int m0, int m1) {
 namespace {
 // The 8-bit first layer: R pixels x NB blocks of 16 output channels x C input channels of int32
 // sums (vpdpbusd on four taps of a kernel row) in one pass over the taps, then
-// sum = a_0 A_0 + a_1 A_1 + .. in the reference's order, and the epilogue.
-template <int C, int R, int NB>
+// sum = a_0 A_0 + a_1 A_1 + .. in the reference's order, and the epilogue. Pair (3x3 kernels at
+// stride 1, R pixels of one row): the four pixels broadcast for pixel r also give pixel r + 1,
+// through the shifted weights (half the broadcasts; ResNet-20's first layer 0.0104 -> 0.0089 ms).
+template <int C, int R, int NB, bool Pair>
 void stem_tile(const StemArgs& a, int m, int valid, int nb) {
   const PackedStem& w = *a.w;
   const uint8_t* ap[R];
@@ -231,15 +233,20 @@ void stem_tile(const StemArgs& a, int m, int valid, int nb) {
   // One weight stream for the group of blocks from nb (the vectors of a step at constant offsets).
   const int8_t* bp = w.data.data() + size_t(nb) * C * steps * 64;
   const ptrdiff_t* off = a.tap_offsets.data();
+  const ptrdiff_t to_shifted = Pair ? w.shifted.data() - w.data.data() : 0;  // the same vector, shifted
 #pragma GCC unroll 1
   for (int t = 0; t < steps; ++t, bp += C * NB * 64, off += C)
     for (int c = 0; c < C; ++c) {
-      __m512i b[NB];
+      __m512i b[NB], shifted[NB];
       for (int j = 0; j < NB; ++j) b[j] = _mm512_load_si512(bp + (c * NB + j) * 64);
+      if (Pair)
+        for (int j = 0; j < NB; ++j) shifted[j] = _mm512_load_si512(bp + to_shifted + (c * NB + j) * 64);
       const ptrdiff_t o = off[c];
-      for (int r = 0; r < R; ++r) {
+      for (int r = 0; r < R; r += Pair ? 2 : 1) {
         const __m512i av = _mm512_set1_epi32(load4(ap[r] + o));
         for (int j = 0; j < NB; ++j) acc[c][r][j] = dpbusd(acc[c][r][j], av, b[j]);
+        if (Pair)
+          for (int j = 0; j < NB; ++j) acc[c][r + 1][j] = dpbusd(acc[c][r + 1][j], av, shifted[j]);
       }
     }
   for (int j = 0; j < NB; ++j) {
@@ -259,7 +266,13 @@ void stem_tile(const StemArgs& a, int m, int valid, int nb) {
 
 template <int C, int R, int NB>
 void stem_sweep(const StemArgs& a, int m0, int m1, int nb) {
-  for (int m = m0; m < m1; m += R) stem_tile<C, R, NB>(a, m, std::min(R, m1 - m), nb);
+  // Pairs: up to two blocks (C x R x NB accumulators and 2 NB weight vectors fit the registers).
+  const bool pairs = NB <= 2 && R % 2 == 0 && !a.w->shifted.empty();
+  for (int m = m0; m < m1; m += R) {
+    const int valid = std::min(R, m1 - m);
+    if (pairs && valid == R && m % a.ow + R <= a.ow) stem_tile<C, R, NB, NB <= 2 && R % 2 == 0>(a, m, R, nb);
+    else stem_tile<C, R, NB, false>(a, m, valid, nb);
+  }
 }
 
 // About 24 accumulators: C * R * NB.

@@ -55,6 +55,7 @@ PackedStem pack_stem(const int8_t* weights, int out_channels, int in_channels, i
     return weights[((size_t(n) * kernel + ky) * kernel + kx) * in_channels + c];
   };
   s.data.assign(size_t(s.nblocks) * in_channels * kernel * s.groups * 64, 0);
+  if (kernel == 3 && stride == 1) s.shifted.assign(s.data.size(), 0);
   s.plain.assign(size_t(in_channels) * kernel * kernel * ld, 0);
   for (int n = 0; n < out_channels; ++n)
     for (int c = 0; c < in_channels; ++c)
@@ -64,6 +65,7 @@ PackedStem pack_stem(const int8_t* weights, int out_channels, int in_channels, i
           const size_t t = size_t(ky) * s.groups + kx / 4, steps = size_t(kernel) * s.groups;
           const size_t vec = size_t(b0) * in_channels * steps + (t * in_channels + c) * NB + (b - b0);
           s.data[vec * 64 + (n % 16) * 4 + kx % 4] = W(n, ky, kx, c);
+          if (!s.shifted.empty()) s.shifted[vec * 64 + (n % 16) * 4 + kx + 1] = W(n, ky, kx, c);
           s.plain[((size_t(c) * kernel + ky) * kernel + kx) * ld + n] = W(n, ky, kx, c);
         }
   for (int c = 0; c < in_channels; ++c) s.pixel_scale.push_back(float(1.0 / (255.0 * double(std[c]))));

@@ -41,6 +41,10 @@ struct PackedStem {
   int in_channels = 0, out_channels = 0, kernel = 1, stride = 1, padding = 0, nblocks = 0, groups = 0;
   int h = 0, w = 0;  // the input size the border table is for
   std::vector<int8_t, Aligned64<int8_t>> data;
+  // 3x3 kernels at stride 1: `data` with each group of four taps (g0, g1, g2, 0) stored as
+  // (0, g0, g1, g2), so that the four pixels broadcast for output x give output x + 1 as well;
+  // empty otherwise.
+  std::vector<int8_t, Aligned64<int8_t>> shifted;
   std::vector<int32_t> plain;     // [c][ky][kx][n] with n padded to 16 * nblocks (the reference)
   std::vector<float> pixel_scale; // a_c
   // D, 16 * nblocks entries per (row class, column class); output pixel (y, x) finds its
