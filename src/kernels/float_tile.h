@@ -1,8 +1,8 @@
-// The float first layer's register tile (and the max-pool), shared by the AVX2 and AVX-512 paths: R pixels x NB
+// The float first layer's register tile, shared by the AVX2 and AVX-512 paths: R pixels x NB
 // vectors of V::lanes output channels from vector nv, fused multiply-adds in the reference's
-// order (conv_f32_reference: the same bits), scale and bias rounded separately. V names the
-// vector type and its operations. Included by one file per instruction set, each compiled with
-// its own flags: internal linkage, as gemm_ymm.h.
+// order (conv_f32_reference: the same bits), scale and bias rounded separately; and the max-pool.
+// V names the vector type and its operations. Included by one file per instruction set, each
+// compiled with its own flags: internal linkage, as gemm_ymm.h.
 #pragma once
 
 #include "gemm_impl.h"

@@ -51,8 +51,8 @@ inline __m128i codes16(const Requantizer& q, const CodeTable& table, const __m25
 }
 
 // The epilogue of 16 channels, as epilogue_scalar: the float arithmetic in the same order, then
-// codes16. Always inlined into the tile (out of line, the accumulators went through memory: ResNet-20 on
-// the AVX2 path 0.479 -> 0.455 ms).
+// codes16. Always inlined into the tile (out of line, the accumulators went through memory:
+// ResNet-20 on the AVX2 path 0.479 -> 0.455 ms).
 __attribute__((always_inline)) inline void epilogue16(const ConvArgs& a, const CodeTable& table, int p, int y, int x,
                                                       int n0, const __m256i acc[2]) {
   const ConvOutput& o = *a.out;

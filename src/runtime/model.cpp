@@ -34,9 +34,9 @@ struct Layer {
   std::vector<float> weights_k_out;
 };
 
-// Working memory for one image at a time, sized for the model once: one zero-bordered code
-// image per quantised layer input (borders are never written, so they stay zero) and float
-// buffers for the residual stream.
+// Working memory for one image at a time, sized for the model once: a zero-bordered code image
+// for each quantised layer's input, layers that are never live together sharing one (borders
+// are never written, so they stay zero), and float buffers for the residual stream.
 struct Workspace {
   std::vector<std::vector<uint8_t>> code_bytes;  // per code buffer (Impl::code_buffer)
   std::vector<kernels::CodeImage> codes;  // per layer; empty for float layers
@@ -153,7 +153,10 @@ struct Model::Impl {
       live[b] = true;
       code_buffer[size_t(layer)] = int(b);
     };
-    auto ran = [&](int layer) { live[size_t(code_buffer[size_t(layer)])] = false; };
+    auto ran = [&](int layer) {  // layer has run: its codes are dead
+      if (code_buffer[size_t(layer)] < 0) throw std::logic_error("engine: a layer runs before its codes are made");
+      live[size_t(code_buffer[size_t(layer)])] = false;
+    };
     if (!blocks.empty()) write(blocks.front().conv[0]);
     for (size_t bi = 0; bi < blocks.size(); ++bi) {
       const levels::BlockInfo& b = blocks[bi];
