@@ -19,7 +19,8 @@ struct RunCmdOptions {
   bool json = false;
 };
 
-// The trained model's float output of the stem and of every block, NHWC per image.
+// The trained model's float outputs in the order of runtime::Model::tap_names(), NHWC per image:
+// the stem, then per block its inner convolutions (after batch norm and ReLU) and its output.
 std::vector<std::vector<float>> torch_taps(qat::ResNet& model, const torch::Tensor& image) {
   namespace F = torch::nn::functional;
   std::vector<std::vector<float>> taps;
@@ -32,7 +33,11 @@ std::vector<std::vector<float>> torch_taps(qat::ResNet& model, const torch::Tens
   record(out);
   for (auto& stage : model->stages)
     for (size_t b = 0; b < stage->size(); ++b) {
-      out = stage->ptr(b)->as<qat::ResidualBlockImpl>()->forward(out);
+      auto* block = stage->ptr(b)->as<qat::ResidualBlockImpl>();
+      const torch::Tensor inner = torch::relu(block->bn1(block->conv1(out)));
+      record(inner);
+      if (block->conv3) record(torch::relu(block->bn2(block->conv2(inner))));
+      out = block->forward(out);
       record(out);
     }
   return taps;
@@ -73,6 +78,7 @@ void run_run(const RunCmdOptions& o) {
   runtime::RunOptions ro;
   ro.threads = o.threads;
   int64_t count = 0, correct = 0, trained_correct = 0, agree = 0;
+  const std::vector<std::string> tap_names = engine.tap_names();
   std::vector<double> tap_diff;
   std::vector<double> tap_scale;
   loader.start_epoch(0);
@@ -100,13 +106,18 @@ void run_run(const RunCmdOptions& o) {
         const torch::Tensor image = batch.images.slice(0, i, i + 1).contiguous();
         engine.run_with_taps(image.data_ptr<float>(), 1, engine_taps, ro);
         const auto reference = torch_taps(trained, image);
+        if (reference.size() != engine_taps.size() || reference.size() != tap_names.size())
+          throw std::logic_error("run --compare: the engine and the trained model give different layer lists");
         tap_diff.resize(reference.size(), 0.0);
         tap_scale.resize(reference.size(), 0.0);
-        for (size_t t = 0; t < reference.size() && t < engine_taps.size(); ++t)
+        for (size_t t = 0; t < reference.size(); ++t) {
+          if (reference[t].size() != engine_taps[t].size())
+            throw std::logic_error("run --compare: " + tap_names[t] + " has another size in the engine");
           for (size_t k = 0; k < reference[t].size(); ++k) {
             tap_diff[t] = std::max(tap_diff[t], double(std::fabs(reference[t][k] - engine_taps[t][k])));
             tap_scale[t] = std::max(tap_scale[t], double(std::fabs(reference[t][k])));
           }
+        }
       }
     }
     count += n;
@@ -118,7 +129,7 @@ void run_run(const RunCmdOptions& o) {
     j["agreement"] = 100.0 * agree / std::max<int64_t>(1, count);
     j["layers"] = nlohmann::json::array();
     for (size_t t = 0; t < tap_diff.size(); ++t)
-      j["layers"].push_back({{"name", t == 0 ? std::string("stem") : "block " + std::to_string(t)},
+      j["layers"].push_back({{"name", tap_names[t]},
                              {"max_abs_diff", tap_diff[t]},
                              {"max_abs", tap_scale[t]}});
   }
@@ -130,9 +141,9 @@ void run_run(const RunCmdOptions& o) {
   if (trained) {
     fmt::print("trained model ({}): top-1 {:.2f} %; same prediction on {:.2f} % of the images\n", o.compare,
                j["trained_top1"].get<double>(), j["agreement"].get<double>());
-    fmt::print("largest difference engine vs trained model on the first {} images:\n", o.tap_images);
+    fmt::print("largest difference per layer, engine vs trained model, on the first {} images:\n", o.tap_images);
     for (const auto& l : j["layers"])
-      fmt::print("  {:<10} max |diff| {:.3g}  (max |value| {:.3f})\n", l["name"].get<std::string>(),
+      fmt::print("  {:<30} max |diff| {:.3g}  (max |value| {:.3f})\n", l["name"].get<std::string>(),
                  l["max_abs_diff"].get<double>(), l["max_abs"].get<double>());
   }
 }

@@ -45,6 +45,7 @@ struct Workspace {
   std::vector<uint8_t> pixel_bytes;       // the same as 8-bit pixels, if it is made of them
   kernels::PixelImage pixels;
   std::vector<float> stem, stream, shortcut;
+  std::vector<float> tap;  // run_with_taps: the float output of a block's inner convolution
 };
 
 std::vector<int8_t> weight_integers(const LayerRecord& r, const std::vector<uint8_t>& blob, const std::string& name) {
@@ -223,7 +224,10 @@ struct Model::Impl {
   // convolution (next_consumer, if any). The last convolution writes its output over its
   // residual input, in place (each output reads only its own residual value): the lines it
   // writes are already in cache, and no third buffer is needed.
-  void block(const levels::BlockInfo& b, int next_consumer, Workspace& ws, const RunOptions& o) const {
+  // With taps, the inner convolutions also write their float outputs (the same epilogue values
+  // that their codes come from), and the block appends them.
+  void block(const levels::BlockInfo& b, int next_consumer, Workspace& ws, const RunOptions& o,
+             std::vector<std::vector<float>>* taps) const {
     const Layer& first = layers[b.conv[0]];
     const int h = first.info.in_height, w = first.info.in_width;
     float* residual = ws.stream.data();
@@ -259,7 +263,14 @@ struct Model::Impl {
         out.requantizer = &layers[consumer].input;
         out.codes = ws.codes[consumer];
       }
+      const levels::LayerInfo& li = layers[b.conv[i]].info;
+      const size_t outputs = size_t(li.out_height) * li.out_width * li.out_channels;
+      if (taps && !last) {
+        ws.tap.resize(std::max(ws.tap.size(), outputs));
+        out.values = ws.tap.data();
+      }
       conv(b.conv[i], out, ws, o);
+      if (taps && !last) taps->emplace_back(ws.tap.begin(), ws.tap.begin() + ptrdiff_t(outputs));
     }
     if (residual != ws.stream.data()) std::swap(ws.stream, ws.shortcut);
   }
@@ -311,7 +322,7 @@ struct Model::Impl {
     if (!blocks.empty()) requantize(ws->stream.data(), blocks.front().conv[0], *ws, o);
     for (size_t bi = 0; bi < blocks.size(); ++bi) {
       const levels::BlockInfo& b = blocks[bi];
-      block(b, bi + 1 < blocks.size() ? blocks[bi + 1].conv[0] : -1, *ws, o);
+      block(b, bi + 1 < blocks.size() ? blocks[bi + 1].conv[0] : -1, *ws, o, taps);
       const Layer& last = layers[b.last_conv()];
       h = last.info.out_height;
       w = last.info.out_width;
@@ -464,6 +475,18 @@ std::vector<float> Model::run_with_taps(const float* input, int batch, std::vect
   taps.clear();
   for (int b = 0; b < batch; ++b) impl_->run_image(input + b * image, logits.data() + b * classes, &taps, options);
   return logits;
+}
+
+std::vector<std::string> Model::tap_names() const {
+  const auto& layers = impl_->layers;
+  std::vector<std::string> names{layers.front().info.name};
+  for (const levels::BlockInfo& b : impl_->blocks) {
+    const int convs = b.conv[2] >= 0 ? 3 : 2;
+    for (int i = 0; i + 1 < convs; ++i) names.push_back(layers[size_t(b.conv[i])].info.name);
+    const std::string& last = layers[size_t(b.last_conv())].info.name;  // "layer1.0.conv2"
+    names.push_back(last.substr(0, last.rfind('.')) + " (block output)");
+  }
+  return names;
 }
 
 // Several images: one thread per image, each convolution on one thread. One image: the

@@ -201,11 +201,23 @@ TEST(Engine, BottleneckBlocksMatchTheTrainedModel) {
     const double far = ((e - nhwc).abs() > tolerance).to(torch::kFloat).mean().item<double>();
     EXPECT_LT(far, 0.02) << "tap " << tap;
   };
+  // Taps: the stem, then per bottleneck block its two inner convolutions and its output.
+  const std::vector<std::string> names = engine.tap_names();
+  ASSERT_EQ(names.size(), taps.size());
+  EXPECT_EQ(names[0], "conv1");
+  EXPECT_EQ(names[1], "layer1.0.conv1");
+  EXPECT_EQ(names[2], "layer1.0.conv2");
+  EXPECT_EQ(names[3], "layer1.0 (block output)");
+  EXPECT_EQ(names.back(), "layer4.2 (block output)");
   expect_close(0, out);
   auto& stage = model->stages[0];
   for (size_t b = 0; b < stage->size(); ++b) {
-    out = stage->ptr(b)->as<apot::qat::ResidualBlockImpl>()->forward(out);
-    expect_close(b + 1, out);
+    auto* block = stage->ptr(b)->as<apot::qat::ResidualBlockImpl>();
+    const torch::Tensor inner = torch::relu(block->bn1(block->conv1(out)));
+    expect_close(3 * b + 1, inner);
+    expect_close(3 * b + 2, torch::relu(block->bn2(block->conv2(inner))));
+    out = block->forward(out);
+    expect_close(3 * b + 3, out);
   }
 }
 

@@ -55,10 +55,14 @@ class Model {
   // input: batch x C x H x W float32, normalised as in training (ModelInfo mean/std).
   // Returns batch x classes logits. Throws std::invalid_argument on NaN or infinite input.
   std::vector<float> run(const float* input, int batch, const RunOptions& options = {}) const;
-  // As run(), also returning the float output of the stem and of every residual block
-  // (NHWC, per image) for comparisons with the trained model.
+  // As run(), also returning the float output of every convolution (NHWC) for comparisons
+  // with the trained model, per image in the order of tap_names(): the first layer (after the
+  // max-pool where the stem has one), then for each residual block the outputs of its inner
+  // convolutions (after their ReLU) and the block's output (after the residual add and ReLU).
   std::vector<float> run_with_taps(const float* input, int batch, std::vector<std::vector<float>>& taps,
                                    const RunOptions& options = {}) const;
+  // The layers of run_with_taps' outputs, e.g. "conv1", "layer1.0.conv1", "layer1.0 (block output)".
+  std::vector<std::string> tap_names() const;
   size_t layer_count() const;
   // Whether layer `index` runs the Winograd F(2,3) kernel on this path (kernels::winograd_applies).
   bool uses_winograd(size_t index, kernels::GemmIsa isa = kernels::default_gemm_isa()) const;
