@@ -231,16 +231,17 @@ void stem_tile(const StemArgs& a, int m, int valid, int nb) {
     for (int r = 0; r < R; ++r)
       for (int j = 0; j < NB; ++j) acc[c][r][j] = _mm512_setzero_si512();
   // One weight stream for the group of blocks from nb (the vectors of a step at constant offsets).
-  const int8_t* bp = w.data.data() + size_t(nb) * C * steps * 64;
+  const size_t first = size_t(nb) * C * steps * 64;
+  const int8_t* bp = w.data.data() + first;
+  const int8_t* sp = Pair ? w.shifted.data() + first : nullptr;  // the same vectors, shifted
   const ptrdiff_t* off = a.tap_offsets.data();
-  const ptrdiff_t to_shifted = Pair ? w.shifted.data() - w.data.data() : 0;  // the same vector, shifted
 #pragma GCC unroll 1
-  for (int t = 0; t < steps; ++t, bp += C * NB * 64, off += C)
+  for (int t = 0; t < steps; ++t, bp += C * NB * 64, sp += Pair ? C * NB * 64 : 0, off += C)
     for (int c = 0; c < C; ++c) {
       __m512i b[NB], shifted[NB];
       for (int j = 0; j < NB; ++j) b[j] = _mm512_load_si512(bp + (c * NB + j) * 64);
       if (Pair)
-        for (int j = 0; j < NB; ++j) shifted[j] = _mm512_load_si512(bp + to_shifted + (c * NB + j) * 64);
+        for (int j = 0; j < NB; ++j) shifted[j] = _mm512_load_si512(sp + (c * NB + j) * 64);
       const ptrdiff_t o = off[c];
       for (int r = 0; r < R; r += Pair ? 2 : 1) {
         const __m512i av = _mm512_set1_epi32(load4(ap[r] + o));
