@@ -33,11 +33,9 @@ std::vector<std::vector<float>> torch_taps(qat::ResNet& model, const torch::Tens
   record(out);
   for (auto& stage : model->stages)
     for (size_t b = 0; b < stage->size(); ++b) {
-      auto* block = stage->ptr(b)->as<qat::ResidualBlockImpl>();
-      const torch::Tensor inner = torch::relu(block->bn1(block->conv1(out)));
-      record(inner);
-      if (block->conv3) record(torch::relu(block->bn2(block->conv2(inner))));
-      out = block->forward(out);
+      std::vector<torch::Tensor> inner;
+      out = stage->ptr(b)->as<qat::ResidualBlockImpl>()->forward_with_inner(out, inner);
+      for (const torch::Tensor& t : inner) record(t);
       record(out);
     }
   return taps;

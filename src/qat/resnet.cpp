@@ -35,10 +35,18 @@ void ResidualBlockImpl::reset() {
         torch::nn::Sequential(conv(in_planes_, out_planes_, 1, stride_, 0), torch::nn::BatchNorm2d(out_planes_)));
 }
 
-torch::Tensor ResidualBlockImpl::forward(const torch::Tensor& x) {
+torch::Tensor ResidualBlockImpl::forward(const torch::Tensor& x) { return run(x, nullptr); }
+
+torch::Tensor ResidualBlockImpl::forward_with_inner(const torch::Tensor& x, std::vector<torch::Tensor>& inner) {
+  return run(x, &inner);
+}
+
+torch::Tensor ResidualBlockImpl::run(const torch::Tensor& x, std::vector<torch::Tensor>* inner) {
   torch::Tensor out = torch::relu(bn1(conv1(x)));
+  if (inner) inner->push_back(out);
   if (conv3) {
     out = torch::relu(bn2(conv2(out)));
+    if (inner) inner->push_back(out);
     out = bn3(conv3(out));
   } else {
     out = bn2(conv2(out));

@@ -16,6 +16,9 @@ class ResidualBlockImpl : public torch::nn::Cloneable<ResidualBlockImpl> {
   ResidualBlockImpl(const levels::ResNetSpec& spec, int in_planes, int planes, int stride);
   void reset() override;
   torch::Tensor forward(const torch::Tensor& x);
+  // forward(), also appending to `inner` the outputs of the inner convolutions (after batch
+  // norm and ReLU): conv1, and conv2 in a bottleneck block.
+  torch::Tensor forward_with_inner(const torch::Tensor& x, std::vector<torch::Tensor>& inner);
 
   QuantConv2d conv1{nullptr}, conv2{nullptr}, conv3{nullptr};  // conv3: bottleneck only
   torch::nn::BatchNorm2d bn1{nullptr}, bn2{nullptr}, bn3{nullptr};
@@ -26,6 +29,7 @@ class ResidualBlockImpl : public torch::nn::Cloneable<ResidualBlockImpl> {
   int stride() const { return stride_; }
 
  private:
+  torch::Tensor run(const torch::Tensor& x, std::vector<torch::Tensor>* inner);
   levels::ResNetSpec spec_;
   int in_planes_, planes_, out_planes_, stride_;
 };
