@@ -19,46 +19,71 @@
 
 namespace apot::cli {
 
-TorchOnednnFp32::TorchOnednnFp32(const levels::ResNetSpec& spec, int height, int width)
-    : spec_(spec), layers_(levels::enumerate_layers(spec, height, width)), blocks_(levels::enumerate_blocks(spec)) {
+TorchOnednnFp32::TorchOnednnFp32(graph::Graph graph) : graph_(std::move(graph)) {
   torch::NoGradGuard no_grad;
-  for (const levels::LayerInfo& l : layers_) {
-    const float fan_in = float(l.in_channels * l.kernel * l.kernel);
-    weights_.push_back(l.is_linear ? torch::randn({l.out_channels, l.in_channels}) / std::sqrt(fan_in)
-                                   : torch::randn({l.out_channels, l.in_channels, l.kernel, l.kernel}) / std::sqrt(fan_in));
-    biases_.push_back(0.1f * torch::randn({l.out_channels}));
+  weights_.resize(graph_.size());
+  biases_.resize(graph_.size());
+  for (int i : graph_.weight_layers()) {
+    const graph::Node& n = graph_[size_t(i)];
+    const graph::Shape& in = graph_.input_shape_of(i);
+    const int per_group = n.op == graph::Op::conv ? in.channels / n.groups : int(in.size());
+    const float fan_in = float(per_group * n.kernel * n.kernel);
+    weights_[size_t(i)] = n.op == graph::Op::linear
+                              ? torch::randn({n.out_channels, per_group}) / std::sqrt(fan_in)
+                              : torch::randn({n.out_channels, per_group, n.kernel, n.kernel}) / std::sqrt(fan_in);
+    biases_[size_t(i)] = 0.1f * torch::randn({n.out_channels});
   }
 }
 
 bool TorchOnednnFp32::available() { return at::hasMKLDNN(); }
 
-torch::Tensor TorchOnednnFp32::conv(const torch::Tensor& x, int layer) const {
-  const levels::LayerInfo& l = layers_[layer];
-  return at::mkldnn_convolution(x, weights_[layer], biases_[layer], {l.padding, l.padding}, {l.stride, l.stride},
-                                {1, 1}, 1);
-}
-
 torch::Tensor TorchOnednnFp32::forward(const torch::Tensor& input) const {
   torch::NoGradGuard no_grad;
-  torch::Tensor x = torch::relu(conv(input, 0));
-  if (spec_.stem == levels::Stem::imagenet) x = torch::max_pool2d(x, {3, 3}, {2, 2}, {1, 1});
-  for (const levels::BlockInfo& b : blocks_) {
-    torch::Tensor out = torch::relu(conv(x, b.conv[0]));
-    if (b.conv[2] >= 0) out = torch::relu(conv(out, b.conv[1]));
-    out = conv(out, b.last_conv());
-    torch::Tensor shortcut = x;
-    if (b.projection >= 0) {
-      shortcut = conv(x, b.projection);
-    } else if (b.stride != 1 || b.in_planes != b.out_planes) {
-      using namespace torch::indexing;
-      const int64_t pad = (b.out_planes - b.in_planes) / 2;
-      shortcut = torch::constant_pad_nd(x.index({Slice(), Slice(), Slice(None, None, b.stride), Slice(None, None, b.stride)}),
-                                        {0, 0, 0, 0, pad, pad});
+  std::vector<torch::Tensor> v(graph_.size());
+  v[0] = input;
+  for (size_t i = 1; i < graph_.size(); ++i) {
+    const graph::Node& n = graph_[i];
+    const torch::Tensor& x = v[size_t(n.inputs[0])];
+    torch::Tensor out;
+    switch (n.op) {
+      case graph::Op::input:
+        break;
+      case graph::Op::conv:  // batch norm folded into the weights and bias
+        out = at::mkldnn_convolution(x, weights_[i], biases_[i], {n.padding, n.padding}, {n.stride, n.stride}, {1, 1},
+                                     n.groups);
+        break;
+      case graph::Op::linear:
+        out = torch::linear(x.flatten(1), weights_[i], biases_[i]);
+        break;
+      case graph::Op::add:
+        out = x;
+        for (size_t k = 1; k < n.inputs.size(); ++k) out = out + v[size_t(n.inputs[k])];
+        break;
+      case graph::Op::max_pool:
+        out = torch::max_pool2d(x, {n.kernel, n.kernel}, {n.stride, n.stride}, {n.padding, n.padding});
+        break;
+      case graph::Op::avg_pool:
+        out = torch::avg_pool2d(x, {n.kernel, n.kernel}, {n.stride, n.stride}, {n.padding, n.padding});
+        break;
+      case graph::Op::global_avg_pool:
+        out = torch::adaptive_avg_pool2d(x, {1, 1});
+        break;
+      case graph::Op::flatten:
+        out = x.flatten(1);
+        break;
+      case graph::Op::shortcut_pad: {
+        using namespace torch::indexing;
+        const int64_t pad = n.out_channels - x.size(1), before = pad / 2;
+        out = torch::constant_pad_nd(x.index({Slice(), Slice(), Slice(None, None, n.stride), Slice(None, None, n.stride)}),
+                                     {0, 0, 0, 0, before, pad - before});
+        break;
+      }
     }
-    x = torch::relu(out + shortcut);
+    if (n.activation == graph::Activation::relu) out = torch::relu(out);
+    if (n.activation == graph::Activation::clamp) out = torch::clamp(out, n.clamp_lo, n.clamp_hi);
+    v[i] = out;
   }
-  x = torch::adaptive_avg_pool2d(x, {1, 1}).flatten(1);
-  return torch::linear(x, weights_.back(), biases_.back());
+  return v.back().flatten(1);
 }
 
 #ifdef APOT_DNNL2
@@ -78,43 +103,66 @@ using tag = memory::format_tag;
 using dt = memory::data_type;
 }  // namespace
 
-OnednnInt8::OnednnInt8(const levels::ResNetSpec& spec, int height, int width, int batch) : impl_(std::make_unique<Impl>()) {
+OnednnInt8::OnednnInt8(const graph::Graph& g, int batch) : impl_(std::make_unique<Impl>()) {
   Impl& m = *impl_;
-  const std::vector<levels::LayerInfo> layers = levels::enumerate_layers(spec, height, width);
-  const std::vector<levels::BlockInfo> blocks = levels::enumerate_blocks(spec);
-  std::vector<bool> residual_add(layers.size(), false), relu(layers.size(), true);
-  for (const levels::BlockInfo& b : blocks) {
-    residual_add[b.last_conv()] = true;
-    if (b.projection >= 0) relu[b.projection] = false;
-  }
-  // The latest activation of each shape: a layer reads the one its producer wrote.
-  std::map<std::tuple<int, int, int>, memory> latest;
-  auto activation = [&](int c, int h, int w) {
-    auto key = std::make_tuple(c, h, w);
-    auto it = latest.find(key);
-    if (it != latest.end()) return it->second;
-    memory mem({{batch, c, h, w}, dt::u8, tag::nhwc}, m.engine);
-    std::fill_n(static_cast<uint8_t*>(mem.get_data_handle()), size_t(batch) * c * h * w, uint8_t{3});
-    return latest[key] = mem;
+  const auto consumers = g.consumers();
+  std::vector<int> layer_of(g.size(), -1);
+  const std::vector<int> weight_layers = g.weight_layers();
+  for (size_t l = 0; l < weight_layers.size(); ++l) layer_of[size_t(weight_layers[l])] = int(l);
+  // The memory of each node's value (u8, NHWC); a value of another shape than a reader expects
+  // (an option-A shortcut) is replaced by a fresh one, as its contents do not change the time.
+  std::vector<memory> value(g.size());
+  auto source = [&](int node, const graph::Shape& s) {
+    memory& mem = value[size_t(node)];
+    const memory::dims dims{batch, s.channels, s.height, s.width};
+    if (!mem || mem.get_desc().dims() != dims) {
+      mem = memory({dims, dt::u8, tag::nhwc}, m.engine);
+      std::fill_n(static_cast<uint8_t*>(mem.get_data_handle()), size_t(batch) * s.size(), uint8_t{3});
+    }
+    return mem;
   };
-  for (size_t i = 0; i + 1 < layers.size(); ++i) {  // the classifier is left out
-    const levels::LayerInfo& l = layers[i];
-    const memory src = activation(l.in_channels, l.in_height, l.in_width);
-    const memory::desc dst_md({batch, l.out_channels, l.out_height, l.out_width}, dt::u8, tag::nhwc);
-    const memory::desc w_md({l.out_channels, l.in_channels, l.kernel, l.kernel}, dt::s8, tag::any);
+  for (size_t i = 1; i < g.size(); ++i) {
+    const graph::Node& n = g[i];
+    if (n.op != graph::Op::conv) {
+      if (!n.inputs.empty() && !value[i]) value[i] = value[size_t(n.inputs[0])];
+      if (n.op == graph::Op::max_pool && n.kernel == 3 && n.stride == 2 && n.padding == 1) {
+        const memory src = source(n.inputs[0], g.input_shape_of(int(i)));
+        const memory::desc pool_md({batch, n.shape.channels, n.shape.height, n.shape.width}, dt::u8, tag::nhwc);
+        const dnnl::pooling_forward::desc pool(dnnl::prop_kind::forward_inference, dnnl::algorithm::pooling_max,
+                                               src.get_desc(), pool_md, {2, 2}, {3, 3}, {1, 1}, {1, 1});
+        const dnnl::pooling_forward::primitive_desc ppd(pool, m.engine);
+        memory pooled(ppd.dst_desc(), m.engine);
+        m.primitives.push_back(dnnl::pooling_forward(ppd));
+        m.arguments.push_back({{DNNL_ARG_SRC, src}, {DNNL_ARG_DST, pooled}});
+        m.layer.push_back(-1);
+        value[i] = pooled;
+      }
+      continue;
+    }
+    const graph::Shape& in = g.input_shape_of(int(i));
+    const int cin = in.channels / n.groups, cout = n.out_channels / n.groups;
+    const memory src = source(n.inputs[0], in);
+    const memory::desc dst_md({batch, n.out_channels, n.shape.height, n.shape.width}, dt::u8, tag::nhwc);
+    const memory::dims wdims = n.groups == 1 ? memory::dims{n.out_channels, cin, n.kernel, n.kernel}
+                                             : memory::dims{n.groups, cout, cin, n.kernel, n.kernel};
+    const memory::desc w_md(wdims, dt::s8, tag::any);
     const dnnl::convolution_forward::desc desc(dnnl::prop_kind::forward_inference, dnnl::algorithm::convolution_direct,
-                                               src.get_desc(), w_md, dst_md, {l.stride, l.stride},
-                                               {l.padding, l.padding}, {l.padding, l.padding});
+                                               src.get_desc(), w_md, dst_md, {n.stride, n.stride},
+                                               {n.padding, n.padding}, {n.padding, n.padding});
+    // A sum that reads only this convolution's value becomes its sum post-op.
+    const bool fused = consumers[i].size() == 1 && g[size_t(consumers[i][0])].op == graph::Op::add &&
+                       n.activation == graph::Activation::none;
+    const graph::Node& last = fused ? g[size_t(consumers[i][0])] : n;
     dnnl::primitive_attr attr;
     attr.set_output_scales(0, {1.0f / 64});
     dnnl::post_ops ops;
-    if (residual_add[i]) ops.append_sum(1.0f);
-    if (relu[i]) ops.append_eltwise(1.0f, dnnl::algorithm::eltwise_relu, 0.0f, 0.0f);
+    if (fused) ops.append_sum(1.0f);
+    if (last.activation == graph::Activation::relu) ops.append_eltwise(1.0f, dnnl::algorithm::eltwise_relu, 0.0f, 0.0f);
     attr.set_post_ops(ops);
     const dnnl::convolution_forward::primitive_desc pd(desc, attr, m.engine);
-    memory user_w({{l.out_channels, l.in_channels, l.kernel, l.kernel}, dt::s8, tag::oihw}, m.engine);
+    memory user_w({wdims, dt::s8, n.groups == 1 ? tag::oihw : tag::goihw}, m.engine);
     int8_t* wp = static_cast<int8_t*>(user_w.get_data_handle());
-    for (int64_t k = 0, n = int64_t(l.out_channels) * l.in_channels * l.kernel * l.kernel; k < n; ++k)
+    for (int64_t k = 0, count = int64_t(n.out_channels) * cin * n.kernel * n.kernel; k < count; ++k)
       wp[k] = static_cast<int8_t>(k % 7 - 3);
     memory weights(pd.weights_desc(), m.engine);
     dnnl::reorder(user_w, weights).execute(m.stream, user_w, weights);
@@ -122,22 +170,11 @@ OnednnInt8::OnednnInt8(const levels::ResNetSpec& spec, int height, int width, in
     std::fill_n(static_cast<uint8_t*>(dst.get_data_handle()), pd.dst_desc().get_size(), uint8_t{0});
     m.primitives.push_back(dnnl::convolution_forward(pd));
     m.arguments.push_back({{DNNL_ARG_SRC, src}, {DNNL_ARG_WEIGHTS, weights}, {DNNL_ARG_DST, dst}});
-    m.layer.push_back(int(i));
-    latest[std::make_tuple(l.out_channels, l.out_height, l.out_width)] = dst;
-    if (l.first && spec.stem == levels::Stem::imagenet) {  // max-pool 3x3, stride 2, padding 1
-      const int ph = (l.out_height + 2 - 3) / 2 + 1, pw = (l.out_width + 2 - 3) / 2 + 1;
-      const memory::desc pool_md({batch, l.out_channels, ph, pw}, dt::u8, tag::nhwc);
-      const dnnl::pooling_forward::desc pool(dnnl::prop_kind::forward_inference, dnnl::algorithm::pooling_max,
-                                             dst.get_desc(), pool_md, {2, 2}, {3, 3}, {1, 1}, {1, 1});
-      const dnnl::pooling_forward::primitive_desc ppd(pool, m.engine);
-      memory pooled(ppd.dst_desc(), m.engine);
-      m.primitives.push_back(dnnl::pooling_forward(ppd));
-      m.arguments.push_back({{DNNL_ARG_SRC, dst}, {DNNL_ARG_DST, pooled}});
-      m.layer.push_back(-1);
-      latest[std::make_tuple(l.out_channels, ph, pw)] = pooled;
-    }
+    m.layer.push_back(layer_of[i]);
+    value[i] = dst;
+    if (fused) value[size_t(consumers[i][0])] = dst;
   }
-  m.layers = layers.size();
+  m.layers = weight_layers.size();
   m.stream.wait();
 }
 
@@ -178,7 +215,7 @@ std::vector<std::vector<double>> OnednnInt8::layer_samples(int reps) const {
 #else  // built without oneDNN
 
 struct OnednnInt8::Impl {};
-OnednnInt8::OnednnInt8(const levels::ResNetSpec&, int, int, int) {
+OnednnInt8::OnednnInt8(const graph::Graph&, int) {
   throw std::runtime_error("this apot was built without oneDNN 2.x (libdnnl-dev)");
 }
 OnednnInt8::~OnednnInt8() = default;

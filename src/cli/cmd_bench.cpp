@@ -10,7 +10,7 @@
 #include <nlohmann/json.hpp>
 #include <optional>
 
-#include "apot/qat/resnet.h"
+#include "apot/qat/network.h"
 #include "apot/runtime/model.h"
 #include "baselines.h"
 #include "commands.h"
@@ -42,8 +42,8 @@ double time_ms(F f) {
 // `batch` random 8-bit images, normalised as the model expects (what a data set of images gives
 // the engine; the baselines' speed does not depend on the values).
 torch::Tensor random_images(const runtime::ModelInfo& info, int batch) {
-  const torch::Tensor pixels = torch::randint(0, 256, {batch, info.spec.in_channels, info.height, info.width}).to(torch::kFloat);
-  const auto shape = std::vector<int64_t>{1, info.spec.in_channels, 1, 1};
+  const torch::Tensor pixels = torch::randint(0, 256, {batch, info.in_channels(), info.height, info.width}).to(torch::kFloat);
+  const auto shape = std::vector<int64_t>{1, info.in_channels(), 1, 1};
   const torch::Tensor mean = torch::tensor(info.mean).reshape(shape), std = torch::tensor(info.std).reshape(shape);
   return ((pixels / 255.0f - mean) / std).contiguous();
 }
@@ -56,22 +56,24 @@ struct Contender {
 
 // Per-layer time of the engine (batch 1, one thread) against the measured peak, and beside it
 // oneDNN int8's time for the same convolution where the baseline is built.
-nlohmann::json layer_report(const runtime::Model& engine, const std::vector<levels::LayerInfo>& layers, int reps,
-                            double peak, bool print) {
+nlohmann::json layer_report(const runtime::Model& engine, int reps, double peak, bool print) {
   const runtime::ModelInfo& info = engine.info();
+  const graph::Graph& g = info.graph;
+  const size_t layers = engine.layer_count();
+  const std::vector<int> first = g.first_layers();
   // One thread for both: oneDNN fixes a primitive's thread count when it is created.
   torch::set_num_threads(1);
   const torch::Tensor x = random_images(info, 1);
-  std::vector<std::vector<double>> samples(layers.size());
+  std::vector<std::vector<double>> samples(layers);
   runtime::RunOptions o;
   for (int r = 0; r < std::max(reps, 5); ++r) {
-    std::vector<double> seconds(layers.size(), 0.0);
+    std::vector<double> seconds(layers, 0.0);
     o.layer_seconds = &seconds;
     engine.run(x.data_ptr<float>(), 1, o);
-    for (size_t i = 0; i < layers.size(); ++i) samples[i].push_back(seconds[i]);
+    for (size_t i = 0; i < layers; ++i) samples[i].push_back(seconds[i]);
   }
   std::vector<std::vector<double>> int8;
-  if (OnednnInt8::available()) int8 = OnednnInt8(info.spec, info.height, info.width, 1).layer_samples(std::max(reps, 5));
+  if (OnednnInt8::available()) int8 = OnednnInt8(g, 1).layer_samples(std::max(reps, 5));
   nlohmann::json out = nlohmann::json::array();
   if (print)
     fmt::print("  per layer (batch 1, 1 thread; peak {:.1f} G MAC/s){}:\n"
@@ -79,26 +81,31 @@ nlohmann::json layer_report(const runtime::Model& engine, const std::vector<leve
                "  direct convolution's MACs and can pass the peak. APOT_WINOGRAD=0 runs the direct kernel.)\n",
                peak, int8.empty() ? "" : "; oneDNN int8 on the right");
   double total_ms = 0, int8_total_ms = 0;
-  for (size_t i = 0; i + 1 < layers.size(); ++i) {
-    const levels::LayerInfo& l = layers[i];
+  for (size_t i = 0; i < layers; ++i) {
+    const int node = engine.layer_node(i);
+    const graph::Node& l = g[size_t(node)];
+    if (l.op != graph::Op::conv) continue;  // linear layers are not timed
+    const graph::Shape& in = g.input_shape_of(node);
+    const bool is_first = std::find(first.begin(), first.end(), node) != first.end();
+    const int64_t layer_macs = g.macs(node);
     const double ms = median(samples[i]) * 1e3;
-    const double gmacs = l.macs() / (ms * 1e-3) / 1e9;
+    const double gmacs = layer_macs / (ms * 1e-3) / 1e9;
     total_ms += ms;
     const bool winograd = engine.uses_winograd(i, o.isa);
-    nlohmann::json row{{"layer", l.name}, {"ms", ms}, {"macs", l.macs()}, {"gmacs_per_s", gmacs},
-                       {"share_of_peak", peak > 0 && !l.first ? gmacs / peak : 0.0}, {"winograd", winograd}};
+    nlohmann::json row{{"layer", l.name}, {"ms", ms}, {"macs", layer_macs}, {"gmacs_per_s", gmacs},
+                       {"share_of_peak", peak > 0 && !is_first ? gmacs / peak : 0.0}, {"winograd", winograd}};
     std::string theirs;
-    if (!int8.empty()) {
+    if (!int8.empty() && !int8[i].empty()) {
       const double ims = median(int8[i]) * 1e3;
       int8_total_ms += ims;
       row["onednn_int8_ms"] = ims;
-      theirs = fmt::format(" | {:8.4f} ms {:6.1f} G MAC/s", ims, l.macs() / (ims * 1e-3) / 1e9);
+      theirs = fmt::format(" | {:8.4f} ms {:6.1f} G MAC/s", ims, layer_macs / (ims * 1e-3) / 1e9);
     }
     out.push_back(row);
     if (print)
       fmt::print("    {:<24} {:>4}x{:<4} {}x{} /{} {:>4}->{:<4} {:8.4f} ms {:7.1f} G MAC/s {:>15}{}{}\n", l.name,
-                 l.in_height, l.in_width, l.kernel, l.kernel, l.stride, l.in_channels, l.out_channels, ms, gmacs,
-                 l.first ? std::string("(first layer)") : peak > 0 ? fmt::format("{:5.1f} % of peak", 100 * gmacs / peak) : "",
+                 in.height, in.width, l.kernel, l.kernel, l.stride, in.channels, l.out_channels, ms, gmacs,
+                 is_first ? std::string("(first layer)") : peak > 0 ? fmt::format("{:5.1f} % of peak", 100 * gmacs / peak) : "",
                  winograd ? " W" : "  ", theirs);
   }
   if (print)
@@ -110,21 +117,20 @@ nlohmann::json layer_report(const runtime::Model& engine, const std::vector<leve
 void run_bench(const BenchOptions& o) {
   const runtime::Model engine = runtime::Model::load(o.model);
   const runtime::ModelInfo& info = engine.info();
-  const auto& spec = info.spec;
-  const std::vector<levels::LayerInfo> layers = levels::enumerate_layers(spec, info.height, info.width);
+  const graph::Graph& g = info.graph;
   int64_t macs = 0;
-  for (const auto& l : layers) macs += l.macs();
+  for (int i : g.weight_layers()) macs += g.macs(i);
   const kernels::GemmIsa isa = kernels::default_gemm_isa();
   const double peak = kernels::measure_peak_gmacs(isa);
-  qat::ResNet fp = qat::make_resnet(spec.name, spec.in_channels, spec.num_classes, spec.shortcut);
+  qat::Network fp = qat::make_network(g);
   fp->eval();
   torch::NoGradGuard no_grad;
   std::optional<TorchOnednnFp32> direct;
-  if (TorchOnednnFp32::available()) direct.emplace(spec, info.height, info.width);
+  if (TorchOnednnFp32::available()) direct.emplace(g);
   std::string dnnl_isa = "not built";
   nlohmann::json results = nlohmann::json::array();
   if (!o.json) {
-    fmt::print("{} {}x{} ({:.1f} M MACs per image), engine path {}, its peak {:.1f} G MAC/s per thread\n", spec.name,
+    fmt::print("{} {}x{} ({:.1f} M MACs per image), engine path {}, its peak {:.1f} G MAC/s per thread\n", g.arch,
                info.height, info.width, macs / 1e6, kernels::to_string(isa), peak);
     if (o.back_to_back > 1)
       fmt::print("  (each contender runs {} times in a row per turn; the first run of a turn is left out: warm caches)\n",
@@ -142,7 +148,7 @@ void run_bench(const BenchOptions& o) {
       if (direct) c.push_back({"libtorch_fp32_onednn", [&] { direct->forward(x); }, {}});
       std::optional<OnednnInt8> int8;
       if (OnednnInt8::available()) {
-        int8.emplace(spec, info.height, info.width, batch);
+        int8.emplace(g, batch);
         dnnl_isa = int8->isa();
         c.push_back({"onednn_int8", [&] { int8->run(threads); }, {}});
       }
@@ -174,11 +180,11 @@ void run_bench(const BenchOptions& o) {
                    row["engine_gmacs_per_s"].get<double>());
       }
     }
-  nlohmann::json report{{"model", o.model},    {"arch", spec.name},        {"macs_per_image", macs},
+  nlohmann::json report{{"model", o.model},    {"arch", g.arch},        {"macs_per_image", macs},
                         {"gemm", kernels::to_string(isa)}, {"peak_gmacs_per_s", peak}, {"onednn_isa", dnnl_isa},
                         {"results", results}};
   if (!o.json) fmt::print("  oneDNN int8 dispatches to: {}\n", dnnl_isa);
-  if (o.layers) report["layers"] = layer_report(engine, layers, o.reps > 0 ? o.reps : 50, peak, !o.json);
+  if (o.layers) report["layers"] = layer_report(engine, o.reps > 0 ? o.reps : 50, peak, !o.json);
   if (o.json) fmt::print("{}\n", report.dump());
 }
 

@@ -3,29 +3,58 @@
 
 #include <nlohmann/json.hpp>
 
-#include "apot/levels/cost.h"
+#include "apot/graph/architectures.h"
+#include "apot/graph/cost.h"
+#include "apot/graph/serialize.h"
 #include "commands.h"
 
 namespace apot::cli {
 namespace {
 
 struct CostOptions {
-  std::string arch = "resnet18", kind = "apot";
+  std::string arch = "resnet18", kind = "apot", model_file, shortcut = "A";
+  std::vector<std::string> layer_bits;  // NAME=W/A
   int wbits = 4, abits = 4, input = 0, classes = 0;
   bool json = false, layers = false;
 };
+
+// --layer NAME=W/A (e.g. layer1.0.conv1=8/8): a per-layer override, as [quant.layers] in recipes.
+std::map<std::string, graph::LayerOverride> parse_layer_bits(const std::vector<std::string>& items) {
+  std::map<std::string, graph::LayerOverride> out;
+  for (const std::string& item : items) {
+    const size_t eq = item.find('='), slash = item.find('/', eq == std::string::npos ? 0 : eq);
+    try {
+      if (eq == std::string::npos || eq == 0 || slash == std::string::npos) throw std::invalid_argument(item);
+      graph::LayerOverride& l = out[item.substr(0, eq)];
+      l.weight_bits = std::stoi(item.substr(eq + 1, slash - eq - 1));
+      l.act_bits = std::stoi(item.substr(slash + 1));
+    } catch (const std::exception&) {
+      throw UsageError("--layer expects NAME=W/A (e.g. layer1.0.conv1=8/8), got '" + item + "'");
+    }
+  }
+  return out;
+}
 
 void run_cost(const CostOptions& o) {
   const bool imagenet = o.arch == "resnet18" || o.arch == "resnet34" || o.arch == "resnet50";
   const int input = o.input > 0 ? o.input : (imagenet ? 224 : 32);
   const int classes = o.classes > 0 ? o.classes : (imagenet ? 1000 : 10);
-  const levels::ResNetSpec spec = levels::resnet_spec(o.arch, 3, classes, levels::Shortcut::A);
-  const levels::CostReport r = levels::compute_cost(spec, input, input, o.wbits, o.abits, o.kind);
-  const levels::CostReport uniform =
-      o.kind == "fp" ? r : levels::compute_cost(spec, input, input, o.wbits, o.abits, "uniform");
+  graph::Graph g;
+  if (!o.model_file.empty()) {
+    g = graph::read_model_file(o.model_file);
+  } else {
+    graph::ArchOptions ao;
+    ao.num_classes = classes;
+    ao.shortcut = o.shortcut;
+    g = graph::build_architecture(o.arch, ao);
+  }
+  const auto overrides = parse_layer_bits(o.layer_bits);
+  const graph::CostReport r = graph::compute_cost(g, input, input, o.wbits, o.abits, o.kind, overrides);
+  const graph::CostReport uniform =
+      o.kind == "fp" ? r : graph::compute_cost(g, input, input, o.wbits, o.abits, "uniform", overrides);
   if (o.json) {
-    nlohmann::json j{{"arch", r.arch},         {"kind", r.kind},
-                     {"wbits", r.weight_bits}, {"abits", r.act_bits},
+    nlohmann::json j{{"arch", r.arch},         {"kind", o.kind},
+                     {"wbits", o.kind == "fp" ? 32 : o.wbits}, {"abits", o.kind == "fp" ? 32 : o.abits},
                      {"input", input},         {"classes", classes},
                      {"macs", r.macs},         {"quantized_macs", r.quantized_macs},
                      {"fixops", r.fixops},     {"fixops_uniform", uniform.fixops},
@@ -33,7 +62,7 @@ void run_cost(const CostOptions& o) {
     if (o.layers) {
       j["layers"] = nlohmann::json::array();
       for (const auto& l : r.layers)
-        j["layers"].push_back({{"name", l.layer.name}, {"macs", l.layer.macs()}, {"fixops", l.fixops},
+        j["layers"].push_back({{"name", l.name}, {"macs", l.macs}, {"fixops", l.fixops},
                                {"wbits", l.weight_bits}, {"abits", l.act_bits}, {"size_bytes", l.size_bytes}});
     }
     fmt::print("{}\n", j.dump());
@@ -42,11 +71,12 @@ void run_cost(const CostOptions& o) {
   if (o.layers) {
     fmt::print("{:<24} {:>12} {:>6} {:>14} {:>12}\n", "layer", "MACs", "W/A", "FixOPs", "bytes");
     for (const auto& l : r.layers)
-      fmt::print("{:<24} {:>12} {:>6} {:>14.0f} {:>12.0f}\n", l.layer.name, l.layer.macs(),
+      fmt::print("{:<24} {:>12} {:>6} {:>14.0f} {:>12.0f}\n", l.name, l.macs,
                  fmt::format("{}/{}", l.weight_bits, l.act_bits), l.fixops, l.size_bytes);
   }
-  fmt::print("{} {}x{} {} W{}A{}: {:.4f} G MACs ({:.4f} G quantised), {:.1f} M FixOPs", r.arch, input, input, r.kind,
-             r.weight_bits, r.act_bits, r.macs / 1e9, r.quantized_macs / 1e9, r.fixops / 1e6);
+  fmt::print("{} {}x{} {} W{}A{}: {:.4f} G MACs ({:.4f} G quantised), {:.1f} M FixOPs", r.arch, input, input, o.kind,
+             o.kind == "fp" ? 32 : o.wbits, o.kind == "fp" ? 32 : o.abits, r.macs / 1e9, r.quantized_macs / 1e9,
+             r.fixops / 1e6);
   if (o.kind != "fp" && o.kind != "uniform")
     fmt::print(" ({:.1f} % less than uniform's {:.1f} M)", 100.0 * (1 - r.fixops / uniform.fixops), uniform.fixops / 1e6);
   fmt::print(", weights {:.2f} MiB ({:.2f} MiB with batch norm)\n", r.size_bytes / 1048576.0,
@@ -60,6 +90,9 @@ void register_cost(CLI::App& app) {
   CLI::App* cmd = app.add_subcommand("cost", "MACs, FixOPs and model size of a network (APOT_SPEC section 7)");
   cmd->add_option("--arch", o->arch, "resnet18 | resnet34 | resnet50 | resnet20 | resnet32 | resnet44 | resnet56 | resnet110")
       ->capture_default_str();
+  cmd->add_option("--model-file", o->model_file, "a model file (docs/MODELS.md) instead of --arch")->check(CLI::ExistingFile);
+  cmd->add_option("--shortcut", o->shortcut, "CIFAR ResNet shortcut: A | B")->check(CLI::IsMember({"A", "B"}))->capture_default_str();
+  cmd->add_option("--layer", o->layer_bits, "per-layer bits NAME=W/A, e.g. layer1.0.conv1=8/8 (repeatable)");
   cmd->add_option("--wbits", o->wbits, "weight bits (2-8)")->capture_default_str();
   cmd->add_option("--abits", o->abits, "activation bits (2-8)")->capture_default_str();
   cmd->add_option("--kind", o->kind, "apot | pot | uniform | fp")

@@ -1,9 +1,11 @@
-// `apot eval --checkpoint FILE --data SPEC [--arch ARCH] [--json]`: top-1, top-5, per class.
+// `apot eval --checkpoint FILE --data SPEC [--arch ARCH | --model-file FILE] [--json]`: top-1,
+// top-5, per class; a PyTorch state dict is imported for --arch or --model-file.
 #include <fmt/format.h>
 
 #include <filesystem>
 #include <nlohmann/json.hpp>
 
+#include "apot/graph/serialize.h"
 #include "apot/qat/checkpoint_import.h"
 #include "apot/train/trainer.h"
 #include "commands.h"
@@ -12,7 +14,8 @@ namespace apot::cli {
 namespace {
 
 struct EvalOptions {
-  std::string checkpoint, data, arch, shortcut = "A";
+  std::string checkpoint, data, arch, shortcut = "A", naming = "apot", model_file, key;
+  std::vector<float> mean, stddev;
   int batch = 256, workers = 2, threads = 0;
   bool json = false;
 };
@@ -27,15 +30,36 @@ void run_eval(const EvalOptions& o) {
   lo.workers = o.workers;
   lo.shuffle = false;
   lo.transform = data::default_transform(spec, data::Split::test, test_set.get());
-  qat::ResNet model{nullptr};
+  qat::Network model{nullptr};
   std::string what;
-  if (!o.arch.empty()) {  // a PyTorch state dict of a full-precision model
+  if (!o.arch.empty() && !o.model_file.empty()) throw UsageError("give --arch or --model-file, not both");
+  if (o.mean.size() != o.stddev.size()) throw UsageError("--mean and --std need the same number of values");
+  if (!o.arch.empty() || !o.model_file.empty()) {  // a PyTorch state dict of a full-precision model
     if (lo.transform.channels == 0) lo.transform.channels = test_set->channels();
     const int channels = lo.transform.channels;
-    model = qat::make_resnet(o.arch, channels, static_cast<int>(test_set->num_classes()),
-                             o.shortcut == "B" ? levels::Shortcut::B : levels::Shortcut::A);
-    qat::import_state_dict(*model, o.checkpoint);
-    what = o.arch + " fp32 (imported state dict)";
+    graph::Graph g;
+    if (!o.model_file.empty()) {
+      g = graph::read_model_file(o.model_file);
+      if (g.in_channels() != channels)
+        throw UsageError(o.model_file + " takes " + std::to_string(g.in_channels()) + " input channels, " + o.data +
+                         " has " + std::to_string(channels));
+    } else {
+      graph::ArchOptions ao;
+      ao.in_channels = channels;
+      ao.num_classes = static_cast<int>(test_set->num_classes());
+      ao.shortcut = o.shortcut;
+      ao.naming = o.naming;
+      g = graph::build_architecture(o.arch, ao);
+    }
+    model = qat::make_network(std::move(g));
+    qat::import_state_dict(*model, o.checkpoint, o.key);
+    if (!o.mean.empty()) {  // the normalisation the model was trained with
+      if (o.mean.size() != size_t(channels))
+        throw UsageError("--mean and --std need one value per input channel (" + std::to_string(channels) + ")");
+      lo.transform.mean = o.mean;
+      lo.transform.std = o.stddev;
+    }
+    what = model->graph().arch + " fp32 (imported state dict)";
   } else {
     train::Checkpoint meta;
     model = train::load_checkpoint(o.checkpoint, &meta);
@@ -75,6 +99,14 @@ void register_eval(CLI::App& app) {
   cmd->add_option("--data", o->data, "fashion-mnist | mnist:DIR | cifar10:DIR | cifar100:DIR | imagefolder:DIR")->required();
   cmd->add_option("--arch", o->arch, "architecture of an imported state dict (resnet20, resnet18, ...)");
   cmd->add_option("--shortcut", o->shortcut, "CIFAR shortcut of an imported state dict: A | B")->capture_default_str();
+  cmd->add_option("--naming", o->naming, "parameter names of --arch: apot (linear, shortcut) | hub (fc, downsample)")
+      ->check(CLI::IsMember({"apot", "hub"}))
+      ->capture_default_str();
+  cmd->add_option("--model-file", o->model_file, "model file (docs/MODELS.md) of an imported state dict")
+      ->check(CLI::ExistingFile);
+  cmd->add_option("--key", o->key, "the entry of a checkpoint dict that holds the state dict (e.g. state_dict, ema)");
+  cmd->add_option("--mean", o->mean, "input mean per channel of an imported model (on the 0..1 scale)")->delimiter(',');
+  cmd->add_option("--std", o->stddev, "input std per channel of an imported model")->delimiter(',');
   cmd->add_option("--batch", o->batch, "batch size")->capture_default_str();
   cmd->add_option("--workers", o->workers, "loader threads")->capture_default_str();
   cmd->add_option("--threads", o->threads, "LibTorch threads (0: all cores)");

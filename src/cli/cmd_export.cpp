@@ -16,7 +16,7 @@ struct ExportOptions {
 
 void run_export(const ExportOptions& o) {
   train::Checkpoint meta;
-  qat::ResNet model = train::load_checkpoint(o.checkpoint, &meta);
+  qat::Network model = train::load_checkpoint(o.checkpoint, &meta);
   exporter::ExportInfo info;
   info.height = meta.info.height;
   info.width = meta.info.width;
@@ -29,7 +29,7 @@ void run_export(const ExportOptions& o) {
                                         {"config", nlohmann::json::parse(train::config_to_json(meta.config))},
                                         {"exported_by", "apot 0.1.0"}}
                              .dump();
-  const std::vector<uint8_t> bytes = exporter::export_model(model, info);
+  const std::vector<uint8_t> bytes = exporter::export_model(*model, info);
   exporter::write_file_atomically(o.out, bytes);
   int64_t params = 0;
   for (const auto& p : model->named_parameters())

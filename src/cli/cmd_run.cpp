@@ -19,25 +19,21 @@ struct RunCmdOptions {
   bool json = false;
 };
 
-// The trained model's float outputs in the order of runtime::Model::tap_names(), NHWC per image:
-// the stem, then per block its inner convolutions (after batch norm and ReLU) and its output.
-std::vector<std::vector<float>> torch_taps(qat::ResNet& model, const torch::Tensor& image) {
-  namespace F = torch::nn::functional;
+// The trained model's float outputs of the engine's tap nodes (runtime::Model::tap_nodes()),
+// found by name in the trained model's graph, NHWC per image.
+std::vector<std::vector<float>> torch_taps(qat::NetworkImpl& model, const std::vector<std::string>& names,
+                                           const torch::Tensor& image) {
+  std::vector<torch::Tensor> outputs;
+  model.forward_all(image, outputs);
   std::vector<std::vector<float>> taps;
-  auto record = [&](const torch::Tensor& t) {
-    const torch::Tensor nhwc = t.permute({0, 2, 3, 1}).contiguous();
-    taps.emplace_back(nhwc.data_ptr<float>(), nhwc.data_ptr<float>() + nhwc.numel());
-  };
-  torch::Tensor out = torch::relu(model->bn1(model->conv1(image)));
-  if (model->spec().stem == levels::Stem::imagenet) out = F::max_pool2d(out, F::MaxPool2dFuncOptions(3).stride(2).padding(1));
-  record(out);
-  for (auto& stage : model->stages)
-    for (size_t b = 0; b < stage->size(); ++b) {
-      std::vector<torch::Tensor> inner;
-      out = stage->ptr(b)->as<qat::ResidualBlockImpl>()->forward_with_inner(out, inner);
-      for (const torch::Tensor& t : inner) record(t);
-      record(out);
-    }
+  for (const std::string& name : names) {
+    const int node = model.graph().find(name);
+    if (node < 0) throw UsageError("run --compare: the trained model has no layer '" + name + "'; is it the model's checkpoint?");
+    torch::Tensor t = outputs[size_t(node)];
+    if (t.dim() == 4) t = t.permute({0, 2, 3, 1});
+    t = t.contiguous();
+    taps.emplace_back(t.data_ptr<float>(), t.data_ptr<float>() + t.numel());
+  }
   return taps;
 }
 
@@ -56,18 +52,18 @@ void run_run(const RunCmdOptions& o) {
   lo.transform = data::default_transform(spec, data::Split::test, test_set.get());
   lo.transform.mean = info.mean;
   lo.transform.std = info.std;
-  lo.transform.channels = info.spec.in_channels;
+  lo.transform.channels = info.in_channels();
   std::vector<size_t> indices;
   if (o.limit > 0)
     for (size_t i = 0; i < std::min<size_t>(o.limit, test_set->size()); ++i) indices.push_back(i);
   data::Loader loader(test_set, lo, indices);
   const std::vector<int64_t> shape = loader.example_shape();
-  if (shape != std::vector<int64_t>{info.spec.in_channels, info.height, info.width})
-    throw UsageError(o.model + " expects " + std::to_string(info.spec.in_channels) + "x" + std::to_string(info.height) +
+  if (shape != std::vector<int64_t>{info.in_channels(), info.height, info.width})
+    throw UsageError(o.model + " expects " + std::to_string(info.in_channels()) + "x" + std::to_string(info.height) +
                      "x" + std::to_string(info.width) + " inputs, " + o.data + " gives " + std::to_string(shape[0]) +
                      "x" + std::to_string(shape[1]) + "x" + std::to_string(shape[2]));
 
-  qat::ResNet trained{nullptr};
+  qat::Network trained{nullptr};
   if (!o.compare.empty()) {
     trained = train::load_checkpoint(o.compare);
     trained->eval();
@@ -103,7 +99,7 @@ void run_run(const RunCmdOptions& o) {
         std::vector<std::vector<float>> engine_taps;
         const torch::Tensor image = batch.images.slice(0, i, i + 1).contiguous();
         engine.run_with_taps(image.data_ptr<float>(), 1, engine_taps, ro);
-        const auto reference = torch_taps(trained, image);
+        const auto reference = torch_taps(*trained, tap_names, image);
         if (reference.size() != engine_taps.size() || reference.size() != tap_names.size())
           throw std::logic_error("run --compare: the engine and the trained model give different layer lists");
         tap_diff.resize(reference.size(), 0.0);
@@ -128,6 +124,7 @@ void run_run(const RunCmdOptions& o) {
     j["layers"] = nlohmann::json::array();
     for (size_t t = 0; t < tap_diff.size(); ++t)
       j["layers"].push_back({{"name", tap_names[t]},
+                             {"op", graph::to_string(info.graph.at(tap_names[t]).op)},
                              {"max_abs_diff", tap_diff[t]},
                              {"max_abs", tap_scale[t]}});
   }
@@ -141,7 +138,8 @@ void run_run(const RunCmdOptions& o) {
                j["trained_top1"].get<double>(), j["agreement"].get<double>());
     fmt::print("largest difference per layer, engine vs trained model, on the first {} images:\n", o.tap_images);
     for (const auto& l : j["layers"])
-      fmt::print("  {:<30} max |diff| {:.3g}  (max |value| {:.3f})\n", l["name"].get<std::string>(),
+      fmt::print("  {:<30} {:<5} max |diff| {:.3g}  (max |value| {:.3f})\n", l["name"].get<std::string>(),
+                 l["op"].get<std::string>(),
                  l["max_abs_diff"].get<double>(), l["max_abs"].get<double>());
   }
 }

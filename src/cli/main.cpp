@@ -4,6 +4,7 @@
 #include <exception>
 
 #include "apot/levels/level_set.h"
+#include "apot/graph/graph.h"
 #include "commands.h"
 #ifdef APOT_WITH_TORCH
 #include "apot/data/dataset.h"
@@ -37,6 +38,9 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "apot: error: %s (see apot --help)\n", e.what());
     return 2;
   } catch (const apot::levels::LevelSetError& e) {
+    std::fprintf(stderr, "apot: error: %s\n", e.what());
+    return 2;
+  } catch (const apot::graph::GraphError& e) {  // a model file, architecture or layer override
     std::fprintf(stderr, "apot: error: %s\n", e.what());
     return 2;
 #ifdef APOT_WITH_TORCH

@@ -1,4 +1,5 @@
-// Export: integer weights recovered from the trained fake-quantised weights, folded batch norm.
+// Export: the graph, integer weights recovered from the trained fake-quantised weights, folded
+// batch norm and bias.
 #include "apot/export/export.h"
 
 #include <fcntl.h>
@@ -10,6 +11,7 @@
 #include <cstring>
 #include <nlohmann/json.hpp>
 
+#include "apot/graph/serialize.h"
 #include "apot/runtime/format.h"
 
 namespace apot::exporter {
@@ -29,29 +31,45 @@ struct Blob {
   }
 };
 
-// The batch norm after a convolution: scale and shift per channel (eval mode).
-void batch_norm_of(torch::nn::BatchNorm2dImpl& bn, std::vector<double>& scale, std::vector<double>& shift) {
-  const auto gamma = bn.weight.detach().to(torch::kFloat64), beta = bn.bias.detach().to(torch::kFloat64);
-  const auto mean = bn.running_mean.to(torch::kFloat64), var = bn.running_var.to(torch::kFloat64);
-  const auto s = gamma / (var + bn.options.eps()).sqrt();
-  const auto b = beta - s * mean;
+// The batch norm after a layer (eval mode) as scale and shift per channel: 1 and 0 without one.
+void batch_norm_of(torch::nn::Module* module, int channels, std::vector<double>& scale, std::vector<double>& shift) {
+  scale.assign(size_t(channels), 1.0);
+  shift.assign(size_t(channels), 0.0);
+  if (!module) return;
+  torch::Tensor gamma, beta, mean, var;
+  double eps = 0;
+  if (auto* bn = dynamic_cast<torch::nn::BatchNorm2dImpl*>(module)) {
+    gamma = bn->weight, beta = bn->bias, mean = bn->running_mean, var = bn->running_var, eps = bn->options.eps();
+  } else if (auto* bn1 = dynamic_cast<torch::nn::BatchNorm1dImpl*>(module)) {
+    gamma = bn1->weight, beta = bn1->bias, mean = bn1->running_mean, var = bn1->running_var, eps = bn1->options.eps();
+  } else {
+    throw std::invalid_argument("export: unknown batch-norm module");
+  }
+  const auto s = gamma.detach().to(torch::kFloat64) / (var.to(torch::kFloat64) + eps).sqrt();
+  const auto b = beta.detach().to(torch::kFloat64) - s * mean.to(torch::kFloat64);
   scale.assign(s.data_ptr<double>(), s.data_ptr<double>() + s.numel());
   shift.assign(b.data_ptr<double>(), b.data_ptr<double>() + b.numel());
 }
 
-std::string bn_name(const std::string& conv) {
-  const size_t dot = conv.rfind('.');
-  const std::string last = dot == std::string::npos ? conv : conv.substr(dot + 1);
-  const std::string prefix = dot == std::string::npos ? "" : conv.substr(0, dot + 1);
-  if (last == "0") return prefix + "1";                              // shortcut.0 -> shortcut.1
-  if (last.rfind("conv", 0) == 0) return prefix + "bn" + last.substr(4);  // convN -> bnN
-  return "";
+// Reorders conv weights [out][in][kh][kw] to [out][kh][kw][in] (the engine's im2col order), and
+// linear weights [out][C*H*W] (PyTorch's flattening of a C x H x W input) to [out][H*W*C].
+std::vector<float> engine_order(const torch::Tensor& w, const graph::Shape& linear_source) {
+  torch::Tensor t = w.contiguous();
+  if (w.dim() == 4) {
+    t = w.permute({0, 2, 3, 1}).contiguous();
+  } else if (linear_source.height * linear_source.width > 1) {
+    t = w.reshape({w.size(0), linear_source.channels, linear_source.height, linear_source.width})
+            .permute({0, 2, 3, 1})
+            .contiguous();
+  }
+  return std::vector<float>(t.data_ptr<float>(), t.data_ptr<float>() + t.numel());
 }
 
-// Reorders [out][in][kh][kw] to [out][kh][kw][in] (the engine's im2col order).
-std::vector<float> to_ohwi(const torch::Tensor& w) {
-  const torch::Tensor t = w.dim() == 4 ? w.permute({0, 2, 3, 1}).contiguous() : w.contiguous();
-  return std::vector<float>(t.data_ptr<float>(), t.data_ptr<float>() + t.numel());
+// The shape a linear layer's input has before flatten nodes.
+graph::Shape unflattened_input(const graph::Graph& g, int node) {
+  int i = g[size_t(node)].inputs.at(0);
+  while (g[size_t(i)].op == graph::Op::flatten) i = g[size_t(i)].inputs.at(0);
+  return g[size_t(i)].shape;
 }
 
 int bits_for(size_t levels) {
@@ -62,72 +80,69 @@ int bits_for(size_t levels) {
 
 }  // namespace
 
-std::vector<uint8_t> export_model(qat::ResNet& model, const ExportInfo& info) {
+std::vector<uint8_t> export_model(qat::NetworkImpl& model, const ExportInfo& info) {
   torch::NoGradGuard no_grad;
-  model->eval();
-  const levels::ResNetSpec& spec = model->spec();
-  const auto layers = levels::enumerate_layers(spec, info.height, info.width);
-  auto modules = model->named_modules();
+  model.eval();
+  graph::Graph g = model.graph();
+  g.infer_shapes(info.height, info.width);
   Blob blob;
   std::vector<LayerRecord> records;
-  nlohmann::json quant_meta;
-  for (const levels::LayerInfo& li : layers) {
+  for (int index : g.weight_layers()) {
+    const graph::Node& node = g[size_t(index)];
+    const graph::LayerQuant& lq = node.quant;
+    const bool linear = node.op == graph::Op::linear;
+    const graph::Shape in = linear ? unflattened_input(g, index) : g.input_shape_of(index);
     LayerRecord r{};
-    r.in_channels = li.in_channels;
-    r.out_channels = li.out_channels;
-    r.kernel = li.kernel;
-    r.stride = li.stride;
-    r.padding = li.padding;
-    std::shared_ptr<torch::nn::Module> m = modules[li.name];
-    qat::QuantOptions q;
-    torch::Tensor weight, weight_alpha, act_alpha, bias;
-    qat::QuantConv2dImpl* conv = dynamic_cast<qat::QuantConv2dImpl*>(m.get());
-    if (auto* c = conv) {
-      q = c->quant_options();
-      weight = c->weight;
-      weight_alpha = c->weight_alpha;
-      act_alpha = c->act_alpha;
-    } else if (auto* l = dynamic_cast<qat::QuantLinearImpl*>(m.get())) {
-      q = l->quant_options();
-      weight = l->weight;
-      bias = l->bias;
+    r.in_channels = uint32_t(linear ? in.size() : in.channels);
+    r.out_channels = uint32_t(node.out_channels);
+    r.kernel = uint32_t(linear ? 1 : node.kernel);
+    r.stride = uint32_t(linear ? 1 : node.stride);
+    r.padding = uint32_t(linear ? 0 : node.padding);
+    r.groups = uint32_t(linear ? 1 : node.groups);
+    torch::Tensor weight, weight_alpha, act_alpha, bias, quantized;
+    if (auto* c = model.conv(node.name)) {
+      weight = c->weight, weight_alpha = c->weight_alpha, act_alpha = c->act_alpha, bias = c->bias;
+      if (lq.quantized()) quantized = c->quantized_weight().detach();
+    } else if (auto* l = model.linear(node.name)) {
+      weight = l->weight, weight_alpha = l->weight_alpha, act_alpha = l->act_alpha, bias = l->bias;
     } else {
-      throw std::invalid_argument("export: no layer " + li.name + " in the model");
+      throw std::invalid_argument("export: no layer " + node.name + " in the model");
     }
-    const int out = li.out_channels;
-    std::vector<double> scale(out, 1.0), shift(out, 0.0);
-    if (!li.is_linear) {
-      auto bn = std::dynamic_pointer_cast<torch::nn::BatchNorm2dImpl>(modules[bn_name(li.name)]);
-      if (!bn) throw std::invalid_argument("export: no batch norm after " + li.name);
-      batch_norm_of(*bn, scale, shift);
-    } else if (bias.defined()) {
+    if (lq.mode == graph::LayerQuant::Mode::float32)
+      throw std::invalid_argument("export: layer " + node.name +
+                                  " is full precision; the engine runs int8 and quantised layers only (train it with "
+                                  "quant.int8_first_last = true, or quantise it)");
+    if (lq.quantized() && linear)
+      throw std::invalid_argument("export: layer " + node.name +
+                                  " is a quantised linear layer, which the engine does not run yet; keep it int8");
+    const int out = node.out_channels;
+    std::vector<double> scale, shift;
+    batch_norm_of(model.batch_norm(node.name), out, scale, shift);
+    if (bias.defined()) {  // bn(W x + b) = s W x + (s b + t)
       const torch::Tensor b = bias.detach().to(torch::kFloat64).contiguous();
-      shift.assign(b.data_ptr<double>(), b.data_ptr<double>() + out);
+      for (int o = 0; o < out; ++o) shift[size_t(o)] += scale[size_t(o)] * b.data_ptr<double>()[o];
     }
     std::vector<int8_t> level_table;
     std::vector<uint8_t> codes;
-    const std::vector<float> w = to_ohwi(weight.detach().to(torch::kFloat32));
-    const size_t per_out = w.size() / out;
-    if (li.first || li.last) {
-      if (!q.int8_weights)
-        throw std::invalid_argument("export: layer " + li.name +
-                                    " must have int8 weights (train with quant.int8_first_last = true)");
+    const std::vector<float> w = engine_order(weight.detach().to(torch::kFloat32), in);
+    const size_t per_out = w.size() / size_t(out);
+    if (lq.mode == graph::LayerQuant::Mode::int8) {
       double max_abs = 0;
       for (float v : w) max_abs = std::max(max_abs, double(std::fabs(v)));
       const double step = max_abs > 0 ? max_abs / 127.0 : 1.0;
       for (int v = -127; v <= 127; ++v) level_table.push_back(static_cast<int8_t>(v));
       for (float v : w) codes.push_back(static_cast<uint8_t>(std::clamp(std::lround(v / step), -127L, 127L) + 127));
-      for (int o = 0; o < out; ++o) scale[o] *= step;
-      r.kind = uint32_t(li.first ? LayerKind::float_conv : LayerKind::float_linear);
+      for (int o = 0; o < out; ++o) scale[size_t(o)] *= step;
+      r.kind = uint32_t(linear ? LayerKind::float_linear : LayerKind::float_conv);
     } else {
-      if (!q.quantizes_weight() || !q.quantizes_input() || q.int8_weights)
-        throw std::invalid_argument("export: layer " + li.name + " is not quantised (" + q.describe() + ")");
-      const levels::LevelSet wset = levels::LevelSet::make(q.kind, q.weight_bits, levels::Role::weight);
-      const levels::LevelSet aset = levels::LevelSet::make(q.kind, q.act_bits, levels::Role::activation);
+      if (lq.signed_input)
+        throw std::invalid_argument("export: layer " + node.name + " has a signed input, which the engine does not run yet");
+      const levels::LevelSet wset = levels::LevelSet::make(lq.kind, lq.weight_bits, levels::Role::weight);
+      const levels::LevelSet aset = levels::LevelSet::make(lq.kind, lq.act_bits, levels::Role::activation);
       if (wset.storage_bits() != 8 || aset.storage_bits() != 8)
         throw std::invalid_argument("export: " + wset.name() + " / " + aset.name() + " levels do not fit 8-bit integers");
       // The trained forward's quantised weight is alpha_w * k / D_w (as float32); recover k.
-      const std::vector<float> wq = to_ohwi(conv->quantized_weight().detach());
+      const std::vector<float> wq = engine_order(quantized, in);
       const torch::Tensor alphas = weight_alpha.detach().to(torch::kFloat64).reshape(-1).contiguous();
       const std::vector<int64_t> integers = wset.integers();
       const double dw = double(wset.denominator()), da = double(aset.denominator());
@@ -139,24 +154,17 @@ std::vector<uint8_t> export_model(qat::ResNet& model, const ExportInfo& info) {
           const long k = std::lround(double(wq[o * per_out + i]) / a * dw);
           const auto it = std::find(integers.begin(), integers.end(), int64_t(k));
           if (it == integers.end())
-            throw std::invalid_argument("export: layer " + li.name + ": weight " + std::to_string(wq[o * per_out + i]) +
+            throw std::invalid_argument("export: layer " + node.name + ": weight " + std::to_string(wq[o * per_out + i]) +
                                         " is not on the " + wset.name() + " grid");
           codes.push_back(static_cast<uint8_t>(it - integers.begin()));
         }
-        scale[o] *= a * a_in / (dw * da);
+        scale[size_t(o)] *= a * a_in / (dw * da);
       }
       r.kind = uint32_t(LayerKind::quantized_conv);
       r.input_alpha = static_cast<float>(a_in);
-      r.input_act_bits = static_cast<uint32_t>(q.act_bits);
-      r.input_kind = q.kind == levels::Kind::apot ? 0 : q.kind == levels::Kind::pot ? 1 : 2;
+      r.input_act_bits = static_cast<uint32_t>(lq.act_bits);
+      r.input_kind = lq.kind == levels::Kind::apot ? 0 : lq.kind == levels::Kind::pot ? 1 : 2;
       r.input_denominator = static_cast<uint32_t>(aset.denominator());
-      if (quant_meta.empty())
-        quant_meta = {{"kind", levels::to_string(q.kind)},
-                      {"weight_bits", q.weight_bits},
-                      {"act_bits", q.act_bits},
-                      {"int8_first_last", true},
-                      {"weight_levels", {{"integers", integers}, {"denominator", wset.denominator()}}},
-                      {"act_levels", {{"integers", aset.integers()}, {"denominator", aset.denominator()}}}};
     }
     r.weight_bits = static_cast<uint32_t>(bits_for(level_table.size()));
     r.weight_level_count = static_cast<uint32_t>(level_table.size());
@@ -168,12 +176,17 @@ std::vector<uint8_t> export_model(qat::ResNet& model, const ExportInfo& info) {
     r.bias = blob.add(fshift.data(), fshift.size() * 4);
     records.push_back(r);
   }
+  const qat::QuantPolicy& p = model.policy();
+  nlohmann::json quant_meta =
+      p.is_full_precision()
+          ? nlohmann::json{{"kind", "fp"}}
+          : nlohmann::json{{"kind", levels::to_string(p.kind)},
+                           {"weight_bits", p.weight_bits},
+                           {"act_bits", p.act_bits},
+                           {"int8_first_last", p.int8_first_last}};
   nlohmann::json meta{{"format", "apot"},
                       {"version", runtime::kFormatVersion},
-                      {"arch", spec.name},
-                      {"shortcut", spec.shortcut == levels::Shortcut::B ? "B" : "A"},
-                      {"in_channels", spec.in_channels},
-                      {"num_classes", spec.num_classes},
+                      {"graph", graph::graph_to_json(g)},
                       {"input", {{"height", info.height}, {"width", info.width}, {"mean", info.mean}, {"std", info.std}}},
                       {"class_names", info.class_names},
                       {"quant", quant_meta},

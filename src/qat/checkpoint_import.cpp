@@ -1,6 +1,8 @@
 // PyTorch state-dict import / export with name mapping and complete error reports.
 #include "apot/qat/checkpoint_import.h"
 
+#include "apot/qat/torch_file.h"
+
 #include <fstream>
 #include <set>
 #include <sstream>
@@ -46,27 +48,8 @@ std::string join(const std::vector<std::string>& items, size_t limit = 12) {
 
 }  // namespace
 
-std::map<std::string, torch::Tensor> read_state_dict(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) throw std::runtime_error(path + ": cannot open");
-  std::vector<char> bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-  c10::IValue value;
-  try {
-    value = torch::pickle_load(bytes);
-  } catch (const c10::Error& e) {
-    throw std::runtime_error(path + ": not a PyTorch state dict saved by torch.save (" +
-                             std::string(e.what_without_backtrace()).substr(0, 200) + ")");
-  }
-  if (!value.isGenericDict()) throw std::runtime_error(path + ": holds no dictionary of tensors");
-  std::map<std::string, torch::Tensor> out;
-  for (const auto& item : value.toGenericDict()) {
-    if (!item.key().isString() || !item.value().isTensor())
-      throw std::runtime_error(path + ": holds a dictionary entry that is not name -> tensor");
-    std::string name = item.key().toStringRef();
-    if (name.rfind("module.", 0) == 0) name = name.substr(7);
-    out[name] = item.value().toTensor();
-  }
-  return out;
+std::map<std::string, torch::Tensor> read_state_dict(const std::string& path, const std::string& key) {
+  return find_state_dict(*read_torch_file(path), key, path);
 }
 
 void load_state_dict(torch::nn::Module& model, const std::map<std::string, torch::Tensor>& state,
@@ -105,8 +88,8 @@ void load_state_dict(torch::nn::Module& model, const std::map<std::string, torch
   for (auto& [target, value] : copies) target.copy_(value.reshape(target.sizes()).to(target.dtype()));
 }
 
-void import_state_dict(torch::nn::Module& model, const std::string& path) {
-  load_state_dict(model, read_state_dict(path), path);
+void import_state_dict(torch::nn::Module& model, const std::string& path, const std::string& key) {
+  load_state_dict(model, read_state_dict(path, key), path);
 }
 
 void export_state_dict(const torch::nn::Module& model, const std::string& path) {

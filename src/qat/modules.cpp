@@ -160,28 +160,32 @@ QuantPolicy QuantPolicy::full_precision() {
   return p;
 }
 
-void apply_policy(torch::nn::Module& model, const QuantPolicy& policy) {
-  std::vector<QuantConv2dImpl*> convs;
-  std::vector<QuantLinearImpl*> linears;
-  for (const auto& m : model.modules(/*include_self=*/true)) {
-    if (auto* c = dynamic_cast<QuantConv2dImpl*>(m.get())) convs.push_back(c);
-    if (auto* l = dynamic_cast<QuantLinearImpl*>(m.get())) linears.push_back(l);
+graph::QuantAssignment QuantPolicy::assignment() const {
+  graph::QuantAssignment a;
+  a.full_precision = is_full_precision();
+  a.kind = kind;
+  a.weight_bits = weight_bits;
+  a.act_bits = act_bits;
+  a.int8_first_last = int8_first_last;
+  a.layers = layers;
+  return a;
+}
+
+QuantOptions QuantPolicy::options_for(const graph::LayerQuant& quant) const {
+  QuantOptions q;
+  q.variant = variant;
+  q.weight_norm = weight_norm;
+  q.weight_alpha_init = weight_alpha_init;
+  q.act_alpha_init = act_alpha_init;
+  q.per_channel_weight_alpha = per_channel_weight_alpha;
+  q.kind = quant.kind;
+  if (quant.mode == graph::LayerQuant::Mode::int8) {
+    q.int8_weights = true;
+  } else if (quant.mode == graph::LayerQuant::Mode::quantized) {
+    q.weight_bits = quant.weight_bits;
+    q.act_bits = quant.act_bits;
   }
-  QuantOptions inner;
-  inner.weight_bits = policy.weight_bits;
-  inner.act_bits = policy.act_bits;
-  inner.kind = policy.kind;
-  inner.variant = policy.variant;
-  inner.weight_norm = policy.weight_norm;
-  inner.weight_alpha_init = policy.weight_alpha_init;
-  inner.act_alpha_init = policy.act_alpha_init;
-  inner.per_channel_weight_alpha = policy.per_channel_weight_alpha;
-  QuantOptions edge = inner;  // first conv, last linear
-  edge.act_bits = kFullPrecision;
-  edge.int8_weights = policy.int8_first_last && !policy.is_full_precision();
-  if (!edge.int8_weights) edge.weight_bits = kFullPrecision;
-  for (size_t i = 0; i < convs.size(); ++i) convs[i]->set_quant_options(i == 0 ? edge : inner);
-  for (size_t i = 0; i < linears.size(); ++i) linears[i]->set_quant_options(i + 1 == linears.size() ? edge : inner);
+  return q;
 }
 
 }  // namespace apot::qat

@@ -4,16 +4,18 @@
 
 #include <xxhash.h>
 
+#include <algorithm>
 #include <cstring>
 
 namespace apot::runtime {
 
 uint64_t checksum64(const void* data, size_t size) { return XXH3_64bits(data, size); }
 
-uint64_t packed_weight_bytes(const LayerRecord& r) {
-  const uint64_t count = uint64_t(r.out_channels) * r.in_channels * r.kernel * r.kernel;
-  return (count * r.weight_bits + 7) / 8;
+uint64_t weight_count(const LayerRecord& r) {
+  return uint64_t(r.out_channels) * (r.in_channels / std::max(1u, r.groups)) * r.kernel * r.kernel;
 }
+
+uint64_t packed_weight_bytes(const LayerRecord& r) { return (weight_count(r) * r.weight_bits + 7) / 8; }
 
 namespace {
 
@@ -31,8 +33,13 @@ bool fits(uint64_t offset, uint64_t size, uint64_t limit) { return offset <= lim
 void check_layer(const LayerRecord& r, size_t index, uint64_t blob_size, const std::string& name) {
   const std::string where = name + ": layer " + std::to_string(index) + ": ";
   if (r.kind < 1 || r.kind > 3) throw FormatError(where + "unknown layer kind " + std::to_string(r.kind));
-  if (r.in_channels == 0 || r.out_channels == 0 || r.in_channels > 65536 || r.out_channels > 65536)
+  if (r.in_channels == 0 || r.out_channels == 0 || r.in_channels > (1u << 28) || r.out_channels > 65536)
     throw FormatError(where + "implausible channel counts");
+  if (r.groups == 0 || r.in_channels % r.groups || r.out_channels % r.groups)
+    throw FormatError(where + "groups must divide the input and output channels");
+  if (weight_count(r) > (uint64_t(1) << 31)) throw FormatError(where + "implausibly many weights");
+  for (uint8_t b : r.reserved)
+    if (b != 0) throw FormatError(where + "reserved bytes are not zero (corrupted file)");
   if (r.kernel == 0 || r.kernel > 15 || r.stride == 0 || r.stride > 8 || r.padding > 16)
     throw FormatError(where + "implausible kernel, stride or padding");
   if (r.weight_bits < 1 || r.weight_bits > 8) throw FormatError(where + "weight bits must be 1..8");
@@ -57,6 +64,9 @@ ParsedFile parse_apot(const uint8_t* bytes, size_t size, const std::string& name
   FileHeader h;
   std::memcpy(&h, bytes, sizeof h);
   if (std::memcmp(h.magic, kMagic, 8) != 0) throw FormatError(name + ": not an .apot file (wrong magic)");
+  if (h.version == 1)
+    throw FormatError(name + ": written by an earlier apot (.apot version 1, ResNets only); export it again from its "
+                             "checkpoint: apot export --checkpoint CKPT --out FILE");
   if (h.version != kFormatVersion)
     throw FormatError(name + ": .apot version " + std::to_string(h.version) + " is not supported (this reader reads " +
                       std::to_string(kFormatVersion) + ")");

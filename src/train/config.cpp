@@ -1,12 +1,13 @@
 // TrainConfig <-> TOML recipes, --set overrides and JSON, through one table of fields.
 #include "apot/train/config.h"
 
+#include <cmath>
 #include <fstream>
 #include <functional>
 #include <nlohmann/json.hpp>
 #include <toml++/toml.h>
 
-#include "apot/levels/arch.h"
+#include "apot/graph/architectures.h"
 #include "apot/levels/level_set.h"
 
 namespace apot::train {
@@ -41,6 +42,15 @@ Field field(const std::string& key, T TrainConfig::*member) {
     } else if constexpr (std::is_same_v<T, double>) {
       if (!n.is_number()) type_error(key, "a number");
       c.*member = *n.value<double>();
+    } else if constexpr (std::is_same_v<T, std::vector<double>>) {
+      const toml::array* a = n.as_array();
+      if (!a) type_error(key, "an array of numbers");
+      std::vector<double> values;
+      for (const toml::node& e : *a) {
+        if (!e.is_number()) type_error(key, "an array of numbers");
+        values.push_back(*e.value<double>());
+      }
+      c.*member = values;
     } else if constexpr (std::is_same_v<T, std::vector<int>>) {
       const toml::array* a = n.as_array();
       if (!a) type_error(key, "an array of integers");
@@ -64,6 +74,8 @@ const std::vector<Field>& fields() {
   static const std::vector<Field> all = {
       field("model.arch", &TrainConfig::arch),
       field("model.shortcut", &TrainConfig::shortcut),
+      field("model.naming", &TrainConfig::naming),
+      field("model.file", &TrainConfig::model_file),
       field("data.spec", &TrainConfig::data),
       field("data.batch_size", &TrainConfig::batch_size),
       field("data.workers", &TrainConfig::workers),
@@ -74,6 +86,8 @@ const std::vector<Field>& fields() {
       field("data.resize", &TrainConfig::resize),
       field("data.skip_corrupt", &TrainConfig::skip_corrupt),
       field("data.eval_batch_size", &TrainConfig::eval_batch_size),
+      field("data.mean", &TrainConfig::norm_mean),
+      field("data.std", &TrainConfig::norm_std),
       field("quant.kind", &TrainConfig::kind),
       field("quant.weight_bits", &TrainConfig::weight_bits),
       field("quant.act_bits", &TrainConfig::act_bits),
@@ -121,10 +135,46 @@ const Field& find_field(const std::string& key, const std::string& source) {
   throw ConfigError(source + ": unknown config key '" + key + "' (known keys: " + known + ")");
 }
 
+constexpr const char* kLayersKey = "quant.layers";
+
+// One field of a per-layer override: weight_bits, act_bits, kind or full_precision.
+void set_layer_field(TrainConfig& c, const std::string& layer, const std::string& name, const toml::node& v) {
+  const std::string key = std::string(kLayersKey) + ".\"" + layer + "\"." + name;
+  graph::LayerOverride& o = c.layers[layer];
+  if (name == "weight_bits" || name == "act_bits") {
+    if (!v.is_integer()) type_error(key, "an integer");
+    (name == "weight_bits" ? o.weight_bits : o.act_bits) = static_cast<int>(*v.value<int64_t>());
+  } else if (name == "kind") {
+    if (!v.is_string()) type_error(key, "a string");
+    try {
+      o.kind = levels::parse_kind(*v.value<std::string>());
+    } catch (const levels::LevelSetError& e) {
+      throw ConfigError(key + ": " + e.what());
+    }
+  } else if (name == "full_precision") {
+    if (!v.is_boolean()) type_error(key, "true or false");
+    o.full_precision = *v.value<bool>();
+  } else {
+    throw ConfigError("unknown config key '" + key + "' (a layer override has weight_bits, act_bits, kind, full_precision)");
+  }
+}
+
+void apply_layers(TrainConfig& c, const toml::table& layers) {
+  for (const auto& [name, v] : layers) {
+    const toml::table* fields = v.as_table();
+    if (!fields) type_error(std::string(kLayersKey) + ".\"" + std::string(name.str()) + "\"", "a table such as { weight_bits = 8 }");
+    c.layers[std::string(name.str())];
+    for (const auto& [field, value] : *fields) set_layer_field(c, std::string(name.str()), std::string(field.str()), value);
+  }
+}
+
 void apply_table(TrainConfig& c, const toml::table& table, const std::string& prefix, const std::string& source) {
   for (const auto& [k, v] : table) {
     const std::string key = prefix.empty() ? std::string(k.str()) : prefix + "." + std::string(k.str());
-    if (const toml::table* sub = v.as_table())
+    if (key == kLayersKey) {
+      if (!v.as_table()) type_error(key, "a table of layer names");
+      apply_layers(c, *v.as_table());
+    } else if (const toml::table* sub = v.as_table())
       apply_table(c, *sub, key, source);
     else
       find_field(key, source).set(c, v);
@@ -135,25 +185,52 @@ void apply_override(TrainConfig& c, const std::string& assignment) {
   const size_t eq = assignment.find('=');
   if (eq == std::string::npos || eq == 0) throw ConfigError("--set expects key=value, got '" + assignment + "'");
   const std::string key = canonical_key(assignment.substr(0, eq)), value = assignment.substr(eq + 1);
-  const Field& f = find_field(key, "--set");
   toml::table parsed;
   try {
     parsed = toml::parse("v = " + value);
   } catch (const toml::parse_error&) {
     parsed = toml::table{{"v", value}};  // a bare word: a string
   }
-  f.set(c, *parsed.get("v"));
+  // quant.layers.NAME.FIELD, where NAME may hold dots (layer1.0.conv1) and quotes.
+  const std::string layers_prefix = std::string(kLayersKey) + ".";
+  if (key.rfind(layers_prefix, 0) == 0) {
+    const std::string rest = key.substr(layers_prefix.size());
+    const size_t dot = rest.rfind('.');
+    std::string layer = dot == std::string::npos ? "" : rest.substr(0, dot);
+    if (layer.size() >= 2 && layer.front() == '"' && layer.back() == '"') layer = layer.substr(1, layer.size() - 2);
+    if (layer.empty()) throw ConfigError("--set " + key + ": expected quant.layers.LAYER.FIELD");
+    set_layer_field(c, layer, rest.substr(dot + 1), *parsed.get("v"));
+    return;
+  }
+  find_field(key, "--set").set(c, *parsed.get("v"));
 }
 
 }  // namespace
 
 void TrainConfig::validate() const {
-  try {
-    levels::resnet_spec(arch, 1, 2, shortcut == "B" ? levels::Shortcut::B : levels::Shortcut::A);
-  } catch (const std::exception& e) {
-    throw ConfigError(std::string("model.arch: ") + e.what());
+  if (model_file.empty() && !graph::is_known_architecture(arch)) {
+    std::string names;
+    for (const std::string& n : graph::known_architectures()) names += (names.empty() ? "" : ", ") + n;
+    throw ConfigError("model.arch: unknown architecture '" + arch + "' (known: " + names +
+                      "; or give a model file as model.file)");
   }
   if (shortcut != "A" && shortcut != "B") throw ConfigError("model.shortcut must be A or B");
+  if (naming != "apot" && naming != "hub") throw ConfigError("model.naming must be apot or hub");
+  if (norm_mean.size() != norm_std.size()) throw ConfigError("data.mean and data.std must have the same length");
+  for (double s : norm_std)
+    if (!(s > 0) || !std::isfinite(s)) throw ConfigError("data.std must be positive");
+  for (double m : norm_mean)
+    if (!std::isfinite(m)) throw ConfigError("data.mean must be finite");
+  for (const auto& [name, o] : layers) {
+    if (o.full_precision.value_or(false)) continue;
+    try {
+      const levels::Kind k = o.kind.value_or(kind == "fp" ? levels::Kind::apot : levels::parse_kind(kind));
+      levels::LevelSet::make(k, o.weight_bits.value_or(weight_bits), levels::Role::weight);
+      levels::LevelSet::make(k, o.act_bits.value_or(act_bits), levels::Role::activation);
+    } catch (const levels::LevelSetError& e) {
+      throw ConfigError("quant.layers.\"" + name + "\": " + e.what());
+    }
+  }
   if (batch_size < 1 || eval_batch_size < 1) throw ConfigError("data.batch_size must be at least 1");
   if (val_size < 0) throw ConfigError("data.val_size must not be negative");
   if (epochs < 1) throw ConfigError("optim.epochs must be at least 1");
@@ -197,6 +274,16 @@ TrainConfig load_config(const std::string& recipe_path, const std::vector<std::s
 std::string config_to_json(const TrainConfig& c) {
   json j;
   for (const Field& f : fields()) j[f.key] = f.get(c);
+  json layers = json::object();
+  for (const auto& [name, o] : c.layers) {
+    json l = json::object();
+    if (o.weight_bits) l["weight_bits"] = *o.weight_bits;
+    if (o.act_bits) l["act_bits"] = *o.act_bits;
+    if (o.kind) l["kind"] = levels::to_string(*o.kind);
+    if (o.full_precision) l["full_precision"] = *o.full_precision;
+    layers[name] = l;
+  }
+  j[kLayersKey] = layers;
   return j.dump();
 }
 
@@ -205,6 +292,14 @@ TrainConfig config_from_json(const std::string& text) {
   const json j = json::parse(text);
   for (const Field& f : fields())
     if (j.contains(f.key)) f.set_json(c, j[f.key]);
+  if (j.contains(kLayersKey))
+    for (const auto& [name, l] : j.at(kLayersKey).items()) {
+      graph::LayerOverride& o = c.layers[name];
+      if (l.contains("weight_bits")) o.weight_bits = l.at("weight_bits").get<int>();
+      if (l.contains("act_bits")) o.act_bits = l.at("act_bits").get<int>();
+      if (l.contains("kind")) o.kind = levels::parse_kind(l.at("kind").get<std::string>());
+      if (l.contains("full_precision")) o.full_precision = l.at("full_precision").get<bool>();
+    }
   return c;
 }
 

@@ -6,6 +6,7 @@
 #include <filesystem>
 #include <nlohmann/json.hpp>
 
+#include "apot/graph/serialize.h"
 #include "apot/qat/checkpoint_import.h"
 #include "apot/train/trainer.h"
 
@@ -23,17 +24,40 @@ qat::QuantPolicy policy_of(const TrainConfig& c) {
   p.act_alpha_init = c.act_alpha_init;
   p.per_channel_weight_alpha = c.per_channel;
   p.int8_first_last = c.int8_first_last;
+  p.layers = c.layers;
   return p;
 }
 
-qat::ResNet build_model(const TrainConfig& c, const ModelInfo& info) {
-  qat::ResNet model = qat::make_resnet(c.arch, info.in_channels, static_cast<int>(info.class_names.size()),
-                                       c.shortcut == "B" ? levels::Shortcut::B : levels::Shortcut::A);
+graph::Graph graph_of(const TrainConfig& c, const ModelInfo& info) {
+  const int classes = static_cast<int>(info.class_names.size());
+  if (c.model_file.empty()) {
+    graph::ArchOptions o;
+    o.in_channels = info.in_channels;
+    o.num_classes = classes;
+    o.shortcut = c.shortcut;
+    o.naming = c.naming;
+    return graph::build_architecture(c.arch, o);
+  }
+  graph::Graph g = graph::read_model_file(c.model_file);
+  if (g.in_channels() != info.in_channels)
+    throw ConfigError(c.model_file + ": the model takes " + std::to_string(g.in_channels()) +
+                      " input channels, the data has " + std::to_string(info.in_channels));
+  g.infer_shapes(info.height, info.width);
+  if (g.num_classes() != classes || g[size_t(g.output())].shape.height != 1 || g[size_t(g.output())].shape.width != 1)
+    throw ConfigError(c.model_file + ": the model's output '" + g[size_t(g.output())].name + "' is " +
+                      g[size_t(g.output())].shape.str() + ", the data has " + std::to_string(classes) + " classes");
+  return g;
+}
+
+qat::Network build_model(const TrainConfig& c, graph::Graph graph) {
+  qat::Network model = qat::make_network(std::move(graph));
   qat::apply_policy(*model, policy_of(c));
   return model;
 }
 
-EvalResult evaluate(qat::ResNet& model, data::Loader& loader) {
+qat::Network build_model(const TrainConfig& c, const ModelInfo& info) { return build_model(c, graph_of(c, info)); }
+
+EvalResult evaluate(qat::Network& model, data::Loader& loader) {
   torch::NoGradGuard no_grad;
   const bool was_training = model->is_training();
   model->eval();
@@ -110,7 +134,7 @@ void fsync_path(const std::string& path) {
 
 }  // namespace
 
-void save_checkpoint(const std::string& path, const qat::ResNet& model, const torch::optim::Optimizer* optimizer,
+void save_checkpoint(const std::string& path, const qat::Network& model, const torch::optim::Optimizer* optimizer,
                      const Checkpoint& meta) {
   torch::serialize::OutputArchive archive;
   torch::serialize::OutputArchive model_archive, optimizer_archive;
@@ -121,6 +145,8 @@ void save_checkpoint(const std::string& path, const qat::ResNet& model, const to
     archive.write("optimizer", optimizer_archive);
   }
   archive.write("format", c10::IValue(std::string("apot-checkpoint-1")));
+  graph::Graph g = model->graph();
+  archive.write("graph", c10::IValue(graph::graph_to_json(g).dump()));
   archive.write("config", c10::IValue(config_to_json(meta.config)));
   archive.write("info", c10::IValue(info_to_json(meta.info)));
   archive.write("epoch", c10::IValue(meta.epoch));
@@ -147,7 +173,7 @@ torch::serialize::InputArchive open_archive(const std::string& path) {
   return archive;
 }
 
-Checkpoint meta_of(torch::serialize::InputArchive& archive) {
+Checkpoint meta_of(torch::serialize::InputArchive& archive, const std::string& path) {
   Checkpoint meta;
   c10::IValue v;
   archive.read("config", v);
@@ -164,13 +190,25 @@ Checkpoint meta_of(torch::serialize::InputArchive& archive) {
 
 Checkpoint read_checkpoint_meta(const std::string& path) {
   torch::serialize::InputArchive archive = open_archive(path);
-  return meta_of(archive);
+  return meta_of(archive, path);
 }
 
-qat::ResNet load_checkpoint(const std::string& path, Checkpoint* meta_out, torch::optim::Optimizer* optimizer) {
+qat::Network load_checkpoint(const std::string& path, Checkpoint* meta_out, torch::optim::Optimizer* optimizer) {
   torch::serialize::InputArchive archive = open_archive(path);
-  const Checkpoint meta = meta_of(archive);
-  qat::ResNet model = build_model(meta.config, meta.info);
+  const Checkpoint meta = meta_of(archive, path);
+  c10::IValue graph_json;
+  qat::Network model{nullptr};
+  if (archive.try_read("graph", graph_json) && graph_json.isString()) {
+    graph::Graph g;
+    try {
+      g = graph::graph_from_json(nlohmann::json::parse(graph_json.toStringRef()), path);
+    } catch (const nlohmann::json::exception& e) {
+      throw TrainingError(path + ": corrupt graph (" + e.what() + ")");
+    }
+    model = build_model(meta.config, std::move(g));
+  } else {
+    model = build_model(meta.config, meta.info);
+  }
   torch::serialize::InputArchive model_archive;
   archive.read("model", model_archive);
   model->load(model_archive);

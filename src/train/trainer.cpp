@@ -40,7 +40,7 @@ struct Groups {
   std::vector<torch::Tensor> weights, act_alphas, weight_alphas;
 };
 
-Groups split_parameters(qat::ResNet& model) {
+Groups split_parameters(qat::Network& model) {
   Groups g;
   for (auto& p : model->named_parameters()) {
     const std::string& name = p.key();
@@ -54,7 +54,7 @@ Groups split_parameters(qat::ResNet& model) {
   return g;
 }
 
-std::unique_ptr<torch::optim::SGD> make_optimizer(qat::ResNet& model, const TrainConfig& c) {
+std::unique_ptr<torch::optim::SGD> make_optimizer(qat::Network& model, const TrainConfig& c) {
   const Groups g = split_parameters(model);
   auto options = [&](double lr, double wd) {
     return std::make_unique<torch::optim::SGDOptions>(
@@ -93,16 +93,20 @@ data::TransformOptions transform_for(const TrainConfig& c, const data::DataSpec&
   if (c.pad >= 0) t.pad = c.pad;
   if (c.resize >= 0) t.resize_shorter = c.resize;
   if (t.channels == 0 && ds.channels() == 0) t.channels = 3;
+  if (!c.norm_mean.empty()) {  // the normalisation an imported model was trained with
+    t.mean.assign(c.norm_mean.begin(), c.norm_mean.end());
+    t.std.assign(c.norm_std.begin(), c.norm_std.end());
+  }
   return t;
 }
 
 // Initialises the model from a previous run's checkpoint or a PyTorch state dict.
-void initialise_from(qat::ResNet& model, const std::string& path, std::ostream& log) {
+void initialise_from(qat::Network& model, const std::string& path, std::ostream& log) {
   if (path.empty()) return;
   const std::string ext = fs::path(path).extension().string();
   if (ext == ".ckpt") {
     Checkpoint meta;
-    qat::ResNet source = load_checkpoint(path, &meta);
+    qat::Network source = load_checkpoint(path, &meta);
     std::map<std::string, torch::Tensor> state;
     for (const auto& p : source->named_parameters()) state[p.key()] = p.value();
     for (const auto& b : source->named_buffers()) state[b.key()] = b.value();
@@ -172,7 +176,7 @@ TrainSummary run_training(const TrainConfig& c, const std::string& out_dir, bool
   info.mean = train_t.mean;
   info.std = train_t.std;
 
-  qat::ResNet model = build_model(c, info);
+  qat::Network model = build_model(c, info);
   auto sgd = make_optimizer(model, c);
   const std::string last_path = (fs::path(out_dir) / "last.ckpt").string();
   const std::string best_path = (fs::path(out_dir) / "best.ckpt").string();
@@ -203,7 +207,7 @@ TrainSummary run_training(const TrainConfig& c, const std::string& out_dir, bool
                                       ? std::min<int64_t>(c.max_steps_per_epoch, train_loader.batches_per_epoch())
                                       : static_cast<int64_t>(train_loader.batches_per_epoch());
   const bool tty = ::isatty(STDOUT_FILENO);
-  log << "training " << c.arch << " "
+  log << "training " << model->graph().arch << " "
       << (c.quantized() ? c.kind + " W" + std::to_string(c.weight_bits) + "A" + std::to_string(c.act_bits) : "fp32")
       << " on " << spec.text() << ": " << train_indices.size() << " train / " << val_indices.size() << " validation / "
       << test_set->size() << " test examples, " << c.epochs << " epochs of " << steps_per_epoch << " steps" << std::endl;

@@ -18,7 +18,7 @@ expect export "wrote .*m\.apot"
 check run 0 "$apot" run "$tmp/m.apot" --data fashion-mnist --compare "$tmp/run/best.ckpt" --limit 256 --json
 expect run '"agreement"'
 expect run '"name":"layer1.0.conv1"'
-expect run '"name":"layer3.2 \(block output\)"'
+expect run '"name":"layer3.2","op":"add"'
 check bench 0 "$apot" bench "$tmp/m.apot" --batch 1,2 --threads 1,2 --reps 2 --json --layers
 for key in engine_ms libtorch_fp32_module_ms libtorch_fp32_onednn_ms speedup_vs_fp32 peak_gmacs_per_s \
            '"layer":"layer3.2.conv2"'; do

@@ -1,10 +1,11 @@
 // QuantConv2d and QuantLinear: convolution and linear layers whose weight and input are
 // quantised (APOT_SPEC section 4), and the policy that turns a full-precision model into a
-// quantised one (8-bit first and last layers, b bits elsewhere).
+// quantised one (8-bit first and last layers, b bits elsewhere, per-layer overrides).
 #pragma once
 
 #include <torch/torch.h>
 
+#include "apot/graph/graph.h"
 #include "apot/qat/quantizer.h"
 
 namespace apot::qat {
@@ -85,24 +86,14 @@ struct QuantPolicy {
   double weight_alpha_init = 3.0;
   double act_alpha_init = 8.0;
   bool per_channel_weight_alpha = false;
-  bool int8_first_last = true;  // first conv and last linear: int8 weights, unquantised input
+  bool int8_first_last = true;  // first and last layers: int8 weights, unquantised input
+  std::map<std::string, graph::LayerOverride> layers;  // per-layer changes (mixed precision)
 
   static QuantPolicy full_precision();
   bool is_full_precision() const { return weight_bits == kFullPrecision && act_bits == kFullPrecision; }
+  graph::QuantAssignment assignment() const;
+  // The options of a layer the graph assigned `quant` to.
+  QuantOptions options_for(const graph::LayerQuant& quant) const;
 };
-
-// Applies the policy to every QuantConv2d and QuantLinear of the model, in registration order:
-// the first convolution and the last linear layer get int8 weights and an unquantised input,
-// every other layer gets policy.weight_bits / policy.act_bits.
-void apply_policy(torch::nn::Module& model, const QuantPolicy& policy);
-
-// A deep copy of a (full-precision) model with the policy applied: the FP weights, batch-norm
-// statistics and every other parameter are copied in.
-template <typename Holder>
-Holder quantized_copy(const Holder& model, const QuantPolicy& policy) {
-  auto copy = std::dynamic_pointer_cast<typename Holder::ContainedType>(model->clone());
-  apply_policy(*copy, policy);
-  return Holder(copy);
-}
 
 }  // namespace apot::qat

@@ -1,5 +1,6 @@
 // The .apot file format (docs/FORMAT.md): header, section table, layer records, and a
-// validating parser that never reads out of bounds. No LibTorch.
+// validating parser that never reads out of bounds. No LibTorch. The graph the records belong
+// to is in the metadata; runtime::Model checks records against it.
 #pragma once
 
 #include <cstdint>
@@ -15,7 +16,7 @@ class FormatError : public std::runtime_error {
 };
 
 constexpr char kMagic[8] = {'A', 'P', 'O', 'T', 'M', 'D', 'L', '\0'};
-constexpr uint32_t kFormatVersion = 1;
+constexpr uint32_t kFormatVersion = 2;
 constexpr uint64_t kAlignment = 64;
 
 enum class SectionKind : uint32_t { metadata = 1, layers = 2, blob = 3 };
@@ -44,7 +45,8 @@ struct LayerRecord {
   uint64_t weights, weight_levels, scale, bias;  // offsets into the blob section
   float input_alpha;
   uint32_t input_act_bits, input_kind, input_denominator;
-  uint8_t reserved[16];
+  uint32_t groups;  // version 2; weights per output channel: in_channels / groups * kernel^2
+  uint8_t reserved[12];
 };
 #pragma pack(pop)
 static_assert(sizeof(FileHeader) == 64, "header is 64 bytes");
@@ -53,7 +55,8 @@ static_assert(sizeof(LayerRecord) == 96, "layer records are 96 bytes");
 
 uint64_t checksum64(const void* data, size_t size);
 
-// Bytes of the packed weight codes of a layer record.
+// Weight count and bytes of the packed weight codes of a layer record.
+uint64_t weight_count(const LayerRecord& r);
 uint64_t packed_weight_bytes(const LayerRecord& r);
 
 struct ParsedFile {

@@ -1,10 +1,11 @@
-// The integer inference engine: loads an .apot file and runs it on float images.
+// The integer inference engine: loads an .apot file and runs its graph on float images.
 //
-// Quantised convolutions run on uint8 activation codes (the integer levels of each layer's
-// input level set) and int8 weight integers with int32 accumulation; one epilogue per
-// convolution applies the folded batch norm, the residual add and ReLU, then quantises for the
-// consumers. The first convolution and the classifier (int8 weights, float input) and the
-// residual stream run in float32, as in the trained model.
+// The graph's nodes run in order, each value in a buffer planned by liveness. Quantised
+// convolutions run on uint8 activation codes (the integer levels of each layer's input level
+// set) and int8 weight integers with int32 accumulation; a fusion step gives each one epilogue
+// that applies the folded batch norm, a following residual add and its ReLU, and quantises the
+// result for the next quantised layer. int8 layers (float input), pooling, sums that are not
+// fused and the values between them run in float32, as in the trained model.
 //
 // Thread safety: a loaded Model is immutable; run() may be called from several threads at once.
 // Working memory (sized for the model) is kept in a pool and reused between calls.
@@ -16,14 +17,16 @@
 #include <vector>
 
 #include "apot/kernels/gemm.h"
-#include "apot/levels/arch.h"
+#include "apot/graph/graph.h"
 #include "apot/runtime/format.h"
 
 namespace apot::runtime {
 
 struct ModelInfo {
-  levels::ResNetSpec spec;
+  graph::Graph graph;  // shapes inferred for height x width
   int height = 0, width = 0;
+  int in_channels() const { return graph.in_channels(); }
+  int num_classes() const { return graph.num_classes(); }
   std::vector<float> mean, std;
   std::vector<std::string> class_names;
   std::string metadata_json;
@@ -32,7 +35,7 @@ struct ModelInfo {
 struct RunOptions {
   int threads = 1;
   kernels::GemmIsa isa = kernels::default_gemm_isa();
-  // If set (size layer_count()), the seconds spent in each layer's convolution are added to it
+  // If set (size layer_count()), the seconds spent in each conv layer are added to it
   // (for the per-layer report of `apot bench`; the images of a batch then run one by one).
   std::vector<double>* layer_seconds = nullptr;
   // On the VNNI paths (AVX-512 VNNI, AVX-VNNI), an image whose values are all normalised 8-bit
@@ -55,15 +58,19 @@ class Model {
   // input: batch x C x H x W float32, normalised as in training (ModelInfo mean/std).
   // Returns batch x classes logits. Throws std::invalid_argument on NaN or infinite input.
   std::vector<float> run(const float* input, int batch, const RunOptions& options = {}) const;
-  // As run(), also returning the float output of every convolution (NHWC) for comparisons
-  // with the trained model, per image in the order of tap_names(): the first layer (after the
-  // max-pool where the stem has one), then for each residual block the outputs of its inner
-  // convolutions (after their ReLU) and the block's output (after the residual add and ReLU).
+  // As run(), also returning float outputs (NHWC) for comparisons with the trained model, per
+  // image in the order of tap_nodes(): the output of every conv layer and every sum (after its
+  // activation; a conv whose sum is fused into it gives the sum's output), and of a max-pool
+  // fused into the first layer instead of that layer's.
   std::vector<float> run_with_taps(const float* input, int batch, std::vector<std::vector<float>>& taps,
                                    const RunOptions& options = {}) const;
-  // The layers of run_with_taps' outputs, e.g. "conv1", "layer1.0.conv1", "layer1.0 (block output)".
+  // The graph nodes of run_with_taps' outputs, and their names ("conv1", "layer1.0.conv1",
+  // "layer1.0" for the sum of a residual block).
+  std::vector<int> tap_nodes() const;
   std::vector<std::string> tap_names() const;
+  // The weight layers (conv, linear), in graph order; layer `index` is node layer_node(index).
   size_t layer_count() const;
+  int layer_node(size_t index) const;
   // Whether layer `index` runs the Winograd F(2,3) kernel on this path (kernels::winograd_applies).
   bool uses_winograd(size_t index, kernels::GemmIsa isa = kernels::default_gemm_isa()) const;
 

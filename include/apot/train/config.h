@@ -4,9 +4,12 @@
 #pragma once
 
 #include <cstdint>
+#include <map>
 #include <stdexcept>
 #include <string>
 #include <vector>
+
+#include "apot/graph/graph.h"
 
 namespace apot::train {
 
@@ -19,6 +22,8 @@ struct TrainConfig {
   // [model]
   std::string arch = "resnet20";
   std::string shortcut = "A";  // A | B (CIFAR family)
+  std::string naming = "apot";  // apot | hub: parameter names of the CIFAR ResNets (graph::ArchOptions)
+  std::string model_file;       // a model file (docs/MODELS.md) instead of arch
   // [data]
   std::string data = "fashion-mnist";
   int batch_size = 128;
@@ -28,6 +33,8 @@ struct TrainConfig {
   int crop = -1, pad = -1, resize = -1;  // -1: the data set's default
   bool skip_corrupt = false;
   int eval_batch_size = 256;
+  // Input normalisation; empty: the data set's. For models imported with another one.
+  std::vector<double> norm_mean, norm_std;
   // [quant]
   std::string kind = "apot";  // apot | pot | uniform | fp
   int weight_bits = 4, act_bits = 4;
@@ -36,6 +43,7 @@ struct TrainConfig {
   bool per_channel = false;
   double weight_alpha_init = 3.0, act_alpha_init = 8.0;
   bool int8_first_last = true;
+  std::map<std::string, graph::LayerOverride> layers;  // [quant.layers."name"]: per-layer overrides
   // [init]
   std::string init;  // checkpoint (.ckpt) of a previous run, or a PyTorch state dict (.pt/.pth)
   // [optim]

@@ -10,7 +10,7 @@
 
 #include "apot/data/loader.h"
 #include "apot/data/spec.h"
-#include "apot/qat/resnet.h"
+#include "apot/qat/network.h"
 #include "apot/train/config.h"
 
 namespace apot::train {
@@ -28,8 +28,13 @@ struct ModelInfo {
   int height = 32, width = 32;   // input size the model was trained on
 };
 
-// The model a configuration describes, with its quantisation policy applied.
-qat::ResNet build_model(const TrainConfig& config, const ModelInfo& info);
+// The graph a configuration describes (model.arch or model.file) for the data in `info`;
+// throws ConfigError if a model file does not fit it (input channels, classes).
+graph::Graph graph_of(const TrainConfig& config, const ModelInfo& info);
+// The model of the configuration (or of `graph`, e.g. a checkpoint's), with its quantisation
+// policy applied.
+qat::Network build_model(const TrainConfig& config, const ModelInfo& info);
+qat::Network build_model(const TrainConfig& config, graph::Graph graph);
 qat::QuantPolicy policy_of(const TrainConfig& config);
 
 struct EvalResult {
@@ -38,7 +43,7 @@ struct EvalResult {
   std::vector<double> per_class;        // accuracy per class in percent
   std::vector<int64_t> predictions;     // predicted class per example, in loader order
 };
-EvalResult evaluate(qat::ResNet& model, data::Loader& loader);
+EvalResult evaluate(qat::Network& model, data::Loader& loader);
 
 // ---- checkpoints ----
 struct Checkpoint {
@@ -48,11 +53,13 @@ struct Checkpoint {
   std::map<std::string, double> metrics;
 };
 // Writes to a temporary file, fsyncs it and renames it over `path`.
-void save_checkpoint(const std::string& path, const qat::ResNet& model, const torch::optim::Optimizer* optimizer,
+void save_checkpoint(const std::string& path, const qat::Network& model, const torch::optim::Optimizer* optimizer,
                      const Checkpoint& meta);
 Checkpoint read_checkpoint_meta(const std::string& path);
-// Builds the model of the checkpoint and loads its weights (and the optimiser state, if given).
-qat::ResNet load_checkpoint(const std::string& path, Checkpoint* meta = nullptr,
+// Builds the model of the checkpoint (from the graph stored in it; checkpoints written before
+// graphs were stored rebuild it from the configuration) and loads its weights (and the
+// optimiser state, if given).
+qat::Network load_checkpoint(const std::string& path, Checkpoint* meta = nullptr,
                             torch::optim::Optimizer* optimizer = nullptr);
 
 // ---- training ----

@@ -1,10 +1,19 @@
 // The cost model reproduces Table 3 of the paper (APOT_SPEC section 7) within 1 M FixOPs.
 #include <gtest/gtest.h>
 
-#include "apot/levels/cost.h"
+#include "apot/graph/architectures.h"
+#include "apot/graph/cost.h"
 
-using apot::levels::compute_cost;
-using apot::levels::resnet_spec;
+using apot::graph::compute_cost;
+
+namespace {
+apot::graph::Graph resnet_spec(const char* arch, int in_channels, int classes) {
+  apot::graph::ArchOptions o;
+  o.in_channels = in_channels;
+  o.num_classes = classes;
+  return apot::graph::build_architecture(arch, o);
+}
+}  // namespace
 
 namespace {
 double fixops_m(const char* arch, int bits, const char* kind) {
@@ -27,8 +36,8 @@ TEST(Cost, MacCountsOfTheSpec) {
   const auto r18 = compute_cost(resnet_spec("resnet18", 3, 1000), 224, 224, 4, 4, "apot");
   EXPECT_NEAR(r18.macs / 1e9, 1.8141, 5e-5);
   EXPECT_NEAR(r18.quantized_macs / 1e9, 1.6955, 5e-5);
-  EXPECT_EQ(r18.layers.front().layer.macs(), 118013952);  // conv1
-  EXPECT_EQ(r18.layers.back().layer.macs(), 512000);      // fc
+  EXPECT_EQ(r18.layers.front().macs, 118013952);  // conv1
+  EXPECT_EQ(r18.layers.back().macs, 512000);      // fc
   EXPECT_NEAR(compute_cost(resnet_spec("resnet34", 3, 1000), 224, 224, 4, 4, "apot").macs / 1e9, 3.6638, 5e-5);
   const auto r50 = compute_cost(resnet_spec("resnet50", 3, 1000), 224, 224, 4, 4, "apot");
   EXPECT_NEAR(r50.macs / 1e9, 4.0892, 5e-5);

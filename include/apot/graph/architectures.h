@@ -1,0 +1,28 @@
+// The architectures apot builds by name (`--arch`, `[model] arch`): one builder file per family
+// under src/graph, each producing a Graph with the parameter names of the family's usual
+// PyTorch code, so that its state dicts import as they are.
+#pragma once
+
+#include <string>
+#include <vector>
+
+#include "apot/graph/graph.h"
+
+namespace apot::graph {
+
+struct ArchOptions {
+  int in_channels = 3;
+  int num_classes = 10;
+  std::string shortcut = "A";  // CIFAR ResNets: A (subsample + zero-pad) or B (1x1 conv + BN)
+  // Parameter names: "apot" (the common CIFAR ResNet code: "linear", "shortcut") or "hub"
+  // (torchvision and the CIFAR model hubs: "fc", "downsample"). ImageNet ResNets always use
+  // torchvision's names.
+  std::string naming = "apot";
+};
+
+// Throws GraphError naming the known architectures for an unknown one.
+Graph build_architecture(const std::string& arch, const ArchOptions& options = {});
+std::vector<std::string> known_architectures();
+bool is_known_architecture(const std::string& arch);
+
+}  // namespace apot::graph

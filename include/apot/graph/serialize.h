@@ -1,0 +1,27 @@
+// Graphs as JSON (inside .apot files and checkpoints) and the model file, a TOML description of
+// a user's own network (docs/MODELS.md). Both readers validate every node and name the node
+// and the problem in their one-line errors.
+#pragma once
+
+#include <string>
+
+#include <nlohmann/json.hpp>
+
+#include "apot/graph/graph.h"
+
+namespace apot::graph {
+
+// {"arch": ..., "nodes": [{"name", "op", "inputs": [names], attributes..., "quant": {...}}]}.
+// Shapes are not stored: infer_shapes recomputes them.
+nlohmann::json graph_to_json(const Graph& graph);
+// Nodes must come in topological order (as graph_to_json writes them); the input node's
+// "channels" gives the input channels. `source` prefixes errors.
+Graph graph_from_json(const nlohmann::json& json, const std::string& source);
+
+// A model file: TOML with `name`, `[input] channels`, and `[[layer]]` tables (name, op, input /
+// inputs, attributes); layers may come in any order (they are sorted; a cycle is an error),
+// and a layer without `input` reads the layer before it in the file.
+Graph read_model_file(const std::string& path);
+Graph model_from_toml_text(const std::string& text, const std::string& source);
+
+}  // namespace apot::graph

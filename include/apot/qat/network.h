@@ -1,0 +1,68 @@
+// The LibTorch model of any graph: one module that registers each weight layer (QuantConv2d,
+// QuantLinear) and batch norm under its node's name ("layer1.0.conv1" as the submodule path
+// layer1 / 0 / conv1, so state dicts keep their usual names) and whose forward walks the nodes
+// in order. One model serves full precision and every quantisation policy.
+#pragma once
+
+#include <torch/torch.h>
+
+#include "apot/graph/architectures.h"
+#include "apot/graph/graph.h"
+#include "apot/qat/modules.h"
+
+namespace apot::qat {
+
+class NetworkImpl : public torch::nn::Module {
+ public:
+  // The graph's LayerQuant decides each layer's quantisation (with `training` for the rest of
+  // QuantOptions); shapes need not be inferred.
+  explicit NetworkImpl(graph::Graph graph, const QuantPolicy& training = QuantPolicy::full_precision());
+
+  torch::Tensor forward(const torch::Tensor& x);
+  // forward(), keeping every node's output (outputs[i] for node i; undefined for the input).
+  torch::Tensor forward_all(const torch::Tensor& x, std::vector<torch::Tensor>& outputs);
+
+  const graph::Graph& graph() const { return graph_; }
+  // Re-assigns the quantisation of every layer (graph and modules); weights are kept, alphas
+  // re-initialised only where their shape changes.
+  void set_policy(const QuantPolicy& policy);
+  const QuantPolicy& policy() const { return policy_; }
+
+  // The modules of node `name` (nullptr if it has none of that type).
+  QuantConv2dImpl* conv(const std::string& name) const;
+  QuantLinearImpl* linear(const std::string& name) const;
+  // The batch norm after a weight layer: BatchNorm2d for conv, BatchNorm1d for linear nodes.
+  torch::nn::Module* batch_norm(const std::string& name) const;
+
+  // A deep copy: the same graph, policy, parameters and buffers.
+  std::shared_ptr<torch::nn::Module> clone(const torch::optional<torch::Device>& device = torch::nullopt) const override;
+
+ private:
+  void build();
+  torch::Tensor run(const torch::Tensor& x, std::vector<torch::Tensor>* keep);
+  // Registers `module` under a dotted path, creating the containers on the way.
+  void register_path(const std::string& path, std::shared_ptr<torch::nn::Module> module);
+
+  graph::Graph graph_;
+  QuantPolicy policy_;
+  // Per node (null where it has none).
+  std::vector<std::shared_ptr<QuantConv2dImpl>> conv_;
+  std::vector<std::shared_ptr<QuantLinearImpl>> linear_;
+  std::vector<std::shared_ptr<torch::nn::BatchNorm2dImpl>> bn2d_;
+  std::vector<std::shared_ptr<torch::nn::BatchNorm1dImpl>> bn1d_;
+  std::vector<int> last_use_;                                     // per node: the last node reading it
+};
+TORCH_MODULE(Network);
+
+// A full-precision model of a known architecture (graph::known_architectures()).
+Network make_network(const std::string& arch, const graph::ArchOptions& options = {});
+// A full-precision model of a graph (a model file's).
+Network make_network(graph::Graph graph);
+
+// Applies the policy to every layer (first and last layers per QuantPolicy::int8_first_last).
+void apply_policy(NetworkImpl& model, const QuantPolicy& policy);
+
+// A deep copy of a (full-precision) model with the policy applied.
+Network quantized_copy(const Network& model, const QuantPolicy& policy);
+
+}  // namespace apot::qat

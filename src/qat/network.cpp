@@ -1,0 +1,253 @@
+// The module that runs a graph.
+#include "apot/qat/network.h"
+
+namespace apot::qat {
+namespace F = torch::nn::functional;
+
+namespace {
+// A submodule that only holds others, so that dotted parameter names become a module tree.
+struct ContainerImpl : torch::nn::Module {};
+
+std::vector<std::string> split_path(const std::string& path) {
+  std::vector<std::string> parts;
+  size_t start = 0;
+  for (size_t dot; (dot = path.find('.', start)) != std::string::npos; start = dot + 1)
+    parts.push_back(path.substr(start, dot - start));
+  parts.push_back(path.substr(start));
+  for (const std::string& p : parts)
+    if (p.empty()) throw graph::GraphError("'" + path + "' is not a valid parameter name");
+  return parts;
+}
+
+torch::Tensor activate(const graph::Node& n, torch::Tensor x) {
+  switch (n.activation) {
+    case graph::Activation::relu:
+      return torch::relu(x);
+    case graph::Activation::clamp:
+      return torch::clamp(x, n.clamp_lo, n.clamp_hi);
+    default:
+      return x;
+  }
+}
+}  // namespace
+
+NetworkImpl::NetworkImpl(graph::Graph graph, const QuantPolicy& training) : graph_(std::move(graph)), policy_(training) {
+  graph_.validate();
+  build();
+}
+
+void NetworkImpl::register_path(const std::string& path, std::shared_ptr<torch::nn::Module> module) {
+  const std::vector<std::string> parts = split_path(path);
+  torch::nn::Module* parent = this;
+  for (size_t i = 0; i + 1 < parts.size(); ++i) {
+    auto children = parent->named_children();
+    if (auto* existing = children.find(parts[i])) {
+      parent = existing->get();
+    } else {
+      parent = parent->register_module(parts[i], std::make_shared<ContainerImpl>()).get();
+    }
+  }
+  if (parent->named_children().find(parts.back()) || parent->named_parameters(false).find(parts.back()))
+    throw graph::GraphError("two layers are named '" + path + "'");
+  parent->register_module(parts.back(), std::move(module));
+}
+
+void NetworkImpl::build() {
+  const size_t n = graph_.size();
+  conv_.assign(n, nullptr);
+  linear_.assign(n, nullptr);
+  bn2d_.assign(n, nullptr);
+  bn1d_.assign(n, nullptr);
+  last_use_.assign(n, -1);
+  // Shapes of the layers' inputs, for their weight shapes: any input size the graph accepts.
+  graph::Graph shaped = graph_;
+  shaped.infer_shapes(64, 64);
+  for (size_t i = 0; i < n; ++i) {
+    const graph::Node& node = graph_[i];
+    for (int in : node.inputs) last_use_[size_t(in)] = int(i);
+    if (!node.has_weights()) continue;
+    if (node.quant.signed_input)
+      throw graph::GraphError("node '" + node.name +
+                              "': its input can be negative, and signed activation quantisation is not supported "
+                              "yet; keep this layer in float ([quant.layers] \"" + node.name +
+                              "\" = { full_precision = true })");
+    const QuantOptions q = policy_.options_for(node.quant);
+    const int in = shaped.input_shape_of(int(i)).channels;
+    if (node.op == graph::Op::conv) {
+      auto conv = std::make_shared<QuantConv2dImpl>(torch::nn::Conv2dOptions(in, node.out_channels, node.kernel)
+                                                        .stride(node.stride)
+                                                        .padding(node.padding)
+                                                        .groups(node.groups)
+                                                        .bias(node.bias),
+                                                    q);
+      conv_[i] = conv;
+      register_path(node.name, conv);
+      if (!node.batch_norm.empty()) {
+        auto bn = std::make_shared<torch::nn::BatchNorm2dImpl>(node.out_channels);
+        bn2d_[i] = bn;
+        register_path(node.batch_norm, bn);
+      }
+    } else {
+      const int features = int(shaped.input_shape_of(int(i)).size());
+      auto linear = std::make_shared<QuantLinearImpl>(
+          torch::nn::LinearOptions(features, node.out_channels).bias(node.bias), q);
+      linear_[i] = linear;
+      register_path(node.name, linear);
+      if (!node.batch_norm.empty()) {
+        auto bn = std::make_shared<torch::nn::BatchNorm1dImpl>(node.out_channels);
+        bn1d_[i] = bn;
+        register_path(node.batch_norm, bn);
+      }
+    }
+  }
+  // He initialisation (fan-out) for convolutions and unit batch norms, in module order, as
+  // the common ResNet code does; linear layers keep PyTorch's default.
+  torch::NoGradGuard no_grad;
+  for (auto& m : modules(false)) {
+    if (auto* c = dynamic_cast<QuantConv2dImpl*>(m.get()))
+      torch::nn::init::kaiming_normal_(c->weight, 0.0, torch::kFanOut, torch::kReLU);
+    if (auto* b = dynamic_cast<torch::nn::BatchNorm2dImpl*>(m.get())) {
+      b->weight.fill_(1.0);
+      b->bias.zero_();
+    }
+    if (auto* b = dynamic_cast<torch::nn::BatchNorm1dImpl*>(m.get())) {
+      b->weight.fill_(1.0);
+      b->bias.zero_();
+    }
+  }
+}
+
+torch::Tensor NetworkImpl::forward(const torch::Tensor& x) { return run(x, nullptr); }
+
+torch::Tensor NetworkImpl::forward_all(const torch::Tensor& x, std::vector<torch::Tensor>& outputs) {
+  return run(x, &outputs);
+}
+
+torch::Tensor NetworkImpl::run(const torch::Tensor& x, std::vector<torch::Tensor>* keep) {
+  const int channels = graph_.input().shape.channels;
+  if (x.dim() != 4 || x.size(1) != channels)
+    throw std::invalid_argument(graph_.arch + " expects input [N, " + std::to_string(channels) + ", H, W], got " +
+                                c10::str(x.sizes()));
+  const size_t n = graph_.size();
+  std::vector<torch::Tensor> v(n);
+  v[0] = x;
+  for (size_t i = 1; i < n; ++i) {
+    const graph::Node& node = graph_[i];
+    const torch::Tensor& in = v[size_t(node.inputs[0])];
+    torch::Tensor out;
+    switch (node.op) {
+      case graph::Op::input:
+        break;
+      case graph::Op::conv:
+        out = conv_[i]->forward(in);
+        if (bn2d_[i]) out = bn2d_[i]->forward(out);
+        break;
+      case graph::Op::linear:
+        out = linear_[i]->forward(in.flatten(1));
+        if (bn1d_[i]) out = bn1d_[i]->forward(out);
+        break;
+      case graph::Op::add:
+        out = in;
+        for (size_t k = 1; k < node.inputs.size(); ++k) out = out + v[size_t(node.inputs[k])];
+        break;
+      case graph::Op::max_pool:
+        out = F::max_pool2d(in, F::MaxPool2dFuncOptions(node.kernel).stride(node.stride).padding(node.padding));
+        break;
+      case graph::Op::avg_pool:
+        out = F::avg_pool2d(in, F::AvgPool2dFuncOptions(node.kernel).stride(node.stride).padding(node.padding));
+        break;
+      case graph::Op::global_avg_pool:
+        out = F::adaptive_avg_pool2d(in, F::AdaptiveAvgPool2dFuncOptions({1, 1}));
+        break;
+      case graph::Op::flatten:
+        out = in.flatten(1);
+        break;
+      case graph::Op::shortcut_pad: {
+        // Option A: subsample, then zero-pad the channels (half on each side, as the common code).
+        const int64_t pad = node.out_channels - in.size(1), before = pad / 2;
+        out = F::pad(in.slice(2, 0, in.size(2), node.stride).slice(3, 0, in.size(3), node.stride),
+                     F::PadFuncOptions({0, 0, 0, 0, before, pad - before}));
+        break;
+      }
+    }
+    v[i] = activate(node, out);
+    if (!keep)
+      for (int input : node.inputs)
+        if (last_use_[size_t(input)] == int(i)) v[size_t(input)] = torch::Tensor();
+  }
+  torch::Tensor result = v.back();
+  if (result.dim() == 4 && graph_[n - 1].shape.height <= 1 && result.size(2) == 1 && result.size(3) == 1)
+    result = result.flatten(1);
+  if (keep) *keep = std::move(v);
+  return result;
+}
+
+void NetworkImpl::set_policy(const QuantPolicy& policy) {
+  graph::Graph g = graph_;
+  graph::assign_quantization(g, policy.assignment());
+  for (size_t i = 0; i < g.size(); ++i) {
+    if (!g[i].has_weights()) continue;
+    if (g[i].quant.signed_input)
+      throw graph::GraphError("node '" + g[i].name +
+                              "': its input can be negative, and signed activation quantisation is not supported "
+                              "yet; keep this layer in float ([quant.layers] \"" + g[i].name +
+                              "\" = { full_precision = true })");
+    const QuantOptions q = policy.options_for(g[i].quant);
+    if (conv_[i]) conv_[i]->set_quant_options(q);
+    if (linear_[i]) linear_[i]->set_quant_options(q);
+  }
+  graph_ = std::move(g);
+  policy_ = policy;
+}
+
+QuantConv2dImpl* NetworkImpl::conv(const std::string& name) const {
+  const int i = graph_.find(name);
+  return i < 0 ? nullptr : conv_[size_t(i)].get();
+}
+
+QuantLinearImpl* NetworkImpl::linear(const std::string& name) const {
+  const int i = graph_.find(name);
+  return i < 0 ? nullptr : linear_[size_t(i)].get();
+}
+
+torch::nn::Module* NetworkImpl::batch_norm(const std::string& name) const {
+  const int i = graph_.find(name);
+  if (i < 0) return nullptr;
+  if (bn2d_[size_t(i)]) return bn2d_[size_t(i)].get();
+  return bn1d_[size_t(i)].get();
+}
+
+std::shared_ptr<torch::nn::Module> NetworkImpl::clone(const torch::optional<torch::Device>& device) const {
+  torch::NoGradGuard no_grad;
+  auto copy = std::make_shared<NetworkImpl>(graph_, policy_);
+  auto params = copy->named_parameters(), buffers = copy->named_buffers();
+  for (const auto& p : named_parameters()) {
+    torch::Tensor& target = params[p.key()];
+    target.set_data(device ? p.value().to(*device).clone() : p.value().clone());
+  }
+  for (const auto& b : named_buffers()) {
+    torch::Tensor& target = buffers[b.key()];
+    target.set_data(device ? b.value().to(*device).clone() : b.value().clone());
+  }
+  if (!is_training()) copy->eval();
+  return copy;
+}
+
+Network make_network(const std::string& arch, const graph::ArchOptions& options) {
+  return make_network(graph::build_architecture(arch, options));
+}
+
+Network make_network(graph::Graph graph) {
+  graph::assign_quantization(graph, QuantPolicy::full_precision().assignment());
+  return Network(std::move(graph));
+}
+
+void apply_policy(NetworkImpl& model, const QuantPolicy& policy) { model.set_policy(policy); }
+
+Network quantized_copy(const Network& model, const QuantPolicy& policy) {
+  auto copy = std::dynamic_pointer_cast<NetworkImpl>(model->clone());
+  copy->set_policy(policy);
+  return Network(copy);
+}
+
+}  // namespace apot::qat

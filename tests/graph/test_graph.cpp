@@ -1,0 +1,201 @@
+// The network graph: the ResNet builder's nodes and names, shape inference, quantisation
+// assignment, JSON round trips and the model-file reader with its errors.
+#include <gtest/gtest.h>
+
+#include "apot/graph/architectures.h"
+#include "apot/graph/serialize.h"
+
+using namespace apot::graph;
+
+namespace {
+
+std::string error_of(const std::function<void()>& f) {
+  try {
+    f();
+  } catch (const GraphError& e) {
+    return e.what();
+  }
+  return "";
+}
+
+Graph model(const std::string& layers) {
+  return model_from_toml_text("name = \"t\"\n[input]\nchannels = 1\n" + layers, "m.toml");
+}
+
+}  // namespace
+
+TEST(Graph, ResNet20HasTheUsualLayersAndShapes) {
+  Graph g = build_architecture("resnet20");
+  g.infer_shapes(32, 32);
+  EXPECT_EQ(g.weight_layers().size(), 20u);  // 19 convolutions and the classifier
+  EXPECT_EQ(g.at("layer2.0.conv1").stride, 2);
+  EXPECT_EQ(g.at("layer2.0.shortcut").op, Op::shortcut_pad);
+  EXPECT_EQ(g.at("layer3.2").op, Op::add);
+  EXPECT_EQ(g.at("layer3.2").shape, (Shape{64, 8, 8}));
+  EXPECT_EQ(g.at("linear").shape, (Shape{10, 1, 1}));
+  EXPECT_EQ(g.at("layer1.0.conv2").batch_norm, "layer1.0.bn2");
+  EXPECT_EQ(g.first_layers(), std::vector<int>{g.find("conv1")});
+  EXPECT_EQ(g.last_layer(), g.find("linear"));
+  EXPECT_EQ(g.macs(g.find("conv1")), 32 * 32 * 16 * 27);
+}
+
+TEST(Graph, ShortcutBAndHubNames) {
+  ArchOptions o;
+  o.shortcut = "B";
+  o.naming = "hub";
+  const Graph g = build_architecture("resnet20", o);
+  EXPECT_GE(g.find("layer2.0.downsample.0"), 0);
+  EXPECT_EQ(g.at("layer2.0.downsample.0").batch_norm, "layer2.0.downsample.1");
+  EXPECT_GE(g.find("fc"), 0);
+  o.naming = "apot";
+  EXPECT_GE(build_architecture("resnet20", o).find("layer2.0.shortcut.0"), 0);
+  Graph r18 = build_architecture("resnet18", ArchOptions{3, 1000});
+  r18.infer_shapes(224, 224);
+  EXPECT_EQ(r18.at("maxpool").shape, (Shape{64, 56, 56}));
+  EXPECT_GE(r18.find("layer2.0.downsample.0"), 0);
+  EXPECT_EQ(r18.at("fc").shape.channels, 1000);
+  EXPECT_NE(error_of([] { build_architecture("vgg99"); }).find("unknown architecture 'vgg99'"), std::string::npos);
+}
+
+TEST(Graph, QuantisationAssignment) {
+  Graph g = build_architecture("resnet20");
+  QuantAssignment a;
+  a.layers["layer1.0.conv1"].weight_bits = 3;
+  a.layers["layer1.0.conv2"].kind = apot::levels::Kind::uniform;
+  a.layers["layer1.0.conv2"].weight_bits = 8;
+  a.layers["layer1.0.conv2"].act_bits = 8;
+  assign_quantization(g, a);
+  EXPECT_EQ(g.at("conv1").quant.mode, LayerQuant::Mode::int8);
+  EXPECT_EQ(g.at("linear").quant.mode, LayerQuant::Mode::int8);
+  EXPECT_EQ(g.at("layer1.0.conv1").quant.describe(), "W3A4 apot");
+  EXPECT_EQ(g.at("layer1.0.conv2").quant.describe(), "W8A8 uniform");
+  EXPECT_EQ(g.at("layer3.2.conv2").quant.describe(), "W4A4 apot");
+  EXPECT_FALSE(g.at("layer3.2.conv2").quant.signed_input);
+  a.layers["nope"].weight_bits = 3;
+  EXPECT_NE(error_of([&] { assign_quantization(g, a); }).find("'nope': no such node"), std::string::npos);
+  a.layers.erase("nope");
+  a.layers["layer1.0.conv1"].weight_bits = 9;  // APoT has no 9-bit weights
+  EXPECT_NE(error_of([&] { assign_quantization(g, a); }).find("layer1.0.conv1"), std::string::npos);
+}
+
+TEST(Graph, JsonRoundTrip) {
+  Graph g = build_architecture("resnet18", ArchOptions{3, 100});
+  assign_quantization(g, QuantAssignment{});
+  const Graph back = graph_from_json(graph_to_json(g), "test");
+  ASSERT_EQ(back.size(), g.size());
+  for (size_t i = 0; i < g.size(); ++i) {
+    EXPECT_EQ(back[i].name, g[i].name);
+    EXPECT_EQ(back[i].op, g[i].op);
+    EXPECT_EQ(back[i].inputs, g[i].inputs);
+    EXPECT_EQ(back[i].batch_norm, g[i].batch_norm);
+    EXPECT_EQ(back[i].quant, g[i].quant) << g[i].name;
+  }
+  EXPECT_EQ(back.in_channels(), 3);
+}
+
+TEST(ModelFile, TheExampleReadsAndInfersShapes) {
+  Graph g = read_model_file(std::string(APOT_SOURCE_DIR) + "/recipes/models/fashion-mnist-small-cnn.toml");
+  g.infer_shapes(28, 28);
+  EXPECT_EQ(g.arch, "small-cnn");
+  EXPECT_EQ(g.at("conv2").shape, (Shape{16, 14, 14}));
+  EXPECT_EQ(g.at("pool").shape, (Shape{16, 7, 7}));
+  EXPECT_EQ(g.at("sum").inputs, (std::vector<int>{g.find("conv3"), g.find("pool")}));
+  EXPECT_EQ(g.num_classes(), 10);
+  EXPECT_EQ(g.first_layers(), std::vector<int>{g.find("conv1")});
+  EXPECT_EQ(g.last_layer(), g.find("fc"));
+}
+
+TEST(ModelFile, LayersMayComeInAnyOrder) {
+  Graph g = model(R"(
+[[layer]]
+name = "fc"
+op = "linear"
+input = "gap"
+out_channels = 3
+[[layer]]
+name = "gap"
+op = "global_avg_pool"
+input = "c"
+[[layer]]
+name = "c"
+op = "conv"
+input = "input"
+out_channels = 4
+kernel = 3
+)");
+  EXPECT_EQ(g[1].name, "c");
+  EXPECT_EQ(g[3].name, "fc");
+}
+
+TEST(ModelFile, BadFilesNameTheNode) {
+  const std::string conv = "[[layer]]\nname = \"a\"\nop = \"conv\"\nout_channels = 4\nkernel = 3\n";
+  EXPECT_NE(error_of([&] { model(conv + "[[layer]]\nname = \"b\"\nop = \"warp\"\n"); }).find("node 'b': unknown op 'warp'"),
+            std::string::npos);
+  EXPECT_NE(error_of([&] { model(conv + "[[layer]]\nname = \"b\"\nop = \"add\"\ninputs = [\"a\", \"z\"]\n"); })
+                .find("node 'b': reads 'z', which is not a layer"),
+            std::string::npos);
+  const std::string cycle =
+      "[[layer]]\nname = \"a\"\nop = \"add\"\ninputs = [\"input\", \"b\"]\n"
+      "[[layer]]\nname = \"b\"\nop = \"add\"\ninputs = [\"input\", \"a\"]\n";
+  EXPECT_NE(error_of([&] { model(cycle); }).find("cycle (a -> b -> a)"), std::string::npos) << error_of([&] { model(cycle); });
+  EXPECT_NE(error_of([&] { model(conv + conv); }).find("node 'a': the name is used twice"), std::string::npos);
+  EXPECT_NE(error_of([&] { model("[[layer]]\nname = \"a\"\nop = \"conv\"\nout_channels = 4\nkernel = 3\nstrid = 2\n"); })
+                .find("node 'a': unknown key 'strid'"),
+            std::string::npos);
+  EXPECT_NE(error_of([&] { model(conv + "[[layer]]\nname = \"b\"\nop = \"conv\"\ninput = \"input\"\nout_channels = 2\nkernel = 1\n"); })
+                .find("node 'a': its output is never used"),
+            std::string::npos);
+  // Shapes: a sum of different shapes, and a kernel larger than its input.
+  Graph add = model(conv + "[[layer]]\nname = \"b\"\nop = \"add\"\ninputs = [\"a\", \"input\"]\n");
+  EXPECT_NE(error_of([&] { add.infer_shapes(8, 8); }).find("node 'b' (add): adds 'a' (4x6x6) and 'input' (1x8x8)"),
+            std::string::npos);
+  Graph big = model("[[layer]]\nname = \"a\"\nop = \"conv\"\nout_channels = 4\nkernel = 9\n");
+  EXPECT_NE(error_of([&] { big.infer_shapes(4, 4); }).find("node 'a' (conv): its input 'input' (1x4x4) is too small"),
+            std::string::npos);
+  EXPECT_NE(error_of([&] { model("[[layer]]\nname = \"a\"\nop = \"conv\"\nout_channels = 4\nkernel = 3\nquant = { mode = \"int8\" }\n"); })
+                .find("node 'a': quantisation comes from the recipe"),
+            std::string::npos);
+  EXPECT_NE(error_of([&] { model_from_toml_text("name = \"t\"\n[[layer]]\nname = \"a\"\nop = \"flatten\"\n", "m.toml"); })
+                .find("needs [input] with channels"),
+            std::string::npos);
+  EXPECT_NE(error_of([&] { model_from_toml_text("[input\nchannels = 1\n", "m.toml"); }).find("m.toml:1"),
+            std::string::npos);
+}
+
+TEST(ModelFile, SignedInputsAreFound) {
+  Graph g = model(R"(
+[[layer]]
+name = "a"
+op = "conv"
+out_channels = 4
+kernel = 3
+[[layer]]
+name = "b"
+op = "conv"
+out_channels = 4
+kernel = 1
+[[layer]]
+name = "c"
+op = "conv"
+out_channels = 4
+kernel = 1
+activation = "relu6"
+[[layer]]
+name = "d"
+op = "conv"
+out_channels = 4
+kernel = 1
+[[layer]]
+name = "gap"
+op = "global_avg_pool"
+[[layer]]
+name = "fc"
+op = "linear"
+out_channels = 2
+)");
+  assign_quantization(g, QuantAssignment{});
+  EXPECT_TRUE(g.at("b").quant.signed_input);    // after a conv without activation
+  EXPECT_TRUE(g.at("c").quant.signed_input);
+  EXPECT_FALSE(g.at("d").quant.signed_input);   // after ReLU6
+  EXPECT_EQ(g.at("c").clamp_hi, 6.0f);
+}
