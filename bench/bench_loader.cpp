@@ -8,7 +8,7 @@
 
 #include "apot/data/loader.h"
 #include "apot/data/spec.h"
-#include "apot/qat/resnet.h"
+#include "apot/qat/network.h"
 
 int main(int argc, char** argv) {
   if (argc < 2) {
@@ -41,7 +41,7 @@ int main(int argc, char** argv) {
   }
   // What a training step consumes: W4A4 ResNet-20, batch 128, 2 threads.
   torch::set_num_threads(2);
-  auto model = apot::qat::make_resnet("resnet20", 3, 10);
+  auto model = apot::qat::make_network("resnet20");
   apot::qat::apply_policy(*model, apot::qat::QuantPolicy{});
   torch::optim::SGD sgd(model->parameters(), torch::optim::SGDOptions(0.01).momentum(0.9));
   const torch::Tensor x = torch::randn({128, 3, 32, 32});

@@ -17,10 +17,10 @@
 #include <vector>
 
 #include "apot/qat/modules.h"
-#include "apot/qat/resnet.h"
+#include "apot/qat/network.h"
 
 using apot::qat::Backend;
-using apot::qat::ResNet;
+using apot::qat::Network;
 using apot::qat::QuantPolicy;
 
 namespace {
@@ -32,13 +32,13 @@ struct Config {
 };
 
 struct Setup {
-  ResNet model;
+  Network model{nullptr};
   std::unique_ptr<torch::optim::SGD> sgd;
 };
 
 Setup make_setup(const Config& c) {
   torch::manual_seed(0);
-  ResNet model = apot::qat::make_resnet("resnet20", 3, 10);
+  Network model = apot::qat::make_network("resnet20");
   if (c.quantized) apot::qat::apply_policy(*model, QuantPolicy{});  // W4A4 APoT defaults
   model->train();
   auto sgd = std::make_unique<torch::optim::SGD>(model->parameters(),

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Builds the libFuzzer targets (IDX, CIFAR, JPEG/PNG, .apot readers) with clang-14 (ASan + UBSan)
+# Builds the libFuzzer targets (IDX, CIFAR, JPEG/PNG and .apot readers, the engine, the model-file
+# reader) with clang-14 (ASan + UBSan)
 # and runs each for a bounded time on its corpus in fuzz/corpus/<target>. Usage: fuzz/run.sh [seconds per target]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -10,14 +11,42 @@ flags=(-std=c++17 -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recov
 common=(src/data/in_memory.cpp)
 build() {  # name sources... libs...
   local name=$1; shift
-  [ "$out/$name" -nt "fuzz/$name.cpp" ] && [ -z "${APOT_FUZZ_REBUILD:-}" ] && return 0
+  local stale=${APOT_FUZZ_REBUILD:-}
+  for f in "fuzz/$name.cpp" "$@"; do [ -f "$f" ] && [ "$f" -nt "$out/$name" ] && stale=1; done
+  [ -f "$out/$name" ] && [ -z "$stale" ] && return 0
   clang++-14 "${flags[@]}" "fuzz/$name.cpp" "$@" -o "$out/$name"
 }
+# The engine's sources as objects, each kernel file with the instruction set it is written for
+# (as src/kernels/CMakeLists.txt says); OpenMP from GCC's libgomp.
+engine_objects() {
+  local obj=$out/engine-obj
+  mkdir -p "$obj"
+  local -A isa=(
+    [projection_avx2]="-mavx2 -mfma" [gemm_avx2]="-mavx2 -mfma"
+    [projection_avx512]="-mavx512f -mavx512dq -mavx512bw -mavx512vl"
+    [gemm_avx_vnni]="-mavx2 -mfma -mavxvnni"
+    [gemm_avx_vnni_evex]="-mavx2 -mfma -mavx512f -mavx512vl -mavx512vnni"
+    [gemm_avx512_vnni]="-mavx512f -mavx512bw -mavx512vl -mavx512vnni"
+    [gemm_winograd_avx512]="-mavx512f -mavx512bw -mavx512vl -mavx512vnni")
+  for src in src/levels/*.cpp src/graph/*.cpp src/kernels/*.cpp src/runtime/*.cpp; do
+    local base; base=$(basename "$src" .cpp)
+    local o="$obj/$(basename "$(dirname "$src")")_$base.o"
+    if [ ! "$o" -nt "$src" ] || [ -n "${APOT_FUZZ_REBUILD:-}" ]; then
+      # shellcheck disable=SC2086
+      clang++-14 -std=c++17 -g -O1 -fsanitize=fuzzer-no-link,address,undefined -fno-sanitize-recover=undefined \
+        -ffp-contract=off -fopenmp=libgomp -Iinclude -Isrc/kernels ${isa[$base]:-} -c "$src" -o "$o"
+    fi
+    echo "$o"
+  done
+}
+engine_objects >"$out/engine-objects.txt"
+mapfile -t engine <"$out/engine-objects.txt"
 build fuzz_idx src/data/idx.cpp "${common[@]}" -lz
 build fuzz_cifar src/data/cifar.cpp "${common[@]}"
 build fuzz_image src/data/image_decode.cpp "${common[@]}" -lturbojpeg -lpng
-build fuzz_apot src/runtime/format.cpp -lxxhash
-for target in fuzz_idx fuzz_cifar fuzz_image fuzz_apot; do
+build fuzz_apot "${engine[@]}" -fopenmp=libgomp -lxxhash
+build fuzz_model_file "${engine[@]}" -fopenmp=libgomp -lxxhash
+for target in fuzz_idx fuzz_cifar fuzz_image fuzz_apot fuzz_model_file; do
   corpus=fuzz/corpus/${target#fuzz_}
   [ -d "$corpus" ] || { echo "fuzz: missing corpus $corpus"; exit 1; }
   work=$(mktemp -d)

@@ -43,6 +43,9 @@ void run_eval(const EvalOptions& o) {
       if (g.in_channels() != channels)
         throw UsageError(o.model_file + " takes " + std::to_string(g.in_channels()) + " input channels, " + o.data +
                          " has " + std::to_string(channels));
+      data::Loader probe(test_set, lo, {0});
+      const auto shape = probe.example_shape();
+      g.infer_shapes(int(shape[1]), int(shape[2]));
     } else {
       graph::ArchOptions ao;
       ao.in_channels = channels;

@@ -36,7 +36,7 @@ const std::set<std::string>& allowed_keys(Op op) {
   static const std::set<std::string> pool{"kernel", "stride", "padding"};
   static const std::set<std::string> add{"activation", "clamp"};
   static const std::set<std::string> pad{"stride", "out_channels"};
-  static const std::set<std::string> input{"channels"};
+  static const std::set<std::string> input{"channels", "height", "width"};
   static const std::set<std::string> none{};
   switch (op) {
     case Op::conv:
@@ -127,7 +127,11 @@ Node node_from_json(const json& j, const std::string& source, const std::map<std
     if (it == index.end()) fail(source, n.name, "reads '" + in + "', which is not a layer");
     n.inputs.push_back(it->second);
   }
-  if (n.op == Op::input) n.shape.channels = int_of(j, "channels", 0, source, n.name);
+  if (n.op == Op::input) {
+    n.shape.channels = int_of(j, "channels", 0, source, n.name);
+    n.shape.height = int_of(j, "height", 0, source, n.name);
+    n.shape.width = int_of(j, "width", 0, source, n.name);
+  }
   n.out_channels = int_of(j, "out_channels", 0, source, n.name);
   n.kernel = int_of(j, "kernel", n.op == Op::conv || n.op == Op::max_pool || n.op == Op::avg_pool ? 0 : 1, source, n.name);
   n.stride = int_of(j, "stride", (n.op == Op::max_pool || n.op == Op::avg_pool) ? n.kernel : 1, source, n.name);
@@ -174,7 +178,10 @@ json graph_to_json(const Graph& g) {
   json nodes = json::array();
   for (const Node& n : g.nodes()) {
     json j{{"name", n.name}, {"op", to_string(n.op)}};
-    if (n.op == Op::input) j["channels"] = n.shape.channels;
+    if (n.op == Op::input) {
+      j["channels"] = n.shape.channels;
+      if (n.shape.height > 0) j.update({{"height", n.shape.height}, {"width", n.shape.width}});
+    }
     if (!n.inputs.empty()) {
       json inputs = json::array();
       for (int in : n.inputs) inputs.push_back(g[size_t(in)].name);

@@ -59,9 +59,11 @@ void NetworkImpl::build() {
   bn2d_.assign(n, nullptr);
   bn1d_.assign(n, nullptr);
   last_use_.assign(n, -1);
-  // Shapes of the layers' inputs, for their weight shapes: any input size the graph accepts.
+  // Shapes of the layers' inputs, for their weight shapes: at the input size the graph was
+  // made for (a linear layer after a flatten depends on it), else at any size it accepts.
   graph::Graph shaped = graph_;
-  shaped.infer_shapes(64, 64);
+  const graph::Shape& in_shape = graph_.input().shape;
+  shaped.infer_shapes(in_shape.height > 0 ? in_shape.height : 64, in_shape.width > 0 ? in_shape.width : 64);
   for (size_t i = 0; i < n; ++i) {
     const graph::Node& node = graph_[i];
     for (int in : node.inputs) last_use_[size_t(in)] = int(i);

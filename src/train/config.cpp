@@ -2,6 +2,7 @@
 #include "apot/train/config.h"
 
 #include <cmath>
+#include <filesystem>
 #include <fstream>
 #include <functional>
 #include <nlohmann/json.hpp>
@@ -268,7 +269,15 @@ TrainConfig load_config(const std::string& recipe_path, const std::vector<std::s
   std::ifstream in(recipe_path);
   if (!in) throw ConfigError(recipe_path + ": cannot open recipe");
   const std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-  return config_from_toml_text(text, recipe_path, overrides);
+  TrainConfig c = config_from_toml_text(text, recipe_path, {});
+  // A model file named in the recipe is relative to the recipe; one given with --set, to the
+  // working directory.
+  const std::filesystem::path model(c.model_file);
+  if (!c.model_file.empty() && model.is_relative())
+    c.model_file = (std::filesystem::path(recipe_path).parent_path() / model).lexically_normal().string();
+  for (const std::string& o : overrides) apply_override(c, o);
+  c.validate();
+  return c;
 }
 
 std::string config_to_json(const TrainConfig& c) {

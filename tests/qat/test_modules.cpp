@@ -5,10 +5,11 @@
 #include <cstdio>
 
 #include "apot/qat/modules.h"
-#include "apot/qat/resnet.h"
+#include "apot/graph/serialize.h"
+#include "apot/qat/network.h"
 #include "qat_test_util.h"
 
-using apot::qat::ResNet;
+using apot::qat::Network;
 using apot::qat::QuantConv2d;
 using apot::qat::QuantLinear;
 using apot::qat::QuantOptions;
@@ -104,38 +105,51 @@ TEST(QuantModules, StateSurvivesSaveAndLoad) {
   std::remove(linear_path.c_str());
 }
 
+Network resnet(const std::string& arch, const std::string& shortcut = "A", int in = 3, int classes = 10) {
+  apot::graph::ArchOptions o;
+  o.in_channels = in;
+  o.num_classes = classes;
+  o.shortcut = shortcut;
+  return apot::qat::make_network(arch, o);
+}
+
 TEST(QuantPolicy, FirstAndLastLayersAreInt8AndTheRestFollowThePolicy) {
-  ResNet fp = apot::qat::make_resnet("resnet20", 3, 10);
+  Network fp = resnet("resnet20");
   QuantPolicy policy;
   policy.weight_bits = 3;
   policy.act_bits = 3;
-  ResNet q = apot::qat::quantized_copy(fp, policy);
-  EXPECT_TRUE(q->conv1->quant_options().int8_weights);
-  EXPECT_FALSE(q->conv1->quant_options().quantizes_input());
-  EXPECT_TRUE(q->classifier->quant_options().int8_weights);
-  EXPECT_FALSE(q->classifier->quant_options().quantizes_input());
+  policy.layers["layer3.2.conv2"].weight_bits = 5;
+  Network q = apot::qat::quantized_copy(fp, policy);
+  EXPECT_TRUE(q->conv("conv1")->quant_options().int8_weights);
+  EXPECT_FALSE(q->conv("conv1")->quant_options().quantizes_input());
+  EXPECT_TRUE(q->linear("linear")->quant_options().int8_weights);
+  EXPECT_FALSE(q->linear("linear")->quant_options().quantizes_input());
   int inner = 0;
   for (const auto& m : q->modules(false)) {
     auto* c = dynamic_cast<apot::qat::QuantConv2dImpl*>(m.get());
-    if (!c || c == q->conv1.get()) continue;
+    if (!c || c == q->conv("conv1") || c == q->conv("layer3.2.conv2")) continue;
     EXPECT_EQ(c->quant_options().describe(), "W3A3 apot");
     ++inner;
   }
-  EXPECT_EQ(inner, 18);  // ResNet-20 option A: 9 blocks x 2 convs
+  EXPECT_EQ(inner, 17);  // ResNet-20 option A: 9 blocks x 2 convs, one overridden
+  EXPECT_EQ(q->conv("layer3.2.conv2")->quant_options().describe(), "W5A3 apot");
+  EXPECT_EQ(q->graph().at("layer3.2.conv2").quant.weight_bits, 5);
   // The FP model is untouched and its weights were copied.
-  EXPECT_EQ(fp->conv1->quant_options().describe(), "W32A32");
+  EXPECT_EQ(fp->conv("conv1")->quant_options().describe(), "W32A32");
   EXPECT_TRUE(torch::equal(fp->named_parameters()["layer2.0.conv1.weight"], q->named_parameters()["layer2.0.conv1.weight"]));
   const auto fp_params = fp->named_parameters(), q_params = q->named_parameters();
   EXPECT_EQ(fp_params.size(), q_params.size());
+  policy.layers["layer9.conv"].weight_bits = 5;
+  EXPECT_THROW(apot::qat::quantized_copy(fp, policy), apot::graph::GraphError);
 }
 
-TEST(ResNet, TrainsAStepAtEveryPrecision) {
+TEST(Network, TrainsAStepAtEveryPrecision) {
   torch::manual_seed(3);
   const torch::Tensor x = torch::randn({4, 3, 32, 32});
   const torch::Tensor y = torch::tensor({0, 1, 2, 3}, torch::kLong);
   for (int bits : {32, 5, 4, 3, 2}) {
-    for (auto shortcut : {apot::levels::Shortcut::A, apot::levels::Shortcut::B}) {
-      ResNet model = apot::qat::make_resnet("resnet20", 3, 10, shortcut);
+    for (const char* shortcut : {"A", "B"}) {
+      Network model = resnet("resnet20", shortcut);
       QuantPolicy policy;
       policy.weight_bits = bits;
       policy.act_bits = bits;
@@ -153,23 +167,25 @@ TEST(ResNet, TrainsAStepAtEveryPrecision) {
   }
 }
 
-TEST(ResNet, OneInputChannelBadArchitectureAndBadInput) {
-  ResNet mono = apot::qat::make_resnet("resnet20", 1, 7);
+TEST(Network, OneInputChannelBadArchitectureAndBadInput) {
+  Network mono = resnet("resnet20", "A", 1, 7);
   EXPECT_EQ(mono(torch::randn({2, 1, 28, 28})).sizes(), torch::IntArrayRef({2, 7}));
-  EXPECT_THROW(apot::qat::make_resnet("resnet21", 3, 10), std::invalid_argument);
+  EXPECT_THROW(resnet("resnet21"), std::invalid_argument);
   EXPECT_THROW(mono(torch::randn({2, 3, 28, 28})), std::invalid_argument);
 }
 
-TEST(ResNet, ParametersMatchTheArchitectureDescription) {
+TEST(Network, ParametersMatchTheGraph) {
   for (const std::string arch : {"resnet20", "resnet18", "resnet50"}) {
-    for (auto shortcut : {apot::levels::Shortcut::A, apot::levels::Shortcut::B}) {
-      const auto spec = apot::levels::resnet_spec(arch, 3, 10, shortcut);
-      ResNet model(spec);
+    for (const char* shortcut : {"A", "B"}) {
+      Network model = resnet(arch, shortcut);
+      apot::graph::Graph g = model->graph();
+      g.infer_shapes(64, 64);
       const auto params = model->named_parameters();
       int64_t layers = 0;
-      for (const auto& layer : apot::levels::enumerate_layers(spec, 64, 64)) {
-        ASSERT_TRUE(params.contains(layer.name + ".weight")) << arch << " " << layer.name;
-        EXPECT_EQ(params[layer.name + ".weight"].numel(), layer.weight_count()) << layer.name;
+      for (int i : g.weight_layers()) {
+        const std::string& name = g[size_t(i)].name;
+        ASSERT_TRUE(params.contains(name + ".weight")) << arch << " " << name;
+        EXPECT_EQ(params[name + ".weight"].numel(), g.weight_count(i)) << name;
         ++layers;
       }
       int64_t convs = 0;
@@ -178,4 +194,26 @@ TEST(ResNet, ParametersMatchTheArchitectureDescription) {
       EXPECT_EQ(convs, layers) << arch;
     }
   }
+}
+
+// A model file's network: modules under the layer names, forward through pooling and a sum,
+// every output kept by forward_all, and a deep copy.
+TEST(Network, RunsAModelFile) {
+  Network model = apot::qat::make_network(apot::graph::read_model_file(std::string(APOT_SOURCE_DIR) +
+                                                                       "/recipes/models/fashion-mnist-small-cnn.toml"));
+  const auto params = model->named_parameters();
+  for (const char* name : {"conv1.weight", "bn1.weight", "conv3.weight", "bn3.bias", "fc.weight", "fc.bias"})
+    EXPECT_TRUE(params.contains(name)) << name;
+  EXPECT_EQ(params["fc.weight"].sizes(), torch::IntArrayRef({10, 16}));
+  model->eval();
+  const torch::Tensor x = torch::randn({2, 1, 28, 28});
+  std::vector<torch::Tensor> outputs;
+  const torch::Tensor logits = model->forward_all(x, outputs);
+  EXPECT_EQ(logits.sizes(), torch::IntArrayRef({2, 10}));
+  const auto& g = model->graph();
+  EXPECT_EQ(outputs[size_t(g.find("pool"))].sizes(), torch::IntArrayRef({2, 16, 7, 7}));
+  const torch::Tensor sum = outputs[size_t(g.find("sum"))];
+  EXPECT_TRUE(torch::equal(sum, torch::relu(outputs[size_t(g.find("conv3"))] + outputs[size_t(g.find("pool"))])));
+  auto copy = std::dynamic_pointer_cast<apot::qat::NetworkImpl>(model->clone());
+  EXPECT_TRUE(torch::equal(copy->forward(x), logits));
 }

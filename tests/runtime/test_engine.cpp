@@ -15,7 +15,7 @@ namespace {
 
 // Random but well-scaled batch-norm statistics and activation alphas, so that every layer
 // carries signal through several quantisation levels.
-void randomise(apot::qat::ResNet& model, unsigned seed) {
+void randomise(apot::qat::Network& model, unsigned seed) {
   torch::manual_seed(seed);
   torch::NoGradGuard no_grad;
   for (auto& m : model->modules(false)) {
@@ -29,9 +29,15 @@ void randomise(apot::qat::ResNet& model, unsigned seed) {
   }
 }
 
+apot::qat::Network make(const std::string& arch, const std::string& shortcut = "A") {
+  apot::graph::ArchOptions o;
+  o.shortcut = shortcut;
+  return apot::qat::make_network(arch, o);
+}
+
 struct Case {
   std::string arch;
-  apot::levels::Shortcut shortcut;
+  std::string shortcut;
   int bits;
   apot::levels::Kind kind;
   int size;
@@ -42,18 +48,18 @@ struct Case {
 TEST(Engine, AgreesWithTheTrainedModel) {
   torch::set_num_threads(1);  // one summation order for the reference's convolutions
   const std::vector<Case> cases{
-      {"resnet20", apot::levels::Shortcut::A, 4, apot::levels::Kind::apot, 32},
-      {"resnet20", apot::levels::Shortcut::B, 3, apot::levels::Kind::apot, 20},
-      {"resnet20", apot::levels::Shortcut::A, 2, apot::levels::Kind::apot, 16},
-      {"resnet20", apot::levels::Shortcut::A, 4, apot::levels::Kind::uniform, 16},
-      {"resnet18", apot::levels::Shortcut::B, 4, apot::levels::Kind::apot, 64},
+      {"resnet20", "A", 4, apot::levels::Kind::apot, 32},
+      {"resnet20", "B", 3, apot::levels::Kind::apot, 20},
+      {"resnet20", "A", 2, apot::levels::Kind::apot, 16},
+      {"resnet20", "A", 4, apot::levels::Kind::uniform, 16},
+      {"resnet18", "B", 4, apot::levels::Kind::apot, 64},
   };
   unsigned seed = 0;
   for (const Case& c : cases) {
     // Fixed weights: LibTorch seeds its generator differently in every process, and a random
     // network per run would now and then put an activation on a level boundary.
     torch::manual_seed(100 + seed);
-    auto model = apot::qat::make_resnet(c.arch, 3, 10, c.shortcut);
+    auto model = make(c.arch, c.shortcut);
     QuantPolicy policy;
     policy.weight_bits = policy.act_bits = c.bits;
     policy.kind = c.kind;
@@ -65,7 +71,7 @@ TEST(Engine, AgreesWithTheTrainedModel) {
     info.mean = {0, 0, 0};
     info.std = {1, 1, 1};
     for (int k = 0; k < 10; ++k) info.class_names.push_back("c" + std::to_string(k));
-    const auto bytes = apot::exporter::export_model(model, info);
+    const auto bytes = apot::exporter::export_model(*model, info);
     const auto engine = apot::runtime::Model::from_bytes(bytes, c.arch);
     const int batch = 6;
     const torch::Tensor x = torch::randn({batch, 3, c.size, c.size});
@@ -102,10 +108,10 @@ TEST(Engine, FirstLayerOnPixelsMatchesTheFloatFirstLayer) {
   if (vnni.empty()) GTEST_SKIP() << "the first layer runs on pixels on the VNNI paths only";
   torch::set_num_threads(1);
   const std::vector<float> mean{0.485f, 0.456f, 0.406f}, std{0.229f, 0.224f, 0.225f};
-  for (const Case& c : {Case{"resnet20", apot::levels::Shortcut::A, 4, apot::levels::Kind::apot, 32},
-                        Case{"resnet18", apot::levels::Shortcut::B, 4, apot::levels::Kind::apot, 72}}) {
+  for (const Case& c : {Case{"resnet20", "A", 4, apot::levels::Kind::apot, 32},
+                        Case{"resnet18", "B", 4, apot::levels::Kind::apot, 72}}) {
     torch::manual_seed(7);
-    auto model = apot::qat::make_resnet(c.arch, 3, 10, c.shortcut);
+    auto model = make(c.arch, c.shortcut);
     QuantPolicy policy;
     policy.weight_bits = policy.act_bits = c.bits;
     apot::qat::apply_policy(*model, policy);
@@ -116,7 +122,7 @@ TEST(Engine, FirstLayerOnPixelsMatchesTheFloatFirstLayer) {
     info.mean = mean;
     info.std = std;
     for (int k = 0; k < 10; ++k) info.class_names.push_back("c" + std::to_string(k));
-    const auto engine = apot::runtime::Model::from_bytes(apot::exporter::export_model(model, info), c.arch);
+    const auto engine = apot::runtime::Model::from_bytes(apot::exporter::export_model(*model, info), c.arch);
     const int batch = 4;
     const torch::Tensor m = torch::tensor(mean).reshape({1, 3, 1, 1}), s = torch::tensor(std).reshape({1, 3, 1, 1});
     const torch::Tensor x = ((torch::randint(0, 256, {batch, 3, c.size, c.size}).to(torch::kFloat) / 255.0f - m) / s).contiguous();
@@ -155,13 +161,15 @@ TEST(Engine, FirstLayerOnPixelsMatchesTheFloatFirstLayer) {
 }
 
 TEST(Engine, ExportRejectsUnquantisedModelsAndLoadRejectsMismatches) {
-  auto fp = apot::qat::make_resnet("resnet20", 3, 10);
+  auto fp = make("resnet20");
   apot::exporter::ExportInfo info;
+  info.mean = {0, 0, 0};
+  info.std = {1, 1, 1};
   info.class_names = std::vector<std::string>(10, "c");
-  EXPECT_THROW(apot::exporter::export_model(fp, info), std::invalid_argument);
-  auto q = apot::qat::make_resnet("resnet20", 3, 10);
+  EXPECT_THROW(apot::exporter::export_model(*fp, info), std::invalid_argument);
+  auto q = make("resnet20");
   apot::qat::apply_policy(*q, QuantPolicy{});
-  auto bytes = apot::exporter::export_model(q, info);
+  auto bytes = apot::exporter::export_model(*q, info);
   EXPECT_NO_THROW(apot::runtime::Model::from_bytes(bytes));
   bytes[200] ^= 1;  // inside the metadata section
   EXPECT_THROW(apot::runtime::Model::from_bytes(bytes), apot::runtime::FormatError);
@@ -173,7 +181,7 @@ TEST(Engine, ExportRejectsUnquantisedModelsAndLoadRejectsMismatches) {
 TEST(Engine, BottleneckBlocksMatchTheTrainedModel) {
   torch::set_num_threads(1);  // one summation order, as above
   torch::manual_seed(50);  // fixed weights, as above
-  auto model = apot::qat::make_resnet("resnet50", 3, 10, apot::levels::Shortcut::B);
+  auto model = make("resnet50", "B");
   QuantPolicy policy;
   policy.weight_bits = policy.act_bits = 5;
   apot::qat::apply_policy(*model, policy);
@@ -184,13 +192,13 @@ TEST(Engine, BottleneckBlocksMatchTheTrainedModel) {
   info.mean = {0, 0, 0};
   info.std = {1, 1, 1};
   info.class_names = std::vector<std::string>(10, "c");
-  const auto engine = apot::runtime::Model::from_bytes(apot::exporter::export_model(model, info));
+  const auto engine = apot::runtime::Model::from_bytes(apot::exporter::export_model(*model, info));
   const torch::Tensor x = torch::randn({1, 3, 32, 32});
   std::vector<std::vector<float>> taps;
   engine.run_with_taps(x.data_ptr<float>(), 1, taps);
   torch::NoGradGuard no_grad;
-  torch::Tensor out = torch::relu(model->bn1(model->conv1(x)));
-  out = torch::nn::functional::max_pool2d(out, torch::nn::functional::MaxPool2dFuncOptions(3).stride(2).padding(1));
+  std::vector<torch::Tensor> outputs;
+  model->forward_all(x, outputs);
   // Element by element: float rounding (which differs between runs of LibTorch's oneDNN
   // convolutions) occasionally moves an activation at a level boundary by one level, and that
   // changes the elements it feeds; a wrong graph or wrong numbers would change nearly all.
@@ -201,30 +209,28 @@ TEST(Engine, BottleneckBlocksMatchTheTrainedModel) {
     const double far = ((e - nhwc).abs() > tolerance).to(torch::kFloat).mean().item<double>();
     EXPECT_LT(far, 0.02) << "tap " << tap;
   };
-  // Taps: the stem, then per bottleneck block its two inner convolutions and its output.
+  // Taps: the stem's max-pool (fused into it), then per bottleneck block its two inner
+  // convolutions and its sum (fused into conv3, the projection before them).
   const std::vector<std::string> names = engine.tap_names();
+  const std::vector<int> nodes = engine.tap_nodes();
   ASSERT_EQ(names.size(), taps.size());
-  EXPECT_EQ(names[0], "conv1");
-  EXPECT_EQ(names[1], "layer1.0.conv1");
-  EXPECT_EQ(names[2], "layer1.0.conv2");
-  EXPECT_EQ(names[3], "layer1.0 (block output)");
-  EXPECT_EQ(names.back(), "layer4.2 (block output)");
-  expect_close(0, out);
-  auto& stage = model->stages[0];
-  for (size_t b = 0; b < stage->size(); ++b) {
-    auto* block = stage->ptr(b)->as<apot::qat::ResidualBlockImpl>();
-    const torch::Tensor inner = torch::relu(block->bn1(block->conv1(out)));
-    expect_close(3 * b + 1, inner);
-    expect_close(3 * b + 2, torch::relu(block->bn2(block->conv2(inner))));
-    out = block->forward(out);
-    expect_close(3 * b + 3, out);
-  }
+  EXPECT_EQ(names[0], "maxpool");
+  EXPECT_EQ(names[1], "layer1.0.downsample.0");
+  EXPECT_EQ(names[2], "layer1.0.conv1");
+  EXPECT_EQ(names[3], "layer1.0.conv2");
+  EXPECT_EQ(names[4], "layer1.0");
+  EXPECT_EQ(names.back(), "layer4.2");
+  // Stage 1: three blocks; every tap there against the trained model's value of that node.
+  size_t checked = 0;
+  for (size_t t = 0; t < names.size() && (names[t].rfind("layer1.", 0) == 0 || t == 0); ++t, ++checked)
+    expect_close(t, outputs[size_t(nodes[t])]);
+  EXPECT_EQ(checked, 1u + 3 * 3 + 1);  // the stem, 3 blocks of conv1 / conv2 / sum, one projection
 }
 
 // The same logits for any thread count (batch 1 splits each convolution over the threads,
 // larger batches split the images), and the per-layer timing hook fills one entry per layer.
 TEST(Engine, ThreadsAndLayerTimesDoNotChangeResults) {
-  auto model = apot::qat::make_resnet("resnet20", 3, 10);
+  auto model = make("resnet20");
   apot::qat::apply_policy(*model, QuantPolicy{});
   randomise(model, 21);
   model->eval();
@@ -232,7 +238,7 @@ TEST(Engine, ThreadsAndLayerTimesDoNotChangeResults) {
   info.mean = {0, 0, 0};
   info.std = {1, 1, 1};
   info.class_names = std::vector<std::string>(10, "c");
-  const auto engine = apot::runtime::Model::from_bytes(apot::exporter::export_model(model, info));
+  const auto engine = apot::runtime::Model::from_bytes(apot::exporter::export_model(*model, info));
   const torch::Tensor x = torch::randn({3, 3, 32, 32});
   const std::vector<float> one = engine.run(x.data_ptr<float>(), 3);
   for (int threads : {2, 3}) {
@@ -245,15 +251,14 @@ TEST(Engine, ThreadsAndLayerTimesDoNotChangeResults) {
   // The 3x3 stride-1 quantised layers (4-bit APoT: codes <= 48, |W| <= 10) with more than 16
   // output channels take Winograd on the AVX-512 VNNI path only (layer1's 16-channel layers take
   // the direct kernel's row tiles); the first, strided and last layers never.
-  const auto specs = apot::levels::enumerate_layers(engine.info().spec, 32, 32);
+  const apot::graph::Graph& g = engine.info().graph;
   const auto isas = apot::kernels::supported_gemm_isas();
   const bool avx512 = std::find(isas.begin(), isas.end(), apot::kernels::GemmIsa::avx512_vnni) != isas.end();
   for (size_t i = 0; i < engine.layer_count(); ++i) {
-    const bool eligible =
-        avx512 && !specs[i].first && !specs[i].last && specs[i].kernel == 3 && specs[i].stride == 1 &&
-        specs[i].out_channels > 16;
-    EXPECT_EQ(engine.uses_winograd(i, apot::kernels::GemmIsa::avx512_vnni), eligible) << specs[i].name;
-    EXPECT_FALSE(engine.uses_winograd(i, apot::kernels::GemmIsa::avx2)) << specs[i].name;
+    const apot::graph::Node& n = g[size_t(engine.layer_node(i))];
+    const bool eligible = avx512 && n.quant.quantized() && n.kernel == 3 && n.stride == 1 && n.out_channels > 16;
+    EXPECT_EQ(engine.uses_winograd(i, apot::kernels::GemmIsa::avx512_vnni), eligible) << n.name;
+    EXPECT_FALSE(engine.uses_winograd(i, apot::kernels::GemmIsa::avx2)) << n.name;
   }
   std::vector<double> seconds(engine.layer_count(), 0.0);
   apot::runtime::RunOptions timed;

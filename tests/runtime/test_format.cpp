@@ -30,6 +30,7 @@ LayerRecord valid_record() {
   r.input_act_bits = 4;
   r.input_kind = 0;
   r.input_denominator = 48;
+  r.groups = 1;
   return r;
 }
 
@@ -77,8 +78,10 @@ TEST(ApotFormat, TruncationWrongMagicAndVersion) {
   magic[0] = 'X';
   EXPECT_NE(error_of(magic).find("magic"), std::string::npos);
   auto version = good;
-  version[8] = 2;
-  EXPECT_NE(error_of(version).find("version 2"), std::string::npos);
+  version[8] = 3;
+  EXPECT_NE(error_of(version).find("version 3"), std::string::npos);
+  version[8] = 1;  // the ResNet-only format of earlier versions
+  EXPECT_NE(error_of(version).find("export it again from its checkpoint"), std::string::npos);
   auto padded = good;
   padded.push_back(0);
   EXPECT_NE(error_of(padded).find("truncated or padded"), std::string::npos);

@@ -119,8 +119,8 @@ TEST_F(Trainer, ProgressiveInitialisationFromACheckpoint) {
   EXPECT_NE(log.str().find("initialised from"), std::string::npos);
   auto a = apot::train::load_checkpoint(w4 / "best.ckpt");
   auto b = apot::train::load_checkpoint(w3 / "last.ckpt");
-  EXPECT_TRUE(torch::allclose(a->conv1->weight, b->conv1->weight, 1e-5, 1e-6));
-  EXPECT_EQ(b->stages[0]->named_parameters().size(), a->stages[0]->named_parameters().size());
+  EXPECT_TRUE(torch::allclose(a->conv("conv1")->weight, b->conv("conv1")->weight, 1e-5, 1e-6));
+  EXPECT_EQ(b->named_parameters().size(), a->named_parameters().size());
 }
 
 TEST_F(Trainer, NaNLossStopsWithAClearMessage) {
@@ -140,9 +140,9 @@ TEST_F(Trainer, NaNLossStopsWithAClearMessage) {
 
 TEST(StateDict, ExportImportRoundTripAndErrors) {
   TempDir dir;
-  auto model = apot::qat::make_resnet("resnet20", 3, 10);
+  auto model = apot::qat::make_network("resnet20");
   apot::qat::export_state_dict(*model, dir / "m.pt");
-  auto copy = apot::qat::make_resnet("resnet20", 3, 10);
+  auto copy = apot::qat::make_network("resnet20");
   apot::qat::import_state_dict(*copy, dir / "m.pt");
   for (const auto& p : model->named_parameters()) EXPECT_TRUE(torch::equal(p.value(), copy->named_parameters()[p.key()]));
   for (const auto& b : model->named_buffers()) EXPECT_TRUE(torch::equal(b.value(), copy->named_buffers()[b.key()]));
@@ -154,7 +154,7 @@ TEST(StateDict, ExportImportRoundTripAndErrors) {
   for (auto& [k, v] : renamed) stripped[k.substr(7)] = v;
   EXPECT_NO_THROW(apot::qat::load_state_dict(*copy, stripped, "renamed"));
   // Wrong architecture: one error listing missing and wrongly shaped entries.
-  auto other = apot::qat::make_resnet("resnet32", 3, 10);
+  auto other = apot::qat::make_network("resnet32");
   try {
     apot::qat::import_state_dict(*other, dir / "m.pt");
     FAIL() << "no error";
@@ -162,7 +162,7 @@ TEST(StateDict, ExportImportRoundTripAndErrors) {
     EXPECT_NE(std::string(e.what()).find("missing"), std::string::npos) << e.what();
     EXPECT_NE(std::string(e.what()).find("layer1.3.conv1.weight"), std::string::npos) << e.what();
   }
-  auto wrong_classes = apot::qat::make_resnet("resnet20", 3, 7);
+  auto wrong_classes = apot::qat::make_network("resnet20", apot::graph::ArchOptions{3, 7});
   try {
     apot::qat::import_state_dict(*wrong_classes, dir / "m.pt");
     FAIL() << "no error";

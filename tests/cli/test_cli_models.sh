@@ -1,0 +1,70 @@
+#!/usr/bin/env bash
+# A user's own network through the command: `apot cost` on a model file with a per-layer
+# override; a short training run of the example recipe, export, `apot run --compare`; and one
+# error line naming the node, exit code 2, for bad model files.
+set -u
+apot="$1"
+root="$(cd "$(dirname "$0")/../.." && pwd)"
+fail=0
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+# shellcheck source=lib.sh
+source "$(dirname "$0")/lib.sh"
+
+model="$root/recipes/models/fashion-mnist-small-cnn.toml"
+check cost 0 "$apot" cost --model-file "$model" --input 28 --layers --layer conv2=8/8 --kind uniform --json
+expect cost '"name":"conv2","wbits":8,"abits":8'   # keys in nlohmann's order
+expect cost '"name":"conv3","wbits":4,"abits":4'
+check cost-bad-layer 2 "$apot" cost --model-file "$model" --layer nope=8/8
+expect cost-bad-layer "'nope': no such node"; one_line cost-bad-layer
+
+check train 0 "$apot" train "$root/recipes/fashion-mnist-small-cnn-w4a4.toml" --out "$tmp/run" --set optim.epochs=1 \
+  --set run.max_steps_per_epoch=30 --set data.workers=1 --set 'quant.layers.conv2.weight_bits=3'
+expect train "training small-cnn apot W4A4"
+check export 0 "$apot" export --checkpoint "$tmp/run/best.ckpt" --out "$tmp/m.apot"
+check run 0 "$apot" run "$tmp/m.apot" --data fashion-mnist --compare "$tmp/run/best.ckpt" --limit 300 --json
+expect run '"agreement":(99\.[5-9]|100)'
+expect run '"name":"sum","op":"add"'
+
+# Bad model files: one line, naming the node, exit 2.
+bad() {  # bad NAME PATTERN TOML
+  printf 'name = "bad"\n[input]\nchannels = 1\n%s' "$3" >"$tmp/$1.toml"
+  check "$1" 2 "$apot" cost --model-file "$tmp/$1.toml" --input 28
+  expect "$1" "$2"; one_line "$1"
+}
+conv='[[layer]]
+name = "a"
+op = "conv"
+out_channels = 4
+kernel = 3
+'
+bad unknown-op "node 'b': unknown op 'warp'" "$conv"'[[layer]]
+name = "b"
+op = "warp"
+'
+bad dangling "node 'b': reads 'zz', which is not a layer" "$conv"'[[layer]]
+name = "b"
+op = "add"
+inputs = ["a", "zz"]
+'
+bad cycle "node 'a': is part of a cycle" '[[layer]]
+name = "a"
+op = "add"
+inputs = ["input", "b"]
+[[layer]]
+name = "b"
+op = "add"
+inputs = ["input", "a"]
+'
+bad shape "node 'b' \(add\): adds 'a' \(4x26x26\) and 'input' \(1x28x28\)" "$conv"'[[layer]]
+name = "b"
+op = "add"
+inputs = ["a", "input"]
+'
+check missing 2 "$apot" cost --model-file "$tmp/none.toml"; one_line missing
+# A state dict that does not fit the model file: missing and unexpected weights in one line.
+printf 'name = "other"\n[input]\nchannels = 1\n%s[[layer]]\nname = "gap"\nop = "global_avg_pool"\n[[layer]]\nname = "fc"\nop = "linear"\nout_channels = 10\n' "$conv" >"$tmp/other.toml"
+check eval-mismatch 1 "$apot" eval --checkpoint "$root/tests/fixtures/torch_files/tiny_cnn_state_dict.pt" \
+  --model-file "$tmp/other.toml" --data fashion-mnist
+expect eval-mismatch "missing a.weight"; one_line eval-mismatch
+exit $fail
