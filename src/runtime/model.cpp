@@ -289,7 +289,7 @@ void Model::Impl::compile() {
     for (int c : consumers[v]) {
       if (fused_into[v] == c) continue;  // the conv's value is the sum's
       if (quantized(c) && codes_for[v] == c) continue;
-      if (v == 0 && layer_of[size_t(c)] >= 0 && !quantized(c)) continue;  // int8 layers read the padded image
+      if (v == 0 && graph[size_t(c)].op == Op::conv && !quantized(c)) continue;  // int8 convs read the padded image
       need_float[v] = true;
     }
   // The steps, in node order; a fused sum runs its convolution at its own position.
@@ -308,6 +308,7 @@ void Model::Impl::compile() {
     Step s;
     s.kind = StepKind::image;
     s.node = 0;
+    s.out = 0;  // a buffer is chosen by plan_buffers
     steps.push_back(s);
   }
   std::vector<bool> skip(n, false);
@@ -719,7 +720,10 @@ Model Model::from_bytes(const std::vector<uint8_t>& bytes, const std::string& na
   const std::vector<int> weight_nodes = g.weight_layers();
   if (weight_nodes.size() != file.layers.size())
     throw FormatError(name + ": " + std::to_string(file.layers.size()) + " layer records, but the graph has " +
-                      std::to_string(weight_nodes.size()) + " weight layers");
+                      std::to_string(weight_nodes.size()) + " weight layers" +
+                      (file.layers.size() < weight_nodes.size()
+                           ? " (node '" + g[size_t(weight_nodes[file.layers.size()])].name + "' has none)"
+                           : ""));
   impl->layer_of.assign(g.size(), -1);
   const auto consumers = g.consumers();
   for (size_t i = 0; i < g.size(); ++i) impl->max_feature = std::max(impl->max_feature, size_t(g[i].shape.size()));
