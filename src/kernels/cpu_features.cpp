@@ -1,11 +1,53 @@
-// Run-time ISA detection and the APOT_ISA override.
+// Run-time CPU feature detection (once), and the paths of the projection and engine kernels
+// that follow from it, with their APOT_ISA / APOT_GEMM_ISA overrides.
+#if defined(__x86_64__)
+#include <cpuid.h>
+#endif
+
 #include <cstdlib>
 #include <stdexcept>
 #include <string>
 
+#include "apot/kernels/cpu.h"
+#include "apot/kernels/gemm.h"
 #include "apot/kernels/projection.h"
 
 namespace apot::kernels {
+
+const CpuFeatures& cpu_features() {
+  static const CpuFeatures detected = [] {
+    CpuFeatures f;
+#if defined(__x86_64__)
+    __builtin_cpu_init();
+    f.avx2 = __builtin_cpu_supports("avx2");
+    f.fma = __builtin_cpu_supports("fma");
+    f.avx512f = __builtin_cpu_supports("avx512f");
+    f.avx512bw = __builtin_cpu_supports("avx512bw");
+    f.avx512dq = __builtin_cpu_supports("avx512dq");
+    f.avx512vl = __builtin_cpu_supports("avx512vl");
+    f.avx512vnni = __builtin_cpu_supports("avx512vnni");
+    // AVX-VNNI from CPUID leaf 7, sub-leaf 1 (EAX bit 4) directly: GCC's __builtin_cpu_supports
+    // knows "avxvnni", Clang 14's does not. The OS must save the ymm state, which AVX2 support
+    // (checked through the builtin) already implies.
+    unsigned eax = 0, ebx = 0, ecx = 0, edx = 0;
+    f.avx_vnni = f.avx2 && __get_cpuid_count(7, 1, &eax, &ebx, &ecx, &edx) && ((eax >> 4) & 1u) != 0;
+#endif
+    return f;
+  }();
+  return detected;
+}
+
+std::string CpuFeatures::describe() const {
+  std::string s;
+  const std::pair<bool, const char*> all[] = {{avx2, "avx2"},         {fma, "fma"},           {avx512f, "avx512f"},
+                                              {avx512bw, "avx512bw"}, {avx512dq, "avx512dq"}, {avx512vl, "avx512vl"},
+                                              {avx512vnni, "avx512vnni"}, {avx_vnni, "avx-vnni"}};
+  for (const auto& [has, name] : all)
+    if (has) s += (s.empty() ? "" : " ") + std::string(name);
+  return s.empty() ? "none" : s;
+}
+
+// ---- the projection kernels' paths ----
 
 const char* to_string(Isa isa) {
   switch (isa) {
@@ -18,15 +60,11 @@ const char* to_string(Isa isa) {
 
 std::vector<Isa> supported_isas() {
   static const std::vector<Isa> detected = [] {
-  std::vector<Isa> out{Isa::scalar};
-#if defined(__x86_64__) || defined(__i386__)
-  __builtin_cpu_init();
-  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) out.push_back(Isa::avx2);
-  if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-      __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl"))
-    out.push_back(Isa::avx512);
-#endif
-  return out;
+    const CpuFeatures& f = cpu_features();
+    std::vector<Isa> out{Isa::scalar};
+    if (f.avx2 && f.fma) out.push_back(Isa::avx2);
+    if (f.avx512f && f.avx512bw && f.avx512dq && f.avx512vl) out.push_back(Isa::avx512);
+    return out;
   }();
   return detected;
 }
@@ -43,6 +81,46 @@ Isa default_isa() {
   static const Isa chosen = [] {
     if (const char* forced = std::getenv("APOT_ISA"); forced && *forced) return parse_isa(forced);
     return supported_isas().back();
+  }();
+  return chosen;
+}
+
+// ---- the engine kernels' paths ----
+
+const char* to_string(GemmIsa isa) {
+  switch (isa) {
+    case GemmIsa::scalar: return "scalar";
+    case GemmIsa::avx2: return "avx2";
+    case GemmIsa::avx_vnni: return "avx-vnni";
+    case GemmIsa::avx512_vnni: return "avx512-vnni";
+  }
+  return "unknown";
+}
+
+std::vector<GemmIsa> supported_gemm_isas() {
+  static const std::vector<GemmIsa> detected = [] {
+    const CpuFeatures& f = cpu_features();
+    const bool avx2 = f.avx2 && f.fma, avx512_vnni_vl = f.avx512f && f.avx512vl && f.avx512vnni;
+    std::vector<GemmIsa> out{GemmIsa::scalar};
+    if (avx2) out.push_back(GemmIsa::avx2);
+    // The 256-bit VNNI kernels: VEX-encoded with AVX-VNNI, else the same code EVEX-encoded.
+    if (avx2 && (f.avx_vnni || avx512_vnni_vl)) out.push_back(GemmIsa::avx_vnni);
+    if (avx512_vnni_vl && f.avx512bw) out.push_back(GemmIsa::avx512_vnni);
+    return out;
+  }();
+  return detected;
+}
+
+GemmIsa parse_gemm_isa(const std::string& name) {
+  for (GemmIsa isa : supported_gemm_isas())
+    if (name == to_string(isa)) return isa;
+  throw std::runtime_error("APOT_GEMM_ISA=" + name + " is not a GEMM path this CPU supports (scalar, avx2, avx-vnni, avx512-vnni)");
+}
+
+GemmIsa default_gemm_isa() {
+  static const GemmIsa chosen = [] {
+    if (const char* forced = std::getenv("APOT_GEMM_ISA"); forced && *forced) return parse_gemm_isa(forced);
+    return supported_gemm_isas().back();
   }();
   return chosen;
 }

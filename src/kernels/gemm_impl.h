@@ -11,11 +11,9 @@
 
 namespace apot::kernels::detail {
 
-// The CPU has AVX-VNNI (VEX-encoded vpdpbusd); asked once.
-bool has_avx_vnni();
-
-// Shared checks of the drivers (gemm.cpp): throw std::invalid_argument.
-void require(GemmIsa isa);  // the path runs on this CPU
+// Shared checks of the drivers: throw std::invalid_argument.
+bool supports(GemmIsa isa);  // the path runs on this CPU
+void require(GemmIsa isa);
 void check_shape(const char* what, int out_channels, int in_channels, int kernel, int stride, int padding);
 
 struct ConvArgs {
@@ -45,8 +43,10 @@ void conv_rows_avx_vnni_evex(const ConvArgs& a, int m0, int m1);  // the same ke
 void conv_rows_avx512_vnni(const ConvArgs& a, int m0, int m1);
 // Winograd F(2,3) for a.winograd layers and whole output rows; false (nothing done) otherwise.
 bool conv_rows_winograd_avx512(const ConvArgs& a, int m0, int m1);
+void max_pool_scalar(const float* in, int h, int w, int c, float* out, int y0, int y1, int in_row0);
 void max_pool_avx512(const float* in, int h, int w, int c, float* out, int y0, int y1, int in_row0);
 void max_pool_avx2(const float* in, int h, int w, int c, float* out, int y0, int y1, int in_row0);
+void requantize_scalar(const float* values, int h, int w, int n, const Requantizer& q, const CodeImage& out);
 void requantize_avx512(const float* values, int h, int w, int n, const Requantizer& q, const CodeImage& out);
 void requantize_avx2(const float* values, int h, int w, int n, const Requantizer& q, const CodeImage& out);
 
@@ -89,6 +89,7 @@ void stem_rows_avx512(const StemArgs& a, int m0, int m1);
 void stem_rows_avx_vnni(const StemArgs& a, int m0, int m1);       // VEX
 void stem_rows_avx_vnni_evex(const StemArgs& a, int m0, int m1);  // the same kernel, EVEX
 // One row of to_pixels (s = 255 std, m = 255 mean): false if a value is not a pixel.
+bool pixel_row_scalar(const float* src, int w, float s, float m, uint8_t* dst);
 bool pixel_row_avx512(const float* src, int w, float s, float m, uint8_t* dst);
 bool pixel_row_avx2(const float* src, int w, float s, float m, uint8_t* dst);
 
@@ -124,6 +125,26 @@ int32_t peak_probe_avx512_vnni(long iterations);
 int32_t peak_probe_avx2(long iterations);
 int32_t peak_probe_avx_vnni(long iterations);
 int32_t peak_probe_avx_vnni_evex(long iterations);
+
+// The engine's kernels of one path, one table row per path, filled once (engine_table.cpp):
+// the drivers call through it instead of asking which path they are on.
+struct EngineKernels {
+  ConvRows conv;
+  // AVX2 sums pairs of products in int16: `conv` needs 2 * max code * max|W| <= 32767,
+  // `conv_pairs` (two pair sums added before widening) 4 * max code * max|W| <= 32767; the
+  // scalar reference runs where neither holds.
+  ConvRows conv_pairs = nullptr;
+  bool int16_sums = false;
+  FloatConvRows conv_f32;
+  StemRows stem;
+  void (*max_pool)(const float* in, int h, int w, int c, float* out, int y0, int y1, int in_row0);
+  void (*requantize)(const float* values, int h, int w, int n, const Requantizer& q, const CodeImage& out);
+  bool (*pixel_row)(const float* src, int w, float s, float m, uint8_t* dst);
+  int32_t (*peak_probe)(long iterations) = nullptr;  // none on the scalar path
+  long peak_macs_per_round = 0;
+};
+// The row of `isa`; throws std::invalid_argument if this CPU cannot run it.
+const EngineKernels& engine_kernels(GemmIsa isa);
 
 // Helpers compiled into every path's file with that file's instruction set: internal linkage,
 // so that the linker cannot hand one file's copy (say, AVX2 code) to another (the scalar path).

@@ -107,32 +107,27 @@ bool to_pixels(const float* image, const std::vector<float>& mean, const std::ve
                GemmIsa isa) {
   if (mean.size() != size_t(out.c) || std.size() != size_t(out.c))
     throw std::invalid_argument("to_pixels: one mean and one std per channel needed");
-  detail::require(isa);
+  const auto pixel_row = detail::engine_kernels(isa).pixel_row;
   const int h = out.h, w = out.w;
   for (int c = 0; c < out.c; ++c) {
     const float s = 255.0f * std[c], m = 255.0f * mean[c];
-    for (int y = 0; y < h; ++y) {
-      const float* src = image + (size_t(c) * h + y) * w;
-      uint8_t* dst = out.pixel(c, y, 0);
-      if (isa == GemmIsa::avx512_vnni) {
-        if (!detail::pixel_row_avx512(src, w, s, m, dst)) return false;
-        continue;
-      }
-      if (isa == GemmIsa::avx2 || isa == GemmIsa::avx_vnni) {
-        if (!detail::pixel_row_avx2(src, w, s, m, dst)) return false;
-        continue;
-      }
-      bool ok = true;
-      for (int x = 0; x < w; ++x) {
-        const int p = pixel(src[x], s, m);
-        ok &= p >= 0;
-        dst[x] = static_cast<uint8_t>(p);
-      }
-      if (!ok) return false;
-    }
+    for (int y = 0; y < h; ++y)
+      if (!pixel_row(image + (size_t(c) * h + y) * w, w, s, m, out.pixel(c, y, 0))) return false;
   }
   return true;
 }
+
+namespace detail {
+bool pixel_row_scalar(const float* src, int w, float s, float m, uint8_t* dst) {
+  bool ok = true;
+  for (int x = 0; x < w; ++x) {
+    const int p = pixel(src[x], s, m);
+    ok &= p >= 0;
+    dst[x] = static_cast<uint8_t>(p);
+  }
+  return ok;
+}
+}  // namespace detail
 
 namespace detail {
 void stem_rows_scalar(const StemArgs& a, int m0, int m1) { stem_reference(a, m0, m1); }
@@ -145,16 +140,13 @@ void conv_stem_u8(const PixelImage& in, const PackedStem& w, const float* scale,
     throw std::invalid_argument("conv_stem_u8: input image does not fit the convolution");
   if (y1 < 0) y1 = w.out_h();
   if (y0 < 0 || y0 > y1 || y1 > w.out_h()) throw std::invalid_argument("conv_stem_u8: invalid row range");
-  detail::require(isa);
+  const detail::EngineKernels& k = detail::engine_kernels(isa);
   detail::StemArgs a{&in, &w, scale, bias, relu, out, w.out_h(), w.out_w(), in.border - w.padding, y0 * w.out_w(), {}};
   for (int ky = 0; ky < w.kernel; ++ky)
     for (int g = 0; g < w.groups; ++g)
       for (int c = 0; c < w.in_channels; ++c)
         a.tap_offsets.push_back(ptrdiff_t(c * in.plane()) + ptrdiff_t(ky) * in.padded_w() + 4 * g);
-  detail::StemRows rows = detail::stem_rows_scalar;
-  if (isa == GemmIsa::avx512_vnni) rows = detail::stem_rows_avx512;
-  if (isa == GemmIsa::avx_vnni) rows = detail::has_avx_vnni() ? detail::stem_rows_avx_vnni : detail::stem_rows_avx_vnni_evex;
-  detail::split_rows(rows, a, y0 * a.ow, y1 * a.ow, threads);
+  detail::split_rows(k.stem, a, y0 * a.ow, y1 * a.ow, threads);
 }
 
 }  // namespace apot::kernels

@@ -8,7 +8,6 @@
 #include <chrono>
 #include <cstring>
 #include <fstream>
-#include <limits>
 #include <mutex>
 #include <nlohmann/json.hpp>
 #include <optional>
@@ -112,24 +111,6 @@ levels::Kind kind_of(uint32_t k) {
 
 bool is_stem_pool(const graph::Node& n) {
   return n.op == Op::max_pool && n.kernel == 3 && n.stride == 2 && n.padding == 1;
-}
-
-// Pooling of an h x w x c NHWC map (the reference for shapes without a kernel of their own).
-void pool_reference(const graph::Node& n, const float* in, const graph::Shape& is, const graph::Shape& os, float* out) {
-  const int c = is.channels;
-  for (int y = 0; y < os.height; ++y)
-    for (int x = 0; x < os.width; ++x)
-      for (int ch = 0; ch < c; ++ch) {
-        float acc = n.op == Op::max_pool ? -std::numeric_limits<float>::infinity() : 0.0f;
-        for (int ky = 0; ky < n.kernel; ++ky)
-          for (int kx = 0; kx < n.kernel; ++kx) {
-            const int iy = y * n.stride - n.padding + ky, ix = x * n.stride - n.padding + kx;
-            if (iy < 0 || ix < 0 || iy >= is.height || ix >= is.width) continue;
-            const float v = in[(size_t(iy) * is.width + ix) * c + ch];
-            acc = n.op == Op::max_pool ? (v > acc || v != v ? v : acc) : acc + v;
-          }
-        out[(size_t(y) * os.width + x) * c + ch] = n.op == Op::max_pool ? acc : acc / float(n.kernel * n.kernel);
-      }
 }
 
 }  // namespace
@@ -599,7 +580,8 @@ void Model::Impl::run_step(const Step& s, const float* image, Workspace& ws, con
       if (s.kind == StepKind::max_pool && is_stem_pool(node))
         max_pool(in(0), is.height, is.width, is.channels, out, 0, os.height, 0, o);
       else
-        pool_reference(node, in(0), is, os, out);
+        kernels::pool_reference(s.kind == StepKind::max_pool ? kernels::PoolKind::max : kernels::PoolKind::average,
+                                in(0), is.height, is.width, is.channels, node.kernel, node.stride, node.padding, out);
       break;
     }
     case StepKind::global_avg_pool: {

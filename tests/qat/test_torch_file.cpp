@@ -1,7 +1,8 @@
 // Reading torch.save files without Python: the fixtures of tests/fixtures/make_torch_files.py
-// (zip, legacy, checkpoints, DataParallel, views, every element type) against what PyTorch
-// computed from them, hand-made pickles for the cases PyTorch 1.13 cannot write, and
-// truncated, corrupted and foreign files, which must fail with one std::runtime_error.
+// (zip, legacy, protocol 4, checkpoints, DataParallel, views, every element type) against what
+// PyTorch computed from them, hand-made pickles and zip files for what PyTorch 1.13 does not
+// write (PyTorch 2.x storages, hostile pickles), and truncated, corrupted and foreign files,
+// which must fail with one std::runtime_error line.
 #include <caffe2/serialize/inline_container.h>
 #include <gtest/gtest.h>
 #include <torch/torch.h>
@@ -337,6 +338,13 @@ TEST(TorchFile, PyTorch2StorageFormsAndTensorChecks) {
   odd.op("}(").str("w").global("torch._utils", "_rebuild_tensor_v2").op("(").storage("QInt8Storage", "0", 4).op("tRu");
   EXPECT_TRUE(contains(error_of([&] { read_bytes(make_zip({{"data.pkl", odd.stop()}, {"data/0", "abcd"}})); }),
                        "unsupported storage type torch.QInt8Storage"));
+  // A quantised tensor beside plain ones is named, not silently dropped.
+  Pickle quantised;
+  quantised.op("}(").str("w").tensor("FloatStorage", "0", 1, 0, {1}, {1});
+  quantised.str("q").global("torch._utils", "_rebuild_qtensor").op(")Ru");
+  const auto root_q = read_bytes(make_zip({{"data.pkl", quantised.stop()}, {"data/0", floats({1})}}));
+  const std::string message = error_of([&] { apot::qat::find_state_dict(*root_q, "", "q.pt"); });
+  EXPECT_TRUE(contains(message, "q.pt: 'q' is a tensor") && contains(message, "_rebuild_qtensor")) << message;
 }
 
 TEST(TorchFile, HostilePicklesFailCleanly) {

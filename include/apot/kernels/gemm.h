@@ -169,4 +169,11 @@ void conv_f32(const FloatImage& in, const PackedFloatConv& w, const float* scale
 void max_pool_3x3s2(const float* in, int h, int w, int c, float* out, GemmIsa isa = default_gemm_isa(), int y0 = 0,
                     int y1 = -1, int in_row0 = 0);
 
+// Max or average pooling of an h x w x c NHWC map with any square window: out[y][x][ch] is the
+// largest value in the window inside the map (a NaN wins), or the window's sum over
+// kernel * kernel (outside the map counts as 0, PyTorch's count_include_pad).
+enum class PoolKind { max, average };
+void pool_reference(PoolKind kind, const float* in, int h, int w, int c, int kernel, int stride, int padding,
+                    float* out);
+
 }  // namespace apot::kernels

@@ -1,6 +1,6 @@
 // The engine's integer convolution: the scalar reference against a plain convolution loop,
 // every ISA path (and thread count) against the reference bit for bit on many shapes with every
-// epilogue option, and the requantiser against the projection kernels it replaces.
+// epilogue option, Winograd at its limits, the float first layer, and the peak probe.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -10,105 +10,9 @@
 #include "apot/kernels/gemm.h"
 #include "apot/kernels/projection.h"
 #include "apot/levels/level_set.h"
+#include "engine_test_util.h"
 
-using apot::kernels::CodeImage;
-using apot::kernels::ConvOutput;
-using apot::kernels::GemmIsa;
-
-namespace {
-
-struct Problem {
-  int h, w, c, n, k, stride, pad, max_a, max_b;
-  std::vector<uint8_t> x;  // h x w x c codes, unpadded
-  std::vector<int8_t> W;   // n x (k x k x c)
-  std::vector<float> scale, bias, residual;
-  int oh() const { return (h + 2 * pad - k) / stride + 1; }
-  int ow() const { return (w + 2 * pad - k) / stride + 1; }
-};
-
-Problem make(int h, int w, int c, int n, int k, int stride, int max_a, int max_b, unsigned seed) {
-  std::mt19937 rng(seed);
-  Problem p{h, w, c, n, k, stride, k / 2, max_a, max_b, {}, {}, {}, {}, {}};
-  p.x.resize(size_t(h) * w * c);
-  for (auto& v : p.x) v = static_cast<uint8_t>(rng() % (max_a + 1));
-  p.W.resize(size_t(n) * k * k * c);
-  for (auto& v : p.W) v = static_cast<int8_t>(int(rng() % (2 * max_b + 1)) - max_b);
-  std::uniform_real_distribution<float> u(-1.0f, 1.0f);
-  for (int i = 0; i < n; ++i) {
-    p.scale.push_back(0.01f * (1.5f + u(rng)));
-    p.bias.push_back(u(rng));
-  }
-  p.residual.resize(size_t(p.oh()) * p.ow() * n);
-  for (auto& v : p.residual) v = u(rng);
-  return p;
-}
-
-// A zero-bordered code image holding p.x.
-struct Image {
-  std::vector<uint8_t> bytes;
-  CodeImage view;
-  Image(int h, int w, int c, int border) {
-    view.h = h;
-    view.w = w;
-    view.cs = apot::kernels::round_up4(c);
-    view.border = border;
-    bytes.assign(view.bytes(), 0);
-    view.data = bytes.data();
-  }
-};
-
-Image input_image(const Problem& p, int extra_border = 0) {
-  Image im(p.h, p.w, p.c, p.pad + extra_border);
-  for (int y = 0; y < p.h; ++y)
-    for (int x = 0; x < p.w; ++x)
-      for (int ci = 0; ci < p.c; ++ci) im.view.pixel(y, x)[ci] = p.x[(size_t(y) * p.w + x) * p.c + ci];
-  return im;
-}
-
-// `levels` activation codes (16: 4-bit) and thresholds spread over the range of the epilogue
-// values: from -0.5 (the AVX-512 epilogue's threshold search), or from 0 and denser towards 0,
-// as APoT's are (its cells, where no cell holds more than two thresholds).
-apot::kernels::Requantizer requantizer(int levels = 16, bool from_zero = false) {
-  std::vector<float> t;
-  std::vector<uint8_t> codes{0};
-  for (int i = 0; i + 1 < levels; ++i) {
-    const float f = float(i) / float(levels - 1);
-    t.push_back(from_zero ? 0.01f + 1.2f * f * (0.5f + 0.5f * f) : -0.5f + 1.5f * f);
-    codes.push_back(static_cast<uint8_t>(3 * (i + 1)));
-  }
-  return apot::kernels::make_requantizer(t, codes);
-}
-
-struct Result {
-  std::vector<int32_t> acc;
-  std::vector<float> values;
-  std::vector<uint8_t> codes;  // the whole bordered output image
-};
-
-Result run(const Problem& p, GemmIsa isa, bool residual, bool relu, int threads = 1, int extra_border = 0,
-           int levels = 16, bool from_zero = false) {
-  const Image in = input_image(p, extra_border);
-  const auto packed = apot::kernels::pack_conv(p.W.data(), p.n, p.c, p.k, p.stride, p.pad);
-  const auto q = requantizer(levels, from_zero);
-  Result r;
-  r.acc.assign(size_t(p.oh()) * p.ow() * p.n, -7);
-  r.values.assign(r.acc.size(), -7.0f);
-  Image out(p.oh(), p.ow(), p.n, 1);
-  ConvOutput o;
-  o.scale = p.scale.data();
-  o.bias = p.bias.data();
-  o.residual = residual ? p.residual.data() : nullptr;
-  o.relu = relu;
-  o.values = r.values.data();
-  o.accumulators = r.acc.data();
-  o.requantizer = &q;
-  o.codes = out.view;
-  apot::kernels::conv_u8s8(in.view, packed, p.max_a, o, isa, threads);
-  r.codes = out.bytes;
-  return r;
-}
-
-}  // namespace
+using namespace apot::kernels::test;
 
 TEST(Conv, ScalarReferenceIsTheConvolution) {
   for (auto [k, stride] : {std::pair{3, 1}, std::pair{3, 2}, std::pair{1, 1}, std::pair{1, 2}}) {
@@ -136,7 +40,6 @@ TEST(Conv, ScalarReferenceIsTheConvolution) {
     EXPECT_EQ(r.codes, out.bytes) << "codes (and an untouched zero border)";
   }
 }
-
 TEST(Conv, EveryPathMatchesTheReferenceOnManyShapes) {
   unsigned seed = 100;
   for (auto [h, w] : {std::pair{1, 1}, std::pair{3, 5}, std::pair{8, 8}, std::pair{13, 7}, std::pair{4, 33}})
@@ -159,7 +62,6 @@ TEST(Conv, EveryPathMatchesTheReferenceOnManyShapes) {
             }
           }
 }
-
 // The Winograd F(2,3) kernel (3x3, stride 1, AVX-512 VNNI): taken exactly where it applies,
 // and equal to the reference at its limits: codes up to 127 (transformed inputs up to 254),
 // transformed weights of +-127, odd and even widths (a last pair with one pixel), rows of 1 to
@@ -220,7 +122,6 @@ TEST(Conv, WinogradMatchesTheReferenceAtItsLimits) {
           }
       }
 }
-
 // Threads share a convolution by whole output rows or, where rows divide badly (7 rows over 2
 // threads, one row), by blocks of output channels (the last one partial with 130 channels):
 // every split gives the one-thread result.
@@ -245,7 +146,6 @@ TEST(Conv, ThreadsShareRowsOrChannelBlocks) {
       }
   }
 }
-
 // The engine writes a block's output over its residual input: the same results as separate
 // buffers on every path and split.
 TEST(Conv, ResidualInPlaceEqualsSeparateBuffers) {
@@ -276,7 +176,6 @@ TEST(Conv, ResidualInPlaceEqualsSeparateBuffers) {
       }
   }
 }
-
 // The epilogues' code lookups (permutes, byte shuffles) for every level count from 2 to 32,
 // with both kinds of threshold sets.
 TEST(Conv, EveryPathMatchesTheReferenceForEveryLevelCount) {
@@ -291,51 +190,6 @@ TEST(Conv, EveryPathMatchesTheReferenceForEveryLevelCount) {
               << (from_zero ? ", thresholds from 0" : "");
       }
 }
-
-TEST(Conv, RequantizeMatchesTheProjectionKernels) {
-  std::mt19937 rng(5);
-  for (auto kind : {apot::levels::Kind::apot, apot::levels::Kind::uniform, apot::levels::Kind::pot})
-    for (int bits : {2, 3, 4, 5}) {
-      const auto set = apot::levels::LevelSet::make(kind, bits, apot::levels::Role::activation);
-      const apot::kernels::Projector projector(set);
-      const float alpha = 0.37f + 0.9f * float(bits);
-      std::vector<uint8_t> codes;
-      for (int64_t v : set.integers()) codes.push_back(static_cast<uint8_t>(v));
-      const auto q = apot::kernels::make_requantizer(projector.input_thresholds(alpha), codes);
-      // Values around every threshold (the float neighbours included), outside the range, and
-      // special values.
-      std::vector<float> v{0.0f, -0.0f, -1.0f, alpha, 2 * alpha, INFINITY, -INFINITY, NAN};
-      for (float t : q.thresholds)
-        for (float d : {-1.0f, 0.0f, 1.0f}) v.push_back(d == 0 ? t : std::nextafter(t, d * INFINITY));
-      std::uniform_real_distribution<float> u(-0.2f * alpha, 1.2f * alpha);
-      while (v.size() % 16 != 3) v.push_back(u(rng));
-      const int n = static_cast<int>(v.size());
-      std::vector<uint8_t> index(v.size());
-      std::vector<float> finite;
-      for (float x : v) finite.push_back(std::isnan(x) ? 0.0f : x);  // quantize() rejects NaN
-      projector.quantize(finite.data(), finite.size(), alpha, index.data());
-      for (int i = 0; i < n; ++i) {
-        if (std::isnan(v[i])) continue;
-        ASSERT_EQ(q.code(v[i]), codes[index[i]]) << "value " << v[i] << " " << bits << " bits";
-      }
-      for (GemmIsa isa : apot::kernels::supported_gemm_isas()) {
-        Image out(1, 1, n, 0);
-        apot::kernels::requantize(v.data(), 1, 1, n, q, out.view, isa);
-        for (int i = 0; i < n; ++i) ASSERT_EQ(out.bytes[i], q.code(v[i])) << apot::kernels::to_string(isa) << " " << v[i];
-        // A bordered 3 x 5 x 32 image (whole vectors of channels): the same values in turn.
-        Image image(3, 5, 32, 1);
-        std::vector<float> values(3 * 5 * 32);
-        for (size_t i = 0; i < values.size(); ++i) values[i] = v[i % v.size()];
-        apot::kernels::requantize(values.data(), 3, 5, 32, q, image.view, isa);
-        for (int y = 0; y < 3; ++y)
-          for (int x = 0; x < 5; ++x)
-            for (int c = 0; c < 32; ++c)
-              ASSERT_EQ(image.view.pixel(y, x)[c], q.code(values[(size_t(y) * 5 + x) * 32 + c]))
-                  << apot::kernels::to_string(isa) << " pixel " << y << "," << x << " channel " << c;
-      }
-    }
-}
-
 // Packed weights: 64-byte aligned, and from 1 MiB on in whole 2 MiB pages (huge-page advice).
 TEST(Conv, PackedWeightsAreAlignedForTheKernelsAndHugePages) {
   for (size_t bytes : {size_t(1), size_t(4096), (size_t(1) << 20) - 1, size_t(1) << 20, size_t(3) << 20}) {
@@ -352,7 +206,6 @@ TEST(Conv, PackedWeightsAreAlignedForTheKernelsAndHugePages) {
   EXPECT_EQ(reinterpret_cast<uintptr_t>(packed.data.data()) % (size_t(2) << 20), 0u);
   EXPECT_EQ(packed.at(4607, 511), 1);
 }
-
 TEST(Conv, BadArgumentsAndNames) {
   const Problem p = make(4, 4, 8, 8, 3, 1, 10, 10, 3);
   const auto packed = apot::kernels::pack_conv(p.W.data(), p.n, p.c, p.k, p.stride, p.pad);
@@ -376,7 +229,6 @@ TEST(Conv, BadArgumentsAndNames) {
   for (GemmIsa isa : apot::kernels::supported_gemm_isas())
     EXPECT_EQ(apot::kernels::parse_gemm_isa(apot::kernels::to_string(isa)), isa);
 }
-
 TEST(FloatConv, EveryPathMatchesAPlainConvolution) {
   std::mt19937 rng(11);
   std::uniform_real_distribution<float> u(-2.0f, 2.0f);
@@ -426,7 +278,6 @@ TEST(FloatConv, EveryPathMatchesAPlainConvolution) {
           }
       }
 }
-
 TEST(Conv, PeakProbeMeasuresEverySimdPath) {
   for (GemmIsa isa : apot::kernels::supported_gemm_isas())
     if (isa == GemmIsa::scalar)
@@ -435,50 +286,19 @@ TEST(Conv, PeakProbeMeasuresEverySimdPath) {
       EXPECT_GT(apot::kernels::measure_peak_gmacs(isa, 0.01), 0.0) << apot::kernels::to_string(isa);
 }
 
-TEST(MaxPool, EveryPathMatchesAPlainLoop) {
-  std::mt19937 rng(17);
-  std::uniform_real_distribution<float> u(-3.0f, 3.0f);
-  for (auto [h, w] : {std::pair{1, 1}, std::pair{2, 3}, std::pair{7, 8}, std::pair{112, 9}})
-    for (int c : {1, 16, 20, 64, 70, 130}) {
-      std::vector<float> in(size_t(h) * w * c);
-      for (auto& v : in) v = u(rng);
-      const int oh = (h + 1) / 2, ow = (w + 1) / 2;
-      std::vector<float> expected(size_t(oh) * ow * c, -INFINITY);
-      for (int y = 0; y < oh; ++y)
-        for (int x = 0; x < ow; ++x)
-          for (int ky = -1; ky <= 1; ++ky)
-            for (int kx = -1; kx <= 1; ++kx) {
-              const int iy = 2 * y + ky, ix = 2 * x + kx;
-              if (iy < 0 || iy >= h || ix < 0 || ix >= w) continue;
-              for (int ch = 0; ch < c; ++ch) {
-                float& e = expected[(size_t(y) * ow + x) * c + ch];
-                e = std::max(e, in[(size_t(iy) * w + ix) * c + ch]);
-              }
-            }
-      for (GemmIsa isa : apot::kernels::supported_gemm_isas()) {
-        std::vector<float> got(expected.size(), 99.0f);
-        apot::kernels::max_pool_3x3s2(in.data(), h, w, c, got.data(), isa);
-        ASSERT_EQ(got, expected) << apot::kernels::to_string(isa) << " " << h << "x" << w << "x" << c;
-        // In bands of two output rows, each from a copy of only the input rows it needs.
-        std::vector<float> banded(expected.size(), 99.0f);
-        for (int y0 = 0; y0 < oh; y0 += 2) {
-          const int y1 = std::min(oh, y0 + 2), r0 = std::max(0, 2 * y0 - 1), r1 = std::min(h, 2 * y1);
-          const std::vector<float> band(in.begin() + size_t(r0) * w * c, in.begin() + size_t(r1) * w * c);
-          apot::kernels::max_pool_3x3s2(band.data(), h, w, c, banded.data(), isa, y0, y1, r0);
-        }
-        ASSERT_EQ(banded, expected) << apot::kernels::to_string(isa) << " in bands, " << h << "x" << w << "x" << c;
-      }
-      // NaN: every path keeps the reference's choice, m = v > m ? v : m after the first value
-      // (so a NaN survives only where it comes first in its window).
-      for (size_t i = 0; i < in.size(); i += 5) in[i] = NAN;
-      std::vector<float> ref(expected.size());
-      apot::kernels::max_pool_3x3s2(in.data(), h, w, c, ref.data(), GemmIsa::scalar);
-      for (GemmIsa isa : apot::kernels::supported_gemm_isas()) {
-        std::vector<float> got(expected.size(), 99.0f);
-        apot::kernels::max_pool_3x3s2(in.data(), h, w, c, got.data(), isa);
-        for (size_t i = 0; i < got.size(); ++i)
-          ASSERT_TRUE(std::isnan(ref[i]) ? std::isnan(got[i]) : got[i] == ref[i])
-              << apot::kernels::to_string(isa) << " with NaN, " << h << "x" << w << "x" << c << " at " << i;
-      }
+// Each path against the scalar reference on a few shapes, reported as skipped where this CPU
+// lacks the path.
+class ConvPath : public ::testing::TestWithParam<GemmIsa> {};
+TEST_P(ConvPath, MatchesTheReference) {
+  if (!supported(GetParam())) GTEST_SKIP() << apot::kernels::to_string(GetParam()) << " is not supported on this CPU";
+  for (const Problem& p : {make(5, 6, 16, 32, 3, 1, 48, 10, 1), make(9, 7, 8, 20, 3, 2, 48, 10, 2),
+                           make(4, 4, 64, 48, 1, 1, 15, 8, 3)})
+    for (bool residual : {false, true}) {
+      const Result ref = run(p, GemmIsa::scalar, residual, true);
+      const Result got = run(p, GetParam(), residual, true);
+      EXPECT_EQ(got.acc, ref.acc);
+      EXPECT_EQ(got.values, ref.values);
+      EXPECT_EQ(got.codes, ref.codes);
     }
 }
+INSTANTIATE_TEST_SUITE_P(Paths, ConvPath, ::testing::ValuesIn(all_paths()), path_name);

@@ -1,0 +1,19 @@
+// What this CPU can run, detected once for the whole project (the projection kernels, the
+// engine's kernels and the reports that print it).
+#pragma once
+
+#include <string>
+
+namespace apot::kernels {
+
+struct CpuFeatures {
+  bool avx2 = false, fma = false;
+  bool avx512f = false, avx512bw = false, avx512dq = false, avx512vl = false, avx512vnni = false;
+  bool avx_vnni = false;  // VEX-encoded vpdpbusd (Intel since Alder Lake / Sapphire Rapids)
+  std::string describe() const;  // e.g. "avx2 fma avx512f avx512bw avx512dq avx512vl avx512vnni"
+};
+
+// Asked once: CPUID traps to the hypervisor in a virtual machine (microseconds each).
+const CpuFeatures& cpu_features();
+
+}  // namespace apot::kernels

@@ -1,0 +1,43 @@
+// Requantisation: float values to a consumer's activation codes by thresholds.
+#include <algorithm>
+#include <cmath>
+#include <stdexcept>
+
+#include "gemm_impl.h"
+
+namespace apot::kernels {
+
+Requantizer make_requantizer(std::vector<float> thresholds, std::vector<uint8_t> codes) {
+  if (thresholds.size() > 31) throw std::invalid_argument("requantizer: more than 31 thresholds");
+  if (codes.size() != thresholds.size() + 1) throw std::invalid_argument("requantizer: needs one code more than thresholds");
+  for (size_t i = 0; i < thresholds.size(); ++i)
+    if (std::isnan(thresholds[i]) || (i > 0 && !(thresholds[i - 1] <= thresholds[i])))
+      throw std::invalid_argument("requantizer: thresholds must be ascending numbers");
+  return Requantizer{std::move(thresholds), std::move(codes)};
+}
+
+int Requantizer::code(float v) const {
+  if (std::isnan(v)) return codes[0];
+  // The number of thresholds t <= v (upper_bound: the first t with v < t).
+  return codes[size_t(std::upper_bound(thresholds.begin(), thresholds.end(), v) - thresholds.begin())];
+}
+
+void requantize(const float* values, int h, int w, int n, const Requantizer& q, const CodeImage& out, GemmIsa isa) {
+  if (out.h != h || out.w != w || out.cs < n || !out.data)
+    throw std::invalid_argument("requantize: output code image does not fit");
+  detail::engine_kernels(isa).requantize(values, h, w, n, q, out);
+}
+
+namespace detail {
+void requantize_scalar(const float* values, int h, int w, int n, const Requantizer& q, const CodeImage& out) {
+  for (int y = 0; y < h; ++y)
+    for (int x = 0; x < w; ++x) {
+      const float* v = values + (size_t(y) * w + x) * n;
+      uint8_t* dst = out.pixel(y, x);
+      for (int c = 0; c < n; ++c) dst[c] = static_cast<uint8_t>(q.code(v[c]));
+    }
+}
+}  // namespace detail
+
+
+}  // namespace apot::kernels
