@@ -29,7 +29,7 @@ test: build
 
 # The tests that do not need LibTorch, under AddressSanitizer and UBSan.
 $(ASAN_BUILD)/build.ninja:
-	cmake -S . -B $(ASAN_BUILD) -G Ninja -DCMAKE_BUILD_TYPE=Debug -DAPOT_WITH_TORCH=OFF -DAPOT_SANITIZE=ON
+	cmake -S . -B $(ASAN_BUILD) -G Ninja -DCMAKE_BUILD_TYPE=Debug -DAPOT_WITH_TORCH=OFF -DAPOT_SANITIZE=ON -DAPOT_WERROR=ON
 
 build-asan: setup $(ASAN_BUILD)/build.ninja
 	cmake --build $(ASAN_BUILD) -j $(JOBS)

@@ -21,7 +21,8 @@ int main(int argc, char** argv) {
   const auto spec = apot::data::parse_data_spec(std::string("imagefolder:") + argv[1]);
   const auto train = apot::data::open_dataset(spec, apot::data::Split::train);
   std::vector<size_t> subset;
-  for (size_t i = 0; i < std::min(images, train->size()); ++i) subset.push_back(i * (train->size() / std::min(images, train->size())));
+  for (size_t i = 0; i < std::min(images, train->size()); ++i)
+    subset.push_back(i * (train->size() / std::min(images, train->size())));
   std::printf("bench_loader: %s, %zu images per pass\n", train->description().c_str(), subset.size());
   double loader_rate = 0;
   for (int workers : {1, 2}) {

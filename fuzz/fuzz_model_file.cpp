@@ -8,7 +8,8 @@
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   try {
-    apot::graph::Graph g = apot::graph::model_from_toml_text(std::string(reinterpret_cast<const char*>(data), size), "fuzz");
+    apot::graph::Graph g =
+        apot::graph::model_from_toml_text(std::string(reinterpret_cast<const char*>(data), size), "fuzz");
     g.infer_shapes(32, 32);
     apot::graph::assign_quantization(g, apot::graph::QuantAssignment{});
   } catch (const apot::graph::GraphError&) {

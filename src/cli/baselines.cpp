@@ -46,15 +46,12 @@ torch::Tensor TorchOnednnFp32::forward(const torch::Tensor& input) const {
     const torch::Tensor& x = v[size_t(n.inputs[0])];
     torch::Tensor out;
     switch (n.op) {
-      case graph::Op::input:
-        break;
+      case graph::Op::input: break;
       case graph::Op::conv:  // batch norm folded into the weights and bias
         out = at::mkldnn_convolution(x, weights_[i], biases_[i], {n.padding, n.padding}, {n.stride, n.stride}, {1, 1},
                                      n.groups);
         break;
-      case graph::Op::linear:
-        out = torch::linear(x.flatten(1), weights_[i], biases_[i]);
-        break;
+      case graph::Op::linear: out = torch::linear(x.flatten(1), weights_[i], biases_[i]); break;
       case graph::Op::add:
         out = x;
         for (size_t k = 1; k < n.inputs.size(); ++k) out = out + v[size_t(n.inputs[k])];
@@ -65,17 +62,14 @@ torch::Tensor TorchOnednnFp32::forward(const torch::Tensor& input) const {
       case graph::Op::avg_pool:
         out = torch::avg_pool2d(x, {n.kernel, n.kernel}, {n.stride, n.stride}, {n.padding, n.padding});
         break;
-      case graph::Op::global_avg_pool:
-        out = torch::adaptive_avg_pool2d(x, {1, 1});
-        break;
-      case graph::Op::flatten:
-        out = x.flatten(1);
-        break;
+      case graph::Op::global_avg_pool: out = torch::adaptive_avg_pool2d(x, {1, 1}); break;
+      case graph::Op::flatten: out = x.flatten(1); break;
       case graph::Op::shortcut_pad: {
         using namespace torch::indexing;
         const int64_t pad = n.out_channels - x.size(1), before = pad / 2;
-        out = torch::constant_pad_nd(x.index({Slice(), Slice(), Slice(None, None, n.stride), Slice(None, None, n.stride)}),
-                                     {0, 0, 0, 0, before, pad - before});
+        out = torch::constant_pad_nd(
+            x.index({Slice(), Slice(), Slice(None, None, n.stride), Slice(None, None, n.stride)}),
+            {0, 0, 0, 0, before, pad - before});
         break;
       }
     }
@@ -195,7 +189,8 @@ std::string OnednnInt8::isa() const {
 
 void OnednnInt8::run(int threads) const {
   omp_set_num_threads(threads);
-  for (size_t i = 0; i < impl_->primitives.size(); ++i) impl_->primitives[i].execute(impl_->stream, impl_->arguments[i]);
+  for (size_t i = 0; i < impl_->primitives.size(); ++i)
+    impl_->primitives[i].execute(impl_->stream, impl_->arguments[i]);
   impl_->stream.wait();
 }
 

@@ -42,7 +42,8 @@ double time_ms(F f) {
 // `batch` random 8-bit images, normalised as the model expects (what a data set of images gives
 // the engine; the baselines' speed does not depend on the values).
 torch::Tensor random_images(const runtime::ModelInfo& info, int batch) {
-  const torch::Tensor pixels = torch::randint(0, 256, {batch, info.in_channels(), info.height, info.width}).to(torch::kFloat);
+  const torch::Tensor pixels =
+      torch::randint(0, 256, {batch, info.in_channels(), info.height, info.width}).to(torch::kFloat);
   const auto shape = std::vector<int64_t>{1, info.in_channels(), 1, 1};
   const torch::Tensor mean = torch::tensor(info.mean).reshape(shape), std = torch::tensor(info.std).reshape(shape);
   return ((pixels / 255.0f - mean) / std).contiguous();
@@ -76,10 +77,11 @@ nlohmann::json layer_report(const runtime::Model& engine, int reps, double peak,
   if (OnednnInt8::available()) int8 = OnednnInt8(g, 1).layer_samples(std::max(reps, 5));
   nlohmann::json out = nlohmann::json::array();
   if (print)
-    fmt::print("  per layer (batch 1, 1 thread; peak {:.1f} G MAC/s){}:\n"
-               "  (W: Winograd F(2,3), four products where the direct convolution takes six; its rate counts the\n"
-               "  direct convolution's MACs and can pass the peak. APOT_WINOGRAD=0 runs the direct kernel.)\n",
-               peak, int8.empty() ? "" : "; oneDNN int8 on the right");
+    fmt::print(
+        "  per layer (batch 1, 1 thread; peak {:.1f} G MAC/s){}:\n"
+        "  (W: Winograd F(2,3), four products where the direct convolution takes six; its rate counts the\n"
+        "  direct convolution's MACs and can pass the peak. APOT_WINOGRAD=0 runs the direct kernel.)\n",
+        peak, int8.empty() ? "" : "; oneDNN int8 on the right");
   double total_ms = 0, int8_total_ms = 0;
   for (size_t i = 0; i < layers; ++i) {
     const int node = engine.layer_node(i);
@@ -92,8 +94,12 @@ nlohmann::json layer_report(const runtime::Model& engine, int reps, double peak,
     const double gmacs = layer_macs / (ms * 1e-3) / 1e9;
     total_ms += ms;
     const bool winograd = engine.uses_winograd(i, o.isa);
-    nlohmann::json row{{"layer", l.name}, {"ms", ms}, {"macs", layer_macs}, {"gmacs_per_s", gmacs},
-                       {"share_of_peak", peak > 0 && !is_first ? gmacs / peak : 0.0}, {"winograd", winograd}};
+    nlohmann::json row{{"layer", l.name},
+                       {"ms", ms},
+                       {"macs", layer_macs},
+                       {"gmacs_per_s", gmacs},
+                       {"share_of_peak", peak > 0 && !is_first ? gmacs / peak : 0.0},
+                       {"winograd", winograd}};
     std::string theirs;
     if (!int8.empty() && !int8[i].empty()) {
       const double ims = median(int8[i]) * 1e3;
@@ -105,7 +111,9 @@ nlohmann::json layer_report(const runtime::Model& engine, int reps, double peak,
     if (print)
       fmt::print("    {:<24} {:>4}x{:<4} {}x{} /{} {:>4}->{:<4} {:8.4f} ms {:7.1f} G MAC/s {:>15}{}{}\n", l.name,
                  in.height, in.width, l.kernel, l.kernel, l.stride, in.channels, l.out_channels, ms, gmacs,
-                 is_first ? std::string("(first layer)") : peak > 0 ? fmt::format("{:5.1f} % of peak", 100 * gmacs / peak) : "",
+                 is_first   ? std::string("(first layer)")
+                 : peak > 0 ? fmt::format("{:5.1f} % of peak", 100 * gmacs / peak)
+                            : "",
                  winograd ? " W" : "  ", theirs);
   }
   if (print)
@@ -133,8 +141,9 @@ void run_bench(const BenchOptions& o) {
     fmt::print("{} {}x{} ({:.1f} M MACs per image), engine path {}, its peak {:.1f} G MAC/s per thread\n", g.arch,
                info.height, info.width, macs / 1e6, kernels::to_string(isa), peak);
     if (o.back_to_back > 1)
-      fmt::print("  (each contender runs {} times in a row per turn; the first run of a turn is left out: warm caches)\n",
-                 o.back_to_back);
+      fmt::print(
+          "  (each contender runs {} times in a row per turn; the first run of a turn is left out: warm caches)\n",
+          o.back_to_back);
   }
   for (int threads : o.threads)
     for (int batch : o.batches) {
@@ -171,18 +180,19 @@ void run_bench(const BenchOptions& o) {
       if (int8) row["speedup_vs_onednn_int8"] = row["onednn_int8_ms"].get<double>() / e;
       results.push_back(row);
       if (!o.json) {
-        fmt::print("  batch {:>3}, {} thread(s): engine {:8.3f} ms | LibTorch FP32 module {:8.3f} ms, via oneDNN {} | "
-                   "oneDNN int8 {} -> {:5.2f}x FP32 (best), {} int8; engine {:6.1f} G MAC/s\n",
-                   batch, threads, e, row["libtorch_fp32_module_ms"].get<double>(),
-                   direct ? fmt::format("{:8.3f} ms", row["libtorch_fp32_onednn_ms"].get<double>()) : "n/a",
-                   int8 ? fmt::format("{:8.3f} ms", row["onednn_int8_ms"].get<double>()) : "n/a", fp32 / e,
-                   int8 ? fmt::format("{:5.2f}x", row["speedup_vs_onednn_int8"].get<double>()) : "n/a",
-                   row["engine_gmacs_per_s"].get<double>());
+        fmt::print(
+            "  batch {:>3}, {} thread(s): engine {:8.3f} ms | LibTorch FP32 module {:8.3f} ms, via oneDNN {} | "
+            "oneDNN int8 {} -> {:5.2f}x FP32 (best), {} int8; engine {:6.1f} G MAC/s\n",
+            batch, threads, e, row["libtorch_fp32_module_ms"].get<double>(),
+            direct ? fmt::format("{:8.3f} ms", row["libtorch_fp32_onednn_ms"].get<double>()) : "n/a",
+            int8 ? fmt::format("{:8.3f} ms", row["onednn_int8_ms"].get<double>()) : "n/a", fp32 / e,
+            int8 ? fmt::format("{:5.2f}x", row["speedup_vs_onednn_int8"].get<double>()) : "n/a",
+            row["engine_gmacs_per_s"].get<double>());
       }
     }
-  nlohmann::json report{{"model", o.model},    {"arch", g.arch},        {"macs_per_image", macs},
-                        {"gemm", kernels::to_string(isa)}, {"peak_gmacs_per_s", peak}, {"onednn_isa", dnnl_isa},
-                        {"results", results}};
+  nlohmann::json report{
+      {"model", o.model},         {"arch", g.arch},         {"macs_per_image", macs}, {"gemm", kernels::to_string(isa)},
+      {"peak_gmacs_per_s", peak}, {"onednn_isa", dnnl_isa}, {"results", results}};
   if (!o.json) fmt::print("  oneDNN int8 dispatches to: {}\n", dnnl_isa);
   if (o.layers) report["layers"] = layer_report(engine, o.reps > 0 ? o.reps : 50, peak, !o.json);
   if (o.json) fmt::print("{}\n", report.dump());
@@ -192,12 +202,16 @@ void run_bench(const BenchOptions& o) {
 
 void register_bench(CLI::App& app) {
   auto o = std::make_shared<BenchOptions>();
-  CLI::App* cmd = app.add_subcommand(
-      "bench", "Time the integer engine against LibTorch FP32 and oneDNN int8 on the same network");
+  CLI::App* cmd =
+      app.add_subcommand("bench", "Time the integer engine against LibTorch FP32 and oneDNN int8 on the same network");
   cmd->add_option("model", o->model, ".apot file")->required()->check(CLI::ExistingFile);
-  cmd->add_option("--batch", o->batches, "batch sizes, e.g. 1,32")->delimiter(',')->capture_default_str()
+  cmd->add_option("--batch", o->batches, "batch sizes, e.g. 1,32")
+      ->delimiter(',')
+      ->capture_default_str()
       ->check(CLI::Range(1, 4096));
-  cmd->add_option("--threads", o->threads, "thread counts, e.g. 1,2")->delimiter(',')->capture_default_str()
+  cmd->add_option("--threads", o->threads, "thread counts, e.g. 1,2")
+      ->delimiter(',')
+      ->capture_default_str()
       ->check(CLI::Range(1, 1024));
   cmd->add_option("--reps", o->reps, "repetitions per configuration (default: about 200 images)")
       ->check(CLI::Range(1, 100000));

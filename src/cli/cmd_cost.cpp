@@ -53,17 +53,27 @@ void run_cost(const CostOptions& o) {
   const graph::CostReport uniform =
       o.kind == "fp" ? r : graph::compute_cost(g, input, input, o.wbits, o.abits, "uniform", overrides);
   if (o.json) {
-    nlohmann::json j{{"arch", r.arch},         {"kind", o.kind},
-                     {"wbits", o.kind == "fp" ? 32 : o.wbits}, {"abits", o.kind == "fp" ? 32 : o.abits},
-                     {"input", input},         {"classes", classes},
-                     {"macs", r.macs},         {"quantized_macs", r.quantized_macs},
-                     {"fixops", r.fixops},     {"fixops_uniform", uniform.fixops},
-                     {"size_bytes", r.size_bytes}, {"size_bytes_with_bn", r.size_bytes + r.float_bytes}};
+    nlohmann::json j{{"arch", r.arch},
+                     {"kind", o.kind},
+                     {"wbits", o.kind == "fp" ? 32 : o.wbits},
+                     {"abits", o.kind == "fp" ? 32 : o.abits},
+                     {"input", input},
+                     {"classes", classes},
+                     {"macs", r.macs},
+                     {"quantized_macs", r.quantized_macs},
+                     {"fixops", r.fixops},
+                     {"fixops_uniform", uniform.fixops},
+                     {"size_bytes", r.size_bytes},
+                     {"size_bytes_with_bn", r.size_bytes + r.float_bytes}};
     if (o.layers) {
       j["layers"] = nlohmann::json::array();
       for (const auto& l : r.layers)
-        j["layers"].push_back({{"name", l.name}, {"macs", l.macs}, {"fixops", l.fixops},
-                               {"wbits", l.weight_bits}, {"abits", l.act_bits}, {"size_bytes", l.size_bytes}});
+        j["layers"].push_back({{"name", l.name},
+                               {"macs", l.macs},
+                               {"fixops", l.fixops},
+                               {"wbits", l.weight_bits},
+                               {"abits", l.act_bits},
+                               {"size_bytes", l.size_bytes}});
     }
     fmt::print("{}\n", j.dump());
     return;
@@ -78,7 +88,8 @@ void run_cost(const CostOptions& o) {
              o.kind == "fp" ? 32 : o.wbits, o.kind == "fp" ? 32 : o.abits, r.macs / 1e9, r.quantized_macs / 1e9,
              r.fixops / 1e6);
   if (o.kind != "fp" && o.kind != "uniform")
-    fmt::print(" ({:.1f} % less than uniform's {:.1f} M)", 100.0 * (1 - r.fixops / uniform.fixops), uniform.fixops / 1e6);
+    fmt::print(" ({:.1f} % less than uniform's {:.1f} M)", 100.0 * (1 - r.fixops / uniform.fixops),
+               uniform.fixops / 1e6);
   fmt::print(", weights {:.2f} MiB ({:.2f} MiB with batch norm)\n", r.size_bytes / 1048576.0,
              (r.size_bytes + r.float_bytes) / 1048576.0);
 }
@@ -88,10 +99,14 @@ void run_cost(const CostOptions& o) {
 void register_cost(CLI::App& app) {
   auto o = std::make_shared<CostOptions>();
   CLI::App* cmd = app.add_subcommand("cost", "MACs, FixOPs and model size of a network (APOT_SPEC section 7)");
-  cmd->add_option("--arch", o->arch, "resnet18 | resnet34 | resnet50 | resnet20 | resnet32 | resnet44 | resnet56 | resnet110")
+  cmd->add_option("--arch", o->arch,
+                  "resnet18 | resnet34 | resnet50 | resnet20 | resnet32 | resnet44 | resnet56 | resnet110")
       ->capture_default_str();
-  cmd->add_option("--model-file", o->model_file, "a model file (docs/MODELS.md) instead of --arch")->check(CLI::ExistingFile);
-  cmd->add_option("--shortcut", o->shortcut, "CIFAR ResNet shortcut: A | B")->check(CLI::IsMember({"A", "B"}))->capture_default_str();
+  cmd->add_option("--model-file", o->model_file, "a model file (docs/MODELS.md) instead of --arch")
+      ->check(CLI::ExistingFile);
+  cmd->add_option("--shortcut", o->shortcut, "CIFAR ResNet shortcut: A | B")
+      ->check(CLI::IsMember({"A", "B"}))
+      ->capture_default_str();
   cmd->add_option("--layer", o->layer_bits, "per-layer bits NAME=W/A, e.g. layer1.0.conv1=8/8 (repeatable)");
   cmd->add_option("--wbits", o->wbits, "weight bits (2-8)")->capture_default_str();
   cmd->add_option("--abits", o->abits, "activation bits (2-8)")->capture_default_str();

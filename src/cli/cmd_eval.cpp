@@ -83,8 +83,13 @@ void run_eval(const EvalOptions& o) {
   if (o.json) {
     nlohmann::json per_class = nlohmann::json::object();
     for (size_t c = 0; c < names.size(); ++c) per_class[names[c]] = r.per_class[c];
-    fmt::print("{}\n", nlohmann::json{{"model", what}, {"data", spec.text()}, {"count", r.count}, {"top1", r.top1},
-                                      {"top5", r.top5}, {"loss", r.loss}, {"per_class", per_class}}
+    fmt::print("{}\n", nlohmann::json{{"model", what},
+                                      {"data", spec.text()},
+                                      {"count", r.count},
+                                      {"top1", r.top1},
+                                      {"top5", r.top5},
+                                      {"loss", r.loss},
+                                      {"per_class", per_class}}
                            .dump());
     return;
   }
@@ -98,8 +103,10 @@ void run_eval(const EvalOptions& o) {
 void register_eval(CLI::App& app) {
   auto o = std::make_shared<EvalOptions>();
   CLI::App* cmd = app.add_subcommand("eval", "Evaluate a checkpoint (or an imported PyTorch state dict) on a test set");
-  cmd->add_option("--checkpoint", o->checkpoint, "apot checkpoint (.ckpt), or a PyTorch state dict with --arch")->required();
-  cmd->add_option("--data", o->data, "fashion-mnist | mnist:DIR | cifar10:DIR | cifar100:DIR | imagefolder:DIR")->required();
+  cmd->add_option("--checkpoint", o->checkpoint, "apot checkpoint (.ckpt), or a PyTorch state dict with --arch")
+      ->required();
+  cmd->add_option("--data", o->data, "fashion-mnist | mnist:DIR | cifar10:DIR | cifar100:DIR | imagefolder:DIR")
+      ->required();
   cmd->add_option("--arch", o->arch, "architecture of an imported state dict (resnet20, resnet18, ...)");
   cmd->add_option("--shortcut", o->shortcut, "CIFAR shortcut of an imported state dict: A | B")->capture_default_str();
   cmd->add_option("--naming", o->naming, "parameter names of --arch: apot (linear, shortcut) | hub (fc, downsample)")

@@ -23,12 +23,13 @@ void run_export(const ExportOptions& o) {
   info.mean = meta.info.mean;
   info.std = meta.info.std;
   info.class_names = meta.info.class_names;
-  info.provenance_json = nlohmann::json{{"checkpoint", o.checkpoint},
-                                        {"epoch", meta.epoch},
-                                        {"metrics", meta.metrics},
-                                        {"config", nlohmann::json::parse(train::config_to_json(meta.config))},
-                                        {"exported_by", "apot 0.1.0"}}
-                             .dump();
+  info.provenance_json = nlohmann::json{
+      {"checkpoint", o.checkpoint},
+      {"epoch", meta.epoch},
+      {"metrics", meta.metrics},
+      {"config", nlohmann::json::parse(train::config_to_json(meta.config))},
+      {"exported_by",
+       "apot 0.1.0"}}.dump();
   const std::vector<uint8_t> bytes = exporter::export_model(*model, info);
   exporter::write_file_atomically(o.out, bytes);
   int64_t params = 0;
@@ -44,7 +45,9 @@ void run_export(const ExportOptions& o) {
 void register_export(CLI::App& app) {
   auto o = std::make_shared<ExportOptions>();
   CLI::App* cmd = app.add_subcommand("export", "Export a trained quantised checkpoint to a packed .apot file");
-  cmd->add_option("--checkpoint", o->checkpoint, "checkpoint of apot train (.ckpt)")->required()->check(CLI::ExistingFile);
+  cmd->add_option("--checkpoint", o->checkpoint, "checkpoint of apot train (.ckpt)")
+      ->required()
+      ->check(CLI::ExistingFile);
   cmd->add_option("--out", o->out, "output .apot file")->required();
   cmd->callback([o] { run_export(*o); });
 }

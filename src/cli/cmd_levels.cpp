@@ -30,8 +30,7 @@ std::string fraction(int64_t numerator, int64_t denominator) {
 double shortest(float value) { return std::strtod(fmt::format("{}", value).c_str(), nullptr); }
 
 void run_levels(const LevelsOptions& o) {
-  const levels::LevelSet set =
-      levels::LevelSet::make(levels::parse_kind(o.kind), o.bits, levels::parse_role(o.role));
+  const levels::LevelSet set = levels::LevelSet::make(levels::parse_kind(o.kind), o.bits, levels::parse_role(o.role));
   const std::vector<float> values = set.levels();
   const std::vector<int64_t> integers = set.integers();
   if (o.json) {

@@ -28,7 +28,8 @@ std::vector<std::vector<float>> torch_taps(qat::NetworkImpl& model, const std::v
   std::vector<std::vector<float>> taps;
   for (const std::string& name : names) {
     const int node = model.graph().find(name);
-    if (node < 0) throw UsageError("run --compare: the trained model has no layer '" + name + "'; is it the model's checkpoint?");
+    if (node < 0)
+      throw UsageError("run --compare: the trained model has no layer '" + name + "'; is it the model's checkpoint?");
     torch::Tensor t = outputs[size_t(node)];
     if (t.dim() == 4) t = t.permute({0, 2, 3, 1});
     t = t.contiguous();
@@ -85,8 +86,9 @@ void run_run(const RunCmdOptions& o) {
     torch::Tensor trained_pred;
     if (trained) trained_pred = trained(batch.images).argmax(1).contiguous();
     for (int i = 0; i < n; ++i) {
-      const int pred = static_cast<int>(std::max_element(logits.begin() + i * classes, logits.begin() + (i + 1) * classes) -
-                                        (logits.begin() + i * classes));
+      const int pred =
+          static_cast<int>(std::max_element(logits.begin() + i * classes, logits.begin() + (i + 1) * classes) -
+                           (logits.begin() + i * classes));
       correct += pred == labels[i];
       if (trained) {
         const int64_t tp = trained_pred.data_ptr<int64_t>()[i];
@@ -139,8 +141,7 @@ void run_run(const RunCmdOptions& o) {
     fmt::print("largest difference per layer, engine vs trained model, on the first {} images:\n", o.tap_images);
     for (const auto& l : j["layers"])
       fmt::print("  {:<30} {:<5} max |diff| {:.3g}  (max |value| {:.3f})\n", l["name"].get<std::string>(),
-                 l["op"].get<std::string>(),
-                 l["max_abs_diff"].get<double>(), l["max_abs"].get<double>());
+                 l["op"].get<std::string>(), l["max_abs_diff"].get<double>(), l["max_abs"].get<double>());
   }
 }
 

@@ -3,14 +3,14 @@
 #include <cstdio>
 #include <exception>
 
-#include "apot/levels/level_set.h"
 #include "apot/graph/graph.h"
+#include "apot/levels/level_set.h"
 #include "commands.h"
 #ifdef APOT_WITH_TORCH
 #include "apot/data/dataset.h"
+#include "apot/runtime/format.h"
 #include "apot/train/config.h"
 #include "apot/train/trainer.h"
-#include "apot/runtime/format.h"
 #endif
 
 int main(int argc, char** argv) {

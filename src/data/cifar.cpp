@@ -64,11 +64,10 @@ std::shared_ptr<InMemoryDataset> load_cifar(const std::string& dir, bool train, 
   std::vector<std::string> classes;
   if (cifar100)
     for (int c = 0; c < 100; ++c) classes.push_back("class" + std::to_string(c));
-  else
-    classes = cifar10_classes();
-  return std::make_shared<InMemoryDataset>(std::string(cifar100 ? "cifar100 " : "cifar10 ") + (train ? "train" : "test") +
-                                               " (" + root + ")",
-                                           32, 32, 3, std::move(pixels), std::move(labels), std::move(classes));
+  else classes = cifar10_classes();
+  return std::make_shared<InMemoryDataset>(
+      std::string(cifar100 ? "cifar100 " : "cifar10 ") + (train ? "train" : "test") + " (" + root + ")", 32, 32, 3,
+      std::move(pixels), std::move(labels), std::move(classes));
 }
 
 }  // namespace apot::data

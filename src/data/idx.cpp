@@ -39,9 +39,9 @@ std::string find_with_optional_gz(const std::string& dir, const std::string& ste
 
 IdxArray parse_idx(const uint8_t* bytes, size_t size, const std::string& name) {
   if (size < 4) throw DataError(name + ": too short for an IDX header");
-  if (bytes[0] != 0 || bytes[1] != 0)
-    throw DataError(name + ": wrong magic number (not an IDX file)");
-  if (bytes[2] != 0x08) throw DataError(name + ": IDX element type " + std::to_string(bytes[2]) + " is not unsigned byte");
+  if (bytes[0] != 0 || bytes[1] != 0) throw DataError(name + ": wrong magic number (not an IDX file)");
+  if (bytes[2] != 0x08)
+    throw DataError(name + ": IDX element type " + std::to_string(bytes[2]) + " is not unsigned byte");
   const int ndims = bytes[3];
   if (ndims < 1 || ndims > 4) throw DataError(name + ": IDX file with " + std::to_string(ndims) + " dimensions");
   if (size < 4 + 4 * static_cast<size_t>(ndims)) throw DataError(name + ": truncated IDX header");
@@ -91,13 +91,14 @@ std::shared_ptr<InMemoryDataset> load_mnist_like(const std::string& dir, bool tr
   const std::string prefix = train ? "train" : "t10k";
   std::vector<std::string> classes;
   if (fashion)
-    classes = {"t-shirt/top", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "ankle boot"};
+    classes = {"t-shirt/top", "trouser", "pullover", "dress", "coat",
+               "sandal",      "shirt",   "sneaker",  "bag",   "ankle boot"};
   else
     for (int d = 0; d < 10; ++d) classes.push_back(std::to_string(d));
-  return load_idx_dataset(find_with_optional_gz(dir, prefix + "-images-idx3-ubyte"),
-                          find_with_optional_gz(dir, prefix + "-labels-idx1-ubyte"), std::move(classes),
-                          std::string(fashion ? "fashion-mnist" : "mnist") + " " + (train ? "train" : "test") + " (" +
-                              dir + ")");
+  return load_idx_dataset(
+      find_with_optional_gz(dir, prefix + "-images-idx3-ubyte"),
+      find_with_optional_gz(dir, prefix + "-labels-idx1-ubyte"), std::move(classes),
+      std::string(fashion ? "fashion-mnist" : "mnist") + " " + (train ? "train" : "test") + " (" + dir + ")");
 }
 
 }  // namespace apot::data

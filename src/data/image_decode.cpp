@@ -46,7 +46,8 @@ Image decode_jpeg(const uint8_t* bytes, size_t size, const std::string& name, in
   if (tjDecompress2(handle, bytes, static_cast<unsigned long>(size), img.pixels.data(), out_w, 0, out_h,
                     grey ? TJPF_GRAY : TJPF_RGB, TJFLAG_ACCURATEDCT) != 0) {
     // Warnings (e.g. premature end of data) still yield an image; errors do not.
-    if (tjGetErrorCode(handle) == TJERR_FATAL) throw DataError(name + ": corrupt JPEG (" + tjGetErrorStr2(handle) + ")");
+    if (tjGetErrorCode(handle) == TJERR_FATAL)
+      throw DataError(name + ": corrupt JPEG (" + tjGetErrorStr2(handle) + ")");
   }
   return img;
 }
@@ -80,7 +81,8 @@ Image decode_png(const uint8_t* bytes, size_t size, const std::string& name) {
 
 Image decode_image(const uint8_t* bytes, size_t size, const std::string& name, int min_side) {
   static const uint8_t kPng[8] = {0x89, 'P', 'N', 'G', '\r', '\n', 0x1a, '\n'};
-  if (size >= 3 && bytes[0] == 0xFF && bytes[1] == 0xD8 && bytes[2] == 0xFF) return decode_jpeg(bytes, size, name, min_side);
+  if (size >= 3 && bytes[0] == 0xFF && bytes[1] == 0xD8 && bytes[2] == 0xFF)
+    return decode_jpeg(bytes, size, name, min_side);
   if (size >= 8 && std::memcmp(bytes, kPng, 8) == 0) return decode_png(bytes, size, name);
   throw DataError(name + ": not a JPEG or PNG image");
 }

@@ -29,7 +29,8 @@ class ImageFolderDataset : public Dataset {
       std::vector<std::string> files;
       for (const auto& entry : fs::recursive_directory_iterator(fs::path(root) / classes_[c]))
         if (entry.is_regular_file() && is_image_file(entry.path())) files.push_back(entry.path().string());
-      if (files.empty()) throw DataError((fs::path(root) / classes_[c]).string() + ": class folder holds no .jpg/.jpeg/.png image");
+      if (files.empty())
+        throw DataError((fs::path(root) / classes_[c]).string() + ": class folder holds no .jpg/.jpeg/.png image");
       std::sort(files.begin(), files.end());
       for (std::string& f : files) {
         files_.push_back(std::move(f));

@@ -73,9 +73,9 @@ Batch Loader::build_batch(int64_t b) const {
     const Image img = transform_image(e.image, options_.transform, seed);
     if (img.channels != shape_[0] || img.height != shape_[1] || img.width != shape_[2])
       throw DataError(dataset_->description() + ": example " + std::to_string(index) + " has shape " +
-                      std::to_string(img.channels) + "x" + std::to_string(img.height) + "x" + std::to_string(img.width) +
-                      " after the transforms, the first had " + std::to_string(shape_[0]) + "x" +
-                      std::to_string(shape_[1]) + "x" + std::to_string(shape_[2]) + " (set a crop size)");
+                      std::to_string(img.channels) + "x" + std::to_string(img.height) + "x" +
+                      std::to_string(img.width) + " after the transforms, the first had " + std::to_string(shape_[0]) +
+                      "x" + std::to_string(shape_[1]) + "x" + std::to_string(shape_[2]) + " (set a crop size)");
     to_normalised_chw(img, options_.transform, images + k * per_image);
     labels[k] = e.label;
   }

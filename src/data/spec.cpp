@@ -22,8 +22,8 @@ DataSpec parse_data_spec(const std::string& text) {
 namespace {
 std::string image_folder_split(const std::string& root, Split split) {
   namespace fs = std::filesystem;
-  const std::vector<std::string> names = split == Split::train ? std::vector<std::string>{"train"}
-                                                               : std::vector<std::string>{"test", "val"};
+  const std::vector<std::string> names =
+      split == Split::train ? std::vector<std::string>{"train"} : std::vector<std::string>{"test", "val"};
   for (const std::string& n : names)
     if (fs::is_directory(fs::path(root) / n)) return (fs::path(root) / n).string();
   return root;  // the directory itself holds the class folders
@@ -32,7 +32,8 @@ std::string image_folder_split(const std::string& root, Split split) {
 
 std::shared_ptr<Dataset> open_dataset(const DataSpec& spec, Split split, ImageFolderOptions options) {
   const bool train = split == Split::train;
-  if (spec.kind == "fashion-mnist" || spec.kind == "mnist") return load_mnist_like(spec.path, train, spec.kind != "mnist");
+  if (spec.kind == "fashion-mnist" || spec.kind == "mnist")
+    return load_mnist_like(spec.path, train, spec.kind != "mnist");
   if (spec.kind == "cifar10" || spec.kind == "cifar100") return load_cifar(spec.path, train, spec.kind == "cifar100");
   if (spec.kind == "imagefolder") return load_image_folder(image_folder_split(spec.path, split), options);
   throw DataError("unknown data set kind " + spec.kind);

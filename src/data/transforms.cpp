@@ -21,7 +21,9 @@ uint64_t SampleRng::next() {
   return z ^ (z >> 31);
 }
 
-int SampleRng::uniform_int(int upper) { return upper <= 1 ? 0 : static_cast<int>(next() % static_cast<uint64_t>(upper)); }
+int SampleRng::uniform_int(int upper) {
+  return upper <= 1 ? 0 : static_cast<int>(next() % static_cast<uint64_t>(upper));
+}
 
 uint64_t mix_seed(uint64_t a, uint64_t b) {
   SampleRng r(a * 0x2545F4914F6CDD1Dull + b);
@@ -45,8 +47,10 @@ Image resize_bilinear(const Image& in, int height, int width) {
       const float wx = fx - x0;
       for (int c = 0; c < in.channels; ++c) {
         auto at = [&](int yy, int xx) { return float(in.pixels[(size_t(yy) * in.width + xx) * in.channels + c]); };
-        const float v = (1 - wy) * ((1 - wx) * at(y0, x0) + wx * at(y0, x1)) + wy * ((1 - wx) * at(y1, x0) + wx * at(y1, x1));
-        out.pixels[(size_t(y) * width + x) * in.channels + c] = static_cast<uint8_t>(std::lround(std::clamp(v, 0.0f, 255.0f)));
+        const float v =
+            (1 - wy) * ((1 - wx) * at(y0, x0) + wx * at(y0, x1)) + wy * ((1 - wx) * at(y1, x0) + wx * at(y1, x1));
+        out.pixels[(size_t(y) * width + x) * in.channels + c] =
+            static_cast<uint8_t>(std::lround(std::clamp(v, 0.0f, 255.0f)));
       }
     }
   }
@@ -86,8 +90,8 @@ Image transform_image(const Image& source, const TransformOptions& t, uint64_t s
   const int out_h = t.crop > 0 ? t.crop : img.height, out_w = t.crop > 0 ? t.crop : img.width;
   const int padded_h = img.height + 2 * pad, padded_w = img.width + 2 * pad;
   if (out_h > padded_h || out_w > padded_w)
-    throw DataError("crop " + std::to_string(t.crop) + " is larger than the image (" + std::to_string(img.height) + "x" +
-                    std::to_string(img.width) + ")");
+    throw DataError("crop " + std::to_string(t.crop) + " is larger than the image (" + std::to_string(img.height) +
+                    "x" + std::to_string(img.width) + ")");
   int top, left;
   if (t.random_crop) {
     top = rng.uniform_int(padded_h - out_h + 1);
@@ -117,7 +121,8 @@ void to_normalised_chw(const Image& img, const TransformOptions& t, float* out) 
   for (int c = 0; c < img.channels; ++c) {
     const float mean = t.mean.empty() ? 0.0f : t.mean[std::min<size_t>(c, t.mean.size() - 1)];
     const float inv_std = t.std.empty() ? 1.0f : 1.0f / t.std[std::min<size_t>(c, t.std.size() - 1)];
-    for (size_t p = 0; p < plane; ++p) out[c * plane + p] = (img.pixels[p * img.channels + c] / 255.0f - mean) * inv_std;
+    for (size_t p = 0; p < plane; ++p)
+      out[c * plane + p] = (img.pixels[p * img.channels + c] / 255.0f - mean) * inv_std;
   }
 }
 

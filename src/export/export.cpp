@@ -136,11 +136,13 @@ std::vector<uint8_t> export_model(qat::NetworkImpl& model, const ExportInfo& inf
       r.kind = uint32_t(linear ? LayerKind::float_linear : LayerKind::float_conv);
     } else {
       if (lq.signed_input)
-        throw std::invalid_argument("export: layer " + node.name + " has a signed input, which the engine does not run yet");
+        throw std::invalid_argument("export: layer " + node.name +
+                                    " has a signed input, which the engine does not run yet");
       const levels::LevelSet wset = levels::LevelSet::make(lq.kind, lq.weight_bits, levels::Role::weight);
       const levels::LevelSet aset = levels::LevelSet::make(lq.kind, lq.act_bits, levels::Role::activation);
       if (wset.storage_bits() != 8 || aset.storage_bits() != 8)
-        throw std::invalid_argument("export: " + wset.name() + " / " + aset.name() + " levels do not fit 8-bit integers");
+        throw std::invalid_argument("export: " + wset.name() + " / " + aset.name() +
+                                    " levels do not fit 8-bit integers");
       // The trained forward's quantised weight is alpha_w * k / D_w (as float32); recover k.
       const std::vector<float> wq = engine_order(quantized, in);
       const torch::Tensor alphas = weight_alpha.detach().to(torch::kFloat64).reshape(-1).contiguous();
@@ -154,8 +156,9 @@ std::vector<uint8_t> export_model(qat::NetworkImpl& model, const ExportInfo& inf
           const long k = std::lround(double(wq[o * per_out + i]) / a * dw);
           const auto it = std::find(integers.begin(), integers.end(), int64_t(k));
           if (it == integers.end())
-            throw std::invalid_argument("export: layer " + node.name + ": weight " + std::to_string(wq[o * per_out + i]) +
-                                        " is not on the " + wset.name() + " grid");
+            throw std::invalid_argument("export: layer " + node.name + ": weight " +
+                                        std::to_string(wq[o * per_out + i]) + " is not on the " + wset.name() +
+                                        " grid");
           codes.push_back(static_cast<uint8_t>(it - integers.begin()));
         }
         scale[size_t(o)] *= a * a_in / (dw * da);
@@ -177,20 +180,19 @@ std::vector<uint8_t> export_model(qat::NetworkImpl& model, const ExportInfo& inf
     records.push_back(r);
   }
   const qat::QuantPolicy& p = model.policy();
-  nlohmann::json quant_meta =
-      p.is_full_precision()
-          ? nlohmann::json{{"kind", "fp"}}
-          : nlohmann::json{{"kind", levels::to_string(p.kind)},
-                           {"weight_bits", p.weight_bits},
-                           {"act_bits", p.act_bits},
-                           {"int8_first_last", p.int8_first_last}};
-  nlohmann::json meta{{"format", "apot"},
-                      {"version", runtime::kFormatVersion},
-                      {"graph", graph::graph_to_json(g)},
-                      {"input", {{"height", info.height}, {"width", info.width}, {"mean", info.mean}, {"std", info.std}}},
-                      {"class_names", info.class_names},
-                      {"quant", quant_meta},
-                      {"provenance", nlohmann::json::parse(info.provenance_json)}};
+  nlohmann::json quant_meta = p.is_full_precision() ? nlohmann::json{{"kind", "fp"}}
+                                                    : nlohmann::json{{"kind", levels::to_string(p.kind)},
+                                                                     {"weight_bits", p.weight_bits},
+                                                                     {"act_bits", p.act_bits},
+                                                                     {"int8_first_last", p.int8_first_last}};
+  nlohmann::json meta{
+      {"format", "apot"},
+      {"version", runtime::kFormatVersion},
+      {"graph", graph::graph_to_json(g)},
+      {"input", {{"height", info.height}, {"width", info.width}, {"mean", info.mean}, {"std", info.std}}},
+      {"class_names", info.class_names},
+      {"quant", quant_meta},
+      {"provenance", nlohmann::json::parse(info.provenance_json)}};
   return runtime::serialize_apot(meta.dump(), records, blob.bytes);
 }
 
@@ -198,8 +200,8 @@ void write_file_atomically(const std::string& path, const std::vector<uint8_t>& 
   const std::string tmp = path + ".tmp";
   FILE* f = std::fopen(tmp.c_str(), "wb");
   if (!f) throw std::runtime_error(path + ": cannot write");
-  const bool ok = std::fwrite(bytes.data(), 1, bytes.size(), f) == bytes.size() && std::fflush(f) == 0 &&
-                  ::fsync(::fileno(f)) == 0;
+  const bool ok =
+      std::fwrite(bytes.data(), 1, bytes.size(), f) == bytes.size() && std::fflush(f) == 0 && ::fsync(::fileno(f)) == 0;
   std::fclose(f);
   if (!ok || std::rename(tmp.c_str(), path.c_str()) != 0) {
     std::remove(tmp.c_str());

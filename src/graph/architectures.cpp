@@ -36,7 +36,8 @@ Graph build_architecture(const std::string& arch, const ArchOptions& options) {
       }
   std::string names;
   for (const std::string& n : known_architectures()) names += (names.empty() ? "" : ", ") + n;
-  throw GraphError("unknown architecture '" + arch + "' (known: " + names + "; or describe your own network in a model file, docs/MODELS.md)");
+  throw GraphError("unknown architecture '" + arch + "' (known: " + names +
+                   "; or describe your own network in a model file, docs/MODELS.md)");
 }
 
 }  // namespace apot::graph

@@ -5,12 +5,9 @@ namespace apot::graph {
 
 double fixops_factor(levels::Kind kind) {
   switch (kind) {
-    case levels::Kind::apot:
-      return 0.75;
-    case levels::Kind::pot:
-      return 0.70;
-    default:
-      return 1.0;
+    case levels::Kind::apot: return 0.75;
+    case levels::Kind::pot: return 0.70;
+    default: return 1.0;
   }
 }
 
@@ -27,9 +24,7 @@ CostReport compute_cost(const Graph& g) {
     const double macs = double(c.macs);
     r.macs += c.macs;
     switch (n.quant.mode) {
-      case LayerQuant::Mode::float32:
-        c.fixops = macs;
-        break;
+      case LayerQuant::Mode::float32: c.fixops = macs; break;
       case LayerQuant::Mode::int8:
         c.fixops = macs;
         c.weight_bits = c.act_bits = 8;

@@ -13,11 +13,15 @@ struct OpRow {
 };
 // One row per op: adding an op is adding a row here and its shape rule in infer_shapes.
 constexpr OpRow kOps[] = {
-    {Op::input, "input", 0, 0},          {Op::conv, "conv", 1, 1},
-    {Op::linear, "linear", 1, 1},        {Op::add, "add", 2, 16},
-    {Op::max_pool, "max_pool", 1, 1},    {Op::avg_pool, "avg_pool", 1, 1},
+    {Op::input, "input", 0, 0},
+    {Op::conv, "conv", 1, 1},
+    {Op::linear, "linear", 1, 1},
+    {Op::add, "add", 2, 16},
+    {Op::max_pool, "max_pool", 1, 1},
+    {Op::avg_pool, "avg_pool", 1, 1},
     {Op::global_avg_pool, "global_avg_pool", 1, 1},
-    {Op::flatten, "flatten", 1, 1},      {Op::shortcut_pad, "shortcut_pad", 1, 1},
+    {Op::flatten, "flatten", 1, 1},
+    {Op::shortcut_pad, "shortcut_pad", 1, 1},
 };
 
 const OpRow& row(Op op) {
@@ -141,36 +145,34 @@ void Graph::infer_shapes(int height, int width) {
     const Shape x = nodes_[size_t(n.inputs[0])].shape;
     Shape out = x;
     switch (n.op) {
-      case Op::input:
-        break;
+      case Op::input: break;
       case Op::conv:
         if (x.channels % n.groups != 0)
           fail(n, "its input '" + nodes_[size_t(n.inputs[0])].name + "' has " + std::to_string(x.channels) +
                       " channels, not a multiple of groups " + std::to_string(n.groups));
-        out = {n.out_channels, pooled(x.height, n.kernel, n.stride, n.padding), pooled(x.width, n.kernel, n.stride, n.padding)};
+        out = {n.out_channels, pooled(x.height, n.kernel, n.stride, n.padding),
+               pooled(x.width, n.kernel, n.stride, n.padding)};
         break;
-      case Op::linear:
-        out = {n.out_channels, 1, 1};
-        break;
+      case Op::linear: out = {n.out_channels, 1, 1}; break;
       case Op::add:
         for (int j : n.inputs)
           if (nodes_[size_t(j)].shape != x)
-            fail(n, "adds '" + nodes_[size_t(n.inputs[0])].name + "' (" + x.str() + ") and '" +
-                        nodes_[size_t(j)].name + "' (" + nodes_[size_t(j)].shape.str() + "): shapes differ");
+            fail(n, "adds '" + nodes_[size_t(n.inputs[0])].name + "' (" + x.str() + ") and '" + nodes_[size_t(j)].name +
+                        "' (" + nodes_[size_t(j)].shape.str() + "): shapes differ");
         break;
       case Op::max_pool:
       case Op::avg_pool:
-        out = {x.channels, pooled(x.height, n.kernel, n.stride, n.padding), pooled(x.width, n.kernel, n.stride, n.padding)};
+        out = {x.channels, pooled(x.height, n.kernel, n.stride, n.padding),
+               pooled(x.width, n.kernel, n.stride, n.padding)};
         break;
-      case Op::global_avg_pool:
-        out = {x.channels, 1, 1};
-        break;
+      case Op::global_avg_pool: out = {x.channels, 1, 1}; break;
       case Op::flatten:
         out = {int(std::min<int64_t>(x.size(), INT32_MAX)), 1, 1};
         if (x.size() > (int64_t(1) << 28)) fail(n, "flattens too many values");
         break;
       case Op::shortcut_pad:
-        if (n.out_channels < x.channels) fail(n, "out_channels is smaller than its input's " + std::to_string(x.channels));
+        if (n.out_channels < x.channels)
+          fail(n, "out_channels is smaller than its input's " + std::to_string(x.channels));
         out = {n.out_channels, (x.height - 1) / n.stride + 1, (x.width - 1) / n.stride + 1};
         break;
     }
@@ -235,18 +237,15 @@ namespace {
 bool non_negative_value(const Graph& g, int i) {
   const Node& n = g[size_t(i)];
   switch (n.op) {
-    case Op::input:
-      return false;
+    case Op::input: return false;
     case Op::conv:
-    case Op::linear:
-      return n.non_negative();
+    case Op::linear: return n.non_negative();
     case Op::add:
       if (n.activation != Activation::none) return n.non_negative();
       for (int j : n.inputs)
         if (!non_negative_value(g, j)) return false;
       return true;
-    default:
-      return non_negative_value(g, n.inputs.at(0));
+    default: return non_negative_value(g, n.inputs.at(0));
   }
 }
 }  // namespace
@@ -255,8 +254,8 @@ void assign_quantization(Graph& g, const QuantAssignment& a) {
   for (const auto& [name, o] : a.layers) {
     const int i = g.find(name);
     if (i < 0 || !g[size_t(i)].has_weights())
-      throw GraphError("quantisation override for '" + name + "': " +
-                       (i < 0 ? "no such node" : "not a conv or linear layer"));
+      throw GraphError("quantisation override for '" + name +
+                       "': " + (i < 0 ? "no such node" : "not a conv or linear layer"));
   }
   const std::vector<int> first = g.first_layers();
   const int last = g.last_layer();
@@ -282,11 +281,11 @@ void assign_quantization(Graph& g, const QuantAssignment& a) {
       }
       q.signed_input = !non_negative_value(g, n.inputs.at(0));
       if (a.check_level_sets) try {
-        levels::LevelSet::make(q.kind, q.weight_bits, levels::Role::weight);
-        levels::LevelSet::make(q.kind, q.act_bits, levels::Role::activation);
-      } catch (const levels::LevelSetError& e) {
-        fail(n, e.what());
-      }
+          levels::LevelSet::make(q.kind, q.weight_bits, levels::Role::weight);
+          levels::LevelSet::make(q.kind, q.act_bits, levels::Role::activation);
+        } catch (const levels::LevelSetError& e) {
+          fail(n, e.what());
+        }
     }
     n.quant = q;
   }

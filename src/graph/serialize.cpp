@@ -1,12 +1,12 @@
 // Graph <-> JSON, and the TOML model-file reader (toml++ turns it into the same JSON).
 #include "apot/graph/serialize.h"
 
+#include <toml++/toml.h>
 #include <algorithm>
 #include <fstream>
 #include <functional>
 #include <set>
 #include <sstream>
-#include <toml++/toml.h>
 
 namespace apot::graph {
 namespace {
@@ -30,8 +30,8 @@ json quant_to_json(const LayerQuant& q) {
 // The keys each op accepts besides name, op, input(s); anything else is an error (a typo
 // should not silently become a default).
 const std::set<std::string>& allowed_keys(Op op) {
-  static const std::set<std::string> conv{"out_channels", "kernel", "stride", "padding", "groups", "bias",
-                                          "batch_norm", "activation", "clamp", "quant"};
+  static const std::set<std::string> conv{"out_channels", "kernel",     "stride",     "padding", "groups",
+                                          "bias",         "batch_norm", "activation", "clamp",   "quant"};
   static const std::set<std::string> linear{"out_channels", "bias", "batch_norm", "activation", "clamp", "quant"};
   static const std::set<std::string> pool{"kernel", "stride", "padding"};
   static const std::set<std::string> add{"activation", "clamp"};
@@ -39,21 +39,14 @@ const std::set<std::string>& allowed_keys(Op op) {
   static const std::set<std::string> input{"channels", "height", "width"};
   static const std::set<std::string> none{};
   switch (op) {
-    case Op::conv:
-      return conv;
-    case Op::linear:
-      return linear;
+    case Op::conv: return conv;
+    case Op::linear: return linear;
     case Op::max_pool:
-    case Op::avg_pool:
-      return pool;
-    case Op::add:
-      return add;
-    case Op::shortcut_pad:
-      return pad;
-    case Op::input:
-      return input;
-    default:
-      return none;
+    case Op::avg_pool: return pool;
+    case Op::add: return add;
+    case Op::shortcut_pad: return pad;
+    case Op::input: return input;
+    default: return none;
   }
 }
 
@@ -92,8 +85,8 @@ LayerQuant quant_from_json(const json& j, const std::string& source, const std::
   return q;
 }
 
-Node node_from_json(const json& j, const std::string& source, const std::map<std::string, int>& index,
-                    int previous, size_t position) {
+Node node_from_json(const json& j, const std::string& source, const std::map<std::string, int>& index, int previous,
+                    size_t position) {
   if (!j.is_object()) throw GraphError(source + ": layer " + std::to_string(position) + " is not a table");
   if (!j.contains("name") || !j.at("name").is_string())
     throw GraphError(source + ": layer " + std::to_string(position) + " has no name");
@@ -133,7 +126,8 @@ Node node_from_json(const json& j, const std::string& source, const std::map<std
     n.shape.width = int_of(j, "width", 0, source, n.name);
   }
   n.out_channels = int_of(j, "out_channels", 0, source, n.name);
-  n.kernel = int_of(j, "kernel", n.op == Op::conv || n.op == Op::max_pool || n.op == Op::avg_pool ? 0 : 1, source, n.name);
+  n.kernel =
+      int_of(j, "kernel", n.op == Op::conv || n.op == Op::max_pool || n.op == Op::avg_pool ? 0 : 1, source, n.name);
   n.stride = int_of(j, "stride", (n.op == Op::max_pool || n.op == Op::avg_pool) ? n.kernel : 1, source, n.name);
   n.padding = int_of(j, "padding", 0, source, n.name);
   n.groups = int_of(j, "groups", 1, source, n.name);
@@ -277,7 +271,8 @@ Graph model_from_toml_text(const std::string& text, const std::string& source) {
     } catch (const json::exception&) {
       fail(source, name, "input must be a layer name, inputs a list of layer names");
     }
-    if (!l.contains("input") && !l.contains("inputs")) reads[i].push_back(i == 0 ? "input" : layers[i - 1].at("name").get<std::string>());
+    if (!l.contains("input") && !l.contains("inputs"))
+      reads[i].push_back(i == 0 ? "input" : layers[i - 1].at("name").get<std::string>());
     for (const std::string& r : reads[i])
       if (r != "input" && !position.count(r)) fail(source, name, "reads '" + r + "', which is not a layer");
   }
@@ -311,7 +306,9 @@ Graph model_from_toml_text(const std::string& text, const std::string& source) {
     json l = layers[i];
     l.erase("input");
     l["inputs"] = reads[i];
-    if (l.contains("quant")) fail(source, l.at("name").get<std::string>(), "quantisation comes from the recipe ([quant], [quant.layers]), not the model file");
+    if (l.contains("quant"))
+      fail(source, l.at("name").get<std::string>(),
+           "quantisation comes from the recipe ([quant], [quant.layers]), not the model file");
     nodes.push_back(l);
   }
   Graph g = graph_from_json(json{{"arch", doc.value("name", std::string("model"))}, {"nodes", nodes}}, source);

@@ -39,7 +39,7 @@ struct Search {
   bool wide;             // more than 16 levels: five steps over 32 entries, else four over 16
   // The cells: k, the top cell, base[g], thresholds padded with NaN (no value passes them),
   // codes padded with the last code.
-  int checks = 0;        // 0: no cells, the search
+  int checks = 0;  // 0: no cells, the search
   __m512 k, top, ct0, ct1;
   __m512i base0, base1, cc0, cc1;
 
@@ -69,7 +69,8 @@ struct Search {
 
   void build_cells(const Requantizer& q) {
     const int n = int(q.codes.size()), T = n - 1;
-    if (T < 1 || !(q.thresholds.front() >= 0.0f) || !(q.thresholds.back() > 0.0f) || !std::isfinite(q.thresholds.back()))
+    if (T < 1 || !(q.thresholds.front() >= 0.0f) || !(q.thresholds.back() > 0.0f) ||
+        !std::isfinite(q.thresholds.back()))
       return;
     const float kf = 31.75f / q.thresholds.back();
     int count[32] = {};
@@ -108,10 +109,12 @@ struct Search {
       for (int c = 0; c < checks; ++c)
         for (int r = 0; r < R; ++r) {
           const __m512 t = wide ? _mm512_permutex2var_ps(ct0, index[r], ct1) : _mm512_permutexvar_ps(index[r], ct0);
-          index[r] = _mm512_mask_add_epi32(index[r], _mm512_cmp_ps_mask(v[r], t, _CMP_GE_OQ), index[r], _mm512_set1_epi32(1));
+          index[r] =
+              _mm512_mask_add_epi32(index[r], _mm512_cmp_ps_mask(v[r], t, _CMP_GE_OQ), index[r], _mm512_set1_epi32(1));
         }
       for (int r = 0; r < R; ++r)
-        out[r] = _mm512_cvtepi32_epi8(wide ? _mm512_permutex2var_epi32(cc0, index[r], cc1) : _mm512_permutexvar_epi32(index[r], cc0));
+        out[r] = _mm512_cvtepi32_epi8(wide ? _mm512_permutex2var_epi32(cc0, index[r], cc1)
+                                           : _mm512_permutexvar_epi32(index[r], cc0));
       return;
     }
     const int half = wide ? 16 : 8;

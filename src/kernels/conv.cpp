@@ -47,8 +47,7 @@ bool winograd_enabled() {
 }  // namespace
 
 bool winograd_applies(const PackedConv& w, int max_code, GemmIsa isa) {
-  return isa == GemmIsa::avx512_vnni && !w.wino.empty() && max_code >= 0 && 2 * max_code <= 255 &&
-         winograd_enabled();
+  return isa == GemmIsa::avx512_vnni && !w.wino.empty() && max_code >= 0 && 2 * max_code <= 255 && winograd_enabled();
 }
 
 PackedConv pack_conv(const int8_t* weights, int out_channels, int in_channels, int kernel, int stride, int padding) {
@@ -116,7 +115,8 @@ ConvSplit conv_split(int rows, int blocks, int threads) {
 }
 }  // namespace detail
 
-void conv_u8s8(const CodeImage& in, const PackedConv& w, int max_code, const ConvOutput& out, GemmIsa isa, int threads) {
+void conv_u8s8(const CodeImage& in, const PackedConv& w, int max_code, const ConvOutput& out, GemmIsa isa,
+               int threads) {
   if (in.cs != w.cs || in.border < w.padding || in.data == nullptr)
     throw std::invalid_argument("conv_u8s8: input image does not fit the convolution");
   if (in.h + 2 * w.padding < w.kernel || in.w + 2 * w.padding < w.kernel)
@@ -125,7 +125,8 @@ void conv_u8s8(const CodeImage& in, const PackedConv& w, int max_code, const Con
   detail::ConvArgs a{&in, &w, &out, w.out_h(in.h), w.out_w(in.w), in.border - w.padding, {}, 0, w.nblocks};
   a.max_code = max_code;
   a.winograd = winograd_applies(w, max_code, isa);
-  if (out.requantizer && (out.codes.h != a.oh || out.codes.w != a.ow || out.codes.cs < w.out_channels || !out.codes.data))
+  if (out.requantizer &&
+      (out.codes.h != a.oh || out.codes.w != a.ow || out.codes.cs < w.out_channels || !out.codes.data))
     throw std::invalid_argument("conv_u8s8: output code image does not fit the convolution");
   const detail::EngineKernels& k = detail::engine_kernels(isa);
   for (int ky = 0; ky < w.kernel; ++ky)

@@ -39,9 +39,9 @@ const CpuFeatures& cpu_features() {
 
 std::string CpuFeatures::describe() const {
   std::string s;
-  const std::pair<bool, const char*> all[] = {{avx2, "avx2"},         {fma, "fma"},           {avx512f, "avx512f"},
-                                              {avx512bw, "avx512bw"}, {avx512dq, "avx512dq"}, {avx512vl, "avx512vl"},
-                                              {avx512vnni, "avx512vnni"}, {avx_vnni, "avx-vnni"}};
+  const std::pair<bool, const char*> all[] = {
+      {avx2, "avx2"},         {fma, "fma"},           {avx512f, "avx512f"},       {avx512bw, "avx512bw"},
+      {avx512dq, "avx512dq"}, {avx512vl, "avx512vl"}, {avx512vnni, "avx512vnni"}, {avx_vnni, "avx-vnni"}};
   for (const auto& [has, name] : all)
     if (has) s += (s.empty() ? "" : " ") + std::string(name);
   return s.empty() ? "none" : s;
@@ -114,7 +114,8 @@ std::vector<GemmIsa> supported_gemm_isas() {
 GemmIsa parse_gemm_isa(const std::string& name) {
   for (GemmIsa isa : supported_gemm_isas())
     if (name == to_string(isa)) return isa;
-  throw std::runtime_error("APOT_GEMM_ISA=" + name + " is not a GEMM path this CPU supports (scalar, avx2, avx-vnni, avx512-vnni)");
+  throw std::runtime_error("APOT_GEMM_ISA=" + name +
+                           " is not a GEMM path this CPU supports (scalar, avx2, avx-vnni, avx512-vnni)");
 }
 
 GemmIsa default_gemm_isa() {

@@ -15,7 +15,8 @@ bool supports(GemmIsa isa) {
 }
 
 void require(GemmIsa isa) {
-  if (!supports(isa)) throw std::invalid_argument(std::string("GEMM path ") + to_string(isa) + " is not supported here");
+  if (!supports(isa))
+    throw std::invalid_argument(std::string("GEMM path ") + to_string(isa) + " is not supported here");
 }
 
 void check_shape(const char* what, int out_channels, int in_channels, int kernel, int stride, int padding) {

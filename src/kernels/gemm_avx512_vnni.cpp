@@ -257,7 +257,8 @@ void stem_tile(const StemArgs& a, int m, int valid, int nb) {
     for (int r = 0; r < valid; ++r) {
       __m512 sum = _mm512_setzero_ps();
       for (int c = 0; c < C; ++c)
-        sum = _mm512_add_ps(sum, _mm512_mul_ps(_mm512_set1_ps(w.pixel_scale[size_t(c)]), _mm512_cvtepi32_ps(acc[c][r][j])));
+        sum = _mm512_add_ps(sum,
+                            _mm512_mul_ps(_mm512_set1_ps(w.pixel_scale[size_t(c)]), _mm512_cvtepi32_ps(acc[c][r][j])));
       __m512 v = _mm512_add_ps(_mm512_mul_ps(scale, _mm512_sub_ps(sum, _mm512_loadu_ps(d[r] + n0))), bias);
       if (a.relu) v = _mm512_max_ps(_mm512_setzero_ps(), v);
       _mm512_mask_storeu_ps(a.out + size_t(m + r - a.m_base) * w.out_channels + n0, mask, v);

@@ -21,11 +21,11 @@ struct ConvArgs {
   const PackedConv* w;
   const ConvOutput* out;
   int oh, ow;
-  int offset;                           // in.border - padding
+  int offset;                          // in.border - padding
   std::vector<ptrdiff_t> tap_offsets;  // byte offset of tap (ky, kx) from the tap (0, 0) pixel
   int nb0 = 0, nb1 = 0;                // the blocks of 16 output channels to compute: [nb0, nb1)
-  int max_code = 255;                   // an upper bound of the input codes
-  bool winograd = false;                // winograd_applies(): the AVX-512 path takes F(2,3)
+  int max_code = 255;                  // an upper bound of the input codes
+  bool winograd = false;               // winograd_applies(): the AVX-512 path takes F(2,3)
 
   // The input pixel under tap (0, 0) of output pixel (y, x).
   const uint8_t* base(int y, int x) const {
@@ -36,8 +36,8 @@ struct ConvArgs {
 // Output pixels [m0, m1), channel blocks [a.nb0, a.nb1).
 using ConvRows = void (*)(const ConvArgs& a, int m0, int m1);
 void conv_rows_scalar(const ConvArgs& a, int m0, int m1);
-void conv_rows_avx2(const ConvArgs& a, int m0, int m1);        // 2 * max code * max|W| <= 32767
-void conv_rows_avx2_pairs(const ConvArgs& a, int m0, int m1);  // 4 * max code * max|W| <= 32767
+void conv_rows_avx2(const ConvArgs& a, int m0, int m1);           // 2 * max code * max|W| <= 32767
+void conv_rows_avx2_pairs(const ConvArgs& a, int m0, int m1);     // 4 * max code * max|W| <= 32767
 void conv_rows_avx_vnni(const ConvArgs& a, int m0, int m1);       // VEX (AVX-VNNI)
 void conv_rows_avx_vnni_evex(const ConvArgs& a, int m0, int m1);  // the same kernel, EVEX (AVX-512 VNNI + VL)
 void conv_rows_avx512_vnni(const ConvArgs& a, int m0, int m1);

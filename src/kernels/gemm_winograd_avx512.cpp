@@ -31,7 +31,7 @@ void wino_transform(const ConvArgs& a, int y0, int y1, uint8_t* t) {
         for (int k = 0; k < 4; ++k) {
           const int xi = 2 * p - 1 + k;
           d[k] = row && xi >= 0 && xi < in.w ? _mm512_maskz_loadu_epi8(mask, in.pixel(yi, xi) + 64 * c)
-                                            : _mm512_setzero_si512();
+                                             : _mm512_setzero_si512();
         }
         const __m512i u[4] = {_mm512_add_epi8(_mm512_sub_epi8(d[0], d[2]), D), _mm512_add_epi8(d[1], d[2]),
                               _mm512_add_epi8(_mm512_sub_epi8(d[2], d[1]), D),
@@ -95,7 +95,8 @@ void wino_tile(const ConvArgs& a, const Epilogue& epilogue, const uint8_t* t0, i
     for (int r = 0; r < R; ++r) {
       const __m512i m12 = _mm512_add_epi32(acc[1][r][k], acc[2][r][k]);
       const __m512i y0v = _mm512_sub_epi32(_mm512_add_epi32(acc[0][r][k], m12), c0);
-      const __m512i y1v = _mm512_add_epi32(_mm512_sub_epi32(_mm512_sub_epi32(acc[1][r][k], acc[2][r][k]), acc[3][r][k]), c1);
+      const __m512i y1v =
+          _mm512_add_epi32(_mm512_sub_epi32(_mm512_sub_epi32(acc[1][r][k], acc[2][r][k]), acc[3][r][k]), c1);
       column[2 * r] = _mm512_srai_epi32(y0v, 1);
       column[2 * r + 1] = _mm512_srai_epi32(y1v, 1);
     }

@@ -21,7 +21,8 @@ struct CodeTable {
   explicit CodeTable(const Requantizer* q) {
     alignas(32) uint8_t t[64] = {};
     if (q)
-      for (size_t i = 0; i < q->codes.size() && i < 32; ++i) t[(i / 16) * 32 + i % 16] = t[(i / 16) * 32 + 16 + i % 16] = q->codes[i];
+      for (size_t i = 0; i < q->codes.size() && i < 32; ++i)
+        t[(i / 16) * 32 + i % 16] = t[(i / 16) * 32 + 16 + i % 16] = q->codes[i];
     lo = _mm256_load_si256(reinterpret_cast<const __m256i*>(t));
     hi = _mm256_load_si256(reinterpret_cast<const __m256i*>(t + 32));
   }
@@ -189,7 +190,8 @@ void stem_tile_ymm(const StemArgs& a, int m, int valid, int nb) {
     for (int h = 0; h < 2; ++h) {
       __m256 sum = _mm256_setzero_ps();
       for (int c = 0; c < C; ++c)
-        sum = _mm256_add_ps(sum, _mm256_mul_ps(_mm256_set1_ps(w.pixel_scale[size_t(c)]), _mm256_cvtepi32_ps(acc[c][r][h])));
+        sum = _mm256_add_ps(sum,
+                            _mm256_mul_ps(_mm256_set1_ps(w.pixel_scale[size_t(c)]), _mm256_cvtepi32_ps(acc[c][r][h])));
       const __m256 centred = _mm256_sub_ps(sum, _mm256_loadu_ps(d[r] + n0 + 8 * h));
       if (count < 16) {
         _mm256_store_ps(lanes + 8 * h, centred);

@@ -21,8 +21,6 @@ void* allocate_aligned(size_t bytes) {
   return p;
 }
 
-void free_aligned(void* p, size_t bytes) {
-  ::operator delete(p, std::align_val_t(bytes < kHugeFrom ? 64 : kHugePage));
-}
+void free_aligned(void* p, size_t bytes) { ::operator delete(p, std::align_val_t(bytes < kHugeFrom ? 64 : kHugePage)); }
 
 }  // namespace apot::kernels

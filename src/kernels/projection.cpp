@@ -178,8 +178,7 @@ void Projector::quantize(const PreparedProjection& prepared, const float* input,
   if (nans > 0) throw std::invalid_argument("cannot quantize: input holds " + std::to_string(nans) + " NaN value(s)");
 }
 
-void Projector::quantize(const float* input, size_t n, float alpha, uint8_t* index, Isa isa,
-                         Normalisation norm) const {
+void Projector::quantize(const float* input, size_t n, float alpha, uint8_t* index, Isa isa, Normalisation norm) const {
   quantize(prepare(alpha, isa, norm), input, n, index);
 }
 
@@ -188,8 +187,8 @@ void Projector::dequantize(const uint8_t* index, size_t n, float alpha, float* o
   const detail::IsaKernels& k = kernels_for(isa);
   const std::vector<float> full = set_.levels();
   if (n > 0 && *std::max_element(index, index + n) >= full.size())
-    throw std::invalid_argument("level index out of range for " + set_.name() + " (" +
-                                std::to_string(full.size()) + " levels)");
+    throw std::invalid_argument("level index out of range for " + set_.name() + " (" + std::to_string(full.size()) +
+                                " levels)");
   detail::RangeArgs a = base_args(tables_, set_, alpha, {});
   a.full_levels = full.data();
   a.index_in = index;

@@ -153,7 +153,8 @@ double backward_avx512_impl(const RangeArgs& a, size_t begin, size_t end) {
     pass = _mm512_mask_mov_ps(pass, is_nan, nan);
     _mm512_mask_storeu_ps(a.grad_input + i, k, kUnitScale ? pass : _mm512_div_ps(pass, t.scale));
     sum_low = _mm512_add_pd(sum_low, _mm512_cvtps_pd(_mm512_castps512_ps256(term)));
-    sum_high = _mm512_add_pd(sum_high, _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(term), 1))));
+    sum_high =
+        _mm512_add_pd(sum_high, _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(term), 1))));
   }
   return _mm512_reduce_add_pd(_mm512_add_pd(sum_low, sum_high));
 }

@@ -59,9 +59,7 @@ extern const IsaKernels kAvx512Kernels;
 // linker cannot hand one file's copy (say, AVX2 code) to another (the scalar path).
 namespace {
 
-inline float normalised_input(const RangeArgs& a, float in) {
-  return ((in - a.norm.shift) / a.norm.scale) / a.alpha;
-}
+inline float normalised_input(const RangeArgs& a, float in) { return ((in - a.norm.shift) / a.norm.scale) / a.alpha; }
 
 // Number of thresholds <= m: the index of the nearest magnitude (ties upward).
 inline int magnitude_index(const Projector::Tables& t, float m) {

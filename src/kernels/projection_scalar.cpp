@@ -25,8 +25,7 @@ void forward_scalar(const RangeArgs& a, size_t begin, size_t end) {
 
 double backward_scalar(const RangeArgs& a, size_t begin, size_t end) {
   double sum = 0.0;
-  for (size_t i = begin; i < end; ++i)
-    sum += backward_element(a, a.input[i], a.grad_output[i], &a.grad_input[i]);
+  for (size_t i = begin; i < end; ++i) sum += backward_element(a, a.input[i], a.grad_output[i], &a.grad_input[i]);
   return sum;
 }
 

@@ -9,7 +9,8 @@ namespace apot::kernels {
 
 Requantizer make_requantizer(std::vector<float> thresholds, std::vector<uint8_t> codes) {
   if (thresholds.size() > 31) throw std::invalid_argument("requantizer: more than 31 thresholds");
-  if (codes.size() != thresholds.size() + 1) throw std::invalid_argument("requantizer: needs one code more than thresholds");
+  if (codes.size() != thresholds.size() + 1)
+    throw std::invalid_argument("requantizer: needs one code more than thresholds");
   for (size_t i = 0; i < thresholds.size(); ++i)
     if (std::isnan(thresholds[i]) || (i > 0 && !(thresholds[i - 1] <= thresholds[i])))
       throw std::invalid_argument("requantizer: thresholds must be ascending numbers");
@@ -38,6 +39,5 @@ void requantize_scalar(const float* values, int h, int w, int n, const Requantiz
     }
 }
 }  // namespace detail
-
 
 }  // namespace apot::kernels

@@ -34,7 +34,8 @@ std::pair<std::vector<int>, std::vector<std::pair<int, int>>> classes(int size, 
 PackedStem pack_stem(const int8_t* weights, int out_channels, int in_channels, int kernel, int stride, int padding,
                      int h, int w, const std::vector<float>& mean, const std::vector<float>& std) {
   detail::check_shape("pack_stem", out_channels, in_channels, kernel, stride, padding);
-  if (h + 2 * padding < kernel || w + 2 * padding < kernel) throw std::invalid_argument("pack_stem: input smaller than the kernel");
+  if (h + 2 * padding < kernel || w + 2 * padding < kernel)
+    throw std::invalid_argument("pack_stem: input smaller than the kernel");
   if (mean.size() != size_t(in_channels) || std.size() != size_t(in_channels))
     throw std::invalid_argument("pack_stem: one mean and one std per input channel needed");
   for (int c = 0; c < in_channels; ++c)

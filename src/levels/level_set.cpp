@@ -15,7 +15,7 @@ namespace {
 struct Magnitudes {
   std::vector<int64_t> integers;  // ascending, integers[0] == 0, back() == denominator
   int64_t denominator;
-  std::vector<float> values;      // float32 values exactly as the reference computes them
+  std::vector<float> values;  // float32 values exactly as the reference computes them
 };
 
 // APoT and PoT: the reference builds float sums of powers of two, then multiplies every
@@ -140,8 +140,8 @@ LevelSet LevelSet::make(Kind kind, int bits, Role role) {
     throw LevelSetError(std::string(requested.name) + " levels exist only for weights");
   if (bits < requested.min_bits || bits > requested.max_bits)
     throw LevelSetError(std::string(requested.name) + " " + to_string(role) + " quantisers support " +
-                        std::to_string(requested.min_bits) + ".." + std::to_string(requested.max_bits) +
-                        " bits, got " + std::to_string(bits));
+                        std::to_string(requested.min_bits) + ".." + std::to_string(requested.max_bits) + " bits, got " +
+                        std::to_string(bits));
   // 2-bit weights are ternary for every kind (APOT_SPEC section 1).
   const bool ternary = role == Role::weight && bits == 2;
   const KindRow& row = ternary ? row_of(Kind::ternary) : requested;

@@ -15,7 +15,8 @@ bool ends_with(const std::string& s, const std::string& suffix) {
 }
 
 std::string replace_all(std::string s, const std::string& from, const std::string& to) {
-  for (size_t pos = 0; (pos = s.find(from, pos)) != std::string::npos; pos += to.size()) s.replace(pos, from.size(), to);
+  for (size_t pos = 0; (pos = s.find(from, pos)) != std::string::npos; pos += to.size())
+    s.replace(pos, from.size(), to);
   return s;
 }
 
@@ -63,9 +64,9 @@ void load_state_dict(torch::nn::Module& model, const std::map<std::string, torch
       if (it == state.end()) continue;
       used.insert(candidate);
       if (!it->second.sizes().equals(target.sizes()) && it->second.numel() != target.numel())
-        wrong_shape.push_back(name + " (file " + c10::str(it->second.sizes()) + ", model " + c10::str(target.sizes()) + ")");
-      else
-        copies.emplace_back(target, it->second);
+        wrong_shape.push_back(name + " (file " + c10::str(it->second.sizes()) + ", model " + c10::str(target.sizes()) +
+                              ")");
+      else copies.emplace_back(target, it->second);
       return;
     }
     const bool optional = ends_with(name, "_alpha") || ends_with(name, "num_batches_tracked");

@@ -21,17 +21,15 @@ std::vector<std::string> split_path(const std::string& path) {
 
 torch::Tensor activate(const graph::Node& n, torch::Tensor x) {
   switch (n.activation) {
-    case graph::Activation::relu:
-      return torch::relu(x);
-    case graph::Activation::clamp:
-      return torch::clamp(x, n.clamp_lo, n.clamp_hi);
-    default:
-      return x;
+    case graph::Activation::relu: return torch::relu(x);
+    case graph::Activation::clamp: return torch::clamp(x, n.clamp_lo, n.clamp_hi);
+    default: return x;
   }
 }
 }  // namespace
 
-NetworkImpl::NetworkImpl(graph::Graph graph, const QuantPolicy& training) : graph_(std::move(graph)), policy_(training) {
+NetworkImpl::NetworkImpl(graph::Graph graph, const QuantPolicy& training)
+    : graph_(std::move(graph)), policy_(training) {
   graph_.validate();
   build();
 }
@@ -71,8 +69,8 @@ void NetworkImpl::build() {
     if (node.quant.signed_input)
       throw graph::GraphError("node '" + node.name +
                               "': its input can be negative, and signed activation quantisation is not supported "
-                              "yet; keep this layer in float ([quant.layers] \"" + node.name +
-                              "\" = { full_precision = true })");
+                              "yet; keep this layer in float ([quant.layers] \"" +
+                              node.name + "\" = { full_precision = true })");
     const QuantOptions q = policy_.options_for(node.quant);
     const int in = shaped.input_shape_of(int(i)).channels;
     if (node.op == graph::Op::conv) {
@@ -91,8 +89,8 @@ void NetworkImpl::build() {
       }
     } else {
       const int features = int(shaped.input_shape_of(int(i)).size());
-      auto linear = std::make_shared<QuantLinearImpl>(
-          torch::nn::LinearOptions(features, node.out_channels).bias(node.bias), q);
+      auto linear =
+          std::make_shared<QuantLinearImpl>(torch::nn::LinearOptions(features, node.out_channels).bias(node.bias), q);
       linear_[i] = linear;
       register_path(node.name, linear);
       if (!node.batch_norm.empty()) {
@@ -138,8 +136,7 @@ torch::Tensor NetworkImpl::run(const torch::Tensor& x, std::vector<torch::Tensor
     const torch::Tensor& in = v[size_t(node.inputs[0])];
     torch::Tensor out;
     switch (node.op) {
-      case graph::Op::input:
-        break;
+      case graph::Op::input: break;
       case graph::Op::conv:
         out = conv_[i]->forward(in);
         if (bn2d_[i]) out = bn2d_[i]->forward(out);
@@ -158,12 +155,8 @@ torch::Tensor NetworkImpl::run(const torch::Tensor& x, std::vector<torch::Tensor
       case graph::Op::avg_pool:
         out = F::avg_pool2d(in, F::AvgPool2dFuncOptions(node.kernel).stride(node.stride).padding(node.padding));
         break;
-      case graph::Op::global_avg_pool:
-        out = F::adaptive_avg_pool2d(in, F::AdaptiveAvgPool2dFuncOptions({1, 1}));
-        break;
-      case graph::Op::flatten:
-        out = in.flatten(1);
-        break;
+      case graph::Op::global_avg_pool: out = F::adaptive_avg_pool2d(in, F::AdaptiveAvgPool2dFuncOptions({1, 1})); break;
+      case graph::Op::flatten: out = in.flatten(1); break;
       case graph::Op::shortcut_pad: {
         // Option A: subsample, then zero-pad the channels (half on each side, as the common code).
         const int64_t pad = node.out_channels - in.size(1), before = pad / 2;
@@ -192,8 +185,8 @@ void NetworkImpl::set_policy(const QuantPolicy& policy) {
     if (g[i].quant.signed_input)
       throw graph::GraphError("node '" + g[i].name +
                               "': its input can be negative, and signed activation quantisation is not supported "
-                              "yet; keep this layer in float ([quant.layers] \"" + g[i].name +
-                              "\" = { full_precision = true })");
+                              "yet; keep this layer in float ([quant.layers] \"" +
+                              g[i].name + "\" = { full_precision = true })");
     const QuantOptions q = policy.options_for(g[i].quant);
     if (conv_[i]) conv_[i]->set_quant_options(q);
     if (linear_[i]) linear_[i]->set_quant_options(q);

@@ -21,14 +21,24 @@ constexpr size_t kMaxDims = 64;
 
 // torch.float32 and its aliases, as _rebuild_tensor_v3 names the element type.
 std::optional<c10::ScalarType> dtype_scalar_type(const std::string& name) {
-  static const std::map<std::string, c10::ScalarType> types{
-      {"torch.float32", c10::kFloat},   {"torch.float", c10::kFloat},     {"torch.float64", c10::kDouble},
-      {"torch.double", c10::kDouble},   {"torch.float16", c10::kHalf},    {"torch.half", c10::kHalf},
-      {"torch.bfloat16", c10::kBFloat16}, {"torch.int64", c10::kLong},    {"torch.long", c10::kLong},
-      {"torch.int32", c10::kInt},       {"torch.int", c10::kInt},         {"torch.int16", c10::kShort},
-      {"torch.short", c10::kShort},     {"torch.int8", c10::kChar},       {"torch.uint8", c10::kByte},
-      {"torch.bool", c10::kBool},       {"torch.complex64", c10::kComplexFloat},
-      {"torch.complex128", c10::kComplexDouble}};
+  static const std::map<std::string, c10::ScalarType> types{{"torch.float32", c10::kFloat},
+                                                            {"torch.float", c10::kFloat},
+                                                            {"torch.float64", c10::kDouble},
+                                                            {"torch.double", c10::kDouble},
+                                                            {"torch.float16", c10::kHalf},
+                                                            {"torch.half", c10::kHalf},
+                                                            {"torch.bfloat16", c10::kBFloat16},
+                                                            {"torch.int64", c10::kLong},
+                                                            {"torch.long", c10::kLong},
+                                                            {"torch.int32", c10::kInt},
+                                                            {"torch.int", c10::kInt},
+                                                            {"torch.int16", c10::kShort},
+                                                            {"torch.short", c10::kShort},
+                                                            {"torch.int8", c10::kChar},
+                                                            {"torch.uint8", c10::kByte},
+                                                            {"torch.bool", c10::kBool},
+                                                            {"torch.complex64", c10::kComplexFloat},
+                                                            {"torch.complex128", c10::kComplexDouble}};
   const auto it = types.find(name);
   if (it == types.end()) return std::nullopt;
   return it->second;
@@ -36,9 +46,7 @@ std::optional<c10::ScalarType> dtype_scalar_type(const std::string& name) {
 
 }  // namespace
 
-void fail(const std::string& source, const std::string& what) {
-  throw std::runtime_error(source + ": " + what);
-}
+void fail(const std::string& source, const std::string& what) { throw std::runtime_error(source + ": " + what); }
 
 std::string printable(const std::string& s, size_t limit) {
   std::string out;
@@ -96,8 +104,8 @@ void PickleMachine::corrupt(const std::string& what) const {
 
 const uint8_t* PickleMachine::take(uint64_t n) {
   if (n > size_ - pos_)
-    fail(source_, "truncated: an opcode at byte " + std::to_string(op_at_) + where_ + " needs " +
-                      std::to_string(n) + " bytes, " + std::to_string(size_ - pos_) + " are left");
+    fail(source_, "truncated: an opcode at byte " + std::to_string(op_at_) + where_ + " needs " + std::to_string(n) +
+                      " bytes, " + std::to_string(size_ - pos_) + " are left");
   const uint8_t* p = data_ + pos_;
   pos_ += static_cast<size_t>(n);
   return p;
@@ -182,8 +190,9 @@ const PickleValuePtr& PickleMachine::top() const {
 
 std::vector<PickleValuePtr> PickleMachine::pop_to_mark() {
   if (marks_.empty()) corrupt("an opcode that needs a MARK without one");
-  std::vector<PickleValuePtr> items(std::make_move_iterator(stack_.begin() + static_cast<std::ptrdiff_t>(marks_.back())),
-                                    std::make_move_iterator(stack_.end()));
+  std::vector<PickleValuePtr> items(
+      std::make_move_iterator(stack_.begin() + static_cast<std::ptrdiff_t>(marks_.back())),
+      std::make_move_iterator(stack_.end()));
   stack_.resize(marks_.back());
   marks_.pop_back();
   return items;
@@ -279,15 +288,16 @@ void PickleMachine::step(uint8_t op) {
     case 'J': push(make_int(static_cast<int32_t>(take_le(4)))); return;  // BININT
     case 'K': push(make_int(static_cast<int64_t>(take_le(1)))); return;  // BININT1
     case 'M': push(make_int(static_cast<int64_t>(take_le(2)))); return;  // BININT2
-    case 0x8a: push(make_long(take_string(take_le(1)))); return;        // LONG1
+    case 0x8a: push(make_long(take_string(take_le(1)))); return;         // LONG1
     case 0x8b: {                                                         // LONG4
       const auto n = static_cast<int32_t>(take_le(4));
       if (n < 0) corrupt("a negative length");
       push(make_long(take_string(static_cast<uint64_t>(n))));
       return;
     }
-    case 'I': case 'L': push(parse_text_int(take_line())); return;  // INT, LONG
-    case 'G': {                                                     // BINFLOAT: big-endian
+    case 'I':
+    case 'L': push(parse_text_int(take_line())); return;  // INT, LONG
+    case 'G': {                                           // BINFLOAT: big-endian
       const uint8_t* p = take(8);
       uint64_t bits = 0;
       for (int i = 0; i < 8; ++i) bits = bits << 8 | p[i];
@@ -297,12 +307,12 @@ void PickleMachine::step(uint8_t op) {
       return;
     }
     case 'F': push(make_float(std::strtod(take_line().c_str(), nullptr))); return;  // FLOAT
-    case 'X': push(make_text(Kind::String, take_string(take_le(4)))); return;     // BINUNICODE
-    case 0x8c: push(make_text(Kind::String, take_string(take_le(1)))); return;    // SHORT_BINUNICODE
-    case 0x8d: push(make_text(Kind::String, take_string(take_le(8)))); return;    // BINUNICODE8
-    case 'V': push(make_text(Kind::String, take_line())); return;                 // UNICODE (escapes kept)
-    case 'U': push(make_text(Kind::String, take_string(take_le(1)))); return;     // SHORT_BINSTRING
-    case 'T': {                                                                   // BINSTRING
+    case 'X': push(make_text(Kind::String, take_string(take_le(4)))); return;       // BINUNICODE
+    case 0x8c: push(make_text(Kind::String, take_string(take_le(1)))); return;      // SHORT_BINUNICODE
+    case 0x8d: push(make_text(Kind::String, take_string(take_le(8)))); return;      // BINUNICODE8
+    case 'V': push(make_text(Kind::String, take_line())); return;                   // UNICODE (escapes kept)
+    case 'U': push(make_text(Kind::String, take_string(take_le(1)))); return;       // SHORT_BINSTRING
+    case 'T': {                                                                     // BINSTRING
       const auto n = static_cast<int32_t>(take_le(4));
       if (n < 0) corrupt("a negative length");
       push(make_text(Kind::String, take_string(static_cast<uint64_t>(n))));
@@ -316,35 +326,52 @@ void PickleMachine::step(uint8_t op) {
     }
     case 'C': push(make_text(Kind::Bytes, take_string(take_le(1)))); return;  // SHORT_BINBYTES
     case 'B': push(make_text(Kind::Bytes, take_string(take_le(4)))); return;  // BINBYTES
-    case 0x8e: case 0x96: push(make_text(Kind::Bytes, take_string(take_le(8)))); return;  // BINBYTES8, BYTEARRAY8
-    case '(': marks_.push_back(stack_.size()); return;  // MARK
-    case '0':                                           // POP: a value, or the mark when none is above it
+    case 0x8e:
+    case 0x96: push(make_text(Kind::Bytes, take_string(take_le(8)))); return;  // BINBYTES8, BYTEARRAY8
+    case '(': marks_.push_back(stack_.size()); return;                         // MARK
+    case '0':  // POP: a value, or the mark when none is above it
       if (stack_.size() > floor()) stack_.pop_back();
       else if (!marks_.empty()) marks_.pop_back();
       else corrupt("stack underflow");
       return;
-    case '1': pop_to_mark(); return;  // POP_MARK
-    case '2': push(top()); return;    // DUP
-    case 'q': memo_put(take_le(1)); return;  // BINPUT
-    case 'r': memo_put(take_le(4)); return;  // LONG_BINPUT
-    case 0x94: memo_put(memo_.size()); return;  // MEMOIZE
+    case '1': pop_to_mark(); return;                                                          // POP_MARK
+    case '2': push(top()); return;                                                            // DUP
+    case 'q': memo_put(take_le(1)); return;                                                   // BINPUT
+    case 'r': memo_put(take_le(4)); return;                                                   // LONG_BINPUT
+    case 0x94: memo_put(memo_.size()); return;                                                // MEMOIZE
     case 'p': memo_put(static_cast<uint64_t>(parse_text_int(take_line())->integer)); return;  // PUT
-    case 'h': memo_get(take_le(1)); return;  // BINGET
-    case 'j': memo_get(take_le(4)); return;  // LONG_BINGET
+    case 'h': memo_get(take_le(1)); return;                                                   // BINGET
+    case 'j': memo_get(take_le(4)); return;                                                   // LONG_BINGET
     case 'g': memo_get(static_cast<uint64_t>(parse_text_int(take_line())->integer)); return;  // GET
-    case '}': push(make(Kind::Dict)); return;   // EMPTY_DICT
-    case ']': case 0x8f: push(make(Kind::List)); return;  // EMPTY_LIST, EMPTY_SET (a set is read as a list)
+    case '}': push(make(Kind::Dict)); return;                                                 // EMPTY_DICT
+    case ']':
+    case 0x8f: push(make(Kind::List)); return;  // EMPTY_LIST, EMPTY_SET (a set is read as a list)
     case ')': push(make(Kind::Tuple)); return;  // EMPTY_TUPLE
-    case 'd': { auto d = make(Kind::Dict); add_entries(*d, pop_to_mark()); push(d); return; }  // DICT
-    case 'l': case 0x91: { auto l = make(Kind::List); add_items(*l, pop_to_mark()); push(l); return; }  // LIST, FROZENSET
+    case 'd': {
+      auto d = make(Kind::Dict);
+      add_entries(*d, pop_to_mark());
+      push(d);
+      return;
+    }  // DICT
+    case 'l':
+    case 0x91: {
+      auto l = make(Kind::List);
+      add_items(*l, pop_to_mark());
+      push(l);
+      return;
+    }                                                   // LIST, FROZENSET
     case 't': push(make_tuple(pop_to_mark())); return;  // TUPLE
-    case 0x85: case 0x86: case 0x87: {                  // TUPLE1, TUPLE2, TUPLE3
+    case 0x85:
+    case 0x86:
+    case 0x87: {  // TUPLE1, TUPLE2, TUPLE3
       std::vector<PickleValuePtr> items(static_cast<size_t>(op - 0x84));
       for (size_t i = items.size(); i-- > 0;) items[i] = pop();
       push(make_tuple(std::move(items)));
       return;
     }
-    case 'a': case 'e': case 0x90: {  // APPEND, APPENDS, ADDITEMS
+    case 'a':
+    case 'e':
+    case 0x90: {  // APPEND, APPENDS, ADDITEMS
       std::vector<PickleValuePtr> items;
       if (op == 'a') items.push_back(pop());
       else items = pop_to_mark();
@@ -354,7 +381,8 @@ void PickleMachine::step(uint8_t op) {
       // An instance of a list subclass: its items are not kept (no checkpoint needs them).
       return;
     }
-    case 's': case 'u': {  // SETITEM, SETITEMS
+    case 's':
+    case 'u': {  // SETITEM, SETITEMS
       std::vector<PickleValuePtr> flat;
       if (op == 's') {
         flat.resize(2);
@@ -384,7 +412,8 @@ void PickleMachine::step(uint8_t op) {
       push(call(func, args));
       return;
     }
-    case 0x81: case 0x92: {  // NEWOBJ, NEWOBJ_EX: cls.__new__(cls, *args[, **kwargs])
+    case 0x81:
+    case 0x92: {              // NEWOBJ, NEWOBJ_EX: cls.__new__(cls, *args[, **kwargs])
       if (op == 0x92) pop();  // the keyword arguments
       const PickleValuePtr args = pop(), cls = pop();
       if (args->kind != Kind::Tuple) corrupt("NEWOBJ with arguments that are not a tuple");
@@ -423,10 +452,13 @@ void PickleMachine::step(uint8_t op) {
       }
       return;
     }
-    case 'Q': push(persistent_load(pop())); return;  // BINPERSID
+    case 'Q': push(persistent_load(pop())); return;                                 // BINPERSID
     case 'P': push(persistent_load(make_text(Kind::String, take_line()))); return;  // PERSID
-    case 0x82: case 0x83: case 0x84: corrupt("an EXT opcode (copyreg's extension registry), which torch.save never writes");
-    case 0x97: case 0x98: corrupt("an out-of-band buffer (pickle protocol 5), which torch.save never writes");
+    case 0x82:
+    case 0x83:
+    case 0x84: corrupt("an EXT opcode (copyreg's extension registry), which torch.save never writes");
+    case 0x97:
+    case 0x98: corrupt("an out-of-band buffer (pickle protocol 5), which torch.save never writes");
     default: {
       char hex[8];
       std::snprintf(hex, sizeof hex, "0x%02x", op);

@@ -19,8 +19,7 @@ using torch::autograd::variable_list;
 std::atomic<Backend> g_backend{Backend::automatic};
 
 bool use_kernels(const torch::Tensor& input) {
-  return g_backend.load() == Backend::automatic && input.device().is_cpu() &&
-         input.scalar_type() == torch::kFloat32;
+  return g_backend.load() == Backend::automatic && input.device().is_cpu() && input.scalar_type() == torch::kFloat32;
 }
 
 void check_alpha_values(const torch::Tensor& alpha) {
@@ -146,9 +145,9 @@ std::pair<torch::Tensor, torch::Tensor> kernel_backward(const torch::Tensor& inp
   torch::Tensor grad_input = torch::empty_like(in);
   std::vector<double> sums(static_cast<size_t>(alpha.numel()));
   for_each_alpha_slice(in, alpha, [&](int64_t begin, int64_t count, float a, int64_t c) {
-    sums[static_cast<size_t>(c)] = p.backward(in.data_ptr<float>() + begin, g.data_ptr<float>() + begin,
-                                              static_cast<size_t>(count), a, variant,
-                                              grad_input.data_ptr<float>() + begin, kernels::default_isa(), norm);
+    sums[static_cast<size_t>(c)] =
+        p.backward(in.data_ptr<float>() + begin, g.data_ptr<float>() + begin, static_cast<size_t>(count), a, variant,
+                   grad_input.data_ptr<float>() + begin, kernels::default_isa(), norm);
   });
   torch::Tensor grad_alpha = torch::tensor(sums, torch::kFloat64).to(alpha.scalar_type()).reshape(alpha.sizes());
   return {grad_input, grad_alpha.to(alpha.device())};
@@ -187,9 +186,9 @@ class RcfFunction : public torch::autograd::Function<RcfFunction> {
     const kernels::Normalisation norm{static_cast<float>(ctx->saved_data["shift"].toDouble()),
                                       static_cast<float>(ctx->saved_data["scale"].toDouble())};
     const kernels::Projector& p = projector_for(spec);
-    const auto [grad_input, grad_alpha] =
-        use_kernels(input) ? kernel_backward(input, grads[0], alpha, p, spec.variant, norm)
-                           : ops_backward(input, grads[0], alpha, p.level_set(), spec.variant, norm);
+    const auto [grad_input, grad_alpha] = use_kernels(input)
+                                              ? kernel_backward(input, grads[0], alpha, p, spec.variant, norm)
+                                              : ops_backward(input, grads[0], alpha, p.level_set(), spec.variant, norm);
     return {grad_input, grad_alpha, torch::Tensor(), torch::Tensor()};
   }
 };
@@ -222,8 +221,10 @@ const kernels::Projector& projector_for(const QuantizerSpec& spec) {
   std::lock_guard<std::mutex> lock(mutex);
   auto it = cache.find(key);
   if (it == cache.end())
-    it = cache.emplace(key, std::make_unique<kernels::Projector>(levels::LevelSet::make(spec.kind, spec.bits, spec.role)))
-             .first;
+    it =
+        cache
+            .emplace(key, std::make_unique<kernels::Projector>(levels::LevelSet::make(spec.kind, spec.bits, spec.role)))
+            .first;
   return *it->second;
 }
 

@@ -34,14 +34,19 @@ std::optional<c10::ScalarType> storage_scalar_type(std::string name) {
       name = name.substr(std::strlen(prefix));
       break;
     }
-  static const std::map<std::string, c10::ScalarType> types{
-      {"FloatStorage", c10::kFloat},          {"DoubleStorage", c10::kDouble},
-      {"HalfStorage", c10::kHalf},            {"BFloat16Storage", c10::kBFloat16},
-      {"LongStorage", c10::kLong},            {"IntStorage", c10::kInt},
-      {"ShortStorage", c10::kShort},          {"CharStorage", c10::kChar},
-      {"ByteStorage", c10::kByte},            {"BoolStorage", c10::kBool},
-      {"ComplexFloatStorage", c10::kComplexFloat}, {"ComplexDoubleStorage", c10::kComplexDouble},
-      {"UntypedStorage", c10::kByte}};
+  static const std::map<std::string, c10::ScalarType> types{{"FloatStorage", c10::kFloat},
+                                                            {"DoubleStorage", c10::kDouble},
+                                                            {"HalfStorage", c10::kHalf},
+                                                            {"BFloat16Storage", c10::kBFloat16},
+                                                            {"LongStorage", c10::kLong},
+                                                            {"IntStorage", c10::kInt},
+                                                            {"ShortStorage", c10::kShort},
+                                                            {"CharStorage", c10::kChar},
+                                                            {"ByteStorage", c10::kByte},
+                                                            {"BoolStorage", c10::kBool},
+                                                            {"ComplexFloatStorage", c10::kComplexFloat},
+                                                            {"ComplexDoubleStorage", c10::kComplexDouble},
+                                                            {"UntypedStorage", c10::kByte}};
   const auto it = types.find(name);
   if (it == types.end()) return std::nullopt;
   return it->second;
@@ -87,7 +92,8 @@ StorageId parse_storage_id(const PickleValue& id, const std::string& source) {
   if (f[2]->kind == Kind::String) s.key = f[2]->text;
   else if (f[2]->kind == Kind::Int) s.key = std::to_string(f[2]->integer);
   else fail(source, "corrupt pickle: a storage key that is " + f[2]->describe());
-  if (f[4]->kind != Kind::Int || f[4]->integer < 0) fail(source, "corrupt pickle: storage " + printable(s.key) + " has a bad size");
+  if (f[4]->kind != Kind::Int || f[4]->integer < 0)
+    fail(source, "corrupt pickle: storage " + printable(s.key) + " has a bad size");
   s.numel = f[4]->integer;
   if (f.size() > 5 && f[5]->kind != Kind::None) s.view = f[5].get();
   return s;
@@ -154,7 +160,8 @@ void check_zip_record_sizes(const uint8_t* data, size_t size, const std::string&
       e = field + len;
     }
     if (uncompressed / 1032 > compressed + 1024)
-      fail(source, "corrupt zip: record " + printable(std::string(reinterpret_cast<const char*>(h + 46), name_len), 80) + " claims " +
+      fail(source, "corrupt zip: record " +
+                       printable(std::string(reinterpret_cast<const char*>(h + 46), name_len), 80) + " claims " +
                        std::to_string(uncompressed) + " bytes, more than its " + std::to_string(compressed) +
                        " compressed bytes can hold");
     offset += 46 + name_len + extra_len + comment_len;
@@ -170,7 +177,8 @@ PickleValuePtr read_zip(const uint8_t* data, size_t size, const std::string& sou
   try {
     // (LibTorch 1.13 leaks a few hundred bytes when this constructor throws: a fuzzer of this
     // code needs leak detection off or a suppression for libtorch_cpu.)
-    reader = std::make_unique<caffe2::serialize::PyTorchStreamReader>(std::make_shared<BoundedMemoryAdapter>(data, size));
+    reader =
+        std::make_unique<caffe2::serialize::PyTorchStreamReader>(std::make_shared<BoundedMemoryAdapter>(data, size));
     records = reader->getAllRecords();
   } catch (const c10::Error& e) {
     fail(source, "truncated or corrupt zip file (" + c10_message(e) + ")");
@@ -203,13 +211,15 @@ PickleValuePtr read_zip(const uint8_t* data, size_t size, const std::string& sou
     const StorageId s = parse_storage_id(id, source);
     if (const auto it = storages.find(s.key); it != storages.end()) return it->second;
     const std::string name = prefix + "data/" + s.key;
-    if (!reader->hasRecord(name)) fail(source, "storage key " + printable(s.key) + " missing (no record " + printable(name) + ")");
+    if (!reader->hasRecord(name))
+      fail(source, "storage key " + printable(s.key) + " missing (no record " + printable(name) + ")");
     auto [bytes, n] = get_record(name);
     const size_t element = c10::elementSize(s.type);
     if (static_cast<uint64_t>(s.numel) > n / element)
-      fail(source, "storage " + printable(s.key) + " holds " + std::to_string(n) + " bytes, " + std::to_string(s.numel) +
-                       " elements were promised");
-    return storages[s.key] = storage_value(storage_from_bytes(static_cast<const uint8_t*>(bytes.get()), s.numel, s.type));
+      fail(source, "storage " + printable(s.key) + " holds " + std::to_string(n) + " bytes, " +
+                       std::to_string(s.numel) + " elements were promised");
+    return storages[s.key] =
+               storage_value(storage_from_bytes(static_cast<const uint8_t*>(bytes.get()), s.numel, s.type));
   };
   auto [bytes, n] = get_record(pickle);
   detail::PickleMachine machine(static_cast<const uint8_t*>(bytes.get()), n, source, " of " + printable(pickle), load);
@@ -234,7 +244,8 @@ PickleValuePtr read_legacy(const uint8_t* data, size_t size, const std::string& 
   if (version->kind != Kind::Int || version->integer != 1001)
     fail(source, "unsupported legacy torch.save protocol " + version->describe());
   const PickleValuePtr sys_info = next(nullptr);
-  if (const PickleValue* little = sys_info->get("little_endian"); little && little->kind == Kind::Bool && !little->boolean)
+  if (const PickleValue* little = sys_info->get("little_endian");
+      little && little->kind == Kind::Bool && !little->boolean)
     fail(source, "saved on a big-endian machine, which this reader does not support");
 
   struct Root {
@@ -243,7 +254,7 @@ PickleValuePtr read_legacy(const uint8_t* data, size_t size, const std::string& 
   };
   std::map<std::string, Root> roots;
   std::map<std::string, PickleValuePtr> values;  // root and view keys -> storage value
-  uint64_t budget = size;  // every storage's bytes must still be in the file
+  uint64_t budget = size;                        // every storage's bytes must still be in the file
   auto load = [&](const PickleValue& id) -> PickleValuePtr {
     const StorageId s = parse_storage_id(id, source);
     const size_t element = c10::elementSize(s.type);
@@ -300,12 +311,14 @@ PickleValuePtr read_torch_bytes(const void* data, size_t size, const std::string
   const auto* bytes = static_cast<const uint8_t*>(data);
   try {
     if (size == 0) fail(source, "empty file, not a torch.save file");
-    if (size >= 4 && bytes[0] == 'P' && bytes[1] == 'K' && ((bytes[2] == 3 && bytes[3] == 4) || (bytes[2] == 5 && bytes[3] == 6)))
+    if (size >= 4 && bytes[0] == 'P' && bytes[1] == 'K' &&
+        ((bytes[2] == 3 && bytes[3] == 4) || (bytes[2] == 5 && bytes[3] == 6)))
       return read_zip(bytes, size, source);
     // Legacy files start with the magic number: PROTO and LONG1 from protocol 2 on, a text
     // LONG with protocol 1.
     static const char kTextMagic[] = "L119547037146038801333356L\n";
-    if (bytes[0] == 0x80 || (size >= sizeof kTextMagic - 1 && std::memcmp(bytes, kTextMagic, sizeof kTextMagic - 1) == 0))
+    if (bytes[0] == 0x80 ||
+        (size >= sizeof kTextMagic - 1 && std::memcmp(bytes, kTextMagic, sizeof kTextMagic - 1) == 0))
       return read_legacy(bytes, size, source);
     if (size > 262 && std::memcmp(bytes + 257, "ustar", 5) == 0)
       fail(source, "a tar-format torch.save file (PyTorch < 0.4), which this reader does not support");
@@ -347,8 +360,11 @@ std::string PickleValue::describe() const {
     case Kind::List: return "list (" + std::to_string(items.size()) + " items)";
     case Kind::Tuple: return "tuple (" + std::to_string(items.size()) + " items)";
     case Kind::Dict: return "dict (" + std::to_string(entries.size()) + " entries)";
-    case Kind::Tensor: return "tensor " + std::string(c10::toString(tensor.scalar_type())) + " " + c10::str(tensor.sizes());
-    case Kind::Storage: return "storage " + std::string(c10::toString(tensor.scalar_type())) + " (" + std::to_string(tensor.numel()) + ")";
+    case Kind::Tensor:
+      return "tensor " + std::string(c10::toString(tensor.scalar_type())) + " " + c10::str(tensor.sizes());
+    case Kind::Storage:
+      return "storage " + std::string(c10::toString(tensor.scalar_type())) + " (" + std::to_string(tensor.numel()) +
+             ")";
     case Kind::Global: return printable(text);
     case Kind::Object: return printable(text) + " object";
   }
@@ -370,7 +386,8 @@ bool is_state_dict(const PickleValue& v, const std::string& source) {
     if (k->kind != Kind::String) return false;
     if (value->kind == Kind::Tensor) ++tensors;
     else if (value->kind == Kind::Object && starts_with(value->text, "torch._utils._rebuild") && unsupported.empty())
-      unsupported = "'" + printable(k->text) + "' is a tensor of a kind this reader does not support (" + printable(value->text) + ")";
+      unsupported = "'" + printable(k->text) + "' is a tensor of a kind this reader does not support (" +
+                    printable(value->text) + ")";
     else if (k->text != "_metadata" && !ends_with(k->text, "_extra_state")) return false;
   }
   if (tensors && !unsupported.empty()) fail(source, unsupported);
@@ -395,17 +412,21 @@ void collect_state_dicts(const PickleValue& v, const std::string& path, int dept
     if (k->kind != Kind::String) continue;
     const std::string name = path.empty() ? k->text : path + "." + k->text;
     if (is_state_dict(*value, source)) found.emplace_back(name, value.get());
-    else if (depth < 2 && std::find(std::begin(kWrapperKeys), std::end(kWrapperKeys), k->text) != std::end(kWrapperKeys))
+    else if (depth < 2 &&
+             std::find(std::begin(kWrapperKeys), std::end(kWrapperKeys), k->text) != std::end(kWrapperKeys))
       collect_state_dicts(*value, name, depth + 1, source, found);
   }
 }
 
 // `key` as an entry of `v`, or dotted ("checkpoint.model") through nested dictionaries.
-const PickleValue& resolve_key(const PickleValue& v, const std::string& key, const std::string& full, const std::string& source) {
-  if (v.kind != Kind::Dict) fail(source, "has no entry '" + full + "' (the value there is " + v.describe() + "); check --key");
+const PickleValue& resolve_key(const PickleValue& v, const std::string& key, const std::string& full,
+                               const std::string& source) {
+  if (v.kind != Kind::Dict)
+    fail(source, "has no entry '" + full + "' (the value there is " + v.describe() + "); check --key");
   if (const PickleValue* direct = v.get(key)) return *direct;
   for (size_t dot = key.find('.'); dot != std::string::npos; dot = key.find('.', dot + 1))
-    if (const PickleValue* head = v.get(key.substr(0, dot))) return resolve_key(*head, key.substr(dot + 1), full, source);
+    if (const PickleValue* head = v.get(key.substr(0, dot)))
+      return resolve_key(*head, key.substr(dot + 1), full, source);
   fail(source, "has no entry '" + full + "' (keys there: " + list_keys(v) + "); check --key");
 }
 
@@ -426,7 +447,8 @@ std::map<std::string, torch::Tensor> find_state_dict(const PickleValue& root, co
     }
     if (found.empty())
       fail(source, "holds no state dict (a dictionary of tensors)" + (key.empty() ? "" : " under '" + key + "'") +
-                       ": found " + start.describe() + (start.kind == Kind::Dict ? " with keys " + list_keys(start) : ""));
+                       ": found " + start.describe() +
+                       (start.kind == Kind::Dict ? " with keys " + list_keys(start) : ""));
     state = found.front().second;
   }
   std::map<std::string, torch::Tensor> out;

@@ -46,7 +46,8 @@ void check_layer(const LayerRecord& r, size_t index, uint64_t blob_size, const s
   if (r.weight_level_count == 0 || r.weight_level_count > (1u << r.weight_bits))
     throw FormatError(where + "weight level count does not fit the code width");
   if (!fits(r.weights, packed_weight_bytes(r), blob_size)) throw FormatError(where + "weights outside the blob");
-  if (!fits(r.weight_levels, r.weight_level_count, blob_size)) throw FormatError(where + "weight levels outside the blob");
+  if (!fits(r.weight_levels, r.weight_level_count, blob_size))
+    throw FormatError(where + "weight levels outside the blob");
   const uint64_t floats = uint64_t(r.out_channels) * 4;
   if (!fits(r.scale, floats, blob_size) || !fits(r.bias, floats, blob_size) || r.scale % 4 || r.bias % 4)
     throw FormatError(where + "scale or bias outside the blob or misaligned");
@@ -65,8 +66,9 @@ ParsedFile parse_apot(const uint8_t* bytes, size_t size, const std::string& name
   std::memcpy(&h, bytes, sizeof h);
   if (std::memcmp(h.magic, kMagic, 8) != 0) throw FormatError(name + ": not an .apot file (wrong magic)");
   if (h.version == 1)
-    throw FormatError(name + ": written by an earlier apot (.apot version 1, ResNets only); export it again from its "
-                             "checkpoint: apot export --checkpoint CKPT --out FILE");
+    throw FormatError(name +
+                      ": written by an earlier apot (.apot version 1, ResNets only); export it again from its "
+                      "checkpoint: apot export --checkpoint CKPT --out FILE");
   if (h.version != kFormatVersion)
     throw FormatError(name + ": .apot version " + std::to_string(h.version) + " is not supported (this reader reads " +
                       std::to_string(kFormatVersion) + ")");

@@ -41,11 +41,11 @@ struct Layer {
 };
 
 enum class StepKind {
-  image,        // the image (NCHW) -> an NHWC float buffer, for consumers other than int8 convolutions
-  requantize,   // a float value -> the input codes of quantised layer `layer`
-  conv_codes,   // quantised convolution, fused epilogue (residual, ReLU, float values, codes)
-  conv_float,   // int8 convolution on a float input (the image, or a float value)
-  linear,       // int8 linear layer
+  image,       // the image (NCHW) -> an NHWC float buffer, for consumers other than int8 convolutions
+  requantize,  // a float value -> the input codes of quantised layer `layer`
+  conv_codes,  // quantised convolution, fused epilogue (residual, ReLU, float values, codes)
+  conv_float,  // int8 convolution on a float input (the image, or a float value)
+  linear,      // int8 linear layer
   add,
   max_pool,
   avg_pool,
@@ -56,8 +56,8 @@ enum class StepKind {
 
 struct Step {
   StepKind kind = StepKind::image;
-  int node = -1;   // the node whose value the step makes (requantize: the value it reads)
-  int layer = -1;  // conv, linear: the layer; requantize: the consumer
+  int node = -1;           // the node whose value the step makes (requantize: the value it reads)
+  int layer = -1;          // conv, linear: the layer; requantize: the consumer
   std::vector<int> reads;  // nodes whose float values the step reads
   int out = -1;            // float buffer written, -1 for none
   std::vector<int> in;     // float buffers of `reads`
@@ -66,15 +66,15 @@ struct Step {
   int residual = -1, residual_buffer = -1;
   int codes_for = -1;
   bool relu = false;
-  int pool = -1;         // conv_float on the image: a fused 3x3 / 2 max-pool node
-  bool tapped = false;   // its value is one of run_with_taps' outputs
+  int pool = -1;        // conv_float on the image: a fused 3x3 / 2 max-pool node
+  bool tapped = false;  // its value is one of run_with_taps' outputs
 };
 
 // Working memory for one image at a time, sized for the model once.
 struct Workspace {
   std::vector<std::vector<uint8_t>> code_bytes;  // per code buffer (Impl::code_buffer)
-  std::vector<kernels::CodeImage> codes;          // per layer; empty for float layers
-  std::vector<float> image_bytes;                 // the input image with a zero border
+  std::vector<kernels::CodeImage> codes;         // per layer; empty for float layers
+  std::vector<float> image_bytes;                // the input image with a zero border
   kernels::FloatImage image;
   std::vector<uint8_t> pixel_bytes;  // the same as 8-bit pixels, if it is made of them
   kernels::PixelImage pixels;
@@ -124,7 +124,7 @@ struct Model::Impl {
   std::vector<Layer> layers;
   std::vector<int> layer_of;  // per node: its layer, or -1
   std::vector<Step> steps;
-  std::vector<int> taps;      // tap nodes, in step order
+  std::vector<int> taps;  // tap nodes, in step order
   int float_buffers = 0;
   size_t max_feature = 0;  // the largest float value of one image, in floats
   size_t max_padded = 0;   // the largest padded float input of a conv_float step not on the image
@@ -214,14 +214,15 @@ struct Model::Impl {
       kernels::CodeImage rows = all;
       rows.data += size_t(y0) * all.padded_w() * all.cs;
       rows.h = y1 - y0;
-      kernels::requantize(values + size_t(y0) * s.width * s.channels, y1 - y0, s.width, s.channels, l.input, rows, o.isa);
+      kernels::requantize(values + size_t(y0) * s.width * s.channels, y1 - y0, s.width, s.channels, l.input, rows,
+                          o.isa);
     });
   }
 
-  static void max_pool(const float* in, int h, int w, int c, float* out, int y0, int y1, int in_row0, const RunOptions& o) {
-    parallel_rows(o.threads, y1 - y0, [&](int a, int b) {
-      kernels::max_pool_3x3s2(in, h, w, c, out, o.isa, y0 + a, y0 + b, in_row0);
-    });
+  static void max_pool(const float* in, int h, int w, int c, float* out, int y0, int y1, int in_row0,
+                       const RunOptions& o) {
+    parallel_rows(o.threads, y1 - y0,
+                  [&](int a, int b) { kernels::max_pool_3x3s2(in, h, w, c, out, o.isa, y0 + a, y0 + b, in_row0); });
   }
 
   void conv_on_image(const Step& s, const float* image, Workspace& ws, float* out, const RunOptions& o) const;
@@ -236,7 +237,9 @@ void Model::Impl::compile() {
   const graph::Graph& graph = g();
   const size_t n = graph.size();
   const auto consumers = graph.consumers();
-  auto quantized = [&](int node) { return layer_of[size_t(node)] >= 0 && layers[size_t(layer_of[size_t(node)])].quantized(); };
+  auto quantized = [&](int node) {
+    return layer_of[size_t(node)] >= 0 && layers[size_t(layer_of[size_t(node)])].quantized();
+  };
   // A sum of two values fuses into the epilogue of the quantised convolution that produces one
   // of them (the later one, so that the other is ready), if that is its only reader and it has
   // no activation of its own.
@@ -255,9 +258,7 @@ void Model::Impl::compile() {
   // Values that an epilogue makes, and the quantised reader that gets its codes from it (the
   // last one; the others requantise the float value right before they run).
   std::vector<int> codes_for(n, -1);
-  auto from_epilogue = [&](size_t v) {
-    return (quantized(int(v)) && fused_into[v] < 0) || fused_conv[v] >= 0;
-  };
+  auto from_epilogue = [&](size_t v) { return (quantized(int(v)) && fused_into[v] < 0) || fused_conv[v] >= 0; };
   for (size_t v = 0; v < n; ++v) {
     if (!from_epilogue(v)) continue;
     for (int c : consumers[v])
@@ -302,8 +303,7 @@ void Model::Impl::compile() {
     if (node.activation == graph::Activation::clamp)
       throw FormatError("node '" + node.name + "': clamp activations are not supported by this engine yet");
     switch (node.op) {
-      case Op::input:
-        break;
+      case Op::input: break;
       case Op::conv:
         s.layer = layer_of[i];
         if (quantized(int(i))) {
@@ -448,14 +448,16 @@ void Model::Impl::plan_code_buffers() {
   }
   code_buffers = int(shape.size());
   for (size_t i = 0; i < layers.size(); ++i)
-    if (layers[i].quantized() != (code_buffer[i] >= 0)) throw std::logic_error("engine: a quantised layer without codes");
+    if (layers[i].quantized() != (code_buffer[i] >= 0))
+      throw std::logic_error("engine: a quantised layer without codes");
 }
 
 // ---- execution ----
 
 // An int8 convolution reading the image: on 8-bit pixels where it can (a fused max-pool in
 // bands of rows whose stem rows stay in cache), else on the float image.
-void Model::Impl::conv_on_image(const Step& s, const float* image, Workspace& ws, float* out, const RunOptions& o) const {
+void Model::Impl::conv_on_image(const Step& s, const float* image, Workspace& ws, float* out,
+                                const RunOptions& o) const {
   const Layer& stem = layers[size_t(s.layer)];
   const graph::Shape& cs = shape(stem.node);
   const int h = cs.height, w = cs.width, sc = cs.channels;
@@ -508,9 +510,7 @@ void Model::Impl::run_step(const Step& s, const float* image, Workspace& ws, con
             out[(size_t(y) * is.width + x) * is.channels + c] = image[(size_t(c) * is.height + y) * is.width + x];
       break;
     }
-    case StepKind::requantize:
-      requantize(in(0), s.layer, ws, o);
-      break;
+    case StepKind::requantize: requantize(in(0), s.layer, ws, o); break;
     case StepKind::conv_codes: {
       const Layer& l = layers[size_t(s.layer)];
       kernels::ConvOutput co;
@@ -527,7 +527,8 @@ void Model::Impl::run_step(const Step& s, const float* image, Workspace& ws, con
         co.requantizer = &layers[size_t(s.codes_for)].input;
         co.codes = ws.codes[size_t(s.codes_for)];
       }
-      timed(o, s.layer, [&] { kernels::conv_u8s8(ws.codes[size_t(s.layer)], l.packed, l.max_code, co, o.isa, o.threads); });
+      timed(o, s.layer,
+            [&] { kernels::conv_u8s8(ws.codes[size_t(s.layer)], l.packed, l.max_code, co, o.isa, o.threads); });
       if (taps) taps->emplace_back(co.values, co.values + os.size());
       return;
     }
@@ -594,9 +595,7 @@ void Model::Impl::run_step(const Step& s, const float* image, Workspace& ws, con
       for (int ci = 0; ci < channels; ++ci) out[ci] /= float(pixels);
       break;
     }
-    case StepKind::flatten:
-      std::copy_n(in(0), size_t(os.size()), out);
-      break;
+    case StepKind::flatten: std::copy_n(in(0), size_t(os.size()), out); break;
     case StepKind::shortcut_pad: {  // option A: subsample, zero-pad channels
       const graph::Shape& is = shape(s.reads[0]);
       const int before = (os.channels - is.channels) / 2;
@@ -650,7 +649,8 @@ void check_record(const LayerRecord& r, const graph::Graph& g, int node, const s
   const std::string where = name + ": node '" + n.name + "': ";
   const bool linear = n.op == Op::linear;
   uint32_t want_kind = 0;
-  if (n.quant.mode == graph::LayerQuant::Mode::int8) want_kind = uint32_t(linear ? LayerKind::float_linear : LayerKind::float_conv);
+  if (n.quant.mode == graph::LayerQuant::Mode::int8)
+    want_kind = uint32_t(linear ? LayerKind::float_linear : LayerKind::float_conv);
   if (n.quant.mode == graph::LayerQuant::Mode::quantized && !linear) want_kind = uint32_t(LayerKind::quantized_conv);
   if (want_kind == 0)
     throw FormatError(where + "the engine does not run " + n.quant.describe() + " " + to_string(n.op) + " layers");
@@ -660,7 +660,8 @@ void check_record(const LayerRecord& r, const graph::Graph& g, int node, const s
   if (r.in_channels != in_channels || r.out_channels != uint32_t(n.out_channels) ||
       r.kernel != uint32_t(linear ? 1 : n.kernel) || r.stride != uint32_t(linear ? 1 : n.stride) ||
       r.padding != uint32_t(linear ? 0 : n.padding) || r.groups != uint32_t(linear ? 1 : n.groups))
-    throw FormatError(where + "its layer record does not match the graph (channels, kernel, stride, padding or groups)");
+    throw FormatError(where +
+                      "its layer record does not match the graph (channels, kernel, stride, padding or groups)");
   if (r.groups != 1) throw FormatError(where + "grouped convolutions are not supported by this engine yet");
   if (r.kind == uint32_t(LayerKind::quantized_conv)) {
     if (n.quant.signed_input) throw FormatError(where + "signed inputs are not supported by this engine yet");
@@ -724,7 +725,8 @@ Model Model::from_bytes(const std::vector<uint8_t>& bytes, const std::string& na
     l.bias.assign(floats, floats + r.out_channels);
     const std::vector<int8_t> w = weight_integers(r, file.blob, name);
     const int K = int(r.kernel * r.kernel * r.in_channels), out = int(r.out_channels);
-    const int in_channels = int(r.in_channels), kernel = int(r.kernel), stride = int(r.stride), padding = int(r.padding);
+    const int in_channels = int(r.in_channels), kernel = int(r.kernel), stride = int(r.stride),
+              padding = int(r.padding);
     if (r.kind == uint32_t(LayerKind::quantized_conv)) {
       l.packed = kernels::pack_conv(w.data(), out, in_channels, kernel, stride, padding);
       try {
@@ -756,7 +758,8 @@ Model Model::from_bytes(const std::vector<uint8_t>& bytes, const std::string& na
         }
       } else {
         const graph::Shape& is = g.input_shape_of(node);
-        impl->max_padded = std::max(impl->max_padded, size_t(is.height + 2 * padding) * (is.width + 2 * padding) * is.channels);
+        impl->max_padded =
+            std::max(impl->max_padded, size_t(is.height + 2 * padding) * (is.width + 2 * padding) * is.channels);
       }
     } else {
       l.weights_k_out.resize(size_t(K) * out);
@@ -797,7 +800,8 @@ void check_input(const float* input, int batch, size_t image) {
       std::memcpy(&bits, x + i, 4);
       non_finite |= uint32_t((bits & 0x7f800000u) == 0x7f800000u);
     }
-    if (non_finite) throw std::invalid_argument("input holds a NaN or infinite value (image " + std::to_string(b) + ")");
+    if (non_finite)
+      throw std::invalid_argument("input holds a NaN or infinite value (image " + std::to_string(b) + ")");
   }
 }
 }  // namespace

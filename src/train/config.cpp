@@ -1,12 +1,12 @@
 // TrainConfig <-> TOML recipes, --set overrides and JSON, through one table of fields.
 #include "apot/train/config.h"
 
+#include <toml++/toml.h>
 #include <cmath>
 #include <filesystem>
 #include <fstream>
 #include <functional>
 #include <nlohmann/json.hpp>
-#include <toml++/toml.h>
 
 #include "apot/graph/architectures.h"
 #include "apot/levels/level_set.h"
@@ -99,6 +99,7 @@ const std::vector<Field>& fields() {
       field("quant.act_alpha_init", &TrainConfig::act_alpha_init),
       field("quant.int8_first_last", &TrainConfig::int8_first_last),
       field("init.from", &TrainConfig::init),
+      field("init.key", &TrainConfig::init_key),
       field("optim.epochs", &TrainConfig::epochs),
       field("optim.lr", &TrainConfig::lr),
       field("optim.momentum", &TrainConfig::momentum),
@@ -156,16 +157,20 @@ void set_layer_field(TrainConfig& c, const std::string& layer, const std::string
     if (!v.is_boolean()) type_error(key, "true or false");
     o.full_precision = *v.value<bool>();
   } else {
-    throw ConfigError("unknown config key '" + key + "' (a layer override has weight_bits, act_bits, kind, full_precision)");
+    throw ConfigError("unknown config key '" + key +
+                      "' (a layer override has weight_bits, act_bits, kind, full_precision)");
   }
 }
 
 void apply_layers(TrainConfig& c, const toml::table& layers) {
   for (const auto& [name, v] : layers) {
     const toml::table* fields = v.as_table();
-    if (!fields) type_error(std::string(kLayersKey) + ".\"" + std::string(name.str()) + "\"", "a table such as { weight_bits = 8 }");
+    if (!fields)
+      type_error(std::string(kLayersKey) + ".\"" + std::string(name.str()) + "\"",
+                 "a table such as { weight_bits = 8 }");
     c.layers[std::string(name.str())];
-    for (const auto& [field, value] : *fields) set_layer_field(c, std::string(name.str()), std::string(field.str()), value);
+    for (const auto& [field, value] : *fields)
+      set_layer_field(c, std::string(name.str()), std::string(field.str()), value);
   }
 }
 
@@ -175,10 +180,8 @@ void apply_table(TrainConfig& c, const toml::table& table, const std::string& pr
     if (key == kLayersKey) {
       if (!v.as_table()) type_error(key, "a table of layer names");
       apply_layers(c, *v.as_table());
-    } else if (const toml::table* sub = v.as_table())
-      apply_table(c, *sub, key, source);
-    else
-      find_field(key, source).set(c, v);
+    } else if (const toml::table* sub = v.as_table()) apply_table(c, *sub, key, source);
+    else find_field(key, source).set(c, v);
   }
 }
 

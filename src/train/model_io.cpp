@@ -70,8 +70,8 @@ EvalResult evaluate(qat::Network& model, data::Loader& loader) {
   data::Batch batch;
   while (loader.next(batch)) {
     const torch::Tensor logits = model(batch.images);
-    loss_sum += torch::nn::functional::cross_entropy(logits, batch.labels,
-                                                     torch::nn::functional::CrossEntropyFuncOptions().reduction(torch::kSum))
+    loss_sum += torch::nn::functional::cross_entropy(
+                    logits, batch.labels, torch::nn::functional::CrossEntropyFuncOptions().reduction(torch::kSum))
                     .item<double>();
     const torch::Tensor topk = std::get<1>(logits.topk(std::min<int64_t>(5, classes), 1));
     const torch::Tensor hits = topk.eq(batch.labels.unsqueeze(1));
@@ -155,7 +155,9 @@ void save_checkpoint(const std::string& path, const qat::Network& model, const t
   archive.save_to(tmp);
   fsync_path(tmp);
   if (std::rename(tmp.c_str(), path.c_str()) != 0) throw TrainingError(path + ": cannot rename checkpoint into place");
-  fsync_path(std::filesystem::path(path).parent_path().string().empty() ? "." : std::filesystem::path(path).parent_path().string());
+  fsync_path(std::filesystem::path(path).parent_path().string().empty()
+                 ? "."
+                 : std::filesystem::path(path).parent_path().string());
 }
 
 namespace {

@@ -27,7 +27,8 @@ double schedule_factor(const TrainConfig& c, double epoch_position) {
   double factor = 1.0;
   if (c.warmup_epochs > 0 && epoch_position < c.warmup_epochs) factor = (epoch_position + 1e-9) / c.warmup_epochs;
   if (c.schedule == "cosine") {
-    const double t = std::clamp((epoch_position - c.warmup_epochs) / std::max(1e-9, c.epochs - c.warmup_epochs), 0.0, 1.0);
+    const double t =
+        std::clamp((epoch_position - c.warmup_epochs) / std::max(1e-9, c.epochs - c.warmup_epochs), 0.0, 1.0);
     factor *= 0.5 * (1.0 + std::cos(M_PI * t));
   } else {
     for (int m : c.milestones)
@@ -44,12 +45,10 @@ Groups split_parameters(qat::Network& model) {
   Groups g;
   for (auto& p : model->named_parameters()) {
     const std::string& name = p.key();
-    if (name.size() >= 9 && name.compare(name.size() - 9, 9, "act_alpha") == 0)
-      g.act_alphas.push_back(p.value());
+    if (name.size() >= 9 && name.compare(name.size() - 9, 9, "act_alpha") == 0) g.act_alphas.push_back(p.value());
     else if (name.size() >= 12 && name.compare(name.size() - 12, 12, "weight_alpha") == 0)
       g.weight_alphas.push_back(p.value());
-    else
-      g.weights.push_back(p.value());
+    else g.weights.push_back(p.value());
   }
   return g;
 }
@@ -101,7 +100,7 @@ data::TransformOptions transform_for(const TrainConfig& c, const data::DataSpec&
 }
 
 // Initialises the model from a previous run's checkpoint or a PyTorch state dict.
-void initialise_from(qat::Network& model, const std::string& path, std::ostream& log) {
+void initialise_from(qat::Network& model, const std::string& path, const std::string& key, std::ostream& log) {
   if (path.empty()) return;
   const std::string ext = fs::path(path).extension().string();
   if (ext == ".ckpt") {
@@ -114,7 +113,7 @@ void initialise_from(qat::Network& model, const std::string& path, std::ostream&
     log << "initialised from " << path << " (" << meta.config.kind << " W" << meta.config.weight_bits << "A"
         << meta.config.act_bits << ", epoch " << meta.epoch << ")\n";
   } else {
-    qat::import_state_dict(*model, path);
+    qat::import_state_dict(*model, path, key);
     log << "initialised from the state dict " << path << "\n";
   }
 }
@@ -128,7 +127,8 @@ std::string bar(double fraction, int width) {
 
 TrainSummary run_training(const TrainConfig& c, const std::string& out_dir, bool resume, std::ostream& log) {
   c.validate();
-  torch::set_num_threads(c.threads > 0 ? c.threads : static_cast<int>(std::max(1u, std::thread::hardware_concurrency())));
+  torch::set_num_threads(c.threads > 0 ? c.threads
+                                       : static_cast<int>(std::max(1u, std::thread::hardware_concurrency())));
   torch::manual_seed(c.seed);
   fs::create_directories(out_dir);
   const Clock::time_point start = Clock::now();
@@ -147,7 +147,8 @@ TrainSummary run_training(const TrainConfig& c, const std::string& out_dir, bool
   for (size_t i = 0; i < order.size(); ++i) order[i] = i;
   data::SampleRng split_rng(data::mix_seed(c.seed, 0x5EED));
   for (size_t i = order.size(); i > 1; --i) std::swap(order[i - 1], order[split_rng.next() % i]);
-  std::vector<size_t> val_indices(order.end() - c.val_size, order.end()), train_indices(order.begin(), order.end() - c.val_size);
+  std::vector<size_t> val_indices(order.end() - c.val_size, order.end()),
+      train_indices(order.begin(), order.end() - c.val_size);
   std::sort(val_indices.begin(), val_indices.end());
 
   data::LoaderOptions train_lo;
@@ -198,7 +199,7 @@ TrainSummary run_training(const TrainConfig& c, const std::string& out_dir, bool
     summary.final_test_top1 = meta.metrics["test_top1"];
     log << "resuming " << last_path << " after epoch " << meta.epoch << "\n";
   } else {
-    initialise_from(model, c.init, log);
+    initialise_from(model, c.init, c.init_key, log);
     std::ofstream(metrics_path, std::ios::trunc);
   }
   model->train();
@@ -210,7 +211,8 @@ TrainSummary run_training(const TrainConfig& c, const std::string& out_dir, bool
   log << "training " << model->graph().arch << " "
       << (c.quantized() ? c.kind + " W" + std::to_string(c.weight_bits) + "A" + std::to_string(c.act_bits) : "fp32")
       << " on " << spec.text() << ": " << train_indices.size() << " train / " << val_indices.size() << " validation / "
-      << test_set->size() << " test examples, " << c.epochs << " epochs of " << steps_per_epoch << " steps" << std::endl;
+      << test_set->size() << " test examples, " << c.epochs << " epochs of " << steps_per_epoch << " steps"
+      << std::endl;
 
   namespace F = torch::nn::functional;
   const auto loss_options = F::CrossEntropyFuncOptions().label_smoothing(c.label_smoothing);

@@ -1,10 +1,10 @@
 // Helpers of the data tests: temporary directories and small files written by the tests.
 #pragma once
 
+#include <ftw.h>
 #include <gtest/gtest.h>
 #include <png.h>
 #include <turbojpeg.h>
-#include <ftw.h>
 #include <zlib.h>
 
 #include <cstring>

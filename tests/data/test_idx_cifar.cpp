@@ -107,7 +107,8 @@ std::vector<uint8_t> cifar_records(int n, bool cifar100, int label_offset = 0) {
 
 TEST(Cifar, ReadsTenAndHundredWithPlanesToHwc) {
   TempDir dir;
-  for (int i = 1; i <= 5; ++i) write_bytes(dir / ("data_batch_" + std::to_string(i) + ".bin"), cifar_records(3, false, i));
+  for (int i = 1; i <= 5; ++i)
+    write_bytes(dir / ("data_batch_" + std::to_string(i) + ".bin"), cifar_records(3, false, i));
   write_bytes(dir / "test_batch.bin", cifar_records(4, false));
   const auto train = apot::data::load_cifar(dir.str(), true, false);
   EXPECT_EQ(train->size(), 15u);
@@ -116,8 +117,8 @@ TEST(Cifar, ReadsTenAndHundredWithPlanesToHwc) {
   ASSERT_EQ(test->size(), 4u);
   const auto e = test->get(2);
   EXPECT_EQ(e.image.channels, 3);
-  EXPECT_EQ(e.image.pixels[0], 2);        // R of pixel 0
-  EXPECT_EQ(e.image.pixels[1], 52);       // G of pixel 0
+  EXPECT_EQ(e.image.pixels[0], 2);            // R of pixel 0
+  EXPECT_EQ(e.image.pixels[1], 52);           // G of pixel 0
   EXPECT_EQ(e.image.pixels[2 * 3 + 2], 104);  // B of pixel 2: 100 + 2 + 2
   TempDir hundred;
   write_bytes(hundred / "cifar-100-binary/train.bin", cifar_records(3, true, 40));

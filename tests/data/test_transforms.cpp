@@ -81,9 +81,9 @@ TEST(Transforms, Normalisation) {
   t.std = {0.5f, 2.0f};
   float out[4];
   apot::data::to_normalised_chw(img, t, out);
-  EXPECT_FLOAT_EQ(out[0], -1.0f);         // channel 0, pixel 0
+  EXPECT_FLOAT_EQ(out[0], -1.0f);  // channel 0, pixel 0
   EXPECT_FLOAT_EQ(out[1], (0.2f - 0.5f) / 0.5f);
-  EXPECT_FLOAT_EQ(out[2], 0.5f);          // channel 1, pixel 0: 1.0 / 2
+  EXPECT_FLOAT_EQ(out[2], 0.5f);  // channel 1, pixel 0: 1.0 / 2
   TransformOptions bad;
   bad.mean = {0.5f};
   EXPECT_THROW(bad.validate(), apot::data::DataError);

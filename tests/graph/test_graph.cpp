@@ -129,21 +129,26 @@ kernel = 3
 
 TEST(ModelFile, BadFilesNameTheNode) {
   const std::string conv = "[[layer]]\nname = \"a\"\nop = \"conv\"\nout_channels = 4\nkernel = 3\n";
-  EXPECT_NE(error_of([&] { model(conv + "[[layer]]\nname = \"b\"\nop = \"warp\"\n"); }).find("node 'b': unknown op 'warp'"),
-            std::string::npos);
-  EXPECT_NE(error_of([&] { model(conv + "[[layer]]\nname = \"b\"\nop = \"add\"\ninputs = [\"a\", \"z\"]\n"); })
-                .find("node 'b': reads 'z', which is not a layer"),
+  EXPECT_NE(
+      error_of([&] { model(conv + "[[layer]]\nname = \"b\"\nop = \"warp\"\n"); }).find("node 'b': unknown op 'warp'"),
+      std::string::npos);
+  EXPECT_NE(error_of([&] {
+              model(conv + "[[layer]]\nname = \"b\"\nop = \"add\"\ninputs = [\"a\", \"z\"]\n");
+            }).find("node 'b': reads 'z', which is not a layer"),
             std::string::npos);
   const std::string cycle =
       "[[layer]]\nname = \"a\"\nop = \"add\"\ninputs = [\"input\", \"b\"]\n"
       "[[layer]]\nname = \"b\"\nop = \"add\"\ninputs = [\"input\", \"a\"]\n";
-  EXPECT_NE(error_of([&] { model(cycle); }).find("cycle (a -> b -> a)"), std::string::npos) << error_of([&] { model(cycle); });
+  EXPECT_NE(error_of([&] { model(cycle); }).find("cycle (a -> b -> a)"), std::string::npos)
+      << error_of([&] { model(cycle); });
   EXPECT_NE(error_of([&] { model(conv + conv); }).find("node 'a': the name is used twice"), std::string::npos);
-  EXPECT_NE(error_of([&] { model("[[layer]]\nname = \"a\"\nop = \"conv\"\nout_channels = 4\nkernel = 3\nstrid = 2\n"); })
-                .find("node 'a': unknown key 'strid'"),
+  EXPECT_NE(error_of([&] {
+              model("[[layer]]\nname = \"a\"\nop = \"conv\"\nout_channels = 4\nkernel = 3\nstrid = 2\n");
+            }).find("node 'a': unknown key 'strid'"),
             std::string::npos);
-  EXPECT_NE(error_of([&] { model(conv + "[[layer]]\nname = \"b\"\nop = \"conv\"\ninput = \"input\"\nout_channels = 2\nkernel = 1\n"); })
-                .find("node 'a': its output is never used"),
+  EXPECT_NE(error_of([&] {
+              model(conv + "[[layer]]\nname = \"b\"\nop = \"conv\"\ninput = \"input\"\nout_channels = 2\nkernel = 1\n");
+            }).find("node 'a': its output is never used"),
             std::string::npos);
   // Shapes: a sum of different shapes, and a kernel larger than its input.
   Graph add = model(conv + "[[layer]]\nname = \"b\"\nop = \"add\"\ninputs = [\"a\", \"input\"]\n");
@@ -152,11 +157,14 @@ TEST(ModelFile, BadFilesNameTheNode) {
   Graph big = model("[[layer]]\nname = \"a\"\nop = \"conv\"\nout_channels = 4\nkernel = 9\n");
   EXPECT_NE(error_of([&] { big.infer_shapes(4, 4); }).find("node 'a' (conv): its input 'input' (1x4x4) is too small"),
             std::string::npos);
-  EXPECT_NE(error_of([&] { model("[[layer]]\nname = \"a\"\nop = \"conv\"\nout_channels = 4\nkernel = 3\nquant = { mode = \"int8\" }\n"); })
-                .find("node 'a': quantisation comes from the recipe"),
-            std::string::npos);
-  EXPECT_NE(error_of([&] { model_from_toml_text("name = \"t\"\n[[layer]]\nname = \"a\"\nop = \"flatten\"\n", "m.toml"); })
-                .find("needs [input] with channels"),
+  EXPECT_NE(
+      error_of([&] {
+        model("[[layer]]\nname = \"a\"\nop = \"conv\"\nout_channels = 4\nkernel = 3\nquant = { mode = \"int8\" }\n");
+      }).find("node 'a': quantisation comes from the recipe"),
+      std::string::npos);
+  EXPECT_NE(error_of([&] {
+              model_from_toml_text("name = \"t\"\n[[layer]]\nname = \"a\"\nop = \"flatten\"\n", "m.toml");
+            }).find("needs [input] with channels"),
             std::string::npos);
   EXPECT_NE(error_of([&] { model_from_toml_text("[input\nchannels = 1\n", "m.toml"); }).find("m.toml:1"),
             std::string::npos);
@@ -194,8 +202,8 @@ op = "linear"
 out_channels = 2
 )");
   assign_quantization(g, QuantAssignment{});
-  EXPECT_TRUE(g.at("b").quant.signed_input);    // after a conv without activation
+  EXPECT_TRUE(g.at("b").quant.signed_input);  // after a conv without activation
   EXPECT_TRUE(g.at("c").quant.signed_input);
-  EXPECT_FALSE(g.at("d").quant.signed_input);   // after ReLU6
+  EXPECT_FALSE(g.at("d").quant.signed_input);  // after ReLU6
   EXPECT_EQ(g.at("c").clamp_hi, 6.0f);
 }

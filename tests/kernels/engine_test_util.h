@@ -16,7 +16,6 @@ using apot::kernels::CodeImage;
 using apot::kernels::ConvOutput;
 using apot::kernels::GemmIsa;
 
-
 struct Problem {
   int h, w, c, n, k, stride, pad, max_a, max_b;
   std::vector<uint8_t> x;  // h x w x c codes, unpadded
@@ -86,7 +85,7 @@ struct Result {
 };
 
 inline Result run(const Problem& p, GemmIsa isa, bool residual, bool relu, int threads = 1, int extra_border = 0,
-           int levels = 16, bool from_zero = false) {
+                  int levels = 16, bool from_zero = false) {
   const Image in = input_image(p, extra_border);
   const auto packed = apot::kernels::pack_conv(p.W.data(), p.n, p.c, p.k, p.stride, p.pad);
   const auto q = requantizer(levels, from_zero);
@@ -107,7 +106,6 @@ inline Result run(const Problem& p, GemmIsa isa, bool residual, bool relu, int t
   r.codes = out.bytes;
   return r;
 }
-
 
 // Every engine path, for tests that report the paths this CPU lacks as skipped.
 inline const std::vector<GemmIsa>& all_paths() {

@@ -29,7 +29,8 @@ TEST(Conv, ScalarReferenceIsTheConvolution) {
               const int iy = y * stride - p.pad + ky, ix = x * stride - p.pad + kx;
               if (iy < 0 || iy >= p.h || ix < 0 || ix >= p.w) continue;
               for (int c = 0; c < p.c; ++c)
-                expected += int(p.x[(size_t(iy) * p.w + ix) * p.c + c]) * int(p.W[((size_t(n) * k + ky) * k + kx) * p.c + c]);
+                expected +=
+                    int(p.x[(size_t(iy) * p.w + ix) * p.c + c]) * int(p.W[((size_t(n) * k + ky) * k + kx) * p.c + c]);
             }
           const size_t at = (size_t(y) * p.ow() + x) * p.n + n;
           ASSERT_EQ(r.acc[at], expected) << "k=" << k << " stride=" << stride;
@@ -53,8 +54,8 @@ TEST(Conv, EveryPathMatchesTheReferenceOnManyShapes) {
             for (GemmIsa isa : apot::kernels::supported_gemm_isas()) {
               const Result got = run(p, isa, residual, relu, 1 + seed % 3, seed % 2);
               const std::string what = std::string(apot::kernels::to_string(isa)) + " " + std::to_string(h) + "x" +
-                                       std::to_string(w) + "x" + std::to_string(c) + " -> " + std::to_string(n) +
-                                       " k" + std::to_string(k) + "s" + std::to_string(stride) + " max " +
+                                       std::to_string(w) + "x" + std::to_string(c) + " -> " + std::to_string(n) + " k" +
+                                       std::to_string(k) + "s" + std::to_string(stride) + " max " +
                                        std::to_string(max_a) + "x" + std::to_string(max_b);
               ASSERT_EQ(got.acc, ref.acc) << what;
               ASSERT_EQ(got.values, ref.values) << what;
@@ -98,7 +99,8 @@ TEST(Conv, WinogradMatchesTheReferenceAtItsLimits) {
   unsigned seed = 900;
   for (int w : {1, 2, 3, 4, 5, 6, 7, 8, 9, 14, 17})
     for (int h : {1, 2, 4})
-      for (auto [c, n] : {std::pair{13, 17}, std::pair{32, 40}, std::pair{64, 64}, std::pair{128, 96}, std::pair{16, 32}}) {
+      for (auto [c, n] :
+           {std::pair{13, 17}, std::pair{32, 40}, std::pair{64, 64}, std::pair{128, 96}, std::pair{16, 32}}) {
         Problem q = make(h, w, c, n, 3, 1, 127, 10, ++seed);
         std::mt19937 rng(seed);
         for (size_t i = 0; i < q.x.size(); ++i) q.x[i] = rng() % 3 == 0 ? 127 : static_cast<uint8_t>(rng() % 128);
@@ -280,10 +282,8 @@ TEST(FloatConv, EveryPathMatchesAPlainConvolution) {
 }
 TEST(Conv, PeakProbeMeasuresEverySimdPath) {
   for (GemmIsa isa : apot::kernels::supported_gemm_isas())
-    if (isa == GemmIsa::scalar)
-      EXPECT_EQ(apot::kernels::measure_peak_gmacs(isa, 0.01), 0.0);
-    else
-      EXPECT_GT(apot::kernels::measure_peak_gmacs(isa, 0.01), 0.0) << apot::kernels::to_string(isa);
+    if (isa == GemmIsa::scalar) EXPECT_EQ(apot::kernels::measure_peak_gmacs(isa, 0.01), 0.0);
+    else EXPECT_GT(apot::kernels::measure_peak_gmacs(isa, 0.01), 0.0) << apot::kernels::to_string(isa);
 }
 
 // Each path against the scalar reference on a few shapes, reported as skipped where this CPU
@@ -291,8 +291,8 @@ TEST(Conv, PeakProbeMeasuresEverySimdPath) {
 class ConvPath : public ::testing::TestWithParam<GemmIsa> {};
 TEST_P(ConvPath, MatchesTheReference) {
   if (!supported(GetParam())) GTEST_SKIP() << apot::kernels::to_string(GetParam()) << " is not supported on this CPU";
-  for (const Problem& p : {make(5, 6, 16, 32, 3, 1, 48, 10, 1), make(9, 7, 8, 20, 3, 2, 48, 10, 2),
-                           make(4, 4, 64, 48, 1, 1, 15, 8, 3)})
+  for (const Problem& p :
+       {make(5, 6, 16, 32, 3, 1, 48, 10, 1), make(9, 7, 8, 20, 3, 2, 48, 10, 2), make(4, 4, 64, 48, 1, 1, 15, 8, 3)})
     for (bool residual : {false, true}) {
       const Result ref = run(p, GemmIsa::scalar, residual, true);
       const Result got = run(p, GetParam(), residual, true);

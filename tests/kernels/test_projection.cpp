@@ -104,8 +104,7 @@ TEST(ProjectionReference, BackwardMatchesTheSpecFormulas) {
       const double grad_alpha = p.backward(in.data(), g.data(), in.size(), alpha, variant, grad_in.data(), Isa::scalar);
       const ExpectedBackward e = spec_backward(set, in, g, alpha, variant);
       EXPECT_NEAR(grad_alpha, e.grad_alpha, 1e-9 * (1.0 + std::fabs(e.grad_alpha))) << set.name();
-      for (size_t i = 0; i < in.size(); ++i)
-        ASSERT_EQ(grad_in[i], e.grad_input[i]) << set.name() << " input " << in[i];
+      for (size_t i = 0; i < in.size(); ++i) ASSERT_EQ(grad_in[i], e.grad_input[i]) << set.name() << " input " << in[i];
     }
   }
 }
@@ -121,7 +120,8 @@ TEST(ProjectionReference, NormalisationIsAppliedBeforeAlpha) {
   std::vector<float> a(raw.size()), b(raw.size()), ga(raw.size()), gb(raw.size());
   p.forward(raw.data(), raw.size(), 3.0f, a.data(), Isa::scalar, norm);
   p.forward(normalised.data(), raw.size(), 3.0f, b.data(), Isa::scalar);
-  const double alpha_a = p.backward(raw.data(), g.data(), raw.size(), 3.0f, SteVariant::cifar, ga.data(), Isa::scalar, norm);
+  const double alpha_a =
+      p.backward(raw.data(), g.data(), raw.size(), 3.0f, SteVariant::cifar, ga.data(), Isa::scalar, norm);
   const double alpha_b =
       p.backward(normalised.data(), g.data(), raw.size(), 3.0f, SteVariant::cifar, gb.data(), Isa::scalar);
   EXPECT_EQ(alpha_a, alpha_b);

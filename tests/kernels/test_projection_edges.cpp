@@ -55,7 +55,8 @@ TEST(ProjectionEdges, SignedZerosAndFarValues) {
 }
 
 TEST(ProjectionEdges, NaNPropagatesAndIsNeverHidden) {
-  for (const LevelSet& set : {LevelSet::make(Kind::apot, 4, Role::weight), LevelSet::make(Kind::apot, 4, Role::activation)}) {
+  for (const LevelSet& set :
+       {LevelSet::make(Kind::apot, 4, Role::weight), LevelSet::make(Kind::apot, 4, Role::activation)}) {
     const Projector p(set);
     std::vector<float> in(37, 0.3f);
     in[5] = kNaN;
@@ -152,7 +153,8 @@ TEST(ProjectionEdges, ResultsDoNotDependOnTheThreadCount) {
 
 TEST(ProjectionEdges, IsaNamesParseAndUnknownOnesFail) {
   EXPECT_EQ(apot::kernels::parse_isa("scalar"), Isa::scalar);
-  for (Isa isa : apot::kernels::supported_isas()) EXPECT_EQ(apot::kernels::parse_isa(apot::kernels::to_string(isa)), isa);
+  for (Isa isa : apot::kernels::supported_isas())
+    EXPECT_EQ(apot::kernels::parse_isa(apot::kernels::to_string(isa)), isa);
   EXPECT_THROW(apot::kernels::parse_isa("sse9"), std::runtime_error);
   EXPECT_THROW(apot::kernels::parse_ste_variant("mnist"), std::invalid_argument);
 }

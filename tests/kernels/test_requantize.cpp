@@ -42,7 +42,8 @@ TEST(Conv, RequantizeMatchesTheProjectionKernels) {
       for (GemmIsa isa : apot::kernels::supported_gemm_isas()) {
         Image out(1, 1, n, 0);
         apot::kernels::requantize(v.data(), 1, 1, n, q, out.view, isa);
-        for (int i = 0; i < n; ++i) ASSERT_EQ(out.bytes[i], q.code(v[i])) << apot::kernels::to_string(isa) << " " << v[i];
+        for (int i = 0; i < n; ++i)
+          ASSERT_EQ(out.bytes[i], q.code(v[i])) << apot::kernels::to_string(isa) << " " << v[i];
         // A bordered 3 x 5 x 32 image (whole vectors of channels): the same values in turn.
         Image image(3, 5, 32, 1);
         std::vector<float> values(3 * 5 * 32);

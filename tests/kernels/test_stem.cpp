@@ -3,8 +3,8 @@
 // thread count against the reference bit for bit, the pixel recovery, bad arguments.
 #include <gtest/gtest.h>
 
-#include <cmath>
 #include <algorithm>
+#include <cmath>
 #include <random>
 
 #include "apot/kernels/stem.h"
@@ -72,7 +72,9 @@ std::vector<float> run(const StemProblem& p, const PackedStem& s, bool relu, Gem
 
 // The reference computes the convolution of the normalised image with a zero border.
 TEST(Stem, ReferenceIsTheConvolutionOfTheNormalisedImage) {
-  struct Shape { int h, w, c, n, k, stride, pad; };
+  struct Shape {
+    int h, w, c, n, k, stride, pad;
+  };
   for (const Shape& sh : {Shape{9, 11, 3, 20, 7, 2, 3}, Shape{8, 8, 3, 16, 3, 1, 1}, Shape{6, 5, 1, 5, 5, 1, 2},
                           Shape{10, 7, 4, 33, 3, 2, 0}}) {
     const StemProblem p = make_stem(sh.h, sh.w, sh.c, sh.n, sh.k, sh.stride, sh.pad, 11);
@@ -115,8 +117,8 @@ TEST(Stem, EveryPathMatchesTheReferenceBitForBit) {
           for (GemmIsa isa : apot::kernels::supported_gemm_isas())
             for (int threads : {1, 2, 3})
               ASSERT_EQ(run(p, s, relu, isa, threads, int(seed % 2)), want)
-                  << apot::kernels::to_string(isa) << " c" << c << " k" << k << " s" << stride << " n" << n << " "
-                  << h << "x" << w << " pad " << pad << " threads " << threads;
+                  << apot::kernels::to_string(isa) << " c" << c << " k" << k << " s" << stride << " n" << n << " " << h
+                  << "x" << w << " pad " << pad << " threads " << threads;
           ++cases;
         }
   EXPECT_EQ(cases, 192);
@@ -150,11 +152,11 @@ TEST(Stem, RowBandsMatchTheWholeImage) {
       EXPECT_EQ(got, whole) << apot::kernels::to_string(isa) << " bands of " << band;
     }
   std::vector<float> out(whole.size());
-  EXPECT_THROW(apot::kernels::conv_stem_u8(im.view, s, p.scale.data(), p.bias.data(), true, out.data(),
-                                           GemmIsa::scalar, 1, 3, 2),
+  EXPECT_THROW(apot::kernels::conv_stem_u8(im.view, s, p.scale.data(), p.bias.data(), true, out.data(), GemmIsa::scalar,
+                                           1, 3, 2),
                std::invalid_argument);
-  EXPECT_THROW(apot::kernels::conv_stem_u8(im.view, s, p.scale.data(), p.bias.data(), true, out.data(),
-                                           GemmIsa::scalar, 1, 0, p.oh() + 1),
+  EXPECT_THROW(apot::kernels::conv_stem_u8(im.view, s, p.scale.data(), p.bias.data(), true, out.data(), GemmIsa::scalar,
+                                           1, 0, p.oh() + 1),
                std::invalid_argument);
 }
 
@@ -173,9 +175,10 @@ TEST(Stem, ToPixelsRecoversAnImage) {
       std::fill(got.bytes.begin(), got.bytes.end(), uint8_t{0});
       EXPECT_TRUE(apot::kernels::to_pixels(x.data(), p.mean, p.std, got.view, isa));
       EXPECT_EQ(got.bytes, want.bytes) << apot::kernels::to_string(isa);  // the interior filled, the border untouched
-      for (size_t at : {size_t(0), size_t(17), x.size() - 1}) {  // first, inside a row's vector, last
+      for (size_t at : {size_t(0), size_t(17), x.size() - 1}) {           // first, inside a row's vector, last
         const float keep = x[at];
-        for (float bad : {keep + 0.3f / 255.0f / p.std[0], std::nanf(""), INFINITY, (-1.0f / 255.0f - p.mean[0]) / p.std[0]}) {
+        for (float bad :
+             {keep + 0.3f / 255.0f / p.std[0], std::nanf(""), INFINITY, (-1.0f / 255.0f - p.mean[0]) / p.std[0]}) {
           x[at] = bad;
           EXPECT_FALSE(apot::kernels::to_pixels(x.data(), p.mean, p.std, got.view, isa))
               << apot::kernels::to_string(isa) << " value " << bad << " at " << at << ", rows of " << w;

@@ -23,8 +23,7 @@ TEST(LevelSet, ApotActivationIntegerFormsMatchTheSpec) {
   EXPECT_EQ(magnitude_ints(Kind::apot, 2, Role::activation), (std::vector<int64_t>{0, 1, 2, 4}));
   EXPECT_EQ(magnitude_ints(Kind::apot, 3, Role::activation), (std::vector<int64_t>{0, 1, 2, 3, 4, 6, 8, 10}));
   const LevelSet a4 = LevelSet::make(Kind::apot, 4, Role::activation);
-  EXPECT_EQ(a4.magnitude_integers(),
-            (std::vector<int64_t>{0, 1, 2, 3, 4, 6, 8, 9, 12, 16, 18, 24, 32, 33, 36, 48}));
+  EXPECT_EQ(a4.magnitude_integers(), (std::vector<int64_t>{0, 1, 2, 3, 4, 6, 8, 9, 12, 16, 18, 24, 32, 33, 36, 48}));
   EXPECT_EQ(a4.denominator(), 48);
   EXPECT_EQ(a4.storage_bits(), 8);
   const LevelSet a5 = LevelSet::make(Kind::apot, 5, Role::activation);
@@ -41,8 +40,8 @@ TEST(LevelSet, ApotDecimalLevelsMatchTheSpecTable) {
   const LevelSet a3 = LevelSet::make(Kind::apot, 3, Role::activation);
   ASSERT_EQ(a3.magnitudes().size(), b3.size());
   for (size_t i = 0; i < b3.size(); ++i) EXPECT_NEAR(a3.magnitudes()[i], b3[i], 1e-7);
-  const std::vector<double> b4 = {0,     1. / 48, 1. / 24, 1. / 16, 1. / 12, 1. / 8, 1. / 6, 3. / 16,
-                                  1. / 4, 1. / 3, 3. / 8,  1. / 2,  2. / 3,  11. / 16, 3. / 4, 1};
+  const std::vector<double> b4 = {0,      1. / 48, 1. / 24, 1. / 16, 1. / 12, 1. / 8,   1. / 6, 3. / 16,
+                                  1. / 4, 1. / 3,  3. / 8,  1. / 2,  2. / 3,  11. / 16, 3. / 4, 1};
   const LevelSet a4 = LevelSet::make(Kind::apot, 4, Role::activation);
   for (size_t i = 0; i < b4.size(); ++i) EXPECT_NEAR(a4.magnitudes()[i], b4[i], 1e-7);
 }

@@ -14,9 +14,7 @@ struct BackendGuard {
   ~BackendGuard() { qat::set_backend(qat::Backend::automatic); }
 };
 
-inline const char* backend_name(qat::Backend b) {
-  return b == qat::Backend::automatic ? "kernels" : "torch-ops";
-}
+inline const char* backend_name(qat::Backend b) { return b == qat::Backend::automatic ? "kernels" : "torch-ops"; }
 
 inline std::vector<qat::Backend> all_backends() { return {qat::Backend::automatic, qat::Backend::torch_ops}; }
 

@@ -4,8 +4,8 @@
 
 #include <cstdio>
 
-#include "apot/qat/modules.h"
 #include "apot/graph/serialize.h"
+#include "apot/qat/modules.h"
 #include "apot/qat/network.h"
 #include "qat_test_util.h"
 
@@ -34,7 +34,8 @@ TEST(QuantConv2d, ForwardIsConvolutionOfQuantisedWeightAndInput) {
   const torch::Tensor x = torch::rand({2, 4, 8, 8}) * 10;
   const auto spec_w = apot::qat::QuantizerSpec{apot::levels::Kind::apot, 4, apot::levels::Role::weight, {}};
   const auto spec_a = apot::qat::QuantizerSpec{apot::levels::Kind::apot, 4, apot::levels::Role::activation, {}};
-  const torch::Tensor wq = apot::qat::quantize_weight(conv->weight, conv->weight_alpha, spec_w, apot::qat::WeightNorm::detached);
+  const torch::Tensor wq =
+      apot::qat::quantize_weight(conv->weight, conv->weight_alpha, spec_w, apot::qat::WeightNorm::detached);
   const torch::Tensor xq = apot::qat::rcf_quantize(x, conv->act_alpha, spec_a);
   EXPECT_TRUE(torch::allclose(conv(x), torch::conv2d(xq, wq, {}, 1, 1), 1e-5, 1e-5));
   // The quantised input takes at most 16 distinct values, the weight at most 15.
@@ -136,7 +137,8 @@ TEST(QuantPolicy, FirstAndLastLayersAreInt8AndTheRestFollowThePolicy) {
   EXPECT_EQ(q->graph().at("layer3.2.conv2").quant.weight_bits, 5);
   // The FP model is untouched and its weights were copied.
   EXPECT_EQ(fp->conv("conv1")->quant_options().describe(), "W32A32");
-  EXPECT_TRUE(torch::equal(fp->named_parameters()["layer2.0.conv1.weight"], q->named_parameters()["layer2.0.conv1.weight"]));
+  EXPECT_TRUE(
+      torch::equal(fp->named_parameters()["layer2.0.conv1.weight"], q->named_parameters()["layer2.0.conv1.weight"]));
   const auto fp_params = fp->named_parameters(), q_params = q->named_parameters();
   EXPECT_EQ(fp_params.size(), q_params.size());
   policy.layers["layer9.conv"].weight_bits = 5;
@@ -190,7 +192,8 @@ TEST(Network, ParametersMatchTheGraph) {
       }
       int64_t convs = 0;
       for (const auto& m : model->modules(false))
-        convs += dynamic_cast<apot::qat::QuantConv2dImpl*>(m.get()) || dynamic_cast<apot::qat::QuantLinearImpl*>(m.get());
+        convs +=
+            dynamic_cast<apot::qat::QuantConv2dImpl*>(m.get()) || dynamic_cast<apot::qat::QuantLinearImpl*>(m.get());
       EXPECT_EQ(convs, layers) << arch;
     }
   }
@@ -199,8 +202,8 @@ TEST(Network, ParametersMatchTheGraph) {
 // A model file's network: modules under the layer names, forward through pooling and a sum,
 // every output kept by forward_all, and a deep copy.
 TEST(Network, RunsAModelFile) {
-  Network model = apot::qat::make_network(apot::graph::read_model_file(std::string(APOT_SOURCE_DIR) +
-                                                                       "/recipes/models/fashion-mnist-small-cnn.toml"));
+  Network model = apot::qat::make_network(
+      apot::graph::read_model_file(std::string(APOT_SOURCE_DIR) + "/recipes/models/fashion-mnist-small-cnn.toml"));
   const auto params = model->named_parameters();
   for (const char* name : {"conv1.weight", "bn1.weight", "conv3.weight", "bn3.bias", "fc.weight", "fc.bias"})
     EXPECT_TRUE(params.contains(name)) << name;

@@ -37,7 +37,8 @@ torch::Tensor sample_input(const QuantizerSpec& spec, float alpha, unsigned seed
 }
 
 // The spec's closed form (APOT_SPEC section 2), written with plain loops.
-double closed_form_alpha_grad(const QuantizerSpec& spec, const torch::Tensor& input, const torch::Tensor& g, float alpha) {
+double closed_form_alpha_grad(const QuantizerSpec& spec, const torch::Tensor& input, const torch::Tensor& g,
+                              float alpha) {
   const LevelSet set = LevelSet::make(spec.kind, spec.bits, spec.role);
   const float* in = input.data_ptr<float>();
   const float* gr = g.data_ptr<float>();
@@ -47,8 +48,7 @@ double closed_form_alpha_grad(const QuantizerSpec& spec, const torch::Tensor& in
     float term;
     if (set.is_signed())
       term = std::fabs(x) > 1 ? (x > 0 ? gr[i] : -gr[i]) : gr[i] * (apot::test::argmin_projection(set, x) - x);
-    else
-      term = x > 1 ? gr[i] : x < 0 ? 0.0f : gr[i] * (apot::test::argmin_projection(set, x) - x);
+    else term = x > 1 ? gr[i] : x < 0 ? 0.0f : gr[i] * (apot::test::argmin_projection(set, x) - x);
     sum += term;
   }
   return sum;
@@ -124,7 +124,8 @@ TEST(RcfQuantize, AlphaGradientMatchesFiniteDifferencesOfTheSurrogate) {
     const torch::Tensor g = torch::randn({4000}, torch::kFloat64);
     const double lo = is_signed ? -1.0 : 0.0;
     const torch::Tensor c0 = (in / alpha).clamp(lo, 1.0);
-    const torch::Tensor q0 = rcf_quantize(in.to(torch::kFloat32), torch::tensor(float(alpha)), spec).to(torch::kFloat64) / alpha;
+    const torch::Tensor q0 =
+        rcf_quantize(in.to(torch::kFloat32), torch::tensor(float(alpha)), spec).to(torch::kFloat64) / alpha;
     const torch::Tensor frozen = q0 - c0;
     auto surrogate = [&](double a) { return ((a * ((in / a).clamp(lo, 1.0) + frozen)) * g).sum().item<double>(); };
     const double h = 1e-6;
@@ -146,10 +147,10 @@ TEST(RcfQuantize, StraightThroughMasksOfBothVariants) {
     std::vector<float> expected;
   };
   const std::vector<Case> cases{
-      {Role::weight, SteVariant::cifar, {1, 1, 1, 1}},        // weights pass everywhere
-      {Role::weight, SteVariant::imagenet, {0, 1, 1, 0}},     // cut outside [-1, 1]
-      {Role::activation, SteVariant::cifar, {1, 1, 1, 0}},    // cut above alpha only
-      {Role::activation, SteVariant::imagenet, {0, 0, 1, 0}}, // cut outside [0, 1]
+      {Role::weight, SteVariant::cifar, {1, 1, 1, 1}},         // weights pass everywhere
+      {Role::weight, SteVariant::imagenet, {0, 1, 1, 0}},      // cut outside [-1, 1]
+      {Role::activation, SteVariant::cifar, {1, 1, 1, 0}},     // cut above alpha only
+      {Role::activation, SteVariant::imagenet, {0, 0, 1, 0}},  // cut outside [0, 1]
   };
   for (Backend b : all_backends()) {
     BackendGuard guard(b);

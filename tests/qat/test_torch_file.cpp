@@ -12,7 +12,9 @@
 #include <fstream>
 #include <nlohmann/json.hpp>
 
+#include "apot/graph/serialize.h"
 #include "apot/qat/checkpoint_import.h"
+#include "apot/qat/network.h"
 #include "apot/qat/torch_file.h"
 
 using apot::qat::PickleValue;
@@ -125,17 +127,28 @@ torch::Tensor tiny_cnn_forward(const StateDict& p, torch::Tensor x) {
 
 struct Pickle {
   std::string b = std::string("\x80\x02", 2);
-  Pickle& op(const std::string& ops) { b += ops; return *this; }
+  Pickle& op(const std::string& ops) {
+    b += ops;
+    return *this;
+  }
   Pickle& str(const std::string& s) {
     b += 'X';
     for (int i = 0; i < 4; ++i) b += static_cast<char>((s.size() >> (8 * i)) & 0xff);
     b += s;
     return *this;
   }
-  Pickle& int1(int v) { b += 'K'; b += static_cast<char>(v); return *this; }
-  Pickle& global(const std::string& module, const std::string& name) { b += "c" + module + "\n" + name + "\n"; return *this; }
+  Pickle& int1(int v) {
+    b += 'K';
+    b += static_cast<char>(v);
+    return *this;
+  }
+  Pickle& global(const std::string& module, const std::string& name) {
+    b += "c" + module + "\n" + name + "\n";
+    return *this;
+  }
   // ('storage', <type>, key, 'cpu', numel) as a persistent id.
-  Pickle& storage(const std::string& type, const std::string& key, int numel, const std::string& type_module = "torch") {
+  Pickle& storage(const std::string& type, const std::string& key, int numel,
+                  const std::string& type_module = "torch") {
     op("(").str("storage").global(type_module, type).str(key).str("cpu").int1(numel).op("tQ");
     return *this;
   }
@@ -176,19 +189,42 @@ TEST(TorchFile, ZipStateDictMatchesPyTorch) {
   expect_tensors(read("tiny_cnn_state_dict.pt"), expected()["state_dict"]);
 }
 
-TEST(TorchFile, LegacyStateDictMatchesPyTorch) {
-  expect_tensors(read("tiny_cnn_legacy.pt"), expected()["state_dict"]);
-}
+TEST(TorchFile, LegacyStateDictMatchesPyTorch) { expect_tensors(read("tiny_cnn_legacy.pt"), expected()["state_dict"]); }
 
 TEST(TorchFile, EvalLogitsMatchPyTorch) {
   const auto input = expected()["input"].get<std::vector<float>>();
   const auto logits = expected()["logits"].get<std::vector<float>>();
   const torch::Tensor x = torch::tensor(input).reshape({1, 1, 28, 28});
-  for (const char* name : {"tiny_cnn_state_dict.pt", "tiny_cnn_legacy.pt", "tiny_cnn_checkpoint.pt", "tiny_cnn_dataparallel.pt"}) {
+  for (const char* name :
+       {"tiny_cnn_state_dict.pt", "tiny_cnn_legacy.pt", "tiny_cnn_checkpoint.pt", "tiny_cnn_dataparallel.pt"}) {
     SCOPED_TRACE(name);
     const torch::Tensor out = tiny_cnn_forward(read(name), x);
     EXPECT_TRUE(torch::allclose(out, torch::tensor(logits).reshape({1, 10}), 1e-4, 1e-5)) << out;
   }
+}
+
+// The same files imported into the model file's network (recipes/models/fashion-mnist-small-cnn.toml
+// describes the fixtures' CNN) evaluate as PyTorch does.
+TEST(TorchFile, ImportedIntoTheModelFileNetworkEvaluatesAsPyTorch) {
+  const auto input = expected()["input"].get<std::vector<float>>();
+  const torch::Tensor x = torch::tensor(input).reshape({1, 1, 28, 28});
+  const torch::Tensor want = torch::tensor(expected()["logits"].get<std::vector<float>>()).reshape({1, 10});
+  const std::string model_file = std::string(APOT_FIXTURES_DIR) + "/../../recipes/models/fashion-mnist-small-cnn.toml";
+  for (const auto& [name, key] : std::vector<std::pair<std::string, std::string>>{{"tiny_cnn_state_dict.pt", ""},
+                                                                                  {"tiny_cnn_legacy.pt", ""},
+                                                                                  {"tiny_cnn_checkpoint.pt", ""},
+                                                                                  {"tiny_cnn_dataparallel.pt", ""},
+                                                                                  {"tiny_cnn_ambiguous.pt", "model"}}) {
+    SCOPED_TRACE(name);
+    apot::qat::Network model = apot::qat::make_network(apot::graph::read_model_file(model_file));
+    apot::qat::import_state_dict(*model, fixture(name), key);
+    model->eval();
+    torch::NoGradGuard no_grad;
+    const torch::Tensor out = model(x);
+    EXPECT_TRUE(torch::allclose(out, want, 1e-4, 1e-5)) << out;
+  }
+  apot::qat::Network model = apot::qat::make_network(apot::graph::read_model_file(model_file));
+  EXPECT_THROW(apot::qat::import_state_dict(*model, fixture("tiny_cnn_ambiguous.pt")), std::runtime_error);
 }
 
 TEST(TorchFile, CheckpointWrapperIsFoundAndTheRestIsKept) {
@@ -270,7 +306,8 @@ TEST_P(Views, EveryElementTypeAndViewsSharingTheirStorage) {
   EXPECT_TRUE(torch::equal(slice, base.slice(0, 1, 3).slice(1, 2, 5)));
   base.fill_(1);  // one storage: the views see it
   EXPECT_EQ(slice.sum().item<float>(), 6.0f);
-  EXPECT_TRUE(torch::equal(tensors["int64"], torch::tensor({int64_t{1}, int64_t{-2}, int64_t{3}, int64_t{1} << 40}).reshape({2, 2})));
+  EXPECT_TRUE(torch::equal(tensors["int64"],
+                           torch::tensor({int64_t{1}, int64_t{-2}, int64_t{3}, int64_t{1} << 40}).reshape({2, 2})));
   EXPECT_TRUE(torch::equal(tensors["bool"], torch::tensor({true, false, true, true})));
   EXPECT_EQ(tensors["scalar"].dim(), 0);
   EXPECT_EQ(tensors["scalar"].item<float>(), 3.5f);
@@ -304,7 +341,8 @@ TEST(TorchFile, LibTorchPickleSaveIsRead) {
   dict.insert("a", torch::arange(6, torch::kFloat).reshape({2, 3}));
   dict.insert("module.b", torch::ones({2}, torch::kLong));
   const std::vector<char> bytes = torch::pickle_save(c10::IValue(dict));
-  const StateDict state = apot::qat::find_state_dict(*apot::qat::read_torch_bytes(bytes.data(), bytes.size(), "m"), "", "m");
+  const StateDict state =
+      apot::qat::find_state_dict(*apot::qat::read_torch_bytes(bytes.data(), bytes.size(), "m"), "", "m");
   ASSERT_EQ(state.size(), 2u);
   EXPECT_TRUE(torch::equal(state.at("a"), dict.at("a")));
   EXPECT_TRUE(torch::equal(state.at("b"), dict.at("module.b")));
@@ -328,15 +366,23 @@ TEST(TorchFile, PyTorch2StorageFormsAndTensorChecks) {
   EXPECT_TRUE(torch::equal(read_bytes(make_zip({{"data.pkl", ok}, {"data/0", floats({1, 2, 3, 4})}}))->get("w")->tensor,
                            torch::tensor({2.0f, 3.0f, 4.0f})));
   const std::string outside = with_tensor(4, 1, {2, 2}, {2, 1});  // reaches element 4 of 0..3
-  EXPECT_TRUE(contains(error_of([&] { read_bytes(make_zip({{"data.pkl", outside}, {"data/0", floats({1, 2, 3, 4})}})); }),
+  EXPECT_TRUE(contains(error_of([&] {
+                         read_bytes(make_zip({{"data.pkl", outside}, {"data/0", floats({1, 2, 3, 4})}}));
+                       }),
                        "outside its storage"));
-  EXPECT_TRUE(contains(error_of([&] { read_bytes(make_zip({{"data.pkl", ok}, {"data/1", floats({1, 2, 3, 4})}})); }),
+  EXPECT_TRUE(contains(error_of([&] {
+                         read_bytes(make_zip({{"data.pkl", ok}, {"data/1", floats({1, 2, 3, 4})}}));
+                       }),
                        "storage key 0 missing"));
-  EXPECT_TRUE(contains(error_of([&] { read_bytes(make_zip({{"data.pkl", ok}, {"data/0", floats({1, 2})}})); }),
+  EXPECT_TRUE(contains(error_of([&] {
+                         read_bytes(make_zip({{"data.pkl", ok}, {"data/0", floats({1, 2})}}));
+                       }),
                        "elements were promised"));
   Pickle odd;
   odd.op("}(").str("w").global("torch._utils", "_rebuild_tensor_v2").op("(").storage("QInt8Storage", "0", 4).op("tRu");
-  EXPECT_TRUE(contains(error_of([&] { read_bytes(make_zip({{"data.pkl", odd.stop()}, {"data/0", "abcd"}})); }),
+  EXPECT_TRUE(contains(error_of([&] {
+                         read_bytes(make_zip({{"data.pkl", odd.stop()}, {"data/0", "abcd"}}));
+                       }),
                        "unsupported storage type torch.QInt8Storage"));
   // A quantised tensor beside plain ones is named, not silently dropped.
   Pickle quantised;
@@ -351,14 +397,28 @@ TEST(TorchFile, HostilePicklesFailCleanly) {
   auto pickle_error = [](const std::string& pickle) {
     return error_of([&] { read_bytes(make_zip({{"data.pkl", pickle}})); });
   };
-  EXPECT_TRUE(contains(pickle_error(Pickle().op("]q\x00h\x00" "a"s).stop()), "contains itself"));
+  EXPECT_TRUE(contains(pickle_error(Pickle()
+                                        .op("]q\x00h\x00"
+                                            "a"s)
+                                        .stop()),
+                       "contains itself"));
   // A cycle through a second list: b = [a], then a.append(b).
-  EXPECT_TRUE(contains(pickle_error(Pickle().op("]q\x00]q\x01h\x00" "a0h\x01" "a"s).stop()), "cycle"));
-  EXPECT_TRUE(contains(pickle_error(Pickle().op(std::string(1000, ']') + std::string(999, 'a')).stop()), "nested more than"));
+  EXPECT_TRUE(contains(pickle_error(Pickle()
+                                        .op("]q\x00]q\x01h\x00"
+                                            "a0h\x01"
+                                            "a"s)
+                                        .stop()),
+                       "cycle"));
+  EXPECT_TRUE(
+      contains(pickle_error(Pickle().op(std::string(1000, ']') + std::string(999, 'a')).stop()), "nested more than"));
   EXPECT_TRUE(contains(pickle_error(Pickle().op("\x07").stop()), "unknown opcode 0x07"));
   EXPECT_TRUE(contains(pickle_error(Pickle().op("h\x05").stop()), "memo entry 5"));
   EXPECT_TRUE(contains(pickle_error(Pickle().op("a").stop()), "stack underflow"));
-  EXPECT_TRUE(contains(pickle_error(Pickle().op("X\xff\xff\xff\x7f" "abc").stop()), "truncated"));
+  EXPECT_TRUE(contains(pickle_error(Pickle()
+                                        .op("X\xff\xff\xff\x7f"
+                                            "abc")
+                                        .stop()),
+                       "truncated"));
   EXPECT_TRUE(contains(pickle_error(Pickle().op("}").b), "before its STOP"));
   EXPECT_TRUE(contains(pickle_error(Pickle().op("N").storage("FloatStorage", "0", 1).stop()), "storage key 0 missing"));
   // Unknown classes, numpy scalars and sets are opaque or plain values, never errors.
@@ -366,7 +426,11 @@ TEST(TorchFile, HostilePicklesFailCleanly) {
   tolerant.op("}(").str("obj").global("my.module", "Thing").op(")\x81}(").str("x").int1(1).op("ub");
   tolerant.str("np").global("numpy.core.multiarray", "scalar").global("numpy", "dtype").str("f8").op("\x89\x88\x87R");
   tolerant.global("_codecs", "encode").str("\xc3\xbf\x01").str("latin1").op("\x86R\x86R");
-  tolerant.str("set").op("\x8f(K\x01K\x02\x90").str("big").op("\x8a\x0a").op(std::string("\x6c\xfc\x9c\x46\xf9\x20\x6a\xa8\x50\x19", 10));
+  tolerant.str("set")
+      .op("\x8f(K\x01K\x02\x90")
+      .str("big")
+      .op("\x8a\x0a")
+      .op(std::string("\x6c\xfc\x9c\x46\xf9\x20\x6a\xa8\x50\x19", 10));
   tolerant.op("u");
   const auto root = read_bytes(make_zip({{"data.pkl", tolerant.stop()}}));
   EXPECT_EQ(root->get("obj")->text, "my.module.Thing");
@@ -390,10 +454,14 @@ TEST(TorchFile, ForeignFilesFailClearly) {
   EXPECT_TRUE(contains(error_of([&] { apot::qat::read_state_dict(text.path()); }), "not a torch.save file"));
   const TempFile empty("empty.pt", "");
   EXPECT_TRUE(contains(error_of([&] { apot::qat::read_state_dict(empty.path()); }), "empty file"));
-  EXPECT_TRUE(contains(error_of([] { apot::qat::read_state_dict("/nonexistent/x.pt"); }), "/nonexistent/x.pt: cannot open"));
+  EXPECT_TRUE(
+      contains(error_of([] { apot::qat::read_state_dict("/nonexistent/x.pt"); }), "/nonexistent/x.pt: cannot open"));
   // A plain pickle.dump of a dict: a pickle, but without torch's magic number.
   EXPECT_TRUE(contains(error_of([] { read_bytes(Pickle().op("}").stop()); }), "magic number"));
-  EXPECT_TRUE(contains(error_of([] { read_bytes(make_zip({{"code/m.py", "x"}, {"constants.pkl", "x"}})); }), "TorchScript"));
+  EXPECT_TRUE(contains(error_of([] {
+                         read_bytes(make_zip({{"code/m.py", "x"}, {"constants.pkl", "x"}}));
+                       }),
+                       "TorchScript"));
   EXPECT_TRUE(contains(error_of([] { read_bytes(make_zip({{"other.bin", "x"}})); }), "without data.pkl"));
   std::string tar(600, '\0');
   tar.replace(257, 5, "ustar");
@@ -404,7 +472,8 @@ TEST(TorchFile, TruncatedFilesFail) {
   for (const char* name : kFixtures) {
     const std::string bytes = file_bytes(fixture(name));
     ASSERT_GT(bytes.size(), 1000u) << name;
-    std::vector<size_t> cuts{0, 1, 2, 3, 4, 10, 30, 64, 100, 200, bytes.size() - 100, bytes.size() - 22, bytes.size() - 1};
+    std::vector<size_t> cuts{
+        0, 1, 2, 3, 4, 10, 30, 64, 100, 200, bytes.size() - 100, bytes.size() - 22, bytes.size() - 1};
     for (size_t i = 1; i < 40; ++i) cuts.push_back(bytes.size() * i / 40);
     for (size_t cut : cuts) {
       const std::string message = error_of([&] { read_bytes(bytes.substr(0, cut)); });

@@ -48,10 +48,8 @@ struct Case {
 TEST(Engine, AgreesWithTheTrainedModel) {
   torch::set_num_threads(1);  // one summation order for the reference's convolutions
   const std::vector<Case> cases{
-      {"resnet20", "A", 4, apot::levels::Kind::apot, 32},
-      {"resnet20", "B", 3, apot::levels::Kind::apot, 20},
-      {"resnet20", "A", 2, apot::levels::Kind::apot, 16},
-      {"resnet20", "A", 4, apot::levels::Kind::uniform, 16},
+      {"resnet20", "A", 4, apot::levels::Kind::apot, 32}, {"resnet20", "B", 3, apot::levels::Kind::apot, 20},
+      {"resnet20", "A", 2, apot::levels::Kind::apot, 16}, {"resnet20", "A", 4, apot::levels::Kind::uniform, 16},
       {"resnet18", "B", 4, apot::levels::Kind::apot, 64},
   };
   unsigned seed = 0;
@@ -125,7 +123,8 @@ TEST(Engine, FirstLayerOnPixelsMatchesTheFloatFirstLayer) {
     const auto engine = apot::runtime::Model::from_bytes(apot::exporter::export_model(*model, info), c.arch);
     const int batch = 4;
     const torch::Tensor m = torch::tensor(mean).reshape({1, 3, 1, 1}), s = torch::tensor(std).reshape({1, 3, 1, 1});
-    const torch::Tensor x = ((torch::randint(0, 256, {batch, 3, c.size, c.size}).to(torch::kFloat) / 255.0f - m) / s).contiguous();
+    const torch::Tensor x =
+        ((torch::randint(0, 256, {batch, 3, c.size, c.size}).to(torch::kFloat) / 255.0f - m) / s).contiguous();
     torch::Tensor reference;
     {
       torch::NoGradGuard no_grad;
@@ -180,7 +179,7 @@ TEST(Engine, ExportRejectsUnquantisedModelsAndLoadRejectsMismatches) {
 // projection shortcut).
 TEST(Engine, BottleneckBlocksMatchTheTrainedModel) {
   torch::set_num_threads(1);  // one summation order, as above
-  torch::manual_seed(50);  // fixed weights, as above
+  torch::manual_seed(50);     // fixed weights, as above
   auto model = make("resnet50", "B");
   QuantPolicy policy;
   policy.weight_bits = policy.act_bits = 5;

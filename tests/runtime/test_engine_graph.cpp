@@ -249,7 +249,7 @@ struct LayerData {
 };
 
 struct Net {
-  Graph graph;  // shapes inferred
+  Graph graph;                      // shapes inferred
   std::map<int, LayerData> layers;  // by node
   std::vector<runtime::LayerRecord> records;
   std::vector<uint8_t> blob;
@@ -358,18 +358,18 @@ Net build(Graph graph, int height, int width, const std::map<std::string, Gain>&
   const int channels = graph.in_channels();
   std::vector<std::string> names;
   for (int k = 0; k < graph.num_classes(); ++k) names.push_back("class" + std::to_string(k));
-  net.meta = nlohmann::json{
-      {"format", "apot"},
-      {"version", runtime::kFormatVersion},
-      {"graph", apot::graph::graph_to_json(graph)},
-      {"input",
-       {{"height", height},
-        {"width", width},
-        {"mean", std::vector<float>(size_t(channels), 0.0f)},
-        {"std", std::vector<float>(size_t(channels), 1.0f)}}},
-      {"class_names", names},
-      {"quant", {{"kind", "apot"}, {"weight_bits", 4}, {"act_bits", 4}, {"int8_first_last", true}}},
-      {"provenance", nlohmann::json::object()}};
+  net.meta =
+      nlohmann::json{{"format", "apot"},
+                     {"version", runtime::kFormatVersion},
+                     {"graph", apot::graph::graph_to_json(graph)},
+                     {"input",
+                      {{"height", height},
+                       {"width", width},
+                       {"mean", std::vector<float>(size_t(channels), 0.0f)},
+                       {"std", std::vector<float>(size_t(channels), 1.0f)}}},
+                     {"class_names", names},
+                     {"quant", {{"kind", "apot"}, {"weight_bits", 4}, {"act_bits", 4}, {"int8_first_last", true}}},
+                     {"provenance", nlohmann::json::object()}};
   net.graph = std::move(graph);
   return net;
 }
@@ -420,8 +420,7 @@ Reference interpret(const Net& net, const float* image) {
     const int C = is.channels;
     auto inside = [&](int y, int xx) { return y >= 0 && xx >= 0 && y < is.height && xx < is.width; };
     switch (n.op) {
-      case Op::input:
-        break;
+      case Op::input: break;
       case Op::conv: {
         const LayerData& d = net.layers.at(int(i));
         const int K = n.kernel;
@@ -501,8 +500,7 @@ Reference interpret(const Net& net, const float* image) {
                   const float v = x[(size_t(iy) * is.width + ix) * C + c];
                   acc = n.op == Op::max_pool ? std::max(acc, v) : acc + v;
                 }
-              out[(size_t(oy) * os.width + ox) * C + c] =
-                  n.op == Op::max_pool ? acc : acc / float(n.kernel * n.kernel);
+              out[(size_t(oy) * os.width + ox) * C + c] = n.op == Op::max_pool ? acc : acc / float(n.kernel * n.kernel);
             }
         break;
       case Op::global_avg_pool:
@@ -512,9 +510,7 @@ Reference interpret(const Net& net, const float* image) {
           out[size_t(c)] = acc / float(is.height * is.width);
         }
         break;
-      case Op::flatten:
-        out = chw_of(x, is);
-        break;
+      case Op::flatten: out = chw_of(x, is); break;
       case Op::shortcut_pad: {
         const int before = (os.channels - C) / 2;
         for (int oy = 0; oy < os.height; ++oy)
@@ -624,9 +620,9 @@ double check_against_reference(const Net& net, const std::vector<std::string>& w
         EXPECT_EQ(std::memcmp(logits.data(), scalar.data(), logits.size() * sizeof(float)), 0)
             << "logits differ from the scalar path's";
         for (int b = 0; b < batch; ++b)
-          worst_logits = std::max(worst_logits, relative_deviation(logits.data() + size_t(b) * classes,
-                                                                   refs[size_t(b)].values.back(), tolerance,
-                                                                   "logits of image " + std::to_string(b)));
+          worst_logits = std::max(worst_logits,
+                                  relative_deviation(logits.data() + size_t(b) * classes, refs[size_t(b)].values.back(),
+                                                     tolerance, "logits of image " + std::to_string(b)));
         if (threads == 1) {
           // The same bits with per-layer timing (images one by one), and with pixel_stem on
           // (the input is not made of 8-bit pixels, so the float first layer runs all the same).
@@ -679,8 +675,11 @@ std::string load_error(const Net& net) {
 }
 
 std::map<std::string, Gain> gains_a() {
-  return {{"conv1", {1.5, 0, 0.2}},  {"conv2", {1.5, 2.0f, 0.2}}, {"conv3", {1.0, 3.0f, 0.2}},
-          {"conv4", {1.5, 3.0f, 0.2}}, {"fc", {1.0, 0, 0.2}}};
+  return {{"conv1", {1.5, 0, 0.2}},
+          {"conv2", {1.5, 2.0f, 0.2}},
+          {"conv3", {1.0, 3.0f, 0.2}},
+          {"conv4", {1.5, 3.0f, 0.2}},
+          {"fc", {1.0, 0, 0.2}}};
 }
 
 Net net_a(Graph g = graph_a()) { return build(std::move(g), 12, 12, gains_a(), 7); }
@@ -695,15 +694,15 @@ TEST(EngineGraph, FusedAndUnfusedSumsAndPoolsMatchTheReference) {
 }
 
 TEST(EngineGraph, ShortcutPadAndFlattenMatchTheReference) {
-  const Net net = build(
-      graph_b(), 6, 6,
-      {{"c1", {1.5, 0, 0.2}}, {"c2", {1.0, 2.0f, 0.2}}, {"c3", {1.5, 3.0f, 0.2}}, {"fc", {1.0, 0, 0.2}}}, 21);
+  const Net net =
+      build(graph_b(), 6, 6,
+            {{"c1", {1.5, 0, 0.2}}, {"c2", {1.0, 2.0f, 0.2}}, {"c3", {1.5, 3.0f, 0.2}}, {"fc", {1.0, 0, 0.2}}}, 21);
   check_against_reference(net, {"c1", "block", "c3"}, 22);
 }
 
 std::map<std::string, Gain> gains_c() {
-  return {{"f0", {1.5, 0, 0.2}},    {"q0", {1.5, 2.0f, 0.2}}, {"f1", {1.5, 0, 0.2}}, {"q1", {1.0, 4.0f, 0.2}},
-          {"q2", {1.0, 4.0f, 0.2}}, {"fc", {1.0, 0, 0.2}}};
+  return {{"f0", {1.5, 0, 0.2}},    {"q0", {1.5, 2.0f, 0.2}}, {"f1", {1.5, 0, 0.2}},
+          {"q1", {1.0, 4.0f, 0.2}}, {"q2", {1.0, 4.0f, 0.2}}, {"fc", {1.0, 0, 0.2}}};
 }
 
 TEST(EngineGraph, QuantisedFirstLayerThreeWaySumAndSpatialLinearMatchTheReference) {

@@ -22,7 +22,7 @@ LayerRecord valid_record() {
   r.padding = 1;
   r.weight_bits = 4;
   r.weight_level_count = 15;
-  r.weights = 0;       // 72 codes x 4 bits = 36 bytes
+  r.weights = 0;  // 72 codes x 4 bits = 36 bytes
   r.weight_levels = 36;
   r.scale = 52;
   r.bias = 60;

@@ -3,8 +3,8 @@
 
 #include "apot/train/config.h"
 
-using apot::train::ConfigError;
 using apot::train::config_from_toml_text;
+using apot::train::ConfigError;
 
 namespace {
 const char* kRecipe = R"(

@@ -144,7 +144,8 @@ TEST(StateDict, ExportImportRoundTripAndErrors) {
   apot::qat::export_state_dict(*model, dir / "m.pt");
   auto copy = apot::qat::make_network("resnet20");
   apot::qat::import_state_dict(*copy, dir / "m.pt");
-  for (const auto& p : model->named_parameters()) EXPECT_TRUE(torch::equal(p.value(), copy->named_parameters()[p.key()]));
+  for (const auto& p : model->named_parameters())
+    EXPECT_TRUE(torch::equal(p.value(), copy->named_parameters()[p.key()]));
   for (const auto& b : model->named_buffers()) EXPECT_TRUE(torch::equal(b.value(), copy->named_buffers()[b.key()]));
   // Torchvision spelling (fc) and a module. prefix are accepted.
   auto state = apot::qat::read_state_dict(dir / "m.pt");

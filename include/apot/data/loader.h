@@ -24,7 +24,7 @@ struct LoaderOptions {
   bool drop_last = false;
   uint64_t seed = 0;
   int workers = 2;
-  int prefetch = 4;  // batches prepared ahead of the consumer
+  int prefetch = 4;         // batches prepared ahead of the consumer
   bool pin_memory = false;  // page-locked batches (only with a CUDA build)
   TransformOptions transform;
 };

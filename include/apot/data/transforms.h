@@ -12,12 +12,12 @@
 namespace apot::data {
 
 struct TransformOptions {
-  int resize_shorter = 0;    // bilinear resize so the shorter side has this length (0: none)
-  int crop = 0;              // square output of this side (0: keep the size)
-  bool random_crop = false;  // random crop position instead of the center
-  int pad = 0;               // zero padding on every side before a random crop
-  bool hflip = false;        // random horizontal flip with probability 1/2
-  int channels = 0;          // output channels: 0 keeps them; 1 averages RGB; 3 replicates grey
+  int resize_shorter = 0;        // bilinear resize so the shorter side has this length (0: none)
+  int crop = 0;                  // square output of this side (0: keep the size)
+  bool random_crop = false;      // random crop position instead of the center
+  int pad = 0;                   // zero padding on every side before a random crop
+  bool hflip = false;            // random horizontal flip with probability 1/2
+  int channels = 0;              // output channels: 0 keeps them; 1 averages RGB; 3 replicates grey
   std::vector<float> mean, std;  // per output channel, on the [0, 1] scale (empty: 0 and 1)
 
   void validate() const;  // throws DataError for inconsistent options

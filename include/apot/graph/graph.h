@@ -95,7 +95,7 @@ class Graph {
 
   // Appends a node after checking that its name is new and its inputs exist; returns its index.
   int add(Node node);
-  int find(const std::string& name) const;  // -1 if absent
+  int find(const std::string& name) const;        // -1 if absent
   const Node& at(const std::string& name) const;  // throws GraphError
   const std::vector<Node>& nodes() const { return nodes_; }
   std::vector<Node>& nodes() { return nodes_; }
@@ -104,7 +104,7 @@ class Graph {
   Node& operator[](size_t i) { return nodes_[i]; }
 
   int output() const { return int(nodes_.size()) - 1; }  // the last node
-  const Node& input() const;                               // node 0
+  const Node& input() const;                             // node 0
   int in_channels() const { return input().shape.channels; }
   int num_classes() const { return nodes_.back().shape.channels; }
 

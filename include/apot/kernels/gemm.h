@@ -22,7 +22,7 @@ enum class GemmIsa { scalar, avx2, avx_vnni, avx512_vnni };
 const char* to_string(GemmIsa isa);
 std::vector<GemmIsa> supported_gemm_isas();
 GemmIsa parse_gemm_isa(const std::string& name);  // "scalar" | "avx2" | "avx-vnni" | "avx512-vnni"
-GemmIsa default_gemm_isa();                        // APOT_GEMM_ISA, else the best supported
+GemmIsa default_gemm_isa();                       // APOT_GEMM_ISA, else the best supported
 
 inline int round_up4(int k) { return (k + 3) / 4 * 4; }
 
@@ -42,9 +42,13 @@ struct Aligned64 {
   T* allocate(size_t n) { return static_cast<T*>(allocate_aligned(n * sizeof(T))); }
   void deallocate(T* p, size_t n) { free_aligned(p, n * sizeof(T)); }
   template <typename U>
-  bool operator==(const Aligned64<U>&) const { return true; }
+  bool operator==(const Aligned64<U>&) const {
+    return true;
+  }
   template <typename U>
-  bool operator!=(const Aligned64<U>&) const { return false; }
+  bool operator!=(const Aligned64<U>&) const {
+    return false;
+  }
 };
 
 // Activation codes of one image in NHWC order with a zero border: pixel (y, x), channel c is at
@@ -103,10 +107,10 @@ struct ConvOutput {
   const float* bias = nullptr;      // out_channels
   const float* residual = nullptr;  // added after scale and bias, before the ReLU
   bool relu = false;
-  float* values = nullptr;                  // the float results (may be `residual`: in place)
-  const Requantizer* requantizer = nullptr; // with codes: the consumer's codes, written into
-  CodeImage codes;                          // the interior of an oh x ow image
-  int32_t* accumulators = nullptr;          // the raw integer sums (tests)
+  float* values = nullptr;                   // the float results (may be `residual`: in place)
+  const Requantizer* requantizer = nullptr;  // with codes: the consumer's codes, written into
+  CodeImage codes;                           // the interior of an oh x ow image
+  int32_t* accumulators = nullptr;           // the raw integer sums (tests)
 };
 
 // Whether conv_u8s8 takes the Winograd F(2,3) kernel for this layer: the AVX-512 VNNI path,

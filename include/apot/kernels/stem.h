@@ -26,7 +26,9 @@ struct PixelImage {
   int padded_w() const { return w + 2 * border + 4; }
   size_t plane() const { return size_t(h + 2 * border) * padded_w(); }
   size_t bytes() const { return plane() * c; }
-  uint8_t* pixel(int ch, int y, int x) const { return data + ch * plane() + size_t(y + border) * padded_w() + x + border; }
+  uint8_t* pixel(int ch, int y, int x) const {
+    return data + ch * plane() + size_t(y + border) * padded_w() + x + border;
+  }
 };
 
 // The first layer's weights for an h x w input with the given normalisation, packed for the
@@ -45,8 +47,8 @@ struct PackedStem {
   // (0, g0, g1, g2), so that the four pixels broadcast for output x give output x + 1 as well;
   // empty otherwise.
   std::vector<int8_t, Aligned64<int8_t>> shifted;
-  std::vector<int32_t> plain;     // [c][ky][kx][n] with n padded to 16 * nblocks (the reference)
-  std::vector<float> pixel_scale; // a_c
+  std::vector<int32_t> plain;      // [c][ky][kx][n] with n padded to 16 * nblocks (the reference)
+  std::vector<float> pixel_scale;  // a_c
   // D, 16 * nblocks entries per (row class, column class); output pixel (y, x) finds its
   // entries at offset[row_offset[y] + col_offset[x] + n].
   std::vector<float> offset;

@@ -86,7 +86,7 @@ struct QuantPolicy {
   double weight_alpha_init = 3.0;
   double act_alpha_init = 8.0;
   bool per_channel_weight_alpha = false;
-  bool int8_first_last = true;  // first and last layers: int8 weights, unquantised input
+  bool int8_first_last = true;                         // first and last layers: int8 weights, unquantised input
   std::map<std::string, graph::LayerOverride> layers;  // per-layer changes (mixed precision)
 
   static QuantPolicy full_precision();

@@ -35,7 +35,8 @@ class NetworkImpl : public torch::nn::Module {
   torch::nn::Module* batch_norm(const std::string& name) const;
 
   // A deep copy: the same graph, policy, parameters and buffers.
-  std::shared_ptr<torch::nn::Module> clone(const torch::optional<torch::Device>& device = torch::nullopt) const override;
+  std::shared_ptr<torch::nn::Module> clone(
+      const torch::optional<torch::Device>& device = torch::nullopt) const override;
 
  private:
   void build();
@@ -50,7 +51,7 @@ class NetworkImpl : public torch::nn::Module {
   std::vector<std::shared_ptr<QuantLinearImpl>> linear_;
   std::vector<std::shared_ptr<torch::nn::BatchNorm2dImpl>> bn2d_;
   std::vector<std::shared_ptr<torch::nn::BatchNorm1dImpl>> bn1d_;
-  std::vector<int> last_use_;                                     // per node: the last node reading it
+  std::vector<int> last_use_;  // per node: the last node reading it
 };
 TORCH_MODULE(Network);
 

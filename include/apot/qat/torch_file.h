@@ -30,7 +30,16 @@ using PickleValuePtr = std::shared_ptr<PickleValue>;
 // walking a value recursively always ends.
 struct PickleValue {
   enum class Kind {
-    None, Bool, Int, BigInt, Float, String, Bytes, List, Tuple, Dict,
+    None,
+    Bool,
+    Int,
+    BigInt,
+    Float,
+    String,
+    Bytes,
+    List,
+    Tuple,
+    Dict,
     Tensor,   // a tensor (always on the CPU, owning or sharing its storage)
     Storage,  // a storage that no tensor wrapped; `tensor` is a 1-D tensor over all of it
     Global,   // a class or function named by the pickle ("collections.OrderedDict")
@@ -55,7 +64,7 @@ struct PickleValue {
 
  private:
   friend class detail::PickleMachine;
-  int height_ = 0;       // levels of containers below this one
+  int height_ = 0;          // levels of containers below this one
   bool contained_ = false;  // inside another container: no longer mutable (no cycles)
 };
 

@@ -16,8 +16,8 @@
 #include <string>
 #include <vector>
 
-#include "apot/kernels/gemm.h"
 #include "apot/graph/graph.h"
+#include "apot/kernels/gemm.h"
 #include "apot/runtime/format.h"
 
 namespace apot::runtime {

@@ -21,15 +21,15 @@ class ConfigError : public std::runtime_error {
 struct TrainConfig {
   // [model]
   std::string arch = "resnet20";
-  std::string shortcut = "A";  // A | B (CIFAR family)
+  std::string shortcut = "A";   // A | B (CIFAR family)
   std::string naming = "apot";  // apot | hub: parameter names of the CIFAR ResNets (graph::ArchOptions)
   std::string model_file;       // a model file (docs/MODELS.md) instead of arch
   // [data]
   std::string data = "fashion-mnist";
   int batch_size = 128;
   int workers = 2;
-  int val_size = 5000;  // examples carved from the training set for model selection (0: none)
-  bool augment = true;  // the data set's training augmentation
+  int val_size = 5000;                   // examples carved from the training set for model selection (0: none)
+  bool augment = true;                   // the data set's training augmentation
   int crop = -1, pad = -1, resize = -1;  // -1: the data set's default
   bool skip_corrupt = false;
   int eval_batch_size = 256;
@@ -38,7 +38,7 @@ struct TrainConfig {
   // [quant]
   std::string kind = "apot";  // apot | pot | uniform | fp
   int weight_bits = 4, act_bits = 4;
-  std::string variant = "cifar";  // STE variant: cifar | imagenet
+  std::string variant = "cifar";         // STE variant: cifar | imagenet
   std::string weight_norm = "detached";  // none | detached | through
   bool per_channel = false;
   double weight_alpha_init = 3.0, act_alpha_init = 8.0;
@@ -46,6 +46,7 @@ struct TrainConfig {
   std::map<std::string, graph::LayerOverride> layers;  // [quant.layers."name"]: per-layer overrides
   // [init]
   std::string init;  // checkpoint (.ckpt) of a previous run, or a PyTorch state dict (.pt/.pth)
+  std::string init_key;  // the entry of a checkpoint dict that holds the state dict (if ambiguous)
   // [optim]
   int epochs = 10;
   double lr = 0.1, momentum = 0.9, weight_decay = 1e-4;
@@ -59,9 +60,9 @@ struct TrainConfig {
   double warmup_epochs = 0.0;
   // [run]
   uint64_t seed = 1;
-  int threads = 0;               // 0: all cores
-  int max_steps_per_epoch = 0;   // 0: whole epochs (a cap is for smoke tests)
-  int stop_after_epoch = 0;      // stop (as if killed) after this epoch; 0: run to the end. --resume continues
+  int threads = 0;              // 0: all cores
+  int max_steps_per_epoch = 0;  // 0: whole epochs (a cap is for smoke tests)
+  int stop_after_epoch = 0;     // stop (as if killed) after this epoch; 0: run to the end. --resume continues
 
   bool quantized() const { return kind != "fp"; }
   void validate() const;  // throws ConfigError naming the offending key

@@ -60,7 +60,7 @@ Checkpoint read_checkpoint_meta(const std::string& path);
 // graphs were stored rebuild it from the configuration) and loads its weights (and the
 // optimiser state, if given).
 qat::Network load_checkpoint(const std::string& path, Checkpoint* meta = nullptr,
-                            torch::optim::Optimizer* optimizer = nullptr);
+                             torch::optim::Optimizer* optimizer = nullptr);
 
 // ---- training ----
 struct TrainSummary {
