@@ -9,6 +9,7 @@
 #include <nlohmann/json.hpp>
 
 #include "apot/graph/architectures.h"
+#include "apot/graph/serialize.h"
 #include "apot/levels/level_set.h"
 
 namespace apot::train {
@@ -258,6 +259,11 @@ void TrainConfig::validate() const {
 TrainConfig config_from_toml_text(const std::string& text, const std::string& source,
                                   const std::vector<std::string>& overrides) {
   TrainConfig c;
+  try {
+    graph::check_toml_characters(text, source);
+  } catch (const graph::GraphError& e) {
+    throw ConfigError(e.what());
+  }
   try {
     apply_table(c, toml::parse(text, source), "", source);
   } catch (const toml::parse_error& e) {

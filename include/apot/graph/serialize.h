@@ -22,6 +22,10 @@ Graph graph_from_json(const nlohmann::json& json, const std::string& source);
 // inputs, attributes); layers may come in any order (they are sorted; a cycle is an error),
 // and a layer without `input` reads the layer before it in the file.
 Graph read_model_file(const std::string& path);
+
+// Throws GraphError for a control character TOML does not allow (toml++ 3.3 asserts on some):
+// for every TOML text apot reads (model files, recipes).
+void check_toml_characters(const std::string& text, const std::string& source);
 Graph model_from_toml_text(const std::string& text, const std::string& source);
 
 }  // namespace apot::graph
