@@ -234,8 +234,8 @@ Graph graph_from_json(const json& j, const std::string& source) {
 // So they are refused here, before it parses, with one line naming the place.
 void check_toml_characters(const std::string& text, const std::string& source) {
   int line = 1;
-  char quote = 0;         // inside a string: its delimiter (" or ')
-  bool multi = false;     // ... a multi-line one (""" or ''')
+  char quote = 0;      // inside a string: its delimiter (" or ')
+  bool multi = false;  // ... a multi-line one (""" or ''')
   bool comment = false;
   for (size_t i = 0; i < text.size(); ++i) {
     const char c = text[i];

@@ -211,13 +211,18 @@ out_channels = 2
 // Characters toml++ is unsafe on are refused before it parses; non-ASCII text in strings and
 // comments is fine.
 TEST(ModelFile, ControlAndStrayNonAsciiCharactersAreRefused) {
-  const std::string ok = "# Modèle für Bilder\nname = \"réseau\"\n[input]\nchannels = 1\n[[layer]]\nname = \"c\"\nop = "
-                         "\"conv\"\nout_channels = 2\nkernel = 1\n";
+  const std::string ok =
+      "# Modèle für Bilder\nname = \"réseau\"\n[input]\nchannels = 1\n[[layer]]\nname = \"c\"\nop = "
+      "\"conv\"\nout_channels = 2\nkernel = 1\n";
   EXPECT_EQ(model_from_toml_text(ok, "m.toml").arch, "réseau");
-  EXPECT_NE(error_of([] { model_from_toml_text("name = \"x\"\n[[\x01layer]]\n", "m.toml"); }).find("m.toml:2: a control character"),
+  EXPECT_NE(error_of([] {
+              model_from_toml_text("name = \"x\"\n[[\x01layer]]\n", "m.toml");
+            }).find("m.toml:2: a control character"),
             std::string::npos);
-  EXPECT_NE(error_of([] { model_from_toml_text("name = \"x\"\n\xc4\xbd = 1\n", "m.toml"); })
-                .find("m.toml:2: a non-ASCII character outside a string"),
+  EXPECT_NE(error_of([] {
+              model_from_toml_text("name = \"x\"\n\xc4\xbd = 1\n", "m.toml");
+            }).find("m.toml:2: a non-ASCII character outside a string"),
             std::string::npos);
-  EXPECT_NE(error_of([] { model_from_toml_text("name = \"x\"\n[[.\n", "m.toml"); }).find("m.toml:2"), std::string::npos);
+  EXPECT_NE(error_of([] { model_from_toml_text("name = \"x\"\n[[.\n", "m.toml"); }).find("m.toml:2"),
+            std::string::npos);
 }

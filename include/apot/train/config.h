@@ -45,7 +45,7 @@ struct TrainConfig {
   bool int8_first_last = true;
   std::map<std::string, graph::LayerOverride> layers;  // [quant.layers."name"]: per-layer overrides
   // [init]
-  std::string init;  // checkpoint (.ckpt) of a previous run, or a PyTorch state dict (.pt/.pth)
+  std::string init;      // checkpoint (.ckpt) of a previous run, or a PyTorch state dict (.pt/.pth)
   std::string init_key;  // the entry of a checkpoint dict that holds the state dict (if ambiguous)
   // [optim]
   int epochs = 10;
