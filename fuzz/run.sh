@@ -38,7 +38,7 @@ engine_objects() {
     if [ ! "$o" -nt "$src" ] || [ -n "${APOT_FUZZ_REBUILD:-}" ]; then
       # shellcheck disable=SC2086
       clang++-14 -std=c++17 -g -O1 -fsanitize=fuzzer-no-link,address,undefined -fno-sanitize-recover=undefined \
-        -ffp-contract=off -fopenmp=libgomp '-DTOML_ASSERT(expr)=((void)0)' -Iinclude -Isrc/kernels ${isa[$base]:-} \
+        -ffp-contract=off -fopenmp=libgomp '-DTOML_ASSERT(expr)=((void)0)' '-DAPOT_VERSION="fuzz"' -Iinclude -Isrc/kernels ${isa[$base]:-} \
         -c "$src" -o "$o"
     fi
     echo "$o"

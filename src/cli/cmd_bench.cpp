@@ -8,9 +8,12 @@
 #include <algorithm>
 #include <chrono>
 #include <nlohmann/json.hpp>
+#include <memory>
 #include <optional>
 
+#include "apot/apot.h"
 #include "apot/qat/network.h"
+#include "apot/runtime/inspect.h"
 #include "apot/runtime/model.h"
 #include "baselines.h"
 #include "commands.h"
@@ -43,8 +46,8 @@ double time_ms(F f) {
 // the engine; the baselines' speed does not depend on the values).
 torch::Tensor random_images(const runtime::ModelInfo& info, int batch) {
   const torch::Tensor pixels =
-      torch::randint(0, 256, {batch, info.in_channels(), info.height, info.width}).to(torch::kFloat);
-  const auto shape = std::vector<int64_t>{1, info.in_channels(), 1, 1};
+      torch::randint(0, 256, {batch, info.channels, info.height, info.width}).to(torch::kFloat);
+  const auto shape = std::vector<int64_t>{1, info.channels, 1, 1};
   const torch::Tensor mean = torch::tensor(info.mean).reshape(shape), std = torch::tensor(info.std).reshape(shape);
   return ((pixels / 255.0f - mean) / std).contiguous();
 }
@@ -59,18 +62,19 @@ struct Contender {
 // oneDNN int8's time for the same convolution where the baseline is built.
 nlohmann::json layer_report(const runtime::Model& engine, int reps, double peak, bool print) {
   const runtime::ModelInfo& info = engine.info();
-  const graph::Graph& g = info.graph;
-  const size_t layers = engine.layer_count();
+  const runtime::Inspector inspect(engine);
+  const graph::Graph& g = inspect.graph();
+  const size_t layers = inspect.layer_count();
   const std::vector<int> first = g.first_layers();
   // One thread for both: oneDNN fixes a primitive's thread count when it is created.
   torch::set_num_threads(1);
   const torch::Tensor x = random_images(info, 1);
   std::vector<std::vector<double>> samples(layers);
-  runtime::RunOptions o;
+  runtime::EngineOptions o;
   for (int r = 0; r < std::max(reps, 5); ++r) {
     std::vector<double> seconds(layers, 0.0);
     o.layer_seconds = &seconds;
-    engine.run(x.data_ptr<float>(), 1, o);
+    inspect.run(x.data_ptr<float>(), 1, o);
     for (size_t i = 0; i < layers; ++i) samples[i].push_back(seconds[i]);
   }
   std::vector<std::vector<double>> int8;
@@ -84,7 +88,7 @@ nlohmann::json layer_report(const runtime::Model& engine, int reps, double peak,
         peak, int8.empty() ? "" : "; oneDNN int8 on the right");
   double total_ms = 0, int8_total_ms = 0;
   for (size_t i = 0; i < layers; ++i) {
-    const int node = engine.layer_node(i);
+    const int node = inspect.layer_node(i);
     const graph::Node& l = g[size_t(node)];
     if (l.op != graph::Op::conv) continue;  // linear layers are not timed
     const graph::Shape& in = g.input_shape_of(node);
@@ -93,7 +97,7 @@ nlohmann::json layer_report(const runtime::Model& engine, int reps, double peak,
     const double ms = median(samples[i]) * 1e3;
     const double gmacs = layer_macs / (ms * 1e-3) / 1e9;
     total_ms += ms;
-    const bool winograd = engine.uses_winograd(i, o.isa);
+    const bool winograd = inspect.uses_winograd(i, o.isa);
     nlohmann::json row{{"layer", l.name},
                        {"ms", ms},
                        {"macs", layer_macs},
@@ -125,7 +129,11 @@ nlohmann::json layer_report(const runtime::Model& engine, int reps, double peak,
 void run_bench(const BenchOptions& o) {
   const runtime::Model engine = runtime::Model::load(o.model);
   const runtime::ModelInfo& info = engine.info();
-  const graph::Graph& g = info.graph;
+  const graph::Graph& g = runtime::Inspector(engine).graph();
+  // The same model through the C API (apot/apot.h), to show what that layer costs.
+  apot_model* c_model = nullptr;
+  if (apot_model_load(o.model.c_str(), &c_model) != APOT_OK) throw std::runtime_error(apot_last_error());
+  const std::unique_ptr<apot_model, void (*)(apot_model*)> c_model_owner(c_model, apot_model_free);
   int64_t macs = 0;
   for (int i : g.weight_layers()) macs += g.macs(i);
   const kernels::GemmIsa isa = kernels::default_gemm_isa();
@@ -151,8 +159,20 @@ void run_bench(const BenchOptions& o) {
       const torch::Tensor x = random_images(info, batch);
       runtime::RunOptions ro;
       ro.threads = threads;
+      apot_run_options co;
+      apot_run_options_init(&co);
+      co.threads = threads;
+      std::vector<float> logits(size_t(batch) * size_t(info.num_classes));
+      const size_t input_count = size_t(x.numel());
       std::vector<Contender> c;
-      c.push_back({"engine", [&] { engine.run(x.data_ptr<float>(), batch, ro); }, {}});
+      c.push_back({"engine", [&] { engine.run(x.data_ptr<float>(), batch, logits.data(), ro); }, {}});
+      c.push_back({"engine_c_api",
+                   [&] {
+                     if (apot_model_run(c_model, x.data_ptr<float>(), input_count, batch, logits.data(), logits.size(),
+                                        &co) != APOT_OK)
+                       throw std::runtime_error(apot_last_error());
+                   },
+                   {}});
       c.push_back({"libtorch_fp32_module", [&] { fp(x); }, {}});
       if (direct) c.push_back({"libtorch_fp32_onednn", [&] { direct->forward(x); }, {}});
       std::optional<OnednnInt8> int8;
@@ -175,6 +195,7 @@ void run_bench(const BenchOptions& o) {
       double fp32 = row["libtorch_fp32_module_ms"];
       if (direct) fp32 = std::min(fp32, row["libtorch_fp32_onednn_ms"].get<double>());
       row["libtorch_fp32_best_ms"] = fp32;
+      row["c_api_overhead"] = row["engine_c_api_ms"].get<double>() / e - 1.0;
       row["speedup_vs_fp32"] = fp32 / e;
       row["engine_gmacs_per_s"] = macs * double(batch) / (e * 1e-3) / 1e9;
       if (int8) row["speedup_vs_onednn_int8"] = row["onednn_int8_ms"].get<double>() / e;
@@ -182,12 +203,14 @@ void run_bench(const BenchOptions& o) {
       if (!o.json) {
         fmt::print(
             "  batch {:>3}, {} thread(s): engine {:8.3f} ms | LibTorch FP32 module {:8.3f} ms, via oneDNN {} | "
-            "oneDNN int8 {} -> {:5.2f}x FP32 (best), {} int8; engine {:6.1f} G MAC/s\n",
+            "oneDNN int8 {} -> {:5.2f}x FP32 (best), {} int8; engine {:6.1f} G MAC/s; through the C API "
+            "{:8.3f} ms ({:+.2f} %)\n",
             batch, threads, e, row["libtorch_fp32_module_ms"].get<double>(),
             direct ? fmt::format("{:8.3f} ms", row["libtorch_fp32_onednn_ms"].get<double>()) : "n/a",
             int8 ? fmt::format("{:8.3f} ms", row["onednn_int8_ms"].get<double>()) : "n/a", fp32 / e,
             int8 ? fmt::format("{:5.2f}x", row["speedup_vs_onednn_int8"].get<double>()) : "n/a",
-            row["engine_gmacs_per_s"].get<double>());
+            row["engine_gmacs_per_s"].get<double>(), row["engine_c_api_ms"].get<double>(),
+            100 * row["c_api_overhead"].get<double>());
       }
     }
   nlohmann::json report{

@@ -1,4 +1,4 @@
-// `apot run model.apot --data SPEC [--json] [--compare CHECKPOINT]`: accuracy of the integer
+// `apot run model.apot --data SPEC [--json] [--compare CHECKPOINT] [--predictions FILE]`: accuracy of the integer
 // engine, and with --compare its agreement with the trained LibTorch model.
 #include <fmt/format.h>
 
@@ -6,6 +6,8 @@
 
 #include "apot/data/loader.h"
 #include "apot/data/spec.h"
+#include "apot/export/export.h"
+#include "apot/runtime/inspect.h"
 #include "apot/runtime/model.h"
 #include "apot/train/trainer.h"
 #include "commands.h"
@@ -14,7 +16,7 @@ namespace apot::cli {
 namespace {
 
 struct RunCmdOptions {
-  std::string model, data, compare;
+  std::string model, data, compare, predictions;
   int batch = 64, threads = 1, workers = 2, limit = 0, tap_images = 8;
   bool json = false;
 };
@@ -53,14 +55,14 @@ void run_run(const RunCmdOptions& o) {
   lo.transform = data::default_transform(spec, data::Split::test, test_set.get());
   lo.transform.mean = info.mean;
   lo.transform.std = info.std;
-  lo.transform.channels = info.in_channels();
+  lo.transform.channels = info.channels;
   std::vector<size_t> indices;
   if (o.limit > 0)
     for (size_t i = 0; i < std::min<size_t>(o.limit, test_set->size()); ++i) indices.push_back(i);
   data::Loader loader(test_set, lo, indices);
   const std::vector<int64_t> shape = loader.example_shape();
-  if (shape != std::vector<int64_t>{info.in_channels(), info.height, info.width})
-    throw UsageError(o.model + " expects " + std::to_string(info.in_channels()) + "x" + std::to_string(info.height) +
+  if (shape != std::vector<int64_t>{info.channels, info.height, info.width})
+    throw UsageError(o.model + " expects " + std::to_string(info.channels) + "x" + std::to_string(info.height) +
                      "x" + std::to_string(info.width) + " inputs, " + o.data + " gives " + std::to_string(shape[0]) +
                      "x" + std::to_string(shape[1]) + "x" + std::to_string(shape[2]));
 
@@ -72,8 +74,11 @@ void run_run(const RunCmdOptions& o) {
   torch::NoGradGuard no_grad;
   runtime::RunOptions ro;
   ro.threads = o.threads;
+  const runtime::Inspector inspect(engine);
+  runtime::EngineOptions eo = runtime::engine_options(ro);
   int64_t count = 0, correct = 0, trained_correct = 0, agree = 0;
-  const std::vector<std::string> tap_names = engine.tap_names();
+  const std::vector<std::string> tap_names = inspect.tap_names();
+  std::string predictions;  // --predictions: "name<TAB>class" per image
   std::vector<double> tap_diff;
   std::vector<double> tap_scale;
   loader.start_epoch(0);
@@ -90,6 +95,9 @@ void run_run(const RunCmdOptions& o) {
           static_cast<int>(std::max_element(logits.begin() + i * classes, logits.begin() + (i + 1) * classes) -
                            (logits.begin() + i * classes));
       correct += pred == labels[i];
+      if (!o.predictions.empty())
+        predictions += test_set->example_name(indices.empty() ? size_t(count + i) : indices[size_t(count + i)]) +
+                       "\t" + info.class_names[size_t(pred)] + "\n";
       if (trained) {
         const int64_t tp = trained_pred.data_ptr<int64_t>()[i];
         trained_correct += tp == labels[i];
@@ -100,7 +108,7 @@ void run_run(const RunCmdOptions& o) {
       for (int i = 0; i < n && count + i < o.tap_images; ++i) {
         std::vector<std::vector<float>> engine_taps;
         const torch::Tensor image = batch.images.slice(0, i, i + 1).contiguous();
-        engine.run_with_taps(image.data_ptr<float>(), 1, engine_taps, ro);
+        inspect.run_with_taps(image.data_ptr<float>(), 1, engine_taps, eo);
         const auto reference = torch_taps(*trained, tap_names, image);
         if (reference.size() != engine_taps.size() || reference.size() != tap_names.size())
           throw std::logic_error("run --compare: the engine and the trained model give different layer lists");
@@ -118,6 +126,8 @@ void run_run(const RunCmdOptions& o) {
     }
     count += n;
   }
+  if (!o.predictions.empty())
+    exporter::write_file_atomically(o.predictions, std::vector<uint8_t>(predictions.begin(), predictions.end()));
   const double accuracy = 100.0 * correct / std::max<int64_t>(1, count);
   nlohmann::json j{{"model", o.model}, {"data", spec.text()}, {"count", count}, {"top1", accuracy}};
   if (trained) {
@@ -126,7 +136,7 @@ void run_run(const RunCmdOptions& o) {
     j["layers"] = nlohmann::json::array();
     for (size_t t = 0; t < tap_diff.size(); ++t)
       j["layers"].push_back({{"name", tap_names[t]},
-                             {"op", graph::to_string(info.graph.at(tap_names[t]).op)},
+                             {"op", graph::to_string(inspect.graph().at(tap_names[t]).op)},
                              {"max_abs_diff", tap_diff[t]},
                              {"max_abs", tap_scale[t]}});
   }
@@ -156,6 +166,9 @@ void register_run(CLI::App& app) {
   cmd->add_option("--batch", o->batch, "batch size")->capture_default_str();
   cmd->add_option("--threads", o->threads, "engine threads")->capture_default_str();
   cmd->add_option("--limit", o->limit, "use only the first N test images");
+  cmd->add_option("--predictions", o->predictions,
+                  "write each image's predicted class to FILE, one \"name<TAB>class\" line per image "
+                  "(name: the image file for image folders, else its index)");
   cmd->add_flag("--json", o->json, "print one JSON object");
   cmd->callback([o] { run_run(*o); });
 }

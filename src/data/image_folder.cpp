@@ -47,6 +47,8 @@ class ImageFolderDataset : public Dataset {
            std::to_string(classes_.size()) + " classes)";
   }
 
+  std::string example_name(size_t index) const override { return files_.at(index); }
+
   Example get(size_t index) const override {
     for (size_t attempt = 0; attempt < files_.size(); ++attempt) {
       const size_t i = (index + attempt) % files_.size();

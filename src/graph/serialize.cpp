@@ -1,7 +1,6 @@
-// Graph <-> JSON, and the TOML model-file reader (toml++ turns it into the same JSON).
+// Graph <-> JSON (in .apot files and checkpoints). The TOML model-file reader is model_file.cpp.
 #include "apot/graph/serialize.h"
 
-#include <toml++/toml.h>
 #include <algorithm>
 #include <fstream>
 #include <functional>
@@ -9,6 +8,11 @@
 #include <sstream>
 
 namespace apot::graph {
+
+[[noreturn]] void detail::fail(const std::string& source, const std::string& node, const std::string& what) {
+  throw GraphError(source + ": node '" + node + "': " + what);
+}
+
 namespace {
 
 using nlohmann::json;
@@ -50,9 +54,7 @@ const std::set<std::string>& allowed_keys(Op op) {
   }
 }
 
-[[noreturn]] void fail(const std::string& source, const std::string& node, const std::string& what) {
-  throw GraphError(source + ": node '" + node + "': " + what);
-}
+using detail::fail;
 
 int int_of(const json& j, const char* key, int fallback, const std::string& source, const std::string& node) {
   if (!j.contains(key)) return fallback;
@@ -225,154 +227,6 @@ Graph graph_from_json(const json& j, const std::string& source) {
     throw GraphError(source + ": " + e.what());
   }
   return g;
-}
-
-// TOML allows no control characters but tab, newline and carriage return, and non-ASCII
-// characters only in strings and comments. toml++ 3.3 is unsafe on some violations: it asserts
-// on a table header that starts with a control character, and reaches __builtin_unreachable on
-// a character from U+00A1 to U+0499 where it looks for whitespace (found by fuzz_model_file).
-// So they are refused here, before it parses, with one line naming the place.
-void check_toml_characters(const std::string& text, const std::string& source) {
-  int line = 1;
-  char quote = 0;      // inside a string: its delimiter (" or ')
-  bool multi = false;  // ... a multi-line one (""" or ''')
-  bool comment = false;
-  for (size_t i = 0; i < text.size(); ++i) {
-    const char c = text[i];
-    const unsigned char u = static_cast<unsigned char>(c);
-    if ((u < 0x20 && c != '\t' && c != '\n' && c != '\r') || u == 0x7f)
-      throw GraphError(source + ":" + std::to_string(line) + ": a control character (byte " + std::to_string(u) +
-                       ") is not allowed in TOML");
-    if (c == '\n') {
-      ++line;
-      comment = false;
-      if (!multi) quote = 0;  // an unterminated single-line string: toml++ reports it
-      continue;
-    }
-    if (u >= 0x80 && !quote && !comment)
-      throw GraphError(source + ":" + std::to_string(line) +
-                       ": a non-ASCII character outside a string or comment is not allowed in TOML");
-    if (comment) continue;
-    if (quote) {
-      if (c == '\\' && quote == '"') {
-        ++i;  // an escaped character
-        if (i < text.size() && text[i] == '\n') ++line;
-      } else if (c == quote && (!multi || text.compare(i, 3, std::string(3, quote)) == 0)) {
-        if (multi) i += 2;
-        quote = 0;
-        multi = false;
-      }
-      continue;
-    }
-    if (c == '#') {
-      comment = true;
-    } else if (c == '"' || c == '\'') {
-      quote = c;
-      multi = text.compare(i, 3, std::string(3, c)) == 0;
-      if (multi) i += 2;
-    }
-  }
-}
-
-Graph model_from_toml_text(const std::string& text, const std::string& source) {
-  check_toml_characters(text, source);
-  json doc;
-  try {
-    const toml::table table = toml::parse(text, source);
-    std::ostringstream out;
-    out << toml::json_formatter(table);
-    doc = json::parse(out.str());
-  } catch (const toml::parse_error& e) {
-    std::ostringstream msg;
-    msg << source << ":" << e.source().begin.line << ": " << e.description();
-    throw GraphError(msg.str());
-  }
-  for (const auto& item : doc.items())
-    if (item.key() != "name" && item.key() != "input" && item.key() != "layer")
-      throw GraphError(source + ": unknown key '" + item.key() + "' (expected name, [input], [[layer]])");
-  if (!doc.contains("input") || !doc.at("input").is_object() || !doc.at("input").contains("channels"))
-    throw GraphError(source + ": needs [input] with channels");
-  if (!doc.contains("layer") || !doc.at("layer").is_array() || doc.at("layer").empty())
-    throw GraphError(source + ": needs at least one [[layer]]");
-  const json& layers = doc.at("layer");
-  if (layers.size() > 100000) throw GraphError(source + ": too many layers");
-  // Names first, so that layers may read layers defined further down; then a depth-first
-  // topological sort that reports the first cycle it finds.
-  std::map<std::string, size_t> position;
-  for (size_t i = 0; i < layers.size(); ++i) {
-    if (!layers[i].is_object() || !layers[i].contains("name") || !layers[i].at("name").is_string())
-      throw GraphError(source + ": layer " + std::to_string(i + 1) + " has no name");
-    const std::string name = layers[i].at("name").get<std::string>();
-    if (name == "input") throw GraphError(source + ": node 'input': the name is reserved for the image");
-    if (!position.emplace(name, i).second) fail(source, name, "the name is used twice");
-  }
-  std::vector<std::vector<std::string>> reads(layers.size());
-  for (size_t i = 0; i < layers.size(); ++i) {
-    const json& l = layers[i];
-    const std::string name = l.at("name").get<std::string>();
-    try {
-      if (l.contains("input")) reads[i].push_back(l.at("input").get<std::string>());
-      if (l.contains("inputs")) {
-        const auto more = l.at("inputs").get<std::vector<std::string>>();
-        reads[i].insert(reads[i].end(), more.begin(), more.end());
-      }
-    } catch (const json::exception&) {
-      fail(source, name, "input must be a layer name, inputs a list of layer names");
-    }
-    if (!l.contains("input") && !l.contains("inputs"))
-      reads[i].push_back(i == 0 ? "input" : layers[i - 1].at("name").get<std::string>());
-    for (const std::string& r : reads[i])
-      if (r != "input" && !position.count(r)) fail(source, name, "reads '" + r + "', which is not a layer");
-  }
-  std::vector<int> state(layers.size(), 0);  // 0 new, 1 on the path, 2 done
-  std::vector<size_t> order;
-  std::vector<std::string> path;
-  std::function<void(size_t)> visit = [&](size_t i) {
-    const std::string name = layers[i].at("name").get<std::string>();
-    if (state[i] == 2) return;
-    if (state[i] == 1) {
-      std::string cycle;
-      for (auto it = std::find(path.begin(), path.end(), name); it != path.end(); ++it) cycle += *it + " -> ";
-      fail(source, name, "is part of a cycle (" + cycle + name + ")");
-    }
-    if (path.size() > 10000) fail(source, name, "the network is too deep");
-    state[i] = 1;
-    path.push_back(name);
-    for (const std::string& r : reads[i])
-      if (r != "input") visit(position.at(r));
-    path.pop_back();
-    state[i] = 2;
-    order.push_back(i);
-  };
-  for (size_t i = 0; i < layers.size(); ++i) visit(i);
-  json nodes = json::array();
-  json input = doc.at("input");
-  input["name"] = "input";
-  input["op"] = "input";
-  nodes.push_back(input);
-  for (size_t i : order) {
-    json l = layers[i];
-    l.erase("input");
-    l["inputs"] = reads[i];
-    if (l.contains("quant"))
-      fail(source, l.at("name").get<std::string>(),
-           "quantisation comes from the recipe ([quant], [quant.layers]), not the model file");
-    nodes.push_back(l);
-  }
-  Graph g = graph_from_json(json{{"arch", doc.value("name", std::string("model"))}, {"nodes", nodes}}, source);
-  const auto consumers = g.consumers();
-  for (size_t i = 1; i + 1 < g.size(); ++i)
-    if (consumers[i].empty())
-      throw GraphError(source + ": node '" + g[i].name + "': its output is never used (the last layer is the output)");
-  return g;
-}
-
-Graph read_model_file(const std::string& path) {
-  std::ifstream in(path);
-  if (!in) throw GraphError(path + ": cannot open the model file");
-  std::stringstream text;
-  text << in.rdbuf();
-  return model_from_toml_text(text.str(), path);
 }
 
 }  // namespace apot::graph

@@ -82,17 +82,20 @@ namespace detail {
 void conv_rows_scalar(const ConvArgs& a, int m0, int m1) {
   const PackedConv& w = *a.w;
   const int n0 = 16 * a.nb0, n1 = std::min(w.out_channels, 16 * a.nb1);
-  std::vector<int32_t> acc(size_t(std::max(0, n1 - n0)));
+  int32_t acc[16];  // one block of output channels at a time: no allocation
   for (int m = m0; m < m1; ++m) {
     const int y = m / a.ow, x = m % a.ow;
     const uint8_t* base = a.base(y, x);
-    for (int n = n0; n < n1; ++n) {
-      int32_t sum = 0;
-      for (int tap = 0; tap < w.kernel * w.kernel; ++tap)
-        for (int c = 0; c < w.cs; ++c) sum += int32_t(base[a.tap_offsets[tap] + c]) * w.at(tap * w.cs + c, n);
-      acc[size_t(n - n0)] = sum;
+    for (int b0 = n0; b0 < n1; b0 += 16) {
+      const int b1 = std::min(n1, b0 + 16);
+      for (int n = b0; n < b1; ++n) {
+        int32_t sum = 0;
+        for (int tap = 0; tap < w.kernel * w.kernel; ++tap)
+          for (int c = 0; c < w.cs; ++c) sum += int32_t(base[a.tap_offsets[tap] + c]) * w.at(tap * w.cs + c, n);
+        acc[n - b0] = sum;
+      }
+      epilogue_scalar(a, m, y, x, b0, b1 - b0, acc);
     }
-    epilogue_scalar(a, m, y, x, n0, n1 - n0, acc.data());
   }
 }
 

@@ -97,7 +97,7 @@ const char* to_string(GemmIsa isa) {
   return "unknown";
 }
 
-std::vector<GemmIsa> supported_gemm_isas() {
+const std::vector<GemmIsa>& supported_gemm_isas() {
   static const std::vector<GemmIsa> detected = [] {
     const CpuFeatures& f = cpu_features();
     const bool avx2 = f.avx2 && f.fma, avx512_vnni_vl = f.avx512f && f.avx512vl && f.avx512vnni;

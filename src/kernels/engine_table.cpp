@@ -22,6 +22,9 @@ void require(GemmIsa isa) {
 void check_shape(const char* what, int out_channels, int in_channels, int kernel, int stride, int padding) {
   if (out_channels < 1 || in_channels < 1 || kernel < 1 || stride < 1 || padding < 0 || padding >= kernel)
     throw std::invalid_argument(std::string(what) + ": invalid convolution shape");
+  if (kernel > kMaxKernel)
+    throw std::invalid_argument(std::string(what) + ": kernels larger than " + std::to_string(kMaxKernel) + "x" +
+                                std::to_string(kMaxKernel) + " are not supported");
 }
 
 namespace {

@@ -2,8 +2,10 @@
 #pragma once
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <cstring>
+#include <stdexcept>
 #include <vector>
 
 #include "apot/kernels/gemm.h"
@@ -14,7 +16,25 @@ namespace apot::kernels::detail {
 // Shared checks of the drivers: throw std::invalid_argument.
 bool supports(GemmIsa isa);  // the path runs on this CPU
 void require(GemmIsa isa);
+// Throws std::invalid_argument for an impossible shape, or a kernel larger than kMaxKernel.
+constexpr int kMaxKernel = 16;
 void check_shape(const char* what, int out_channels, int in_channels, int kernel, int stride, int padding);
+
+// The offsets of a kernel's taps, in fixed storage: a convolution call allocates nothing, and the
+// copy each thread makes of its arguments is a plain copy. check_shape limits kernels to
+// kMaxKernel x kMaxKernel.
+struct TapOffsets {
+  static constexpr int kCapacity = 256;
+  std::array<ptrdiff_t, kCapacity> v{};
+  int n = 0;
+  void push_back(ptrdiff_t x) {
+    if (n == kCapacity) throw std::invalid_argument("convolution with too many kernel taps");
+    v[size_t(n++)] = x;
+  }
+  ptrdiff_t operator[](size_t i) const { return v[i]; }
+  const ptrdiff_t* data() const { return v.data(); }
+  size_t size() const { return size_t(n); }
+};
 
 struct ConvArgs {
   const CodeImage* in;
@@ -22,7 +42,7 @@ struct ConvArgs {
   const ConvOutput* out;
   int oh, ow;
   int offset;                          // in.border - padding
-  std::vector<ptrdiff_t> tap_offsets;  // byte offset of tap (ky, kx) from the tap (0, 0) pixel
+  TapOffsets tap_offsets;              // byte offset of tap (ky, kx) from the tap (0, 0) pixel
   int nb0 = 0, nb1 = 0;                // the blocks of 16 output channels to compute: [nb0, nb1)
   int max_code = 255;                  // an upper bound of the input codes
   bool winograd = false;               // winograd_applies(): the AVX-512 path takes F(2,3)
@@ -73,7 +93,7 @@ struct StemArgs {
   bool relu;
   float* out;  // from output pixel m_base on
   int oh, ow, offset, m_base;
-  std::vector<ptrdiff_t> tap_offsets;  // of step t = ky * groups + g, channel c from base(): [t * C + c]
+  TapOffsets tap_offsets;  // of step t = ky * groups + g, channel c from base(): [t * C + c]
   // Channel 0's pixel under tap (0, 0) of output pixel (y, x).
   const uint8_t* base(int y, int x) const {
     return in->data + size_t(y * w->stride + offset) * in->padded_w() + size_t(x * w->stride + offset);

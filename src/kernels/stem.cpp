@@ -49,6 +49,8 @@ PackedStem pack_stem(const int8_t* weights, int out_channels, int in_channels, i
   s.padding = padding;
   s.nblocks = (out_channels + 15) / 16;
   s.groups = (kernel + 3) / 4;
+  if (kernel * s.groups * in_channels > detail::TapOffsets::kCapacity)
+    throw std::invalid_argument("pack_stem: too many input channels for the 8-bit first layer");
   s.h = h;
   s.w = w;
   const int ld = 16 * s.nblocks;

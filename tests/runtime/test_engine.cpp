@@ -7,6 +7,7 @@
 #include <limits>
 
 #include "apot/export/export.h"
+#include "apot/runtime/inspect.h"
 #include "apot/runtime/model.h"
 
 using apot::qat::QuantPolicy;
@@ -81,7 +82,7 @@ TEST(Engine, AgreesWithTheTrainedModel) {
     const float scale = reference.abs().max().item<float>();
     for (auto isa : apot::kernels::supported_gemm_isas()) {
       apot::runtime::RunOptions o;
-      o.isa = isa;
+      o.isa = apot::runtime::isa_of(isa);
       o.threads = 2;
       const std::vector<float> logits = engine.run(x.data_ptr<float>(), batch, o);
       const torch::Tensor got = torch::tensor(logits).reshape({batch, 10});
@@ -132,12 +133,13 @@ TEST(Engine, FirstLayerOnPixelsMatchesTheFloatFirstLayer) {
     }
     for (auto isa : vnni) {
       const std::string what = c.arch + " on " + apot::kernels::to_string(isa);
-      apot::runtime::RunOptions on, off;
+      apot::runtime::EngineOptions on, off;
       on.isa = off.isa = isa;
       off.pixel_stem = false;
       std::vector<std::vector<float>> taps_on, taps_off;
-      const std::vector<float> logits_on = engine.run_with_taps(x.data_ptr<float>(), batch, taps_on, on);
-      const std::vector<float> logits_off = engine.run_with_taps(x.data_ptr<float>(), batch, taps_off, off);
+      const apot::runtime::Inspector inspect(engine);
+      const std::vector<float> logits_on = inspect.run_with_taps(x.data_ptr<float>(), batch, taps_on, on);
+      const std::vector<float> logits_off = inspect.run_with_taps(x.data_ptr<float>(), batch, taps_off, off);
       // The stem (after the max-pool for ResNet-18): the same up to float rounding, and not the
       // same bits (the pixel path ran).
       ASSERT_EQ(taps_on[0].size(), taps_off[0].size());
@@ -154,7 +156,7 @@ TEST(Engine, FirstLayerOnPixelsMatchesTheFloatFirstLayer) {
       EXPECT_GE(got.argmax(1).eq(reference.argmax(1)).sum().item<int64_t>(), batch - 1) << what;
       // Input off the 8-bit grid takes the float first layer: the same bits either way.
       const torch::Tensor y = torch::randn({1, 3, c.size, c.size});
-      EXPECT_EQ(engine.run(y.data_ptr<float>(), 1, on), engine.run(y.data_ptr<float>(), 1, off)) << what;
+      EXPECT_EQ(inspect.run(y.data_ptr<float>(), 1, on), inspect.run(y.data_ptr<float>(), 1, off)) << what;
     }
   }
 }
@@ -194,7 +196,8 @@ TEST(Engine, BottleneckBlocksMatchTheTrainedModel) {
   const auto engine = apot::runtime::Model::from_bytes(apot::exporter::export_model(*model, info));
   const torch::Tensor x = torch::randn({1, 3, 32, 32});
   std::vector<std::vector<float>> taps;
-  engine.run_with_taps(x.data_ptr<float>(), 1, taps);
+  const apot::runtime::Inspector inspect(engine);
+  inspect.run_with_taps(x.data_ptr<float>(), 1, taps);
   torch::NoGradGuard no_grad;
   std::vector<torch::Tensor> outputs;
   model->forward_all(x, outputs);
@@ -210,8 +213,8 @@ TEST(Engine, BottleneckBlocksMatchTheTrainedModel) {
   };
   // Taps: the stem's max-pool (fused into it), then per bottleneck block its two inner
   // convolutions and its sum (fused into conv3, the projection before them).
-  const std::vector<std::string> names = engine.tap_names();
-  const std::vector<int> nodes = engine.tap_nodes();
+  const std::vector<std::string> names = inspect.tap_names();
+  const std::vector<int> nodes = inspect.tap_nodes();
   ASSERT_EQ(names.size(), taps.size());
   EXPECT_EQ(names[0], "maxpool");
   EXPECT_EQ(names[1], "layer1.0.downsample.0");
@@ -250,31 +253,32 @@ TEST(Engine, ThreadsAndLayerTimesDoNotChangeResults) {
   // The 3x3 stride-1 quantised layers (4-bit APoT: codes <= 48, |W| <= 10) with more than 16
   // output channels take Winograd on the AVX-512 VNNI path only (layer1's 16-channel layers take
   // the direct kernel's row tiles); the first, strided and last layers never.
-  const apot::graph::Graph& g = engine.info().graph;
+  const apot::runtime::Inspector inspect(engine);
+  const apot::graph::Graph& g = inspect.graph();
   const auto isas = apot::kernels::supported_gemm_isas();
   const bool avx512 = std::find(isas.begin(), isas.end(), apot::kernels::GemmIsa::avx512_vnni) != isas.end();
-  for (size_t i = 0; i < engine.layer_count(); ++i) {
-    const apot::graph::Node& n = g[size_t(engine.layer_node(i))];
+  for (size_t i = 0; i < inspect.layer_count(); ++i) {
+    const apot::graph::Node& n = g[size_t(inspect.layer_node(i))];
     const bool eligible = avx512 && n.quant.quantized() && n.kernel == 3 && n.stride == 1 && n.out_channels > 16;
-    EXPECT_EQ(engine.uses_winograd(i, apot::kernels::GemmIsa::avx512_vnni), eligible) << n.name;
-    EXPECT_FALSE(engine.uses_winograd(i, apot::kernels::GemmIsa::avx2)) << n.name;
+    EXPECT_EQ(inspect.uses_winograd(i, apot::kernels::GemmIsa::avx512_vnni), eligible) << n.name;
+    EXPECT_FALSE(inspect.uses_winograd(i, apot::kernels::GemmIsa::avx2)) << n.name;
   }
-  std::vector<double> seconds(engine.layer_count(), 0.0);
-  apot::runtime::RunOptions timed;
+  std::vector<double> seconds(inspect.layer_count(), 0.0);
+  apot::runtime::EngineOptions timed;
   timed.layer_seconds = &seconds;
-  EXPECT_EQ(engine.run(x.data_ptr<float>(), 3, timed), one);
+  EXPECT_EQ(inspect.run(x.data_ptr<float>(), 3, timed), one);
   for (size_t i = 0; i + 1 < seconds.size(); ++i) EXPECT_GT(seconds[i], 0.0) << "layer " << i;
   EXPECT_EQ(seconds.back(), 0.0);  // the classifier is not timed
   std::vector<double> wrong(2);
   timed.layer_seconds = &wrong;
-  EXPECT_THROW(engine.run(x.data_ptr<float>(), 1, timed), std::invalid_argument);
+  EXPECT_THROW(inspect.run(x.data_ptr<float>(), 1, timed), std::invalid_argument);
   torch::Tensor bad = x.clone();
   bad[2][1][5][7] = std::numeric_limits<float>::quiet_NaN();
   EXPECT_THROW(engine.run(bad.data_ptr<float>(), 3), std::invalid_argument);
   EXPECT_NO_THROW(engine.run(bad.data_ptr<float>(), 2));  // the NaN is in the third image
   bad[0][0][0][0] = std::numeric_limits<float>::infinity();
   std::vector<std::vector<float>> taps;
-  EXPECT_THROW(engine.run_with_taps(bad.data_ptr<float>(), 1, taps), std::invalid_argument);
+  EXPECT_THROW(inspect.run_with_taps(bad.data_ptr<float>(), 1, taps), std::invalid_argument);
   bad = x.clone();
   bad[1][2][3][4] = -std::numeric_limits<float>::infinity();
   EXPECT_THROW(engine.run(bad.data_ptr<float>(), 2), std::invalid_argument);

@@ -24,6 +24,7 @@
 #include "apot/kernels/projection.h"
 #include "apot/levels/level_set.h"
 #include "apot/runtime/format.h"
+#include "apot/runtime/inspect.h"
 #include "apot/runtime/model.h"
 
 namespace {
@@ -573,8 +574,8 @@ void expect_levels_used(const Net& net, const std::vector<Reference>& refs) {
   }
 }
 
-runtime::RunOptions options(kernels::GemmIsa isa, int threads) {
-  runtime::RunOptions o;
+runtime::EngineOptions options(kernels::GemmIsa isa, int threads) {
+  runtime::EngineOptions o;
   o.isa = isa;
   o.threads = threads;
   o.pixel_stem = false;  // the float first layer, as the reference computes it
@@ -586,13 +587,14 @@ runtime::RunOptions options(kernels::GemmIsa isa, int threads) {
 // deviation seen.
 double check_against_reference(const Net& net, const std::vector<std::string>& want_taps, unsigned seed) {
   const runtime::Model model = runtime::Model::from_bytes(net.bytes(), net.graph.arch);
+  const runtime::Inspector inspect(model);
   const std::vector<int> weight_nodes = net.graph.weight_layers();
-  EXPECT_EQ(model.layer_count(), weight_nodes.size());
-  for (size_t l = 0; l < std::min(model.layer_count(), weight_nodes.size()); ++l)
-    EXPECT_EQ(model.layer_node(l), weight_nodes[l]);
-  EXPECT_EQ(model.tap_names(), want_taps);
-  const std::vector<int> tap_nodes = model.tap_nodes();
-  if (model.tap_names() != want_taps) return 1;
+  EXPECT_EQ(inspect.layer_count(), weight_nodes.size());
+  for (size_t l = 0; l < std::min(inspect.layer_count(), weight_nodes.size()); ++l)
+    EXPECT_EQ(inspect.layer_node(l), weight_nodes[l]);
+  EXPECT_EQ(inspect.tap_names(), want_taps);
+  const std::vector<int> tap_nodes = inspect.tap_nodes();
+  if (inspect.tap_names() != want_taps) return 1;
 
   const int max_batch = 3;
   const size_t image = size_t(net.graph[0].shape.size());
@@ -608,17 +610,27 @@ double check_against_reference(const Net& net, const std::vector<std::string>& w
   const double tolerance = 1e-5;
   double worst_logits = 0, worst_taps = 0;
   for (int batch : {1, 3}) {
-    const std::vector<float> scalar = model.run(input.data(), batch, options(kernels::GemmIsa::scalar, 1));
+    const std::vector<float> scalar = inspect.run(input.data(), batch, options(kernels::GemmIsa::scalar, 1));
     for (kernels::GemmIsa isa : kernels::supported_gemm_isas())
       for (int threads : {1, 2}) {
         const std::string where = std::string(kernels::to_string(isa)) + ", " + std::to_string(threads) +
                                   " threads, batch " + std::to_string(batch);
         SCOPED_TRACE(where);
-        const std::vector<float> logits = model.run(input.data(), batch, options(isa, threads));
+        const std::vector<float> logits = inspect.run(input.data(), batch, options(isa, threads));
         EXPECT_EQ(logits.size(), size_t(batch) * classes);
         if (logits.size() != size_t(batch) * classes) return 1;
         EXPECT_EQ(std::memcmp(logits.data(), scalar.data(), logits.size() * sizeof(float)), 0)
             << "logits differ from the scalar path's";
+        {  // the public API (model.h) runs the same
+          runtime::RunOptions pub;
+          pub.threads = threads;
+          pub.isa = runtime::isa_of(isa);
+          pub.pixel_stem = false;
+          std::vector<float> via_api(logits.size());
+          model.run(input.data(), batch, via_api.data(), pub);
+          EXPECT_EQ(std::memcmp(via_api.data(), logits.data(), logits.size() * sizeof(float)), 0)
+              << "Model::run gives other logits than the Inspector";
+        }
         for (int b = 0; b < batch; ++b)
           worst_logits = std::max(worst_logits,
                                   relative_deviation(logits.data() + size_t(b) * classes, refs[size_t(b)].values.back(),
@@ -626,20 +638,20 @@ double check_against_reference(const Net& net, const std::vector<std::string>& w
         if (threads == 1) {
           // The same bits with per-layer timing (images one by one), and with pixel_stem on
           // (the input is not made of 8-bit pixels, so the float first layer runs all the same).
-          std::vector<double> seconds(model.layer_count(), 0.0);
-          runtime::RunOptions timed = options(isa, 2);
+          std::vector<double> seconds(inspect.layer_count(), 0.0);
+          runtime::EngineOptions timed = options(isa, 2);
           timed.layer_seconds = &seconds;
-          const std::vector<float> again = model.run(input.data(), batch, timed);
+          const std::vector<float> again = inspect.run(input.data(), batch, timed);
           EXPECT_EQ(std::memcmp(again.data(), logits.data(), logits.size() * sizeof(float)), 0)
               << "logits differ with layer_seconds set";
-          runtime::RunOptions stem = options(isa, 1);
+          runtime::EngineOptions stem = options(isa, 1);
           stem.pixel_stem = true;
-          const std::vector<float> with_stem = model.run(input.data(), batch, stem);
+          const std::vector<float> with_stem = inspect.run(input.data(), batch, stem);
           EXPECT_EQ(std::memcmp(with_stem.data(), logits.data(), logits.size() * sizeof(float)), 0)
               << "logits differ with pixel_stem on a non-pixel input";
         }
         std::vector<std::vector<float>> taps;
-        const std::vector<float> tapped = model.run_with_taps(input.data(), batch, taps, options(isa, threads));
+        const std::vector<float> tapped = inspect.run_with_taps(input.data(), batch, taps, options(isa, threads));
         EXPECT_EQ(std::memcmp(tapped.data(), logits.data(), logits.size() * sizeof(float)), 0)
             << "run_with_taps gives other logits than run";
         EXPECT_EQ(taps.size(), size_t(batch) * tap_nodes.size());
@@ -693,6 +705,55 @@ TEST(EngineGraph, FusedAndUnfusedSumsAndPoolsMatchTheReference) {
   check_against_reference(net, {"conv1", "conv2", "sum", "conv4", "sum2"}, 11);
 }
 
+// 8-bit images through run_pixels: the same logits as run() on the image normalised as the data
+// pipeline normalises it, in both layouts, on every path (with the integer first layer where
+// the path has it).
+TEST(EngineGraph, RunPixelsIsRunOnTheNormalisedImage) {
+  Net net = net_a();
+  const std::vector<float> mean{0.49f, 0.48f, 0.45f}, stdev{0.25f, 0.24f, 0.26f};
+  net.meta["input"]["mean"] = std::vector<float>(mean.begin(), mean.begin() + net.graph.in_channels());
+  net.meta["input"]["std"] = std::vector<float>(stdev.begin(), stdev.begin() + net.graph.in_channels());
+  const runtime::Model model = runtime::Model::from_bytes(net.bytes(), "pixels");
+  const runtime::ModelInfo& info = model.info();
+  const size_t plane = size_t(info.height) * size_t(info.width), channels = size_t(info.channels);
+  const int batch = 3;
+  std::mt19937 rng(5);
+  std::vector<uint8_t> hwc(size_t(batch) * info.input_size()), chw(hwc.size());
+  for (uint8_t& p : hwc) p = uint8_t(rng() % 256);
+  std::vector<float> normalised(hwc.size());
+  for (int b = 0; b < batch; ++b)
+    for (size_t c = 0; c < channels; ++c)
+      for (size_t p = 0; p < plane; ++p) {
+        const uint8_t v = hwc[b * info.input_size() + p * channels + c];
+        chw[b * info.input_size() + c * plane + p] = v;
+        normalised[b * info.input_size() + c * plane + p] = (v / 255.0f - info.mean[c]) * (1.0f / info.std[c]);
+      }
+  for (runtime::Isa isa : runtime::supported_isas())
+    for (int threads : {1, 2}) {
+      SCOPED_TRACE(std::string(runtime::to_string(isa)) + ", " + std::to_string(threads) + " threads");
+      runtime::RunOptions o;
+      o.isa = isa;
+      o.threads = threads;
+      const std::vector<float> want = model.run(normalised.data(), batch, o);
+      const std::vector<float> got_hwc = model.run_pixels(hwc.data(), batch, runtime::PixelLayout::hwc, o);
+      const std::vector<float> got_chw = model.run_pixels(chw.data(), batch, runtime::PixelLayout::chw, o);
+      ASSERT_EQ(got_hwc.size(), want.size());
+      EXPECT_EQ(std::memcmp(got_hwc.data(), want.data(), want.size() * sizeof(float)), 0);
+      EXPECT_EQ(got_chw, got_hwc);
+    }
+  EXPECT_THROW(model.run_pixels(nullptr, 1), std::invalid_argument);
+  EXPECT_THROW(model.run_pixels(hwc.data(), -1), std::invalid_argument);
+  runtime::RunOptions zero;
+  zero.threads = 0;
+  EXPECT_THROW(model.run_pixels(hwc.data(), 1, runtime::PixelLayout::hwc, zero), std::invalid_argument);
+}
+
+TEST(EngineGraph, UnusableNormalisationIsAFormatError) {
+  Net net = net_a();
+  net.meta["input"]["std"] = std::vector<float>(size_t(net.graph.in_channels()), 0.0f);
+  EXPECT_NE(load_error(net).find("normalisation of channel 0"), std::string::npos) << load_error(net);
+}
+
 TEST(EngineGraph, ShortcutPadAndFlattenMatchTheReference) {
   const Net net =
       build(graph_b(), 6, 6,
@@ -717,10 +778,11 @@ TEST(EngineGraph, StridedPoolWinogradThreeWaySumAndSpatialLinearMatchTheReferenc
     // q2 (16 -> 32, 3x3, stride 1) runs the Winograd kernel on AVX-512 VNNI: the comparisons
     // below cover it.
     const runtime::Model model = runtime::Model::from_bytes(net.bytes(), "graph_c");
+    const runtime::Inspector inspect(model);
     bool winograd = false;
-    for (size_t l = 0; l < model.layer_count(); ++l)
-      if (net.graph[size_t(model.layer_node(l))].name == "q2")
-        winograd = model.uses_winograd(l, kernels::GemmIsa::avx512_vnni);
+    for (size_t l = 0; l < inspect.layer_count(); ++l)
+      if (net.graph[size_t(inspect.layer_node(l))].name == "q2")
+        winograd = inspect.uses_winograd(l, kernels::GemmIsa::avx512_vnni);
     EXPECT_TRUE(winograd);
   }
   check_against_reference(net, {"f0", "q0", "f1", "q1", "q2", "sum3"}, 34);

@@ -38,6 +38,8 @@ class Dataset {
   // Channels of the stored images (1 or 3); 0 when they differ between images.
   virtual int channels() const = 0;
   virtual std::string description() const = 0;
+  // What names example `index` in a listing: its file for image folders, else its index.
+  virtual std::string example_name(size_t index) const { return std::to_string(index); }
 };
 
 // All images of one shape in one array (IDX and CIFAR).

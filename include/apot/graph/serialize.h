@@ -28,4 +28,9 @@ Graph read_model_file(const std::string& path);
 void check_toml_characters(const std::string& text, const std::string& source);
 Graph model_from_toml_text(const std::string& text, const std::string& source);
 
+namespace detail {
+// Throws GraphError("SOURCE: node 'NODE': WHAT"): the readers' one error form.
+[[noreturn]] void fail(const std::string& source, const std::string& node, const std::string& what);
+}  // namespace detail
+
 }  // namespace apot::graph

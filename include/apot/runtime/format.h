@@ -8,12 +8,9 @@
 #include <string>
 #include <vector>
 
-namespace apot::runtime {
+#include "apot/runtime/model.h"  // FormatError, VersionError
 
-class FormatError : public std::runtime_error {
- public:
-  using std::runtime_error::runtime_error;
-};
+namespace apot::runtime {
 
 constexpr char kMagic[8] = {'A', 'P', 'O', 'T', 'M', 'D', 'L', '\0'};
 constexpr uint32_t kFormatVersion = 2;

@@ -1,83 +1,125 @@
-// The integer inference engine: loads an .apot file and runs its graph on float images.
+// apot's integer inference engine, C++ API: load an .apot file, run it on images.
 //
-// The graph's nodes run in order, each value in a buffer planned by liveness. Quantised
-// convolutions run on uint8 activation codes (the integer levels of each layer's input level
-// set) and int8 weight integers with int32 accumulation; a fusion step gives each one epilogue
-// that applies the folded batch norm, a following residual add and its ReLU, and quantises the
-// result for the next quantised layer. int8 layers (float input), pooling, sums that are not
-// fused and the values between them run in float32, as in the trained model.
+// This header is installed (docs/EMBEDDING.md); it uses only the standard library. The C API is
+// apot/apot.h. Both come from the same library: libapot_runtime (CMake `apot::runtime`,
+// pkg-config `apot-runtime`), which needs no LibTorch.
 //
-// Thread safety: a loaded Model is immutable; run() may be called from several threads at once.
-// Working memory (sized for the model) is kept in a pool and reused between calls.
+//   apot::runtime::Model model = apot::runtime::Model::load("resnet20-w4.apot");
+//   std::vector<float> logits = model.run(images, batch);   // batch x C x H x W floats
+//
+// Errors are exceptions: FormatError for a file that cannot be used (FileError: missing or
+// unreadable; VersionError: another format version; else corrupt or with layers this engine
+// does not run), std::invalid_argument for bad arguments to run
+// (a negative batch, a NaN or infinite input value, an unknown ISA name).
+//
+// Thread safety: a loaded Model is immutable. run() and run_pixels() may be called on the same
+// Model from any number of threads at once; moving or destroying a Model while another thread
+// runs it is undefined.
+//
+// Memory: the working memory of one image (sized for the model) is kept in a pool inside the
+// Model and reused. After the first call, the run() and run_pixels() overloads that write into
+// a caller's buffer allocate nothing, as long as no more threads run the Model at once than
+// before (each concurrent image needs its own working memory; the pool grows to the largest
+// number seen and keeps it). The overloads that return a std::vector allocate that vector.
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
 #include <memory>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
-#include "apot/graph/graph.h"
-#include "apot/kernels/gemm.h"
-#include "apot/runtime/format.h"
-
 namespace apot::runtime {
 
+// The library's version, "MAJOR.MINOR.PATCH".
+const char* version();
+
+// A file that cannot be read or run: missing, truncated, corrupt (checksums), written by another
+// version of the format, or holding layers this engine does not run. The message is one line
+// that starts with the file's name.
+class FormatError : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+// The file cannot be opened or read.
+class FileError : public FormatError {
+ public:
+  using FormatError::FormatError;
+};
+// An .apot file of a format version this library does not read (a re-export with this apot
+// version's `apot export` makes one it reads).
+class VersionError : public FormatError {
+ public:
+  using FormatError::FormatError;
+};
+
+// The instruction set the engine's kernels use. `automatic` takes the APOT_GEMM_ISA environment
+// variable if set, else the best one this CPU has. All of them compute the same results (the
+// integer kernels bit for bit); they differ in speed.
+enum class Isa { automatic, scalar, avx2, avx_vnni, avx512_vnni };
+const char* to_string(Isa isa);                  // "auto", "scalar", "avx2", "avx-vnni", "avx512-vnni"
+Isa parse_isa(const std::string& name);          // the inverse; std::invalid_argument if unknown
+std::vector<Isa> supported_isas();               // on this CPU (scalar first)
+
 struct ModelInfo {
-  graph::Graph graph;  // shapes inferred for height x width
-  int height = 0, width = 0;
-  int in_channels() const { return graph.in_channels(); }
-  int num_classes() const { return graph.num_classes(); }
+  // The input of one image: channels x height x width floats, normalised as in training:
+  // (pixel / 255 - mean[c]) / std[c].
+  int channels = 0, height = 0, width = 0;
   std::vector<float> mean, std;
-  std::vector<std::string> class_names;
-  std::string metadata_json;
+  // The output of one image: num_classes logits.
+  int num_classes = 0;
+  std::vector<std::string> class_names;  // num_classes names (may be "0", "1", ... if unknown)
+  std::string metadata_json;             // everything the exporter recorded (docs/FORMAT.md)
+  size_t input_size() const { return size_t(channels) * size_t(height) * size_t(width); }
 };
 
 struct RunOptions {
+  // Threads for one call (OpenMP): a batch of several images runs one image per thread, a
+  // single image splits each layer's output rows.
   int threads = 1;
-  kernels::GemmIsa isa = kernels::default_gemm_isa();
-  // If set (size layer_count()), the seconds spent in each conv layer are added to it
-  // (for the per-layer report of `apot bench`; the images of a batch then run one by one).
-  std::vector<double>* layer_seconds = nullptr;
-  // On the VNNI paths (AVX-512 VNNI, AVX-VNNI), an image whose values are all normalised 8-bit
-  // pixels (kernels::pixel_of; every image a data set of 8-bit images gives) runs its first
-  // layer on the pixels with integer sums (kernels::conv_stem_u8), the ImageNet max-pool fused
-  // in bands; other input, the AVX2 and scalar paths, or false here use the float first layer.
-  // Both compute the trained model's first layer; they differ in rounding only.
+  Isa isa = Isa::automatic;
+  // On the VNNI paths, an image made of 8-bit pixels runs its first layer with integer sums on
+  // the pixels; false here runs it in float. Both compute the trained model's first layer and
+  // differ in rounding only.
   bool pixel_stem = true;
 };
 
+// How 8-bit images are laid out in memory for run_pixels: interleaved (height x width x
+// channels, as image decoders give them) or planar (channels x height x width).
+enum class PixelLayout { hwc, chw };
+
 class Model {
  public:
+  // `path`, or `size` bytes at `data` (copied; the caller may free them after the call); `name`
+  // names the model in error messages.
   static Model load(const std::string& path);
+  static Model from_memory(const void* data, size_t size, const std::string& name = "model");
   static Model from_bytes(const std::vector<uint8_t>& bytes, const std::string& name = "model");
+
   Model(Model&&) noexcept;
   Model& operator=(Model&&) noexcept;
   ~Model();
 
   const ModelInfo& info() const;
-  // input: batch x C x H x W float32, normalised as in training (ModelInfo mean/std).
-  // Returns batch x classes logits. Throws std::invalid_argument on NaN or infinite input.
+
+  // input: batch x channels x height x width floats (normalised, ModelInfo). Writes batch x
+  // num_classes logits to `logits`.
+  void run(const float* input, int batch, float* logits, const RunOptions& options = {}) const;
   std::vector<float> run(const float* input, int batch, const RunOptions& options = {}) const;
-  // As run(), also returning float outputs (NHWC) for comparisons with the trained model, per
-  // image in the order of tap_nodes(): the output of every conv layer and every sum (after its
-  // activation; a conv whose sum is fused into it gives the sum's output), and of a max-pool
-  // fused into the first layer instead of that layer's.
-  std::vector<float> run_with_taps(const float* input, int batch, std::vector<std::vector<float>>& taps,
-                                   const RunOptions& options = {}) const;
-  // The graph nodes of run_with_taps' outputs, and their names ("conv1", "layer1.0.conv1",
-  // "layer1.0" for the sum of a residual block).
-  std::vector<int> tap_nodes() const;
-  std::vector<std::string> tap_names() const;
-  // The weight layers (conv, linear), in graph order; layer `index` is node layer_node(index).
-  size_t layer_count() const;
-  int layer_node(size_t index) const;
-  // Whether layer `index` runs the Winograd F(2,3) kernel on this path (kernels::winograd_applies).
-  bool uses_winograd(size_t index, kernels::GemmIsa isa = kernels::default_gemm_isa()) const;
+
+  // The same on 8-bit images, normalised here with the model's mean and std exactly as apot's
+  // data pipeline does (so the results are those of `apot run` on the same pixels).
+  void run_pixels(const uint8_t* pixels, int batch, PixelLayout layout, float* logits,
+                  const RunOptions& options = {}) const;
+  std::vector<float> run_pixels(const uint8_t* pixels, int batch, PixelLayout layout = PixelLayout::hwc,
+                                const RunOptions& options = {}) const;
 
  private:
   struct Impl;
   explicit Model(std::unique_ptr<Impl> impl);
   std::unique_ptr<Impl> impl_;
+  friend class Inspector;
 };
 
 }  // namespace apot::runtime

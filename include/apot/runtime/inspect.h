@@ -1,0 +1,57 @@
+// The engine's internals, for apot's own tools and tests (`apot run --compare`, `apot bench
+// --layers`, the kernel-path tests): the graph a model runs, its layers, the float values of its
+// intermediate nodes, per-layer times, and a choice of kernel path by GemmIsa. Not installed:
+// an application uses apot/runtime/model.h.
+#pragma once
+
+#include <string>
+#include <vector>
+
+#include "apot/graph/graph.h"
+#include "apot/kernels/gemm.h"
+#include "apot/runtime/model.h"
+
+namespace apot::runtime {
+
+kernels::GemmIsa gemm_isa(Isa isa);  // automatic: kernels::default_gemm_isa()
+Isa isa_of(kernels::GemmIsa isa);
+
+struct EngineOptions {
+  int threads = 1;
+  kernels::GemmIsa isa = kernels::default_gemm_isa();
+  bool pixel_stem = true;
+  // If set (size layer_count()), the seconds spent in each weight layer are added to it (the
+  // images of a batch then run one by one).
+  std::vector<double>* layer_seconds = nullptr;
+};
+EngineOptions engine_options(const RunOptions& options);
+
+class Inspector {
+ public:
+  explicit Inspector(const Model& model) : model_(model) {}
+
+  // The model's graph, shapes inferred for its input size.
+  const graph::Graph& graph() const;
+  // The weight layers (conv, linear), in graph order; layer `index` is node layer_node(index).
+  size_t layer_count() const;
+  int layer_node(size_t index) const;
+  // Whether layer `index` runs the Winograd F(2,3) kernel on this path (kernels::winograd_applies).
+  bool uses_winograd(size_t index, kernels::GemmIsa isa = kernels::default_gemm_isa()) const;
+
+  std::vector<float> run(const float* input, int batch, const EngineOptions& options) const;
+  // As run(), also returning float outputs (NHWC) for comparisons with the trained model, per
+  // image in the order of tap_nodes(): the output of every conv layer and every sum (after its
+  // activation; a conv whose sum is fused into it gives the sum's output), and of a max-pool
+  // fused into the first layer instead of that layer's.
+  std::vector<float> run_with_taps(const float* input, int batch, std::vector<std::vector<float>>& taps,
+                                   const EngineOptions& options = {}) const;
+  // The graph nodes of run_with_taps' outputs, and their names ("conv1", "layer1.0.conv1",
+  // "layer1.0" for the sum of a residual block).
+  std::vector<int> tap_nodes() const;
+  std::vector<std::string> tap_names() const;
+
+ private:
+  const Model& model_;
+};
+
+}  // namespace apot::runtime

@@ -1,0 +1,234 @@
+// Compilation: which sums fuse into which convolution epilogues, the order of steps, and the
+// plans of the float buffers and code buffers.
+#include <algorithm>
+#include <stdexcept>
+
+#include "engine.h"
+
+namespace apot::runtime {
+
+using engine::is_stem_pool;
+using graph::Op;
+
+// ---- fusion and the order of steps ----
+
+void Model::Impl::compile() {
+  const graph::Graph& graph = g();
+  const size_t n = graph.size();
+  const auto consumers = graph.consumers();
+  auto quantized = [&](int node) {
+    return layer_of[size_t(node)] >= 0 && layers[size_t(layer_of[size_t(node)])].quantized();
+  };
+  // A sum of two values fuses into the epilogue of the quantised convolution that produces one
+  // of them (the later one, so that the other is ready), if that is its only reader and it has
+  // no activation of its own.
+  std::vector<int> fused_conv(n, -1), fused_into(n, -1);
+  for (size_t a = 0; a < n; ++a) {
+    const graph::Node& node = graph[a];
+    if (node.op != Op::add || node.inputs.size() != 2 || node.inputs[0] == node.inputs[1]) continue;
+    const int later = std::max(node.inputs[0], node.inputs[1]), earlier = std::min(node.inputs[0], node.inputs[1]);
+    for (int p : {later, earlier})
+      if (quantized(p) && consumers[size_t(p)].size() == 1 && graph[size_t(p)].activation == graph::Activation::none) {
+        fused_conv[a] = p;
+        fused_into[size_t(p)] = int(a);
+        break;
+      }
+  }
+  // Values that an epilogue makes, and the quantised reader that gets its codes from it (the
+  // last one; the others requantise the float value right before they run).
+  std::vector<int> codes_for(n, -1);
+  auto from_epilogue = [&](size_t v) { return (quantized(int(v)) && fused_into[v] < 0) || fused_conv[v] >= 0; };
+  for (size_t v = 0; v < n; ++v) {
+    if (!from_epilogue(v)) continue;
+    for (int c : consumers[v])
+      if (quantized(c)) codes_for[v] = c;
+  }
+  // Which values are needed as floats.
+  std::vector<bool> need_float(n, false);
+  need_float[n - 1] = true;
+  for (size_t v = 0; v < n; ++v)
+    for (int c : consumers[v]) {
+      if (fused_into[v] == c) continue;  // the conv's value is the sum's
+      if (quantized(c) && codes_for[v] == c) continue;
+      if (v == 0 && graph[size_t(c)].op == Op::conv && !quantized(c)) continue;  // int8 convs read the padded image
+      need_float[v] = true;
+    }
+  // The steps, in node order; a fused sum runs its convolution at its own position.
+  steps.clear();
+  auto requantize_for = [&](int conv) {
+    const int v = graph[size_t(conv)].inputs[0];
+    if (codes_for[size_t(v)] == conv) return;
+    Step r;
+    r.kind = StepKind::requantize;
+    r.node = v;
+    r.layer = layer_of[size_t(conv)];
+    r.reads = {v};
+    steps.push_back(r);
+  };
+  if (need_float[0]) {
+    Step s;
+    s.kind = StepKind::image;
+    s.node = 0;
+    s.out = 0;  // a buffer is chosen by plan_buffers
+    steps.push_back(s);
+  }
+  std::vector<bool> skip(n, false);
+  for (size_t i = 1; i < n; ++i) {
+    if (skip[i] || fused_into[i] >= 0) continue;
+    const graph::Node& node = graph[i];
+    Step s;
+    s.node = int(i);
+    s.relu = node.activation == graph::Activation::relu;
+    if (node.activation == graph::Activation::clamp)
+      throw FormatError("node '" + node.name + "': clamp activations are not supported by this engine yet");
+    switch (node.op) {
+      case Op::input: break;
+      case Op::conv:
+        s.layer = layer_of[i];
+        if (quantized(int(i))) {
+          requantize_for(int(i));
+          s.kind = StepKind::conv_codes;
+          s.codes_for = codes_for[i] >= 0 ? layer_of[size_t(codes_for[i])] : -1;
+        } else {
+          s.kind = StepKind::conv_float;
+          if (node.inputs[0] != 0) s.reads = {node.inputs[0]};
+          const auto& readers = consumers[i];
+          if (node.inputs[0] == 0 && readers.size() == 1 && is_stem_pool(graph[size_t(readers[0])])) {
+            s.pool = readers[0];
+            s.node = readers[0];
+            skip[size_t(readers[0])] = true;
+          }
+        }
+        break;
+      case Op::add:
+        if (fused_conv[i] >= 0) {
+          const int p = fused_conv[i];
+          requantize_for(p);
+          s.kind = StepKind::conv_codes;
+          s.layer = layer_of[size_t(p)];
+          s.residual = node.inputs[0] == p ? node.inputs[1] : node.inputs[0];
+          s.reads = {s.residual};
+          s.codes_for = codes_for[i] >= 0 ? layer_of[size_t(codes_for[i])] : -1;
+        } else {
+          s.kind = StepKind::add;
+          s.reads = node.inputs;
+        }
+        break;
+      case Op::linear:
+        s.kind = StepKind::linear;
+        s.layer = layer_of[i];
+        s.reads = {node.inputs[0]};
+        break;
+      case Op::max_pool:
+        s.kind = StepKind::max_pool;
+        s.reads = {node.inputs[0]};
+        break;
+      case Op::avg_pool:
+        s.kind = StepKind::avg_pool;
+        s.reads = {node.inputs[0]};
+        break;
+      case Op::global_avg_pool:
+        s.kind = StepKind::global_avg_pool;
+        s.reads = {node.inputs[0]};
+        break;
+      case Op::flatten:
+        s.kind = StepKind::flatten;
+        s.reads = {node.inputs[0]};
+        break;
+      case Op::shortcut_pad:
+        s.kind = StepKind::shortcut_pad;
+        s.reads = {node.inputs[0]};
+        break;
+    }
+    s.tapped = s.kind == StepKind::conv_codes || s.kind == StepKind::conv_float || s.kind == StepKind::add;
+    if (s.tapped) taps.push_back(s.node);
+    s.out = need_float[size_t(s.node)] ? 0 : -1;  // a buffer is chosen by plan_buffers
+    steps.push_back(s);
+  }
+  if (steps.empty() || steps.back().node != int(n - 1)) throw FormatError("the graph's output is not computed last");
+}
+
+// Float buffers by liveness: a value's buffer is free once the last step that reads it has run;
+// a fused sum writes over its residual operand when that is the operand's last use (each output
+// reads only its own residual value), so the lines it writes are already in cache.
+void Model::Impl::plan_buffers() {
+  const size_t n = g().size();
+  std::vector<int> last_read(n, -1), buffer(n, -1);
+  for (size_t s = 0; s < steps.size(); ++s)
+    for (int v : steps[s].reads) last_read[size_t(v)] = int(s);
+  std::vector<int> free_list;
+  float_buffers = 0;
+  auto take = [&] {
+    if (free_list.empty()) return float_buffers++;
+    const int b = free_list.back();
+    free_list.pop_back();
+    return b;
+  };
+  for (size_t s = 0; s < steps.size(); ++s) {
+    Step& st = steps[s];
+    st.in.clear();
+    for (int v : st.reads) {
+      if (buffer[size_t(v)] < 0) throw std::logic_error("engine: a step reads a value that has no buffer");
+      st.in.push_back(buffer[size_t(v)]);
+    }
+    if (st.residual >= 0) st.residual_buffer = buffer[size_t(st.residual)];
+    const bool produces = st.kind != StepKind::requantize && st.out >= 0;
+    if (produces) {
+      if (st.kind == StepKind::conv_codes && st.residual >= 0 && last_read[size_t(st.residual)] == int(s)) {
+        st.out = st.residual_buffer;
+        last_read[size_t(st.residual)] = -1;  // handed over, not freed
+      } else {
+        st.out = take();
+      }
+      buffer[size_t(st.node)] = st.out;
+    } else {
+      st.out = -1;
+    }
+    for (int v : st.reads)
+      if (last_read[size_t(v)] == int(s)) {
+        free_list.push_back(buffer[size_t(v)]);
+        last_read[size_t(v)] = -1;
+      }
+  }
+}
+
+void Model::Impl::plan_code_buffers() {
+  code_buffer.assign(layers.size(), -1);
+  std::vector<size_t> shape;  // per buffer, the first layer that uses it
+  std::vector<bool> live;     // per buffer
+  // The same bytes: also the same channels, so that no layer finds another's codes in the
+  // padding channels.
+  auto same = [&](size_t i, size_t j) {
+    const kernels::CodeImage a = input_shape(i), b = input_shape(j);
+    return a.h == b.h && a.w == b.w && a.cs == b.cs && a.border == b.border &&
+           layers[i].record.in_channels == layers[j].record.in_channels;
+  };
+  auto write = [&](int layer) {  // layer's codes are made
+    if (layer < 0) return;
+    size_t b = 0;
+    while (b < shape.size() && (live[b] || !same(shape[b], size_t(layer)))) ++b;
+    if (b == shape.size()) {
+      shape.push_back(size_t(layer));
+      live.push_back(false);
+    }
+    live[b] = true;
+    code_buffer[size_t(layer)] = int(b);
+  };
+  auto ran = [&](int layer) {  // layer has run: its codes are dead
+    if (code_buffer[size_t(layer)] < 0) throw std::logic_error("engine: a layer runs before its codes are made");
+    live[size_t(code_buffer[size_t(layer)])] = false;
+  };
+  for (const Step& s : steps) {
+    if (s.kind == StepKind::requantize) write(s.layer);
+    if (s.kind == StepKind::conv_codes) {
+      write(s.codes_for);
+      ran(s.layer);
+    }
+  }
+  code_buffers = int(shape.size());
+  for (size_t i = 0; i < layers.size(); ++i)
+    if (layers[i].quantized() != (code_buffer[i] >= 0))
+      throw std::logic_error("engine: a quantised layer without codes");
+}
+
+}  // namespace apot::runtime

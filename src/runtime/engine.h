@@ -1,0 +1,209 @@
+// The engine's private parts, shared by its files: a model's layers, the steps it compiles to,
+// the working memory of one image, and Model::Impl, which holds them.
+//   load.cpp     the .apot records -> layers (checked against the graph)
+//   compile.cpp  fusion, the order of steps, the float and code buffer plans
+//   execute.cpp  the steps on one image, and the batch drivers
+//   model.cpp    the public API (model.h) and the Inspector (inspect.h)
+#pragma once
+
+#include <chrono>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <algorithm>
+#include <string>
+#include <vector>
+
+#include "apot/graph/graph.h"
+#include "apot/kernels/gemm.h"
+#include "apot/kernels/projection.h"
+#include "apot/kernels/stem.h"
+#include "apot/runtime/format.h"
+#include "apot/runtime/inspect.h"
+#include "apot/runtime/model.h"
+
+namespace apot::runtime {
+namespace engine {
+
+using graph::Op;
+
+struct Layer {
+  int node = -1;
+  LayerRecord record{};
+  std::vector<float> scale, bias;
+  // Quantised convolutions: packed weights, and the requantiser that makes this layer's input
+  // codes (the producer's epilogue, or a requantize step, uses it).
+  kernels::PackedConv packed;
+  kernels::Requantizer input;
+  int max_code = 0;
+  // int8 convolutions: on float input, and on 8-bit pixels (when it reads the image and the
+  // normalisation allows).
+  kernels::PackedFloatConv packed_float;
+  std::optional<kernels::PackedStem> packed_pixels;
+  // int8 linear layers: weights as float integers, [in][out].
+  std::vector<float> weights_k_out;
+  bool quantized() const { return record.kind == uint32_t(LayerKind::quantized_conv); }
+};
+
+enum class StepKind {
+  image,       // the image (NCHW) -> an NHWC float buffer, for consumers other than int8 convolutions
+  requantize,  // a float value -> the input codes of quantised layer `layer`
+  conv_codes,  // quantised convolution, fused epilogue (residual, ReLU, float values, codes)
+  conv_float,  // int8 convolution on a float input (the image, or a float value)
+  linear,      // int8 linear layer
+  add,
+  max_pool,
+  avg_pool,
+  global_avg_pool,
+  flatten,
+  shortcut_pad,
+};
+
+struct Step {
+  StepKind kind = StepKind::image;
+  int node = -1;           // the node whose value the step makes (requantize: the value it reads)
+  int layer = -1;          // conv, linear: the layer; requantize: the consumer
+  std::vector<int> reads;  // nodes whose float values the step reads
+  int out = -1;            // float buffer written, -1 for none
+  std::vector<int> in;     // float buffers of `reads`
+  // conv_codes: the sum's other operand (a node; its buffer in residual_buffer), the layer
+  // whose codes the epilogue makes.
+  int residual = -1, residual_buffer = -1;
+  int codes_for = -1;
+  bool relu = false;
+  int pool = -1;        // conv_float on the image: a fused 3x3 / 2 max-pool node
+  bool tapped = false;  // its value is one of run_with_taps' outputs
+};
+
+// Working memory for one image at a time, sized for the model once.
+struct Workspace {
+  std::vector<std::vector<uint8_t>> code_bytes;  // per code buffer (Impl::code_buffer)
+  std::vector<kernels::CodeImage> codes;         // per layer; empty for float layers
+  std::vector<float> image_bytes;                // the input image with a zero border
+  kernels::FloatImage image;
+  std::vector<uint8_t> pixel_bytes;  // the same as 8-bit pixels, if it is made of them
+  kernels::PixelImage pixels;
+  std::vector<std::vector<float>> buffers;  // float values, Impl::max_feature each
+  std::vector<float> stem;                  // a first layer's output before its fused max-pool
+  std::vector<float> padded;                // a float value with a zero border (conv_float)
+  std::vector<float> tap;                   // a value that is made as codes only
+  std::vector<float> input;                 // run_pixels: the normalised image (NCHW)
+};
+
+// f(y0, y1) on contiguous ranges of [0, rows), one per thread (OpenMP). f must not throw.
+template <typename F>
+void parallel_rows(int threads, int rows, F f) {
+  const int parts = std::max(1, std::min(threads, rows));
+  if (parts == 1) return f(0, rows);
+#pragma omp parallel for num_threads(parts) schedule(static, 1)
+  for (int p = 0; p < parts; ++p) f(rows * p / parts, rows * (p + 1) / parts);
+}
+
+inline bool is_stem_pool(const graph::Node& n) {
+  return n.op == Op::max_pool && n.kernel == 3 && n.stride == 2 && n.padding == 1;
+}
+
+// Pooled rows per band of a first layer on pixels with a fused max-pool (its buffer: 2 * 8 + 1
+// rows of the layer's output).
+constexpr int kStemBand = 8;
+
+}  // namespace engine
+
+// Throws std::invalid_argument if a value of the batch is NaN or infinite.
+void check_input(const float* input, int batch, size_t image);
+
+struct Model::Impl {
+  using Layer = engine::Layer;
+  using Step = engine::Step;
+  using StepKind = engine::StepKind;
+  using Workspace = engine::Workspace;
+
+  ModelInfo info;
+  graph::Graph graph;  // shapes inferred for info.height x info.width
+  std::vector<Layer> layers;
+  std::vector<int> layer_of;  // per node: its layer, or -1
+  std::vector<Step> steps;
+  std::vector<int> taps;  // tap nodes, in step order
+  int float_buffers = 0;
+  size_t max_feature = 0;  // the largest float value of one image, in floats
+  size_t max_padded = 0;   // the largest padded float input of a conv_float step not on the image
+  int image_border = 0;    // the border of the float image (the largest padding of its int8 readers)
+  int pixel_layer = -1;    // the layer that may run on 8-bit pixels
+  // The code buffer of each quantised layer's input (-1: float layers). Layers share one where
+  // their inputs have the same shape and are never live together, so that an image touches
+  // fewer lines: a layer's codes are made by the step before it (an epilogue or a requantize
+  // step) and are dead once it has run.
+  std::vector<int> code_buffer;
+  int code_buffers = 0;
+  mutable std::mutex pool_mutex;
+  mutable std::vector<std::unique_ptr<Workspace>> pool;
+
+  const graph::Graph& g() const { return graph; }
+  const graph::Shape& shape(int node) const { return g()[size_t(node)].shape; }
+
+  // The code image of quantised layer l's input (no data).
+  kernels::CodeImage input_shape(size_t l) const {
+    const graph::Shape& s = g().input_shape_of(layers[l].node);
+    return kernels::CodeImage{nullptr, s.height, s.width, layers[l].packed.cs, int(layers[l].record.padding)};
+  }
+
+  // Working memory for one image: from the pool, or made for this model.
+  std::unique_ptr<Workspace> acquire() const;
+  void release(std::unique_ptr<Workspace> ws) const;
+
+  // ---- compilation ----
+
+  void compile();
+  void plan_buffers();
+  void plan_code_buffers();
+
+  // ---- execution ----
+
+  // Runs f, adding its time to layer `index` of o.layer_seconds if that is set.
+  template <typename F>
+  static void timed(const EngineOptions& o, int index, F f) {
+    if (!o.layer_seconds) return f();
+    const auto t0 = std::chrono::steady_clock::now();
+    f();
+    (*o.layer_seconds)[size_t(index)] += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  }
+
+  void requantize(const float* values, int consumer, Workspace& ws, const EngineOptions& o) const {
+    const Layer& l = layers[size_t(consumer)];
+    const graph::Shape& s = g().input_shape_of(l.node);
+    const kernels::CodeImage& all = ws.codes[size_t(consumer)];
+    engine::parallel_rows(o.threads, s.height, [&](int y0, int y1) {
+      kernels::CodeImage rows = all;
+      rows.data += size_t(y0) * all.padded_w() * all.cs;
+      rows.h = y1 - y0;
+      kernels::requantize(values + size_t(y0) * s.width * s.channels, y1 - y0, s.width, s.channels, l.input, rows,
+                          o.isa);
+    });
+  }
+
+  static void max_pool(const float* in, int h, int w, int c, float* out, int y0, int y1, int in_row0,
+                       const EngineOptions& o) {
+    engine::parallel_rows(o.threads, y1 - y0,
+                  [&](int a, int b) { kernels::max_pool_3x3s2(in, h, w, c, out, o.isa, y0 + a, y0 + b, in_row0); });
+  }
+
+  void conv_on_image(const Step& s, const float* image, Workspace& ws, float* out, const EngineOptions& o) const;
+  void run_step(const Step& s, const float* image, Workspace& ws, const EngineOptions& o,
+                std::vector<std::vector<float>>* taps) const;
+  // One image: its steps, writing num_classes logits (and the tap values if taps is set).
+  void run_steps(const float* image, Workspace& ws, float* logits, std::vector<std::vector<float>>* taps,
+                 const EngineOptions& o) const;
+  void run_image(const float* image, float* logits, std::vector<std::vector<float>>* taps, const EngineOptions& o) const;
+  void run_pixel_image(const uint8_t* pixels, PixelLayout layout, float* logits, const EngineOptions& o) const;
+  // A batch (arguments checked here): one thread per image when several threads run several
+  // images, else image by image with the threads inside each image.
+  void run_batch(const float* input, int batch, float* logits, const EngineOptions& o) const;
+  void run_pixel_batch(const uint8_t* pixels, int batch, PixelLayout layout, float* logits,
+                       const EngineOptions& o) const;
+  // Throws std::invalid_argument for a null pointer, a negative batch or a layer_seconds of the
+  // wrong size.
+  void check_run(const void* input, int batch, const float* logits, const EngineOptions& o) const;
+};
+
+
+}  // namespace apot::runtime

@@ -1,0 +1,310 @@
+// Execution: the steps of one image, and the batch drivers.
+#include <omp.h>
+
+#include <algorithm>
+#include <cstring>
+
+#include "engine.h"
+
+namespace apot::runtime {
+
+using engine::is_stem_pool;
+using engine::kStemBand;
+using graph::Op;
+
+// An int8 convolution reading the image: on 8-bit pixels where it can (a fused max-pool in
+// bands of rows whose stem rows stay in cache), else on the float image.
+void Model::Impl::conv_on_image(const Step& s, const float* image, Workspace& ws, float* out,
+                                const EngineOptions& o) const {
+  const Layer& stem = layers[size_t(s.layer)];
+  const graph::Shape& cs = shape(stem.node);
+  const int h = cs.height, w = cs.width, sc = cs.channels;
+  const bool vnni = o.isa == kernels::GemmIsa::avx512_vnni || o.isa == kernels::GemmIsa::avx_vnni;
+  const bool pool = s.pool >= 0;
+  const int ph = pool ? shape(s.pool).height : h;
+  const bool pixels = o.pixel_stem && vnni && s.layer == pixel_layer && stem.packed_pixels &&
+                      kernels::to_pixels(image, info.mean, info.std, ws.pixels, o.isa);
+  if (pixels && pool) {
+    for (int py0 = 0; py0 < ph; py0 += kStemBand) {
+      const int py1 = std::min(ph, py0 + kStemBand), r0 = std::max(0, 2 * py0 - 1), r1 = std::min(h, 2 * py1);
+      timed(o, s.layer, [&] {
+        kernels::conv_stem_u8(ws.pixels, *stem.packed_pixels, stem.scale.data(), stem.bias.data(), s.relu,
+                              ws.stem.data(), o.isa, o.threads, r0, r1);
+      });
+      max_pool(ws.stem.data(), h, w, sc, out, py0, py1, r0, o);
+    }
+  } else if (pixels) {
+    timed(o, s.layer, [&] {
+      kernels::conv_stem_u8(ws.pixels, *stem.packed_pixels, stem.scale.data(), stem.bias.data(), s.relu, out, o.isa,
+                            o.threads);
+    });
+  } else {
+    const graph::Shape& in = shape(0);
+    for (int y = 0; y < in.height; ++y)
+      for (int x = 0; x < in.width; ++x) {
+        float* dst = ws.image.pixel(y, x);
+        for (int ci = 0; ci < in.channels; ++ci) dst[ci] = image[(size_t(ci) * in.height + y) * in.width + x];
+      }
+    timed(o, s.layer, [&] {
+      kernels::conv_f32(ws.image, stem.packed_float, stem.scale.data(), stem.bias.data(), s.relu,
+                        pool ? ws.stem.data() : out, o.isa, o.threads);
+    });
+    if (pool) max_pool(ws.stem.data(), h, w, sc, out, 0, ph, 0, o);
+  }
+}
+
+void Model::Impl::run_step(const Step& s, const float* image, Workspace& ws, const EngineOptions& o,
+                           std::vector<std::vector<float>>* taps) const {
+  float* out = s.out >= 0 ? ws.buffers[size_t(s.out)].data() : nullptr;
+  auto in = [&](size_t k) { return ws.buffers[size_t(s.in[k])].data(); };
+  const graph::Node& node = g()[size_t(s.node)];
+  const graph::Shape& os = node.shape;
+  switch (s.kind) {
+    case StepKind::image: {
+      const graph::Shape& is = shape(0);
+      for (int y = 0; y < is.height; ++y)
+        for (int x = 0; x < is.width; ++x)
+          for (int c = 0; c < is.channels; ++c)
+            out[(size_t(y) * is.width + x) * is.channels + c] = image[(size_t(c) * is.height + y) * is.width + x];
+      break;
+    }
+    case StepKind::requantize: requantize(in(0), s.layer, ws, o); break;
+    case StepKind::conv_codes: {
+      const Layer& l = layers[size_t(s.layer)];
+      kernels::ConvOutput co;
+      co.scale = l.scale.data();
+      co.bias = l.bias.data();
+      co.relu = s.relu;
+      if (s.residual >= 0) co.residual = ws.buffers[size_t(s.residual_buffer)].data();
+      co.values = out;
+      if (!out && taps) {
+        ws.tap.resize(std::max(ws.tap.size(), size_t(os.size())));
+        co.values = ws.tap.data();
+      }
+      if (s.codes_for >= 0) {
+        co.requantizer = &layers[size_t(s.codes_for)].input;
+        co.codes = ws.codes[size_t(s.codes_for)];
+      }
+      timed(o, s.layer,
+            [&] { kernels::conv_u8s8(ws.codes[size_t(s.layer)], l.packed, l.max_code, co, o.isa, o.threads); });
+      if (taps) taps->emplace_back(co.values, co.values + os.size());
+      return;
+    }
+    case StepKind::conv_float: {
+      const Layer& l = layers[size_t(s.layer)];
+      float* target = out ? out : (ws.tap.resize(std::max(ws.tap.size(), size_t(os.size()))), ws.tap.data());
+      if (s.reads.empty()) {
+        conv_on_image(s, image, ws, target, o);
+      } else {  // a float value: copied into a zero-bordered image
+        const graph::Shape& is = shape(s.reads[0]);
+        const int pad = int(l.record.padding);
+        kernels::FloatImage padded{ws.padded.data(), is.height, is.width, is.channels, pad};
+        std::fill(ws.padded.begin(), ws.padded.begin() + ptrdiff_t(padded.floats()), 0.0f);
+        for (int y = 0; y < is.height; ++y)
+          std::copy_n(in(0) + size_t(y) * is.width * is.channels, size_t(is.width) * is.channels, padded.pixel(y, 0));
+        timed(o, s.layer, [&] {
+          kernels::conv_f32(padded, l.packed_float, l.scale.data(), l.bias.data(), s.relu, target, o.isa, o.threads);
+        });
+      }
+      if (taps) taps->emplace_back(target, target + os.size());
+      return;
+    }
+    case StepKind::linear: {
+      const Layer& l = layers[size_t(s.layer)];
+      const int k = int(l.record.in_channels), classes = int(l.record.out_channels);
+      const float* feature = in(0);
+      std::fill(out, out + classes, 0.0f);
+      for (int ci = 0; ci < k; ++ci)
+        for (int o2 = 0; o2 < classes; ++o2) out[o2] += feature[ci] * l.weights_k_out[size_t(ci) * classes + o2];
+      for (int o2 = 0; o2 < classes; ++o2) {
+        out[o2] = l.scale[size_t(o2)] * out[o2] + l.bias[size_t(o2)];
+        if (s.relu) out[o2] = std::max(out[o2], 0.0f);
+      }
+      break;
+    }
+    case StepKind::add: {
+      const size_t count = size_t(os.size());
+      std::copy_n(in(0), count, out);
+      for (size_t k = 1; k < s.in.size(); ++k) {
+        const float* x = in(k);
+        for (size_t i = 0; i < count; ++i) out[i] += x[i];
+      }
+      if (s.relu)
+        for (size_t i = 0; i < count; ++i) out[i] = std::max(out[i], 0.0f);
+      break;
+    }
+    case StepKind::max_pool:
+    case StepKind::avg_pool: {
+      const graph::Shape& is = shape(s.reads[0]);
+      if (s.kind == StepKind::max_pool && is_stem_pool(node))
+        max_pool(in(0), is.height, is.width, is.channels, out, 0, os.height, 0, o);
+      else
+        kernels::pool_reference(s.kind == StepKind::max_pool ? kernels::PoolKind::max : kernels::PoolKind::average,
+                                in(0), is.height, is.width, is.channels, node.kernel, node.stride, node.padding, out);
+      break;
+    }
+    case StepKind::global_avg_pool: {
+      const graph::Shape& is = shape(s.reads[0]);
+      const int channels = is.channels, pixels = is.height * is.width;
+      const float* x = in(0);
+      std::fill(out, out + channels, 0.0f);
+      for (int p = 0; p < pixels; ++p)
+        for (int ci = 0; ci < channels; ++ci) out[ci] += x[size_t(p) * channels + ci];
+      for (int ci = 0; ci < channels; ++ci) out[ci] /= float(pixels);
+      break;
+    }
+    case StepKind::flatten: std::copy_n(in(0), size_t(os.size()), out); break;
+    case StepKind::shortcut_pad: {  // option A: subsample, zero-pad channels
+      const graph::Shape& is = shape(s.reads[0]);
+      const int before = (os.channels - is.channels) / 2;
+      std::fill(out, out + os.size(), 0.0f);
+      for (int y = 0; y < os.height; ++y)
+        for (int x = 0; x < os.width; ++x)
+          std::copy_n(in(0) + (size_t(y * node.stride) * is.width + x * node.stride) * is.channels, is.channels,
+                      out + (size_t(y) * os.width + x) * os.channels + before);
+      break;
+    }
+  }
+  if (taps && s.tapped) taps->emplace_back(out, out + os.size());
+}
+
+void Model::Impl::run_steps(const float* image, Workspace& ws, float* logits, std::vector<std::vector<float>>* taps,
+                            const EngineOptions& o) const {
+  for (const Step& s : steps) run_step(s, image, ws, o, taps);
+  const float* out = ws.buffers[size_t(steps.back().out)].data();
+  std::copy_n(out, size_t(info.num_classes), logits);
+}
+
+void Model::Impl::run_image(const float* image, float* logits, std::vector<std::vector<float>>* taps,
+                            const EngineOptions& o) const {
+  std::unique_ptr<Workspace> ws = acquire();
+  run_steps(image, *ws, logits, taps, o);
+  release(std::move(ws));
+}
+
+// 8-bit pixels -> the normalised float image, computed as apot's data pipeline computes it
+// (data/transforms.cpp), so that the engine sees the same floats (and finds the pixels again
+// for its integer first layer).
+void Model::Impl::run_pixel_image(const uint8_t* pixels, PixelLayout layout, float* logits,
+                                  const EngineOptions& o) const {
+  std::unique_ptr<Workspace> ws = acquire();
+  const size_t plane = size_t(info.height) * size_t(info.width), channels = size_t(info.channels);
+  ws->input.resize(plane * channels);
+  for (size_t c = 0; c < channels; ++c) {
+    const float mean = info.mean[c], inv_std = 1.0f / info.std[c];
+    float* dst = ws->input.data() + c * plane;
+    if (layout == PixelLayout::hwc)
+      for (size_t p = 0; p < plane; ++p) dst[p] = (pixels[p * channels + c] / 255.0f - mean) * inv_std;
+    else
+      for (size_t p = 0; p < plane; ++p) dst[p] = (pixels[c * plane + p] / 255.0f - mean) * inv_std;
+  }
+  run_steps(ws->input.data(), *ws, logits, nullptr, o);
+  release(std::move(ws));
+}
+
+std::unique_ptr<engine::Workspace> Model::Impl::acquire() const {
+  {
+    std::lock_guard<std::mutex> lock(pool_mutex);
+    if (!pool.empty()) {
+      auto ws = std::move(pool.back());
+      pool.pop_back();
+      return ws;
+    }
+  }
+  auto ws = std::make_unique<Workspace>();
+  ws->codes.resize(layers.size());
+  ws->code_bytes.resize(size_t(code_buffers));
+  for (size_t i = 0; i < layers.size(); ++i) {
+    if (code_buffer[i] < 0) continue;
+    kernels::CodeImage& c = ws->codes[i];
+    c = input_shape(i);
+    std::vector<uint8_t>& bytes = ws->code_bytes[size_t(code_buffer[i])];
+    if (bytes.empty()) bytes.assign(c.bytes(), 0);
+    c.data = bytes.data();
+  }
+  const graph::Shape& in = shape(0);
+  ws->image = {nullptr, in.height, in.width, in.channels, image_border};
+  ws->image_bytes.assign(ws->image.floats(), 0.0f);
+  ws->image.data = ws->image_bytes.data();
+  if (pixel_layer >= 0) {
+    ws->pixels = {nullptr, in.height, in.width, in.channels, int(layers[size_t(pixel_layer)].record.padding)};
+    ws->pixel_bytes.assign(ws->pixels.bytes(), 0);
+    ws->pixels.data = ws->pixel_bytes.data();
+  }
+  ws->buffers.assign(size_t(float_buffers), std::vector<float>(max_feature));
+  for (const Step& s : steps)
+    if (s.pool >= 0) ws->stem.resize(std::max(ws->stem.size(), size_t(shape(layers[size_t(s.layer)].node).size())));
+  ws->padded.assign(max_padded, 0.0f);
+  return ws;
+}
+
+// The pool's vector keeps its capacity, so that returning a workspace allocates nothing once
+// the pool has held as many as run at once.
+void Model::Impl::release(std::unique_ptr<Workspace> ws) const {
+  std::lock_guard<std::mutex> lock(pool_mutex);
+  pool.push_back(std::move(ws));
+}
+
+// The engine quantises without complaint, so a NaN or infinite pixel would give meaningless
+// logits: refuse such input up front.
+void check_input(const float* input, int batch, size_t image) {
+  for (int b = 0; b < batch; ++b) {
+    const float* x = input + size_t(b) * image;
+    // One branch-free pass over the bits (vectorised): a NaN or an infinity has every exponent
+    // bit set.
+    uint32_t non_finite = 0;
+    for (size_t i = 0; i < image; ++i) {
+      uint32_t bits;
+      std::memcpy(&bits, x + i, 4);
+      non_finite |= uint32_t((bits & 0x7f800000u) == 0x7f800000u);
+    }
+    if (non_finite)
+      throw std::invalid_argument("input holds a NaN or infinite value (image " + std::to_string(b) + ")");
+  }
+}
+
+namespace {
+
+// f(b) for each image of a batch: one thread per image when several threads run several images
+// (each image's layers on one thread), else image by image with the threads inside each image.
+template <typename F>
+void for_each_image(int batch, const EngineOptions& o, F f) {
+  const int threads = std::max(1, o.threads);
+  if (batch == 1 || threads == 1 || o.layer_seconds) {
+    for (int b = 0; b < batch; ++b) f(b, o);
+    return;
+  }
+  EngineOptions per_image = o;
+  per_image.threads = 1;
+#pragma omp parallel for schedule(dynamic, 1) num_threads(threads)
+  for (int b = 0; b < batch; ++b) f(b, per_image);
+}
+
+}  // namespace
+
+void Model::Impl::check_run(const void* input, int batch, const float* logits, const EngineOptions& o) const {
+  if (batch < 0) throw std::invalid_argument("negative batch size");
+  if (batch > 0 && (!input || !logits)) throw std::invalid_argument("null input or output buffer");
+  if (o.layer_seconds && o.layer_seconds->size() != layers.size())
+    throw std::invalid_argument("EngineOptions::layer_seconds must have one entry per layer");
+}
+
+void Model::Impl::run_batch(const float* input, int batch, float* logits, const EngineOptions& o) const {
+  check_run(input, batch, logits, o);
+  const size_t image = info.input_size(), classes = size_t(info.num_classes);
+  check_input(input, batch, image);
+  for_each_image(batch, o, [&](int b, const EngineOptions& oi) {
+    run_image(input + size_t(b) * image, logits + size_t(b) * classes, nullptr, oi);
+  });
+}
+
+void Model::Impl::run_pixel_batch(const uint8_t* pixels, int batch, PixelLayout layout, float* logits,
+                                  const EngineOptions& o) const {
+  check_run(pixels, batch, logits, o);
+  const size_t image = info.input_size(), classes = size_t(info.num_classes);
+  for_each_image(batch, o, [&](int b, const EngineOptions& oi) {
+    run_pixel_image(pixels + size_t(b) * image, layout, logits + size_t(b) * classes, oi);
+  });
+}
+
+}  // namespace apot::runtime
