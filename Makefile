@@ -4,7 +4,7 @@ ASAN_BUILD ?= build-asan
 JOBS ?= $(shell nproc)
 CMAKE_FLAGS ?=
 
-.PHONY: run test test-asan setup build build-asan bench clean cifar10-data fuzz
+.PHONY: run test test-asan setup build build-asan bench clean cifar10-data fuzz install deb
 
 setup:
 	@scripts/setup.sh
@@ -36,6 +36,16 @@ build-asan: setup $(ASAN_BUILD)/build.ninja
 
 test-asan: build-asan
 	cd $(ASAN_BUILD) && ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 ctest --output-on-failure -j $(JOBS)
+
+# The runtime library, its headers, CMake package and pkg-config file, and the `apot` command
+# (docs/EMBEDDING.md): make install PREFIX=/opt/apot
+PREFIX ?= /usr/local
+install: build
+	cmake --install $(BUILD) --prefix $(PREFIX)
+
+# A Debian package of the runtime and its headers (apot-runtime), under $(BUILD)/packages.
+deb: build
+	cd $(BUILD) && cpack -G DEB
 
 bench: build
 	$(BUILD)/bench/bench_projection

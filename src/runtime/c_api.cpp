@@ -102,10 +102,10 @@ void check_sizes(const Model& m, size_t input_count, int batch, size_t logits_co
   if (batch < 1) throw std::invalid_argument("batch must be at least 1");
   const size_t want_in = m.info().input_size() * size_t(batch), want_out = size_t(m.info().num_classes) * size_t(batch);
   if (input_count != want_in)
-    throw std::invalid_argument("input has " + std::to_string(input_count) + " values, but " + std::to_string(batch) +
-                                " images of " + std::to_string(m.info().channels) + "x" +
-                                std::to_string(m.info().height) + "x" + std::to_string(m.info().width) + " need " +
-                                std::to_string(want_in));
+    throw std::invalid_argument("input has " + std::to_string(input_count) + " values; a batch of " +
+                                std::to_string(batch) + " " + std::to_string(m.info().channels) + "x" +
+                                std::to_string(m.info().height) + "x" + std::to_string(m.info().width) +
+                                " images needs " + std::to_string(want_in));
   if (logits_count < want_out)
     throw std::invalid_argument("logits has room for " + std::to_string(logits_count) + " values, " +
                                 std::to_string(want_out) + " needed");

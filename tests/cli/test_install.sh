@@ -89,6 +89,18 @@ check run-pkg-config 0 env LD_LIBRARY_PATH="$lib" "$tmp/classify_pc" "$tmp/m.apo
 printf '%s\n' "$out" >"$tmp/pc.tsv"
 same_classes pkg-config "$tmp/pc.tsv"
 
+# The complete example of docs/EMBEDDING.md compiles as it stands and classifies raw pixels.
+awk '/^```c$/{f=1;next} /^```$/{if(f){f=0;exit}} f' "$src/docs/EMBEDDING.md" >"$tmp/doc.c"
+[ "$(wc -l <"$tmp/doc.c")" -lt 30 ] || { echo "FAIL doc example: 30 lines or more"; fail=1; }
+# shellcheck disable=SC2046
+check doc-example 0 cc -std=c99 -Wall -Werror "$tmp/doc.c" -o "$tmp/doc" $(pkg-config --cflags --libs apot-runtime)
+head -c 3072 /dev/urandom >"$tmp/image.raw"  # 32 x 32 x 3
+check doc-run 0 env LD_LIBRARY_PATH="$lib" "$tmp/doc" "$tmp/m.apot" "$tmp/image.raw"
+expect doc-run "^(airplane|automobile|bird|cat|deer|dog|frog|horse|ship|truck)$"
+head -c 3000 /dev/urandom >"$tmp/short.raw"
+check doc-short 1 env LD_LIBRARY_PATH="$lib" "$tmp/doc" "$tmp/m.apot" "$tmp/short.raw"
+expect doc-short "input has 3000 values; a batch of 1 3x32x32 images needs 3072"
+
 # Python through ctypes, where numpy and Pillow are installed (nothing else needs Python).
 if /usr/bin/python3 -c 'import numpy, PIL' 2>/dev/null; then
   check python 0 env APOT_RUNTIME_LIBRARY="$lib/libapot_runtime.so" /usr/bin/python3 "$src/examples/classify.py" \

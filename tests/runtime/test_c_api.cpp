@@ -194,7 +194,7 @@ TEST(CApi, RunErrorsHaveTheirStatus) {
   EXPECT_EQ(run(input.data(), image, 1, nullptr, logits.size()), APOT_ERROR_INVALID_ARGUMENT);
   // Wrong sizes: the message says what was expected.
   EXPECT_EQ(run(input.data(), image - 1, 1, logits.data(), logits.size()), APOT_ERROR_INVALID_ARGUMENT);
-  EXPECT_NE(std::string(apot_last_error()).find("1 images of 1x28x28 need 784"), std::string::npos)
+  EXPECT_NE(std::string(apot_last_error()).find("a batch of 1 1x28x28 images needs 784"), std::string::npos)
       << apot_last_error();
   EXPECT_EQ(run(input.data(), 2 * image, 1, logits.data(), logits.size()), APOT_ERROR_INVALID_ARGUMENT);
   EXPECT_EQ(run(input.data(), 2 * image, 2, logits.data(), size_t(l.classes)), APOT_ERROR_INVALID_ARGUMENT);
