@@ -6,11 +6,11 @@
 //   model.cpp    the public API (model.h) and the Inspector (inspect.h)
 #pragma once
 
+#include <algorithm>
 #include <chrono>
 #include <memory>
 #include <mutex>
 #include <optional>
-#include <algorithm>
 #include <string>
 #include <vector>
 
