@@ -83,8 +83,8 @@ int main(int argc, char** argv) {
       failed = 1;
       continue;
     }
-    if (apot_model_run_u8(model, pixels, (size_t)channels * height * width, 1, APOT_LAYOUT_HWC, logits,
-                          (size_t)classes, NULL) != APOT_OK) {
+    if (apot_model_run_u8(model, pixels, (size_t)channels * height * width, 1, APOT_LAYOUT_HWC, logits, (size_t)classes,
+                          NULL) != APOT_OK) {
       fprintf(stderr, "classify: %s: %s\n", argv[i], apot_last_error());
       failed = 1;
       continue;

@@ -62,8 +62,8 @@ int main(int argc, char** argv) {
       const size_t count = std::min(batch_size, args.size() - first);
       std::vector<uint8_t> pixels;
       for (size_t i = 0; i < count; ++i) decode(tj, args[first + i], info, pixels);
-      const std::vector<float> logits = model.run_pixels(pixels.data(), int(count), apot::runtime::PixelLayout::hwc,
-                                                         options);
+      const std::vector<float> logits =
+          model.run_pixels(pixels.data(), int(count), apot::runtime::PixelLayout::hwc, options);
       for (size_t i = 0; i < count; ++i) {
         const float* l = logits.data() + i * size_t(info.num_classes);
         const size_t best = size_t(std::max_element(l, l + info.num_classes) - l);

@@ -14,8 +14,8 @@
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   apot_model* handle = nullptr;
-  const apot_status status = apot_model_load_from_memory(size ? data : reinterpret_cast<const uint8_t*>(""), size,
-                                                         &handle);
+  const apot_status status =
+      apot_model_load_from_memory(size ? data : reinterpret_cast<const uint8_t*>(""), size, &handle);
   bool loaded = false;
   try {
     const auto parsed = apot::runtime::parse_apot(data, size, "fuzz");

@@ -57,8 +57,8 @@ typedef enum apot_status {
   APOT_ERROR_FORMAT = 3,           /* not an .apot file, corrupt, or layers this engine does not run */
   APOT_ERROR_VERSION = 4,          /* an .apot file of another format version: export it again */
   APOT_ERROR_OUT_OF_MEMORY = 5,
-  APOT_ERROR_INVALID_HANDLE = 6,   /* a model that was freed (see "Handles" above) */
-  APOT_ERROR_INTERNAL = 7          /* a bug in apot: please report it with the message */
+  APOT_ERROR_INVALID_HANDLE = 6, /* a model that was freed (see "Handles" above) */
+  APOT_ERROR_INTERNAL = 7        /* a bug in apot: please report it with the message */
 } apot_status;
 
 /* How 8-bit images lie in memory: interleaved height x width x channels (as image decoders
@@ -111,11 +111,11 @@ APOT_API apot_status apot_model_metadata(const apot_model* model, const char** j
  * at least batch x num_classes; logits are written image by image. options may be NULL. */
 APOT_API apot_status apot_model_run(const apot_model* model, const float* input, size_t input_count, int batch,
                                     float* logits, size_t logits_count, const apot_run_options* options);
-/* The same on 8-bit images, normalised inside with the model's mean and std exactly as apot's
- * data pipeline does: the same logits as `apot run` gives for the same pixels. */
+/* The same on 8-bit images (layout: an apot_layout), normalised inside with the model's mean and
+ * std exactly as apot's data pipeline does: the same logits as `apot run` gives for the same
+ * pixels. */
 APOT_API apot_status apot_model_run_u8(const apot_model* model, const uint8_t* pixels, size_t pixel_count, int batch,
-                                       apot_layout layout, float* logits, size_t logits_count,
-                                       const apot_run_options* options);
+                                       int layout, float* logits, size_t logits_count, const apot_run_options* options);
 
 #ifdef __cplusplus
 } /* extern "C" */

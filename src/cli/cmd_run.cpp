@@ -62,9 +62,9 @@ void run_run(const RunCmdOptions& o) {
   data::Loader loader(test_set, lo, indices);
   const std::vector<int64_t> shape = loader.example_shape();
   if (shape != std::vector<int64_t>{info.channels, info.height, info.width})
-    throw UsageError(o.model + " expects " + std::to_string(info.channels) + "x" + std::to_string(info.height) +
-                     "x" + std::to_string(info.width) + " inputs, " + o.data + " gives " + std::to_string(shape[0]) +
-                     "x" + std::to_string(shape[1]) + "x" + std::to_string(shape[2]));
+    throw UsageError(o.model + " expects " + std::to_string(info.channels) + "x" + std::to_string(info.height) + "x" +
+                     std::to_string(info.width) + " inputs, " + o.data + " gives " + std::to_string(shape[0]) + "x" +
+                     std::to_string(shape[1]) + "x" + std::to_string(shape[2]));
 
   qat::Network trained{nullptr};
   if (!o.compare.empty()) {
@@ -96,8 +96,8 @@ void run_run(const RunCmdOptions& o) {
                            (logits.begin() + i * classes));
       correct += pred == labels[i];
       if (!o.predictions.empty())
-        predictions += test_set->example_name(indices.empty() ? size_t(count + i) : indices[size_t(count + i)]) +
-                       "\t" + info.class_names[size_t(pred)] + "\n";
+        predictions += test_set->example_name(indices.empty() ? size_t(count + i) : indices[size_t(count + i)]) + "\t" +
+                       info.class_names[size_t(pred)] + "\n";
       if (trained) {
         const int64_t tp = trained_pred.data_ptr<int64_t>()[i];
         trained_correct += tp == labels[i];

@@ -111,8 +111,10 @@ void check_sizes(const Model& m, size_t input_count, int batch, size_t logits_co
                                 std::to_string(want_out) + " needed");
 }
 
-static_assert(int(apot::runtime::Isa::automatic) == APOT_ISA_AUTO && int(apot::runtime::Isa::scalar) == APOT_ISA_SCALAR &&
-                  int(apot::runtime::Isa::avx2) == APOT_ISA_AVX2 && int(apot::runtime::Isa::avx_vnni) == APOT_ISA_AVX_VNNI &&
+static_assert(int(apot::runtime::Isa::automatic) == APOT_ISA_AUTO &&
+                  int(apot::runtime::Isa::scalar) == APOT_ISA_SCALAR &&
+                  int(apot::runtime::Isa::avx2) == APOT_ISA_AVX2 &&
+                  int(apot::runtime::Isa::avx_vnni) == APOT_ISA_AVX_VNNI &&
                   int(apot::runtime::Isa::avx512_vnni) == APOT_ISA_AVX512_VNNI,
               "apot_isa and runtime::Isa agree");
 
@@ -229,9 +231,8 @@ apot_status apot_model_run(const apot_model* model, const float* input, size_t i
   });
 }
 
-apot_status apot_model_run_u8(const apot_model* model, const uint8_t* pixels, size_t pixel_count, int batch,
-                              apot_layout layout, float* logits, size_t logits_count,
-                              const apot_run_options* options) {
+apot_status apot_model_run_u8(const apot_model* model, const uint8_t* pixels, size_t pixel_count, int batch, int layout,
+                              float* logits, size_t logits_count, const apot_run_options* options) {
   if (const apot_status s = check_handle(__func__, model)) return s;
   if (!pixels) return null_argument(__func__, "pixels");
   if (!logits) return null_argument(__func__, "logits");
@@ -239,9 +240,9 @@ apot_status apot_model_run_u8(const apot_model* model, const uint8_t* pixels, si
     return fail(APOT_ERROR_INVALID_ARGUMENT, std::string(__func__) + ": unknown layout");
   return guarded(__func__, [&] {
     check_sizes(model->model, pixel_count, batch, logits_count);
-    model->model.run_pixels(pixels, batch,
-                            layout == APOT_LAYOUT_HWC ? apot::runtime::PixelLayout::hwc : apot::runtime::PixelLayout::chw,
-                            logits, run_options(options));
+    model->model.run_pixels(
+        pixels, batch, layout == APOT_LAYOUT_HWC ? apot::runtime::PixelLayout::hwc : apot::runtime::PixelLayout::chw,
+        logits, run_options(options));
     return APOT_OK;
   });
 }

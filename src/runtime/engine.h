@@ -183,8 +183,9 @@ struct Model::Impl {
 
   static void max_pool(const float* in, int h, int w, int c, float* out, int y0, int y1, int in_row0,
                        const EngineOptions& o) {
-    engine::parallel_rows(o.threads, y1 - y0,
-                  [&](int a, int b) { kernels::max_pool_3x3s2(in, h, w, c, out, o.isa, y0 + a, y0 + b, in_row0); });
+    engine::parallel_rows(o.threads, y1 - y0, [&](int a, int b) {
+      kernels::max_pool_3x3s2(in, h, w, c, out, o.isa, y0 + a, y0 + b, in_row0);
+    });
   }
 
   void conv_on_image(const Step& s, const float* image, Workspace& ws, float* out, const EngineOptions& o) const;
@@ -193,7 +194,8 @@ struct Model::Impl {
   // One image: its steps, writing num_classes logits (and the tap values if taps is set).
   void run_steps(const float* image, Workspace& ws, float* logits, std::vector<std::vector<float>>* taps,
                  const EngineOptions& o) const;
-  void run_image(const float* image, float* logits, std::vector<std::vector<float>>* taps, const EngineOptions& o) const;
+  void run_image(const float* image, float* logits, std::vector<std::vector<float>>* taps,
+                 const EngineOptions& o) const;
   void run_pixel_image(const uint8_t* pixels, PixelLayout layout, float* logits, const EngineOptions& o) const;
   // A batch (arguments checked here): one thread per image when several threads run several
   // images, else image by image with the threads inside each image.
@@ -204,6 +206,5 @@ struct Model::Impl {
   // wrong size.
   void check_run(const void* input, int batch, const float* logits, const EngineOptions& o) const;
 };
-
 
 }  // namespace apot::runtime

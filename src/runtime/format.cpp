@@ -67,11 +67,11 @@ ParsedFile parse_apot(const uint8_t* bytes, size_t size, const std::string& name
   if (std::memcmp(h.magic, kMagic, 8) != 0) throw FormatError(name + ": not an .apot file (wrong magic)");
   if (h.version == 1)
     throw VersionError(name +
-                      ": written by an earlier apot (.apot version 1, ResNets only); export it again from its "
-                      "checkpoint: apot export --checkpoint CKPT --out FILE");
+                       ": written by an earlier apot (.apot version 1, ResNets only); export it again from its "
+                       "checkpoint: apot export --checkpoint CKPT --out FILE");
   if (h.version != kFormatVersion)
     throw VersionError(name + ": .apot version " + std::to_string(h.version) + " is not supported (this reader reads " +
-                      std::to_string(kFormatVersion) + ")");
+                       std::to_string(kFormatVersion) + ")");
   if (h.file_size != size)
     throw FormatError(name + ": file is " + std::to_string(size) + " bytes but its header says " +
                       std::to_string(h.file_size) + " (truncated or padded)");

@@ -10,8 +10,8 @@
 
 namespace apot::runtime {
 
-using graph::Op;
 using engine::Layer;
+using graph::Op;
 
 namespace {
 

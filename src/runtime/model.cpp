@@ -122,7 +122,8 @@ std::vector<float> Inspector::run_with_taps(const float* input, int batch, std::
   const size_t image = m.info.input_size(), classes = size_t(m.info.num_classes);
   check_input(input, batch, image);
   taps.clear();
-  for (int b = 0; b < batch; ++b) m.run_image(input + size_t(b) * image, logits.data() + size_t(b) * classes, &taps, options);
+  for (int b = 0; b < batch; ++b)
+    m.run_image(input + size_t(b) * image, logits.data() + size_t(b) * classes, &taps, options);
   return logits;
 }
 

@@ -35,6 +35,9 @@ stray=$(grep -vE '^(apot_|apot::runtime::|typeinfo for apot::runtime::|typeinfo 
 [ -z "$stray" ] || { echo "FAIL exports: symbols outside the API: $(head -5 <<<"$stray")"; fail=1; }
 grep -q '^apot_model_run_u8$' <<<"$exported" || { echo "FAIL exports: no apot_model_run_u8"; fail=1; }
 grep -q '^apot::runtime::Model::load' <<<"$exported" || { echo "FAIL exports: no Model::load"; fail=1; }
+if grep -qE 'Impl|Inspector|parse_apot|kernels|graph' <<<"$exported"; then
+  echo "FAIL exports: internals exported: $(grep -E 'Impl|Inspector|parse_apot|kernels|graph' <<<"$exported" | head -3)"; fail=1
+fi
 
 # The headers stand alone: C99 for the C API, C++17 for the C++ API, warnings as errors.
 printf '#include <apot/apot.h>\nint main(void) { return apot_version() == 0; }\n' >"$tmp/h.c"

@@ -235,7 +235,7 @@ TEST(CApi, RunErrorsHaveTheirStatus) {
             APOT_OK);
   EXPECT_EQ(apot_model_run_u8(l.model, pixels.data(), image, 2, APOT_LAYOUT_HWC, logits.data(), logits.size(), nullptr),
             APOT_ERROR_INVALID_ARGUMENT);
-  EXPECT_EQ(apot_model_run_u8(l.model, pixels.data(), image, 1, apot_layout(7), logits.data(), logits.size(), nullptr),
+  EXPECT_EQ(apot_model_run_u8(l.model, pixels.data(), image, 1, 7, logits.data(), logits.size(), nullptr),
             APOT_ERROR_INVALID_ARGUMENT);
   EXPECT_EQ(apot_model_run_u8(l.model, nullptr, image, 1, APOT_LAYOUT_HWC, logits.data(), logits.size(), nullptr),
             APOT_ERROR_INVALID_ARGUMENT);

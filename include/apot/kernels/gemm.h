@@ -21,8 +21,8 @@ namespace apot::kernels {
 enum class GemmIsa { scalar, avx2, avx_vnni, avx512_vnni };
 const char* to_string(GemmIsa isa);
 const std::vector<GemmIsa>& supported_gemm_isas();  // detected once; scalar first
-GemmIsa parse_gemm_isa(const std::string& name);  // "scalar" | "avx2" | "avx-vnni" | "avx512-vnni"
-GemmIsa default_gemm_isa();                       // APOT_GEMM_ISA, else the best supported
+GemmIsa parse_gemm_isa(const std::string& name);    // "scalar" | "avx2" | "avx-vnni" | "avx512-vnni"
+GemmIsa default_gemm_isa();                         // APOT_GEMM_ISA, else the best supported
 
 inline int round_up4(int k) { return (k + 3) / 4 * 4; }
 

@@ -58,9 +58,9 @@ class VersionError : public FormatError {
 // variable if set, else the best one this CPU has. All of them compute the same results (the
 // integer kernels bit for bit); they differ in speed.
 enum class Isa { automatic, scalar, avx2, avx_vnni, avx512_vnni };
-const char* to_string(Isa isa);                  // "auto", "scalar", "avx2", "avx-vnni", "avx512-vnni"
-Isa parse_isa(const std::string& name);          // the inverse; std::invalid_argument if unknown
-std::vector<Isa> supported_isas();               // on this CPU (scalar first)
+const char* to_string(Isa isa);          // "auto", "scalar", "avx2", "avx-vnni", "avx512-vnni"
+Isa parse_isa(const std::string& name);  // the inverse; std::invalid_argument if unknown
+std::vector<Isa> supported_isas();       // on this CPU (scalar first)
 
 struct ModelInfo {
   // The input of one image: channels x height x width floats, normalised as in training:
