@@ -41,14 +41,25 @@ struct Groups {
   std::vector<torch::Tensor> weights, act_alphas, weight_alphas;
 };
 
+enum class ParameterRole { weight, act_alpha, weight_alpha };
+
+ParameterRole role_of(const std::string& name) {
+  auto ends_with = [&](const std::string& suffix) {
+    return name.size() >= suffix.size() && name.compare(name.size() - suffix.size(), suffix.size(), suffix) == 0;
+  };
+  return ends_with("act_alpha")      ? ParameterRole::act_alpha
+         : ends_with("weight_alpha") ? ParameterRole::weight_alpha
+                                     : ParameterRole::weight;
+}
+
 Groups split_parameters(qat::Network& model) {
   Groups g;
   for (auto& p : model->named_parameters()) {
-    const std::string& name = p.key();
-    if (name.size() >= 9 && name.compare(name.size() - 9, 9, "act_alpha") == 0) g.act_alphas.push_back(p.value());
-    else if (name.size() >= 12 && name.compare(name.size() - 12, 12, "weight_alpha") == 0)
-      g.weight_alphas.push_back(p.value());
-    else g.weights.push_back(p.value());
+    switch (role_of(p.key())) {
+      case ParameterRole::act_alpha: g.act_alphas.push_back(p.value()); break;
+      case ParameterRole::weight_alpha: g.weight_alphas.push_back(p.value()); break;
+      case ParameterRole::weight: g.weights.push_back(p.value()); break;
+    }
   }
   return g;
 }
@@ -64,6 +75,17 @@ std::unique_ptr<torch::optim::SGD> make_optimizer(qat::Network& model, const Tra
   groups.emplace_back(g.act_alphas, options(c.act_alpha_lr, c.alpha_weight_decay));
   groups.emplace_back(g.weight_alphas, options(c.weight_alpha_lr, c.alpha_weight_decay));
   return std::make_unique<torch::optim::SGD>(groups, torch::optim::SGDOptions(c.lr));
+}
+
+// Every clipping threshold by parameter name ("layer1.0.conv1.act_alpha"), per-channel ones as
+// their mean: how the alphas move over training (metrics.jsonl, `apot report`).
+nlohmann::json alpha_values(torch::nn::Module& model) {
+  nlohmann::json out = nlohmann::json::object();
+  torch::NoGradGuard no_grad;
+  for (const auto& p : model.named_parameters())
+    if (role_of(p.key()) != ParameterRole::weight && p.value().numel() > 0)
+      out[p.key()] = p.value().mean().item<double>();
+  return out;
 }
 
 // Projected SGD for the clipping thresholds: an alpha that a step drives to zero or below would
@@ -284,7 +306,8 @@ TrainSummary run_training(const TrainConfig& c, const std::string& out_dir, bool
                         {"lr", lr_now},
                         {"train_seconds", train_seconds},
                         {"images_per_second", train_seconds > 0 ? seen / train_seconds : 0.0},
-                        {"elapsed_seconds", seconds_since(start)}};
+                        {"elapsed_seconds", seconds_since(start)},
+                        {"alphas", alpha_values(*model)}};
     std::ofstream(metrics_path, std::ios::app) << line.dump() << "\n";
     std::ostringstream msg;
     msg << (tty ? "\r" : "") << "epoch " << epoch << "/" << c.epochs << ": loss " << std::fixed << std::setprecision(4)

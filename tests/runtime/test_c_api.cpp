@@ -15,6 +15,7 @@
 #include <limits>
 #include <new>
 #include <random>
+#include <stdexcept>
 #include <string>
 #include <thread>
 #include <vector>
@@ -57,9 +58,11 @@ struct Loaded {
   size_t image() const { return size_t(channels) * height * width; }
 };
 
+// Throws (failing the test at once) if the fixture does not load.
 Loaded load_fixture() {
   Loaded l;
-  EXPECT_EQ(apot_model_load(kFixture.c_str(), &l.model), APOT_OK) << apot_last_error();
+  if (apot_model_load(kFixture.c_str(), &l.model) != APOT_OK)
+    throw std::runtime_error(std::string("fixture: ") + apot_last_error());
   EXPECT_EQ(apot_model_input_shape(l.model, &l.channels, &l.height, &l.width), APOT_OK);
   EXPECT_EQ(apot_model_num_classes(l.model, &l.classes), APOT_OK);
   return l;

@@ -82,6 +82,22 @@ TEST_F(Trainer, AFewEpochsLowerTheLoss) {
   EXPECT_EQ(meta.epoch, 3);
   EXPECT_EQ(meta.config.kind, "apot");
   EXPECT_NEAR(meta.metrics["test_top1"], m.back()["test_top1"].get<double>(), 1e-9);
+  // Every epoch logs every clipping threshold (per-channel ones as their mean); the last line's
+  // are the checkpoint's, and training moves them.
+  const nlohmann::json& alphas = m.back()["alphas"];
+  size_t act = 0, weight = 0;
+  for (const auto& p : model->named_parameters()) {
+    const std::string& name = p.key();
+    if (name.find("alpha") == std::string::npos) continue;
+    ASSERT_TRUE(alphas.contains(name)) << name;
+    EXPECT_NEAR(alphas[name].get<double>(), p.value().mean().item<double>(), 1e-6) << name;
+    act += name.find("act_alpha") != std::string::npos;
+    weight += name.find("weight_alpha") != std::string::npos;
+  }
+  EXPECT_GT(act, 0u);
+  EXPECT_GT(weight, 0u);
+  EXPECT_EQ(alphas.size(), act + weight);
+  EXPECT_NE(m.front()["alphas"], alphas);
 }
 
 TEST_F(Trainer, ResumeEndsWhereAnUninterruptedRunEnds) {

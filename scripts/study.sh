@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# The APoT vs uniform vs PoT study on CIFAR-10 JPEG from the shared pretrained ResNet-20, one
+# schedule for all (recipes/cifar10-resnet20-study.toml, 10 epochs per step):
+#   fp                                  full precision, from the pretrained model
+#   KIND-w4 -> KIND-w3 -> KIND-w2       W4A4 from the pretrained model, then each step from the
+#                                       previous step's best checkpoint, for apot, uniform, pot
+# Resumable: a finished run (summary.json) is skipped, an interrupted one continues from its last
+# checkpoint (--resume). Runs go one after another (2 cores). Usage:
+#   scripts/study.sh [OUT_DIR]      (default runs/study; APOT=build/apot, DATA=imagefolder:data/cifar10-jpeg)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+apot=${APOT:-build/apot}
+out=${1:-runs/study}
+data=${DATA:-imagefolder:data/cifar10-jpeg}
+pretrained=${PRETRAINED:-../shared/models/resnet20-cifar10.pt}
+recipe=recipes/cifar10-resnet20-study.toml
+mkdir -p "$out"
+
+train() {  # train NAME INIT KIND BITS
+  local name=$1 init=$2 kind=$3 bits=$4 dir=$out/$1
+  if [ -f "$dir/summary.json" ]; then echo "study: $name is done"; return; fi
+  local resume=()
+  [ -f "$dir/last.ckpt" ] && resume=(--resume)
+  echo "study: $name (kind $kind, W${bits}A${bits}, from $init) ${resume[*]}"
+  "$apot" train "$recipe" --out "$dir" --set "data.spec=$data" --set "init=$init" --set "quant.kind=$kind" \
+    --set "quant.weight_bits=$bits" --set "quant.act_bits=$bits" "${resume[@]}" >>"$out/$name.log" 2>&1
+}
+
+train fp "$pretrained" fp 4
+for bits in 4 3 2; do
+  for kind in apot uniform pot; do
+    if [ "$bits" = 4 ]; then init=$pretrained; else init=$out/$kind-w$((bits + 1))/best.ckpt; fi
+    train "$kind-w$bits" "$init" "$kind" "$bits"
+  done
+done
+echo "study: all runs done in $out"
