@@ -26,6 +26,17 @@ torch::Tensor activate(const graph::Node& n, torch::Tensor x) {
     default: return x;
   }
 }
+
+// A quantised layer whose input can be negative needs signed activation levels, which training
+// does not have yet: one line naming the layer and the way out.
+void require_unsigned_input(const graph::Node& node) {
+  if (node.quant.signed_input)
+    throw graph::GraphError("node '" + node.name +
+                            "': its input can be negative, and signed activation quantisation is not supported "
+                            "yet; keep this layer in float ([quant.layers] \"" +
+                            node.name + "\" = { full_precision = true })");
+}
+
 }  // namespace
 
 NetworkImpl::NetworkImpl(graph::Graph graph, const QuantPolicy& training)
@@ -66,11 +77,7 @@ void NetworkImpl::build() {
     const graph::Node& node = graph_[i];
     for (int in : node.inputs) last_use_[size_t(in)] = int(i);
     if (!node.has_weights()) continue;
-    if (node.quant.signed_input)
-      throw graph::GraphError("node '" + node.name +
-                              "': its input can be negative, and signed activation quantisation is not supported "
-                              "yet; keep this layer in float ([quant.layers] \"" +
-                              node.name + "\" = { full_precision = true })");
+    require_unsigned_input(node);
     const QuantOptions q = policy_.options_for(node.quant);
     const int in = shaped.input_shape_of(int(i)).channels;
     if (node.op == graph::Op::conv) {
@@ -182,11 +189,7 @@ void NetworkImpl::set_policy(const QuantPolicy& policy) {
   graph::assign_quantization(g, policy.assignment());
   for (size_t i = 0; i < g.size(); ++i) {
     if (!g[i].has_weights()) continue;
-    if (g[i].quant.signed_input)
-      throw graph::GraphError("node '" + g[i].name +
-                              "': its input can be negative, and signed activation quantisation is not supported "
-                              "yet; keep this layer in float ([quant.layers] \"" +
-                              g[i].name + "\" = { full_precision = true })");
+    require_unsigned_input(g[i]);
     const QuantOptions q = policy.options_for(g[i].quant);
     if (conv_[i]) conv_[i]->set_quant_options(q);
     if (linear_[i]) linear_[i]->set_quant_options(q);
