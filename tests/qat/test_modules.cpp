@@ -220,3 +220,44 @@ TEST(Network, RunsAModelFile) {
   auto copy = std::dynamic_pointer_cast<apot::qat::NetworkImpl>(model->clone());
   EXPECT_TRUE(torch::equal(copy->forward(x), logits));
 }
+
+// A quantised layer whose input can be negative (after a convolution without activation) is
+// refused in one line that names it and says how to keep it in float; that override works.
+TEST(Network, SignedInputsAreRefusedNamingTheLayer) {
+  Network model = apot::qat::make_network(apot::graph::model_from_toml_text(R"(name = "signed"
+[input]
+channels = 1
+[[layer]]
+name = "a"
+op = "conv"
+out_channels = 4
+kernel = 3
+padding = 1
+[[layer]]
+name = "b"
+op = "conv"
+out_channels = 4
+kernel = 3
+padding = 1
+activation = "relu"
+[[layer]]
+name = "gap"
+op = "global_avg_pool"
+[[layer]]
+name = "fc"
+op = "linear"
+out_channels = 2
+)",
+                                                                            "signed.toml"));
+  QuantPolicy policy;
+  policy.weight_bits = policy.act_bits = 4;
+  try {
+    apot::qat::apply_policy(*model, policy);
+    ADD_FAILURE() << "no error for a quantised layer with a signed input";
+  } catch (const apot::graph::GraphError& e) {
+    EXPECT_NE(std::string(e.what()).find("node 'b': its input can be negative"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("full_precision = true"), std::string::npos) << e.what();
+  }
+  policy.layers["b"].full_precision = true;
+  EXPECT_NO_THROW(apot::qat::apply_policy(*model, policy));
+}
