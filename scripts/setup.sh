@@ -17,6 +17,7 @@ packages=(
   clang-14 libclang-rt-14-dev  # libFuzzer targets
   libdnnl-dev               # oneDNN: the int8 baseline of the engine benchmark
   libxxhash-dev             # section checksums of the .apot format
+  libplplot-dev             # the plots of apot report (its svg device)
 )
 
 missing=()

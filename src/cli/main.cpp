@@ -25,6 +25,7 @@ int main(int argc, char** argv) {
   apot::cli::register_export(app);
   apot::cli::register_run(app);
   apot::cli::register_bench(app);
+  apot::cli::register_report(app);
 #endif
   try {
     app.parse(argc, argv);

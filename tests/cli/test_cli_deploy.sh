@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The deploy path end to end through the command: a (very) short training run, `apot export`,
 # `apot run --compare` and `apot bench --json --layers`, and one error line with the right exit
-# code for bad input to them.
+# code for bad input to them; `apot report` on the run.
 set -u
 apot="$1"
 fail=0
@@ -13,6 +13,14 @@ source "$(dirname "$0")/lib.sh"
 recipe="$(dirname "$0")/../../recipes/fashion-mnist-resnet20-w4a4.toml"
 check train 0 "$apot" train "$recipe" --out "$tmp/run" --set optim.epochs=1 --set run.max_steps_per_epoch=3 \
   --set data.workers=1
+check report 0 "$apot" report "$tmp/run" --out "$tmp/report.html"
+expect report "wrote .*report\.html \(1 run"
+[ "$(grep -o '<svg' "$tmp/report.html" | wc -l)" -eq 5 ] || { echo "FAIL report: want 5 plots"; fail=1; }
+check report-json 0 "$apot" report "$tmp/run" --json
+expect report-json '"alphas":\{"[a-z0-9.]+_alpha"'
+check report-missing 1 "$apot" report "$tmp/none" --out "$tmp/r.html"; one_line report-missing
+expect report-missing "not a run directory"
+check report-no-out 2 "$apot" report "$tmp/run"; one_line report-no-out
 check export 0 "$apot" export --checkpoint "$tmp/run/best.ckpt" --out "$tmp/m.apot"
 expect export "wrote .*m\.apot"
 check run 0 "$apot" run "$tmp/m.apot" --data fashion-mnist --compare "$tmp/run/best.ckpt" --limit 256 --json

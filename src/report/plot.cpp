@@ -1,0 +1,106 @@
+// Line plots through PLplot (Debian's libplplot-dev): its svg device writes a file, which is read
+// back as text. PLplot keeps global state, so plots are drawn one at a time.
+#include <plplot/plplot.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <mutex>
+#include <sstream>
+
+#include "apot/report/report.h"
+
+namespace apot::report {
+namespace {
+
+std::mutex plplot_mutex;
+
+// Colour map 0: index 0 the background (white), 1 the axes and labels (black), then the series.
+const int kSeriesColours[][3] = {{31, 119, 180}, {214, 39, 40},   {44, 160, 44},   {255, 127, 14}, {148, 103, 189},
+                                 {140, 86, 75},  {227, 119, 194}, {127, 127, 127}, {188, 189, 34}, {23, 190, 207}};
+constexpr int kColourCount = int(sizeof kSeriesColours / sizeof kSeriesColours[0]);
+
+}  // namespace
+
+const std::vector<std::string>& series_colours() {
+  static const std::vector<std::string> colours = [] {
+    std::vector<std::string> out;
+    for (const auto& c : kSeriesColours) {
+      char hex[8];
+      std::snprintf(hex, sizeof hex, "#%02x%02x%02x", c[0], c[1], c[2]);
+      out.push_back(hex);
+    }
+    return out;
+  }();
+  return colours;
+}
+
+std::string line_plot_svg(const LinePlot& plot) {
+  double x0 = INFINITY, x1 = -INFINITY, y0 = INFINITY, y1 = -INFINITY;
+  for (const Series& s : plot.series) {
+    if (s.x.size() != s.y.size())
+      throw ReportError(plot.title + ": a series with " + std::to_string(s.x.size()) + " x values and " +
+                        std::to_string(s.y.size()) + " y values");
+    for (size_t i = 0; i < s.x.size(); ++i) {
+      const double y = plot.log_y ? std::log10(std::max(s.y[i], 1e-12)) : s.y[i];
+      if (!std::isfinite(s.x[i]) || !std::isfinite(y)) continue;
+      x0 = std::min(x0, s.x[i]);
+      x1 = std::max(x1, s.x[i]);
+      y0 = std::min(y0, y);
+      y1 = std::max(y1, y);
+    }
+  }
+  if (!(x0 <= x1)) x0 = 0, x1 = 1, y0 = 0, y1 = 1;  // nothing to draw: empty axes
+  if (x1 - x0 < 1e-12) x0 -= 0.5, x1 += 0.5;
+  const double pad = (y1 - y0) < 1e-12 ? 0.5 : 0.05 * (y1 - y0);
+  y0 -= pad;
+  y1 += pad;
+
+  std::lock_guard<std::mutex> lock(plplot_mutex);
+  const std::filesystem::path file =
+      std::filesystem::temp_directory_path() / ("apot-plot-" + std::to_string(::getpid()) + ".svg");
+  PLINT r[kColourCount + 2], g[kColourCount + 2], b[kColourCount + 2];
+  r[0] = g[0] = b[0] = 255;
+  r[1] = g[1] = b[1] = 0;
+  for (int i = 0; i < kColourCount; ++i) {
+    r[i + 2] = kSeriesColours[i][0];
+    g[i + 2] = kSeriesColours[i][1];
+    b[i + 2] = kSeriesColours[i][2];
+  }
+  plsdev("svg");
+  plsfnam(file.c_str());
+  plspage(0, 0, 560, 340, 0, 0);
+  plscmap0(r, g, b, kColourCount + 2);
+  plinit();
+  plcol0(1);
+  plschr(0, 0.9);
+  plenv(x0, x1, y0, y1, 0, plot.log_y ? 20 : 0);
+  pllab(plot.x_label.c_str(), plot.y_label.c_str(), plot.title.c_str());
+  for (size_t k = 0; k < plot.series.size(); ++k) {
+    const Series& s = plot.series[k];
+    std::vector<PLFLT> x, y;
+    for (size_t i = 0; i < s.x.size(); ++i) {
+      const double v = plot.log_y ? std::log10(std::max(s.y[i], 1e-12)) : s.y[i];
+      if (!std::isfinite(s.x[i]) || !std::isfinite(v)) continue;
+      x.push_back(s.x[i]);
+      y.push_back(v);
+    }
+    plcol0(PLINT(2 + k % kColourCount));
+    plwidth(2.0);
+    if (x.size() > 1) plline(PLINT(x.size()), x.data(), y.data());
+    if (!x.empty()) plpoin(PLINT(x.size()), x.data(), y.data(), 17);  // a dot per epoch
+  }
+  plend();
+  std::ifstream in(file);
+  std::stringstream text;
+  text << in.rdbuf();
+  std::error_code ignored;
+  std::filesystem::remove(file, ignored);
+  if (text.str().find("<svg") == std::string::npos) throw ReportError(plot.title + ": PLplot wrote no SVG");
+  return text.str();
+}
+
+}  // namespace apot::report

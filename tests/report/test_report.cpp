@@ -1,0 +1,124 @@
+// apot report's library on synthetic run directories: what it reads, the plots it draws (real
+// SVG from PLplot, one per figure), the JSON behind them, and its errors.
+#include "apot/report/report.h"
+
+#include <gtest/gtest.h>
+
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <random>
+#include <string>
+
+namespace {
+namespace fs = std::filesystem;
+using nlohmann::json;
+
+struct TempDir {
+  fs::path path;
+  TempDir() {
+    path = fs::temp_directory_path() / ("apot-report-test-" + std::to_string(std::random_device{}()));
+    fs::create_directories(path);
+  }
+  ~TempDir() { fs::remove_all(path); }
+};
+
+// A run of `epochs` epochs with two clipping thresholds; finished runs have a summary.
+fs::path make_run(const fs::path& root, const std::string& name, int epochs, bool finished) {
+  const fs::path dir = root / name;
+  fs::create_directories(dir);
+  std::ofstream m(dir / "metrics.jsonl");
+  for (int e = 1; e <= epochs; ++e)
+    m << json{{"epoch", e},
+              {"train_loss", 1.0 / e},
+              {"val_loss", 1.1 / e},
+              {"train_top1", 80.0 + e},
+              {"val_top1", 79.0 + e},
+              {"test_top1", 78.0 + e},
+              {"lr", 0.1 / e},
+              {"alphas",
+               {{"layer1.0.conv1.act_alpha", 8.0 - 0.1 * e}, {"layer1.0.conv1.weight_alpha", 3.0 + 0.01 * e}}}}
+             .dump()
+      << "\n";
+  if (finished)
+    std::ofstream(dir / "summary.json") << json{
+        {"best_epoch", epochs},
+        {"best_val_top1", 79.0 + epochs},
+        {"test_top1_at_best", 78.0 + epochs},
+        {"config",
+         {{"quant.kind", "apot"},
+          {"quant.weight_bits", 4},
+          {"quant.act_bits", 4},
+          {"model.arch", "resnet20"}}}}.dump();
+  return dir;
+}
+
+size_t count(const std::string& text, const std::string& what) {
+  size_t n = 0;
+  for (size_t at = text.find(what); at != std::string::npos; at = text.find(what, at + 1)) ++n;
+  return n;
+}
+
+TEST(Report, ReadsARunAndDrawsItsCurves) {
+  TempDir tmp;
+  const auto run = apot::report::read_run(make_run(tmp.path, "w4", 3, true).string());
+  EXPECT_EQ(run.name, "w4");
+  ASSERT_EQ(run.epochs.size(), 3u);
+  const auto plots = apot::report::run_plots(run);
+  ASSERT_EQ(plots.size(), 5u);  // loss, top-1, learning rate, activation and weight alphas
+  EXPECT_EQ(plots[1].series.size(), 3u);
+  EXPECT_EQ(plots[1].series[2].y, (std::vector<double>{79, 80, 81}));
+  EXPECT_EQ(plots[3].series.at(0).label, "layer1.0.conv1");
+  const std::string svg = apot::report::line_plot_svg(plots[1]);
+  EXPECT_NE(svg.find("<svg"), std::string::npos);
+  std::string title;  // PLplot writes text as character references
+  for (char c : std::string("Top-1")) {
+    char ref[16];
+    std::snprintf(ref, sizeof ref, "&#x%x;", unsigned(c));
+    title += ref;
+  }
+  EXPECT_NE(svg.find(title), std::string::npos);
+  EXPECT_GE(count(svg, "<polyline") + count(svg, "<path"), 3u);
+}
+
+TEST(Report, HtmlHasEveryPlotAndTheRunsTableAndJsonHasEveryNumber) {
+  TempDir tmp;
+  std::vector<apot::report::Run> runs{apot::report::read_run(make_run(tmp.path, "apot-w4", 4, true).string()),
+                                      apot::report::read_run(make_run(tmp.path, "uniform-w4", 2, false).string())};
+  const std::string html = apot::report::report_html(runs);
+  EXPECT_EQ(html.rfind("<!DOCTYPE html>", 0), 0u);
+  EXPECT_EQ(count(html, "<svg"), 1u + 5u + 5u);  // the comparison, then five per run
+  EXPECT_EQ(count(html, "<figure"), 11u);
+  EXPECT_EQ(html.find("<?xml"), std::string::npos);  // inline SVG, no XML prologue inside HTML
+  EXPECT_NE(html.find("<td>apot-w4</td><td>resnet20</td><td>apot</td><td>4/4</td><td>4</td><td>4</td>"),
+            std::string::npos);
+  EXPECT_NE(html.find("(running)"), std::string::npos);  // the run without a summary
+  const json j = apot::report::report_json(runs);
+  ASSERT_EQ(j["runs"].size(), 2u);
+  EXPECT_EQ(j["runs"][0]["epochs"][3]["test_top1"], 82.0);
+  EXPECT_TRUE(j["runs"][1]["summary"].is_null());
+}
+
+TEST(Report, BadRunDirectoriesFailWithOneLine) {
+  TempDir tmp;
+  auto error = [](const std::string& dir) {
+    try {
+      apot::report::read_run(dir);
+    } catch (const apot::report::ReportError& e) {
+      return std::string(e.what());
+    }
+    return std::string();
+  };
+  EXPECT_NE(error((tmp.path / "none").string()).find("not a run directory"), std::string::npos);
+  fs::create_directories(tmp.path / "empty");
+  EXPECT_NE(error((tmp.path / "empty").string()).find("metrics.jsonl: cannot open"), std::string::npos);
+  std::ofstream(tmp.path / "empty" / "metrics.jsonl");
+  EXPECT_NE(error((tmp.path / "empty").string()).find("no epoch finished yet"), std::string::npos);
+  std::ofstream(tmp.path / "empty" / "metrics.jsonl") << "{\"epoch\": 1}\n{not json\n";
+  const std::string bad = error((tmp.path / "empty").string());
+  EXPECT_NE(bad.find("metrics.jsonl:2:"), std::string::npos) << bad;
+  EXPECT_EQ(bad.find('\n'), std::string::npos);
+  EXPECT_THROW(apot::report::report_html({}), apot::report::ReportError);
+}
+
+}  // namespace
