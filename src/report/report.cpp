@@ -1,4 +1,5 @@
 // Run directories -> the report's plots, its JSON and its HTML page.
+#include <cmath>
 #include <filesystem>
 #include <fstream>
 #include <sstream>
@@ -123,7 +124,7 @@ std::vector<LinePlot> run_plots(const Run& run) {
     LinePlot act{"Activation clipping thresholds", "epoch", "alpha", {}, false};
     LinePlot weight{"Weight clipping thresholds", "epoch", "alpha", {}, false};
     for (const auto& item : last["alphas"].items()) {
-      Series s{item.key(), {}, {}};
+      Series s{item.key().substr(0, item.key().rfind('.')), {}, {}};  // the layer's name
       for (const json& e : run.epochs) {
         s.x.push_back(number(e, "epoch"));
         s.y.push_back(e.contains("alphas") && e["alphas"].contains(item.key()) ? number(e["alphas"], item.key().c_str())
@@ -131,8 +132,6 @@ std::vector<LinePlot> run_plots(const Run& run) {
       }
       const bool is_act = item.key().find("act_alpha") != std::string::npos;
       (is_act ? act : weight).series.push_back(std::move(s));
-      const std::string label = item.key().substr(0, item.key().rfind('.'));
-      (is_act ? act : weight).series.back().label = label;
     }
     if (!act.series.empty()) plots.push_back(std::move(act));
     if (!weight.series.empty()) plots.push_back(std::move(weight));

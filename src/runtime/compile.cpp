@@ -119,27 +119,16 @@ void Model::Impl::compile() {
         s.layer = layer_of[i];
         s.reads = {node.inputs[0]};
         break;
-      case Op::max_pool:
-        s.kind = StepKind::max_pool;
-        s.reads = {node.inputs[0]};
-        break;
-      case Op::avg_pool:
-        s.kind = StepKind::avg_pool;
-        s.reads = {node.inputs[0]};
-        break;
-      case Op::global_avg_pool:
-        s.kind = StepKind::global_avg_pool;
-        s.reads = {node.inputs[0]};
-        break;
-      case Op::flatten:
-        s.kind = StepKind::flatten;
-        s.reads = {node.inputs[0]};
-        break;
-      case Op::shortcut_pad:
-        s.kind = StepKind::shortcut_pad;
-        s.reads = {node.inputs[0]};
-        break;
+      // One input, one step of the same name.
+      case Op::max_pool: s.kind = StepKind::max_pool; break;
+      case Op::avg_pool: s.kind = StepKind::avg_pool; break;
+      case Op::global_avg_pool: s.kind = StepKind::global_avg_pool; break;
+      case Op::flatten: s.kind = StepKind::flatten; break;
+      case Op::shortcut_pad: s.kind = StepKind::shortcut_pad; break;
     }
+    if (s.kind == StepKind::max_pool || s.kind == StepKind::avg_pool || s.kind == StepKind::global_avg_pool ||
+        s.kind == StepKind::flatten || s.kind == StepKind::shortcut_pad)
+      s.reads = {node.inputs[0]};
     s.tapped = s.kind == StepKind::conv_codes || s.kind == StepKind::conv_float || s.kind == StepKind::add;
     if (s.tapped) taps.push_back(s.node);
     s.out = need_float[size_t(s.node)] ? 0 : -1;  // a buffer is chosen by plan_buffers

@@ -144,13 +144,11 @@ Model Model::from_memory(const void* data, size_t size, const std::string& name)
     const int K = int(r.kernel * r.kernel * r.in_channels), out = int(r.out_channels);
     const int in_channels = int(r.in_channels), kernel = int(r.kernel), stride = int(r.stride),
               padding = int(r.padding);
-    if (r.kind == uint32_t(LayerKind::quantized_conv)) {
-      try {
+    // Packing refuses shapes the kernels do not run (std::invalid_argument) and level sets that
+    // cannot be made: one FormatError naming the node for either.
+    try {
+      if (r.kind == uint32_t(LayerKind::quantized_conv)) {
         l.packed = kernels::pack_conv(w.data(), out, in_channels, kernel, stride, padding);
-      } catch (const std::invalid_argument& e) {
-        throw FormatError(name + ": node '" + n.name + "': " + e.what());
-      }
-      try {
         const levels::LevelSet set =
             levels::LevelSet::make(kind_of(r.input_kind), static_cast<int>(r.input_act_bits), levels::Role::activation);
         if (set.denominator() != r.input_denominator || set.storage_bits() != 8)
@@ -159,37 +157,33 @@ Model Model::from_memory(const void* data, size_t size, const std::string& name)
         for (int64_t v : set.integers()) codes.push_back(static_cast<uint8_t>(v));
         l.max_code = static_cast<int>(set.integers().back());
         l.input = kernels::make_requantizer(kernels::Projector(set).input_thresholds(r.input_alpha), std::move(codes));
-      } catch (const levels::LevelSetError& e) {
-        throw FormatError(name + ": node '" + n.name + "': " + e.what());
-      } catch (const std::invalid_argument& e) {
-        throw FormatError(name + ": node '" + n.name + "': " + e.what());
-      }
-    } else if (r.kind == uint32_t(LayerKind::float_conv)) {
-      try {
+      } else if (r.kind == uint32_t(LayerKind::float_conv)) {
         l.packed_float = kernels::pack_float_conv(w.data(), out, in_channels, kernel, stride, padding);
-      } catch (const std::invalid_argument& e) {
-        throw FormatError(name + ": node '" + n.name + "': " + e.what());
-      }
-      if (n.inputs[0] == 0) {
-        impl->image_border = std::max(impl->image_border, padding);
-        if (consumers[0].size() == 1) {
-          try {  // a normalisation that does not fit (say, a zero std) leaves only the float path
-            l.packed_pixels = kernels::pack_stem(w.data(), out, in_channels, kernel, stride, padding, info.height,
-                                                 info.width, info.mean, info.std);
-            impl->pixel_layer = int(li);
-          } catch (const std::invalid_argument&) {
-            l.packed_pixels.reset();
+        if (n.inputs[0] == 0) {
+          impl->image_border = std::max(impl->image_border, padding);
+          if (consumers[0].size() == 1) {
+            try {  // a normalisation that does not fit (say, a zero std) leaves only the float path
+              l.packed_pixels = kernels::pack_stem(w.data(), out, in_channels, kernel, stride, padding, info.height,
+                                                   info.width, info.mean, info.std);
+              impl->pixel_layer = int(li);
+            } catch (const std::invalid_argument&) {
+              l.packed_pixels.reset();
+            }
           }
+        } else {
+          const graph::Shape& is = g.input_shape_of(node);
+          impl->max_padded =
+              std::max(impl->max_padded, size_t(is.height + 2 * padding) * (is.width + 2 * padding) * is.channels);
         }
       } else {
-        const graph::Shape& is = g.input_shape_of(node);
-        impl->max_padded =
-            std::max(impl->max_padded, size_t(is.height + 2 * padding) * (is.width + 2 * padding) * is.channels);
+        l.weights_k_out.resize(size_t(K) * out);
+        for (int o = 0; o < out; ++o)
+          for (int k = 0; k < K; ++k) l.weights_k_out[size_t(k) * out + o] = float(w[size_t(o) * K + k]);
       }
-    } else {
-      l.weights_k_out.resize(size_t(K) * out);
-      for (int o = 0; o < out; ++o)
-        for (int k = 0; k < K; ++k) l.weights_k_out[size_t(k) * out + o] = float(w[size_t(o) * K + k]);
+    } catch (const levels::LevelSetError& e) {
+      throw FormatError(name + ": node '" + n.name + "': " + e.what());
+    } catch (const std::invalid_argument& e) {
+      throw FormatError(name + ": node '" + n.name + "': " + e.what());
     }
     impl->layers.push_back(std::move(l));
   }
