@@ -38,6 +38,11 @@ torch::Tensor quantize_layer_weight(const torch::Tensor& weight, const torch::Te
   return quantize_weight(weight, weight_alpha, spec, options.weight_norm);
 }
 
+torch::Tensor normalize_layer_weight(const torch::Tensor& weight, const QuantOptions& options) {
+  if (options.int8_weights || options.weight_bits == kFullPrecision) return weight;
+  return normalize_weight(weight, options.weight_norm);
+}
+
 torch::Tensor quantize_layer_input(const torch::Tensor& input, const torch::Tensor& act_alpha,
                                    const QuantOptions& options) {
   if (!options.quantizes_input()) return input;
@@ -103,8 +108,10 @@ void QuantConv2dImpl::set_quant_options(const QuantOptions& quant) {
 }
 
 torch::Tensor QuantConv2dImpl::forward(const torch::Tensor& input) {
-  const torch::Tensor x = quantize_layer_input(input, act_alpha, quant_);
-  const torch::Tensor w = quantized_weight();
+  return apply(quantize_layer_input(input, act_alpha, quant_), quantized_weight());
+}
+
+torch::Tensor QuantConv2dImpl::apply(const torch::Tensor& x, const torch::Tensor& w) const {
   return F::conv2d(x, w,
                    F::Conv2dFuncOptions()
                        .bias(bias)
@@ -143,7 +150,11 @@ void QuantLinearImpl::set_quant_options(const QuantOptions& quant) {
 }
 
 torch::Tensor QuantLinearImpl::forward(const torch::Tensor& input) {
-  return F::linear(quantize_layer_input(input, act_alpha, quant_), quantized_weight(), bias);
+  return apply(quantize_layer_input(input, act_alpha, quant_), quantized_weight());
+}
+
+torch::Tensor QuantLinearImpl::apply(const torch::Tensor& x, const torch::Tensor& w) const {
+  return F::linear(x, w, bias);
 }
 
 void QuantLinearImpl::pretty_print(std::ostream& stream) const {

@@ -265,6 +265,18 @@ torch::Tensor standardise_weight(const torch::Tensor& weight) {
   return centered / variance.sqrt();
 }
 
+torch::Tensor normalize_weight(const torch::Tensor& weight, WeightNorm mode) {
+  switch (mode) {
+    case WeightNorm::none: return weight;
+    case WeightNorm::detached: {
+      const kernels::Normalisation n = weight_statistics(weight);
+      return (weight - n.shift) / n.scale;
+    }
+    case WeightNorm::through: return standardise_weight(weight);
+  }
+  throw std::invalid_argument("unknown weight normalisation");
+}
+
 torch::Tensor quantize_weight(const torch::Tensor& weight, const torch::Tensor& alpha, const QuantizerSpec& spec,
                               WeightNorm mode) {
   QuantizerSpec weight_spec = spec;

@@ -38,27 +38,18 @@ const std::vector<std::string>& series_colours() {
   return colours;
 }
 
-std::string line_plot_svg(const LinePlot& plot) {
-  double x0 = INFINITY, x1 = -INFINITY, y0 = INFINITY, y1 = -INFINITY;
-  for (const Series& s : plot.series) {
-    if (s.x.size() != s.y.size())
-      throw ReportError(plot.title + ": a series with " + std::to_string(s.x.size()) + " x values and " +
-                        std::to_string(s.y.size()) + " y values");
-    for (size_t i = 0; i < s.x.size(); ++i) {
-      const double y = plot.log_y ? std::log10(std::max(s.y[i], 1e-12)) : s.y[i];
-      if (!std::isfinite(s.x[i]) || !std::isfinite(y)) continue;
-      x0 = std::min(x0, s.x[i]);
-      x1 = std::max(x1, s.x[i]);
-      y0 = std::min(y0, y);
-      y1 = std::max(y1, y);
-    }
-  }
-  if (!(x0 <= x1)) x0 = 0, x1 = 1, y0 = 0, y1 = 1;  // nothing to draw: empty axes
-  if (x1 - x0 < 1e-12) x0 -= 0.5, x1 += 0.5;
-  const double pad = (y1 - y0) < 1e-12 ? 0.5 : 0.05 * (y1 - y0);
-  y0 -= pad;
-  y1 += pad;
+namespace {
 
+struct Axes {
+  double x0, x1, y0, y1;
+  int axis = 0;  // plenv's: 0 plain, 20 log y (plenv 10 = log x, 20 = log y)
+};
+
+// Opens PLplot's svg device on a temporary file, draws the axes, labels and `body`, and returns
+// the file's text.
+template <typename Body>
+std::string draw_svg(const std::string& title, const std::string& x_label, const std::string& y_label,
+                     const Axes& axes, Body body) {
   std::lock_guard<std::mutex> lock(plplot_mutex);
   const std::filesystem::path file =
       std::filesystem::temp_directory_path() / ("apot-plot-" + std::to_string(::getpid()) + ".svg");
@@ -77,30 +68,89 @@ std::string line_plot_svg(const LinePlot& plot) {
   plinit();
   plcol0(1);
   plschr(0, 0.9);
-  plenv(x0, x1, y0, y1, 0, plot.log_y ? 20 : 0);
-  pllab(plot.x_label.c_str(), plot.y_label.c_str(), plot.title.c_str());
-  for (size_t k = 0; k < plot.series.size(); ++k) {
-    const Series& s = plot.series[k];
-    std::vector<PLFLT> x, y;
-    for (size_t i = 0; i < s.x.size(); ++i) {
-      const double v = plot.log_y ? std::log10(std::max(s.y[i], 1e-12)) : s.y[i];
-      if (!std::isfinite(s.x[i]) || !std::isfinite(v)) continue;
-      x.push_back(s.x[i]);
-      y.push_back(v);
-    }
-    plcol0(PLINT(2 + k % kColourCount));
-    plwidth(2.0);
-    if (x.size() > 1) plline(PLINT(x.size()), x.data(), y.data());
-    if (!x.empty()) plpoin(PLINT(x.size()), x.data(), y.data(), 17);  // a dot per epoch
-  }
+  plenv(axes.x0, axes.x1, axes.y0, axes.y1, 0, axes.axis);
+  pllab(x_label.c_str(), y_label.c_str(), title.c_str());
+  body();
   plend();
   std::ifstream in(file);
   std::stringstream text;
   text << in.rdbuf();
   std::error_code ignored;
   std::filesystem::remove(file, ignored);
-  if (text.str().find("<svg") == std::string::npos) throw ReportError(plot.title + ": PLplot wrote no SVG");
+  if (text.str().find("<svg") == std::string::npos) throw ReportError(title + ": PLplot wrote no SVG");
   return text.str();
+}
+
+// A y range with a margin, or [0, 1] when there is nothing to draw.
+void pad_y(double& y0, double& y1) {
+  if (!(y0 <= y1)) y0 = 0, y1 = 1;
+  const double pad = (y1 - y0) < 1e-12 ? 0.5 : 0.05 * (y1 - y0);
+  y0 -= pad;
+  y1 += pad;
+}
+
+}  // namespace
+
+std::string line_plot_svg(const LinePlot& plot) {
+  double x0 = INFINITY, x1 = -INFINITY, y0 = INFINITY, y1 = -INFINITY;
+  for (const Series& s : plot.series) {
+    if (s.x.size() != s.y.size())
+      throw ReportError(plot.title + ": a series with " + std::to_string(s.x.size()) + " x values and " +
+                        std::to_string(s.y.size()) + " y values");
+    for (size_t i = 0; i < s.x.size(); ++i) {
+      const double y = plot.log_y ? std::log10(std::max(s.y[i], 1e-12)) : s.y[i];
+      if (!std::isfinite(s.x[i]) || !std::isfinite(y)) continue;
+      x0 = std::min(x0, s.x[i]);
+      x1 = std::max(x1, s.x[i]);
+      y0 = std::min(y0, y);
+      y1 = std::max(y1, y);
+    }
+  }
+  if (!(x0 <= x1)) x0 = 0, x1 = 1;  // nothing to draw: empty axes
+  if (x1 - x0 < 1e-12) x0 -= 0.5, x1 += 0.5;
+  pad_y(y0, y1);
+  return draw_svg(plot.title, plot.x_label, plot.y_label, {x0, x1, y0, y1, plot.log_y ? 20 : 0}, [&] {
+    for (size_t k = 0; k < plot.series.size(); ++k) {
+      const Series& s = plot.series[k];
+      std::vector<PLFLT> x, y;
+      for (size_t i = 0; i < s.x.size(); ++i) {
+        const double v = plot.log_y ? std::log10(std::max(s.y[i], 1e-12)) : s.y[i];
+        if (!std::isfinite(s.x[i]) || !std::isfinite(v)) continue;
+        x.push_back(s.x[i]);
+        y.push_back(v);
+      }
+      plcol0(PLINT(2 + k % kColourCount));
+      plwidth(2.0);
+      if (x.size() > 1) plline(PLINT(x.size()), x.data(), y.data());
+      if (!x.empty()) plpoin(PLINT(x.size()), x.data(), y.data(), 17);  // a dot per point
+    }
+  });
+}
+
+std::string histogram_svg(const HistogramPlot& plot) {
+  const Histogram& h = plot.histogram;
+  if (h.counts.empty() || !(h.lo < h.hi)) throw ReportError(plot.title + ": an empty histogram");
+  const size_t bins = h.counts.size();
+  const double width = (h.hi - h.lo) / double(bins);
+  std::vector<PLFLT> x(bins), y(bins);
+  double y1 = 0;
+  for (size_t i = 0; i < bins; ++i) {
+    x[i] = h.lo + width * double(i);
+    y[i] = plot.log_y ? std::log10(1.0 + double(h.counts[i])) : double(h.counts[i]);
+    y1 = std::max(y1, y[i]);
+  }
+  double y0 = 0;
+  pad_y(y0, y1);
+  y0 = 0;
+  return draw_svg(plot.title, plot.x_label, plot.log_y ? "count (log10 of 1 + n)" : "count",
+                  {h.lo, h.hi, y0, y1, 0}, [&] {
+                    plcol0(2);
+                    plwidth(1.0);
+                    plbin(PLINT(bins), x.data(), y.data(), PL_BIN_NOEXPAND);
+                    plcol0(3);  // the levels the quantiser projects to
+                    plwidth(1.5);
+                    for (float level : plot.levels) pljoin(level, y0, level, y1);
+                  });
 }
 
 }  // namespace apot::report

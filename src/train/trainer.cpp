@@ -103,24 +103,6 @@ void set_learning_rates(torch::optim::SGD& sgd, const TrainConfig& c, double fac
     static_cast<torch::optim::SGDOptions&>(sgd.param_groups()[i].options()).lr(base[i] * factor);
 }
 
-data::TransformOptions transform_for(const TrainConfig& c, const data::DataSpec& spec, data::Split split,
-                                     const data::Dataset& ds) {
-  data::TransformOptions t = data::default_transform(spec, split, &ds);
-  if (split == data::Split::train && !c.augment) {
-    t.random_crop = false;
-    t.hflip = false;
-  }
-  if (c.crop >= 0) t.crop = c.crop;
-  if (c.pad >= 0) t.pad = c.pad;
-  if (c.resize >= 0) t.resize_shorter = c.resize;
-  if (t.channels == 0 && ds.channels() == 0) t.channels = 3;
-  if (!c.norm_mean.empty()) {  // the normalisation an imported model was trained with
-    t.mean.assign(c.norm_mean.begin(), c.norm_mean.end());
-    t.std.assign(c.norm_std.begin(), c.norm_std.end());
-  }
-  return t;
-}
-
 // Initialises the model from a previous run's checkpoint or a PyTorch state dict.
 void initialise_from(qat::Network& model, const std::string& path, const std::string& key, std::ostream& log) {
   if (path.empty()) return;
@@ -146,6 +128,24 @@ std::string bar(double fraction, int width) {
 }
 
 }  // namespace
+
+data::TransformOptions transform_for(const TrainConfig& c, const data::DataSpec& spec, data::Split split,
+                                     const data::Dataset& ds) {
+  data::TransformOptions t = data::default_transform(spec, split, &ds);
+  if (split == data::Split::train && !c.augment) {
+    t.random_crop = false;
+    t.hflip = false;
+  }
+  if (c.crop >= 0) t.crop = c.crop;
+  if (c.pad >= 0) t.pad = c.pad;
+  if (c.resize >= 0) t.resize_shorter = c.resize;
+  if (t.channels == 0 && ds.channels() == 0) t.channels = 3;
+  if (!c.norm_mean.empty()) {  // the normalisation an imported model was trained with
+    t.mean.assign(c.norm_mean.begin(), c.norm_mean.end());
+    t.std.assign(c.norm_std.begin(), c.norm_std.end());
+  }
+  return t;
+}
 
 TrainSummary run_training(const TrainConfig& c, const std::string& out_dir, bool resume, std::ostream& log) {
   c.validate();

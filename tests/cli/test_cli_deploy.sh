@@ -13,11 +13,18 @@ source "$(dirname "$0")/lib.sh"
 recipe="$(dirname "$0")/../../recipes/fashion-mnist-resnet20-w4a4.toml"
 check train 0 "$apot" train "$recipe" --out "$tmp/run" --set optim.epochs=1 --set run.max_steps_per_epoch=3 \
   --set data.workers=1
-check report 0 "$apot" report "$tmp/run" --out "$tmp/report.html"
-expect report "wrote .*report\.html \(1 run"
+check report-curves 0 "$apot" report "$tmp/run" --out "$tmp/report.html" --no-layers
 [ "$(grep -o '<svg' "$tmp/report.html" | wc -l)" -eq 5 ] || { echo "FAIL report: want 5 plots"; fail=1; }
+[ ! -e "$tmp/run/layers.json" ] || { echo "FAIL report: --no-layers probed"; fail=1; }
+check report 0 "$apot" report "$tmp/run" --out "$tmp/report.html" --images 32
+expect report "wrote .*report\.html \(1 run"
+# 5 training plots, SQNR per layer, weights of 20 layers, inputs of the 18 quantised ones.
+[ "$(grep -o '<svg' "$tmp/report.html" | wc -l)" -eq 44 ] || { echo "FAIL report: want 44 plots"; fail=1; }
+grep -q '"images":32' "$tmp/run/layers.json" || { echo "FAIL report: no layers.json of 32 images"; fail=1; }
 check report-json 0 "$apot" report "$tmp/run" --json
 expect report-json '"alphas":\{"[a-z0-9.]+_alpha"'
+expect report-json '"output_sqnr_db":[0-9.]+'
+check report-bad-data 1 "$apot" report "$tmp/run" --json --reprobe --data imagefolder:"$tmp/none"; one_line report-bad-data
 check report-missing 1 "$apot" report "$tmp/none" --out "$tmp/r.html"; one_line report-missing
 expect report-missing "not a run directory"
 check report-no-out 2 "$apot" report "$tmp/run"; one_line report-no-out

@@ -121,4 +121,41 @@ TEST(Report, BadRunDirectoriesFailWithOneLine) {
   EXPECT_THROW(apot::report::report_html({}), apot::report::ReportError);
 }
 
+// A finished run of one epoch with a configuration and a test top-1; its thresholds never move.
+apot::report::Run finished_run(const std::string& kind, int bits, double top1) {
+  apot::report::Run run;
+  run.dir = run.name = kind + std::to_string(bits);
+  run.epochs = {json{{"epoch", 1}, {"test_top1", top1}, {"alphas", {{"l.act_alpha", 8.0}}}},
+                json{{"epoch", 2}, {"test_top1", top1}, {"alphas", {{"l.act_alpha", 8.0}}}}};
+  run.summary = {{"test_top1_at_best", top1},
+                 {"config", {{"quant.kind", kind}, {"quant.weight_bits", bits}, {"quant.act_bits", bits}}}};
+  return run;
+}
+
+TEST(Report, AccuracyAgainstBitsHasALinePerKindAndFullPrecisionFlat) {
+  const std::vector<apot::report::Run> runs{finished_run("fp", 4, 90), finished_run("apot", 4, 89),
+                                            finished_run("apot", 2, 85), finished_run("uniform", 3, 86),
+                                            finished_run("uniform", 4, 88.5)};
+  const auto plot = apot::report::accuracy_by_bits(runs);
+  ASSERT_TRUE(plot.has_value());
+  ASSERT_EQ(plot->series.size(), 3u);
+  EXPECT_EQ(plot->series[0].label, "apot");
+  EXPECT_EQ(plot->series[0].x, (std::vector<double>{2, 4}));
+  EXPECT_EQ(plot->series[0].y, (std::vector<double>{85, 89}));
+  EXPECT_EQ(plot->series[2].label, "full precision");
+  EXPECT_EQ(plot->series[2].x, (std::vector<double>{2, 4}));
+  EXPECT_EQ(plot->series[2].y, (std::vector<double>{90, 90}));
+  EXPECT_TRUE(apot::report::report_json(runs).contains("accuracy_by_bits"));
+  EXPECT_NE(apot::report::report_html(runs).find("id=\"compare-bits\""), std::string::npos);
+  EXPECT_FALSE(apot::report::accuracy_by_bits({finished_run("apot", 4, 89)}).has_value());
+}
+
+TEST(Report, ThresholdsThatNeverMovedAreNotPlotted) {
+  EXPECT_EQ(apot::report::run_plots(finished_run("fp", 32, 90)).size(), 3u);  // loss, top-1, learning rate
+  EXPECT_EQ(apot::report::run_plots(finished_run("apot", 4, 90)).size(), 3u);  // alpha 8 at both epochs
+  apot::report::Run one_epoch = finished_run("apot", 4, 90);
+  one_epoch.epochs.pop_back();
+  EXPECT_EQ(apot::report::run_plots(one_epoch).size(), 4u);  // one epoch: nothing to compare yet
+}
+
 }  // namespace

@@ -2,12 +2,16 @@
 // uninterrupted one ends, NaN stops the run, and state dicts round-trip.
 #include <gtest/gtest.h>
 
+#include <cmath>
 #include <fstream>
+#include <numeric>
 #include <nlohmann/json.hpp>
 #include <random>
 #include <sstream>
 
 #include "apot/qat/checkpoint_import.h"
+#include "apot/graph/cost.h"
+#include "apot/train/probe.h"
 #include "apot/train/trainer.h"
 #include "data_test_util.h"
 
@@ -137,6 +141,53 @@ TEST_F(Trainer, ProgressiveInitialisationFromACheckpoint) {
   auto b = apot::train::load_checkpoint(w3 / "last.ckpt");
   EXPECT_TRUE(torch::allclose(a->conv("conv1")->weight, b->conv("conv1")->weight, 1e-5, 1e-6));
   EXPECT_EQ(b->named_parameters().size(), a->named_parameters().size());
+}
+
+TEST_F(Trainer, ProbeGivesEachLayersQuantisersAndCost) {
+  TempDir out;
+  std::ostringstream log;
+  TrainConfig c = tiny_config(data_);
+  c.epochs = 1;
+  apot::train::run_training(c, out.str(), false, log);
+  const auto r = apot::train::probe_checkpoint(out / "best.ckpt", "", 16);
+  auto model = apot::train::load_checkpoint(out / "best.ckpt");
+  const auto weight_layers = model->graph().weight_layers();
+  ASSERT_EQ(r.layers.size(), weight_layers.size());
+  EXPECT_EQ(r.images, 16);
+  EXPECT_EQ(r.config["quant.kind"], "apot");
+  // The first layer: int8 weights on the float image.
+  EXPECT_EQ(r.layers[0].quant, "int8");
+  EXPECT_EQ(r.layers[0].weight->level_set, "int8");
+  EXPECT_FALSE(r.layers[0].input.has_value());
+  // A quantised layer: its level sets times its alphas, every value counted once, and the
+  // weight SQNR of the quantised weights against the normalised ones.
+  const auto& l = r.layers.at(1);
+  const auto* conv = model->conv(l.name);
+  ASSERT_NE(conv, nullptr);
+  EXPECT_EQ(l.quant, "W4A4 apot");
+  const auto set = apot::levels::LevelSet::make(apot::levels::Kind::apot, 4, apot::levels::Role::weight);
+  const double alpha = conv->weight_alpha.item<double>();
+  ASSERT_EQ(l.weight->levels.size(), set.size());
+  EXPECT_FLOAT_EQ(l.weight->levels.back(), float(alpha));
+  EXPECT_EQ(l.weight->count, conv->weight.numel());
+  EXPECT_EQ(std::accumulate(l.weight->usage.begin(), l.weight->usage.end(), int64_t(0)), l.weight->count);
+  {
+    torch::NoGradGuard no_grad;
+    const torch::Tensor w = conv->normalized_weight().to(torch::kFloat64);
+    const torch::Tensor q = conv->quantized_weight().to(torch::kFloat64);
+    EXPECT_NEAR(l.weight->sqnr_db, 10 * std::log10(w.square().sum().item<double>() / (w - q).square().sum().item<double>()),
+                1e-3);
+  }
+  ASSERT_TRUE(l.input.has_value());
+  EXPECT_EQ(l.input->level_set, "apot-a4");
+  EXPECT_EQ(l.input->levels.size(), 16u);
+  EXPECT_EQ(std::accumulate(l.input->usage.begin(), l.input->usage.end(), int64_t(0)), l.input->count);
+  EXPECT_TRUE(std::isfinite(l.output_sqnr_db));
+  // The cost is the cost model's.
+  apot::graph::Graph g = model->graph();
+  g.infer_shapes(8, 8);
+  EXPECT_NEAR(r.total_fixops(), apot::graph::compute_cost(g).fixops, 1e-6);
+  EXPECT_THROW(apot::train::probe_checkpoint(out / "best.ckpt", "", 0), std::invalid_argument);
 }
 
 TEST_F(Trainer, NaNLossStopsWithAClearMessage) {

@@ -33,6 +33,9 @@ struct QuantOptions {
 // Shared by both layer types.
 torch::Tensor quantize_layer_weight(const torch::Tensor& weight, const torch::Tensor& weight_alpha,
                                     const QuantOptions& options);
+// The weights as the layer's weight quantiser sees them before clipping: normalised (weight_norm)
+// where the level sets quantise them, unchanged for int8 and float weights.
+torch::Tensor normalize_layer_weight(const torch::Tensor& weight, const QuantOptions& options);
 torch::Tensor quantize_layer_input(const torch::Tensor& input, const torch::Tensor& act_alpha,
                                    const QuantOptions& options);
 
@@ -47,6 +50,9 @@ class QuantConv2dImpl : public torch::nn::Cloneable<QuantConv2dImpl> {
   const QuantOptions& quant_options() const { return quant_; }
   const torch::nn::Conv2dOptions& conv_options() const { return conv_; }
   torch::Tensor quantized_weight() const { return quantize_layer_weight(weight, weight_alpha, quant_); }
+  torch::Tensor normalized_weight() const { return normalize_layer_weight(weight, quant_); }
+  // The layer on `input` and `weight` as they are: forward() is apply(quantised input, quantized_weight()).
+  torch::Tensor apply(const torch::Tensor& input, const torch::Tensor& weight) const;
   void pretty_print(std::ostream& stream) const override;
 
   torch::Tensor weight, bias, weight_alpha, act_alpha;
@@ -66,6 +72,9 @@ class QuantLinearImpl : public torch::nn::Cloneable<QuantLinearImpl> {
   const QuantOptions& quant_options() const { return quant_; }
   const torch::nn::LinearOptions& linear_options() const { return linear_; }
   torch::Tensor quantized_weight() const { return quantize_layer_weight(weight, weight_alpha, quant_); }
+  torch::Tensor normalized_weight() const { return normalize_layer_weight(weight, quant_); }
+  // The layer on `input` and `weight` as they are: forward() is apply(quantised input, quantized_weight()).
+  torch::Tensor apply(const torch::Tensor& input, const torch::Tensor& weight) const;
   void pretty_print(std::ostream& stream) const override;
 
   torch::Tensor weight, bias, weight_alpha, act_alpha;

@@ -49,6 +49,9 @@ torch::Tensor rcf_quantize(const torch::Tensor& input, const torch::Tensor& alph
 torch::Tensor quantize_weight(const torch::Tensor& weight, const torch::Tensor& alpha, const QuantizerSpec& spec,
                               WeightNorm mode);
 
+// The weights as quantize_weight normalises them before clipping (no autograd intent).
+torch::Tensor normalize_weight(const torch::Tensor& weight, WeightNorm mode);
+
 // (w - mean) / std over the whole tensor with autograd through both statistics (unbiased std).
 // A tensor whose std is below 1e-12 (all values equal) is divided by 1 instead: no NaN.
 torch::Tensor standardise_weight(const torch::Tensor& weight);

@@ -37,6 +37,11 @@ qat::Network build_model(const TrainConfig& config, const ModelInfo& info);
 qat::Network build_model(const TrainConfig& config, graph::Graph graph);
 qat::QuantPolicy policy_of(const TrainConfig& config);
 
+// The transform of a split as training applies it (the data set's default, the configuration's
+// crop, pad, resize, augmentation and normalisation).
+data::TransformOptions transform_for(const TrainConfig& config, const data::DataSpec& spec, data::Split split,
+                                     const data::Dataset& dataset);
+
 struct EvalResult {
   int64_t count = 0;
   double top1 = 0, top5 = 0, loss = 0;  // accuracies in percent
