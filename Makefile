@@ -23,6 +23,7 @@ run: build
 	$(BUILD)/apot eval --checkpoint $(RUN_DIR)/best.ckpt --data fashion-mnist
 	$(BUILD)/apot export --checkpoint $(RUN_DIR)/best.ckpt --out $(RUN_DIR)/model.apot
 	$(BUILD)/apot run $(RUN_DIR)/model.apot --data fashion-mnist --compare $(RUN_DIR)/best.ckpt
+	$(BUILD)/apot report $(RUN_DIR) --out $(RUN_DIR)/report.html
 
 test: build
 	cd $(BUILD) && ctest --output-on-failure -j $(JOBS)

@@ -78,7 +78,22 @@ std::string draw_svg(const std::string& title, const std::string& x_label, const
   std::error_code ignored;
   std::filesystem::remove(file, ignored);
   if (text.str().find("<svg") == std::string::npos) throw ReportError(title + ": PLplot wrote no SVG");
-  return text.str();
+  // PLplot puts every attribute on a line of its own: one space instead keeps pages smaller.
+  std::string svg;
+  svg.reserve(text.str().size());
+  bool in_break = false;
+  for (char c : text.str()) {
+    if (c == '\n') {
+      in_break = true;
+    } else if (in_break && c == ' ') {
+      continue;
+    } else {
+      if (in_break) svg += ' ';
+      in_break = false;
+      svg += c;
+    }
+  }
+  return svg;
 }
 
 // A y range with a margin, or [0, 1] when there is nothing to draw.
