@@ -28,6 +28,7 @@ void register_export(CLI::App& app);
 void register_run(CLI::App& app);
 void register_bench(CLI::App& app);
 void register_report(CLI::App& app);
+void register_quantize(CLI::App& app);
 #endif
 
 }  // namespace apot::cli

@@ -26,6 +26,7 @@ int main(int argc, char** argv) {
   apot::cli::register_run(app);
   apot::cli::register_bench(app);
   apot::cli::register_report(app);
+  apot::cli::register_quantize(app);
 #endif
   try {
     app.parse(argc, argv);

@@ -130,7 +130,15 @@ torch::Tensor NetworkImpl::forward_all(const torch::Tensor& x, std::vector<torch
   return run(x, &outputs);
 }
 
-torch::Tensor NetworkImpl::run(const torch::Tensor& x, std::vector<torch::Tensor>* keep) {
+torch::Tensor NetworkImpl::input_of(const torch::Tensor& x, const std::string& layer) {
+  const int node = graph_.find(layer);
+  if (node < 1) throw std::invalid_argument(graph_.arch + " has no node '" + layer + "'");
+  std::vector<torch::Tensor> v;
+  run(x, &v, node - 1);
+  return v[size_t(graph_[size_t(node)].inputs.at(0))];
+}
+
+torch::Tensor NetworkImpl::run(const torch::Tensor& x, std::vector<torch::Tensor>* keep, int last) {
   const int channels = graph_.input().shape.channels;
   if (x.dim() != 4 || x.size(1) != channels)
     throw std::invalid_argument(graph_.arch + " expects input [N, " + std::to_string(channels) + ", H, W], got " +
@@ -138,7 +146,8 @@ torch::Tensor NetworkImpl::run(const torch::Tensor& x, std::vector<torch::Tensor
   const size_t n = graph_.size();
   std::vector<torch::Tensor> v(n);
   v[0] = x;
-  for (size_t i = 1; i < n; ++i) {
+  const size_t end = last < 0 ? n : size_t(last) + 1;
+  for (size_t i = 1; i < end; ++i) {
     const graph::Node& node = graph_[i];
     const torch::Tensor& in = v[size_t(node.inputs[0])];
     torch::Tensor out;
@@ -177,8 +186,8 @@ torch::Tensor NetworkImpl::run(const torch::Tensor& x, std::vector<torch::Tensor
       for (int input : node.inputs)
         if (last_use_[size_t(input)] == int(i)) v[size_t(input)] = torch::Tensor();
   }
-  torch::Tensor result = v.back();
-  if (result.dim() == 4 && graph_[n - 1].shape.height <= 1 && result.size(2) == 1 && result.size(3) == 1)
+  torch::Tensor result = v[end - 1];
+  if (result.dim() == 4 && graph_[end - 1].shape.height <= 1 && result.size(2) == 1 && result.size(3) == 1)
     result = result.flatten(1);
   if (keep) *keep = std::move(v);
   return result;

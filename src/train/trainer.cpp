@@ -103,7 +103,13 @@ void set_learning_rates(torch::optim::SGD& sgd, const TrainConfig& c, double fac
     static_cast<torch::optim::SGDOptions&>(sgd.param_groups()[i].options()).lr(base[i] * factor);
 }
 
-// Initialises the model from a previous run's checkpoint or a PyTorch state dict.
+std::string bar(double fraction, int width) {
+  const int filled = static_cast<int>(std::round(fraction * width));
+  return std::string(filled, '#') + std::string(width - filled, '.');
+}
+
+}  // namespace
+
 void initialise_from(qat::Network& model, const std::string& path, const std::string& key, std::ostream& log) {
   if (path.empty()) return;
   const std::string ext = fs::path(path).extension().string();
@@ -122,13 +128,6 @@ void initialise_from(qat::Network& model, const std::string& path, const std::st
   }
 }
 
-std::string bar(double fraction, int width) {
-  const int filled = static_cast<int>(std::round(fraction * width));
-  return std::string(filled, '#') + std::string(width - filled, '.');
-}
-
-}  // namespace
-
 data::TransformOptions transform_for(const TrainConfig& c, const data::DataSpec& spec, data::Split split,
                                      const data::Dataset& ds) {
   data::TransformOptions t = data::default_transform(spec, split, &ds);
@@ -145,6 +144,18 @@ data::TransformOptions transform_for(const TrainConfig& c, const data::DataSpec&
     t.std.assign(c.norm_std.begin(), c.norm_std.end());
   }
   return t;
+}
+
+ModelInfo model_info(const data::Loader& loader) {
+  ModelInfo info;
+  const auto shape = loader.example_shape();
+  info.in_channels = static_cast<int>(shape[0]);
+  info.height = static_cast<int>(shape[1]);
+  info.width = static_cast<int>(shape[2]);
+  info.class_names = loader.dataset().class_names();
+  info.mean = loader.options().transform.mean;
+  info.std = loader.options().transform.std;
+  return info;
 }
 
 TrainSummary run_training(const TrainConfig& c, const std::string& out_dir, bool resume, std::ostream& log) {
@@ -190,14 +201,7 @@ TrainSummary run_training(const TrainConfig& c, const std::string& out_dir, bool
   if (c.val_size > 0) val_loader = std::make_unique<data::Loader>(train_set, eval_lo, val_indices);
   data::Loader test_loader(test_set, eval_lo);
 
-  ModelInfo info;
-  const auto shape = train_loader.example_shape();
-  info.in_channels = static_cast<int>(shape[0]);
-  info.height = static_cast<int>(shape[1]);
-  info.width = static_cast<int>(shape[2]);
-  info.class_names = train_set->class_names();
-  info.mean = train_t.mean;
-  info.std = train_t.std;
+  const ModelInfo info = model_info(train_loader);
 
   qat::Network model = build_model(c, info);
   auto sgd = make_optimizer(model, c);

@@ -28,6 +28,23 @@ check report-bad-data 1 "$apot" report "$tmp/run" --json --reprobe --data imagef
 check report-missing 1 "$apot" report "$tmp/none" --out "$tmp/r.html"; one_line report-missing
 expect report-missing "not a run directory"
 check report-no-out 2 "$apot" report "$tmp/run"; one_line report-no-out
+# Post-training quantisation of the trained model, then the usual path from its checkpoint.
+check quantize 0 "$apot" quantize --model "$tmp/run/best.ckpt" --kind pot --wbits 3 --abits 3 --calib 256 \
+  --out "$tmp/q.ckpt"
+expect quantize "pot W3A3 \(mse\): test top-1 [0-9.]+ %"
+expect quantize "wrote .*q\.ckpt"
+check quantize-eval 0 "$apot" eval --checkpoint "$tmp/q.ckpt" --data fashion-mnist
+expect quantize-eval "pot W3A3 on fashion-mnist"
+check quantize-export 0 "$apot" export --checkpoint "$tmp/q.ckpt" --out "$tmp/q.apot"
+check quantize-run 0 "$apot" run "$tmp/q.apot" --data fashion-mnist --compare "$tmp/q.ckpt" --limit 256 --json
+expect quantize-run '"agreement"'
+check quantize-small 2 "$apot" quantize --model "$tmp/run/best.ckpt" --calib 64 --out "$tmp/bad.ckpt"
+one_line quantize-small; expect quantize-small "smaller than one batch"
+check quantize-missing 2 "$apot" quantize --model "$tmp/none.pt" --out "$tmp/bad.ckpt"; one_line quantize-missing
+touch "$tmp/m.pt"
+check quantize-no-arch 2 "$apot" quantize --model "$tmp/m.pt" --data fashion-mnist --out "$tmp/bad.ckpt"
+expect quantize-no-arch "needs --arch"
+[ ! -e "$tmp/bad.ckpt" ] || { echo "FAIL quantize: wrote a checkpoint on error"; fail=1; }
 check export 0 "$apot" export --checkpoint "$tmp/run/best.ckpt" --out "$tmp/m.apot"
 expect export "wrote .*m\.apot"
 check run 0 "$apot" run "$tmp/m.apot" --data fashion-mnist --compare "$tmp/run/best.ckpt" --limit 256 --json

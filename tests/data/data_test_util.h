@@ -10,6 +10,7 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <random>
 #include <string>
 #include <vector>
 
@@ -67,6 +68,24 @@ inline std::vector<uint8_t> idx_bytes(const std::vector<uint32_t>& dims, const s
 }
 
 // A smooth RGB (or grey) test pattern.
+// A tiny IDX data set DIR/PREFIX-{images-idx3,labels-idx1}-ubyte: n grey 8x8 images of 4
+// classes, class k a bright 4x4 square in quadrant k, plus noise.
+inline void write_quadrants(const std::string& dir, const std::string& prefix, int n, unsigned seed) {
+  std::mt19937 rng(seed);
+  std::vector<uint8_t> images(size_t(n) * 64), labels(static_cast<size_t>(n));
+  for (int i = 0; i < n; ++i) {
+    const int k = i % 4;
+    labels[size_t(i)] = static_cast<uint8_t>(k);
+    for (int y = 0; y < 8; ++y)
+      for (int x = 0; x < 8; ++x) {
+        const bool on = (y / 4) == (k / 2) && (x / 4) == (k % 2);
+        images[size_t(i) * 64 + size_t(y * 8 + x)] = static_cast<uint8_t>((on ? 180 : 40) + rng() % 40);
+      }
+  }
+  write_bytes(dir + "/" + prefix + "-images-idx3-ubyte", idx_bytes({uint32_t(n), 8, 8}, images));
+  write_bytes(dir + "/" + prefix + "-labels-idx1-ubyte", idx_bytes({uint32_t(n)}, labels));
+}
+
 inline std::vector<uint8_t> pattern(int h, int w, int c) {
   std::vector<uint8_t> p(size_t(h) * w * c);
   for (int y = 0; y < h; ++y)

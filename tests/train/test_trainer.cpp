@@ -6,7 +6,6 @@
 #include <fstream>
 #include <numeric>
 #include <nlohmann/json.hpp>
-#include <random>
 #include <sstream>
 
 #include "apot/qat/checkpoint_import.h"
@@ -19,23 +18,6 @@ using apot::test::TempDir;
 using apot::train::TrainConfig;
 
 namespace {
-
-// 4 classes of 8x8 grey images: a bright 4x4 square in one of the quadrants, plus noise.
-void write_synthetic(const TempDir& dir, const std::string& prefix, int n, unsigned seed) {
-  std::mt19937 rng(seed);
-  std::vector<uint8_t> images(size_t(n) * 64), labels(n);
-  for (int i = 0; i < n; ++i) {
-    const int k = i % 4;
-    labels[i] = static_cast<uint8_t>(k);
-    for (int y = 0; y < 8; ++y)
-      for (int x = 0; x < 8; ++x) {
-        const bool on = (y / 4) == (k / 2) && (x / 4) == (k % 2);
-        images[size_t(i) * 64 + y * 8 + x] = static_cast<uint8_t>((on ? 180 : 40) + rng() % 40);
-      }
-  }
-  apot::test::write_bytes(dir / (prefix + "-images-idx3-ubyte"), apot::test::idx_bytes({uint32_t(n), 8, 8}, images));
-  apot::test::write_bytes(dir / (prefix + "-labels-idx1-ubyte"), apot::test::idx_bytes({uint32_t(n)}, labels));
-}
 
 TrainConfig tiny_config(const TempDir& data) {
   TrainConfig c;
@@ -61,8 +43,8 @@ std::vector<nlohmann::json> metrics(const std::string& dir) {
 class Trainer : public ::testing::Test {
  protected:
   void SetUp() override {
-    write_synthetic(data_, "train", 160, 1);
-    write_synthetic(data_, "t10k", 64, 2);
+    apot::test::write_quadrants(data_.str(), "train", 160, 1);
+    apot::test::write_quadrants(data_.str(), "t10k", 64, 2);
   }
   TempDir data_;
 };

@@ -51,6 +51,7 @@ class Loader {
   size_t size() const { return indices_.size(); }
   size_t batches_per_epoch() const;
   const Dataset& dataset() const { return *dataset_; }
+  const LoaderOptions& options() const { return options_; }
   // Shape of one transformed example: {C, H, W}.
   std::vector<int64_t> example_shape() const { return shape_; }
 

@@ -21,6 +21,8 @@ class NetworkImpl : public torch::nn::Module {
   torch::Tensor forward(const torch::Tensor& x);
   // forward(), keeping every node's output (outputs[i] for node i; undefined for the input).
   torch::Tensor forward_all(const torch::Tensor& x, std::vector<torch::Tensor>& outputs);
+  // The value that node `layer` reads first (its input), running only the nodes before it.
+  torch::Tensor input_of(const torch::Tensor& x, const std::string& layer);
 
   const graph::Graph& graph() const { return graph_; }
   // Re-assigns the quantisation of every layer (graph and modules); weights are kept, alphas
@@ -40,7 +42,8 @@ class NetworkImpl : public torch::nn::Module {
 
  private:
   void build();
-  torch::Tensor run(const torch::Tensor& x, std::vector<torch::Tensor>* keep);
+  // Runs nodes 1..last (all for -1); keeps every value in *keep if given.
+  torch::Tensor run(const torch::Tensor& x, std::vector<torch::Tensor>* keep, int last = -1);
   // Registers `module` under a dotted path, creating the containers on the way.
   void register_path(const std::string& path, std::shared_ptr<torch::nn::Module> module);
 

@@ -42,6 +42,12 @@ qat::QuantPolicy policy_of(const TrainConfig& config);
 data::TransformOptions transform_for(const TrainConfig& config, const data::DataSpec& spec, data::Split split,
                                      const data::Dataset& dataset);
 
+// What a model made for the examples of `loader` needs to know (shape, classes, normalisation).
+ModelInfo model_info(const data::Loader& loader);
+// Loads the weights of a previous run's checkpoint (.ckpt) or of a PyTorch state dict (`key`: the
+// entry of a checkpoint dict that holds it, if ambiguous) into `model`, and says so on `log`.
+void initialise_from(qat::Network& model, const std::string& path, const std::string& key, std::ostream& log);
+
 struct EvalResult {
   int64_t count = 0;
   double top1 = 0, top5 = 0, loss = 0;  // accuracies in percent
