@@ -20,7 +20,7 @@ struct QuantizeOptions {
   std::vector<double> mean, stddev;
   std::optional<int> wbits, abits;
   std::optional<uint64_t> seed;
-  bool per_channel = false, json = false, batch_norm = true, bias_correction = true;
+  bool per_channel = false, json = false, batch_norm = true, bias_correction = true, report = false;
   int calib = 1024, batch = 128, grid = 100, threads = 0;
 };
 
@@ -83,6 +83,7 @@ void run_quantize(const QuantizeOptions& o) {
   po.grid = o.grid;
   po.batch_norm = o.batch_norm;
   po.bias_correction = o.bias_correction;
+  po.sensitivity = o.report;
   std::ostringstream quiet;
   ptq::Result r;
   try {
@@ -100,6 +101,13 @@ void run_quantize(const QuantizeOptions& o) {
                         {"act_alpha", l.act_alpha},
                         {"weight_sqnr_db", std::isfinite(l.weight_sqnr_db) ? nlohmann::json(l.weight_sqnr_db) : nullptr},
                         {"act_sqnr_db", std::isfinite(l.act_sqnr_db) ? nlohmann::json(l.act_sqnr_db) : nullptr}});
+    nlohmann::json sensitivity = nlohmann::json::array();
+    for (const auto& l : r.sensitivity)
+      sensitivity.push_back({{"name", l.name},
+                             {"quant", l.quant},
+                             {"output_sqnr_db", std::isfinite(l.output_sqnr_db) ? nlohmann::json(l.output_sqnr_db) : nullptr},
+                             {"top1", l.top1},
+                             {"top1_change", l.top1_change}});
     fmt::print("{}\n", nlohmann::json{{"model", o.model},
                                       {"quantization", what},
                                       {"data", c.data},
@@ -108,7 +116,8 @@ void run_quantize(const QuantizeOptions& o) {
                                       {"test_top1", r.test.top1},
                                       {"test_top5", r.test.top5},
                                       {"checkpoint", o.out},
-                                      {"layers", layers}}
+                                      {"layers", layers},
+                                      {"sensitivity", sensitivity}}
                            .dump());
     return;
   }
@@ -119,6 +128,13 @@ void run_quantize(const QuantizeOptions& o) {
                db(l.weight_sqnr_db), l.act_alpha, db(l.act_sqnr_db));
   fmt::print("{}: test top-1 {:.2f} %, top-5 {:.2f} % ({} test images); calibration {:.1f} s on {} images\n", what,
              r.test.top1, r.test.top5, r.test.count, r.seconds, r.calibration_images);
+  if (!r.sensitivity.empty()) {
+    fmt::print("\nsensitivity: each layer quantised alone, the others full precision\n{:<18} {:<12} {:>16} {:>10} {:>12}\n",
+               "layer", "quant", "output SQNR (dB)", "top-1 (%)", "change");
+    for (const auto& l : r.sensitivity)
+      fmt::print("{:<18} {:<12} {:>16} {:>10.2f} {:>+12.2f}\n", l.name, l.quant, db(l.output_sqnr_db), l.top1,
+                 l.top1_change);
+  }
   fmt::print("wrote {}\n", o.out);
 }
 
@@ -153,6 +169,8 @@ void register_quantize(CLI::App& app) {
   cmd->add_option("--threads", o->threads, "LibTorch threads (0: all cores)");
   cmd->add_option("--out", o->out, "checkpoint to write (.ckpt)")->required();
   cmd->add_flag("--json", o->json, "print one JSON object");
+  cmd->add_flag("--report", o->report,
+                "also each layer's sensitivity: output SQNR and test top-1 with that layer alone quantised");
   cmd->callback([o] { run_quantize(*o); });
 }
 

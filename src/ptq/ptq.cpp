@@ -6,12 +6,14 @@
 #include <chrono>
 #include <cmath>
 #include <ostream>
+#include <sstream>
 #include <stdexcept>
 #include <thread>
 
 #include "apot/data/spec.h"
 #include "apot/data/transforms.h"
 #include "apot/report/layers.h"
+#include "apot/train/probe.h"
 
 namespace apot::ptq {
 namespace {
@@ -197,11 +199,25 @@ std::vector<LayerCalibration> calibrate(qat::NetworkImpl& model, const torch::Te
   return out;
 }
 
-Result quantize(const train::TrainConfig& config, const Options& o, const std::string& out, std::ostream& log) {
+namespace {
+
+// The calibration images and the test split of a configuration.
+struct Prepared {
+  train::TrainConfig config;  // with weight normalisation off
+  torch::Tensor images;
+  train::ModelInfo info;
+  std::shared_ptr<data::Dataset> test_set;
+  data::LoaderOptions eval_options;
+  std::string data;
+};
+
+Prepared prepare(const train::TrainConfig& config, const Options& o) {
   config.validate();
+  Prepared p;
   // The weights are quantised as they are: weight normalisation would scale each layer's output by
   // 1 / std(w) and the trained batch norms would no longer fit it (alphas are in weight units).
-  train::TrainConfig c = config;
+  p.config = config;
+  train::TrainConfig& c = p.config;
   c.weight_norm = "none";
   if (!c.quantized()) throw std::invalid_argument("post-training quantisation needs a quantiser kind, not fp");
   if (c.init.empty()) throw std::invalid_argument("give the trained model to quantise (--model)");
@@ -212,8 +228,9 @@ Result quantize(const train::TrainConfig& config, const Options& o, const std::s
   torch::set_num_threads(c.threads > 0 ? c.threads : int(std::max(1u, std::thread::hardware_concurrency())));
   torch::manual_seed(c.seed);
   const data::DataSpec spec = data::parse_data_spec(c.data);
+  p.data = spec.text();
   const auto train_set = data::open_dataset(spec, data::Split::train);
-  const auto test_set = data::open_dataset(spec, data::Split::test);
+  p.test_set = data::open_dataset(spec, data::Split::test);
   if (size_t(o.calib) > train_set->size())
     throw std::invalid_argument("--calib " + std::to_string(o.calib) + ": the training split has only " +
                                 std::to_string(train_set->size()) + " images");
@@ -233,33 +250,83 @@ Result quantize(const train::TrainConfig& config, const Options& o, const std::s
   std::vector<torch::Tensor> batches;
   calib_loader.start_epoch(0);
   for (data::Batch b; calib_loader.next(b);) batches.push_back(b.images);
-  const torch::Tensor images = torch::cat(batches);
-  const train::ModelInfo info = train::model_info(calib_loader);
-  if (test_set->num_classes() != info.class_names.size())
-    throw std::invalid_argument(c.data + ": the test split has " + std::to_string(test_set->num_classes()) +
-                                " classes, the training split " + std::to_string(info.class_names.size()));
+  p.images = torch::cat(batches);
+  p.info = train::model_info(calib_loader);
+  if (p.test_set->num_classes() != p.info.class_names.size())
+    throw std::invalid_argument(c.data + ": the test split has " + std::to_string(p.test_set->num_classes()) +
+                                " classes, the training split " + std::to_string(p.info.class_names.size()));
+  p.eval_options = lo;
+  p.eval_options.batch_size = c.eval_batch_size;
+  p.eval_options.transform = train::transform_for(c, spec, data::Split::test, *p.test_set);
+  return p;
+}
 
-  qat::Network model = train::build_model(c, info);
-  train::initialise_from(model, c.init, c.init_key, log);
+train::EvalResult test(qat::Network& model, const Prepared& p) {
+  data::Loader loader(p.test_set, p.eval_options);
+  return train::evaluate(model, loader);
+}
+
+// The model of `config` with the trained weights; `log` hears where they came from.
+qat::Network trained_model(const train::TrainConfig& config, const Prepared& p, std::ostream& log) {
+  qat::Network model = train::build_model(config, p.info);
+  train::initialise_from(model, config.init, config.init_key, log);
+  return model;
+}
+
+// For each layer the policy quantises: the model with that layer alone quantised and calibrated,
+// its output SQNR (train::probe_layers) and test top-1 against full precision.
+std::vector<Sensitivity> sensitivity(const Prepared& p, const Options& o, std::ostream& log) {
+  std::ostringstream quiet;
+  train::TrainConfig fp = p.config;
+  fp.kind = "fp";
+  qat::Network reference = trained_model(fp, p, quiet);
+  const double fp_top1 = test(reference, p).top1;
+  qat::Network full = trained_model(p.config, p, quiet);
+  const graph::Graph& g = full->graph();
+  std::vector<Sensitivity> out;
+  const torch::Tensor probe_images = p.images.index({Slice(0, std::min<int64_t>(256, p.images.size(0)))});
+  for (int node : g.weight_layers()) {
+    if (!g[size_t(node)].quant.quantized()) continue;
+    train::TrainConfig alone = p.config;
+    for (int other : g.weight_layers())
+      if (other != node) alone.layers[g[size_t(other)].name].full_precision = true;
+    qat::Network model = trained_model(alone, p, quiet);
+    calibrate(*model, p.images, o);
+    Sensitivity s;
+    s.name = g[size_t(node)].name;
+    s.quant = g[size_t(node)].quant.describe();
+    for (const report::LayerStats& l : train::probe_layers(*model, probe_images).layers)
+      if (l.name == s.name) s.output_sqnr_db = l.output_sqnr_db;
+    s.top1 = test(model, p).top1;
+    s.top1_change = s.top1 - fp_top1;
+    log << "  sensitivity " << s.name << ": top-1 " << s.top1 << " % (" << (s.top1_change >= 0 ? "+" : "")
+        << s.top1_change << "), output SQNR " << s.output_sqnr_db << " dB" << std::endl;
+    out.push_back(s);
+  }
+  return out;
+}
+
+}  // namespace
+
+Result quantize(const train::TrainConfig& config, const Options& o, const std::string& out, std::ostream& log) {
+  const Prepared p = prepare(config, o);
+  const train::TrainConfig& c = p.config;
+  qat::Network model = trained_model(c, p, log);
   log << "calibrating " << model->graph().arch << " " << c.kind << " W" << c.weight_bits << "A" << c.act_bits
-      << " (" << to_string(o.method) << ") on " << images.size(0) << " images of " << spec.text() << std::endl;
+      << " (" << to_string(o.method) << ") on " << p.images.size(0) << " images of " << p.data << std::endl;
   const auto start = std::chrono::steady_clock::now();
   Result r;
-  r.layers = calibrate(*model, images, o, [&](int done, int total, const std::string& name) {
+  r.layers = calibrate(*model, p.images, o, [&](int done, int total, const std::string& name) {
     log << "  [" << done << "/" << total << "] " << name << std::endl;
   });
   r.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-  r.calibration_images = images.size(0);
-
-  data::LoaderOptions eval_lo = lo;
-  eval_lo.batch_size = c.eval_batch_size;
-  eval_lo.transform = train::transform_for(c, spec, data::Split::test, *test_set);
-  data::Loader test_loader(test_set, eval_lo);
-  r.test = train::evaluate(model, test_loader);
+  r.calibration_images = p.images.size(0);
+  r.test = test(model, p);
+  if (o.sensitivity) r.sensitivity = sensitivity(p, o, log);
 
   train::Checkpoint meta;
   meta.config = c;
-  meta.info = info;
+  meta.info = p.info;
   meta.epoch = 0;
   meta.metrics = {{"test_top1", r.test.top1},
                   {"calibration_images", double(r.calibration_images)},

@@ -133,9 +133,20 @@ TEST(Ptq, QuantizeWritesACheckpointThatEvaluatesToWhatItReported) {
   apot::ptq::Options o;
   o.calib = 64;
   o.batch = 32;
+  o.sensitivity = true;
   const std::string path = out / "q.ckpt";
   const auto r = apot::ptq::quantize(q, o, path, log);
   EXPECT_EQ(r.calibration_images, 64);
+  // Sensitivity: every quantised layer (not the int8 first and last), each on its own, changes
+  // top-1 from the same full-precision number.
+  ASSERT_EQ(r.sensitivity.size(), r.layers.size() - 2);
+  EXPECT_EQ(r.sensitivity[0].name, "layer1.0.conv1");
+  const double fp_top1 = r.sensitivity[0].top1 - r.sensitivity[0].top1_change;
+  for (const auto& s : r.sensitivity) {
+    EXPECT_NEAR(s.top1 - s.top1_change, fp_top1, 1e-9) << s.name;
+    EXPECT_TRUE(std::isfinite(s.output_sqnr_db)) << s.name;
+    EXPECT_EQ(s.quant, "W4A4 apot");
+  }
   apot::train::Checkpoint meta;
   auto model = apot::train::load_checkpoint(path, &meta);
   EXPECT_EQ(meta.config.kind, "apot");

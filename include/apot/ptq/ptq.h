@@ -13,6 +13,7 @@
 // init= take it.
 #pragma once
 
+#include <cmath>
 #include <functional>
 #include <iosfwd>
 #include <string>
@@ -35,6 +36,7 @@ struct Options {
   int grid = 100;     // candidate alphas per search: k / grid of the largest value, k = 1..grid
   bool batch_norm = true;       // mse: re-estimate batch-norm statistics
   bool bias_correction = true;  // mse: correct the mean output error of layers with a bias and no batch norm
+  bool sensitivity = false;     // quantize(): also each layer's sensitivity (below)
 };
 
 // What calibration chose for one weight layer.
@@ -50,8 +52,16 @@ struct LayerCalibration {
 std::vector<LayerCalibration> calibrate(qat::NetworkImpl& model, const torch::Tensor& images, const Options& options,
                                         const std::function<void(int, int, const std::string&)>& progress = {});
 
+// One layer quantised alone (the others full precision), calibrated with the same method: its
+// output SQNR on the calibration images and the test top-1, to choose mixed precision by.
+struct Sensitivity {
+  std::string name, quant;
+  double output_sqnr_db = NAN, top1 = 0, top1_change = 0;  // change: against full precision, in points
+};
+
 struct Result {
   std::vector<LayerCalibration> layers;
+  std::vector<Sensitivity> sensitivity;  // with Options::sensitivity
   train::EvalResult test;
   int64_t calibration_images = 0;
   double seconds = 0;  // calibration alone
