@@ -24,12 +24,11 @@ quantize() {  # quantize KIND WBITS ABITS METHOD
 
 quantize uniform 8 8 minmax
 for bits in 4 3; do
-  for method in minmax mse; do
+  for method in recon mse minmax; do
     for kind in apot uniform pot; do quantize "$kind" "$bits" "$bits" "$method"; done
   done
 done
-for kind in apot uniform pot; do quantize "$kind" 2 4 mse; done
-for f in "$out"/"$arch"-*.json; do
-  python3 -c 'import json,sys; j=json.load(open(sys.argv[1])); print(f"{j[\"quantization\"]:<28} {j[\"test_top1\"]:6.2f} % ({j[\"calibration_seconds\"]:.0f} s)")' "$f" 2>/dev/null ||
-    grep -o '"quantization":"[^"]*"\|"test_top1":[0-9.]*' "$f" | tr '\n' ' '
+for kind in apot uniform pot; do quantize "$kind" 2 4 recon; done
+for f in "$out"/"$arch"-*.json; do  # one line per row: quantisation, test top-1, calibration seconds
+  sed -E 's/.*"calibration_seconds":([0-9.]+).*"quantization":"([^"]*)".*"test_top1":([0-9.]+).*/\2\t\3 %\t\1 s/' "$f"
 done

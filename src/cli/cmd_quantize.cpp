@@ -21,7 +21,7 @@ struct QuantizeOptions {
   std::optional<int> wbits, abits;
   std::optional<uint64_t> seed;
   bool per_channel = false, json = false, batch_norm = true, bias_correction = true, report = false;
-  int calib = 1024, batch = 128, grid = 100, threads = 0;
+  int calib = 1024, batch = 128, grid = 100, threads = 0, iters = 400;
 };
 
 // The configuration of the quantised model: the source checkpoint's, the recipe's or the
@@ -84,6 +84,8 @@ void run_quantize(const QuantizeOptions& o) {
   po.batch_norm = o.batch_norm;
   po.bias_correction = o.bias_correction;
   po.sensitivity = o.report;
+  po.iters = o.iters;
+  po.seed = c.seed;
   std::ostringstream quiet;
   ptq::Result r;
   try {
@@ -158,7 +160,8 @@ void register_quantize(CLI::App& app) {
   cmd->add_option("--wbits", o->wbits, "weight bits (default: the recipe's or checkpoint's)");
   cmd->add_option("--abits", o->abits, "activation bits");
   cmd->add_option("--kind", o->kind, "quantiser: apot | pot | uniform")->check(CLI::IsMember({"apot", "pot", "uniform"}));
-  cmd->add_option("--method", o->method, "minmax | mse")->capture_default_str();
+  cmd->add_option("--method", o->method, "minmax | mse | recon")->capture_default_str();
+  cmd->add_option("--iters", o->iters, "recon: optimiser steps per block")->capture_default_str();
   cmd->add_flag("--per-channel", o->per_channel, "one weight alpha per output channel");
   cmd->add_option("--grid", o->grid, "candidate alphas per mse search")->capture_default_str();
   cmd->add_flag("!--no-bn", o->batch_norm, "mse: keep the batch-norm statistics as trained");

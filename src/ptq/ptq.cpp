@@ -160,15 +160,40 @@ void correct_bias(qat::NetworkImpl& model, Layer& layer, int node, const torch::
 Method parse_method(const std::string& name) {
   if (name == "minmax") return Method::minmax;
   if (name == "mse") return Method::mse;
-  throw std::invalid_argument("unknown PTQ method '" + name + "' (minmax | mse)");
+  if (name == "recon") return Method::recon;
+  throw std::invalid_argument("unknown PTQ method '" + name + "' (minmax | mse | recon)");
 }
 
-const char* to_string(Method method) { return method == Method::minmax ? "minmax" : "mse"; }
+const char* to_string(Method method) {
+  switch (method) {
+    case Method::minmax: return "minmax";
+    case Method::mse: return "mse";
+    case Method::recon: return "recon";
+  }
+  return "?";
+}
 
 std::vector<LayerCalibration> calibrate(qat::NetworkImpl& model, const torch::Tensor& images, const Options& o,
                                         const std::function<void(int, int, const std::string&)>& progress) {
   if (images.dim() != 4 || images.size(0) < 1) throw std::invalid_argument("calibration images must be N x C x H x W");
   if (o.batch < 1 || o.grid < 1) throw std::invalid_argument("calibration batch and grid must be at least 1");
+  if (o.method == Method::recon) {
+    // The full-precision model of the same weights gives the targets.
+    auto reference = std::dynamic_pointer_cast<qat::NetworkImpl>(model.clone());
+    reference->set_policy(qat::QuantPolicy::full_precision());
+    Options alphas = o;
+    alphas.method = Method::mse;
+    alphas.batch_norm = alphas.bias_correction = false;
+    std::vector<LayerCalibration> out = calibrate(model, images, alphas, progress);
+    reconstruct(model, *reference, images, o, progress);
+    for (LayerCalibration& l : out) {  // the activation alphas learned with the rounding
+      const auto* conv = model.conv(l.name);
+      const auto* linear = model.linear(l.name);
+      const torch::Tensor& a = conv ? conv->act_alpha : linear->act_alpha;
+      if (l.act_alpha > 0) l.act_alpha = a.item<double>(), l.act_sqnr_db = NAN;
+    }
+    return out;
+  }
   model.eval();
   const graph::Graph& g = model.graph();
   const std::vector<int> layers = g.weight_layers();

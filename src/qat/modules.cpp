@@ -108,7 +108,8 @@ void QuantConv2dImpl::set_quant_options(const QuantOptions& quant) {
 }
 
 torch::Tensor QuantConv2dImpl::forward(const torch::Tensor& input) {
-  return apply(quantize_layer_input(input, act_alpha, quant_), quantized_weight());
+  return apply(quantize_layer_input(input, act_alpha, quant_),
+               weight_override.defined() ? weight_override : quantized_weight());
 }
 
 torch::Tensor QuantConv2dImpl::apply(const torch::Tensor& x, const torch::Tensor& w) const {
@@ -150,7 +151,8 @@ void QuantLinearImpl::set_quant_options(const QuantOptions& quant) {
 }
 
 torch::Tensor QuantLinearImpl::forward(const torch::Tensor& input) {
-  return apply(quantize_layer_input(input, act_alpha, quant_), quantized_weight());
+  return apply(quantize_layer_input(input, act_alpha, quant_),
+               weight_override.defined() ? weight_override : quantized_weight());
 }
 
 torch::Tensor QuantLinearImpl::apply(const torch::Tensor& x, const torch::Tensor& w) const {

@@ -138,6 +138,50 @@ torch::Tensor NetworkImpl::input_of(const torch::Tensor& x, const std::string& l
   return v[size_t(graph_[size_t(node)].inputs.at(0))];
 }
 
+torch::Tensor NetworkImpl::compute_node(size_t i, const std::vector<torch::Tensor>& v) {
+  const graph::Node& node = graph_[i];
+  const torch::Tensor& in = v[size_t(node.inputs[0])];
+  torch::Tensor out;
+  switch (node.op) {
+    case graph::Op::input: break;
+    case graph::Op::conv:
+      out = conv_[i]->forward(in);
+      if (bn2d_[i]) out = bn2d_[i]->forward(out);
+      break;
+    case graph::Op::linear:
+      out = linear_[i]->forward(in.flatten(1));
+      if (bn1d_[i]) out = bn1d_[i]->forward(out);
+      break;
+    case graph::Op::add:
+      out = in;
+      for (size_t k = 1; k < node.inputs.size(); ++k) out = out + v[size_t(node.inputs[k])];
+      break;
+    case graph::Op::max_pool:
+      out = F::max_pool2d(in, F::MaxPool2dFuncOptions(node.kernel).stride(node.stride).padding(node.padding));
+      break;
+    case graph::Op::avg_pool:
+      out = F::avg_pool2d(in, F::AvgPool2dFuncOptions(node.kernel).stride(node.stride).padding(node.padding));
+      break;
+    case graph::Op::global_avg_pool: out = F::adaptive_avg_pool2d(in, F::AdaptiveAvgPool2dFuncOptions({1, 1})); break;
+    case graph::Op::flatten: out = in.flatten(1); break;
+    case graph::Op::shortcut_pad: {
+      // Option A: subsample, then zero-pad the channels (half on each side, as the common code).
+      const int64_t pad = node.out_channels - in.size(1), before = pad / 2;
+      out = F::pad(in.slice(2, 0, in.size(2), node.stride).slice(3, 0, in.size(3), node.stride),
+                   F::PadFuncOptions({0, 0, 0, 0, before, pad - before}));
+      break;
+    }
+  }
+  return activate(node, out);
+}
+
+void NetworkImpl::run_nodes(std::vector<torch::Tensor>& values, int first, int last) {
+  if (values.size() != graph_.size() || first < 1 || last >= int(graph_.size()) || first > last)
+    throw std::invalid_argument("run_nodes: nodes " + std::to_string(first) + ".." + std::to_string(last) + " of " +
+                                std::to_string(graph_.size()));
+  for (int i = first; i <= last; ++i) values[size_t(i)] = compute_node(size_t(i), values);
+}
+
 torch::Tensor NetworkImpl::run(const torch::Tensor& x, std::vector<torch::Tensor>* keep, int last) {
   const int channels = graph_.input().shape.channels;
   if (x.dim() != 4 || x.size(1) != channels)
@@ -149,39 +193,7 @@ torch::Tensor NetworkImpl::run(const torch::Tensor& x, std::vector<torch::Tensor
   const size_t end = last < 0 ? n : size_t(last) + 1;
   for (size_t i = 1; i < end; ++i) {
     const graph::Node& node = graph_[i];
-    const torch::Tensor& in = v[size_t(node.inputs[0])];
-    torch::Tensor out;
-    switch (node.op) {
-      case graph::Op::input: break;
-      case graph::Op::conv:
-        out = conv_[i]->forward(in);
-        if (bn2d_[i]) out = bn2d_[i]->forward(out);
-        break;
-      case graph::Op::linear:
-        out = linear_[i]->forward(in.flatten(1));
-        if (bn1d_[i]) out = bn1d_[i]->forward(out);
-        break;
-      case graph::Op::add:
-        out = in;
-        for (size_t k = 1; k < node.inputs.size(); ++k) out = out + v[size_t(node.inputs[k])];
-        break;
-      case graph::Op::max_pool:
-        out = F::max_pool2d(in, F::MaxPool2dFuncOptions(node.kernel).stride(node.stride).padding(node.padding));
-        break;
-      case graph::Op::avg_pool:
-        out = F::avg_pool2d(in, F::AvgPool2dFuncOptions(node.kernel).stride(node.stride).padding(node.padding));
-        break;
-      case graph::Op::global_avg_pool: out = F::adaptive_avg_pool2d(in, F::AdaptiveAvgPool2dFuncOptions({1, 1})); break;
-      case graph::Op::flatten: out = in.flatten(1); break;
-      case graph::Op::shortcut_pad: {
-        // Option A: subsample, then zero-pad the channels (half on each side, as the common code).
-        const int64_t pad = node.out_channels - in.size(1), before = pad / 2;
-        out = F::pad(in.slice(2, 0, in.size(2), node.stride).slice(3, 0, in.size(3), node.stride),
-                     F::PadFuncOptions({0, 0, 0, 0, before, pad - before}));
-        break;
-      }
-    }
-    v[i] = activate(node, out);
+    v[i] = compute_node(i, v);
     if (!keep)
       for (int input : node.inputs)
         if (last_use_[size_t(input)] == int(i)) v[size_t(input)] = torch::Tensor();

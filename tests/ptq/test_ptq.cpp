@@ -111,6 +111,61 @@ TEST(Ptq, BatchNormsAreReestimatedOnTheCalibrationImages) {
   EXPECT_FALSE(model->is_training());
 }
 
+TEST(Ptq, ReconstructionBlocksEndAtEachAdd) {
+  auto model = random_model(w4a4());
+  const auto& g = model->graph();
+  const auto blocks = apot::ptq::reconstruction_blocks(g);
+  ASSERT_EQ(blocks.size(), 10u);  // nine residual blocks, then pooling and the classifier
+  EXPECT_EQ(blocks[0].first, 1);
+  EXPECT_EQ(g[size_t(blocks[0].second)].name, "layer1.0");
+  for (size_t b = 1; b < blocks.size(); ++b) EXPECT_EQ(blocks[b].first, blocks[b - 1].second + 1);
+  EXPECT_EQ(blocks.back().second, int(g.size()) - 1);
+}
+
+// Mean squared difference of the logits of two models on the images.
+double logit_error(apot::qat::NetworkImpl& a, apot::qat::NetworkImpl& b, const torch::Tensor& x) {
+  torch::NoGradGuard no_grad;
+  a.eval();
+  b.eval();
+  return (a.forward(x) - b.forward(x)).square().mean().item<double>();
+}
+
+TEST(Ptq, ReconLearnsARoundingOnTheLevelsThatFitsBetterThanTheNearest) {
+  apot::ptq::Options mse;
+  mse.batch = 16;
+  mse.batch_norm = mse.bias_correction = false;
+  apot::ptq::Options recon = mse;
+  recon.method = apot::ptq::Method::recon;
+  recon.iters = 150;
+  auto nearest = random_model(w4a4()), learned = random_model(w4a4());
+  auto reference = std::dynamic_pointer_cast<apot::qat::NetworkImpl>(learned->clone());
+  reference->set_policy(apot::qat::QuantPolicy::full_precision());
+  apot::ptq::calibrate(*nearest, images(), mse);
+  apot::ptq::calibrate(*learned, images(), recon);
+  torch::NoGradGuard no_grad;
+  int moved = 0;
+  for (const std::string name : {"layer1.0.conv1", "layer2.1.conv2", "layer3.2.conv1"}) {
+    const auto* before = nearest->conv(name);
+    const auto* after = learned->conv(name);
+    EXPECT_EQ(after->weight_alpha.item<float>(), before->weight_alpha.item<float>()) << name;
+    // The weights are on the level set: quantising them changes nothing.
+    EXPECT_TRUE(torch::allclose(after->quantized_weight(), after->weight, 0, 1e-6)) << name;
+    EXPECT_FALSE(after->weight_override.defined());
+    // Each is one of the two levels around the original weight, so at most one level step from
+    // the nearest one.
+    const torch::Tensor original = reference->conv(name)->weight;
+    const double alpha = after->weight_alpha.item<double>();
+    const auto levels = apot::levels::LevelSet::make(apot::levels::Kind::apot, 4, apot::levels::Role::weight).levels();
+    double widest = 0;
+    for (size_t k = 1; k < levels.size(); ++k) widest = std::max<double>(widest, levels[k] - levels[k - 1]);
+    EXPECT_LE((after->weight / alpha - (original / alpha).clamp(-1, 1)).abs().max().item<double>(), widest + 1e-5)
+        << name;
+    moved += (after->weight != before->quantized_weight()).sum().item<int>();
+  }
+  EXPECT_GT(moved, 0);  // some weights were rounded away from the nearest level
+  EXPECT_LT(logit_error(*learned, *reference, images()), logit_error(*nearest, *reference, images()));
+}
+
 TEST(Ptq, QuantizeWritesACheckpointThatEvaluatesToWhatItReported) {
   TempDir data, out;
   apot::test::write_quadrants(data.str(), "train", 160, 1);

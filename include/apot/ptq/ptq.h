@@ -6,7 +6,9 @@
 //   mse     weight alphas (per channel where the recipe says) and activation alphas by a grid
 //           search for the least squared quantisation error, layer by layer on the inputs the
 //           already-quantised layers before it give, then batch-norm re-estimation on the
-//           calibration images and bias correction of layers with a bias and no batch norm.
+//           calibration images and bias correction of layers with a bias and no batch norm;
+//   recon   mse's alphas (without the batch-norm and bias steps), then block-wise reconstruction
+//           with learned rounding (reconstruct below).
 // Weights are quantised without weight normalisation (alphas in weight units): normalising would
 // rescale each layer's output and the trained batch norms would no longer fit it.
 // The result is an ordinary checkpoint (epoch 0): eval, export, run --compare and train --set
@@ -25,8 +27,8 @@
 
 namespace apot::ptq {
 
-enum class Method { minmax, mse };
-Method parse_method(const std::string& name);  // "minmax" | "mse"; std::invalid_argument otherwise
+enum class Method { minmax, mse, recon };
+Method parse_method(const std::string& name);  // "minmax" | "mse" | "recon"; std::invalid_argument otherwise
 const char* to_string(Method method);
 
 struct Options {
@@ -37,13 +39,20 @@ struct Options {
   bool batch_norm = true;       // mse: re-estimate batch-norm statistics
   bool bias_correction = true;  // mse: correct the mean output error of layers with a bias and no batch norm
   bool sensitivity = false;     // quantize(): also each layer's sensitivity (below)
+  // recon:
+  int iters = 400;          // optimiser steps per block
+  int recon_batch = 32;     // images per step
+  double round_lr = 1e-2;   // Adam learning rate of the rounding variables
+  double alpha_lr = 1e-3;   // and of the activation alphas
+  uint64_t seed = 1;        // of the images each step draws
 };
 
 // What calibration chose for one weight layer.
 struct LayerCalibration {
   std::string name, quant;
   double weight_alpha = 0, act_alpha = 0;  // 0 where not quantised; per-channel alphas as their mean
-  double weight_sqnr_db = 0, act_sqnr_db = 0;
+  // Of the chosen alphas (NaN where not quantised, and for recon's learned activation alphas).
+  double weight_sqnr_db = NAN, act_sqnr_db = NAN;
 };
 
 // Sets the alphas of every quantised layer of `model` (and, for mse, its batch norms and biases)
@@ -58,6 +67,17 @@ struct Sensitivity {
   std::string name, quant;
   double output_sqnr_db = NAN, top1 = 0, top1_change = 0;  // change: against full precision, in points
 };
+
+// The blocks of reconstruction as node ranges [first, last]: the nodes up to and including each
+// add node, then the nodes after the last one.
+std::vector<std::pair<int, int>> reconstruction_blocks(const graph::Graph& graph);
+// Learns the rounding of every quantised weight (between its two nearest levels) and the
+// activation alphas, block by block, so that each block of `model` on the calibration images
+// (its input from the quantised blocks before it) matches the same block of `reference` (full
+// precision, same weights); the weights are then set to their rounded values. `progress(block,
+// blocks, what)` after each block.
+void reconstruct(qat::NetworkImpl& model, qat::NetworkImpl& reference, const torch::Tensor& images,
+                 const Options& options, const std::function<void(int, int, const std::string&)>& progress = {});
 
 struct Result {
   std::vector<LayerCalibration> layers;

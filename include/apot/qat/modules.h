@@ -56,6 +56,9 @@ class QuantConv2dImpl : public torch::nn::Cloneable<QuantConv2dImpl> {
   void pretty_print(std::ostream& stream) const override;
 
   torch::Tensor weight, bias, weight_alpha, act_alpha;
+  // When defined, forward() uses it as the quantised weight (post-training reconstruction learns
+  // its rounding); not a parameter, never saved.
+  torch::Tensor weight_override;
 
  private:
   torch::nn::Conv2dOptions conv_;
@@ -78,6 +81,9 @@ class QuantLinearImpl : public torch::nn::Cloneable<QuantLinearImpl> {
   void pretty_print(std::ostream& stream) const override;
 
   torch::Tensor weight, bias, weight_alpha, act_alpha;
+  // When defined, forward() uses it as the quantised weight (post-training reconstruction learns
+  // its rounding); not a parameter, never saved.
+  torch::Tensor weight_override;
 
  private:
   torch::nn::LinearOptions linear_;

@@ -23,6 +23,9 @@ class NetworkImpl : public torch::nn::Module {
   torch::Tensor forward_all(const torch::Tensor& x, std::vector<torch::Tensor>& outputs);
   // The value that node `layer` reads first (its input), running only the nodes before it.
   torch::Tensor input_of(const torch::Tensor& x, const std::string& layer);
+  // Computes values[first..last] from the values of the nodes they read (a part of the network,
+  // e.g. one block for post-training reconstruction). values has one entry per node.
+  void run_nodes(std::vector<torch::Tensor>& values, int first, int last);
 
   const graph::Graph& graph() const { return graph_; }
   // Re-assigns the quantisation of every layer (graph and modules); weights are kept, alphas
@@ -42,6 +45,8 @@ class NetworkImpl : public torch::nn::Module {
 
  private:
   void build();
+  // The value of node i from the values of the nodes it reads.
+  torch::Tensor compute_node(size_t i, const std::vector<torch::Tensor>& values);
   // Runs nodes 1..last (all for -1); keeps every value in *keep if given.
   torch::Tensor run(const torch::Tensor& x, std::vector<torch::Tensor>* keep, int last = -1);
   // Registers `module` under a dotted path, creating the containers on the way.
