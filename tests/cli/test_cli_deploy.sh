@@ -31,7 +31,7 @@ check report-no-out 2 "$apot" report "$tmp/run"; one_line report-no-out
 # Post-training quantisation of the trained model, then the usual path from its checkpoint.
 check quantize 0 "$apot" quantize --model "$tmp/run/best.ckpt" --kind pot --wbits 3 --abits 3 --calib 256 --method recon --iters 10 \
   --out "$tmp/q.ckpt"
-expect quantize "pot W3A3 \(mse\): test top-1 [0-9.]+ %"
+expect quantize "pot W3A3 \(recon\): test top-1 [0-9.]+ %"
 expect quantize "wrote .*q\.ckpt"
 check quantize-eval 0 "$apot" eval --checkpoint "$tmp/q.ckpt" --data fashion-mnist
 expect quantize-eval "pot W3A3 on fashion-mnist"
