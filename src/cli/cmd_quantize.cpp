@@ -97,19 +97,21 @@ void run_quantize(const QuantizeOptions& o) {
   if (o.json) {
     nlohmann::json layers = nlohmann::json::array();
     for (const auto& l : r.layers)
-      layers.push_back({{"name", l.name},
-                        {"quant", l.quant},
-                        {"weight_alpha", l.weight_alpha},
-                        {"act_alpha", l.act_alpha},
-                        {"weight_sqnr_db", std::isfinite(l.weight_sqnr_db) ? nlohmann::json(l.weight_sqnr_db) : nullptr},
-                        {"act_sqnr_db", std::isfinite(l.act_sqnr_db) ? nlohmann::json(l.act_sqnr_db) : nullptr}});
+      layers.push_back(
+          {{"name", l.name},
+           {"quant", l.quant},
+           {"weight_alpha", l.weight_alpha},
+           {"act_alpha", l.act_alpha},
+           {"weight_sqnr_db", std::isfinite(l.weight_sqnr_db) ? nlohmann::json(l.weight_sqnr_db) : nullptr},
+           {"act_sqnr_db", std::isfinite(l.act_sqnr_db) ? nlohmann::json(l.act_sqnr_db) : nullptr}});
     nlohmann::json sensitivity = nlohmann::json::array();
     for (const auto& l : r.sensitivity)
-      sensitivity.push_back({{"name", l.name},
-                             {"quant", l.quant},
-                             {"output_sqnr_db", std::isfinite(l.output_sqnr_db) ? nlohmann::json(l.output_sqnr_db) : nullptr},
-                             {"top1", l.top1},
-                             {"top1_change", l.top1_change}});
+      sensitivity.push_back(
+          {{"name", l.name},
+           {"quant", l.quant},
+           {"output_sqnr_db", std::isfinite(l.output_sqnr_db) ? nlohmann::json(l.output_sqnr_db) : nullptr},
+           {"top1", l.top1},
+           {"top1_change", l.top1_change}});
     fmt::print("{}\n", nlohmann::json{{"model", o.model},
                                       {"quantization", what},
                                       {"data", c.data},
@@ -131,8 +133,9 @@ void run_quantize(const QuantizeOptions& o) {
   fmt::print("{}: test top-1 {:.2f} %, top-5 {:.2f} % ({} test images); calibration {:.1f} s on {} images\n", what,
              r.test.top1, r.test.top5, r.test.count, r.seconds, r.calibration_images);
   if (!r.sensitivity.empty()) {
-    fmt::print("\nsensitivity: each layer quantised alone, the others full precision\n{:<18} {:<12} {:>16} {:>10} {:>12}\n",
-               "layer", "quant", "output SQNR (dB)", "top-1 (%)", "change");
+    fmt::print(
+        "\nsensitivity: each layer quantised alone, the others full precision\n{:<18} {:<12} {:>16} {:>10} {:>12}\n",
+        "layer", "quant", "output SQNR (dB)", "top-1 (%)", "change");
     for (const auto& l : r.sensitivity)
       fmt::print("{:<18} {:<12} {:>16} {:>10.2f} {:>+12.2f}\n", l.name, l.quant, db(l.output_sqnr_db), l.top1,
                  l.top1_change);
@@ -144,22 +147,27 @@ void run_quantize(const QuantizeOptions& o) {
 
 void register_quantize(CLI::App& app) {
   auto o = std::make_shared<QuantizeOptions>();
-  CLI::App* cmd = app.add_subcommand("quantize", "Post-training quantisation of a trained model from calibration images");
+  CLI::App* cmd =
+      app.add_subcommand("quantize", "Post-training quantisation of a trained model from calibration images");
   cmd->add_option("--model", o->model, "trained model: an apot checkpoint (.ckpt) or a PyTorch state dict")->required();
   cmd->add_option("--key", o->key, "the entry of a checkpoint dict that holds the state dict");
   cmd->add_option("--arch", o->arch, "architecture of a state dict (resnet20, resnet56, ...)");
-  cmd->add_option("--model-file", o->model_file, "model file (docs/MODELS.md) of a state dict")->check(CLI::ExistingFile);
+  cmd->add_option("--model-file", o->model_file, "model file (docs/MODELS.md) of a state dict")
+      ->check(CLI::ExistingFile);
   cmd->add_option("--shortcut", o->shortcut, "CIFAR ResNet shortcut of a state dict: A | B");
-  cmd->add_option("--naming", o->naming, "parameter names of --arch: apot | hub")->check(CLI::IsMember({"apot", "hub"}));
+  cmd->add_option("--naming", o->naming, "parameter names of --arch: apot | hub")
+      ->check(CLI::IsMember({"apot", "hub"}));
   cmd->add_option("--recipe", o->recipe, "recipe (TOML) with the model and quantisation, e.g. per-layer overrides")
       ->check(CLI::ExistingFile);
   cmd->add_option("--set", o->sets, "override a recipe key: section.key=value (repeatable)");
-  cmd->add_option("--data", o->data, "data set: calibration images from its training split, evaluation on its test split");
+  cmd->add_option("--data", o->data,
+                  "data set: calibration images from its training split, evaluation on its test split");
   cmd->add_option("--calib", o->calib, "calibration images")->capture_default_str();
   cmd->add_option("--batch", o->batch, "images per calibration pass")->capture_default_str();
   cmd->add_option("--wbits", o->wbits, "weight bits (default: the recipe's or checkpoint's)");
   cmd->add_option("--abits", o->abits, "activation bits");
-  cmd->add_option("--kind", o->kind, "quantiser: apot | pot | uniform")->check(CLI::IsMember({"apot", "pot", "uniform"}));
+  cmd->add_option("--kind", o->kind, "quantiser: apot | pot | uniform")
+      ->check(CLI::IsMember({"apot", "pot", "uniform"}));
   cmd->add_option("--method", o->method, "minmax | mse | recon")->capture_default_str();
   cmd->add_option("--iters", o->iters, "recon: optimiser steps per block")->capture_default_str();
   cmd->add_flag("--per-channel", o->per_channel, "one weight alpha per output channel");

@@ -337,8 +337,8 @@ Result quantize(const train::TrainConfig& config, const Options& o, const std::s
   const Prepared p = prepare(config, o);
   const train::TrainConfig& c = p.config;
   qat::Network model = trained_model(c, p, log);
-  log << "calibrating " << model->graph().arch << " " << c.kind << " W" << c.weight_bits << "A" << c.act_bits
-      << " (" << to_string(o.method) << ") on " << p.images.size(0) << " images of " << p.data << std::endl;
+  log << "calibrating " << model->graph().arch << " " << c.kind << " W" << c.weight_bits << "A" << c.act_bits << " ("
+      << to_string(o.method) << ") on " << p.images.size(0) << " images of " << p.data << std::endl;
   const auto start = std::chrono::steady_clock::now();
   Result r;
   r.layers = calibrate(*model, p.images, o, [&](int done, int total, const std::string& name) {

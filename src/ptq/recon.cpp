@@ -70,8 +70,8 @@ std::vector<std::pair<int, int>> reconstruction_blocks(const graph::Graph& g) {
   return blocks;
 }
 
-void reconstruct(qat::NetworkImpl& model, qat::NetworkImpl& reference, const torch::Tensor& images,
-                 const Options& o, const std::function<void(int, int, const std::string&)>& progress) {
+void reconstruct(qat::NetworkImpl& model, qat::NetworkImpl& reference, const torch::Tensor& images, const Options& o,
+                 const std::function<void(int, int, const std::string&)>& progress) {
   const graph::Graph& g = model.graph();
   const auto blocks = reconstruction_blocks(g);
   model.eval();
@@ -124,13 +124,14 @@ void reconstruct(qat::NetworkImpl& model, qat::NetworkImpl& reference, const tor
     for (const Rounding& r : roundings) vs.push_back(r.v);
     torch::optim::Adam rounding_optimizer(vs, torch::optim::AdamOptions(o.round_lr));
     std::unique_ptr<torch::optim::Adam> alpha_optimizer;
-    if (!alphas.empty()) alpha_optimizer = std::make_unique<torch::optim::Adam>(alphas, torch::optim::AdamOptions(o.alpha_lr));
+    if (!alphas.empty())
+      alpha_optimizer = std::make_unique<torch::optim::Adam>(alphas, torch::optim::AdamOptions(o.alpha_lr));
     torch::manual_seed(o.seed * 1000003 + uint64_t(number));
     double first_loss = 0, last_loss = 0;
     std::vector<torch::Tensor> values(g.size());
     for (int it = 0; it < o.iters; ++it) {
-      const torch::Tensor pick = torch::randint(images.size(0), {std::min<int64_t>(o.recon_batch, images.size(0))},
-                                                torch::kLong);
+      const torch::Tensor pick =
+          torch::randint(images.size(0), {std::min<int64_t>(o.recon_batch, images.size(0))}, torch::kLong);
       for (size_t k = 0; k < reads.size(); ++k) values[size_t(reads[k])] = input_all[k].index_select(0, pick);
       for (const Rounding& r : roundings) *r.override_ = r.soft();
       model.run_nodes(values, first, last);

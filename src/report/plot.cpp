@@ -48,8 +48,8 @@ struct Axes {
 // Opens PLplot's svg device on a temporary file, draws the axes, labels and `body`, and returns
 // the file's text.
 template <typename Body>
-std::string draw_svg(const std::string& title, const std::string& x_label, const std::string& y_label,
-                     const Axes& axes, Body body) {
+std::string draw_svg(const std::string& title, const std::string& x_label, const std::string& y_label, const Axes& axes,
+                     Body body) {
   std::lock_guard<std::mutex> lock(plplot_mutex);
   const std::filesystem::path file =
       std::filesystem::temp_directory_path() / ("apot-plot-" + std::to_string(::getpid()) + ".svg");
@@ -157,8 +157,8 @@ std::string histogram_svg(const HistogramPlot& plot) {
   double y0 = 0;
   pad_y(y0, y1);
   y0 = 0;
-  return draw_svg(plot.title, plot.x_label, plot.log_y ? "count (log10 of 1 + n)" : "count",
-                  {h.lo, h.hi, y0, y1, 0}, [&] {
+  return draw_svg(plot.title, plot.x_label, plot.log_y ? "count (log10 of 1 + n)" : "count", {h.lo, h.hi, y0, y1, 0},
+                  [&] {
                     plcol0(2);
                     plwidth(1.0);
                     plbin(PLINT(bins), x.data(), y.data(), PL_BIN_NOEXPAND);

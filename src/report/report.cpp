@@ -136,8 +136,8 @@ std::string percent(double fraction) { return fixed(100.0 * fraction, 1) + " %";
 std::string db(double v) { return std::isfinite(v) ? fixed(v, 1) : (std::isnan(v) ? "" : "exact"); }
 
 // A quantiser's histogram with its levels, and how often each level is hit as the caption.
-std::string quantizer_figure(const QuantizerStats& q, const std::string& title, const std::string& x_label,
-                             bool log_y, const std::string& id) {
+std::string quantizer_figure(const QuantizerStats& q, const std::string& title, const std::string& x_label, bool log_y,
+                             const std::string& id) {
   const std::string svg = histogram_svg({title, x_label, q.histogram, q.levels, log_y});
   std::ostringstream caption;
   caption << escape(q.level_set);
@@ -155,14 +155,17 @@ std::string quantizer_figure(const QuantizerStats& q, const std::string& title, 
 
 std::string layers_html(const LayerReport& r, const std::string& id) {
   std::ostringstream html;
-  html << "<h3>Layers</h3>\n<p>" << escape(r.checkpoint) << " on " << r.images << " test images of "
-       << escape(r.data) << ": " << fixed(r.total_fixops() / 1e6, 2) << " M FixOPs, "
-       << fixed(r.total_size_bytes() / 1024.0, 1) << " KiB of weights.</p>\n<table class=\"layers\" id=\"" << id
+  html << "<h3>Layers</h3>\n<p>" << escape(r.checkpoint) << " on " << r.images << " test images of " << escape(r.data)
+       << ": " << fixed(r.total_fixops() / 1e6, 2) << " M FixOPs, " << fixed(r.total_size_bytes() / 1024.0, 1)
+       << " KiB of weights.</p>\n<table class=\"layers\" id=\"" << id
        << "-table\"><tr><th>#</th><th>layer</th><th>quantisation</th><th>MACs</th><th>FixOPs</th>"
           "<th>weight bytes</th><th>weight SQNR (dB)</th><th>input SQNR (dB)</th><th>output SQNR (dB)</th>"
           "<th>levels used</th></tr>\n";
-  LinePlot sqnr{"SQNR per layer", "layer number", "SQNR (dB)", {{"output", {}, {}}, {"weights", {}, {}},
-                                                              {"input", {}, {}}}, false};
+  LinePlot sqnr{"SQNR per layer",
+                "layer number",
+                "SQNR (dB)",
+                {{"output", {}, {}}, {"weights", {}, {}}, {"input", {}, {}}},
+                false};
   for (size_t i = 0; i < r.layers.size(); ++i) {
     const LayerStats& l = r.layers[i];
     const auto sqnr_of = [](const std::optional<QuantizerStats>& q) { return q ? q->sqnr_db : NAN; };
@@ -184,7 +187,9 @@ std::string layers_html(const LayerReport& r, const std::string& id) {
     }
   }
   html << "</table>\n";
-  const auto drawn = [](const Series& s) { return std::any_of(s.y.begin(), s.y.end(), [](double y) { return std::isfinite(y); }); };
+  const auto drawn = [](const Series& s) {
+    return std::any_of(s.y.begin(), s.y.end(), [](double y) { return std::isfinite(y); });
+  };
   if (std::any_of(sqnr.series.begin(), sqnr.series.end(), drawn)) html << figure(sqnr, id + "-sqnr");
   for (size_t i = 0; i < r.layers.size(); ++i) {
     const LayerStats& l = r.layers[i];
@@ -265,8 +270,8 @@ std::optional<LinePlot> accuracy_by_bits(const std::vector<Run>& runs) {
     plot.series.push_back(std::move(s));
   }
   if (full_precision)
-    plot.series.push_back({"full precision", {double(*bits.begin()), double(*bits.rbegin())},
-                           {*full_precision, *full_precision}});
+    plot.series.push_back(
+        {"full precision", {double(*bits.begin()), double(*bits.rbegin())}, {*full_precision, *full_precision}});
   return plot;
 }
 

@@ -51,8 +51,8 @@ report::LayerStats layer_stats(const Layer& layer, const torch::Tensor& input) {
     quantized_input = qat::quantize_layer_input(input, layer.act_alpha, q);
     const levels::LevelSet set = levels::LevelSet::make(q.kind, q.act_bits, levels::Role::activation);
     const double a = layer.act_alpha.template item<double>();
-    s.input = report::quantizer_stats(set.name(), to_vector(input), to_vector(quantized_input),
-                                      scaled(set.levels(), a), a, false);
+    s.input = report::quantizer_stats(set.name(), to_vector(input), to_vector(quantized_input), scaled(set.levels(), a),
+                                      a, false);
   }
   if (q.quantizes_weight() || q.quantizes_input()) {
     const torch::Tensor reference = layer.apply(input, normalized).to(torch::kFloat64);

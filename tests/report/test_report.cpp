@@ -151,7 +151,7 @@ TEST(Report, AccuracyAgainstBitsHasALinePerKindAndFullPrecisionFlat) {
 }
 
 TEST(Report, ThresholdsThatNeverMovedAreNotPlotted) {
-  EXPECT_EQ(apot::report::run_plots(finished_run("fp", 32, 90)).size(), 3u);  // loss, top-1, learning rate
+  EXPECT_EQ(apot::report::run_plots(finished_run("fp", 32, 90)).size(), 3u);   // loss, top-1, learning rate
   EXPECT_EQ(apot::report::run_plots(finished_run("apot", 4, 90)).size(), 3u);  // alpha 8 at both epochs
   apot::report::Run one_epoch = finished_run("apot", 4, 90);
   one_epoch.epochs.pop_back();

@@ -4,12 +4,12 @@
 
 #include <cmath>
 #include <fstream>
-#include <numeric>
 #include <nlohmann/json.hpp>
+#include <numeric>
 #include <sstream>
 
-#include "apot/qat/checkpoint_import.h"
 #include "apot/graph/cost.h"
+#include "apot/qat/checkpoint_import.h"
 #include "apot/train/probe.h"
 #include "apot/train/trainer.h"
 #include "data_test_util.h"
@@ -157,8 +157,8 @@ TEST_F(Trainer, ProbeGivesEachLayersQuantisersAndCost) {
     torch::NoGradGuard no_grad;
     const torch::Tensor w = conv->normalized_weight().to(torch::kFloat64);
     const torch::Tensor q = conv->quantized_weight().to(torch::kFloat64);
-    EXPECT_NEAR(l.weight->sqnr_db, 10 * std::log10(w.square().sum().item<double>() / (w - q).square().sum().item<double>()),
-                1e-3);
+    EXPECT_NEAR(l.weight->sqnr_db,
+                10 * std::log10(w.square().sum().item<double>() / (w - q).square().sum().item<double>()), 1e-3);
   }
   ASSERT_TRUE(l.input.has_value());
   EXPECT_EQ(l.input->level_set, "apot-a4");

@@ -33,18 +33,18 @@ const char* to_string(Method method);
 
 struct Options {
   Method method = Method::mse;
-  int calib = 1024;   // calibration images, drawn from the training split by the recipe's seed
-  int batch = 128;    // images per forward pass
-  int grid = 100;     // candidate alphas per search: k / grid of the largest value, k = 1..grid
+  int calib = 1024;             // calibration images, drawn from the training split by the recipe's seed
+  int batch = 128;              // images per forward pass
+  int grid = 100;               // candidate alphas per search: k / grid of the largest value, k = 1..grid
   bool batch_norm = true;       // mse: re-estimate batch-norm statistics
   bool bias_correction = true;  // mse: correct the mean output error of layers with a bias and no batch norm
   bool sensitivity = false;     // quantize(): also each layer's sensitivity (below)
   // recon:
-  int iters = 400;          // optimiser steps per block
-  int recon_batch = 32;     // images per step
-  double round_lr = 1e-2;   // Adam learning rate of the rounding variables
-  double alpha_lr = 1e-3;   // and of the activation alphas
-  uint64_t seed = 1;        // of the images each step draws
+  int iters = 400;         // optimiser steps per block
+  int recon_batch = 32;    // images per step
+  double round_lr = 1e-2;  // Adam learning rate of the rounding variables
+  double alpha_lr = 1e-3;  // and of the activation alphas
+  uint64_t seed = 1;       // of the images each step draws
 };
 
 // What calibration chose for one weight layer.

@@ -34,11 +34,11 @@ std::pair<double, double> signal_and_noise(const std::vector<float>& signal, con
 
 // One quantiser of a layer: of its weights or of its input.
 struct QuantizerStats {
-  std::string level_set;      // "apot-w4", "uniform-a3", "int8", or "float" (not quantised)
-  bool per_channel = false;   // one alpha per output channel: values and levels are in units of alpha
-  double alpha = 0;           // the clipping threshold (the mean of per-channel ones); 0 for none
-  std::vector<float> levels;  // what values are projected to, in the histogram's units (empty: int8, float)
-  Histogram histogram;        // of the values the quantiser sees
+  std::string level_set;       // "apot-w4", "uniform-a3", "int8", or "float" (not quantised)
+  bool per_channel = false;    // one alpha per output channel: values and levels are in units of alpha
+  double alpha = 0;            // the clipping threshold (the mean of per-channel ones); 0 for none
+  std::vector<float> levels;   // what values are projected to, in the histogram's units (empty: int8, float)
+  Histogram histogram;         // of the values the quantiser sees
   std::vector<int64_t> usage;  // per level: how many values were projected to it
   int64_t count = 0;           // values seen
   double clipped = 0;          // fraction of values beyond the outermost level
@@ -53,8 +53,8 @@ QuantizerStats quantizer_stats(std::string level_set, const std::vector<float>& 
                                bool per_channel, int bins = 80);
 
 struct LayerStats {
-  std::string name, op;  // the graph node's name and op ("conv", "linear")
-  std::string quant;     // "W4A4 apot", "int8", "fp32"
+  std::string name, op;           // the graph node's name and op ("conv", "linear")
+  std::string quant;              // "W4A4 apot", "int8", "fp32"
   int64_t macs = 0, weights = 0;  // per image
   double fixops = 0, size_bytes = 0;
   std::optional<QuantizerStats> weight;  // always present for weight layers
