@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <filesystem>
 #include <cmath>
 #include <ostream>
 #include <sstream>
@@ -291,10 +292,21 @@ train::EvalResult test(qat::Network& model, const Prepared& p) {
   return train::evaluate(model, loader);
 }
 
-// The model of `config` with the trained weights; `log` hears where they came from.
+// The model of `config` with the trained weights; `log` hears where they came from. A checkpoint
+// trained with weight normalisation gives its layers' normalised weights: with batch norms that
+// were trained on them, they compute what the checkpoint computed, without normalisation.
 qat::Network trained_model(const train::TrainConfig& config, const Prepared& p, std::ostream& log) {
   qat::Network model = train::build_model(config, p.info);
   train::initialise_from(model, config.init, config.init_key, log);
+  if (std::filesystem::path(config.init).extension() == ".ckpt") {
+    const qat::Network source = train::load_checkpoint(config.init);
+    torch::NoGradGuard no_grad;
+    for (int node : model->graph().weight_layers()) {
+      const std::string& name = model->graph()[size_t(node)].name;
+      if (auto* conv = model->conv(name)) conv->weight.copy_(source->conv(name)->normalized_weight());
+      if (auto* linear = model->linear(name)) linear->weight.copy_(source->linear(name)->normalized_weight());
+    }
+  }
   return model;
 }
 

@@ -216,6 +216,28 @@ TEST(Ptq, QuantizeWritesACheckpointThatEvaluatesToWhatItReported) {
   apot::data::Loader loader(test_set, lo);
   EXPECT_NEAR(apot::train::evaluate(model, loader).top1, r.test.top1, 1e-9);
 
+  // From a checkpoint trained with weight normalisation (QAT): its normalised weights, which its
+  // batch norms fit (minmax changes no weight).
+  apot::train::TrainConfig qat = c;
+  qat.kind = "apot";
+  apot::train::run_training(qat, out / "qat", false, log);
+  apot::train::TrainConfig from_qat = qat;
+  from_qat.init = out / "qat/best.ckpt";
+  apot::ptq::Options minmax = o;
+  minmax.method = apot::ptq::Method::minmax;
+  minmax.sensitivity = false;
+  apot::ptq::quantize(from_qat, minmax, out / "from-qat.ckpt", log);
+  {
+    auto source = apot::train::load_checkpoint(out / "qat/best.ckpt");
+    auto result = apot::train::load_checkpoint(out / "from-qat.ckpt");
+    torch::NoGradGuard no_grad;
+    const auto* before = source->conv("layer2.0.conv1");
+    EXPECT_EQ(before->quant_options().weight_norm, apot::qat::WeightNorm::detached);
+    EXPECT_TRUE(torch::allclose(result->conv("layer2.0.conv1")->weight, before->normalized_weight()));
+    EXPECT_FALSE(torch::allclose(before->weight, before->normalized_weight()));
+    EXPECT_TRUE(torch::equal(result->conv("conv1")->weight, source->conv("conv1")->weight));  // int8: as it was
+  }
+
   // A calibration set smaller than a batch, or no quantiser: an error, nothing written.
   o.calib = 16;
   EXPECT_THROW(apot::ptq::quantize(q, o, out / "small.ckpt", log), std::invalid_argument);
