@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Builds the libFuzzer targets (IDX, CIFAR, JPEG/PNG and .apot readers, the engine, the model-file
-# reader) with clang-14 (ASan + UBSan)
+# reader, the ONNX importer) with clang-14 (ASan + UBSan)
 # and runs each for a bounded time on its corpus in fuzz/corpus/<target>. Usage: fuzz/run.sh [seconds per target]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -51,7 +51,9 @@ build fuzz_cifar src/data/cifar.cpp "${common[@]}"
 build fuzz_image src/data/image_decode.cpp "${common[@]}" -lturbojpeg -lpng
 build fuzz_apot "${engine[@]}" -fopenmp=libgomp -lxxhash
 build fuzz_model_file "${engine[@]}" -fopenmp=libgomp -lxxhash
-for target in fuzz_idx fuzz_cifar fuzz_image fuzz_apot fuzz_model_file; do
+build fuzz_onnx src/onnx/onnx_import.cpp "${engine[@]}" -fopenmp=libgomp -lxxhash -DONNX_NAMESPACE=onnx -DONNX_ML=1 \
+  -lonnx_proto -lprotobuf
+for target in fuzz_idx fuzz_cifar fuzz_image fuzz_apot fuzz_model_file fuzz_onnx; do
   corpus=fuzz/corpus/${target#fuzz_}
   [ -d "$corpus" ] || { echo "fuzz: missing corpus $corpus"; exit 1; }
   work=$(mktemp -d)

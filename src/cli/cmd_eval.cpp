@@ -1,12 +1,14 @@
 // `apot eval --checkpoint FILE --data SPEC [--arch ARCH | --model-file FILE] [--json]`: top-1,
-// top-5, per class; a PyTorch state dict is imported for --arch or --model-file.
+// top-5, per class; a PyTorch state dict is imported for --arch or --model-file, an ONNX file
+// (--model net.onnx) with its own graph.
 #include <fmt/format.h>
 
 #include <filesystem>
 #include <nlohmann/json.hpp>
 
-#include "apot/graph/serialize.h"
-#include "apot/qat/checkpoint_import.h"
+#include <sstream>
+
+#include "apot/onnx/onnx_import.h"
 #include "apot/train/trainer.h"
 #include "commands.h"
 
@@ -34,35 +36,29 @@ void run_eval(const EvalOptions& o) {
   std::string what;
   if (!o.arch.empty() && !o.model_file.empty()) throw UsageError("give --arch or --model-file, not both");
   if (o.mean.size() != o.stddev.size()) throw UsageError("--mean and --std need the same number of values");
-  if (!o.arch.empty() || !o.model_file.empty()) {  // a PyTorch state dict of a full-precision model
+  const bool onnx = onnx_import::is_onnx_path(o.checkpoint);
+  if (onnx && (!o.arch.empty() || !o.model_file.empty()))
+    throw UsageError(o.checkpoint + ": an ONNX file has its own graph; leave out --arch and --model-file");
+  if (onnx || !o.arch.empty() || !o.model_file.empty()) {  // a full-precision model: state dict or ONNX
     if (lo.transform.channels == 0) lo.transform.channels = test_set->channels();
     const int channels = lo.transform.channels;
-    graph::Graph g;
-    if (!o.model_file.empty()) {
-      g = graph::read_model_file(o.model_file);
-      if (g.in_channels() != channels)
-        throw UsageError(o.model_file + " takes " + std::to_string(g.in_channels()) + " input channels, " + o.data +
-                         " has " + std::to_string(channels));
-      data::Loader probe(test_set, lo, {0});
-      const auto shape = probe.example_shape();
-      g.infer_shapes(int(shape[1]), int(shape[2]));
-    } else {
-      graph::ArchOptions ao;
-      ao.in_channels = channels;
-      ao.num_classes = static_cast<int>(test_set->num_classes());
-      ao.shortcut = o.shortcut;
-      ao.naming = o.naming;
-      g = graph::build_architecture(o.arch, ao);
-    }
-    model = qat::make_network(std::move(g));
-    qat::import_state_dict(*model, o.checkpoint, o.key);
+    train::TrainConfig c;
+    if (!o.arch.empty()) c.arch = o.arch;
+    c.model_file = o.model_file;
+    c.shortcut = o.shortcut;
+    c.naming = o.naming;
+    c.init = o.checkpoint;
+    c.init_key = o.key;
+    model = qat::make_network(train::graph_of(c, train::model_info(data::Loader(test_set, lo, {0}))));
+    std::ostringstream quiet;
+    train::initialise_from(model, o.checkpoint, o.key, quiet);
     if (!o.mean.empty()) {  // the normalisation the model was trained with
       if (o.mean.size() != size_t(channels))
         throw UsageError("--mean and --std need one value per input channel (" + std::to_string(channels) + ")");
       lo.transform.mean = o.mean;
       lo.transform.std = o.stddev;
     }
-    what = model->graph().arch + " fp32 (imported state dict)";
+    what = model->graph().arch + (onnx ? " fp32 (imported ONNX model)" : " fp32 (imported state dict)");
   } else {
     train::Checkpoint meta;
     model = train::load_checkpoint(o.checkpoint, &meta);
@@ -102,8 +98,10 @@ void run_eval(const EvalOptions& o) {
 
 void register_eval(CLI::App& app) {
   auto o = std::make_shared<EvalOptions>();
-  CLI::App* cmd = app.add_subcommand("eval", "Evaluate a checkpoint (or an imported PyTorch state dict) on a test set");
-  cmd->add_option("--checkpoint", o->checkpoint, "apot checkpoint (.ckpt), or a PyTorch state dict with --arch")
+  CLI::App* cmd =
+      app.add_subcommand("eval", "Evaluate a checkpoint (or an imported state dict or ONNX model) on a test set");
+  cmd->add_option("--checkpoint,--model", o->checkpoint,
+                  "apot checkpoint (.ckpt), an ONNX model (.onnx), or a PyTorch state dict with --arch")
       ->required();
   cmd->add_option("--data", o->data, "fashion-mnist | mnist:DIR | cifar10:DIR | cifar100:DIR | imagefolder:DIR")
       ->required();

@@ -1,5 +1,7 @@
 // `apot quantize --model SRC --data SPEC --calib N --wbits B --abits B --kind K --method minmax|mse
-// --out q.ckpt`: post-training quantisation of a trained model (src/ptq) into a checkpoint.
+// --out q.ckpt`: post-training quantisation of a trained model (src/ptq) into a checkpoint. SRC
+// is an apot checkpoint, a PyTorch state dict (with --arch, --model-file or --recipe) or an ONNX
+// file.
 #include <fmt/format.h>
 
 #include <filesystem>
@@ -8,6 +10,7 @@
 #include <optional>
 #include <sstream>
 
+#include "apot/onnx/onnx_import.h"
 #include "apot/ptq/ptq.h"
 #include "commands.h"
 
@@ -28,6 +31,7 @@ struct QuantizeOptions {
 // defaults, then the flags.
 train::TrainConfig config_of(const QuantizeOptions& o) {
   const bool from_checkpoint = std::filesystem::path(o.model).extension() == ".ckpt";
+  const bool onnx = onnx_import::is_onnx_path(o.model);  // its graph comes with it (train::graph_of)
   train::TrainConfig c;
   if (from_checkpoint) {
     if (!o.recipe.empty() || !o.arch.empty() || !o.model_file.empty())
@@ -38,12 +42,15 @@ train::TrainConfig config_of(const QuantizeOptions& o) {
     c = train::load_config(o.recipe, o.sets);
   } else {
     c = train::config_from_toml_text("", "the defaults", o.sets);
-    if (o.arch.empty() && o.model_file.empty())
+    if (onnx && (!o.arch.empty() || !o.model_file.empty()))
+      throw UsageError(o.model + ": an ONNX file has its own graph; leave out --arch and --model-file");
+    if (!onnx && o.arch.empty() && o.model_file.empty())
       throw UsageError(o.model + ": a PyTorch state dict needs --arch, --model-file or --recipe");
     if (o.data.empty()) throw UsageError("give --data (the data set the model was trained on)");
   }
   if (!o.arch.empty()) c.arch = o.arch, c.model_file.clear();
   if (!o.model_file.empty()) c.model_file = o.model_file;
+  if (onnx && c.model_file.empty()) c.model_file = o.model;
   if (!o.shortcut.empty()) c.shortcut = o.shortcut;
   if (!o.naming.empty()) c.naming = o.naming;
   if (!o.data.empty()) c.data = o.data;
@@ -149,7 +156,9 @@ void register_quantize(CLI::App& app) {
   auto o = std::make_shared<QuantizeOptions>();
   CLI::App* cmd =
       app.add_subcommand("quantize", "Post-training quantisation of a trained model from calibration images");
-  cmd->add_option("--model", o->model, "trained model: an apot checkpoint (.ckpt) or a PyTorch state dict")->required();
+  cmd->add_option("--model", o->model,
+                  "trained model: an apot checkpoint (.ckpt), an ONNX model (.onnx) or a PyTorch state dict")
+      ->required();
   cmd->add_option("--key", o->key, "the entry of a checkpoint dict that holds the state dict");
   cmd->add_option("--arch", o->arch, "architecture of a state dict (resnet20, resnet56, ...)");
   cmd->add_option("--model-file", o->model_file, "model file (docs/MODELS.md) of a state dict")

@@ -8,6 +8,7 @@
 #include "commands.h"
 #ifdef APOT_WITH_TORCH
 #include "apot/data/dataset.h"
+#include "apot/qat/checkpoint_import.h"
 #include "apot/runtime/format.h"
 #include "apot/train/config.h"
 #include "apot/train/trainer.h"
@@ -47,6 +48,9 @@ int main(int argc, char** argv) {
     return 2;
 #ifdef APOT_WITH_TORCH
   } catch (const apot::train::ConfigError& e) {
+    std::fprintf(stderr, "apot: error: %s\n", e.what());
+    return 2;
+  } catch (const apot::qat::StateDictError& e) {  // weights that do not fit the chosen model
     std::fprintf(stderr, "apot: error: %s\n", e.what());
     return 2;
   } catch (const c10::Error& e) {

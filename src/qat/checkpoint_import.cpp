@@ -83,7 +83,7 @@ void load_state_dict(torch::nn::Module& model, const std::map<std::string, torch
     if (!missing.empty()) msg << " missing " << join(missing) << ";";
     if (!unexpected.empty()) msg << " unexpected " << join(unexpected) << ";";
     if (!wrong_shape.empty()) msg << " wrong shape " << join(wrong_shape) << ";";
-    throw std::runtime_error(msg.str());
+    throw StateDictError(msg.str());
   }
   torch::NoGradGuard no_grad;
   for (auto& [target, value] : copies) target.copy_(value.reshape(target.sizes()).to(target.dtype()));

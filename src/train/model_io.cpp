@@ -7,6 +7,7 @@
 #include <nlohmann/json.hpp>
 
 #include "apot/graph/serialize.h"
+#include "apot/onnx/onnx_import.h"
 #include "apot/qat/checkpoint_import.h"
 #include "apot/train/trainer.h"
 
@@ -28,9 +29,15 @@ qat::QuantPolicy policy_of(const TrainConfig& c) {
   return p;
 }
 
+std::string model_file_of(const TrainConfig& c) {
+  if (!c.model_file.empty()) return c.model_file;
+  return onnx_import::is_onnx_path(c.init) ? c.init : std::string();
+}
+
 graph::Graph graph_of(const TrainConfig& c, const ModelInfo& info) {
   const int classes = static_cast<int>(info.class_names.size());
-  if (c.model_file.empty()) {
+  const std::string file = model_file_of(c);
+  if (file.empty()) {
     graph::ArchOptions o;
     o.in_channels = info.in_channels;
     o.num_classes = classes;
@@ -38,13 +45,22 @@ graph::Graph graph_of(const TrainConfig& c, const ModelInfo& info) {
     o.naming = c.naming;
     return graph::build_architecture(c.arch, o);
   }
-  graph::Graph g = graph::read_model_file(c.model_file);
+  graph::Graph g;
+  if (onnx_import::is_onnx_path(file)) {
+    onnx_import::Model m = onnx_import::read_onnx(file);
+    if (m.height != info.height || m.width != info.width)
+      throw ConfigError(file + ": the model takes " + std::to_string(m.height) + "x" + std::to_string(m.width) +
+                        " images, the data gives " + std::to_string(info.height) + "x" + std::to_string(info.width));
+    g = std::move(m.graph);
+  } else {
+    g = graph::read_model_file(file);
+  }
   if (g.in_channels() != info.in_channels)
-    throw ConfigError(c.model_file + ": the model takes " + std::to_string(g.in_channels()) +
-                      " input channels, the data has " + std::to_string(info.in_channels));
+    throw ConfigError(file + ": the model takes " + std::to_string(g.in_channels()) + " input channels, the data has " +
+                      std::to_string(info.in_channels));
   g.infer_shapes(info.height, info.width);
   if (g.num_classes() != classes || g[size_t(g.output())].shape.height != 1 || g[size_t(g.output())].shape.width != 1)
-    throw ConfigError(c.model_file + ": the model's output '" + g[size_t(g.output())].name + "' is " +
+    throw ConfigError(file + ": the model's output '" + g[size_t(g.output())].name + "' is " +
                       g[size_t(g.output())].shape.str() + ", the data has " + std::to_string(classes) + " classes");
   return g;
 }

@@ -11,6 +11,7 @@
 #include <sstream>
 #include <thread>
 
+#include "apot/onnx/onnx_import.h"
 #include "apot/qat/checkpoint_import.h"
 #include "apot/train/trainer.h"
 
@@ -122,6 +123,12 @@ void initialise_from(qat::Network& model, const std::string& path, const std::st
     qat::load_state_dict(*model, state, path);
     log << "initialised from " << path << " (" << meta.config.kind << " W" << meta.config.weight_bits << "A"
         << meta.config.act_bits << ", epoch " << meta.epoch << ")\n";
+  } else if (onnx_import::is_onnx_path(path)) {
+    std::map<std::string, torch::Tensor> state;
+    for (auto& [name, a] : onnx_import::read_onnx(path).weights)
+      state[name] = torch::from_blob(a.values.data(), a.shape, torch::kFloat32).clone();
+    qat::load_state_dict(*model, state, path);
+    log << "initialised from the ONNX model " << path << "\n";
   } else {
     qat::import_state_dict(*model, path, key);
     log << "initialised from the state dict " << path << "\n";

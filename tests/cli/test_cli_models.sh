@@ -64,7 +64,36 @@ inputs = ["a", "input"]
 check missing 2 "$apot" cost --model-file "$tmp/none.toml"; one_line missing
 # A state dict that does not fit the model file: missing and unexpected weights in one line.
 printf 'name = "other"\n[input]\nchannels = 1\n%s[[layer]]\nname = "gap"\nop = "global_avg_pool"\n[[layer]]\nname = "fc"\nop = "linear"\nout_channels = 10\n' "$conv" >"$tmp/other.toml"
-check eval-mismatch 1 "$apot" eval --checkpoint "$root/tests/fixtures/torch_files/tiny_cnn_state_dict.pt" \
+check eval-mismatch 2 "$apot" eval --checkpoint "$root/tests/fixtures/torch_files/tiny_cnn_state_dict.pt" \
   --model-file "$tmp/other.toml" --data fashion-mnist
 expect eval-mismatch "missing a.weight"; one_line eval-mismatch
+
+# ONNX files exported by PyTorch (tests/fixtures/make_onnx_files.py): eval, quantize, export and
+# run, train from one; one line and exit 2 for an unsupported op, a dynamic size or data that
+# does not fit, exit 1 for a corrupt file; nothing written on error.
+onnx="$root/tests/fixtures/onnx"
+check onnx-eval 0 "$apot" eval --model "$onnx/ops_net.onnx" --data fashion-mnist --json
+expect onnx-eval '"model":"ops_net fp32 \(imported ONNX model\)"'
+check onnx-quantize 0 "$apot" quantize --model "$onnx/tiny_cnn.onnx" --data fashion-mnist --calib 256 --kind apot \
+  --wbits 4 --abits 4 --method mse --grid 20 --out "$tmp/onnx-q.ckpt"
+expect onnx-quantize "apot W4A4 \(mse\): test top-1"
+check onnx-q-export 0 "$apot" export --checkpoint "$tmp/onnx-q.ckpt" --out "$tmp/onnx-q.apot"
+check onnx-q-run 0 "$apot" run "$tmp/onnx-q.apot" --data fashion-mnist --compare "$tmp/onnx-q.ckpt" --limit 256 --json
+expect onnx-q-run '"agreement":(99\.[5-9]|100)'
+check onnx-train 0 "$apot" train "$root/recipes/fashion-mnist-small-cnn-w4a4.toml" --out "$tmp/onnx-run" \
+  --set optim.epochs=1 --set run.max_steps_per_epoch=5 --set data.workers=1 --set "model.file=$onnx/tiny_cnn.onnx" \
+  --set "init=$onnx/tiny_cnn.onnx"
+expect onnx-train "initialised from the ONNX model"
+expect onnx-train "training tiny_cnn apot W4A4"
+check onnx-unsupported 2 "$apot" eval --model "$onnx/unsupported_op.onnx" --data fashion-mnist
+one_line onnx-unsupported; expect onnx-unsupported "node '/1/Sigmoid': Sigmoid: op not supported"
+check onnx-dynamic 2 "$apot" quantize --model "$onnx/dynamic_hw.onnx" --data fashion-mnist --out "$tmp/bad.ckpt"
+one_line onnx-dynamic; expect onnx-dynamic "dynamic height"
+check onnx-data 2 "$apot" quantize --model "$onnx/tiny_cnn.onnx" --data "imagefolder:$root/tests/fixtures/images" \
+  --out "$tmp/bad.ckpt"
+one_line onnx-data
+head -c 5000 "$onnx/tiny_cnn.onnx" >"$tmp/cut.onnx"
+check onnx-corrupt 1 "$apot" quantize --model "$tmp/cut.onnx" --data fashion-mnist --out "$tmp/bad.ckpt"
+one_line onnx-corrupt; expect onnx-corrupt "not an ONNX model"
+[ ! -e "$tmp/bad.ckpt" ] || { echo "FAIL onnx: wrote a checkpoint on error"; fail=1; }
 exit $fail

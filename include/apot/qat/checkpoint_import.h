@@ -7,9 +7,17 @@
 #include <torch/torch.h>
 
 #include <map>
+#include <stdexcept>
 #include <string>
 
 namespace apot::qat {
+
+// A state dict that does not fit the model (missing, unexpected or wrongly shaped entries): the
+// user's choice of architecture, model file or data is wrong, not the file (exit 2 in the CLI).
+class StateDictError : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
 
 // Every tensor of the state dict in a torch.save file (zip or legacy; plain, or wrapped in a
 // checkpoint: see find_state_dict), by name. `key` picks one of several ("ema", dotted for
@@ -19,7 +27,7 @@ std::map<std::string, torch::Tensor> read_state_dict(const std::string& path, co
 
 // Copies the tensors of `state` into the model's parameters and buffers. Quantiser alphas
 // missing from the file keep their values (a full-precision file has none). Missing,
-// unexpected or wrongly shaped entries: one std::runtime_error listing all of them.
+// unexpected or wrongly shaped entries: one StateDictError listing all of them.
 void load_state_dict(torch::nn::Module& model, const std::map<std::string, torch::Tensor>& state,
                      const std::string& source);
 void import_state_dict(torch::nn::Module& model, const std::string& path, const std::string& key = "");

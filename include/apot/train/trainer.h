@@ -28,8 +28,9 @@ struct ModelInfo {
   int height = 32, width = 32;   // input size the model was trained on
 };
 
-// The graph a configuration describes (model.arch or model.file) for the data in `info`;
-// throws ConfigError if a model file does not fit it (input channels, classes).
+// The graph a configuration describes (model.arch, or model.file: a model file or an ONNX file;
+// without model.file, an ONNX `init` gives the graph too) for the data in `info`; throws
+// ConfigError if the file does not fit it (input size, channels, classes).
 graph::Graph graph_of(const TrainConfig& config, const ModelInfo& info);
 // The model of the configuration (or of `graph`, e.g. a checkpoint's), with its quantisation
 // policy applied.
@@ -44,8 +45,9 @@ data::TransformOptions transform_for(const TrainConfig& config, const data::Data
 
 // What a model made for the examples of `loader` needs to know (shape, classes, normalisation).
 ModelInfo model_info(const data::Loader& loader);
-// Loads the weights of a previous run's checkpoint (.ckpt) or of a PyTorch state dict (`key`: the
-// entry of a checkpoint dict that holds it, if ambiguous) into `model`, and says so on `log`.
+// Loads the weights of a previous run's checkpoint (.ckpt), an ONNX model (.onnx) or a PyTorch
+// state dict (`key`: the entry of a checkpoint dict that holds it, if ambiguous) into `model`,
+// and says so on `log`.
 void initialise_from(qat::Network& model, const std::string& path, const std::string& key, std::ostream& log);
 
 struct EvalResult {

@@ -1,0 +1,674 @@
+// ONNX import: protobuf classes from Debian's libonnx (onnx_proto), mapped node by node onto
+// the graph. Only the nodes the output depends on through data inputs are read, so shape
+// arithmetic that feeds a Reshape's target shape needs no support.
+#include "apot/onnx/onnx_import.h"
+
+#include <onnx/onnx_pb.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <set>
+#include <sstream>
+#include <stdexcept>
+
+#include "apot/graph/serialize.h"
+
+namespace apot::onnx_import {
+namespace {
+
+using graph::Activation;
+using graph::GraphError;
+using graph::Node;
+using graph::Op;
+
+// A constant: an initializer, a Constant node's value, or a Cast of one.
+struct Const {
+  std::vector<int64_t> dims;
+  std::vector<double> values;
+  int64_t count() const {  // saturates at 2^40 (more than any tensor apot reads)
+    int64_t n = 1;
+    for (int64_t d : dims) n = d == 0 ? 0 : std::min<int64_t>(n, (int64_t(1) << 40) / d) * d;
+    return n;
+  }
+};
+
+const char* const kSupported =
+    "Conv, BatchNormalization, Relu, Clip, Add, MaxPool, AveragePool, GlobalAveragePool, Flatten, Reshape, Gemm, "
+    "MatMul, Identity, Dropout, Pad (by zero)";
+
+// Reads a tensor's elements as doubles; float32/64, float16, int32/64 (shapes, pads, clips).
+// A size that does not match the dimensions means a corrupt file.
+Const decode(const ::onnx::TensorProto& t, const std::string& source) {
+  Const c;
+  for (int64_t d : t.dims()) {
+    if (d < 0 || d > (int64_t(1) << 31))
+      throw std::runtime_error(source + ": tensor '" + t.name() + "' has a bad shape");
+    c.dims.push_back(d);
+  }
+  const int64_t n = c.count();
+  if (n > (int64_t(1) << 30)) throw std::runtime_error(source + ": tensor '" + t.name() + "' is too large");
+  if (t.data_location() == ::onnx::TensorProto::EXTERNAL)
+    throw GraphError(source + ": tensor '" + t.name() +
+                     "' keeps its data in an external file, which apot does not read (export without external data)");
+  const std::string& raw = t.raw_data();
+  auto check = [&](int64_t have) {
+    if (have != n)
+      throw std::runtime_error(source + ": tensor '" + t.name() + "' has " + std::to_string(have) + " values for " +
+                               std::to_string(n) + " elements (a corrupt file)");
+  };
+  auto from_raw = [&](auto zero) {
+    using T = decltype(zero);
+    check(int64_t(raw.size() / sizeof(T)) + (raw.size() % sizeof(T) ? 1 : 0));
+    c.values.resize(size_t(n));
+    for (int64_t i = 0; i < n; ++i) {
+      T v;
+      std::memcpy(&v, raw.data() + i * int64_t(sizeof(T)), sizeof(T));
+      c.values[size_t(i)] = double(v);
+    }
+  };
+  switch (t.data_type()) {
+    case ::onnx::TensorProto::FLOAT:
+      if (!raw.empty()) {
+        from_raw(float{});
+      } else {
+        check(t.float_data_size());
+        c.values.assign(t.float_data().begin(), t.float_data().end());
+      }
+      break;
+    case ::onnx::TensorProto::DOUBLE:
+      if (!raw.empty()) {
+        from_raw(double{});
+      } else {
+        check(t.double_data_size());
+        c.values.assign(t.double_data().begin(), t.double_data().end());
+      }
+      break;
+    case ::onnx::TensorProto::INT64:
+      if (!raw.empty()) {
+        from_raw(int64_t{});
+      } else {
+        check(t.int64_data_size());
+        c.values.assign(t.int64_data().begin(), t.int64_data().end());
+      }
+      break;
+    case ::onnx::TensorProto::INT32:
+      if (!raw.empty()) {
+        from_raw(int32_t{});
+      } else {
+        check(t.int32_data_size());
+        c.values.assign(t.int32_data().begin(), t.int32_data().end());
+      }
+      break;
+    case ::onnx::TensorProto::FLOAT16: {
+      // float16 is stored as raw bytes or in int32_data, one value per element.
+      std::vector<uint16_t> bits;
+      if (!raw.empty()) {
+        check(int64_t(raw.size() / 2) + int64_t(raw.size() % 2));
+        bits.resize(size_t(n));
+        std::memcpy(bits.data(), raw.data(), size_t(n) * 2);
+      } else {
+        check(t.int32_data_size());
+        for (int32_t v : t.int32_data()) bits.push_back(uint16_t(v));
+      }
+      for (uint16_t h : bits) {
+        const int e = (h >> 10) & 31, m = h & 1023;
+        const double s = (h & 0x8000) ? -1.0 : 1.0;
+        c.values.push_back(e == 0    ? s * std::ldexp(m, -24)
+                           : e == 31 ? (m ? NAN : s * INFINITY)
+                                     : s * std::ldexp(1024 + m, e - 25));
+      }
+      break;
+    }
+    default:
+      throw GraphError(source + ": tensor '" + t.name() + "' has element type " + std::to_string(t.data_type()) +
+                       ", apot reads float, double, float16, int32 and int64 tensors");
+  }
+  return c;
+}
+
+Array to_array(const Const& c) {
+  Array a;
+  a.shape = c.dims;
+  a.values.assign(c.values.begin(), c.values.end());
+  return a;
+}
+
+// "/layer1/layer1.0/conv1/Conv" -> "layer1.0.conv1" (PyTorch's scoped names: a component that
+// the next one extends is dropped); `keep_last` keeps the final component (the op's own name).
+std::string scoped_name(const std::string& onnx_name, bool keep_last) {
+  std::vector<std::string> parts;
+  std::stringstream ss(onnx_name);
+  for (std::string p; std::getline(ss, p, '/');)
+    if (!p.empty()) parts.push_back(p);
+  if (!keep_last && parts.size() > 1) parts.pop_back();
+  std::string out;
+  for (size_t i = 0; i < parts.size(); ++i) {
+    if (i + 1 < parts.size() && parts[i + 1].rfind(parts[i] + ".", 0) == 0) continue;
+    out += (out.empty() ? "" : ".") + parts[i];
+  }
+  return out;
+}
+
+std::string strip_suffix(const std::string& s, const std::string& suffix) {
+  if (s.size() > suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0)
+    return s.substr(0, s.size() - suffix.size());
+  return "";
+}
+
+class Importer {
+ public:
+  Importer(const ::onnx::ModelProto& model, std::string source, std::string arch)
+      : g_(model.graph()), source_(std::move(source)) {
+    out_.graph.arch = std::move(arch);
+  }
+
+  Model run() {
+    read_constants();
+    add_input();
+    mark_data_path();
+    for (int i = 0; i < g_.node_size(); ++i)
+      if (used_[size_t(i)]) convert(g_.node(i));
+    finish();
+    return std::move(out_);
+  }
+
+ private:
+  const ::onnx::GraphProto& g_;
+  std::string source_;
+  Model out_;
+  std::map<std::string, Const> consts_;  // by value name
+  std::map<std::string, int> node_of_;   // value name -> graph node that produces it
+  std::map<std::string, int> uses_;      // value name -> how many used ONNX nodes read it
+  std::vector<bool> used_;
+  std::set<std::string> prefixes_;  // node names and batch-norm prefixes given out
+
+  [[noreturn]] void fail(const ::onnx::NodeProto& n, const std::string& what) const {
+    graph::detail::fail(source_, n.name().empty() ? n.op_type() : n.name(), n.op_type() + ": " + what);
+  }
+
+  Node& node(int i) { return out_.graph[size_t(i)]; }
+
+  // ---- attributes ----
+  const ::onnx::AttributeProto* attr(const ::onnx::NodeProto& n, const std::string& name) const {
+    for (const auto& a : n.attribute())
+      if (a.name() == name) return &a;
+    return nullptr;
+  }
+  int64_t attr_int(const ::onnx::NodeProto& n, const std::string& name, int64_t def) const {
+    const auto* a = attr(n, name);
+    return a ? a->i() : def;
+  }
+  float attr_float(const ::onnx::NodeProto& n, const std::string& name, float def) const {
+    const auto* a = attr(n, name);
+    return a ? a->f() : def;
+  }
+  std::vector<int64_t> attr_ints(const ::onnx::NodeProto& n, const std::string& name) const {
+    const auto* a = attr(n, name);
+    if (!a) return {};
+    return {a->ints().begin(), a->ints().end()};
+  }
+
+  // kernel_shape / strides / pads / dilations of a 2-D window, as one square size each.
+  struct Window {
+    int kernel = 1, stride = 1, padding = 0;
+  };
+  Window window(const ::onnx::NodeProto& n, int kernel_from_weights) const {
+    Window w;
+    const auto k = attr_ints(n, "kernel_shape");
+    if (!k.empty() && (k.size() != 2 || k[0] != k[1])) fail(n, "only square 2-D kernels are supported");
+    w.kernel = k.empty() ? kernel_from_weights : int(k[0]);
+    const auto s = attr_ints(n, "strides");
+    if (!s.empty() && (s.size() != 2 || s[0] != s[1])) fail(n, "only equal strides are supported");
+    if (!s.empty()) w.stride = int(s[0]);
+    const auto p = attr_ints(n, "pads");
+    if (!p.empty() && (p.size() != 4 || !std::all_of(p.begin(), p.end(), [&](int64_t v) { return v == p[0]; })))
+      fail(n, "only the same padding on every side is supported");
+    if (!p.empty()) w.padding = int(p[0]);
+    for (int64_t d : attr_ints(n, "dilations"))
+      if (d != 1) fail(n, "dilated windows are not supported");
+    const auto* ap = attr(n, "auto_pad");
+    if (ap && ap->s() != "NOTSET" && ap->s() != "VALID") fail(n, "auto_pad " + ap->s() + " is not supported");
+    if (attr_int(n, "ceil_mode", 0) != 0) fail(n, "ceil_mode is not supported");
+    if (w.kernel < 1 || w.stride < 1 || w.padding < 0) fail(n, "bad window");
+    return w;
+  }
+
+  // ---- values ----
+  bool is_const(const std::string& v) const { return consts_.count(v) > 0; }
+  const Const& constant(const ::onnx::NodeProto& n, int input) const {
+    if (input >= n.input_size() || !is_const(n.input(input)))
+      fail(n, "input " + std::to_string(input) + " must be a constant (a weight)");
+    return consts_.at(n.input(input));
+  }
+  int data(const ::onnx::NodeProto& n, int input) const {
+    if (input >= n.input_size()) fail(n, "missing input");
+    const auto it = node_of_.find(n.input(input));
+    if (it == node_of_.end())
+      fail(n, "reads '" + n.input(input) + "', which is neither the image nor computed from it");
+    return it->second;
+  }
+
+  std::string unique(std::string base, const std::string& fallback) {
+    if (base.empty()) base = fallback;
+    std::string name = base;
+    for (int k = 2; prefixes_.count(name) || out_.graph.find(name) >= 0; ++k) name = base + "_" + std::to_string(k);
+    prefixes_.insert(name);
+    return name;
+  }
+  // A weight layer's name: its weight's parameter name ("layer1.0.conv1.weight"), else the
+  // node's scope; the batch norm's likewise.
+  std::string weight_name(const ::onnx::NodeProto& n, int weight_input) {
+    std::string base = weight_input < n.input_size() ? strip_suffix(n.input(weight_input), ".weight") : "";
+    if (base.find("::") != std::string::npos) base.clear();
+    if (base.empty()) base = scoped_name(n.name(), false);
+    return unique(base, n.op_type() + "_" + std::to_string(out_.graph.size()));
+  }
+
+  int add_node(Node nd, const ::onnx::NodeProto& n) {
+    try {
+      const int i = out_.graph.add(std::move(nd));
+      node_of_[n.output(0)] = i;
+      return i;
+    } catch (const GraphError& e) {
+      fail(n, e.what());
+    }
+  }
+  void alias(const ::onnx::NodeProto& n, int i) { node_of_[n.output(0)] = i; }
+
+  // The graph node that produced input 0 of `n` if `n` may be fused into it: produced by one of
+  // `ops`, read by `n` alone, with nothing after its linear part (`what` says what is fused).
+  int fusable(const ::onnx::NodeProto& n, std::initializer_list<Op> ops, bool allow_activation) {
+    const int p = data(n, 0);
+    const Node& pn = node(p);
+    if (std::find(ops.begin(), ops.end(), pn.op) == ops.end())
+      fail(n, "follows a " + std::string(graph::to_string(pn.op)) + " node ('" + pn.name +
+                  "'), which cannot carry it in apot's graph");
+    if (uses_[n.input(0)] > 1)
+      fail(n,
+           "its input '" + n.input(0) + "' is also read by another node, so it cannot be fused into '" + pn.name + "'");
+    if (!allow_activation && pn.activation != Activation::none)
+      fail(n, "follows '" + pn.name + "', which already has an activation");
+    return p;
+  }
+
+  // ---- passes ----
+  void read_constants() {
+    for (const auto& t : g_.initializer()) consts_[t.name()] = decode(t, source_);
+    for (const auto& n : g_.node()) {
+      if (n.op_type() == "Constant") {
+        const auto* v = attr(n, "value");
+        if (v && v->has_t() && n.output_size() == 1) consts_[n.output(0)] = decode(v->t(), source_);
+        const auto* f = attr(n, "value_float");
+        if (f && n.output_size() == 1) consts_[n.output(0)] = Const{{}, {double(f->f())}};
+        const auto* fs = attr(n, "value_ints");
+        if (fs && n.output_size() == 1)
+          consts_[n.output(0)] = Const{{int64_t(fs->ints_size())}, {fs->ints().begin(), fs->ints().end()}};
+      } else if ((n.op_type() == "Cast" || n.op_type() == "Identity") && n.input_size() == 1 && n.output_size() == 1 &&
+                 is_const(n.input(0))) {
+        consts_[n.output(0)] = consts_[n.input(0)];
+      }
+    }
+  }
+
+  void add_input() {
+    const ::onnx::ValueInfoProto* input = nullptr;
+    for (const auto& v : g_.input()) {
+      if (is_const(v.name())) continue;  // initializers listed as inputs (older exporters)
+      if (input)
+        throw GraphError(source_ + ": the model has two inputs ('" + input->name() + "', '" + v.name() +
+                         "'); apot imports models of one image input");
+      input = &v;
+    }
+    if (!input) throw GraphError(source_ + ": the model has no input");
+    const auto& type = input->type();
+    if (!type.has_tensor_type() || type.tensor_type().elem_type() != ::onnx::TensorProto::FLOAT)
+      throw GraphError(source_ + ": input '" + input->name() + "' is not a float tensor");
+    const auto& shape = type.tensor_type().shape();
+    if (shape.dim_size() != 4)
+      throw GraphError(source_ + ": input '" + input->name() + "' has " + std::to_string(shape.dim_size()) +
+                       " dimensions; apot imports image models with N x C x H x W inputs");
+    static const char* const what[] = {"batch", "channel", "height", "width"};
+    int dims[4] = {0, 0, 0, 0};
+    for (int d = 1; d < 4; ++d) {
+      const auto& dim = shape.dim(d);
+      if (!dim.has_dim_value() || dim.dim_value() < 1 || dim.dim_value() > 16384)
+        throw GraphError(source_ + ": input '" + input->name() + "' has a dynamic " + what[d] + " (" +
+                         (dim.has_dim_param() ? "'" + dim.dim_param() + "'" : std::string("unknown")) +
+                         "); apot needs a fixed size: export with a fixed " + what[d] +
+                         " (dynamic axes for the batch only)");
+      dims[d] = int(dim.dim_value());
+    }
+    Node in;
+    in.name = "input";
+    in.op = Op::input;
+    in.shape.channels = dims[1];
+    prefixes_.insert(in.name);
+    node_of_[input->name()] = out_.graph.add(in);
+    out_.height = dims[2];
+    out_.width = dims[3];
+  }
+
+  // The inputs of `n` that carry data (not weights, not target shapes).
+  std::vector<std::string> data_inputs(const ::onnx::NodeProto& n) const {
+    const std::string& op = n.op_type();
+    std::vector<std::string> in;
+    const bool first_only = op == "Reshape" || op == "Clip" || op == "Pad" || op == "Conv" ||
+                            op == "BatchNormalization" || op == "Gemm" || op == "Dropout";
+    for (int i = 0; i < n.input_size(); ++i) {
+      if (n.input(i).empty() || is_const(n.input(i))) continue;
+      if (first_only && i > 0) continue;
+      in.push_back(n.input(i));
+    }
+    return in;
+  }
+
+  void mark_data_path() {
+    if (g_.output_size() != 1)
+      throw GraphError(source_ + ": the model has " + std::to_string(g_.output_size()) +
+                       " outputs; apot imports models with one output (the logits)");
+    std::set<std::string> needed{g_.output(0).name()};
+    used_.assign(size_t(g_.node_size()), false);
+    for (int i = g_.node_size() - 1; i >= 0; --i) {
+      const auto& n = g_.node(i);
+      bool use = false;
+      for (const auto& o : n.output()) use |= needed.count(o) > 0;
+      if (!use || (n.output_size() == 1 && is_const(n.output(0)))) continue;
+      used_[size_t(i)] = true;
+      for (const auto& v : data_inputs(n)) {
+        needed.insert(v);
+        ++uses_[v];
+      }
+    }
+  }
+
+  void convert(const ::onnx::NodeProto& n) {
+    const std::string& op = n.op_type();
+    if (!n.domain().empty() && n.domain() != "ai.onnx") fail(n, "ops of domain '" + n.domain() + "' are not supported");
+    if (n.output_size() < 1) fail(n, "has no output");
+    for (int i = 1; i < n.output_size(); ++i)
+      if (!n.output(i).empty() && uses_.count(n.output(i)) && !(op == "Dropout"))
+        fail(n, "only its first output may be used");
+    if (op == "Conv") return conv(n);
+    if (op == "BatchNormalization") return batch_norm(n);
+    if (op == "Relu") return relu(n);
+    if (op == "Clip") return clip(n);
+    if (op == "Add") return add(n);
+    if (op == "MaxPool" || op == "AveragePool") return pool(n);
+    if (op == "GlobalAveragePool") return simple(n, Op::global_avg_pool);
+    if (op == "Flatten") {
+      if (attr_int(n, "axis", 1) != 1) fail(n, "only axis 1 is supported");
+      return simple(n, Op::flatten);
+    }
+    if (op == "Reshape") return reshape(n);
+    if (op == "Gemm") return gemm(n);
+    if (op == "MatMul") return matmul(n);
+    if (op == "Identity" || op == "Dropout") return alias(n, data(n, 0));
+    if (op == "Pad") return pad(n);
+    fail(n, "op not supported (apot imports " + std::string(kSupported) + ")");
+  }
+
+  void conv(const ::onnx::NodeProto& n) {
+    const Const& w = constant(n, 1);
+    if (w.dims.size() != 4 || w.dims[2] != w.dims[3]) fail(n, "the weight must be O x I x k x k");
+    const Window win = window(n, int(w.dims[2]));
+    if (win.kernel != w.dims[2]) fail(n, "kernel_shape does not match the weight");
+    Node nd;
+    nd.op = Op::conv;
+    nd.inputs = {data(n, 0)};
+    nd.name = weight_name(n, 1);
+    nd.out_channels = int(w.dims[0]);
+    nd.kernel = win.kernel;
+    nd.stride = win.stride;
+    nd.padding = win.padding;
+    nd.groups = int(attr_int(n, "group", 1));
+    out_.weights[nd.name + ".weight"] = to_array(w);
+    if (n.input_size() > 2 && !n.input(2).empty()) {
+      const Const& b = constant(n, 2);
+      if (b.count() != w.dims[0]) fail(n, "the bias does not match the output channels");
+      nd.bias = true;
+      out_.weights[nd.name + ".bias"] = to_array(b);
+      out_.weights[nd.name + ".bias"].shape = {w.dims[0]};
+    }
+    add_node(std::move(nd), n);
+  }
+
+  void batch_norm(const ::onnx::NodeProto& n) {
+    const int p = fusable(n, {Op::conv, Op::linear}, false);
+    Node& pn = node(p);
+    if (!pn.batch_norm.empty()) fail(n, "follows '" + pn.name + "', which already has a batch norm");
+    if (attr_int(n, "training_mode", 0) != 0) fail(n, "training_mode must be 0 (export in eval mode)");
+    const int64_t channels = pn.out_channels;
+    std::string base = strip_suffix(n.input(1), ".weight");
+    if (base.find("::") != std::string::npos) base.clear();
+    if (base.empty()) base = scoped_name(n.name(), false);
+    const std::string bn = unique(base, pn.name + ".bn");
+    static const char* const names[] = {"weight", "bias", "running_mean", "running_var"};
+    for (int i = 0; i < 4; ++i) {
+      const Const& c = constant(n, i + 1);
+      if (c.count() != channels)
+        fail(n, std::string(names[i]) + " has " + std::to_string(c.count()) + " values for " +
+                    std::to_string(channels) + " channels");
+      Array a = to_array(c);
+      a.shape = {channels};
+      out_.weights[bn + "." + names[i]] = std::move(a);
+    }
+    // apot's batch norms use PyTorch's epsilon (1e-5); another epsilon moves into the variance.
+    const double eps = attr_float(n, "epsilon", 1e-5f);
+    for (float& v : out_.weights[bn + ".running_var"].values) {
+      v = float(double(v) + eps - 1e-5);
+      if (!(v >= 0)) fail(n, "a negative variance");
+    }
+    pn.batch_norm = bn;
+    alias(n, p);
+  }
+
+  void relu(const ::onnx::NodeProto& n) {
+    const int p = data(n, 0);
+    if (node(p).non_negative()) return alias(n, p);  // ReLU of values >= 0 changes nothing
+    fusable(n, {Op::conv, Op::linear, Op::add}, false);
+    node(p).activation = Activation::relu;
+    alias(n, p);
+  }
+
+  void clip(const ::onnx::NodeProto& n) {
+    double lo = -INFINITY, hi = INFINITY;
+    if (const auto* a = attr(n, "min")) lo = a->f();  // opset < 11
+    if (const auto* a = attr(n, "max")) hi = a->f();
+    if (n.input_size() > 1 && !n.input(1).empty()) lo = constant(n, 1).values.at(0);
+    if (n.input_size() > 2 && !n.input(2).empty()) hi = constant(n, 2).values.at(0);
+    if (!std::isfinite(hi)) fail(n, "a clip needs a finite maximum");
+    const int p = fusable(n, {Op::conv, Op::linear, Op::add}, true);
+    Node& pn = node(p);
+    if (pn.activation == Activation::relu) {
+      lo = std::max(lo, 0.0);
+    } else if (pn.activation == Activation::clamp) {
+      lo = std::max(lo, double(pn.clamp_lo));
+      hi = std::min(hi, double(pn.clamp_hi));
+    }
+    if (!std::isfinite(lo) || !(lo < hi)) fail(n, "a clip needs a finite minimum below its maximum");
+    pn.activation = Activation::clamp;
+    pn.clamp_lo = float(lo);
+    pn.clamp_hi = float(hi);
+    alias(n, p);
+  }
+
+  void add(const ::onnx::NodeProto& n) {
+    if (n.input_size() != 2) fail(n, "needs two inputs");
+    const bool c0 = is_const(n.input(0)), c1 = is_const(n.input(1));
+    if (c0 && c1) fail(n, "adds two constants");
+    if (c0 || c1) return add_bias(n, consts_.at(n.input(c0 ? 0 : 1)), c0 ? 1 : 0);
+    Node nd;
+    nd.op = Op::add;
+    nd.inputs = {data(n, 0), data(n, 1)};
+    nd.name = unique(scoped_name(n.name(), true), "add_" + std::to_string(out_.graph.size()));
+    add_node(std::move(nd), n);
+  }
+
+  // Add of a constant: the bias of the conv or linear before it (MatMul + Add, Conv + Add).
+  void add_bias(const ::onnx::NodeProto& n, const Const& b, int data_input) {
+    const int p = data(n, data_input);
+    Node& pn = node(p);
+    if (!pn.has_weights() || !pn.batch_norm.empty() || pn.activation != Activation::none ||
+        uses_[n.input(data_input)] > 1)
+      fail(n, "adds a constant to a value that is not the plain output of a Conv, Gemm or MatMul");
+    if (b.count() != pn.out_channels)
+      fail(n, "adds a constant of " + std::to_string(b.count()) + " values to '" + pn.name + "', which has " +
+                  std::to_string(pn.out_channels) + " channels (only a per-channel bias is supported)");
+    Array& bias = out_.weights[pn.name + ".bias"];
+    if (!pn.bias) bias = Array{{int64_t(pn.out_channels)}, std::vector<float>(size_t(pn.out_channels), 0.f)};
+    for (size_t i = 0; i < bias.values.size(); ++i) bias.values[i] += float(b.values[i]);
+    pn.bias = true;
+    alias(n, p);
+  }
+
+  void pool(const ::onnx::NodeProto& n) {
+    const bool max = n.op_type() == "MaxPool";
+    const Window win = window(n, 0);
+    if (attr_ints(n, "kernel_shape").empty()) fail(n, "needs kernel_shape");
+    if (max && attr_int(n, "storage_order", 0) != 0) fail(n, "storage_order 1 is not supported");
+    if (!max && win.padding > 0 && attr_int(n, "count_include_pad", 0) == 0)
+      fail(n, "padding that the average leaves out (count_include_pad 0) is not supported");
+    Node nd;
+    nd.op = max ? Op::max_pool : Op::avg_pool;
+    nd.inputs = {data(n, 0)};
+    nd.name = unique(scoped_name(n.name(), true), graph::to_string(nd.op));
+    nd.kernel = win.kernel;
+    nd.stride = win.stride;
+    nd.padding = win.padding;
+    add_node(std::move(nd), n);
+  }
+
+  void simple(const ::onnx::NodeProto& n, Op op) {
+    Node nd;
+    nd.op = op;
+    nd.inputs = {data(n, 0)};
+    nd.name = unique(scoped_name(n.name(), true), graph::to_string(op));
+    add_node(std::move(nd), n);
+  }
+
+  // A Reshape is a flatten when its target is [N, -1] or [N, C*H*W] (a constant), or when it
+  // feeds a Gemm or MatMul (which flatten their input anyway) with a target computed from
+  // Shape.
+  void reshape(const ::onnx::NodeProto& n) {
+    if (n.input_size() > 1 && is_const(n.input(1))) {
+      const Const& s = consts_.at(n.input(1));
+      if (s.count() != 2 || s.values[1] == 0) fail(n, "only a reshape to N x features (a flatten) is supported");
+      return simple(n, Op::flatten);
+    }
+    bool feeds_linear = true;
+    for (int i = 0; i < g_.node_size(); ++i) {
+      const auto& c = g_.node(i);
+      if (!used_[size_t(i)]) continue;
+      for (const auto& in : c.input())
+        if (in == n.output(0))
+          feeds_linear &= c.op_type() == "Gemm" || c.op_type() == "MatMul" || c.op_type() == "Dropout";
+    }
+    if (!feeds_linear) fail(n, "a reshape to a shape computed at run time is supported only before Gemm or MatMul");
+    simple(n, Op::flatten);
+  }
+
+  void linear(const ::onnx::NodeProto& n, int weight_input, std::vector<float> w, int64_t out, int64_t in,
+              const Const* bias, double bias_scale) {
+    Node nd;
+    nd.op = Op::linear;
+    nd.inputs = {data(n, 0)};
+    nd.name = weight_name(n, weight_input);
+    nd.out_channels = int(out);
+    out_.weights[nd.name + ".weight"] = Array{{out, in}, std::move(w)};
+    if (bias) {
+      if (bias->count() != out) fail(n, "the bias does not match the output features");
+      Array b{{out}, {}};
+      for (double v : bias->values) b.values.push_back(float(v * bias_scale));
+      nd.bias = true;
+      out_.weights[nd.name + ".bias"] = std::move(b);
+    }
+    add_node(std::move(nd), n);
+  }
+
+  void gemm(const ::onnx::NodeProto& n) {
+    if (attr_int(n, "transA", 0) != 0) fail(n, "transA is not supported");
+    const Const& b = constant(n, 1);
+    if (b.dims.size() != 2) fail(n, "the weight must be 2-D");
+    const bool trans = attr_int(n, "transB", 0) != 0;
+    const int64_t out = trans ? b.dims[0] : b.dims[1], in = trans ? b.dims[1] : b.dims[0];
+    const double alpha = attr_float(n, "alpha", 1.f), beta = attr_float(n, "beta", 1.f);
+    std::vector<float> w(size_t(out * in));
+    for (int64_t o = 0; o < out; ++o)
+      for (int64_t i = 0; i < in; ++i)
+        w[size_t(o * in + i)] = float(alpha * b.values[size_t(trans ? o * in + i : i * out + o)]);
+    const Const* c = n.input_size() > 2 && !n.input(2).empty() ? &constant(n, 2) : nullptr;
+    linear(n, 1, std::move(w), out, in, c, beta);
+  }
+
+  void matmul(const ::onnx::NodeProto& n) {
+    if (n.input_size() != 2 || is_const(n.input(0)) || !is_const(n.input(1)))
+      fail(n, "only data x weight (a constant second input) is supported");
+    const Const& b = consts_.at(n.input(1));
+    if (b.dims.size() != 2) fail(n, "the weight must be 2-D");
+    const int64_t in = b.dims[0], out = b.dims[1];
+    std::vector<float> w(size_t(out * in));
+    for (int64_t o = 0; o < out; ++o)
+      for (int64_t i = 0; i < in; ++i) w[size_t(o * in + i)] = float(b.values[size_t(i * out + o)]);
+    linear(n, 1, std::move(w), out, in, nullptr, 1.0);
+  }
+
+  void pad(const ::onnx::NodeProto& n) {
+    std::vector<double> pads;
+    if (n.input_size() > 1 && !n.input(1).empty()) {
+      pads = constant(n, 1).values;
+    } else {
+      for (int64_t v : attr_ints(n, "pads")) pads.push_back(double(v));
+    }
+    if (!std::all_of(pads.begin(), pads.end(), [](double v) { return v == 0; }))
+      fail(n, "padding by a Pad node is not supported (pad in the Conv or pooling instead)");
+    alias(n, data(n, 0));
+  }
+
+  void finish() {
+    const std::string& output = g_.output(0).name();
+    const auto it = node_of_.find(output);
+    if (it == node_of_.end() || it->second != int(out_.graph.size()) - 1 || it->second == 0)
+      throw GraphError(source_ + ": the output '" + output + "' is not computed by the last node apot imports");
+    auto& g = out_.graph;
+    try {
+      g.infer_shapes(out_.height, out_.width);
+    } catch (const GraphError& e) {
+      throw GraphError(source_ + ": " + e.what());
+    }
+    // The weights must fit the shapes the graph infers.
+    for (int i : g.weight_layers()) {
+      const Node& nd = g[size_t(i)];
+      const Array& w = out_.weights.at(nd.name + ".weight");
+      const int64_t in = nd.op == Op::conv ? g.in_channels_of(i) / nd.groups : g.input_shape_of(i).size();
+      const int64_t have = w.shape[1];
+      if (have != in)
+        throw GraphError(source_ + ": node '" + nd.name + "': the weight takes " + std::to_string(have) + " input " +
+                         (nd.op == Op::conv ? "channels per group" : "features") + ", its input has " +
+                         std::to_string(in));
+    }
+  }
+};
+
+}  // namespace
+
+bool available() { return true; }
+
+Model read_onnx_bytes(const std::string& bytes, const std::string& source) {
+  ::onnx::ModelProto model;
+  if (bytes.empty() || !model.ParseFromString(bytes) || !model.has_graph() || model.graph().node_size() == 0)
+    throw std::runtime_error(source + ": not an ONNX model (corrupt, truncated or another format)");
+  return Importer(model, source, std::filesystem::path(source).stem().string()).run();
+}
+
+Model read_onnx(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) throw std::runtime_error(path + ": cannot open");
+  std::ostringstream ss;
+  ss << in.rdbuf();
+  return read_onnx_bytes(ss.str(), path);
+}
+
+}  // namespace apot::onnx_import
