@@ -3,6 +3,7 @@
 # kind x method x bit-width of the table in docs/RESULTS.md: 1,024 calibration images from the
 # training split, evaluation on the JPEG test set. Resumable: a row whose JSON exists is skipped.
 #   scripts/ptq-table.sh [OUT_DIR]    (default runs/ptq; APOT=build/apot, DATA=imagefolder:data/cifar10-jpeg)
+# METHODS and W2_KINDS choose a part of the table (default all: "recon mse minmax", "apot uniform pot").
 set -euo pipefail
 cd "$(dirname "$0")/.."
 apot=${APOT:-build/apot}
@@ -24,11 +25,11 @@ quantize() {  # quantize KIND WBITS ABITS METHOD
 
 quantize uniform 8 8 minmax
 for bits in 4 3; do
-  for method in recon mse minmax; do
+  for method in ${METHODS:-recon mse minmax}; do
     for kind in apot uniform pot; do quantize "$kind" "$bits" "$bits" "$method"; done
   done
 done
-for kind in apot uniform pot; do quantize "$kind" 2 4 recon; done
+for kind in ${W2_KINDS:-apot uniform pot}; do quantize "$kind" 2 4 recon; done
 for f in "$out"/"$arch"-*.json; do  # one line per row: quantisation, test top-1, calibration seconds
   sed -E 's/.*"calibration_seconds":([0-9.]+).*"quantization":"([^"]*)".*"test_top1":([0-9.]+).*/\2\t\3 %\t\1 s/' "$f"
 done

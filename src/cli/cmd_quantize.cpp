@@ -25,6 +25,7 @@ struct QuantizeOptions {
   std::optional<uint64_t> seed;
   bool per_channel = false, json = false, batch_norm = true, bias_correction = true, report = false;
   int calib = 1024, batch = 128, grid = 100, threads = 0, iters = 400;
+  double qdrop = 0;
 };
 
 // The configuration of the quantised model: the source checkpoint's, the recipe's or the
@@ -92,6 +93,7 @@ void run_quantize(const QuantizeOptions& o) {
   po.bias_correction = o.bias_correction;
   po.sensitivity = o.report;
   po.iters = o.iters;
+  po.drop = o.qdrop;
   po.seed = c.seed;
   std::ostringstream quiet;
   ptq::Result r;
@@ -100,7 +102,8 @@ void run_quantize(const QuantizeOptions& o) {
   } catch (const std::invalid_argument& e) {
     throw UsageError(e.what());
   }
-  const std::string what = fmt::format("{} W{}A{} ({})", c.kind, c.weight_bits, c.act_bits, o.method);
+  const std::string what = fmt::format("{} W{}A{} ({}{})", c.kind, c.weight_bits, c.act_bits, o.method,
+                                       o.qdrop > 0 ? fmt::format(", qdrop {}", o.qdrop) : std::string());
   if (o.json) {
     nlohmann::json layers = nlohmann::json::array();
     for (const auto& l : r.layers)
@@ -179,6 +182,9 @@ void register_quantize(CLI::App& app) {
       ->check(CLI::IsMember({"apot", "pot", "uniform"}));
   cmd->add_option("--method", o->method, "minmax | mse | recon")->capture_default_str();
   cmd->add_option("--iters", o->iters, "recon: optimiser steps per block")->capture_default_str();
+  cmd->add_option("--qdrop", o->qdrop,
+                  "recon: probability of leaving an activation unquantised while a block is learned (QDrop: 0.5)")
+      ->capture_default_str();
   cmd->add_flag("--per-channel", o->per_channel, "one weight alpha per output channel");
   cmd->add_option("--grid", o->grid, "candidate alphas per mse search")->capture_default_str();
   cmd->add_flag("!--no-bn", o->batch_norm, "mse: keep the batch-norm statistics as trained");

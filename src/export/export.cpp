@@ -140,6 +140,11 @@ std::vector<uint8_t> export_model(qat::NetworkImpl& model, const ExportInfo& inf
                                     " has a signed input, which the engine does not run yet");
       const levels::LevelSet wset = levels::LevelSet::make(lq.kind, lq.weight_bits, levels::Role::weight);
       const levels::LevelSet aset = levels::LevelSet::make(lq.kind, lq.act_bits, levels::Role::activation);
+      if (aset.size() > 32)
+        throw std::invalid_argument("export: layer " + node.name + ": its input has " + std::to_string(aset.size()) +
+                                    " " + aset.name() +
+                                    " levels; the engine runs activations of at most 32 levels (5 bits): quantise "
+                                    "them to 5 bits or fewer (the checkpoint still runs in apot eval)");
       if (wset.storage_bits() != 8 || aset.storage_bits() != 8)
         throw std::invalid_argument("export: " + wset.name() + " / " + aset.name() +
                                     " levels do not fit 8-bit integers");

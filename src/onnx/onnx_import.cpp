@@ -10,6 +10,8 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <functional>
+#include <optional>
 #include <set>
 #include <sstream>
 #include <stdexcept>
@@ -37,7 +39,7 @@ struct Const {
 
 const char* const kSupported =
     "Conv, BatchNormalization, Relu, Clip, Add, MaxPool, AveragePool, GlobalAveragePool, Flatten, Reshape, Gemm, "
-    "MatMul, Identity, Dropout, Pad (by zero)";
+    "MatMul, Identity, Dropout, Slice (subsampling) and Pad (of channels): ResNet option-A shortcuts";
 
 // Reads a tensor's elements as doubles; float32/64, float16, int32/64 (shapes, pads, clips).
 // A size that does not match the dimensions means a corrupt file.
@@ -129,6 +131,206 @@ Const decode(const ::onnx::TensorProto& t, const std::string& source) {
   return c;
 }
 
+// ---- constant folding: the shape arithmetic exporters write for Pad's and Reshape's inputs ----
+
+std::vector<int64_t> strides_of(const std::vector<int64_t>& dims) {
+  std::vector<int64_t> st(dims.size(), 1);
+  for (size_t i = dims.size(); i-- > 1;) st[i - 1] = st[i] * dims[i];
+  return st;
+}
+
+// The element of `x` at the multi-index `at` (row-major).
+double element(const Const& x, const std::vector<int64_t>& at) {
+  const auto st = strides_of(x.dims);
+  int64_t off = 0;
+  for (size_t i = 0; i < at.size(); ++i) off += at[i] * st[i];
+  return x.values[size_t(off)];
+}
+
+// Calls f(index) for every multi-index of `dims` in row-major order.
+template <typename F>
+void for_each_index(const std::vector<int64_t>& dims, F f) {
+  int64_t n = 1;
+  for (int64_t d : dims) n *= d;
+  std::vector<int64_t> at(dims.size(), 0);
+  for (int64_t k = 0; k < n; ++k) {
+    f(at);
+    for (size_t i = dims.size(); i-- > 0;) {
+      if (++at[i] < dims[i]) break;
+      at[i] = 0;
+    }
+  }
+}
+
+int64_t axis_of(int64_t axis, size_t rank) {
+  const int64_t a = axis < 0 ? axis + int64_t(rank) : axis;
+  if (a < 0 || a >= int64_t(std::max<size_t>(rank, 1))) throw std::invalid_argument("axis out of range");
+  return a;
+}
+
+// ONNX Slice on one axis: the indices it keeps (start, end clamped as the operator says).
+std::vector<int64_t> slice_indices(int64_t dim, int64_t start, int64_t end, int64_t step) {
+  if (step == 0) throw std::invalid_argument("a zero step");
+  auto clampi = [](int64_t v, int64_t lo, int64_t hi) { return std::min(std::max(v, lo), hi); };
+  if (start < 0) start += dim;
+  if (end < 0) end += dim;
+  std::vector<int64_t> out;
+  if (step > 0) {
+    start = clampi(start, 0, dim);
+    end = clampi(end, 0, dim);
+    for (int64_t i = start; i < end; i += step) out.push_back(i);
+  } else {
+    start = clampi(start, 0, dim - 1);
+    end = clampi(end, -1, dim - 1);
+    for (int64_t i = start; i > end; i += step) out.push_back(i);
+  }
+  return out;
+}
+
+// Folds `n` if it is an op of constant arithmetic and all its inputs are constants; nullopt
+// otherwise. Throws std::invalid_argument for inputs the op does not accept.
+std::optional<Const> fold(const ::onnx::NodeProto& n, const std::vector<const Const*>& in,
+                          const std::function<const ::onnx::AttributeProto*(const std::string&)>& attr) {
+  const std::string& op = n.op_type();
+  auto ints_attr = [&](const std::string& name) {
+    std::vector<int64_t> v;
+    if (const auto* a = attr(name)) v.assign(a->ints().begin(), a->ints().end());
+    return v;
+  };
+  auto as_ints = [](const Const& c) { return std::vector<int64_t>(c.values.begin(), c.values.end()); };
+  if ((op == "Cast" || op == "Identity") && in.size() == 1) return *in[0];
+  if (op == "ConstantOfShape" && in.size() == 1) {
+    Const c;
+    c.dims = as_ints(*in[0]);
+    for (int64_t d : c.dims)
+      if (d < 0 || d > (1 << 20)) throw std::invalid_argument("a bad shape");
+    if (c.count() > (1 << 20)) throw std::invalid_argument("too many values");
+    double value = 0;
+    if (const auto* a = attr("value"); a && a->has_t()) value = decode(a->t(), "value").values.at(0);
+    c.values.assign(size_t(c.count()), value);
+    return c;
+  }
+  if (op == "Reshape" && in.size() == 2) {
+    Const c = *in[0];
+    std::vector<int64_t> dims = as_ints(*in[1]);
+    int64_t known = 1, infer = -1;
+    for (size_t i = 0; i < dims.size(); ++i) {
+      if (dims[i] == 0 && i < in[0]->dims.size()) dims[i] = in[0]->dims[i];
+      if (dims[i] == -1) {
+        if (infer >= 0) throw std::invalid_argument("two -1 dimensions");
+        infer = int64_t(i);
+      } else if (dims[i] > 0) {
+        known *= dims[i];
+      } else {
+        throw std::invalid_argument("a bad shape");
+      }
+    }
+    if (infer >= 0) dims[size_t(infer)] = known > 0 ? int64_t(c.values.size()) / known : 0;
+    c.dims = dims;
+    if (c.count() != int64_t(c.values.size())) throw std::invalid_argument("the shape does not fit");
+    return c;
+  }
+  if ((op == "Unsqueeze" || op == "Squeeze") && !in.empty()) {
+    Const c = *in[0];
+    std::vector<int64_t> axes = in.size() > 1 ? as_ints(*in[1]) : ints_attr("axes");
+    if (op == "Unsqueeze") {
+      const size_t rank = c.dims.size() + axes.size();
+      for (int64_t& a : axes) a = axis_of(a, rank);
+      std::sort(axes.begin(), axes.end());
+      for (int64_t a : axes) c.dims.insert(c.dims.begin() + std::min<int64_t>(a, int64_t(c.dims.size())), 1);
+    } else {
+      std::vector<int64_t> dims;
+      for (size_t i = 0; i < c.dims.size(); ++i) {
+        bool drop = axes.empty() && c.dims[i] == 1;
+        for (int64_t a : axes) drop |= axis_of(a, c.dims.size()) == int64_t(i);
+        if (!drop) dims.push_back(c.dims[i]);
+      }
+      c.dims = dims;
+    }
+    return c;
+  }
+  if (op == "Concat" && !in.empty()) {
+    const auto* a = attr("axis");
+    const int64_t axis = axis_of(a ? a->i() : 0, in[0]->dims.size());
+    Const c;
+    c.dims = in[0]->dims;
+    c.dims[size_t(axis)] = 0;
+    for (const Const* x : in) {
+      if (x->dims.size() != c.dims.size()) throw std::invalid_argument("ranks differ");
+      c.dims[size_t(axis)] += x->dims[size_t(axis)];
+    }
+    c.values.resize(size_t(c.count()));
+    const auto st = strides_of(c.dims);
+    int64_t offset = 0;
+    for (const Const* x : in) {
+      for_each_index(x->dims, [&](const std::vector<int64_t>& at) {
+        int64_t off = 0;
+        for (size_t i = 0; i < at.size(); ++i) off += (at[i] + (int64_t(i) == axis ? offset : 0)) * st[i];
+        c.values[size_t(off)] = element(*x, at);
+      });
+      offset += x->dims[size_t(axis)];
+    }
+    return c;
+  }
+  if (op == "Transpose" && in.size() == 1) {
+    const Const& x = *in[0];
+    std::vector<int64_t> perm = ints_attr("perm");
+    if (perm.empty())
+      for (size_t i = x.dims.size(); i-- > 0;) perm.push_back(int64_t(i));
+    if (perm.size() != x.dims.size()) throw std::invalid_argument("perm does not fit");
+    Const c;
+    for (int64_t p : perm) c.dims.push_back(x.dims.at(size_t(axis_of(p, x.dims.size()))));
+    c.values.reserve(x.values.size());
+    for_each_index(c.dims, [&](const std::vector<int64_t>& at) {
+      std::vector<int64_t> src(at.size());
+      for (size_t i = 0; i < at.size(); ++i) src[size_t(perm[i])] = at[i];
+      c.values.push_back(element(x, src));
+    });
+    return c;
+  }
+  if (op == "Slice" && in.size() >= 3) {
+    const Const& x = *in[0];
+    const auto starts = as_ints(*in[1]), ends = as_ints(*in[2]);
+    std::vector<int64_t> axes = in.size() > 3 ? as_ints(*in[3]) : std::vector<int64_t>{};
+    std::vector<int64_t> steps = in.size() > 4 ? as_ints(*in[4]) : std::vector<int64_t>{};
+    if (axes.empty())
+      for (size_t i = 0; i < starts.size(); ++i) axes.push_back(int64_t(i));
+    if (steps.empty()) steps.assign(starts.size(), 1);
+    if (ends.size() != starts.size() || axes.size() != starts.size() || steps.size() != starts.size())
+      throw std::invalid_argument("starts, ends, axes and steps differ in length");
+    std::vector<std::vector<int64_t>> keep(x.dims.size());
+    for (size_t i = 0; i < x.dims.size(); ++i)
+      for (int64_t k = 0; k < x.dims[i]; ++k) keep[i].push_back(k);
+    for (size_t k = 0; k < starts.size(); ++k) {
+      const auto a = size_t(axis_of(axes[k], x.dims.size()));
+      keep[a] = slice_indices(x.dims[a], starts[k], ends[k], steps[k]);
+    }
+    Const c;
+    for (const auto& k : keep) c.dims.push_back(int64_t(k.size()));
+    for_each_index(c.dims, [&](const std::vector<int64_t>& at) {
+      std::vector<int64_t> src(at.size());
+      for (size_t i = 0; i < at.size(); ++i) src[i] = keep[i][size_t(at[i])];
+      c.values.push_back(element(x, src));
+    });
+    return c;
+  }
+  if (op == "Gather" && in.size() == 2) {
+    const Const& x = *in[0];
+    const Const& idx = *in[1];
+    const auto* a = attr("axis");
+    if (x.dims.size() != 1 || (a && a->i() != 0)) return std::nullopt;
+    Const c;
+    c.dims = idx.dims;
+    for (double i : idx.values) {
+      const int64_t k = int64_t(i) < 0 ? int64_t(i) + x.dims[0] : int64_t(i);
+      if (k < 0 || k >= x.dims[0]) throw std::invalid_argument("an index out of range");
+      c.values.push_back(x.values[size_t(k)]);
+    }
+    return c;
+  }
+  return std::nullopt;
+}
+
 Array to_array(const Const& c) {
   Array a;
   a.shape = c.dims;
@@ -184,6 +386,8 @@ class Importer {
   std::map<std::string, int> uses_;      // value name -> how many used ONNX nodes read it
   std::vector<bool> used_;
   std::set<std::string> prefixes_;  // node names and batch-norm prefixes given out
+  // Values subsampled by a Slice on one of height and width so far: (height step, width step).
+  std::map<std::string, std::pair<int, int>> pending_;
 
   [[noreturn]] void fail(const ::onnx::NodeProto& n, const std::string& what) const {
     graph::detail::fail(source_, n.name().empty() ? n.op_type() : n.name(), n.op_type() + ": " + what);
@@ -298,17 +502,30 @@ class Importer {
   void read_constants() {
     for (const auto& t : g_.initializer()) consts_[t.name()] = decode(t, source_);
     for (const auto& n : g_.node()) {
+      if (n.output_size() != 1) continue;
       if (n.op_type() == "Constant") {
         const auto* v = attr(n, "value");
-        if (v && v->has_t() && n.output_size() == 1) consts_[n.output(0)] = decode(v->t(), source_);
-        const auto* f = attr(n, "value_float");
-        if (f && n.output_size() == 1) consts_[n.output(0)] = Const{{}, {double(f->f())}};
-        const auto* fs = attr(n, "value_ints");
-        if (fs && n.output_size() == 1)
+        if (v && v->has_t()) consts_[n.output(0)] = decode(v->t(), source_);
+        if (const auto* f = attr(n, "value_float")) consts_[n.output(0)] = Const{{}, {double(f->f())}};
+        if (const auto* fs = attr(n, "value_ints"))
           consts_[n.output(0)] = Const{{int64_t(fs->ints_size())}, {fs->ints().begin(), fs->ints().end()}};
-      } else if ((n.op_type() == "Cast" || n.op_type() == "Identity") && n.input_size() == 1 && n.output_size() == 1 &&
-                 is_const(n.input(0))) {
-        consts_[n.output(0)] = consts_[n.input(0)];
+        continue;
+      }
+      std::vector<const Const*> in;
+      for (const auto& v : n.input()) {
+        if (v.empty()) continue;  // an optional input left out
+        const auto it = consts_.find(v);
+        if (it == consts_.end()) break;
+        in.push_back(&it->second);
+      }
+      if (in.empty() || in.size() != size_t(std::count_if(n.input().begin(), n.input().end(),
+                                                          [](const std::string& v) { return !v.empty(); })))
+        continue;
+      try {
+        if (auto c = fold(n, in, [&](const std::string& name) { return attr(n, name); }))
+          consts_[n.output(0)] = std::move(*c);
+      } catch (const std::exception& e) {
+        fail(n, std::string("cannot fold its constant inputs: ") + e.what());
       }
     }
   }
@@ -355,7 +572,7 @@ class Importer {
   std::vector<std::string> data_inputs(const ::onnx::NodeProto& n) const {
     const std::string& op = n.op_type();
     std::vector<std::string> in;
-    const bool first_only = op == "Reshape" || op == "Clip" || op == "Pad" || op == "Conv" ||
+    const bool first_only = op == "Reshape" || op == "Clip" || op == "Pad" || op == "Slice" || op == "Conv" ||
                             op == "BatchNormalization" || op == "Gemm" || op == "Dropout";
     for (int i = 0; i < n.input_size(); ++i) {
       if (n.input(i).empty() || is_const(n.input(i))) continue;
@@ -407,6 +624,7 @@ class Importer {
     if (op == "MatMul") return matmul(n);
     if (op == "Identity" || op == "Dropout") return alias(n, data(n, 0));
     if (op == "Pad") return pad(n);
+    if (op == "Slice") return slice(n);
     fail(n, "op not supported (apot imports " + std::string(kSupported) + ")");
   }
 
@@ -615,6 +833,71 @@ class Importer {
     linear(n, 1, std::move(w), out, in, nullptr, 1.0);
   }
 
+  // The channels of a node's output (shortcut_pad needs them before shapes are inferred).
+  int channels_of(int i) {
+    const Node& nd = node(i);
+    if (nd.op == Op::input) return nd.shape.channels;
+    if (nd.has_weights() || nd.op == Op::shortcut_pad) return nd.out_channels;
+    return channels_of(nd.inputs.at(0));
+  }
+
+  // The shortcut_pad node that `n` extends: its input's producer if that is a shortcut_pad read
+  // by `n` alone, else a new one (stride 1, no padding yet) on the input.
+  int shortcut_pad_for(const ::onnx::NodeProto& n) {
+    const int p = data(n, 0);
+    if (node(p).op == Op::shortcut_pad && uses_[n.input(0)] == 1) return p;
+    Node nd;
+    nd.op = Op::shortcut_pad;
+    nd.inputs = {p};
+    nd.name = unique(scoped_name(n.name(), true), "shortcut_pad");
+    nd.out_channels = channels_of(p);
+    return add_node(std::move(nd), n);
+  }
+
+  // Slice of the image data: subsampling of height and width by one step from 0 (x[:, :, ::2,
+  // ::2]), as option-A shortcuts do; exporters write one Slice per axis, so a height-only step
+  // waits for the width's.
+  void slice(const ::onnx::NodeProto& n) {
+    const std::vector<double> starts = constant(n, 1).values, ends = constant(n, 2).values;
+    std::vector<double> axes, steps;
+    if (n.input_size() > 3 && !n.input(3).empty()) axes = constant(n, 3).values;
+    if (n.input_size() > 4 && !n.input(4).empty()) steps = constant(n, 4).values;
+    if (axes.empty())
+      for (size_t i = 0; i < starts.size(); ++i) axes.push_back(double(i));
+    if (steps.empty()) steps.assign(starts.size(), 1);
+    if (ends.size() != starts.size() || axes.size() != starts.size() || steps.size() != starts.size())
+      fail(n, "starts, ends, axes and steps differ in length");
+    int step[4] = {1, 1, 1, 1};
+    for (size_t k = 0; k < starts.size(); ++k) {
+      const int axis = axes[k] < 0 ? int(axes[k]) + 4 : int(axes[k]);
+      if (axis < 0 || axis > 3 || starts[k] != 0 || ends[k] < 16384 || steps[k] < 1 || steps[k] > 15)
+        fail(n, "only subsampling from the first element (x[:, :, ::s, ::s]) is supported");
+      step[axis] = int(steps[k]);
+    }
+    if (step[0] != 1 || step[1] != 1) fail(n, "only the height and width may be subsampled");
+    auto pending = pending_.find(n.input(0));
+    if (pending != pending_.end()) {  // the other axis of an earlier Slice
+      step[2] *= pending->second.first;
+      step[3] *= pending->second.second;
+    }
+    const int source = pending != pending_.end() ? node_of_.at(n.input(0)) : data(n, 0);
+    if (step[2] != step[3]) {
+      pending_[n.output(0)] = {step[2], step[3]};
+      node_of_[n.output(0)] = source;
+      return;
+    }
+    if (step[2] == 1) return alias(n, source);
+    Node nd;
+    nd.op = Op::shortcut_pad;
+    nd.inputs = {source};
+    nd.name = unique(scoped_name(n.name(), true), "shortcut_pad");
+    nd.stride = step[2];
+    nd.out_channels = channels_of(source);
+    add_node(std::move(nd), n);
+  }
+
+  // Pad by zeros: nothing, or zero channels on both sides alike (option-A shortcuts; after a
+  // subsampling Slice, the same shortcut_pad node).
   void pad(const ::onnx::NodeProto& n) {
     std::vector<double> pads;
     if (n.input_size() > 1 && !n.input(1).empty()) {
@@ -622,9 +905,19 @@ class Importer {
     } else {
       for (int64_t v : attr_ints(n, "pads")) pads.push_back(double(v));
     }
-    if (!std::all_of(pads.begin(), pads.end(), [](double v) { return v == 0; }))
-      fail(n, "padding by a Pad node is not supported (pad in the Conv or pooling instead)");
-    alias(n, data(n, 0));
+    if (n.input_size() > 2 && !n.input(2).empty() && constant(n, 2).values.at(0) != 0)
+      fail(n, "only padding with zeros is supported");
+    const auto* mode = attr(n, "mode");
+    if (mode && !mode->s().empty() && mode->s() != "constant") fail(n, "only constant padding is supported");
+    if (std::all_of(pads.begin(), pads.end(), [](double v) { return v == 0; })) return alias(n, data(n, 0));
+    if (pads.size() != 8 || pads[0] != 0 || pads[4] != 0 || pads[2] != 0 || pads[3] != 0 || pads[6] != 0 ||
+        pads[7] != 0 || pads[1] != pads[5] || pads[1] < 0)
+      fail(n,
+           "only padding channels by the same number on both sides is supported (pad height and width in the "
+           "Conv or pooling instead)");
+    const int p = shortcut_pad_for(n);
+    node(p).out_channels += 2 * int(pads[1]);
+    alias(n, p);
   }
 
   void finish() {

@@ -178,6 +178,7 @@ std::vector<LayerCalibration> calibrate(qat::NetworkImpl& model, const torch::Te
                                         const std::function<void(int, int, const std::string&)>& progress) {
   if (images.dim() != 4 || images.size(0) < 1) throw std::invalid_argument("calibration images must be N x C x H x W");
   if (o.batch < 1 || o.grid < 1) throw std::invalid_argument("calibration batch and grid must be at least 1");
+  if (!(o.drop >= 0 && o.drop < 1)) throw std::invalid_argument("the QDrop probability must be in [0, 1)");
   if (o.method == Method::recon) {
     // The full-precision model of the same weights gives the targets.
     auto reference = std::dynamic_pointer_cast<qat::NetworkImpl>(model.clone());

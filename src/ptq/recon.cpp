@@ -81,6 +81,7 @@ void reconstruct(qat::NetworkImpl& model, qat::NetworkImpl& reference, const tor
     ++number;
     std::vector<Rounding> roundings;
     std::vector<torch::Tensor> alphas;
+    std::vector<double*> drops;  // the layers' input_drop, set while the block is learned
     for (int i = first; i <= last; ++i) {
       const graph::Node& node = g[size_t(i)];
       if (!node.quant.quantized()) continue;
@@ -88,9 +89,11 @@ void reconstruct(qat::NetworkImpl& model, qat::NetworkImpl& reference, const tor
       if (auto* conv = model.conv(node.name)) {
         r = rounding_of(*conv);
         if (conv->quant_options().quantizes_input()) alphas.push_back(conv->act_alpha);
+        drops.push_back(&conv->input_drop);
       } else if (auto* linear = model.linear(node.name)) {
         r = rounding_of(*linear);
         if (linear->quant_options().quantizes_input()) alphas.push_back(linear->act_alpha);
+        drops.push_back(&linear->input_drop);
       }
       if (r) roundings.push_back(std::move(*r));
     }
@@ -129,6 +132,7 @@ void reconstruct(qat::NetworkImpl& model, qat::NetworkImpl& reference, const tor
     torch::manual_seed(o.seed * 1000003 + uint64_t(number));
     double first_loss = 0, last_loss = 0;
     std::vector<torch::Tensor> values(g.size());
+    for (double* d : drops) *d = o.drop;
     for (int it = 0; it < o.iters; ++it) {
       const torch::Tensor pick =
           torch::randint(images.size(0), {std::min<int64_t>(o.recon_batch, images.size(0))}, torch::kLong);
@@ -164,6 +168,7 @@ void reconstruct(qat::NetworkImpl& model, qat::NetworkImpl& reference, const tor
         r.weight->copy_(r.hard().reshape(r.weight->sizes()));
         *r.override_ = torch::Tensor();
       }
+      for (double* d : drops) *d = 0;
     }
     const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
     std::ostringstream line;

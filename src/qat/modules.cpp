@@ -44,10 +44,11 @@ torch::Tensor normalize_layer_weight(const torch::Tensor& weight, const QuantOpt
 }
 
 torch::Tensor quantize_layer_input(const torch::Tensor& input, const torch::Tensor& act_alpha,
-                                   const QuantOptions& options) {
+                                   const QuantOptions& options, double drop) {
   if (!options.quantizes_input()) return input;
   const QuantizerSpec spec{options.kind, options.act_bits, levels::Role::activation, options.variant};
-  return rcf_quantize(input, act_alpha, spec);
+  const torch::Tensor q = rcf_quantize(input, act_alpha, spec);
+  return drop > 0 ? torch::where(torch::rand_like(input) < drop, input, q) : q;
 }
 
 namespace {
@@ -108,7 +109,7 @@ void QuantConv2dImpl::set_quant_options(const QuantOptions& quant) {
 }
 
 torch::Tensor QuantConv2dImpl::forward(const torch::Tensor& input) {
-  return apply(quantize_layer_input(input, act_alpha, quant_),
+  return apply(quantize_layer_input(input, act_alpha, quant_, input_drop),
                weight_override.defined() ? weight_override : quantized_weight());
 }
 
@@ -151,7 +152,7 @@ void QuantLinearImpl::set_quant_options(const QuantOptions& quant) {
 }
 
 torch::Tensor QuantLinearImpl::forward(const torch::Tensor& input) {
-  return apply(quantize_layer_input(input, act_alpha, quant_),
+  return apply(quantize_layer_input(input, act_alpha, quant_, input_drop),
                weight_override.defined() ? weight_override : quantized_weight());
 }
 

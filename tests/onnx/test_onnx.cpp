@@ -116,6 +116,24 @@ TEST(Onnx, OpsNetKeepsBatchNormsAndFusesClipsBiasesAndNoOps) {
     EXPECT_EQ(m.weights.at(std::string("project_bn.") + p).shape, (std::vector<int64_t>{16})) << p;
 }
 
+TEST(Onnx, OptionAShortcutBecomesOneShortcutPadNode) {
+  // x[:, :, ::2, ::2] (two Slice nodes) and F.pad(..., (0, 0, 0, 0, 2, 2)), whose pads come
+  // from a chain of constant ops, make one node: subsample by 2, 4 -> 8 channels.
+  const Model m = read_onnx(fixture("shortcut_a.onnx"));
+  const graph::Graph& g = m.graph;
+  int pads = 0;
+  for (const auto& n : g.nodes()) {
+    if (n.op != Op::shortcut_pad) continue;
+    ++pads;
+    EXPECT_EQ(n.stride, 2);
+    EXPECT_EQ(n.out_channels, 8);
+    EXPECT_EQ(n.inputs, std::vector<int>{g.find("conv1")});
+    EXPECT_EQ(n.shape, (graph::Shape{8, 14, 14}));
+  }
+  EXPECT_EQ(pads, 1);
+  EXPECT_EQ(g.size(), 9u);  // input conv1 conv2 conv3 shortcut add gap flatten fc
+}
+
 TEST(Onnx, UnsupportedOpNamesTheOpAndTheNode) {
   const std::string e = error_of<graph::GraphError>([] { read_onnx(fixture("unsupported_op.onnx")); });
   EXPECT_NE(e.find("unsupported_op.onnx"), std::string::npos) << e;

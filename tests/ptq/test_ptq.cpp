@@ -166,6 +166,42 @@ TEST(Ptq, ReconLearnsARoundingOnTheLevelsThatFitsBetterThanTheNearest) {
   EXPECT_LT(logit_error(*learned, *reference, images()), logit_error(*nearest, *reference, images()));
 }
 
+TEST(Ptq, QDropLeavesInputsUnquantisedOnlyWhileABlockIsLearned) {
+  // A layer with input_drop p keeps about p of its input elements as they are.
+  auto model = random_model(w4a4());
+  auto* conv = model->conv("layer1.0.conv1");
+  const torch::Tensor x = torch::rand({4, 16, 8, 8}) * 2;
+  const torch::Tensor q = apot::qat::quantize_layer_input(x, conv->act_alpha, conv->quant_options());
+  const torch::Tensor half = apot::qat::quantize_layer_input(x, conv->act_alpha, conv->quant_options(), 0.5);
+  const double kept = (half == x).logical_and(q != x).sum().item<double>() / (q != x).sum().item<double>();
+  EXPECT_NEAR(kept, 0.5, 0.05);
+  EXPECT_TRUE(((half == x).logical_or(half == q)).all().item<bool>());
+
+  // Recon with QDrop: deterministic for a seed, different from recon without it, and every
+  // layer quantises its whole input afterwards.
+  apot::ptq::Options recon;
+  recon.batch = 16;
+  recon.method = apot::ptq::Method::recon;
+  recon.iters = 40;
+  apot::ptq::Options qdrop = recon;
+  qdrop.drop = 0.5;
+  auto a = random_model(w4a4()), b = random_model(w4a4()), plain = random_model(w4a4());
+  apot::ptq::calibrate(*a, images(), qdrop);
+  apot::ptq::calibrate(*b, images(), qdrop);
+  apot::ptq::calibrate(*plain, images(), recon);
+  bool differs = false;
+  for (const auto& layer : a->graph().nodes()) {
+    if (const auto* c = a->conv(layer.name)) {
+      EXPECT_EQ(c->input_drop, 0.0) << layer.name;
+      EXPECT_TRUE(torch::equal(c->weight, b->conv(layer.name)->weight)) << layer.name;
+      differs |= !torch::equal(c->weight, plain->conv(layer.name)->weight);
+    }
+  }
+  EXPECT_TRUE(differs);
+  qdrop.drop = 1.0;
+  EXPECT_THROW(apot::ptq::calibrate(*a, images(), qdrop), std::invalid_argument);
+}
+
 TEST(Ptq, QuantizeWritesACheckpointThatEvaluatesToWhatItReported) {
   TempDir data, out;
   apot::test::write_quadrants(data.str(), "train", 160, 1);

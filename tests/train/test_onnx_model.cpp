@@ -60,6 +60,10 @@ TEST(OnnxModel, OpsNetWithBatchNormsClipsGroupsAndMatMulGivesPyTorchsLogits) {
   expect_logits("onnx/ops_net.onnx", read_json(fixture("onnx/ops_net_expected.json")));
 }
 
+TEST(OnnxModel, OptionAShortcutGivesPyTorchsLogits) {
+  expect_logits("onnx/shortcut_a.onnx", read_json(fixture("onnx/shortcut_a_expected.json")));
+}
+
 TEST(OnnxModel, AModelFileKeyNamesTheOnnxFileToo) {
   TrainConfig c;
   c.model_file = fixture("onnx/tiny_cnn.onnx");

@@ -44,6 +44,8 @@ struct Options {
   int recon_batch = 32;    // images per step
   double round_lr = 1e-2;  // Adam learning rate of the rounding variables
   double alpha_lr = 1e-3;  // and of the activation alphas
+  double drop = 0;         // QDrop: the probability of leaving an input element of a block's layer
+                           // unquantised while its rounding is learned (0: off; QDrop uses 0.5)
   uint64_t seed = 1;       // of the images each step draws
 };
 

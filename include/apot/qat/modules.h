@@ -36,8 +36,9 @@ torch::Tensor quantize_layer_weight(const torch::Tensor& weight, const torch::Te
 // The weights as the layer's weight quantiser sees them before clipping: normalised (weight_norm)
 // where the level sets quantise them, unchanged for int8 and float weights.
 torch::Tensor normalize_layer_weight(const torch::Tensor& weight, const QuantOptions& options);
+// `drop`: the probability of keeping an element unquantised (QDrop; 0 in training and inference).
 torch::Tensor quantize_layer_input(const torch::Tensor& input, const torch::Tensor& act_alpha,
-                                   const QuantOptions& options);
+                                   const QuantOptions& options, double drop = 0);
 
 class QuantConv2dImpl : public torch::nn::Cloneable<QuantConv2dImpl> {
  public:
@@ -59,6 +60,9 @@ class QuantConv2dImpl : public torch::nn::Cloneable<QuantConv2dImpl> {
   // When defined, forward() uses it as the quantised weight (post-training reconstruction learns
   // its rounding); not a parameter, never saved.
   torch::Tensor weight_override;
+  // The probability that forward() leaves an input element unquantised (QDrop, during
+  // post-training reconstruction only); never saved.
+  double input_drop = 0;
 
  private:
   torch::nn::Conv2dOptions conv_;
@@ -84,6 +88,9 @@ class QuantLinearImpl : public torch::nn::Cloneable<QuantLinearImpl> {
   // When defined, forward() uses it as the quantised weight (post-training reconstruction learns
   // its rounding); not a parameter, never saved.
   torch::Tensor weight_override;
+  // The probability that forward() leaves an input element unquantised (QDrop, during
+  // post-training reconstruction only); never saved.
+  double input_drop = 0;
 
  private:
   torch::nn::LinearOptions linear_;
