@@ -6,6 +6,7 @@
 #include "apot/graph/architectures.h"
 #include "apot/graph/cost.h"
 #include "apot/graph/serialize.h"
+#include "apot/onnx/onnx_import.h"
 #include "commands.h"
 
 namespace apot::cli {
@@ -40,7 +41,12 @@ void run_cost(const CostOptions& o) {
   const int input = o.input > 0 ? o.input : (imagenet ? 224 : 32);
   const int classes = o.classes > 0 ? o.classes : (imagenet ? 1000 : 10);
   graph::Graph g;
-  if (!o.model_file.empty()) {
+  int height = input, width = input;
+  if (onnx_import::is_onnx_path(o.model_file)) {  // its own input size unless --input says otherwise
+    onnx_import::Model m = onnx_import::read_onnx(o.model_file);
+    g = std::move(m.graph);
+    if (o.input <= 0) height = m.height, width = m.width;
+  } else if (!o.model_file.empty()) {
     g = graph::read_model_file(o.model_file);
   } else {
     graph::ArchOptions ao;
@@ -49,15 +55,16 @@ void run_cost(const CostOptions& o) {
     g = graph::build_architecture(o.arch, ao);
   }
   const auto overrides = parse_layer_bits(o.layer_bits);
-  const graph::CostReport r = graph::compute_cost(g, input, input, o.wbits, o.abits, o.kind, overrides);
+  const graph::CostReport r = graph::compute_cost(g, height, width, o.wbits, o.abits, o.kind, overrides);
   const graph::CostReport uniform =
-      o.kind == "fp" ? r : graph::compute_cost(g, input, input, o.wbits, o.abits, "uniform", overrides);
+      o.kind == "fp" ? r : graph::compute_cost(g, height, width, o.wbits, o.abits, "uniform", overrides);
   if (o.json) {
     nlohmann::json j{{"arch", r.arch},
                      {"kind", o.kind},
                      {"wbits", o.kind == "fp" ? 32 : o.wbits},
                      {"abits", o.kind == "fp" ? 32 : o.abits},
-                     {"input", input},
+                     {"input", height},
+                     {"input_width", width},
                      {"classes", classes},
                      {"macs", r.macs},
                      {"quantized_macs", r.quantized_macs},
@@ -84,7 +91,7 @@ void run_cost(const CostOptions& o) {
       fmt::print("{:<24} {:>12} {:>6} {:>14.0f} {:>12.0f}\n", l.name, l.macs,
                  fmt::format("{}/{}", l.weight_bits, l.act_bits), l.fixops, l.size_bytes);
   }
-  fmt::print("{} {}x{} {} W{}A{}: {:.4f} G MACs ({:.4f} G quantised), {:.1f} M FixOPs", r.arch, input, input, o.kind,
+  fmt::print("{} {}x{} {} W{}A{}: {:.4f} G MACs ({:.4f} G quantised), {:.1f} M FixOPs", r.arch, height, width, o.kind,
              o.kind == "fp" ? 32 : o.wbits, o.kind == "fp" ? 32 : o.abits, r.macs / 1e9, r.quantized_macs / 1e9,
              r.fixops / 1e6);
   if (o.kind != "fp" && o.kind != "uniform")
@@ -102,7 +109,7 @@ void register_cost(CLI::App& app) {
   cmd->add_option("--arch", o->arch,
                   "resnet18 | resnet34 | resnet50 | resnet20 | resnet32 | resnet44 | resnet56 | resnet110")
       ->capture_default_str();
-  cmd->add_option("--model-file", o->model_file, "a model file (docs/MODELS.md) instead of --arch")
+  cmd->add_option("--model-file", o->model_file, "a model file or an ONNX file (docs/MODELS.md) instead of --arch")
       ->check(CLI::ExistingFile);
   cmd->add_option("--shortcut", o->shortcut, "CIFAR ResNet shortcut: A | B")
       ->check(CLI::IsMember({"A", "B"}))

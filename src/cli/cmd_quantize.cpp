@@ -33,6 +33,8 @@ struct QuantizeOptions {
 train::TrainConfig config_of(const QuantizeOptions& o) {
   const bool from_checkpoint = std::filesystem::path(o.model).extension() == ".ckpt";
   const bool onnx = onnx_import::is_onnx_path(o.model);  // its graph comes with it (train::graph_of)
+  if (onnx && (!o.arch.empty() || !o.model_file.empty()))
+    throw UsageError(o.model + ": an ONNX file has its own graph; leave out --arch and --model-file");
   train::TrainConfig c;
   if (from_checkpoint) {
     if (!o.recipe.empty() || !o.arch.empty() || !o.model_file.empty())
@@ -43,15 +45,13 @@ train::TrainConfig config_of(const QuantizeOptions& o) {
     c = train::load_config(o.recipe, o.sets);
   } else {
     c = train::config_from_toml_text("", "the defaults", o.sets);
-    if (onnx && (!o.arch.empty() || !o.model_file.empty()))
-      throw UsageError(o.model + ": an ONNX file has its own graph; leave out --arch and --model-file");
     if (!onnx && o.arch.empty() && o.model_file.empty())
       throw UsageError(o.model + ": a PyTorch state dict needs --arch, --model-file or --recipe");
     if (o.data.empty()) throw UsageError("give --data (the data set the model was trained on)");
   }
   if (!o.arch.empty()) c.arch = o.arch, c.model_file.clear();
   if (!o.model_file.empty()) c.model_file = o.model_file;
-  if (onnx && c.model_file.empty()) c.model_file = o.model;
+  if (onnx) c.model_file = o.model;  // over a recipe's model too: the weights are the ONNX file's
   if (!o.shortcut.empty()) c.shortcut = o.shortcut;
   if (!o.naming.empty()) c.naming = o.naming;
   if (!o.data.empty()) c.data = o.data;
@@ -131,7 +131,10 @@ void run_quantize(const QuantizeOptions& o) {
                                       {"test_top5", r.test.top5},
                                       {"checkpoint", o.out},
                                       {"layers", layers},
-                                      {"sensitivity", sensitivity}}
+                                      {"sensitivity", sensitivity},
+                                      {"sensitivity_baseline_top1", r.sensitivity.empty()
+                                                                        ? nlohmann::json(nullptr)
+                                                                        : nlohmann::json(r.sensitivity_baseline_top1)}}
                            .dump());
     return;
   }
@@ -144,8 +147,9 @@ void run_quantize(const QuantizeOptions& o) {
              r.test.top1, r.test.top5, r.test.count, r.seconds, r.calibration_images);
   if (!r.sensitivity.empty()) {
     fmt::print(
-        "\nsensitivity: each layer quantised alone, the others full precision\n{:<18} {:<12} {:>16} {:>10} {:>12}\n",
-        "layer", "quant", "output SQNR (dB)", "top-1 (%)", "change");
+        "\nsensitivity: each layer quantised alone, the others full precision; change against every layer in "
+        "float calibrated alike ({:.2f} %)\n{:<18} {:<12} {:>16} {:>10} {:>12}\n",
+        r.sensitivity_baseline_top1, "layer", "quant", "output SQNR (dB)", "top-1 (%)", "change");
     for (const auto& l : r.sensitivity)
       fmt::print("{:<18} {:<12} {:>16} {:>10.2f} {:>+12.2f}\n", l.name, l.quant, db(l.output_sqnr_db), l.top1,
                  l.top1_change);

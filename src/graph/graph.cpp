@@ -233,20 +233,24 @@ int64_t Graph::weight_count(int i) const {
 // ---- quantisation ----
 
 namespace {
-// Whether node i's value is known to be >= 0.
-bool non_negative_value(const Graph& g, int i) {
-  const Node& n = g[size_t(i)];
-  switch (n.op) {
-    case Op::input: return false;
-    case Op::conv:
-    case Op::linear: return n.non_negative();
-    case Op::add:
-      if (n.activation != Activation::none) return n.non_negative();
-      for (int j : n.inputs)
-        if (!non_negative_value(g, j)) return false;
-      return true;
-    default: return non_negative_value(g, n.inputs.at(0));
+// Whether each node's value is known to be >= 0, in one pass (nodes come in topological order).
+std::vector<bool> non_negative_values(const Graph& g) {
+  std::vector<bool> v(g.size(), false);
+  for (size_t i = 0; i < g.size(); ++i) {
+    const Node& n = g[i];
+    switch (n.op) {
+      case Op::input: v[i] = false; break;
+      case Op::conv:
+      case Op::linear: v[i] = n.non_negative(); break;
+      case Op::add:
+        v[i] = n.activation != Activation::none
+                   ? n.non_negative()
+                   : std::all_of(n.inputs.begin(), n.inputs.end(), [&](int j) { return bool(v[size_t(j)]); });
+        break;
+      default: v[i] = v[size_t(n.inputs.at(0))];
+    }
   }
+  return v;
 }
 }  // namespace
 
@@ -259,6 +263,7 @@ void assign_quantization(Graph& g, const QuantAssignment& a) {
   }
   const std::vector<int> first = g.first_layers();
   const int last = g.last_layer();
+  const std::vector<bool> non_negative = non_negative_values(g);
   for (int i : g.weight_layers()) {
     Node& n = g[size_t(i)];
     LayerQuant q;
@@ -279,7 +284,7 @@ void assign_quantization(Graph& g, const QuantAssignment& a) {
         q.weight_bits = o->second.weight_bits.value_or(q.weight_bits);
         q.act_bits = o->second.act_bits.value_or(q.act_bits);
       }
-      q.signed_input = !non_negative_value(g, n.inputs.at(0));
+      q.signed_input = !non_negative[size_t(n.inputs.at(0))];
       if (a.check_level_sets) try {
           levels::LevelSet::make(q.kind, q.weight_bits, levels::Role::weight);
           levels::LevelSet::make(q.kind, q.act_bits, levels::Role::activation);

@@ -30,6 +30,7 @@ using graph::Op;
 struct Const {
   std::vector<int64_t> dims;
   std::vector<double> values;
+  std::string error;       // set for a constant apot cannot read: an error only where it is used
   int64_t count() const {  // saturates at 2^40 (more than any tensor apot reads)
     int64_t n = 1;
     for (int64_t d : dims) n = d == 0 ? 0 : std::min<int64_t>(n, (int64_t(1) << 40) / d) * d;
@@ -61,9 +62,15 @@ Const decode(const ::onnx::TensorProto& t, const std::string& source) {
       throw std::runtime_error(source + ": tensor '" + t.name() + "' has " + std::to_string(have) + " values for " +
                                std::to_string(n) + " elements (a corrupt file)");
   };
+  auto check_raw = [&](size_t element_bytes) {
+    if (raw.size() != size_t(n) * element_bytes)
+      throw std::runtime_error(source + ": tensor '" + t.name() + "' has " + std::to_string(raw.size()) +
+                               " bytes of data for " + std::to_string(n) + " elements of " +
+                               std::to_string(element_bytes) + " bytes (a corrupt file)");
+  };
   auto from_raw = [&](auto zero) {
     using T = decltype(zero);
-    check(int64_t(raw.size() / sizeof(T)) + (raw.size() % sizeof(T) ? 1 : 0));
+    check_raw(sizeof(T));
     c.values.resize(size_t(n));
     for (int64_t i = 0; i < n; ++i) {
       T v;
@@ -108,7 +115,7 @@ Const decode(const ::onnx::TensorProto& t, const std::string& source) {
       // float16 is stored as raw bytes or in int32_data, one value per element.
       std::vector<uint16_t> bits;
       if (!raw.empty()) {
-        check(int64_t(raw.size() / 2) + int64_t(raw.size() % 2));
+        check_raw(2);
         bits.resize(size_t(n));
         std::memcpy(bits.data(), raw.data(), size_t(n) * 2);
       } else {
@@ -124,9 +131,14 @@ Const decode(const ::onnx::TensorProto& t, const std::string& source) {
       }
       break;
     }
-    default:
-      throw GraphError(source + ": tensor '" + t.name() + "' has element type " + std::to_string(t.data_type()) +
+    default: {
+      std::string type = ::onnx::TensorProto_DataType_IsValid(t.data_type())
+                             ? ::onnx::TensorProto_DataType_Name(::onnx::TensorProto_DataType(t.data_type()))
+                             : std::string();
+      if (type.empty()) type = std::to_string(t.data_type());
+      throw GraphError(source + ": tensor '" + t.name() + "' has element type " + type +
                        ", apot reads float, double, float16, int32 and int64 tensors");
+    }
   }
   return c;
 }
@@ -171,6 +183,8 @@ int64_t axis_of(int64_t axis, size_t rank) {
 // ONNX Slice on one axis: the indices it keeps (start, end clamped as the operator says).
 std::vector<int64_t> slice_indices(int64_t dim, int64_t start, int64_t end, int64_t step) {
   if (step == 0) throw std::invalid_argument("a zero step");
+  // A step beyond the dimension keeps the first element only (and i += step cannot overflow).
+  step = std::max<int64_t>(std::min<int64_t>(step, std::max<int64_t>(dim, 1)), -std::max<int64_t>(dim, 1));
   auto clampi = [](int64_t v, int64_t lo, int64_t hi) { return std::min(std::max(v, lo), hi); };
   if (start < 0) start += dim;
   if (end < 0) end += dim;
@@ -197,22 +211,41 @@ std::optional<Const> fold(const ::onnx::NodeProto& n, const std::vector<const Co
     if (const auto* a = attr(name)) v.assign(a->ints().begin(), a->ints().end());
     return v;
   };
-  auto as_ints = [](const Const& c) { return std::vector<int64_t>(c.values.begin(), c.values.end()); };
+  auto as_ints = [](const Const* c) {
+    if (!c) throw std::invalid_argument("a missing input");
+    std::vector<int64_t> v;
+    for (double x : c->values) {  // INT64_MIN / INT64_MAX (Slice's "to the end") clamp to +-2^62
+      if (std::isnan(x)) throw std::invalid_argument("a value that is not a number");
+      v.push_back(int64_t(std::clamp(x, -4.6e18, 4.6e18)));
+    }
+    return v;
+  };
+  // Inputs left out (nullptr) only where the op allows; every input small (shape arithmetic).
+  for (const Const* c : in)
+    if (c && (c->count() > (1 << 20) ||
+              std::any_of(c->dims.begin(), c->dims.end(), [](int64_t d) { return d > (1 << 20); })))
+      return std::nullopt;
+  if (in.empty() || !in[0]) return std::nullopt;
   if ((op == "Cast" || op == "Identity") && in.size() == 1) return *in[0];
   if (op == "ConstantOfShape" && in.size() == 1) {
     Const c;
-    c.dims = as_ints(*in[0]);
+    c.dims = as_ints(in[0]);
     for (int64_t d : c.dims)
       if (d < 0 || d > (1 << 20)) throw std::invalid_argument("a bad shape");
     if (c.count() > (1 << 20)) throw std::invalid_argument("too many values");
     double value = 0;
-    if (const auto* a = attr("value"); a && a->has_t()) value = decode(a->t(), "value").values.at(0);
+    if (const auto* a = attr("value"); a && a->has_t()) {
+      const Const v = decode(a->t(), "value");
+      if (v.values.size() != 1)
+        throw std::invalid_argument("a value of " + std::to_string(v.values.size()) + " elements");
+      value = v.values[0];
+    }
     c.values.assign(size_t(c.count()), value);
     return c;
   }
   if (op == "Reshape" && in.size() == 2) {
     Const c = *in[0];
-    std::vector<int64_t> dims = as_ints(*in[1]);
+    std::vector<int64_t> dims = as_ints(in[1]);
     int64_t known = 1, infer = -1;
     for (size_t i = 0; i < dims.size(); ++i) {
       if (dims[i] == 0 && i < in[0]->dims.size()) dims[i] = in[0]->dims[i];
@@ -220,7 +253,7 @@ std::optional<Const> fold(const ::onnx::NodeProto& n, const std::vector<const Co
         if (infer >= 0) throw std::invalid_argument("two -1 dimensions");
         infer = int64_t(i);
       } else if (dims[i] > 0) {
-        known *= dims[i];
+        known = std::min<int64_t>(known * dims[i], int64_t(1) << 40);
       } else {
         throw std::invalid_argument("a bad shape");
       }
@@ -232,7 +265,7 @@ std::optional<Const> fold(const ::onnx::NodeProto& n, const std::vector<const Co
   }
   if ((op == "Unsqueeze" || op == "Squeeze") && !in.empty()) {
     Const c = *in[0];
-    std::vector<int64_t> axes = in.size() > 1 ? as_ints(*in[1]) : ints_attr("axes");
+    std::vector<int64_t> axes = in.size() > 1 && in[1] ? as_ints(in[1]) : ints_attr("axes");
     if (op == "Unsqueeze") {
       const size_t rank = c.dims.size() + axes.size();
       for (int64_t& a : axes) a = axis_of(a, rank);
@@ -256,7 +289,7 @@ std::optional<Const> fold(const ::onnx::NodeProto& n, const std::vector<const Co
     c.dims = in[0]->dims;
     c.dims[size_t(axis)] = 0;
     for (const Const* x : in) {
-      if (x->dims.size() != c.dims.size()) throw std::invalid_argument("ranks differ");
+      if (!x || x->dims.size() != c.dims.size()) throw std::invalid_argument("ranks differ");
       c.dims[size_t(axis)] += x->dims[size_t(axis)];
     }
     c.values.resize(size_t(c.count()));
@@ -278,6 +311,12 @@ std::optional<Const> fold(const ::onnx::NodeProto& n, const std::vector<const Co
     if (perm.empty())
       for (size_t i = x.dims.size(); i-- > 0;) perm.push_back(int64_t(i));
     if (perm.size() != x.dims.size()) throw std::invalid_argument("perm does not fit");
+    std::vector<bool> seen(perm.size(), false);
+    for (int64_t& p : perm) {
+      p = axis_of(p, x.dims.size());
+      if (seen[size_t(p)]) throw std::invalid_argument("perm is not a permutation");
+      seen[size_t(p)] = true;
+    }
     Const c;
     for (int64_t p : perm) c.dims.push_back(x.dims.at(size_t(axis_of(p, x.dims.size()))));
     c.values.reserve(x.values.size());
@@ -290,9 +329,9 @@ std::optional<Const> fold(const ::onnx::NodeProto& n, const std::vector<const Co
   }
   if (op == "Slice" && in.size() >= 3) {
     const Const& x = *in[0];
-    const auto starts = as_ints(*in[1]), ends = as_ints(*in[2]);
-    std::vector<int64_t> axes = in.size() > 3 ? as_ints(*in[3]) : std::vector<int64_t>{};
-    std::vector<int64_t> steps = in.size() > 4 ? as_ints(*in[4]) : std::vector<int64_t>{};
+    const auto starts = as_ints(in[1]), ends = as_ints(in[2]);
+    std::vector<int64_t> axes = in.size() > 3 && in[3] ? as_ints(in[3]) : std::vector<int64_t>{};
+    std::vector<int64_t> steps = in.size() > 4 && in[4] ? as_ints(in[4]) : std::vector<int64_t>{};
     if (axes.empty())
       for (size_t i = 0; i < starts.size(); ++i) axes.push_back(int64_t(i));
     if (steps.empty()) steps.assign(starts.size(), 1);
@@ -314,7 +353,7 @@ std::optional<Const> fold(const ::onnx::NodeProto& n, const std::vector<const Co
     });
     return c;
   }
-  if (op == "Gather" && in.size() == 2) {
+  if (op == "Gather" && in.size() == 2 && in[1]) {
     const Const& x = *in[0];
     const Const& idx = *in[1];
     const auto* a = attr("axis");
@@ -329,6 +368,12 @@ std::optional<Const> fold(const ::onnx::NodeProto& n, const std::vector<const Co
     return c;
   }
   return std::nullopt;
+}
+
+std::string dims_str(const std::vector<int64_t>& dims) {
+  std::string s;
+  for (int64_t d : dims) s += (s.empty() ? "" : " x ") + std::to_string(d);
+  return s.empty() ? "a scalar" : s;
 }
 
 Array to_array(const Const& c) {
@@ -371,6 +416,7 @@ class Importer {
     read_constants();
     add_input();
     mark_data_path();
+    node_uses_ = {uses_[input_name_]};
     for (int i = 0; i < g_.node_size(); ++i)
       if (used_[size_t(i)]) convert(g_.node(i));
     finish();
@@ -384,6 +430,8 @@ class Importer {
   std::map<std::string, Const> consts_;  // by value name
   std::map<std::string, int> node_of_;   // value name -> graph node that produces it
   std::map<std::string, int> uses_;      // value name -> how many used ONNX nodes read it
+  std::vector<int> node_uses_;           // graph node -> how many used ONNX nodes read its value
+  std::string input_name_;
   std::vector<bool> used_;
   std::set<std::string> prefixes_;  // node names and batch-norm prefixes given out
   // Values subsampled by a Slice on one of height and width so far: (height step, width step).
@@ -420,23 +468,28 @@ class Importer {
     int kernel = 1, stride = 1, padding = 0;
   };
   Window window(const ::onnx::NodeProto& n, int kernel_from_weights) const {
+    auto one = [&](const char* name, int64_t def, int64_t lo, int64_t hi) {
+      const auto v = attr_ints(n, name);
+      if (v.empty()) return def;
+      if (!std::all_of(v.begin(), v.end(), [&](int64_t x) { return x == v[0]; }) ||
+          v.size() != (std::string(name) == "pads" ? 4u : 2u))
+        fail(n, std::string("only the same ") + name + " in height and width (and on every side) are supported");
+      if (v[0] < lo || v[0] > hi)
+        fail(n, std::string(name) + " " + std::to_string(v[0]) + " is outside " + std::to_string(lo) + ".." +
+                    std::to_string(hi));
+      return v[0];
+    };
     Window w;
-    const auto k = attr_ints(n, "kernel_shape");
-    if (!k.empty() && (k.size() != 2 || k[0] != k[1])) fail(n, "only square 2-D kernels are supported");
-    w.kernel = k.empty() ? kernel_from_weights : int(k[0]);
-    const auto s = attr_ints(n, "strides");
-    if (!s.empty() && (s.size() != 2 || s[0] != s[1])) fail(n, "only equal strides are supported");
-    if (!s.empty()) w.stride = int(s[0]);
-    const auto p = attr_ints(n, "pads");
-    if (!p.empty() && (p.size() != 4 || !std::all_of(p.begin(), p.end(), [&](int64_t v) { return v == p[0]; })))
-      fail(n, "only the same padding on every side is supported");
-    if (!p.empty()) w.padding = int(p[0]);
+    w.kernel = int(one("kernel_shape", kernel_from_weights, 1, 15));
+    w.stride = int(one("strides", 1, 1, 15));
+    w.padding = int(one("pads", 0, 0, 15));
     for (int64_t d : attr_ints(n, "dilations"))
       if (d != 1) fail(n, "dilated windows are not supported");
     const auto* ap = attr(n, "auto_pad");
     if (ap && ap->s() != "NOTSET" && ap->s() != "VALID") fail(n, "auto_pad " + ap->s() + " is not supported");
+    if (ap && ap->s() == "VALID") w.padding = 0;
     if (attr_int(n, "ceil_mode", 0) != 0) fail(n, "ceil_mode is not supported");
-    if (w.kernel < 1 || w.stride < 1 || w.padding < 0) fail(n, "bad window");
+    if (w.kernel < 1) fail(n, "needs kernel_shape");
     return w;
   }
 
@@ -444,14 +497,24 @@ class Importer {
   bool is_const(const std::string& v) const { return consts_.count(v) > 0; }
   const Const& constant(const ::onnx::NodeProto& n, int input) const {
     if (input >= n.input_size() || !is_const(n.input(input)))
-      fail(n, "input " + std::to_string(input) + " must be a constant (a weight)");
-    return consts_.at(n.input(input));
+      fail(n, "input " + std::to_string(input) + " must be a constant (a weight or a value known before the image)");
+    const Const& c = consts_.at(n.input(input));
+    if (!c.error.empty()) throw GraphError(c.error);
+    return c;
+  }
+  // The one value of a scalar constant input (Clip's bounds, Pad's fill).
+  double scalar(const ::onnx::NodeProto& n, int input) const {
+    const Const& c = constant(n, input);
+    if (c.values.size() != 1) fail(n, "input " + std::to_string(input) + " must hold one value");
+    return c.values[0];
   }
   int data(const ::onnx::NodeProto& n, int input) const {
     if (input >= n.input_size()) fail(n, "missing input");
     const auto it = node_of_.find(n.input(input));
     if (it == node_of_.end())
       fail(n, "reads '" + n.input(input) + "', which is neither the image nor computed from it");
+    if (pending_.count(n.input(input)))
+      fail(n, "reads '" + n.input(input) + "', which a Slice subsampled in height or width alone");
     return it->second;
   }
 
@@ -475,12 +538,18 @@ class Importer {
     try {
       const int i = out_.graph.add(std::move(nd));
       node_of_[n.output(0)] = i;
+      node_uses_.push_back(uses_[n.output(0)]);
       return i;
     } catch (const GraphError& e) {
       fail(n, e.what());
     }
   }
-  void alias(const ::onnx::NodeProto& n, int i) { node_of_[n.output(0)] = i; }
+  // `n`'s output is node i's value under another name: the read by `n` gives way to the reads of
+  // that name.
+  void alias(const ::onnx::NodeProto& n, int i) {
+    node_of_[n.output(0)] = i;
+    node_uses_[size_t(i)] += uses_[n.output(0)] - 1;
+  }
 
   // The graph node that produced input 0 of `n` if `n` may be fused into it: produced by one of
   // `ops`, read by `n` alone, with nothing after its linear part (`what` says what is fused).
@@ -490,7 +559,7 @@ class Importer {
     if (std::find(ops.begin(), ops.end(), pn.op) == ops.end())
       fail(n, "follows a " + std::string(graph::to_string(pn.op)) + " node ('" + pn.name +
                   "'), which cannot carry it in apot's graph");
-    if (uses_[n.input(0)] > 1)
+    if (node_uses_[size_t(p)] > 1)
       fail(n,
            "its input '" + n.input(0) + "' is also read by another node, so it cannot be fused into '" + pn.name + "'");
     if (!allow_activation && pn.activation != Activation::none)
@@ -499,33 +568,65 @@ class Importer {
   }
 
   // ---- passes ----
+  // A constant apot cannot read (an element type, external data, a fold that fails) is an error
+  // only if the data path uses it.
+  static Const unreadable(const std::string& why) {
+    Const c;
+    c.error = why;
+    return c;
+  }
+  Const decode_or_error(const ::onnx::TensorProto& t) const {
+    try {
+      return decode(t, source_);
+    } catch (const GraphError& e) {
+      return unreadable(e.what());
+    }
+  }
+
   void read_constants() {
-    for (const auto& t : g_.initializer()) consts_[t.name()] = decode(t, source_);
+    for (const auto& t : g_.initializer()) consts_[t.name()] = decode_or_error(t);
     for (const auto& n : g_.node()) {
       if (n.output_size() != 1) continue;
       if (n.op_type() == "Constant") {
-        const auto* v = attr(n, "value");
-        if (v && v->has_t()) consts_[n.output(0)] = decode(v->t(), source_);
-        if (const auto* f = attr(n, "value_float")) consts_[n.output(0)] = Const{{}, {double(f->f())}};
+        Const c = unreadable(source_ + ": node '" + n.name() + "': Constant: no value apot reads");
+        if (const auto* v = attr(n, "value"); v && v->has_t()) c = decode_or_error(v->t());
+        if (const auto* f = attr(n, "value_float")) c = Const{{}, {double(f->f())}, ""};
+        if (const auto* f = attr(n, "value_int")) c = Const{{}, {double(f->i())}, ""};
         if (const auto* fs = attr(n, "value_ints"))
-          consts_[n.output(0)] = Const{{int64_t(fs->ints_size())}, {fs->ints().begin(), fs->ints().end()}};
+          c = Const{{int64_t(fs->ints_size())}, {fs->ints().begin(), fs->ints().end()}, ""};
+        if (const auto* fs = attr(n, "value_floats"))
+          c = Const{{int64_t(fs->floats_size())}, {fs->floats().begin(), fs->floats().end()}, ""};
+        consts_[n.output(0)] = std::move(c);
         continue;
       }
+      // Inputs by position (nullptr for an optional input left out); all constant, or no fold.
       std::vector<const Const*> in;
+      std::string error;
+      bool constant_inputs = n.input_size() > 0;
       for (const auto& v : n.input()) {
-        if (v.empty()) continue;  // an optional input left out
+        if (v.empty()) {
+          in.push_back(nullptr);
+          continue;
+        }
         const auto it = consts_.find(v);
-        if (it == consts_.end()) break;
+        if (it == consts_.end()) {
+          constant_inputs = false;
+          break;
+        }
+        if (!it->second.error.empty()) error = it->second.error;
         in.push_back(&it->second);
       }
-      if (in.empty() || in.size() != size_t(std::count_if(n.input().begin(), n.input().end(),
-                                                          [](const std::string& v) { return !v.empty(); })))
+      if (!constant_inputs) continue;
+      if (!error.empty()) {
+        consts_[n.output(0)] = unreadable(error);
         continue;
+      }
       try {
         if (auto c = fold(n, in, [&](const std::string& name) { return attr(n, name); }))
           consts_[n.output(0)] = std::move(*c);
       } catch (const std::exception& e) {
-        fail(n, std::string("cannot fold its constant inputs: ") + e.what());
+        consts_[n.output(0)] = unreadable(source_ + ": node '" + n.name() + "': " + n.op_type() +
+                                          ": cannot fold its constant inputs: " + e.what());
       }
     }
   }
@@ -564,6 +665,7 @@ class Importer {
     in.shape.channels = dims[1];
     prefixes_.insert(in.name);
     node_of_[input->name()] = out_.graph.add(in);
+    input_name_ = input->name();
     out_.height = dims[2];
     out_.width = dims[3];
   }
@@ -657,6 +759,7 @@ class Importer {
     const int p = fusable(n, {Op::conv, Op::linear}, false);
     Node& pn = node(p);
     if (!pn.batch_norm.empty()) fail(n, "follows '" + pn.name + "', which already has a batch norm");
+    if (n.input_size() != 5) fail(n, "needs five inputs (x, scale, bias, mean, variance)");
     if (attr_int(n, "training_mode", 0) != 0) fail(n, "training_mode must be 0 (export in eval mode)");
     const int64_t channels = pn.out_channels;
     std::string base = strip_suffix(n.input(1), ".weight");
@@ -673,11 +776,17 @@ class Importer {
       a.shape = {channels};
       out_.weights[bn + "." + names[i]] = std::move(a);
     }
-    // apot's batch norms use PyTorch's epsilon (1e-5); another epsilon moves into the variance.
-    const double eps = attr_float(n, "epsilon", 1e-5f);
-    for (float& v : out_.weights[bn + ".running_var"].values) {
-      v = float(double(v) + eps - 1e-5);
-      if (!(v >= 0)) fail(n, "a negative variance");
+    // apot's batch norms use PyTorch's epsilon (1e-5f); under another epsilon the scale becomes
+    // gamma * sqrt((var + 1e-5) / (var + epsilon)), which computes the same function.
+    const float eps = attr_float(n, "epsilon", 1e-5f);
+    if (!(eps >= 0)) fail(n, "a negative epsilon");
+    if (eps != 1e-5f) {
+      const auto& var = out_.weights[bn + ".running_var"].values;
+      auto& gamma = out_.weights[bn + ".weight"].values;
+      for (size_t c = 0; c < gamma.size(); ++c) {
+        if (!(double(var[c]) + eps > 0)) fail(n, "a variance plus epsilon that is not positive");
+        gamma[c] = float(double(gamma[c]) * std::sqrt((double(var[c]) + 1e-5) / (double(var[c]) + eps)));
+      }
     }
     pn.batch_norm = bn;
     alias(n, p);
@@ -695,8 +804,8 @@ class Importer {
     double lo = -INFINITY, hi = INFINITY;
     if (const auto* a = attr(n, "min")) lo = a->f();  // opset < 11
     if (const auto* a = attr(n, "max")) hi = a->f();
-    if (n.input_size() > 1 && !n.input(1).empty()) lo = constant(n, 1).values.at(0);
-    if (n.input_size() > 2 && !n.input(2).empty()) hi = constant(n, 2).values.at(0);
+    if (n.input_size() > 1 && !n.input(1).empty()) lo = scalar(n, 1);
+    if (n.input_size() > 2 && !n.input(2).empty()) hi = scalar(n, 2);
     if (!std::isfinite(hi)) fail(n, "a clip needs a finite maximum");
     const int p = fusable(n, {Op::conv, Op::linear, Op::add}, true);
     Node& pn = node(p);
@@ -717,7 +826,7 @@ class Importer {
     if (n.input_size() != 2) fail(n, "needs two inputs");
     const bool c0 = is_const(n.input(0)), c1 = is_const(n.input(1));
     if (c0 && c1) fail(n, "adds two constants");
-    if (c0 || c1) return add_bias(n, consts_.at(n.input(c0 ? 0 : 1)), c0 ? 1 : 0);
+    if (c0 || c1) return add_bias(n, constant(n, c0 ? 0 : 1), c0 ? 1 : 0);
     Node nd;
     nd.op = Op::add;
     nd.inputs = {data(n, 0), data(n, 1)};
@@ -729,12 +838,18 @@ class Importer {
   void add_bias(const ::onnx::NodeProto& n, const Const& b, int data_input) {
     const int p = data(n, data_input);
     Node& pn = node(p);
-    if (!pn.has_weights() || !pn.batch_norm.empty() || pn.activation != Activation::none ||
-        uses_[n.input(data_input)] > 1)
+    if (!pn.has_weights() || !pn.batch_norm.empty() || pn.activation != Activation::none || node_uses_[size_t(p)] > 1)
       fail(n, "adds a constant to a value that is not the plain output of a Conv, Gemm or MatMul");
-    if (b.count() != pn.out_channels)
-      fail(n, "adds a constant of " + std::to_string(b.count()) + " values to '" + pn.name + "', which has " +
-                  std::to_string(pn.out_channels) + " channels (only a per-channel bias is supported)");
+    // ONNX broadcasts from the last axis: a per-channel bias is C x 1 x 1 after a Conv, C after
+    // a Gemm or MatMul (leading 1s aside).
+    std::vector<int64_t> dims = b.dims;
+    while (!dims.empty() && dims.front() == 1 && int64_t(dims.size()) > (pn.op == Op::conv ? 3 : 1))
+      dims.erase(dims.begin());
+    const std::vector<int64_t> want =
+        pn.op == Op::conv ? std::vector<int64_t>{pn.out_channels, 1, 1} : std::vector<int64_t>{pn.out_channels};
+    if (dims != want)
+      fail(n, "adds a constant of shape " + dims_str(b.dims) + " to '" + pn.name + "'; only a per-channel bias (" +
+                  dims_str(want) + ") is supported");
     Array& bias = out_.weights[pn.name + ".bias"];
     if (!pn.bias) bias = Array{{int64_t(pn.out_channels)}, std::vector<float>(size_t(pn.out_channels), 0.f)};
     for (size_t i = 0; i < bias.values.size(); ++i) bias.values[i] += float(b.values[i]);
@@ -744,8 +859,8 @@ class Importer {
 
   void pool(const ::onnx::NodeProto& n) {
     const bool max = n.op_type() == "MaxPool";
-    const Window win = window(n, 0);
     if (attr_ints(n, "kernel_shape").empty()) fail(n, "needs kernel_shape");
+    const Window win = window(n, 0);
     if (max && attr_int(n, "storage_order", 0) != 0) fail(n, "storage_order 1 is not supported");
     if (!max && win.padding > 0 && attr_int(n, "count_include_pad", 0) == 0)
       fail(n, "padding that the average leaves out (count_include_pad 0) is not supported");
@@ -797,9 +912,14 @@ class Importer {
     nd.out_channels = int(out);
     out_.weights[nd.name + ".weight"] = Array{{out, in}, std::move(w)};
     if (bias) {
-      if (bias->count() != out) fail(n, "the bias does not match the output features");
+      std::vector<int64_t> dims = bias->dims;
+      while (dims.size() > 1 && dims.front() == 1) dims.erase(dims.begin());
+      if (bias->count() != 1 && dims != std::vector<int64_t>{out})
+        fail(n,
+             "the bias (" + dims_str(bias->dims) + ") does not match the " + std::to_string(out) + " output features");
       Array b{{out}, {}};
-      for (double v : bias->values) b.values.push_back(float(v * bias_scale));
+      for (int64_t o = 0; o < out; ++o)
+        b.values.push_back(float(bias->values[size_t(bias->count() == 1 ? 0 : o)] * bias_scale));
       nd.bias = true;
       out_.weights[nd.name + ".bias"] = std::move(b);
     }
@@ -834,18 +954,25 @@ class Importer {
   }
 
   // The channels of a node's output (shortcut_pad needs them before shapes are inferred).
+  // -1 for a flattened value.
   int channels_of(int i) {
-    const Node& nd = node(i);
-    if (nd.op == Op::input) return nd.shape.channels;
-    if (nd.has_weights() || nd.op == Op::shortcut_pad) return nd.out_channels;
-    return channels_of(nd.inputs.at(0));
+    for (;; i = node(i).inputs.at(0)) {
+      const Node& nd = node(i);
+      if (nd.op == Op::input) return nd.shape.channels;
+      if (nd.has_weights() || nd.op == Op::shortcut_pad) return nd.out_channels;
+      if (nd.op == Op::flatten) return -1;
+    }
   }
 
-  // The shortcut_pad node that `n` extends: its input's producer if that is a shortcut_pad read
-  // by `n` alone, else a new one (stride 1, no padding yet) on the input.
+  // The shortcut_pad node that `n` extends, now producing `n`'s output: its input's producer if
+  // that is a shortcut_pad read by `n` alone, else a new one (stride 1, no padding yet).
   int shortcut_pad_for(const ::onnx::NodeProto& n) {
     const int p = data(n, 0);
-    if (node(p).op == Op::shortcut_pad && uses_[n.input(0)] == 1) return p;
+    if (node(p).op == Op::shortcut_pad && node_uses_[size_t(p)] == 1) {
+      alias(n, p);
+      return p;
+    }
+    if (channels_of(p) < 0) fail(n, "only images (N x C x H x W values) may be padded");
     Node nd;
     nd.op = Op::shortcut_pad;
     nd.inputs = {p};
@@ -869,8 +996,10 @@ class Importer {
       fail(n, "starts, ends, axes and steps differ in length");
     int step[4] = {1, 1, 1, 1};
     for (size_t k = 0; k < starts.size(); ++k) {
+      if (!(std::fabs(axes[k]) <= 4)) fail(n, "an axis out of range");
       const int axis = axes[k] < 0 ? int(axes[k]) + 4 : int(axes[k]);
-      if (axis < 0 || axis > 3 || starts[k] != 0 || ends[k] < 16384 || steps[k] < 1 || steps[k] > 15)
+      if (axis < 0 || axis > 3 || starts[k] != 0 || !(ends[k] >= 16384) || !(steps[k] >= 1 && steps[k] <= 15) ||
+          steps[k] != std::floor(steps[k]))
         fail(n, "only subsampling from the first element (x[:, :, ::s, ::s]) is supported");
       step[axis] = int(steps[k]);
     }
@@ -881,9 +1010,11 @@ class Importer {
       step[3] *= pending->second.second;
     }
     const int source = pending != pending_.end() ? node_of_.at(n.input(0)) : data(n, 0);
+    if (channels_of(source) < 0) fail(n, "only images (N x C x H x W values) may be subsampled");
+    if (step[2] > 15 || step[3] > 15) fail(n, "a step over 15");
     if (step[2] != step[3]) {
+      alias(n, source);
       pending_[n.output(0)] = {step[2], step[3]};
-      node_of_[n.output(0)] = source;
       return;
     }
     if (step[2] == 1) return alias(n, source);
@@ -905,19 +1036,17 @@ class Importer {
     } else {
       for (int64_t v : attr_ints(n, "pads")) pads.push_back(double(v));
     }
-    if (n.input_size() > 2 && !n.input(2).empty() && constant(n, 2).values.at(0) != 0)
+    if ((n.input_size() > 2 && !n.input(2).empty() && scalar(n, 2) != 0) || attr_float(n, "value", 0) != 0)
       fail(n, "only padding with zeros is supported");
     const auto* mode = attr(n, "mode");
     if (mode && !mode->s().empty() && mode->s() != "constant") fail(n, "only constant padding is supported");
     if (std::all_of(pads.begin(), pads.end(), [](double v) { return v == 0; })) return alias(n, data(n, 0));
     if (pads.size() != 8 || pads[0] != 0 || pads[4] != 0 || pads[2] != 0 || pads[3] != 0 || pads[6] != 0 ||
-        pads[7] != 0 || pads[1] != pads[5] || pads[1] < 0)
+        pads[7] != 0 || pads[1] != pads[5] || !(pads[1] >= 0 && pads[1] <= 4096))
       fail(n,
            "only padding channels by the same number on both sides is supported (pad height and width in the "
            "Conv or pooling instead)");
-    const int p = shortcut_pad_for(n);
-    node(p).out_channels += 2 * int(pads[1]);
-    alias(n, p);
+    node(shortcut_pad_for(n)).out_channels += 2 * int(pads[1]);
   }
 
   void finish() {

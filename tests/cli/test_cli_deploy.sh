@@ -38,6 +38,12 @@ expect quantize-eval "pot W3A3 on fashion-mnist"
 check quantize-export 0 "$apot" export --checkpoint "$tmp/q.ckpt" --out "$tmp/q.apot"
 check quantize-run 0 "$apot" run "$tmp/q.apot" --data fashion-mnist --compare "$tmp/q.ckpt" --limit 256 --json
 expect quantize-run '"agreement"'
+# 8-bit activations run in LibTorch only: export refuses them with one line naming a layer.
+check quantize-a8 0 "$apot" quantize --model "$tmp/run/best.ckpt" --kind uniform --wbits 8 --abits 8 --calib 128 \
+  --method minmax --out "$tmp/q8.ckpt"
+check quantize-a8-export 1 "$apot" export --checkpoint "$tmp/q8.ckpt" --out "$tmp/q8.apot"
+one_line quantize-a8-export; expect quantize-a8-export "layer .*: its input has 256 uniform-a8 levels; the engine"
+[ ! -e "$tmp/q8.apot" ] || { echo "FAIL quantize-a8-export: wrote a file"; fail=1; }
 check quantize-small 2 "$apot" quantize --model "$tmp/run/best.ckpt" --calib 64 --out "$tmp/bad.ckpt"
 one_line quantize-small; expect quantize-small "smaller than one batch"
 check quantize-missing 2 "$apot" quantize --model "$tmp/none.pt" --out "$tmp/bad.ckpt"; one_line quantize-missing

@@ -72,6 +72,9 @@ expect eval-mismatch "missing a.weight"; one_line eval-mismatch
 # run, train from one; one line and exit 2 for an unsupported op, a dynamic size or data that
 # does not fit, exit 1 for a corrupt file; nothing written on error.
 onnx="$root/tests/fixtures/onnx"
+check onnx-cost 0 "$apot" cost --model-file "$onnx/shortcut_a.onnx" --layers --json
+expect onnx-cost '"input":28,"input_width":28'
+expect onnx-cost '"name":"shortcut_a.Slice"|"arch":"shortcut_a"'
 check onnx-eval 0 "$apot" eval --model "$onnx/ops_net.onnx" --data fashion-mnist --json
 expect onnx-eval '"model":"ops_net fp32 \(imported ONNX model\)"'
 check onnx-quantize 0 "$apot" quantize --model "$onnx/tiny_cnn.onnx" --data fashion-mnist --calib 256 --kind apot \

@@ -142,6 +142,17 @@ TEST(Onnx, UnsupportedOpNamesTheOpAndTheNode) {
   EXPECT_EQ(e.find('\n'), std::string::npos) << e;
 }
 
+TEST(Onnx, PatternsTheGraphCannotHoldAreErrorsNotOtherFunctions) {
+  // relu(y) + y: fusing the ReLU into y's conv would make the add read relu(y) twice.
+  std::string e = error_of<graph::GraphError>([] { read_onnx(fixture("alias_reuse.onnx")); });
+  EXPECT_NE(e.find("Relu: its input '/conv/Conv_output_0' is also read by another node"), std::string::npos) << e;
+  // conv(x[:, :, ::2]): a height-only subsampling the graph has no node for.
+  e = error_of<graph::GraphError>([] { read_onnx(fixture("half_slice.onnx")); });
+  EXPECT_NE(e.find("Conv: reads '/Slice_output_0', which a Slice subsampled in height or width alone"),
+            std::string::npos)
+      << e;
+}
+
 TEST(Onnx, DynamicHeightIsRefused) {
   const std::string e = error_of<graph::GraphError>([] { read_onnx(fixture("dynamic_hw.onnx")); });
   EXPECT_NE(e.find("dynamic height ('height')"), std::string::npos) << e;

@@ -67,7 +67,8 @@ std::vector<LayerCalibration> calibrate(qat::NetworkImpl& model, const torch::Te
 // output SQNR on the calibration images and the test top-1, to choose mixed precision by.
 struct Sensitivity {
   std::string name, quant;
-  double output_sqnr_db = NAN, top1 = 0, top1_change = 0;  // change: against full precision, in points
+  // change: in points, against every layer in float calibrated alike (Result::sensitivity_baseline_top1)
+  double output_sqnr_db = NAN, top1 = 0, top1_change = 0;
 };
 
 // The blocks of reconstruction as node ranges [first, last]: the nodes up to and including each
@@ -84,6 +85,7 @@ void reconstruct(qat::NetworkImpl& model, qat::NetworkImpl& reference, const tor
 struct Result {
   std::vector<LayerCalibration> layers;
   std::vector<Sensitivity> sensitivity;  // with Options::sensitivity
+  double sensitivity_baseline_top1 = NAN;
   train::EvalResult test;
   int64_t calibration_images = 0;
   double seconds = 0;  // calibration alone
