@@ -68,8 +68,14 @@ Const decode(const ::onnx::TensorProto& t, const std::string& source) {
                                " bytes of data for " + std::to_string(n) + " elements of " +
                                std::to_string(element_bytes) + " bytes (a corrupt file)");
   };
-  auto from_raw = [&](auto zero) {
+  // Elements of type T: from the raw bytes, else from the typed field `field`.
+  auto read = [&](auto zero, const auto& field) {
     using T = decltype(zero);
+    if (raw.empty()) {
+      check(field.size());
+      c.values.assign(field.begin(), field.end());
+      return;
+    }
     check_raw(sizeof(T));
     c.values.resize(size_t(n));
     for (int64_t i = 0; i < n; ++i) {
@@ -79,38 +85,10 @@ Const decode(const ::onnx::TensorProto& t, const std::string& source) {
     }
   };
   switch (t.data_type()) {
-    case ::onnx::TensorProto::FLOAT:
-      if (!raw.empty()) {
-        from_raw(float{});
-      } else {
-        check(t.float_data_size());
-        c.values.assign(t.float_data().begin(), t.float_data().end());
-      }
-      break;
-    case ::onnx::TensorProto::DOUBLE:
-      if (!raw.empty()) {
-        from_raw(double{});
-      } else {
-        check(t.double_data_size());
-        c.values.assign(t.double_data().begin(), t.double_data().end());
-      }
-      break;
-    case ::onnx::TensorProto::INT64:
-      if (!raw.empty()) {
-        from_raw(int64_t{});
-      } else {
-        check(t.int64_data_size());
-        c.values.assign(t.int64_data().begin(), t.int64_data().end());
-      }
-      break;
-    case ::onnx::TensorProto::INT32:
-      if (!raw.empty()) {
-        from_raw(int32_t{});
-      } else {
-        check(t.int32_data_size());
-        c.values.assign(t.int32_data().begin(), t.int32_data().end());
-      }
-      break;
+    case ::onnx::TensorProto::FLOAT: read(float{}, t.float_data()); break;
+    case ::onnx::TensorProto::DOUBLE: read(double{}, t.double_data()); break;
+    case ::onnx::TensorProto::INT64: read(int64_t{}, t.int64_data()); break;
+    case ::onnx::TensorProto::INT32: read(int32_t{}, t.int32_data()); break;
     case ::onnx::TensorProto::FLOAT16: {
       // float16 is stored as raw bytes or in int32_data, one value per element.
       std::vector<uint16_t> bits;
