@@ -29,10 +29,13 @@ qat::QuantPolicy policy_of(const TrainConfig& c) {
   return p;
 }
 
+namespace {
+// The model file (TOML or ONNX) of a configuration: model.file, else an ONNX init.
 std::string model_file_of(const TrainConfig& c) {
   if (!c.model_file.empty()) return c.model_file;
   return onnx_import::is_onnx_path(c.init) ? c.init : std::string();
 }
+}  // namespace
 
 graph::Graph graph_of(const TrainConfig& c, const ModelInfo& info) {
   const int classes = static_cast<int>(info.class_names.size());
