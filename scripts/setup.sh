@@ -18,7 +18,7 @@ packages=(
   libdnnl-dev               # oneDNN: the int8 baseline of the engine benchmark
   libxxhash-dev             # section checksums of the .apot format
   libplplot-dev             # the plots of apot report (its svg device)
-  libonnx-dev               # ONNX import (apot eval / quantize / train --model net.onnx)
+  libonnx-dev libprotobuf-dev  # ONNX import (apot eval / quantize / train --model net.onnx)
   chromium-headless-shell   # the test that opens apot report's page as a person would
 )
 
