@@ -1,5 +1,7 @@
 #include "baselines.h"
 
+#include "apot/qat/network.h"
+
 #include <omp.h>
 
 #include <algorithm>
@@ -52,30 +54,9 @@ torch::Tensor TorchOnednnFp32::forward(const torch::Tensor& input) const {
                                      n.groups);
         break;
       case graph::Op::linear: out = torch::linear(x.flatten(1), weights_[i], biases_[i]); break;
-      case graph::Op::add:
-        out = x;
-        for (size_t k = 1; k < n.inputs.size(); ++k) out = out + v[size_t(n.inputs[k])];
-        break;
-      case graph::Op::max_pool:
-        out = torch::max_pool2d(x, {n.kernel, n.kernel}, {n.stride, n.stride}, {n.padding, n.padding});
-        break;
-      case graph::Op::avg_pool:
-        out = torch::avg_pool2d(x, {n.kernel, n.kernel}, {n.stride, n.stride}, {n.padding, n.padding});
-        break;
-      case graph::Op::global_avg_pool: out = torch::adaptive_avg_pool2d(x, {1, 1}); break;
-      case graph::Op::flatten: out = x.flatten(1); break;
-      case graph::Op::shortcut_pad: {
-        using namespace torch::indexing;
-        const int64_t pad = n.out_channels - x.size(1), before = pad / 2;
-        out = torch::constant_pad_nd(
-            x.index({Slice(), Slice(), Slice(None, None, n.stride), Slice(None, None, n.stride)}),
-            {0, 0, 0, 0, before, pad - before});
-        break;
-      }
+      default: out = qat::run_parameter_free(n, v);
     }
-    if (n.activation == graph::Activation::relu) out = torch::relu(out);
-    if (n.activation == graph::Activation::clamp) out = torch::clamp(out, n.clamp_lo, n.clamp_hi);
-    v[i] = out;
+    v[i] = qat::activate(n, out);
   }
   return v.back().flatten(1);
 }

@@ -16,6 +16,7 @@ struct CostOptions {
   std::string arch = "resnet18", kind = "apot", model_file, shortcut = "A";
   std::vector<std::string> layer_bits;  // NAME=W/A
   int wbits = 4, abits = 4, input = 0, classes = 0;
+  double width_mult = 1.0;
   bool json = false, layers = false;
 };
 
@@ -37,7 +38,7 @@ std::map<std::string, graph::LayerOverride> parse_layer_bits(const std::vector<s
 }
 
 void run_cost(const CostOptions& o) {
-  const bool imagenet = o.arch == "resnet18" || o.arch == "resnet34" || o.arch == "resnet50";
+  const bool imagenet = o.model_file.empty() && graph::default_input_size(o.arch) == 224;
   const int input = o.input > 0 ? o.input : (imagenet ? 224 : 32);
   const int classes = o.classes > 0 ? o.classes : (imagenet ? 1000 : 10);
   graph::Graph g;
@@ -52,6 +53,7 @@ void run_cost(const CostOptions& o) {
     graph::ArchOptions ao;
     ao.num_classes = classes;
     ao.shortcut = o.shortcut;
+    ao.width_mult = o.width_mult;
     g = graph::build_architecture(o.arch, ao);
   }
   const auto overrides = parse_layer_bits(o.layer_bits);
@@ -103,12 +105,17 @@ void run_cost(const CostOptions& o) {
 
 }  // namespace
 
+std::string architecture_list() {
+  std::string out;
+  for (const std::string& a : graph::known_architectures()) out += (out.empty() ? "" : ", ") + a;
+  return out;
+}
+
 void register_cost(CLI::App& app) {
   auto o = std::make_shared<CostOptions>();
   CLI::App* cmd = app.add_subcommand("cost", "MACs, FixOPs and model size of a network (APOT_SPEC section 7)");
-  cmd->add_option("--arch", o->arch,
-                  "resnet18 | resnet34 | resnet50 | resnet20 | resnet32 | resnet44 | resnet56 | resnet110")
-      ->capture_default_str();
+  cmd->add_option("--arch", o->arch, architecture_list())->capture_default_str();
+  cmd->add_option("--width-mult", o->width_mult, "MobileNetV2's width multiplier")->capture_default_str();
   cmd->add_option("--model-file", o->model_file, "a model file or an ONNX file (docs/MODELS.md) instead of --arch")
       ->check(CLI::ExistingFile);
   cmd->add_option("--shortcut", o->shortcut, "CIFAR ResNet shortcut: A | B")
@@ -120,7 +127,7 @@ void register_cost(CLI::App& app) {
   cmd->add_option("--kind", o->kind, "apot | pot | uniform | fp")
       ->check(CLI::IsMember({"apot", "pot", "uniform", "fp"}))
       ->capture_default_str();
-  cmd->add_option("--input", o->input, "input side (default 224 for ImageNet nets, 32 for CIFAR nets)");
+  cmd->add_option("--input", o->input, "input side (default 224 for ImageNet nets, 32 for CIFAR nets and *_cifar)");
   cmd->add_option("--classes", o->classes, "number of classes (default 1000 / 10)");
   cmd->add_flag("--layers", o->layers, "per-layer table");
   cmd->add_flag("--json", o->json, "print one JSON object");

@@ -19,6 +19,7 @@ struct EvalOptions {
   std::string checkpoint, data, arch, shortcut = "A", naming = "apot", model_file, key;
   std::vector<float> mean, stddev;
   int batch = 256, workers = 2, threads = 0;
+  double width_mult = 1.0;
   bool json = false;
 };
 
@@ -47,6 +48,7 @@ void run_eval(const EvalOptions& o) {
     c.model_file = o.model_file;
     c.shortcut = o.shortcut;
     c.naming = o.naming;
+    c.width_mult = o.width_mult;
     c.init = o.checkpoint;
     c.init_key = o.key;
     model = qat::make_network(train::graph_of(c, train::model_info(data::Loader(test_set, lo, {0}))));
@@ -105,7 +107,9 @@ void register_eval(CLI::App& app) {
       ->required();
   cmd->add_option("--data", o->data, "fashion-mnist | mnist:DIR | cifar10:DIR | cifar100:DIR | imagefolder:DIR")
       ->required();
-  cmd->add_option("--arch", o->arch, "architecture of an imported state dict (resnet20, resnet18, ...)");
+  cmd->add_option("--arch", o->arch,
+                  "architecture of an imported state dict: " + architecture_list());
+  cmd->add_option("--width-mult", o->width_mult, "MobileNetV2's width multiplier of --arch")->capture_default_str();
   cmd->add_option("--shortcut", o->shortcut, "CIFAR shortcut of an imported state dict: A | B")->capture_default_str();
   cmd->add_option("--naming", o->naming, "parameter names of --arch: apot (linear, shortcut) | hub (fc, downsample)")
       ->check(CLI::IsMember({"apot", "hub"}))

@@ -17,6 +17,7 @@ struct LevelsOptions {
   std::string kind = "apot";
   std::string role = "activation";
   bool json = false;
+  bool is_signed = false;  // activations: the signed (symmetric) set
 };
 
 std::string fraction(int64_t numerator, int64_t denominator) {
@@ -30,7 +31,11 @@ std::string fraction(int64_t numerator, int64_t denominator) {
 double shortest(float value) { return std::strtod(fmt::format("{}", value).c_str(), nullptr); }
 
 void run_levels(const LevelsOptions& o) {
-  const levels::LevelSet set = levels::LevelSet::make(levels::parse_kind(o.kind), o.bits, levels::parse_role(o.role));
+  const levels::Role role = levels::parse_role(o.role);
+  if (o.is_signed && role != levels::Role::activation)
+    throw UsageError("--signed applies to --role activation (weight levels are always signed)");
+  const levels::LevelSet set = levels::LevelSet::make(levels::parse_kind(o.kind), o.bits,
+                                                      o.is_signed ? levels::Role::signed_activation : role);
   const std::vector<float> values = set.levels();
   const std::vector<int64_t> integers = set.integers();
   if (o.json) {
@@ -74,6 +79,9 @@ void register_levels(CLI::App& app) {
   cmd->add_option("--role,-r", options->role, "weight (signed) | activation (unsigned)")
       ->check(CLI::IsMember({"weight", "activation"}))
       ->capture_default_str();
+  cmd->add_flag("--signed", options->is_signed,
+                "activations that can be negative (no ReLU before the layer): the symmetric set, one bit for the "
+                "sign, as weights");
   cmd->add_flag("--json", options->json, "print one JSON object");
   cmd->callback([options] { run_levels(*options); });
 }

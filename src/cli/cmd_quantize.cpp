@@ -23,6 +23,7 @@ struct QuantizeOptions {
   std::vector<double> mean, stddev;
   std::optional<int> wbits, abits;
   std::optional<uint64_t> seed;
+  std::optional<double> width_mult;
   bool per_channel = false, json = false, batch_norm = true, bias_correction = true, report = false;
   int calib = 1024, batch = 128, grid = 100, threads = 0, iters = 400;
   double qdrop = 0;
@@ -54,6 +55,7 @@ train::TrainConfig config_of(const QuantizeOptions& o) {
   if (onnx) c.model_file = o.model;  // over a recipe's model too: the weights are the ONNX file's
   if (!o.shortcut.empty()) c.shortcut = o.shortcut;
   if (!o.naming.empty()) c.naming = o.naming;
+  if (o.width_mult) c.width_mult = *o.width_mult;
   if (!o.data.empty()) c.data = o.data;
   if (!o.kind.empty()) c.kind = o.kind;
   if (!c.quantized()) throw UsageError("give --kind apot | pot | uniform: " + o.model + " is full precision");
@@ -171,6 +173,7 @@ void register_quantize(CLI::App& app) {
   cmd->add_option("--model-file", o->model_file, "model file (docs/MODELS.md) of a state dict")
       ->check(CLI::ExistingFile);
   cmd->add_option("--shortcut", o->shortcut, "CIFAR ResNet shortcut of a state dict: A | B");
+  cmd->add_option("--width-mult", o->width_mult, "MobileNetV2's width multiplier of --arch");
   cmd->add_option("--naming", o->naming, "parameter names of --arch: apot | hub")
       ->check(CLI::IsMember({"apot", "hub"}));
   cmd->add_option("--recipe", o->recipe, "recipe (TOML) with the model and quantisation, e.g. per-layer overrides")

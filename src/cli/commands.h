@@ -9,6 +9,9 @@
 
 namespace apot::cli {
 
+// The known architectures, comma-separated (for help texts).
+std::string architecture_list();
+
 // Thrown by a subcommand for a user mistake: main prints "apot: error: <what>" and exits 2.
 struct UsageError : std::runtime_error {
   using std::runtime_error::runtime_error;

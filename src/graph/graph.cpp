@@ -22,6 +22,9 @@ constexpr OpRow kOps[] = {
     {Op::global_avg_pool, "global_avg_pool", 1, 1},
     {Op::flatten, "flatten", 1, 1},
     {Op::shortcut_pad, "shortcut_pad", 1, 1},
+    {Op::concat, "concat", 2, 16},
+    {Op::channel_slice, "channel_slice", 1, 1},
+    {Op::channel_shuffle, "channel_shuffle", 1, 1},
 };
 
 const OpRow& row(Op op) {
@@ -121,8 +124,11 @@ void Graph::validate() const {
     if ((n.op == Op::conv || pool) && (n.padding < 0 || n.padding >= std::max(n.kernel, 2)))
       fail(n, "padding must be 0.." + std::to_string(std::max(n.kernel, 2) - 1));
     if (pool && 2 * n.padding > n.kernel) fail(n, "padding must be at most half the kernel");
-    if ((n.has_weights() || n.op == Op::shortcut_pad) && (n.out_channels < 1 || n.out_channels > 65536))
+    if ((n.has_weights() || n.op == Op::shortcut_pad || n.op == Op::channel_slice) &&
+        (n.out_channels < 1 || n.out_channels > 65536))
       fail(n, "out_channels must be 1..65536");
+    if (n.op == Op::channel_slice && (n.begin < 0 || n.begin > 65536)) fail(n, "begin must be 0..65536");
+    if (n.op == Op::channel_shuffle && (n.groups < 1 || n.groups > 65536)) fail(n, "groups must be 1..65536");
     if (n.op == Op::conv && (n.groups < 1 || n.out_channels % n.groups != 0))
       fail(n, "out_channels must be a multiple of groups");
     if (!n.batch_norm.empty() && !n.has_weights()) fail(n, "only conv and linear nodes carry a batch norm");
@@ -175,6 +181,28 @@ void Graph::infer_shapes(int height, int width) {
           fail(n, "out_channels is smaller than its input's " + std::to_string(x.channels));
         out = {n.out_channels, (x.height - 1) / n.stride + 1, (x.width - 1) / n.stride + 1};
         break;
+      case Op::concat:
+        out.channels = 0;
+        for (int j : n.inputs) {
+          const Shape& s = nodes_[size_t(j)].shape;
+          if (s.height != x.height || s.width != x.width)
+            fail(n, "joins '" + nodes_[size_t(n.inputs[0])].name + "' (" + x.str() + ") and '" + nodes_[size_t(j)].name +
+                        "' (" + s.str() + "): heights or widths differ");
+          out.channels += s.channels;
+        }
+        if (out.channels > 65536) fail(n, "more than 65536 channels");
+        break;
+      case Op::channel_slice:
+        if (n.begin + n.out_channels > x.channels)
+          fail(n, "channels " + std::to_string(n.begin) + ".." + std::to_string(n.begin + n.out_channels - 1) +
+                      " of '" + nodes_[size_t(n.inputs[0])].name + "', which has " + std::to_string(x.channels));
+        out.channels = n.out_channels;
+        break;
+      case Op::channel_shuffle:
+        if (x.channels % n.groups != 0)
+          fail(n, "its input '" + nodes_[size_t(n.inputs[0])].name + "' has " + std::to_string(x.channels) +
+                      " channels, not a multiple of groups " + std::to_string(n.groups));
+        break;
     }
     if (out.height < 1 || out.width < 1)
       fail(n, "its input '" + nodes_[size_t(n.inputs[0])].name + "' (" + x.str() + ") is too small");
@@ -210,7 +238,8 @@ int Graph::last_layer() const {
   while (i > 0) {
     const Node& n = nodes_[size_t(i)];
     if (n.has_weights()) return i;
-    if (n.inputs.size() != 1 || n.op == Op::shortcut_pad) return -1;
+    if (n.op != Op::max_pool && n.op != Op::avg_pool && n.op != Op::global_avg_pool && n.op != Op::flatten)
+      return -1;
     i = n.inputs[0];
   }
   return -1;
@@ -243,6 +272,7 @@ std::vector<bool> non_negative_values(const Graph& g) {
       case Op::conv:
       case Op::linear: v[i] = n.non_negative(); break;
       case Op::add:
+      case Op::concat:
         v[i] = n.activation != Activation::none
                    ? n.non_negative()
                    : std::all_of(n.inputs.begin(), n.inputs.end(), [&](int j) { return bool(v[size_t(j)]); });
@@ -287,7 +317,7 @@ void assign_quantization(Graph& g, const QuantAssignment& a) {
       q.signed_input = !non_negative[size_t(n.inputs.at(0))];
       if (a.check_level_sets) try {
           levels::LevelSet::make(q.kind, q.weight_bits, levels::Role::weight);
-          levels::LevelSet::make(q.kind, q.act_bits, levels::Role::activation);
+          levels::LevelSet::make_activation(q.kind, q.act_bits, q.signed_input);
         } catch (const levels::LevelSetError& e) {
           fail(n, e.what());
         }

@@ -48,17 +48,7 @@ ResNetSpec resnet_spec(const std::string& arch, const ArchOptions& o) {
 
 int conv(Graph& g, const std::string& name, const std::string& bn, int input, int out, int k, int stride, int pad,
          bool relu) {
-  Node n;
-  n.name = name;
-  n.op = Op::conv;
-  n.inputs = {input};
-  n.out_channels = out;
-  n.kernel = k;
-  n.stride = stride;
-  n.padding = pad;
-  n.batch_norm = bn;
-  n.activation = relu ? Activation::relu : Activation::none;
-  return g.add(n);
+  return add_conv(g, name, bn, input, {out, k, stride, pad, 1, false, relu ? Activation::relu : Activation::none});
 }
 
 Graph build_resnet(const std::string& arch, const ArchOptions& o) {
@@ -66,10 +56,7 @@ Graph build_resnet(const std::string& arch, const ArchOptions& o) {
   const bool hub = s.stem == Stem::imagenet || o.naming == "hub";
   const std::string projection_name = hub ? "downsample" : "shortcut";
   Graph g;
-  Node input;
-  input.name = "input";
-  input.shape.channels = o.in_channels;
-  int x = g.add(input);
+  int x = add_input(g, o.in_channels);
   const int stem = s.widths.front();
   if (s.stem == Stem::cifar) {
     x = conv(g, "conv1", "bn1", x, stem, 3, 1, 1, true);
@@ -123,18 +110,8 @@ Graph build_resnet(const std::string& arch, const ArchOptions& o) {
       in_planes = out;
     }
   }
-  Node gap;
-  gap.name = "avgpool";
-  gap.op = Op::global_avg_pool;
-  gap.inputs = {x};
-  x = g.add(gap);
-  Node fc;
-  fc.name = hub ? "fc" : "linear";
-  fc.op = Op::linear;
-  fc.inputs = {x};
-  fc.out_channels = o.num_classes;
-  fc.bias = true;
-  g.add(fc);
+  x = add_simple(g, "avgpool", Op::global_avg_pool, {x});
+  add_linear(g, hub ? "fc" : "linear", x, o.num_classes, false);
   return g;
 }
 

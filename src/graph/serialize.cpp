@@ -40,6 +40,8 @@ const std::set<std::string>& allowed_keys(Op op) {
   static const std::set<std::string> pool{"kernel", "stride", "padding"};
   static const std::set<std::string> add{"activation", "clamp"};
   static const std::set<std::string> pad{"stride", "out_channels"};
+  static const std::set<std::string> slice{"begin", "out_channels"};
+  static const std::set<std::string> shuffle{"groups"};
   static const std::set<std::string> input{"channels", "height", "width"};
   static const std::set<std::string> none{};
   switch (op) {
@@ -49,6 +51,8 @@ const std::set<std::string>& allowed_keys(Op op) {
     case Op::avg_pool: return pool;
     case Op::add: return add;
     case Op::shortcut_pad: return pad;
+    case Op::channel_slice: return slice;
+    case Op::channel_shuffle: return shuffle;
     case Op::input: return input;
     default: return none;
   }
@@ -132,7 +136,8 @@ Node node_from_json(const json& j, const std::string& source, const std::map<std
       int_of(j, "kernel", n.op == Op::conv || n.op == Op::max_pool || n.op == Op::avg_pool ? 0 : 1, source, n.name);
   n.stride = int_of(j, "stride", (n.op == Op::max_pool || n.op == Op::avg_pool) ? n.kernel : 1, source, n.name);
   n.padding = int_of(j, "padding", 0, source, n.name);
-  n.groups = int_of(j, "groups", 1, source, n.name);
+  n.groups = int_of(j, "groups", n.op == Op::channel_shuffle ? 0 : 1, source, n.name);
+  n.begin = int_of(j, "begin", 0, source, n.name);
   try {
     n.bias = j.value("bias", false);
     n.batch_norm = j.value("batch_norm", std::string());
@@ -183,14 +188,15 @@ json graph_to_json(const Graph& g) {
       for (int in : n.inputs) inputs.push_back(g[size_t(in)].name);
       j["inputs"] = inputs;
     }
-    if (n.has_weights() || n.op == Op::shortcut_pad) j["out_channels"] = n.out_channels;
+    if (n.has_weights() || n.op == Op::shortcut_pad || n.op == Op::channel_slice) j["out_channels"] = n.out_channels;
+    if (n.op == Op::channel_slice) j["begin"] = n.begin;
     if (n.op == Op::conv || n.op == Op::max_pool || n.op == Op::avg_pool) {
       j["kernel"] = n.kernel;
       j["padding"] = n.padding;
     }
     if (n.op == Op::conv || n.op == Op::max_pool || n.op == Op::avg_pool || n.op == Op::shortcut_pad)
       j["stride"] = n.stride;
-    if (n.op == Op::conv) j["groups"] = n.groups;
+    if (n.op == Op::conv || n.op == Op::channel_shuffle) j["groups"] = n.groups;
     if (n.has_weights()) {
       j["bias"] = n.bias;
       if (!n.batch_norm.empty()) j["batch_norm"] = n.batch_norm;

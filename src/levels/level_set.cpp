@@ -128,11 +128,14 @@ Kind parse_kind(const std::string& name) {
 Role parse_role(const std::string& name) {
   if (name == "weight") return Role::weight;
   if (name == "activation") return Role::activation;
-  throw LevelSetError("unknown role '" + name + "' (expected weight or activation)");
+  if (name == "signed_activation") return Role::signed_activation;
+  throw LevelSetError("unknown role '" + name + "' (expected weight, activation or signed_activation)");
 }
 
 const char* to_string(Kind kind) { return row_of(kind).name; }
-const char* to_string(Role role) { return role == Role::weight ? "weight" : "activation"; }
+const char* to_string(Role role) {
+  return role == Role::weight ? "weight" : role == Role::activation ? "activation" : "signed_activation";
+}
 
 LevelSet LevelSet::make(Kind kind, int bits, Role role) {
   const KindRow& requested = row_of(kind);
@@ -142,10 +145,11 @@ LevelSet LevelSet::make(Kind kind, int bits, Role role) {
     throw LevelSetError(std::string(requested.name) + " " + to_string(role) + " quantisers support " +
                         std::to_string(requested.min_bits) + ".." + std::to_string(requested.max_bits) + " bits, got " +
                         std::to_string(bits));
-  // 2-bit weights are ternary for every kind (APOT_SPEC section 1).
-  const bool ternary = role == Role::weight && bits == 2;
+  // 2-bit weights are ternary for every kind (APOT_SPEC section 1); so are 2-bit signed activations.
+  const bool is_signed = role != Role::activation;
+  const bool ternary = is_signed && bits == 2;
   const KindRow& row = ternary ? row_of(Kind::ternary) : requested;
-  const int B = role == Role::weight ? bits - 1 : bits;
+  const int B = is_signed ? bits - 1 : bits;
   Magnitudes m = row.build(B);
 
   LevelSet set;
@@ -162,7 +166,8 @@ LevelSet LevelSet::make(Kind kind, int bits, Role role) {
 }
 
 std::string LevelSet::name() const {
-  return std::string(to_string(kind_)) + (is_signed() ? "-w" : "-a") + std::to_string(bits_);
+  const char* role = role_ == Role::weight ? "-w" : role_ == Role::activation ? "-a" : "-s";
+  return std::string(to_string(kind_)) + role + std::to_string(bits_);
 }
 
 size_t LevelSet::size() const { return is_signed() ? 2 * magnitudes_.size() - 1 : magnitudes_.size(); }

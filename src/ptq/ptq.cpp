@@ -25,9 +25,6 @@ using torch::indexing::Slice;
 // The most values of one layer's inputs kept for the alpha search (a strided sample beyond).
 constexpr int64_t kMaxSearchValues = int64_t(1) << 22;
 
-qat::QuantizerSpec spec_of(const qat::QuantOptions& q, levels::Role role) {
-  return {q.kind, role == levels::Role::weight ? q.weight_bits : q.act_bits, role, q.variant};
-}
 
 // sum(v^2) and sum((v - Q(v))^2) for one alpha.
 std::pair<double, double> signal_and_noise(const torch::Tensor& values, double alpha, const qat::QuantizerSpec& spec) {
@@ -58,7 +55,7 @@ void calibrate_weight(Layer& layer, const Options& o, LayerCalibration& out) {
   if (!q.quantizes_weight() || q.int8_weights) return;
   torch::NoGradGuard no_grad;
   const torch::Tensor w = layer.normalized_weight().detach();
-  const qat::QuantizerSpec spec = spec_of(q, levels::Role::weight);
+  const qat::QuantizerSpec spec{q.kind, q.weight_bits, levels::Role::weight, q.variant};
   if (layer.weight_alpha.numel() == 1) {
     const auto [alpha, sqnr] = choose_alpha(w.flatten(), w.abs().max().template item<double>(), spec, o);
     layer.weight_alpha.fill_(alpha);
@@ -80,9 +77,9 @@ void calibrate_weight(Layer& layer, const Options& o, LayerCalibration& out) {
 
 // The inputs of weight layer `node` on every calibration batch, through the model as it is now
 // (flattened for linear layers), as one strided sample of at most kMaxSearchValues values; and the
-// largest input seen.
+// largest input seen (the largest magnitude for a signed input).
 std::pair<torch::Tensor, double> layer_inputs(qat::NetworkImpl& model, int node, const torch::Tensor& images,
-                                              int batch) {
+                                              int batch, bool is_signed) {
   torch::NoGradGuard no_grad;
   const std::string& name = model.graph()[size_t(node)].name;
   std::vector<torch::Tensor> samples;
@@ -91,7 +88,7 @@ std::pair<torch::Tensor, double> layer_inputs(qat::NetworkImpl& model, int node,
   for (int64_t start = 0; start < n; start += batch) {
     const torch::Tensor in =
         model.input_of(images.index({Slice(start, std::min<int64_t>(n, start + batch))}), name).flatten();
-    largest = std::max(largest, in.max().item<double>());
+    largest = std::max(largest, (is_signed ? in.abs().max() : in.max()).item<double>());
     const int64_t stride = std::max<int64_t>(1, in.numel() * batches / kMaxSearchValues);
     samples.push_back(in.index({Slice(0, None, stride)}).clone());
   }
@@ -103,8 +100,8 @@ void calibrate_input(qat::NetworkImpl& model, Layer& layer, int node, const torc
                      LayerCalibration& out) {
   const qat::QuantOptions& q = layer.quant_options();
   if (!q.quantizes_input()) return;
-  const auto [values, largest] = layer_inputs(model, node, images, o.batch);
-  const auto [alpha, sqnr] = choose_alpha(values, largest, spec_of(q, levels::Role::activation), o);
+  const auto [values, largest] = layer_inputs(model, node, images, o.batch, q.signed_input);
+  const auto [alpha, sqnr] = choose_alpha(values, largest, q.input_spec(), o);
   torch::NoGradGuard no_grad;
   layer.act_alpha.fill_(alpha);
   out.act_alpha = alpha;

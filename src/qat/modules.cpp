@@ -17,7 +17,7 @@ void QuantOptions::validate() const {
     }
   };
   if (!int8_weights) check(weight_bits, levels::Role::weight);
-  check(act_bits, levels::Role::activation);
+  check(act_bits, input_spec().role);
   if (!(weight_alpha_init >= kernels::kMinAlpha) || !(act_alpha_init >= kernels::kMinAlpha) ||
       !std::isfinite(weight_alpha_init) || !std::isfinite(act_alpha_init))
     throw std::invalid_argument("initial alphas must be finite and positive");
@@ -25,9 +25,17 @@ void QuantOptions::validate() const {
 
 std::string QuantOptions::describe() const {
   std::ostringstream s;
-  s << "W" << (int8_weights ? "8(int8)" : quantizes_weight() ? std::to_string(weight_bits) : "32") << "A" << act_bits;
+  s << "W" << (int8_weights ? "8(int8)" : quantizes_weight() ? std::to_string(weight_bits) : "32") << "A" << act_bits
+    << (signed_input && quantizes_input() ? "s" : "");
   if ((quantizes_weight() && !int8_weights) || quantizes_input()) s << " " << levels::to_string(kind);
   return s.str();
+}
+
+QuantizerSpec QuantOptions::input_spec() const {
+  // Signed inputs: the gradient is 0 outside [-alpha, alpha] on both sides, as the reference's
+  // unsigned activations have above alpha (the cifar variant would pass it below -alpha).
+  if (signed_input) return {kind, act_bits, levels::Role::signed_activation, kernels::SteVariant::imagenet};
+  return {kind, act_bits, levels::Role::activation, variant};
 }
 
 torch::Tensor quantize_layer_weight(const torch::Tensor& weight, const torch::Tensor& weight_alpha,
@@ -46,8 +54,7 @@ torch::Tensor normalize_layer_weight(const torch::Tensor& weight, const QuantOpt
 torch::Tensor quantize_layer_input(const torch::Tensor& input, const torch::Tensor& act_alpha,
                                    const QuantOptions& options, double drop) {
   if (!options.quantizes_input()) return input;
-  const QuantizerSpec spec{options.kind, options.act_bits, levels::Role::activation, options.variant};
-  const torch::Tensor q = rcf_quantize(input, act_alpha, spec);
+  const torch::Tensor q = rcf_quantize(input, act_alpha, options.input_spec());
   return drop > 0 ? torch::where(torch::rand_like(input) < drop, input, q) : q;
 }
 
@@ -198,6 +205,7 @@ QuantOptions QuantPolicy::options_for(const graph::LayerQuant& quant) const {
   } else if (quant.mode == graph::LayerQuant::Mode::quantized) {
     q.weight_bits = quant.weight_bits;
     q.act_bits = quant.act_bits;
+    q.signed_input = quant.signed_input;
   }
   return q;
 }

@@ -19,6 +19,8 @@ std::vector<std::string> split_path(const std::string& path) {
   return parts;
 }
 
+}  // namespace
+
 torch::Tensor activate(const graph::Node& n, torch::Tensor x) {
   switch (n.activation) {
     case graph::Activation::relu: return torch::relu(x);
@@ -27,17 +29,39 @@ torch::Tensor activate(const graph::Node& n, torch::Tensor x) {
   }
 }
 
-// A quantised layer whose input can be negative needs signed activation levels, which training
-// does not have yet: one line naming the layer and the way out.
-void require_unsigned_input(const graph::Node& node) {
-  if (node.quant.signed_input)
-    throw graph::GraphError("node '" + node.name +
-                            "': its input can be negative, and signed activation quantisation is not supported "
-                            "yet; keep this layer in float ([quant.layers] \"" +
-                            node.name + "\" = { full_precision = true })");
+torch::Tensor run_parameter_free(const graph::Node& node, const std::vector<torch::Tensor>& v) {
+  const torch::Tensor& in = v[size_t(node.inputs.at(0))];
+  switch (node.op) {
+    case graph::Op::add: {
+      torch::Tensor out = in;
+      for (size_t k = 1; k < node.inputs.size(); ++k) out = out + v[size_t(node.inputs[k])];
+      return out;
+    }
+    case graph::Op::max_pool:
+      return F::max_pool2d(in, F::MaxPool2dFuncOptions(node.kernel).stride(node.stride).padding(node.padding));
+    case graph::Op::avg_pool:
+      return F::avg_pool2d(in, F::AvgPool2dFuncOptions(node.kernel).stride(node.stride).padding(node.padding));
+    case graph::Op::global_avg_pool: return F::adaptive_avg_pool2d(in, F::AdaptiveAvgPool2dFuncOptions({1, 1}));
+    case graph::Op::flatten: return in.flatten(1);
+    case graph::Op::shortcut_pad: {
+      // Option A: subsample, then zero-pad the channels (half on each side, as the common code).
+      const int64_t pad = node.out_channels - in.size(1), before = pad / 2;
+      return F::pad(in.slice(2, 0, in.size(2), node.stride).slice(3, 0, in.size(3), node.stride),
+                    F::PadFuncOptions({0, 0, 0, 0, before, pad - before}));
+    }
+    case graph::Op::concat: {
+      std::vector<torch::Tensor> parts;
+      for (int j : node.inputs) parts.push_back(v[size_t(j)]);
+      return torch::cat(parts, 1);
+    }
+    case graph::Op::channel_slice: return in.slice(1, node.begin, node.begin + node.out_channels);
+    case graph::Op::channel_shuffle: {
+      const int64_t n = in.size(0), c = in.size(1), h = in.size(2), w = in.size(3);
+      return in.reshape({n, node.groups, c / node.groups, h, w}).transpose(1, 2).reshape({n, c, h, w});
+    }
+    default: throw std::invalid_argument("node '" + node.name + "' (" + graph::to_string(node.op) + ") has parameters");
+  }
 }
-
-}  // namespace
 
 NetworkImpl::NetworkImpl(graph::Graph graph, const QuantPolicy& training)
     : graph_(std::move(graph)), policy_(training) {
@@ -77,7 +101,6 @@ void NetworkImpl::build() {
     const graph::Node& node = graph_[i];
     for (int in : node.inputs) last_use_[size_t(in)] = int(i);
     if (!node.has_weights()) continue;
-    require_unsigned_input(node);
     const QuantOptions q = policy_.options_for(node.quant);
     const int in = shaped.input_shape_of(int(i)).channels;
     if (node.op == graph::Op::conv) {
@@ -152,25 +175,7 @@ torch::Tensor NetworkImpl::compute_node(size_t i, const std::vector<torch::Tenso
       out = linear_[i]->forward(in.flatten(1));
       if (bn1d_[i]) out = bn1d_[i]->forward(out);
       break;
-    case graph::Op::add:
-      out = in;
-      for (size_t k = 1; k < node.inputs.size(); ++k) out = out + v[size_t(node.inputs[k])];
-      break;
-    case graph::Op::max_pool:
-      out = F::max_pool2d(in, F::MaxPool2dFuncOptions(node.kernel).stride(node.stride).padding(node.padding));
-      break;
-    case graph::Op::avg_pool:
-      out = F::avg_pool2d(in, F::AvgPool2dFuncOptions(node.kernel).stride(node.stride).padding(node.padding));
-      break;
-    case graph::Op::global_avg_pool: out = F::adaptive_avg_pool2d(in, F::AdaptiveAvgPool2dFuncOptions({1, 1})); break;
-    case graph::Op::flatten: out = in.flatten(1); break;
-    case graph::Op::shortcut_pad: {
-      // Option A: subsample, then zero-pad the channels (half on each side, as the common code).
-      const int64_t pad = node.out_channels - in.size(1), before = pad / 2;
-      out = F::pad(in.slice(2, 0, in.size(2), node.stride).slice(3, 0, in.size(3), node.stride),
-                   F::PadFuncOptions({0, 0, 0, 0, before, pad - before}));
-      break;
-    }
+    default: out = run_parameter_free(node, v);
   }
   return activate(node, out);
 }
@@ -210,7 +215,6 @@ void NetworkImpl::set_policy(const QuantPolicy& policy) {
   graph::assign_quantization(g, policy.assignment());
   for (size_t i = 0; i < g.size(); ++i) {
     if (!g[i].has_weights()) continue;
-    require_unsigned_input(g[i]);
     const QuantOptions q = policy.options_for(g[i].quant);
     if (conv_[i]) conv_[i]->set_quant_options(q);
     if (linear_[i]) linear_[i]->set_quant_options(q);

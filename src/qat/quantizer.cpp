@@ -233,7 +233,7 @@ torch::Tensor rcf_quantize(const torch::Tensor& input, const torch::Tensor& alph
   if (!input.is_floating_point()) throw std::invalid_argument("rcf_quantize needs a floating-point tensor");
   check_alpha_shape(alpha, input);
   check_alpha_values(alpha);
-  if (spec.role == levels::Role::activation && alpha.numel() != 1)
+  if (spec.role != levels::Role::weight && alpha.numel() != 1)
     throw std::invalid_argument("activation quantisers take one alpha");
   return RcfFunction::apply(input, alpha, spec, norm);
 }

@@ -125,6 +125,11 @@ void Model::Impl::compile() {
       case Op::global_avg_pool: s.kind = StepKind::global_avg_pool; break;
       case Op::flatten: s.kind = StepKind::flatten; break;
       case Op::shortcut_pad: s.kind = StepKind::shortcut_pad; break;
+      case Op::concat:
+      case Op::channel_slice:
+      case Op::channel_shuffle:
+        throw FormatError("node '" + node.name + "': " + graph::to_string(node.op) +
+                          " is not supported by this engine yet");
     }
     if (s.kind == StepKind::max_pool || s.kind == StepKind::avg_pool || s.kind == StepKind::global_avg_pool ||
         s.kind == StepKind::flatten || s.kind == StepKind::shortcut_pad)

@@ -77,6 +77,7 @@ const std::vector<Field>& fields() {
       field("model.arch", &TrainConfig::arch),
       field("model.shortcut", &TrainConfig::shortcut),
       field("model.naming", &TrainConfig::naming),
+      field("model.width_mult", &TrainConfig::width_mult),
       field("model.file", &TrainConfig::model_file),
       field("data.spec", &TrainConfig::data),
       field("data.batch_size", &TrainConfig::batch_size),

@@ -46,7 +46,13 @@ graph::Graph graph_of(const TrainConfig& c, const ModelInfo& info) {
     o.num_classes = classes;
     o.shortcut = c.shortcut;
     o.naming = c.naming;
-    return graph::build_architecture(c.arch, o);
+    o.width_mult = c.width_mult;
+    graph::Graph g = graph::build_architecture(c.arch, o);
+    const graph::Shape& in = g.input().shape;
+    if (in.height > 0 && (in.height != info.height || in.width != info.width))  // VGG's classifier
+      throw ConfigError(c.arch + " takes " + std::to_string(in.height) + "x" + std::to_string(in.width) +
+                        " images, the data gives " + std::to_string(info.height) + "x" + std::to_string(info.width));
+    return g;
   }
   graph::Graph g;
   if (onnx_import::is_onnx_path(file)) {

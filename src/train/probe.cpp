@@ -49,7 +49,7 @@ report::LayerStats layer_stats(const Layer& layer, const torch::Tensor& input) {
   torch::Tensor quantized_input = input;
   if (q.quantizes_input()) {
     quantized_input = qat::quantize_layer_input(input, layer.act_alpha, q);
-    const levels::LevelSet set = levels::LevelSet::make(q.kind, q.act_bits, levels::Role::activation);
+    const levels::LevelSet set = levels::LevelSet::make(q.kind, q.act_bits, q.input_spec().role);
     const double a = layer.act_alpha.template item<double>();
     s.input = report::quantizer_stats(set.name(), to_vector(input), to_vector(quantized_input), scaled(set.levels(), a),
                                       a, false);

@@ -44,6 +44,17 @@ TEST(Cost, MacCountsOfTheSpec) {
   EXPECT_NEAR(r50.quantized_macs / 1e9, 3.9691, 5e-5);
 }
 
+// MAC counts of torchvision's models, counted by PyTorch forward hooks (conv: output size x
+// input channels per group x kernel area; linear: in x out).
+TEST(Cost, MacCountsOfShuffleNetMobileNetAndVgg) {
+  auto macs = [](const char* arch) { return compute_cost(resnet_spec(arch, 3, 1000), 224, 224, 4, 4, "apot").macs; };
+  EXPECT_EQ(macs("mobilenet_v2"), 300774272);
+  EXPECT_EQ(macs("shufflenet_v2_x1_0"), 144907992);
+  EXPECT_EQ(macs("shufflenet_v2_x0_5"), 40476448);
+  EXPECT_EQ(macs("vgg16_bn"), 15470264320);
+  EXPECT_EQ(macs("vgg11_bn"), 7609090048);
+}
+
 TEST(Cost, ModelSizesOfTable3IncludeBatchNorm) {
   auto mib = [](int bits, const char* kind) {
     const auto r = compute_cost(resnet_spec("resnet18", 3, 1000), 224, 224, bits, bits, kind);
@@ -58,5 +69,5 @@ TEST(Cost, ModelSizesOfTable3IncludeBatchNorm) {
 TEST(Cost, BadArguments) {
   EXPECT_THROW(compute_cost(resnet_spec("resnet18", 3, 1000), 224, 224, 1, 4, "apot"), std::invalid_argument);
   EXPECT_THROW(compute_cost(resnet_spec("resnet18", 3, 1000), 224, 224, 4, 4, "lloyd"), std::invalid_argument);
-  EXPECT_THROW(resnet_spec("vgg16", 3, 10), std::invalid_argument);
+  EXPECT_THROW(resnet_spec("vgg16", 3, 10), std::invalid_argument);  // no batch-norm-free VGG
 }

@@ -226,3 +226,98 @@ TEST(ModelFile, ControlAndStrayNonAsciiCharactersAreRefused) {
   EXPECT_NE(error_of([] { model_from_toml_text("name = \"x\"\n[[.\n", "m.toml"); }).find("m.toml:2"),
             std::string::npos);
 }
+
+TEST(ModelFile, ConcatSliceAndShuffle) {
+  Graph g = model(R"(
+[[layer]]
+name = "a"
+op = "conv"
+input = "input"
+out_channels = 6
+kernel = 3
+padding = 1
+activation = "relu"
+[[layer]]
+name = "low"
+op = "channel_slice"
+input = "a"
+begin = 0
+out_channels = 2
+[[layer]]
+name = "high"
+op = "channel_slice"
+input = "a"
+begin = 2
+out_channels = 4
+[[layer]]
+name = "b"
+op = "conv"
+input = "high"
+out_channels = 4
+kernel = 3
+padding = 1
+groups = 4
+[[layer]]
+name = "joined"
+op = "concat"
+inputs = ["low", "b"]
+[[layer]]
+name = "mixed"
+op = "channel_shuffle"
+groups = 2
+[[layer]]
+name = "pool"
+op = "global_avg_pool"
+[[layer]]
+name = "fc"
+op = "linear"
+out_channels = 3
+)");
+  g.infer_shapes(8, 8);
+  EXPECT_EQ(g.at("low").shape, (Shape{2, 8, 8}));
+  EXPECT_EQ(g.at("high").shape, (Shape{4, 8, 8}));
+  EXPECT_EQ(g.at("joined").shape, (Shape{6, 8, 8}));
+  EXPECT_EQ(g.at("mixed").shape, (Shape{6, 8, 8}));
+  EXPECT_EQ(g.at("mixed").groups, 2);
+  // The round trip keeps begin and groups.
+  const Graph back = graph_from_json(graph_to_json(g), "test");
+  EXPECT_EQ(back.at("high").begin, 2);
+  EXPECT_EQ(back.at("high").out_channels, 4);
+  EXPECT_EQ(back.at("mixed").groups, 2);
+  EXPECT_EQ(back.at("joined").inputs, g.at("joined").inputs);
+  // A concat of a ReLU output and a conv without one may be negative: fc reads a signed value
+  // only through the pool, and fc is the int8 last layer, so check with a per-layer override.
+  QuantAssignment a;
+  a.layers["fc"].weight_bits = 4;
+  a.layers["fc"].act_bits = 4;
+  assign_quantization(g, a);
+  EXPECT_TRUE(g.at("fc").quant.signed_input);
+}
+
+TEST(ModelFile, ConcatSliceAndShuffleErrors) {
+  const std::string conv = "[[layer]]\nname = \"a\"\nop = \"conv\"\nout_channels = 4\nkernel = 1\n";
+  Graph slice = model(conv + "[[layer]]\nname = \"s\"\nop = \"channel_slice\"\nbegin = 2\nout_channels = 3\n");
+  EXPECT_NE(error_of([&] { slice.infer_shapes(4, 4); }).find("node 's' (channel_slice): channels 2..4 of 'a', which has 4"),
+            std::string::npos);
+  Graph shuffle = model(conv + "[[layer]]\nname = \"s\"\nop = \"channel_shuffle\"\ngroups = 3\n");
+  EXPECT_NE(error_of([&] { shuffle.infer_shapes(4, 4); }).find("not a multiple of groups 3"), std::string::npos);
+  EXPECT_NE(error_of([&] { model(conv + "[[layer]]\nname = \"s\"\nop = \"channel_shuffle\"\n"); })
+                .find("node 's' (channel_shuffle): groups must be 1..65536"),
+            std::string::npos);
+  Graph cat = model(conv + "[[layer]]\nname = \"p\"\nop = \"max_pool\"\nkernel = 2\n" +
+                    "[[layer]]\nname = \"c\"\nop = \"concat\"\ninputs = [\"a\", \"p\"]\n");
+  EXPECT_NE(error_of([&] { cat.infer_shapes(4, 4); }).find("joins 'a' (4x4x4) and 'p' (4x2x2)"), std::string::npos);
+}
+
+TEST(Graph, ShuffleNetMobileNetAndVggBuild) {
+  for (const std::string& arch : known_architectures()) {
+    Graph g = build_architecture(arch, ArchOptions{3, 10});
+    const int size = default_input_size(arch);
+    EXPECT_NO_THROW(g.infer_shapes(size, size)) << arch;
+    EXPECT_EQ(g.num_classes(), 10) << arch;
+    EXPECT_GE(g.last_layer(), 0) << arch;
+  }
+  EXPECT_EQ(default_input_size("mobilenet_v2"), 224);
+  EXPECT_EQ(default_input_size("mobilenet_v2_cifar"), 32);
+  EXPECT_EQ(default_input_size("resnet56"), 32);
+}

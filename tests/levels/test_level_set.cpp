@@ -96,6 +96,24 @@ TEST(LevelSet, TwoBitWeightsAreTernaryForEveryKind) {
   }
 }
 
+TEST(LevelSet, SignedActivationsUseTheWeightsSymmetricSets) {
+  for (Kind kind : {Kind::apot, Kind::pot, Kind::uniform})
+    for (int bits = 2; bits <= 5; ++bits) {
+      const LevelSet s = LevelSet::make_activation(kind, bits, true);
+      const LevelSet w = LevelSet::make(kind, bits, Role::weight);
+      EXPECT_TRUE(s.is_signed());
+      EXPECT_EQ(s.role(), Role::signed_activation);
+      EXPECT_EQ(s.integers(), w.integers()) << bits;
+      EXPECT_EQ(s.denominator(), w.denominator());
+      EXPECT_EQ(s.thresholds(), w.thresholds());
+      EXPECT_EQ(s.kind(), bits == 2 ? Kind::ternary : kind);
+    }
+  EXPECT_FALSE(LevelSet::make_activation(Kind::apot, 4, false).is_signed());
+  EXPECT_EQ(LevelSet::make_activation(Kind::apot, 4, true).name(), "apot-s4");
+  EXPECT_EQ(apot::levels::parse_role("signed_activation"), Role::signed_activation);
+  EXPECT_THROW(LevelSet::make(Kind::ternary, 2, Role::signed_activation), LevelSetError);  // ask for apot/pot/uniform
+}
+
 TEST(LevelSet, PowerOfTwoBaseline) {
   const LevelSet a3 = LevelSet::make(Kind::pot, 3, Role::activation);
   ASSERT_EQ(a3.size(), 8u);

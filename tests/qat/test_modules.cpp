@@ -221,9 +221,9 @@ TEST(Network, RunsAModelFile) {
   EXPECT_TRUE(torch::equal(copy->forward(x), logits));
 }
 
-// A quantised layer whose input can be negative (after a convolution without activation) is
-// refused in one line that names it and says how to keep it in float; that override works.
-TEST(Network, SignedInputsAreRefusedNamingTheLayer) {
+// A quantised layer whose input can be negative (after a convolution without activation) gets
+// signed activation levels: negative inputs keep their sign.
+TEST(Network, SignedInputsGetSignedActivationLevels) {
   Network model = apot::qat::make_network(apot::graph::model_from_toml_text(R"(name = "signed"
 [input]
 channels = 1
@@ -251,13 +251,23 @@ out_channels = 2
                                                                             "signed.toml"));
   QuantPolicy policy;
   policy.weight_bits = policy.act_bits = 4;
-  try {
-    apot::qat::apply_policy(*model, policy);
-    ADD_FAILURE() << "no error for a quantised layer with a signed input";
-  } catch (const apot::graph::GraphError& e) {
-    EXPECT_NE(std::string(e.what()).find("node 'b': its input can be negative"), std::string::npos) << e.what();
-    EXPECT_NE(std::string(e.what()).find("full_precision = true"), std::string::npos) << e.what();
-  }
+  apot::qat::apply_policy(*model, policy);
+  const QuantOptions& q = model->conv("b")->quant_options();
+  EXPECT_TRUE(q.signed_input);
+  EXPECT_EQ(q.describe(), "W4A4s apot");
+  EXPECT_EQ(q.input_spec().role, apot::levels::Role::signed_activation);
+  // The same input quantiser on its own: +-{0, .1, .2, .3, .4, .6, .8, 1} x alpha, gradient zero
+  // outside [-alpha, alpha] on both sides, alpha gradient -1 below and +1 above.
+  const torch::Tensor x = torch::tensor({-20.0f, -2.1f, 0.05f, 3.3f, 20.0f}).requires_grad_();
+  const torch::Tensor alpha = torch::tensor(4.0f).requires_grad_();
+  const torch::Tensor y = apot::qat::quantize_layer_input(x, alpha, q);
+  EXPECT_TRUE(torch::allclose(y, torch::tensor({-4.0f, -2.4f, 0.0f, 3.2f, 4.0f})));
+  y.sum().backward();
+  EXPECT_TRUE(torch::equal(x.grad(), torch::tensor({0.0f, 1.0f, 1.0f, 1.0f, 0.0f})));
+  // (q - x/alpha) inside: (-0.6 + 0.525) + (0 - 0.0125) + (0.8 - 0.825), then -1 and +1 outside.
+  EXPECT_NEAR(alpha.grad().item<float>(), -0.075 - 0.0125 - 0.025, 1e-5);
+  // Unsigned layers are unchanged: "a" is the int8 first layer, fc reads a ReLU output.
+  EXPECT_FALSE(model->linear("fc")->quant_options().signed_input);
   policy.layers["b"].full_precision = true;
   EXPECT_NO_THROW(apot::qat::apply_policy(*model, policy));
 }

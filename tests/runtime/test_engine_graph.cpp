@@ -521,6 +521,9 @@ Reference interpret(const Net& net, const float* image) {
                   x[(size_t(oy * n.stride) * is.width + ox * n.stride) * C + c];
         break;
       }
+      case Op::concat:
+      case Op::channel_slice:
+      case Op::channel_shuffle: ADD_FAILURE() << "the engine does not run " << to_string(n.op) << " yet"; break;
     }
     if (n.activation == Activation::relu)
       for (float& v : out) v = std::max(v, 0.0f);

@@ -18,11 +18,17 @@ struct ArchOptions {
   // (torchvision and the CIFAR model hubs: "fc", "downsample"). ImageNet ResNets always use
   // torchvision's names.
   std::string naming = "apot";
+  // MobileNetV2's width multiplier (torchvision's width_mult: channels rounded to multiples of
+  // 8); the other families take only 1.
+  double width_mult = 1.0;
 };
 
 // Throws GraphError naming the known architectures for an unknown one.
 Graph build_architecture(const std::string& arch, const ArchOptions& options = {});
 std::vector<std::string> known_architectures();
+// The image size an architecture is made for: 32 for the CIFAR ResNets and the "_cifar"
+// variants, 224 for the ImageNet ones (torchvision's).
+int default_input_size(const std::string& arch);
 bool is_known_architecture(const std::string& arch);
 
 }  // namespace apot::graph

@@ -34,6 +34,9 @@ enum class Op {
   global_avg_pool,  // mean over height and width: C x 1 x 1
   flatten,          // C x H x W -> (C*H*W) x 1 x 1
   shortcut_pad,     // ResNet option A: subsample by stride, zero-pad channels to out_channels
+  concat,           // the inputs' channels one after another (equal height and width)
+  channel_slice,    // channels begin .. begin + out_channels - 1 of the input (a split's part)
+  channel_shuffle,  // groups x (C / groups) channels read as (C / groups) x groups (ShuffleNet)
 };
 const char* to_string(Op op);
 Op parse_op(const std::string& name);  // throws GraphError listing the known ops
@@ -69,9 +72,11 @@ struct Node {
   std::vector<int> inputs;  // indices of earlier nodes
 
   // conv / linear: out_channels (features); conv, pools: kernel, stride, padding; conv: groups.
-  // shortcut_pad: stride and out_channels.
+  // shortcut_pad: stride and out_channels. channel_slice: begin and out_channels.
+  // channel_shuffle: groups.
   int out_channels = 0;
   int kernel = 1, stride = 1, padding = 0, groups = 1;
+  int begin = 0;
   bool bias = false;  // conv / linear: a bias parameter "<name>.bias"
 
   // Batch norm applied to the output of a conv / linear, as a parameter prefix ("layer1.0.bn1");

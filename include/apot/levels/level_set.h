@@ -3,7 +3,8 @@
 // A LevelSet is the list of values a quantiser may output for a clipping threshold of 1,
 // built exactly as the reference code builds it (APOT_SPEC section 1), plus the integer
 // form used for inference: every level is integer / denominator with one common
-// denominator per set. Signed (weight) sets are symmetric: they are stored as the
+// denominator per set. Signed sets (weights, and activations that can be negative) are
+// symmetric: they are stored as the
 // non-negative magnitudes, and the full set is -magnitudes (reversed, without 0) followed
 // by the magnitudes.
 #pragma once
@@ -16,7 +17,9 @@
 namespace apot::levels {
 
 enum class Kind { apot, pot, uniform, ternary };
-enum class Role { weight, activation };
+// Activations after a ReLU are unsigned; a signed activation (the input of a layer that no ReLU
+// precedes, e.g. after MobileNetV2's linear bottlenecks) uses the weights' symmetric set.
+enum class Role { weight, activation, signed_activation };
 
 // Thrown for every unsupported combination of kind, bits and role.
 class LevelSetError : public std::invalid_argument {
@@ -25,22 +28,27 @@ class LevelSetError : public std::invalid_argument {
 };
 
 Kind parse_kind(const std::string& name);  // "apot" | "pot" | "uniform" | "ternary"
-Role parse_role(const std::string& name);  // "weight" | "activation"
+Role parse_role(const std::string& name);  // "weight" | "activation" | "signed_activation"
 const char* to_string(Kind kind);
 const char* to_string(Role role);
 
 class LevelSet {
  public:
-  // The set a quantiser of `bits` bits in `role` uses. Weights spend one bit on the sign
-  // (magnitude set with B = bits-1); 2-bit weights are ternary for every kind.
+  // The set a quantiser of `bits` bits in `role` uses. Signed sets (weights and signed
+  // activations) spend one bit on the sign (magnitude set with B = bits-1) and are ternary at
+  // 2 bits for every kind.
+  // Unsigned or signed activations, as a layer's input needs.
+  static LevelSet make_activation(Kind kind, int bits, bool is_signed) {
+    return make(kind, bits, is_signed ? Role::signed_activation : Role::activation);
+  }
   static LevelSet make(Kind kind, int bits, Role role);
 
   Kind kind() const { return kind_; }  // ternary when 2-bit weights were asked for
   Kind requested_kind() const { return requested_kind_; }
   int bits() const { return bits_; }
   Role role() const { return role_; }
-  bool is_signed() const { return role_ == Role::weight; }
-  std::string name() const;  // e.g. "apot-w4" or "uniform-a8"
+  bool is_signed() const { return role_ != Role::activation; }
+  std::string name() const;  // e.g. "apot-w4", "uniform-a8" or "apot-s4" (signed activation)
 
   // Non-negative magnitudes, ascending, first is 0, last is 1, as float32 values computed
   // the way the reference computes them (bit-exact).

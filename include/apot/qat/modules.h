@@ -15,6 +15,9 @@ constexpr int kFullPrecision = 32;  // bits value meaning "not quantised"
 struct QuantOptions {
   int weight_bits = kFullPrecision;  // 2..6 (apot/pot), 2..8 (uniform), or 32
   int act_bits = kFullPrecision;     // input activation bits, or 32 for an unquantised input
+  // The input can be negative: signed activation levels (the weights' symmetric set) with their
+  // own alpha, gradients zero outside [-alpha, alpha]; otherwise unsigned levels.
+  bool signed_input = false;
   levels::Kind kind = levels::Kind::apot;
   kernels::SteVariant variant = kernels::SteVariant::cifar;
   WeightNorm weight_norm = WeightNorm::detached;
@@ -25,6 +28,8 @@ struct QuantOptions {
 
   bool quantizes_weight() const { return int8_weights || weight_bits != kFullPrecision; }
   bool quantizes_input() const { return act_bits != kFullPrecision; }
+  // The quantiser of the input (role activation or signed_activation).
+  QuantizerSpec input_spec() const;
   // Throws std::invalid_argument naming the problem if the combination has no level set.
   void validate() const;
   std::string describe() const;  // e.g. "W4A4 apot" or "W8(int8)A32"

@@ -63,6 +63,13 @@ class NetworkImpl : public torch::nn::Module {
 };
 TORCH_MODULE(Network);
 
+// The node's activation (relu, clamp) applied to x.
+torch::Tensor activate(const graph::Node& node, torch::Tensor x);
+// The value of a node without parameters (add, pools, flatten, shortcut_pad, concat, channel
+// slice and shuffle) from the values of the nodes it reads (values[j] for node j), before its
+// activation. Shared by the trained model and the LibTorch baselines.
+torch::Tensor run_parameter_free(const graph::Node& node, const std::vector<torch::Tensor>& values);
+
 // A full-precision model of a known architecture (graph::known_architectures()).
 Network make_network(const std::string& arch, const graph::ArchOptions& options = {});
 // A full-precision model of a graph (a model file's).

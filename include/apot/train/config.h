@@ -23,6 +23,7 @@ struct TrainConfig {
   std::string arch = "resnet20";
   std::string shortcut = "A";   // A | B (CIFAR family)
   std::string naming = "apot";  // apot | hub: parameter names of the CIFAR ResNets (graph::ArchOptions)
+  double width_mult = 1.0;      // MobileNetV2's width multiplier
   std::string model_file;       // a model file (docs/MODELS.md) instead of arch
   // [data]
   std::string data = "fashion-mnist";
