@@ -51,6 +51,17 @@ int add_linear(Graph& g, const std::string& name, int input, int out, bool relu)
   return g.add(n);
 }
 
+int add_max_pool(Graph& g, const std::string& name, int input, int kernel, int stride, int padding) {
+  Node pool;
+  pool.name = name;
+  pool.op = Op::max_pool;
+  pool.inputs = {input};
+  pool.kernel = kernel;
+  pool.stride = stride;
+  pool.padding = padding;
+  return g.add(pool);
+}
+
 int add_simple(Graph& g, const std::string& name, Op op, std::vector<int> inputs) {
   Node n;
   n.name = name;

@@ -33,5 +33,6 @@ ConvSpec relu6(ConvSpec spec);
 int add_conv(Graph& g, const std::string& name, const std::string& bn, int input, const ConvSpec& spec);
 int add_linear(Graph& g, const std::string& name, int input, int out, bool relu);
 int add_simple(Graph& g, const std::string& name, Op op, std::vector<int> inputs);  // attributes left default
+int add_max_pool(Graph& g, const std::string& name, int input, int kernel, int stride, int padding);
 
 }  // namespace apot::graph

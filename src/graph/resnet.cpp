@@ -62,14 +62,7 @@ Graph build_resnet(const std::string& arch, const ArchOptions& o) {
     x = conv(g, "conv1", "bn1", x, stem, 3, 1, 1, true);
   } else {
     x = conv(g, "conv1", "bn1", x, stem, 7, 2, 3, true);
-    Node pool;
-    pool.name = "maxpool";
-    pool.op = Op::max_pool;
-    pool.inputs = {x};
-    pool.kernel = 3;
-    pool.stride = 2;
-    pool.padding = 1;
-    x = g.add(pool);
+    x = add_max_pool(g, "maxpool", x, 3, 2, 1);
   }
   int in_planes = stem;
   for (size_t stage = 0; stage < s.blocks.size(); ++stage) {

@@ -70,16 +70,7 @@ Graph build(const std::string& arch, const ArchOptions& o) {
   Graph g;
   int x = add_input(g, o.in_channels);
   x = add_conv(g, "conv1.0", "conv1.1", x, {c[0], 3, cifar ? 1 : 2, 1, 1, false, Activation::relu});
-  if (!cifar) {
-    Node pool;
-    pool.name = "maxpool";
-    pool.op = Op::max_pool;
-    pool.inputs = {x};
-    pool.kernel = 3;
-    pool.stride = 2;
-    pool.padding = 1;
-    x = g.add(pool);
-  }
+  if (!cifar) x = add_max_pool(g, "maxpool", x, 3, 2, 1);
   int in = c[0];
   for (int stage = 0; stage < 3; ++stage) {
     const std::string name = "stage" + std::to_string(stage + 2);

@@ -38,13 +38,7 @@ Graph build(const std::string& arch, const ArchOptions& o) {
   for (int v : config) {
     const std::string name = "features." + std::to_string(k);
     if (v == kPool) {
-      Node pool;
-      pool.name = name;
-      pool.op = Op::max_pool;
-      pool.inputs = {x};
-      pool.kernel = 2;
-      pool.stride = 2;
-      x = g.add(pool);
+      x = add_max_pool(g, name, x, 2, 2, 0);
       k += 1;
     } else {
       x = add_conv(g, name, "features." + std::to_string(k + 1), x, {v, 3, 1, 1, 1, true, Activation::relu});
