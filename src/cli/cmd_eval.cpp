@@ -107,8 +107,7 @@ void register_eval(CLI::App& app) {
       ->required();
   cmd->add_option("--data", o->data, "fashion-mnist | mnist:DIR | cifar10:DIR | cifar100:DIR | imagefolder:DIR")
       ->required();
-  cmd->add_option("--arch", o->arch,
-                  "architecture of an imported state dict: " + architecture_list());
+  cmd->add_option("--arch", o->arch, "architecture of an imported state dict: " + architecture_list());
   cmd->add_option("--width-mult", o->width_mult, "MobileNetV2's width multiplier of --arch")->capture_default_str();
   cmd->add_option("--shortcut", o->shortcut, "CIFAR shortcut of an imported state dict: A | B")->capture_default_str();
   cmd->add_option("--naming", o->naming, "parameter names of --arch: apot (linear, shortcut) | hub (fc, downsample)")

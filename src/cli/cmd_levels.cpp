@@ -34,8 +34,8 @@ void run_levels(const LevelsOptions& o) {
   const levels::Role role = levels::parse_role(o.role);
   if (o.is_signed && role != levels::Role::activation)
     throw UsageError("--signed applies to --role activation (weight levels are always signed)");
-  const levels::LevelSet set = levels::LevelSet::make(levels::parse_kind(o.kind), o.bits,
-                                                      o.is_signed ? levels::Role::signed_activation : role);
+  const levels::LevelSet set =
+      levels::LevelSet::make(levels::parse_kind(o.kind), o.bits, o.is_signed ? levels::Role::signed_activation : role);
   const std::vector<float> values = set.levels();
   const std::vector<int64_t> integers = set.integers();
   if (o.json) {

@@ -5,7 +5,7 @@ namespace apot::graph {
 namespace {
 const std::vector<ArchitectureFamily>& families() {
   static const std::vector<ArchitectureFamily> table{resnet_family(), shufflenet_family(), mobilenet_family(),
-                                                      vgg_family()};
+                                                     vgg_family()};
   return table;
 }
 }  // namespace

@@ -186,8 +186,8 @@ void Graph::infer_shapes(int height, int width) {
         for (int j : n.inputs) {
           const Shape& s = nodes_[size_t(j)].shape;
           if (s.height != x.height || s.width != x.width)
-            fail(n, "joins '" + nodes_[size_t(n.inputs[0])].name + "' (" + x.str() + ") and '" + nodes_[size_t(j)].name +
-                        "' (" + s.str() + "): heights or widths differ");
+            fail(n, "joins '" + nodes_[size_t(n.inputs[0])].name + "' (" + x.str() + ") and '" +
+                        nodes_[size_t(j)].name + "' (" + s.str() + "): heights or widths differ");
           out.channels += s.channels;
         }
         if (out.channels > 65536) fail(n, "more than 65536 channels");
@@ -238,8 +238,7 @@ int Graph::last_layer() const {
   while (i > 0) {
     const Node& n = nodes_[size_t(i)];
     if (n.has_weights()) return i;
-    if (n.op != Op::max_pool && n.op != Op::avg_pool && n.op != Op::global_avg_pool && n.op != Op::flatten)
-      return -1;
+    if (n.op != Op::max_pool && n.op != Op::avg_pool && n.op != Op::global_avg_pool && n.op != Op::flatten) return -1;
     i = n.inputs[0];
   }
   return -1;

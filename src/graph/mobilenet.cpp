@@ -29,8 +29,9 @@ struct Stage {
 
 Graph build(const std::string& arch, const ArchOptions& o) {
   const bool cifar = arch == "mobilenet_v2_cifar";
-  const std::vector<Stage> stages{{1, 16, 1, 1},  {6, 24, 2, cifar ? 1 : 2}, {6, 32, 3, 2}, {6, 64, 4, 2},
-                                  {6, 96, 3, 1},  {6, 160, 3, 2},           {6, 320, 1, 1}};
+  const std::vector<Stage> stages{
+      {1, 16, 1, 1}, {6, 24, 2, cifar ? 1 : 2}, {6, 32, 3, 2}, {6, 64, 4, 2}, {6, 96, 3, 1}, {6, 160, 3, 2},
+      {6, 320, 1, 1}};
   const double w = o.width_mult;
   Graph g;
   int x = add_input(g, o.in_channels);
@@ -51,8 +52,7 @@ Graph build(const std::string& arch, const ArchOptions& o) {
       const std::string dw = p + std::to_string(k);
       y = add_conv(g, dw + ".0", dw + ".1", y, relu6({hidden, 3, stride, 1, hidden}));
       y = add_conv(g, p + std::to_string(k + 1), p + std::to_string(k + 2), y, {out, 1});
-      if (stride == 1 && in == out)
-        y = add_simple(g, "features." + std::to_string(index), Op::add, {y, x});
+      if (stride == 1 && in == out) y = add_simple(g, "features." + std::to_string(index), Op::add, {y, x});
       x = y;
       in = out;
     }
