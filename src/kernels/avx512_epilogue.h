@@ -166,23 +166,28 @@ struct Epilogue {
   const Search search;
   const size_t N;
 
-  // Output vectors of pixels (y, x + r), r < valid, of one row: v = scale * acc + bias
-  // (+ residual) (ReLU: max(0, v) = std::max(v, 0.0f), NaN included) per vector, the stores, then
-  // the requantisation of all of them together. Always inlined into the tile (GCC kept the 7-
-  // and 8-pixel versions out of line, passing the accumulators through memory: ResNet-20 1.5 %).
+  // Output vectors of pixels (y, x + r), r < valid, of one row: v = scale * (acc - acc_offset)
+  // + bias (+ residual) (ReLU: max(0, v) = std::max(v, 0.0f), NaN included, then the clamp) per vector, the stores,
+  // then the requantisation of all of them together. Always inlined into the tile (GCC kept the 7- and 8-pixel versions
+  // out of line, passing the accumulators through memory: ResNet-20 1.5 %).
   template <int R>
   __attribute__((always_inline)) void row(const __m512i (&acc)[R], int p, int y, int x, int n0, __mmask16 mask,
                                           int valid) const {
     __m512 v[R];
     const __m512 scale = _mm512_maskz_loadu_ps(mask, o.scale + n0), bias = _mm512_maskz_loadu_ps(mask, o.bias + n0);
+    const __m512i offset = o.acc_offset ? _mm512_maskz_loadu_epi32(mask, o.acc_offset + n0) : _mm512_setzero_si512();
     for (int r = 0; r < R; ++r) {
       const size_t at = size_t(p + r) * N + n0;
-      v[r] = _mm512_add_ps(_mm512_mul_ps(scale, _mm512_cvtepi32_ps(acc[r])), bias);
+      const __m512i sum = o.acc_offset ? _mm512_sub_epi32(acc[r], offset) : acc[r];
+      v[r] = _mm512_add_ps(_mm512_mul_ps(scale, _mm512_cvtepi32_ps(sum)), bias);
       if (r >= valid) continue;
       if (o.residual) v[r] = _mm512_add_ps(v[r], _mm512_maskz_loadu_ps(mask, o.residual + at));
-      if (o.relu) v[r] = _mm512_max_ps(_mm512_setzero_ps(), v[r]);
+      if (o.relu) {  // = std::min(std::max(v, 0.0f), relu_max), NaN included
+        v[r] = _mm512_max_ps(_mm512_setzero_ps(), v[r]);
+        v[r] = _mm512_min_ps(_mm512_set1_ps(o.relu_max), v[r]);
+      }
       if (o.values) _mm512_mask_storeu_ps(o.values + at, mask, v[r]);
-      if (o.accumulators) _mm512_mask_storeu_epi32(o.accumulators + at, mask, acc[r]);
+      if (o.accumulators) _mm512_mask_storeu_epi32(o.accumulators + at, mask, sum);
     }
     if (!o.requantizer) return;
     __m128i codes[R];

@@ -78,7 +78,48 @@ PackedConv pack_conv(const int8_t* weights, int out_channels, int in_channels, i
   return w;
 }
 
+PackedConv pack_depthwise(const int8_t* weights, int channels, int kernel, int stride, int padding) {
+  detail::check_shape("pack_depthwise", channels, channels, kernel, stride, padding);
+  PackedConv w;
+  w.in_channels = w.out_channels = w.groups = channels;
+  w.cs = round_up4(channels);
+  w.kernel = kernel;
+  w.stride = stride;
+  w.padding = padding;
+  w.nblocks = (channels + 15) / 16;
+  const size_t ld = size_t(w.nblocks) * 16;
+  w.dw.assign(size_t(kernel) * kernel * ld, 0);
+  for (int c = 0; c < channels; ++c)
+    for (int tap = 0; tap < kernel * kernel; ++tap) {
+      const int8_t v = weights[size_t(c) * kernel * kernel + tap];
+      w.dw[size_t(tap) * ld + c] = v;
+      w.max_abs = std::max(w.max_abs, std::abs(int(v)));
+    }
+  return w;
+}
+
 namespace detail {
+void depthwise_rows_scalar(const ConvArgs& a, int m0, int m1) {
+  const PackedConv& w = *a.w;
+  const size_t ld = size_t(w.nblocks) * 16;
+  const int c0 = 16 * a.nb0, c1 = std::min(w.out_channels, 16 * a.nb1);
+  int32_t acc[16];
+  for (int m = m0; m < m1; ++m) {
+    const int y = m / a.ow, x = m % a.ow;
+    const uint8_t* base = a.base(y, x);
+    for (int b0 = c0; b0 < c1; b0 += 16) {
+      const int count = std::min(c1, b0 + 16) - b0;
+      for (int i = 0; i < count; ++i) {
+        int32_t sum = 0;
+        for (int tap = 0; tap < w.kernel * w.kernel; ++tap)
+          sum += int32_t(base[a.tap_offsets[tap] + b0 + i]) * w.dw[size_t(tap) * ld + size_t(b0 + i)];
+        acc[i] = sum;
+      }
+      epilogue_scalar(a, m, y, x, b0, count, acc);
+    }
+  }
+}
+
 void conv_rows_scalar(const ConvArgs& a, int m0, int m1) {
   const PackedConv& w = *a.w;
   const int n0 = 16 * a.nb0, n1 = std::min(w.out_channels, 16 * a.nb1);
@@ -127,15 +168,15 @@ void conv_u8s8(const CodeImage& in, const PackedConv& w, int max_code, const Con
   if (!out.scale || !out.bias) throw std::invalid_argument("conv_u8s8: scale and bias are required");
   detail::ConvArgs a{&in, &w, &out, w.out_h(in.h), w.out_w(in.w), in.border - w.padding, {}, 0, w.nblocks};
   a.max_code = max_code;
-  a.winograd = winograd_applies(w, max_code, isa);
+  a.winograd = !w.depthwise() && winograd_applies(w, max_code, isa);
   if (out.requantizer &&
       (out.codes.h != a.oh || out.codes.w != a.ow || out.codes.cs < w.out_channels || !out.codes.data))
     throw std::invalid_argument("conv_u8s8: output code image does not fit the convolution");
   const detail::EngineKernels& k = detail::engine_kernels(isa);
   for (int ky = 0; ky < w.kernel; ++ky)
     for (int kx = 0; kx < w.kernel; ++kx) a.tap_offsets.push_back((ptrdiff_t(ky) * in.padded_w() + kx) * in.cs);
-  detail::ConvRows rows = k.conv;
-  if (k.int16_sums) {  // pair sums in int16: only where none can saturate
+  detail::ConvRows rows = w.depthwise() ? k.depthwise : k.conv;
+  if (k.int16_sums && !w.depthwise()) {  // pair sums in int16: only where none can saturate
     const long worst = long(max_code) * w.max_abs;
     rows = 2 * worst > 32767 ? detail::conv_rows_scalar : 4 * worst <= 32767 ? k.conv_pairs : k.conv;
   }

@@ -32,6 +32,7 @@ namespace {
 EngineKernels scalar_row() {
   EngineKernels k;
   k.conv = conv_rows_scalar;
+  k.depthwise = depthwise_rows_scalar;
   k.conv_f32 = conv_f32_rows_scalar;
   k.stem = stem_rows_scalar;
   k.max_pool = max_pool_scalar;
@@ -45,6 +46,7 @@ EngineKernels avx2_row() {
   k.conv = conv_rows_avx2;
   k.conv_pairs = conv_rows_avx2_pairs;
   k.int16_sums = true;
+  k.depthwise = depthwise_rows_avx2;
   k.conv_f32 = conv_f32_rows_avx2;
   k.max_pool = max_pool_avx2;
   k.requantize = requantize_avx2;
@@ -70,6 +72,7 @@ EngineKernels avx_vnni_row() {
 EngineKernels avx512_vnni_row() {
   EngineKernels k;
   k.conv = conv_rows_avx512_vnni;
+  k.depthwise = depthwise_rows_avx512;
   k.conv_f32 = conv_f32_rows_avx512;
   k.stem = stem_rows_avx512;
   k.max_pool = max_pool_avx512;

@@ -180,6 +180,42 @@ void conv_rows_avx512_vnni(const ConvArgs& a, int m0, int m1) {
 }
 
 namespace {
+// Depthwise: R pixels of output row y from x (the first `valid` real) x the 16 channels from c0.
+// Codes widen to int32 lanes, each an int16 pair (code, 0); the weights are int32, so the pair
+// dot product of vpdpwssd adds code * w exactly.
+template <int R>
+void depthwise_tile(const ConvArgs& a, const Epilogue& e, int y, int x, int valid, int c0) {
+  const PackedConv& w = *a.w;
+  const size_t ld = size_t(w.nblocks) * 16;
+  const __mmask16 mask = lane_mask(w.out_channels - c0);
+  const uint8_t* ap[R];
+  __m512i acc[R];
+  for (int r = 0; r < R; ++r) {
+    ap[r] = a.base(y, x + std::min(r, valid - 1)) + c0;
+    acc[r] = _mm512_setzero_si512();
+  }
+  const int32_t* wp = w.dw.data() + c0;
+  for (int t = 0; t < w.kernel * w.kernel; ++t, wp += ld) {
+    const __m512i wv = _mm512_load_si512(wp);
+    const ptrdiff_t off = a.tap_offsets[t];
+    for (int r = 0; r < R; ++r)
+      acc[r] = _mm512_dpwssd_epi32(acc[r], _mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(mask, ap[r] + off)), wv);
+  }
+  e.row<R>(acc, y * a.ow + x, y, x, c0, mask, valid);
+}
+}  // namespace
+
+// Eight pixels of a row at a time, each block of 16 channels in turn (its weights stay in L1).
+void depthwise_rows_avx512(const ConvArgs& a, int m0, int m1) {
+  const Epilogue e{*a.out, Search(a.out->requantizer), size_t(a.w->out_channels)};
+  for (int m = m0; m < m1;) {
+    const int y = m / a.ow, x = m % a.ow, valid = std::min({8, a.ow - x, m1 - m});
+    for (int nb = a.nb0; nb < a.nb1; ++nb) depthwise_tile<8>(a, e, y, x, valid, 16 * nb);
+    m += valid;
+  }
+}
+
+namespace {
 // The float first layer's vectors: 16 floats.
 struct Zmm {
   using type = __m512;

@@ -61,6 +61,10 @@ void conv_rows_avx2_pairs(const ConvArgs& a, int m0, int m1);     // 4 * max cod
 void conv_rows_avx_vnni(const ConvArgs& a, int m0, int m1);       // VEX (AVX-VNNI)
 void conv_rows_avx_vnni_evex(const ConvArgs& a, int m0, int m1);  // the same kernel, EVEX (AVX-512 VNNI + VL)
 void conv_rows_avx512_vnni(const ConvArgs& a, int m0, int m1);
+// Depthwise convolutions (PackedConv::depthwise()): channels are vector lanes.
+void depthwise_rows_scalar(const ConvArgs& a, int m0, int m1);
+void depthwise_rows_avx2(const ConvArgs& a, int m0, int m1);
+void depthwise_rows_avx512(const ConvArgs& a, int m0, int m1);
 // Winograd F(2,3) for a.winograd layers and whole output rows; false (nothing done) otherwise.
 bool conv_rows_winograd_avx512(const ConvArgs& a, int m0, int m1);
 void max_pool_scalar(const float* in, int h, int w, int c, float* out, int y0, int y1, int in_row0);
@@ -155,6 +159,7 @@ struct EngineKernels {
   // scalar reference runs where neither holds.
   ConvRows conv_pairs = nullptr;
   bool int16_sums = false;
+  ConvRows depthwise;
   FloatConvRows conv_f32;
   StemRows stem;
   void (*max_pool)(const float* in, int h, int w, int c, float* out, int y0, int y1, int in_row0);
@@ -186,12 +191,13 @@ inline void epilogue_scalar(const ConvArgs& a, int p, int y, int x, int n0, int 
   for (int i = 0; i < count; ++i) {
     const int n = n0 + i;
     const size_t at = size_t(p) * N + n;
-    float v = o.scale[n] * float(acc[i]);
+    const int32_t sum = o.acc_offset ? acc[i] - o.acc_offset[n] : acc[i];
+    float v = o.scale[n] * float(sum);
     v = v + o.bias[n];
     if (o.residual) v = v + o.residual[at];
-    if (o.relu) v = std::max(v, 0.0f);
+    if (o.relu) v = std::min(std::max(v, 0.0f), o.relu_max);  // NaN stays NaN
     if (o.values) o.values[at] = v;
-    if (o.accumulators) o.accumulators[at] = acc[i];
+    if (o.accumulators) o.accumulators[at] = sum;
     if (codes) codes[n] = static_cast<uint8_t>(o.requantizer->code(v));
   }
 }

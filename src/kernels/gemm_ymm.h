@@ -60,15 +60,60 @@ __attribute__((always_inline)) inline void epilogue16(const ConvArgs& a, const C
   const size_t at = size_t(p) * a.w->out_channels + n0;
   __m256 v[2];
   for (int h = 0; h < 2; ++h) {
-    v[h] = _mm256_mul_ps(_mm256_loadu_ps(o.scale + n0 + 8 * h), _mm256_cvtepi32_ps(acc[h]));
+    __m256i sum = acc[h];
+    if (o.acc_offset)
+      sum = _mm256_sub_epi32(sum, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(o.acc_offset + n0 + 8 * h)));
+    v[h] = _mm256_mul_ps(_mm256_loadu_ps(o.scale + n0 + 8 * h), _mm256_cvtepi32_ps(sum));
     v[h] = _mm256_add_ps(v[h], _mm256_loadu_ps(o.bias + n0 + 8 * h));
     if (o.residual) v[h] = _mm256_add_ps(v[h], _mm256_loadu_ps(o.residual + at + 8 * h));
-    if (o.relu) v[h] = _mm256_max_ps(_mm256_setzero_ps(), v[h]);  // = std::max(v, 0.0f), NaN included
+    if (o.relu) {  // = std::min(std::max(v, 0.0f), relu_max), NaN included
+      v[h] = _mm256_max_ps(_mm256_setzero_ps(), v[h]);
+      v[h] = _mm256_min_ps(_mm256_set1_ps(o.relu_max), v[h]);
+    }
     if (o.values) _mm256_storeu_ps(o.values + at + 8 * h, v[h]);
-    if (o.accumulators) _mm256_storeu_si256(reinterpret_cast<__m256i*>(o.accumulators + at + 8 * h), acc[h]);
+    if (o.accumulators) _mm256_storeu_si256(reinterpret_cast<__m256i*>(o.accumulators + at + 8 * h), sum);
   }
   if (!o.requantizer) return;
   _mm_storeu_si128(reinterpret_cast<__m128i*>(o.codes.pixel(y, x) + n0), codes16(*o.requantizer, table, v));
+}
+
+// Depthwise convolution, one pixel x 16 channels at a time: codes and weights as int32 lanes
+// (vpmaddwd of the int16 pairs (code, 0) and (w, sign) is code * w), a last partial block of
+// channels through the scalar epilogue.
+inline void ymm_depthwise_rows(const ConvArgs& a, int m0, int m1) {
+  const CodeTable table(a.out->requantizer);
+  const PackedConv& w = *a.w;
+  const size_t ld = size_t(w.nblocks) * 16;
+  const int taps = w.kernel * w.kernel;
+  for (int m = m0; m < m1; ++m) {
+    const int y = m / a.ow, x = m % a.ow;
+    const uint8_t* base = a.base(y, x);
+    for (int nb = a.nb0; nb < a.nb1; ++nb) {
+      const int c0 = 16 * nb, count = std::min(16, w.out_channels - c0);
+      if (count < 16) {
+        alignas(32) int32_t lanes[16];
+        for (int i = 0; i < count; ++i) {
+          int32_t sum = 0;
+          for (int t = 0; t < taps; ++t)
+            sum += int32_t(base[a.tap_offsets[t] + c0 + i]) * w.dw[size_t(t) * ld + c0 + i];
+          lanes[i] = sum;
+        }
+        epilogue_scalar(a, m, y, x, c0, count, lanes);
+        continue;
+      }
+      __m256i acc[2] = {_mm256_setzero_si256(), _mm256_setzero_si256()};
+      for (int t = 0; t < taps; ++t) {
+        const uint8_t* p = base + a.tap_offsets[t] + c0;
+        const int32_t* wp = w.dw.data() + size_t(t) * ld + c0;
+        for (int h = 0; h < 2; ++h) {
+          const __m256i codes = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p + 8 * h)));
+          const __m256i wv = _mm256_load_si256(reinterpret_cast<const __m256i*>(wp + 8 * h));
+          acc[h] = _mm256_add_epi32(acc[h], _mm256_madd_epi16(codes, wv));
+        }
+      }
+      epilogue16(a, table, m, y, x, c0, acc);
+    }
+  }
 }
 
 // requantize(), 16 values at a time (the last n % 16 channels through Requantizer::code).

@@ -80,6 +80,11 @@ struct PackedConv {
   // (16 * nblocks), the sums over ky and c of u0 + u2 and of u2 + u3.
   std::vector<int8_t, Aligned64<int8_t>> wino;
   std::vector<int32_t> wino_e0, wino_e1;
+  // Depthwise convolutions (groups == in_channels == out_channels): one kernel per channel, as
+  // int32 in dw[tap * 16 * nblocks + c] (zero beyond the channels; data and wino are empty).
+  int groups = 1;
+  std::vector<int32_t, Aligned64<int32_t>> dw;
+  bool depthwise() const { return groups > 1; }
   int K() const { return kernel * kernel * cs; }
   int8_t at(int k, int n) const { return data[(size_t(n / 16) * (K() / 4) + k / 4) * 64 + (n % 16) * 4 + k % 4]; }
   int out_h(int h) const { return (h + 2 * padding - kernel) / stride + 1; }
@@ -88,6 +93,10 @@ struct PackedConv {
 
 // weights: out_channels rows of kernel * kernel * in_channels int8 integers, ordered (ky, kx, c).
 PackedConv pack_conv(const int8_t* weights, int out_channels, int in_channels, int kernel, int stride, int padding);
+
+// weights: channels rows of kernel * kernel int8 integers, ordered (ky, kx): a depthwise
+// convolution (groups == channels), which conv_u8s8 runs with the depthwise kernels.
+PackedConv pack_depthwise(const int8_t* weights, int channels, int kernel, int stride, int padding);
 
 // Quantisation of float values to the activation codes of a consumer: the level index is the
 // number of thresholds <= v (so NaN and everything below the first threshold give index 0), the
@@ -102,15 +111,21 @@ Requantizer make_requantizer(std::vector<float> thresholds, std::vector<uint8_t>
 
 // What the epilogue does with the accumulators of output pixel p (raster order over oh x ow)
 // and channel n. Every output is optional; arrays of values are [oh * ow][out_channels].
+//   acc = sum - acc_offset[n]; v = scale[n] * acc + bias[n] (+ residual); ReLU: v = max(v, 0),
+//   then v = min(v, relu_max) (ReLU6: relu_max 6)
+// acc_offset folds an offset of the input codes out exactly (signed inputs: codes are the level
+// integers plus an offset o, so the sum over the true integers is the sum minus o * sum(W[n])).
 struct ConvOutput {
-  const float* scale = nullptr;     // out_channels
-  const float* bias = nullptr;      // out_channels
-  const float* residual = nullptr;  // added after scale and bias, before the ReLU
+  const float* scale = nullptr;         // out_channels
+  const float* bias = nullptr;          // out_channels
+  const int32_t* acc_offset = nullptr;  // out_channels, subtracted from the integer sums
+  const float* residual = nullptr;      // added after scale and bias, before the ReLU
   bool relu = false;
+  float relu_max = __builtin_inff();         // the ReLU's upper clamp (only with relu)
   float* values = nullptr;                   // the float results (may be `residual`: in place)
   const Requantizer* requantizer = nullptr;  // with codes: the consumer's codes, written into
   CodeImage codes;                           // the interior of an oh x ow image
-  int32_t* accumulators = nullptr;           // the raw integer sums (tests)
+  int32_t* accumulators = nullptr;           // the integer sums, less acc_offset (tests)
 };
 
 // Whether conv_u8s8 takes the Winograd F(2,3) kernel for this layer: the AVX-512 VNNI path,
@@ -118,7 +133,8 @@ struct ConvOutput {
 // bytes), and not switched off by APOT_WINOGRAD=0.
 bool winograd_applies(const PackedConv& w, int max_code, GemmIsa isa);
 
-// Convolution of `in` (whose border must be at least w.padding and whose cs must equal w.cs)
+// Convolution of `in` (whose border must be at least w.padding and whose cs must equal w.cs;
+// with an acc_offset, the border must hold the offset code: level 0, the padding's value)
 // with max_code an upper bound of the input codes (the AVX2 path needs
 // 2 * max_code * max|W| <= 32767 and falls back to the reference otherwise; with
 // 4 * max_code * max|W| <= 32767 it adds two int16 pair sums before widening). threads > 1
