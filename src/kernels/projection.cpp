@@ -159,9 +159,15 @@ PreparedProjection Projector::prepare(float alpha, Isa isa, Normalisation norm) 
 
 std::vector<float> Projector::input_thresholds(float alpha) const {
   check_alpha(alpha);
-  if (tables_.is_signed) throw std::invalid_argument("input_thresholds: only for unsigned (activation) level sets");
   const detail::InputSpace space = input_space(tables_, alpha, Normalisation{});
-  return {space.thresholds.begin(), space.thresholds.begin() + (tables_.num_magnitudes - 1)};
+  std::vector<float> up(space.thresholds.begin(), space.thresholds.begin() + (tables_.num_magnitudes - 1));
+  if (!tables_.is_signed) return up;
+  // A signed set quantises the magnitude: |x| >= t takes the larger one, so -t itself belongs to
+  // the level below the boundary, and "thresholds <= v" needs the next float above -t there.
+  std::vector<float> all;
+  for (auto t = up.rbegin(); t != up.rend(); ++t) all.push_back(std::nextafter(-*t, INFINITY));
+  all.insert(all.end(), up.begin(), up.end());
+  return all;
 }
 
 void Projector::quantize(const PreparedProjection& prepared, const float* input, size_t n, uint8_t* index) const {

@@ -15,47 +15,50 @@ using namespace apot::kernels::test;
 
 TEST(Conv, RequantizeMatchesTheProjectionKernels) {
   std::mt19937 rng(5);
-  for (auto kind : {apot::levels::Kind::apot, apot::levels::Kind::uniform, apot::levels::Kind::pot})
-    for (int bits : {2, 3, 4, 5}) {
-      const auto set = apot::levels::LevelSet::make(kind, bits, apot::levels::Role::activation);
-      const apot::kernels::Projector projector(set);
-      const float alpha = 0.37f + 0.9f * float(bits);
-      std::vector<uint8_t> codes;
-      for (int64_t v : set.integers()) codes.push_back(static_cast<uint8_t>(v));
-      const auto q = apot::kernels::make_requantizer(projector.input_thresholds(alpha), codes);
-      // Values around every threshold (the float neighbours included), outside the range, and
-      // special values.
-      std::vector<float> v{0.0f, -0.0f, -1.0f, alpha, 2 * alpha, INFINITY, -INFINITY, NAN};
-      for (float t : q.thresholds)
-        for (float d : {-1.0f, 0.0f, 1.0f}) v.push_back(d == 0 ? t : std::nextafter(t, d * INFINITY));
-      std::uniform_real_distribution<float> u(-0.2f * alpha, 1.2f * alpha);
-      while (v.size() % 16 != 3) v.push_back(u(rng));
-      const int n = static_cast<int>(v.size());
-      std::vector<uint8_t> index(v.size());
-      std::vector<float> finite;
-      for (float x : v) finite.push_back(std::isnan(x) ? 0.0f : x);  // quantize() rejects NaN
-      projector.quantize(finite.data(), finite.size(), alpha, index.data());
-      for (int i = 0; i < n; ++i) {
-        if (std::isnan(v[i])) continue;
-        ASSERT_EQ(q.code(v[i]), codes[index[i]]) << "value " << v[i] << " " << bits << " bits";
+  for (bool is_signed : {false, true})
+    for (auto kind : {apot::levels::Kind::apot, apot::levels::Kind::uniform, apot::levels::Kind::pot})
+      for (int bits : {2, 3, 4, 5}) {
+        const auto set = apot::levels::LevelSet::make_activation(kind, bits, is_signed);
+        const apot::kernels::Projector projector(set);
+        const float alpha = 0.37f + 0.9f * float(bits);
+        // Signed inputs: the engine's codes are the integers plus the largest (all >= 0).
+        std::vector<uint8_t> codes;
+        for (int64_t v : set.integers())
+          codes.push_back(static_cast<uint8_t>(v + (is_signed ? set.integers().back() : 0)));
+        const auto q = apot::kernels::make_requantizer(projector.input_thresholds(alpha), codes);
+        // Values around every threshold (the float neighbours included), outside the range, and
+        // special values.
+        std::vector<float> v{0.0f, -0.0f, -1.0f, alpha, 2 * alpha, -alpha, -2 * alpha, INFINITY, -INFINITY, NAN};
+        for (float t : q.thresholds)
+          for (float d : {-1.0f, 0.0f, 1.0f}) v.push_back(d == 0 ? t : std::nextafter(t, d * INFINITY));
+        std::uniform_real_distribution<float> u((is_signed ? -1.2f : -0.2f) * alpha, 1.2f * alpha);
+        while (v.size() % 16 != 3) v.push_back(u(rng));
+        const int n = static_cast<int>(v.size());
+        std::vector<uint8_t> index(v.size());
+        std::vector<float> finite;
+        for (float x : v) finite.push_back(std::isnan(x) ? 0.0f : x);  // quantize() rejects NaN
+        projector.quantize(finite.data(), finite.size(), alpha, index.data());
+        for (int i = 0; i < n; ++i) {
+          if (std::isnan(v[i])) continue;
+          ASSERT_EQ(q.code(v[i]), codes[index[i]]) << "value " << v[i] << " " << set.name();
+        }
+        for (GemmIsa isa : apot::kernels::supported_gemm_isas()) {
+          Image out(1, 1, n, 0);
+          apot::kernels::requantize(v.data(), 1, 1, n, q, out.view, isa);
+          for (int i = 0; i < n; ++i)
+            ASSERT_EQ(out.bytes[i], q.code(v[i])) << apot::kernels::to_string(isa) << " " << v[i];
+          // A bordered 3 x 5 x 32 image (whole vectors of channels): the same values in turn.
+          Image image(3, 5, 32, 1);
+          std::vector<float> values(3 * 5 * 32);
+          for (size_t i = 0; i < values.size(); ++i) values[i] = v[i % v.size()];
+          apot::kernels::requantize(values.data(), 3, 5, 32, q, image.view, isa);
+          for (int y = 0; y < 3; ++y)
+            for (int x = 0; x < 5; ++x)
+              for (int c = 0; c < 32; ++c)
+                ASSERT_EQ(image.view.pixel(y, x)[c], q.code(values[(size_t(y) * 5 + x) * 32 + c]))
+                    << apot::kernels::to_string(isa) << " pixel " << y << "," << x << " channel " << c;
+        }
       }
-      for (GemmIsa isa : apot::kernels::supported_gemm_isas()) {
-        Image out(1, 1, n, 0);
-        apot::kernels::requantize(v.data(), 1, 1, n, q, out.view, isa);
-        for (int i = 0; i < n; ++i)
-          ASSERT_EQ(out.bytes[i], q.code(v[i])) << apot::kernels::to_string(isa) << " " << v[i];
-        // A bordered 3 x 5 x 32 image (whole vectors of channels): the same values in turn.
-        Image image(3, 5, 32, 1);
-        std::vector<float> values(3 * 5 * 32);
-        for (size_t i = 0; i < values.size(); ++i) values[i] = v[i % v.size()];
-        apot::kernels::requantize(values.data(), 3, 5, 32, q, image.view, isa);
-        for (int y = 0; y < 3; ++y)
-          for (int x = 0; x < 5; ++x)
-            for (int c = 0; c < 32; ++c)
-              ASSERT_EQ(image.view.pixel(y, x)[c], q.code(values[(size_t(y) * 5 + x) * 32 + c]))
-                  << apot::kernels::to_string(isa) << " pixel " << y << "," << x << " channel " << c;
-      }
-    }
 }
 
 class RequantizePath : public ::testing::TestWithParam<GemmIsa> {};

@@ -80,9 +80,10 @@ class Projector {
                 Normalisation norm = {}) const;
   PreparedProjection prepare(float alpha, Isa isa = default_isa(), Normalisation norm = {}) const;
   void quantize(const PreparedProjection& prepared, const float* input, size_t n, uint8_t* index) const;
-  // For an unsigned level set: the thresholds t_i (ascending) in input space, such that
-  // quantize(x, alpha) = the number of t_i <= x for every float x (NaN: 0), with exactly the
-  // decisions of quantize(). The engine requantises with them.
+  // The thresholds t_i (ascending) in input space such that quantize(x, alpha) = the number of
+  // t_i <= x for every float x (NaN: 0), with exactly the decisions of quantize(); for a signed
+  // set, the index into its levels in ascending order (set.integers()). The engine requantises
+  // with them.
   std::vector<float> input_thresholds(float alpha) const;
   // out[i] = levels()[index[i]] * alpha. Indices out of range throw.
   void dequantize(const uint8_t* index, size_t n, float alpha, float* out, Isa isa = default_isa()) const;
