@@ -105,6 +105,7 @@ std::vector<uint8_t> export_model(qat::NetworkImpl& model, const ExportInfo& inf
       if (lq.quantized()) quantized = c->quantized_weight().detach();
     } else if (auto* l = model.linear(node.name)) {
       weight = l->weight, weight_alpha = l->weight_alpha, act_alpha = l->act_alpha, bias = l->bias;
+      if (lq.quantized()) quantized = l->quantized_weight().detach();
     } else {
       throw std::invalid_argument("export: no layer " + node.name + " in the model");
     }
@@ -112,9 +113,6 @@ std::vector<uint8_t> export_model(qat::NetworkImpl& model, const ExportInfo& inf
       throw std::invalid_argument("export: layer " + node.name +
                                   " is full precision; the engine runs int8 and quantised layers only (train it with "
                                   "quant.int8_first_last = true, or quantise it)");
-    if (lq.quantized() && linear)
-      throw std::invalid_argument("export: layer " + node.name +
-                                  " is a quantised linear layer, which the engine does not run yet; keep it int8");
     const int out = node.out_channels;
     std::vector<double> scale, shift;
     batch_norm_of(model.batch_norm(node.name), out, scale, shift);
@@ -135,11 +133,8 @@ std::vector<uint8_t> export_model(qat::NetworkImpl& model, const ExportInfo& inf
       for (int o = 0; o < out; ++o) scale[size_t(o)] *= step;
       r.kind = uint32_t(linear ? LayerKind::float_linear : LayerKind::float_conv);
     } else {
-      if (lq.signed_input)
-        throw std::invalid_argument("export: layer " + node.name +
-                                    " has a signed input, which the engine does not run yet");
       const levels::LevelSet wset = levels::LevelSet::make(lq.kind, lq.weight_bits, levels::Role::weight);
-      const levels::LevelSet aset = levels::LevelSet::make(lq.kind, lq.act_bits, levels::Role::activation);
+      const levels::LevelSet aset = levels::LevelSet::make_activation(lq.kind, lq.act_bits, lq.signed_input);
       if (aset.size() > 32)
         throw std::invalid_argument("export: layer " + node.name + ": its input has " + std::to_string(aset.size()) +
                                     " " + aset.name() +
@@ -148,6 +143,10 @@ std::vector<uint8_t> export_model(qat::NetworkImpl& model, const ExportInfo& inf
       if (wset.storage_bits() != 8 || aset.storage_bits() != 8)
         throw std::invalid_argument("export: " + wset.name() + " / " + aset.name() +
                                     " levels do not fit 8-bit integers");
+      // Signed inputs run as the integers plus the largest one (codes 0 .. 2 max).
+      if (lq.signed_input && 2 * aset.integers().back() > 255)
+        throw std::invalid_argument("export: layer " + node.name + ": signed " + aset.name() +
+                                    " input levels do not fit 8-bit codes with their offset");
       // The trained forward's quantised weight is alpha_w * k / D_w (as float32); recover k.
       const std::vector<float> wq = engine_order(quantized, in);
       const torch::Tensor alphas = weight_alpha.detach().to(torch::kFloat64).reshape(-1).contiguous();
@@ -173,6 +172,7 @@ std::vector<uint8_t> export_model(qat::NetworkImpl& model, const ExportInfo& inf
       r.input_act_bits = static_cast<uint32_t>(lq.act_bits);
       r.input_kind = lq.kind == levels::Kind::apot ? 0 : lq.kind == levels::Kind::pot ? 1 : 2;
       r.input_denominator = static_cast<uint32_t>(aset.denominator());
+      r.input_signed = lq.signed_input ? 1 : 0;
     }
     r.weight_bits = static_cast<uint32_t>(bits_for(level_table.size()));
     r.weight_level_count = static_cast<uint32_t>(level_table.size());

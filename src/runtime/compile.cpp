@@ -19,6 +19,9 @@ void Model::Impl::compile() {
   auto quantized = [&](int node) {
     return layer_of[size_t(node)] >= 0 && layers[size_t(layer_of[size_t(node)])].quantized();
   };
+  // Epilogues fuse sums and make codes for quantised convolutions only (a quantised linear
+  // layer reads its input as one pixel of codes, requantised from the float value).
+  auto quantized_conv = [&](int node) { return quantized(node) && graph[size_t(node)].op == Op::conv; };
   // A sum of two values fuses into the epilogue of the quantised convolution that produces one
   // of them (the later one, so that the other is ready), if that is its only reader and it has
   // no activation of its own.
@@ -28,7 +31,8 @@ void Model::Impl::compile() {
     if (node.op != Op::add || node.inputs.size() != 2 || node.inputs[0] == node.inputs[1]) continue;
     const int later = std::max(node.inputs[0], node.inputs[1]), earlier = std::min(node.inputs[0], node.inputs[1]);
     for (int p : {later, earlier})
-      if (quantized(p) && consumers[size_t(p)].size() == 1 && graph[size_t(p)].activation == graph::Activation::none) {
+      if (quantized_conv(p) && consumers[size_t(p)].size() == 1 &&
+          graph[size_t(p)].activation == graph::Activation::none) {
         fused_conv[a] = p;
         fused_into[size_t(p)] = int(a);
         break;
@@ -37,11 +41,11 @@ void Model::Impl::compile() {
   // Values that an epilogue makes, and the quantised reader that gets its codes from it (the
   // last one; the others requantise the float value right before they run).
   std::vector<int> codes_for(n, -1);
-  auto from_epilogue = [&](size_t v) { return (quantized(int(v)) && fused_into[v] < 0) || fused_conv[v] >= 0; };
+  auto from_epilogue = [&](size_t v) { return (quantized_conv(int(v)) && fused_into[v] < 0) || fused_conv[v] >= 0; };
   for (size_t v = 0; v < n; ++v) {
     if (!from_epilogue(v)) continue;
     for (int c : consumers[v])
-      if (quantized(c)) codes_for[v] = c;
+      if (quantized_conv(c)) codes_for[v] = c;
   }
   // Which values are needed as floats.
   std::vector<bool> need_float(n, false);
@@ -55,7 +59,7 @@ void Model::Impl::compile() {
     }
   // The steps, in node order; a fused sum runs its convolution at its own position.
   steps.clear();
-  auto requantize_for = [&](int conv) {
+  auto requantize_for = [&](int conv) {  // also a quantised linear layer
     const int v = graph[size_t(conv)].inputs[0];
     if (codes_for[size_t(v)] == conv) return;
     Step r;
@@ -78,9 +82,8 @@ void Model::Impl::compile() {
     const graph::Node& node = graph[i];
     Step s;
     s.node = int(i);
-    s.relu = node.activation == graph::Activation::relu;
-    if (node.activation == graph::Activation::clamp)
-      throw FormatError("node '" + node.name + "': clamp activations are not supported by this engine yet");
+    s.relu = node.activation != graph::Activation::none;  // a clamp is from 0 (load checks)
+    if (node.activation == graph::Activation::clamp) s.relu_max = node.clamp_hi;
     switch (node.op) {
       case Op::input: break;
       case Op::conv:
@@ -115,9 +118,14 @@ void Model::Impl::compile() {
         }
         break;
       case Op::linear:
-        s.kind = StepKind::linear;
         s.layer = layer_of[i];
-        s.reads = {node.inputs[0]};
+        if (quantized(int(i))) {  // a 1x1 convolution of one pixel
+          requantize_for(int(i));
+          s.kind = StepKind::conv_codes;
+        } else {
+          s.kind = StepKind::linear;
+          s.reads = {node.inputs[0]};
+        }
         break;
       // One input, one step of the same name.
       case Op::max_pool: s.kind = StepKind::max_pool; break;
@@ -126,13 +134,15 @@ void Model::Impl::compile() {
       case Op::flatten: s.kind = StepKind::flatten; break;
       case Op::shortcut_pad: s.kind = StepKind::shortcut_pad; break;
       case Op::concat:
-      case Op::channel_slice:
-      case Op::channel_shuffle:
-        throw FormatError("node '" + node.name + "': " + graph::to_string(node.op) +
-                          " is not supported by this engine yet");
+        s.kind = StepKind::concat;
+        s.reads = node.inputs;
+        break;
+      case Op::channel_slice: s.kind = StepKind::channel_slice; break;
+      case Op::channel_shuffle: s.kind = StepKind::channel_shuffle; break;
     }
     if (s.kind == StepKind::max_pool || s.kind == StepKind::avg_pool || s.kind == StepKind::global_avg_pool ||
-        s.kind == StepKind::flatten || s.kind == StepKind::shortcut_pad)
+        s.kind == StepKind::flatten || s.kind == StepKind::shortcut_pad || s.kind == StepKind::channel_slice ||
+        s.kind == StepKind::channel_shuffle)
       s.reads = {node.inputs[0]};
     s.tapped = s.kind == StepKind::conv_codes || s.kind == StepKind::conv_float || s.kind == StepKind::add;
     if (s.tapped) taps.push_back(s.node);
@@ -195,7 +205,8 @@ void Model::Impl::plan_code_buffers() {
   auto same = [&](size_t i, size_t j) {
     const kernels::CodeImage a = input_shape(i), b = input_shape(j);
     return a.h == b.h && a.w == b.w && a.cs == b.cs && a.border == b.border &&
-           layers[i].record.in_channels == layers[j].record.in_channels;
+           layers[i].record.in_channels == layers[j].record.in_channels &&
+           layers[i].code_offset == layers[j].code_offset;
   };
   auto write = [&](int layer) {  // layer's codes are made
     if (layer < 0) return;

@@ -36,6 +36,10 @@ struct Layer {
   kernels::PackedConv packed;
   kernels::Requantizer input;
   int max_code = 0;
+  // Signed inputs: the code of level 0 (the padding's value), and per output channel that
+  // offset times the weight sum, which the epilogue subtracts; empty for unsigned inputs.
+  uint8_t code_offset = 0;
+  std::vector<int32_t> acc_offset;
   // int8 convolutions: on float input, and on 8-bit pixels (when it reads the image and the
   // normalisation allows).
   kernels::PackedFloatConv packed_float;
@@ -57,6 +61,9 @@ enum class StepKind {
   global_avg_pool,
   flatten,
   shortcut_pad,
+  concat,           // channels of the inputs one after the other
+  channel_slice,    // channels [begin, begin + out_channels) of the input
+  channel_shuffle,  // channel g * per_group + i -> i * groups + g
 };
 
 struct Step {
@@ -71,8 +78,9 @@ struct Step {
   int residual = -1, residual_buffer = -1;
   int codes_for = -1;
   bool relu = false;
-  int pool = -1;        // conv_float on the image: a fused 3x3 / 2 max-pool node
-  bool tapped = false;  // its value is one of run_with_taps' outputs
+  float relu_max = __builtin_inff();  // a clamp [0, hi] activation (ReLU6): relu with relu_max hi
+  int pool = -1;                      // conv_float on the image: a fused 3x3 / 2 max-pool node
+  bool tapped = false;                // its value is one of run_with_taps' outputs
 };
 
 // Working memory for one image at a time, sized for the model once.
@@ -141,9 +149,16 @@ struct Model::Impl {
   const graph::Graph& g() const { return graph; }
   const graph::Shape& shape(int node) const { return g()[size_t(node)].shape; }
 
+  // The input of layer l as the engine holds it: a linear layer reads its input as one pixel
+  // of in_channels values (NHWC order flattened).
+  graph::Shape layer_input(size_t l) const {
+    const graph::Node& n = g()[size_t(layers[l].node)];
+    if (n.op == graph::Op::linear) return {int(layers[l].record.in_channels), 1, 1};
+    return g().input_shape_of(layers[l].node);
+  }
   // The code image of quantised layer l's input (no data).
   kernels::CodeImage input_shape(size_t l) const {
-    const graph::Shape& s = g().input_shape_of(layers[l].node);
+    const graph::Shape s = layer_input(l);
     return kernels::CodeImage{nullptr, s.height, s.width, layers[l].packed.cs, int(layers[l].record.padding)};
   }
 
@@ -170,7 +185,7 @@ struct Model::Impl {
 
   void requantize(const float* values, int consumer, Workspace& ws, const EngineOptions& o) const {
     const Layer& l = layers[size_t(consumer)];
-    const graph::Shape& s = g().input_shape_of(l.node);
+    const graph::Shape s = layer_input(size_t(consumer));
     const kernels::CodeImage& all = ws.codes[size_t(consumer)];
     engine::parallel_rows(o.threads, s.height, [&](int y0, int y1) {
       kernels::CodeImage rows = all;

@@ -8,6 +8,15 @@
 
 namespace apot::runtime {
 
+namespace {
+// The upper clamp of a clamp [0, hi] activation (ReLU6) on float values, where no kernel
+// epilogue applies it: min(v, hi) as the epilogues compute it (NaN stays NaN).
+void clamp_above(float* v, size_t count, const engine::Step& s) {
+  if (!(s.relu && s.relu_max < __builtin_inff())) return;
+  for (size_t i = 0; i < count; ++i) v[i] = std::min(v[i], s.relu_max);
+}
+}  // namespace
+
 using engine::is_stem_pool;
 using engine::kStemBand;
 using graph::Op;
@@ -74,7 +83,9 @@ void Model::Impl::run_step(const Step& s, const float* image, Workspace& ws, con
       kernels::ConvOutput co;
       co.scale = l.scale.data();
       co.bias = l.bias.data();
+      if (!l.acc_offset.empty()) co.acc_offset = l.acc_offset.data();
       co.relu = s.relu;
+      co.relu_max = s.relu_max;
       if (s.residual >= 0) co.residual = ws.buffers[size_t(s.residual_buffer)].data();
       co.values = out;
       if (!out && taps) {
@@ -106,6 +117,7 @@ void Model::Impl::run_step(const Step& s, const float* image, Workspace& ws, con
           kernels::conv_f32(padded, l.packed_float, l.scale.data(), l.bias.data(), s.relu, target, o.isa, o.threads);
         });
       }
+      clamp_above(target, size_t(os.size()), s);  // after a fused max-pool too: the two commute
       if (taps) taps->emplace_back(target, target + os.size());
       return;
     }
@@ -120,6 +132,7 @@ void Model::Impl::run_step(const Step& s, const float* image, Workspace& ws, con
         out[o2] = l.scale[size_t(o2)] * out[o2] + l.bias[size_t(o2)];
         if (s.relu) out[o2] = std::max(out[o2], 0.0f);
       }
+      clamp_above(out, size_t(classes), s);
       break;
     }
     case StepKind::add: {
@@ -131,6 +144,35 @@ void Model::Impl::run_step(const Step& s, const float* image, Workspace& ws, con
       }
       if (s.relu)
         for (size_t i = 0; i < count; ++i) out[i] = std::max(out[i], 0.0f);
+      clamp_above(out, count, s);
+      break;
+    }
+    case StepKind::concat: {  // NHWC: each pixel's channels from the inputs in turn
+      const size_t pixels = size_t(os.height) * os.width;
+      size_t at = 0;
+      for (size_t k = 0; k < s.in.size(); ++k) {
+        const size_t c = size_t(shape(s.reads[k]).channels);
+        const float* x = in(k);
+        for (size_t p = 0; p < pixels; ++p) std::copy_n(x + p * c, c, out + p * size_t(os.channels) + at);
+        at += c;
+      }
+      break;
+    }
+    case StepKind::channel_slice: {
+      const size_t pixels = size_t(os.height) * os.width, c = size_t(shape(s.reads[0]).channels);
+      for (size_t p = 0; p < pixels; ++p)
+        std::copy_n(in(0) + p * c + size_t(node.begin), size_t(os.channels), out + p * os.channels);
+      break;
+    }
+    case StepKind::channel_shuffle: {  // PyTorch: view(groups, C / groups), transpose, flatten
+      const size_t pixels = size_t(os.height) * os.width, c = size_t(os.channels), groups = size_t(node.groups);
+      const size_t per_group = c / groups;
+      for (size_t p = 0; p < pixels; ++p) {
+        const float* x = in(0) + p * c;
+        float* y = out + p * c;
+        for (size_t g2 = 0; g2 < groups; ++g2)
+          for (size_t i = 0; i < per_group; ++i) y[i * groups + g2] = x[g2 * per_group + i];
+      }
       break;
     }
     case StepKind::max_pool:
@@ -219,7 +261,7 @@ std::unique_ptr<engine::Workspace> Model::Impl::acquire() const {
     kernels::CodeImage& c = ws->codes[i];
     c = input_shape(i);
     std::vector<uint8_t>& bytes = ws->code_bytes[size_t(code_buffer[i])];
-    if (bytes.empty()) bytes.assign(c.bytes(), 0);
+    if (bytes.empty()) bytes.assign(c.bytes(), layers[i].code_offset);  // the border: level 0
     c.data = bytes.data();
   }
   const graph::Shape& in = shape(0);

@@ -53,8 +53,11 @@ void check_layer(const LayerRecord& r, size_t index, uint64_t blob_size, const s
     throw FormatError(where + "scale or bias outside the blob or misaligned");
   if (r.kind == uint32_t(LayerKind::quantized_conv)) {
     if (!(r.input_alpha > 0) || !(r.input_alpha < 1e30f)) throw FormatError(where + "input alpha must be positive");
-    if (r.input_act_bits < 2 || r.input_act_bits > 8 || r.input_kind > 2 || r.input_denominator == 0)
+    if (r.input_act_bits < 2 || r.input_act_bits > 8 || r.input_kind > 2 || r.input_denominator == 0 ||
+        r.input_signed > 1)
       throw FormatError(where + "invalid input quantiser");
+  } else if (r.input_signed != 0) {
+    throw FormatError(where + "only quantised layers have signed inputs");
   }
 }
 
@@ -69,9 +72,9 @@ ParsedFile parse_apot(const uint8_t* bytes, size_t size, const std::string& name
     throw VersionError(name +
                        ": written by an earlier apot (.apot version 1, ResNets only); export it again from its "
                        "checkpoint: apot export --checkpoint CKPT --out FILE");
-  if (h.version != kFormatVersion)
+  if (h.version < kOldestReadableVersion || h.version > kFormatVersion)
     throw VersionError(name + ": .apot version " + std::to_string(h.version) + " is not supported (this reader reads " +
-                       std::to_string(kFormatVersion) + ")");
+                       std::to_string(kOldestReadableVersion) + " to " + std::to_string(kFormatVersion) + ")");
   if (h.file_size != size)
     throw FormatError(name + ": file is " + std::to_string(size) + " bytes but its header says " +
                       std::to_string(h.file_size) + " (truncated or padded)");

@@ -39,7 +39,7 @@ void check_record(const LayerRecord& r, const graph::Graph& g, int node, const s
   uint32_t want_kind = 0;
   if (n.quant.mode == graph::LayerQuant::Mode::int8)
     want_kind = uint32_t(linear ? LayerKind::float_linear : LayerKind::float_conv);
-  if (n.quant.mode == graph::LayerQuant::Mode::quantized && !linear) want_kind = uint32_t(LayerKind::quantized_conv);
+  if (n.quant.mode == graph::LayerQuant::Mode::quantized) want_kind = uint32_t(LayerKind::quantized_conv);
   if (want_kind == 0)
     throw FormatError(where + "the engine does not run " + n.quant.describe() + " " + to_string(n.op) + " layers");
   if (r.kind != want_kind) throw FormatError(where + "its layer record is of another kind");
@@ -50,10 +50,16 @@ void check_record(const LayerRecord& r, const graph::Graph& g, int node, const s
       r.padding != uint32_t(linear ? 0 : n.padding) || r.groups != uint32_t(linear ? 1 : n.groups))
     throw FormatError(where +
                       "its layer record does not match the graph (channels, kernel, stride, padding or groups)");
-  if (r.groups != 1) throw FormatError(where + "grouped convolutions are not supported by this engine yet");
-  if (r.kind == uint32_t(LayerKind::quantized_conv)) {
-    if (n.quant.signed_input) throw FormatError(where + "signed inputs are not supported by this engine yet");
+  const bool quantized = r.kind == uint32_t(LayerKind::quantized_conv);
+  const bool depthwise = r.groups == r.in_channels && r.groups == r.out_channels;
+  if (r.groups != 1 && !(quantized && depthwise))
+    throw FormatError(where +
+                      "grouped convolutions other than quantised depthwise ones are not supported by this "
+                      "engine yet");
+  if (quantized) {
     if (r.input_act_bits != uint32_t(n.quant.act_bits)) throw FormatError(where + "input bits differ from the graph's");
+    if ((r.input_signed != 0) != n.quant.signed_input)
+      throw FormatError(where + "its record's input signedness differs from the graph's");
   }
 }
 
@@ -148,14 +154,25 @@ Model Model::from_memory(const void* data, size_t size, const std::string& name)
     // cannot be made: one FormatError naming the node for either.
     try {
       if (r.kind == uint32_t(LayerKind::quantized_conv)) {
-        l.packed = kernels::pack_conv(w.data(), out, in_channels, kernel, stride, padding);
-        const levels::LevelSet set =
-            levels::LevelSet::make(kind_of(r.input_kind), static_cast<int>(r.input_act_bits), levels::Role::activation);
-        if (set.denominator() != r.input_denominator || set.storage_bits() != 8)
+        l.packed = r.groups > 1 ? kernels::pack_depthwise(w.data(), out, kernel, stride, padding)
+                                : kernels::pack_conv(w.data(), out, in_channels, kernel, stride, padding);
+        const levels::LevelSet set = levels::LevelSet::make_activation(
+            kind_of(r.input_kind), static_cast<int>(r.input_act_bits), r.input_signed != 0);
+        // Signed inputs: codes are the level integers plus the largest one, and the sums lose
+        // that offset times each output's weight sum again in the epilogue (exact).
+        const int64_t top = set.integers().back(), offset = r.input_signed ? top : 0;
+        if (set.denominator() != r.input_denominator || set.storage_bits() != 8 || top + offset > 255)
           throw FormatError(name + ": node '" + n.name + "': input level set does not fit 8-bit codes");
         std::vector<uint8_t> codes;
-        for (int64_t v : set.integers()) codes.push_back(static_cast<uint8_t>(v));
-        l.max_code = static_cast<int>(set.integers().back());
+        for (int64_t v : set.integers()) codes.push_back(static_cast<uint8_t>(v + offset));
+        l.max_code = static_cast<int>(top + offset);
+        l.code_offset = static_cast<uint8_t>(offset);
+        if (offset) {
+          const size_t per_out = w.size() / size_t(out);
+          l.acc_offset.assign(size_t(out), 0);
+          for (size_t o = 0; o < size_t(out); ++o)
+            for (size_t i = 0; i < per_out; ++i) l.acc_offset[o] += int32_t(offset) * w[o * per_out + i];
+        }
         l.input = kernels::make_requantizer(kernels::Projector(set).input_thresholds(r.input_alpha), std::move(codes));
       } else if (r.kind == uint32_t(LayerKind::float_conv)) {
         l.packed_float = kernels::pack_float_conv(w.data(), out, in_channels, kernel, stride, padding);
@@ -194,8 +211,9 @@ Model Model::from_memory(const void* data, size_t size, const std::string& name)
       throw FormatError(name + ": node '" + g[size_t(l.node)].name +
                         "': layers reading the image with different paddings are not supported by this engine yet");
   for (size_t i = 0; i < g.size(); ++i)
-    if (g[i].op == Op::add && g[i].activation == graph::Activation::clamp)
-      throw FormatError(name + ": node '" + g[i].name + "': clamp activations are not supported by this engine yet");
+    if (g[i].activation == graph::Activation::clamp && g[i].clamp_lo != 0.0f)
+      throw FormatError(name + ": node '" + g[i].name +
+                        "': clamp activations from other than 0 are not supported by this engine yet");
   if (g[g.size() - 1].shape.height != 1 || g[g.size() - 1].shape.width != 1)
     throw FormatError(name + ": the output '" + g[g.size() - 1].name + "' is not a vector of class scores");
   impl->compile();

@@ -162,9 +162,9 @@ TEST(CApi, LoadErrorsHaveTheirStatusAndOneLine) {
   apot_model_free(m);
   // Another format version (the 4 bytes after the 8-byte magic): its own status.
   std::vector<uint8_t> other = bytes;
-  other[8] = 3;
+  other[8] = 4;
   EXPECT_EQ(apot_model_load_from_memory(other.data(), other.size(), &m), APOT_ERROR_VERSION);
-  EXPECT_NE(std::string(apot_last_error()).find(".apot version 3 is not supported"), std::string::npos)
+  EXPECT_NE(std::string(apot_last_error()).find(".apot version 4 is not supported"), std::string::npos)
       << apot_last_error();
   other[8] = 1;
   EXPECT_EQ(apot_model_load_from_memory(other.data(), other.size(), &m), APOT_ERROR_VERSION);

@@ -232,6 +232,52 @@ Graph graph_f(bool flatten) {
   return g;
 }
 
+// 3 x 8 x 8, the new layer types: a quantised depthwise conv with a ReLU6 clamp, a 1x1 conv
+// without activation (a linear bottleneck) read by a conv with signed input levels, a channel
+// split into two slices, a depthwise conv on one of them, their concat and a channel shuffle, a
+// sum with a ReLU6 clamp, and a quantised linear layer before the int8 classifier.
+Graph graph_g() {
+  Graph g;
+  g.arch = "graph_g";
+  const int in = g.add(input_node(3));
+  const int c1 = g.add(conv("c1", in, 16, 3, 1, 1, int8(), Activation::relu));
+  Node d = conv("dw", c1, 16, 3, 1, 1, w4a4(), Activation::clamp);
+  d.groups = 16;
+  d.clamp_hi = 6;
+  const int dw = g.add(d);
+  const int pw = g.add(conv("pw", dw, 16, 1, 1, 0, w4a4(), Activation::none));
+  LayerQuant signed_q = w4a4();
+  signed_q.signed_input = true;
+  const int qs = g.add(conv("qs", pw, 16, 1, 1, 0, signed_q, Activation::relu));
+  Node a = unary("half_a", Op::channel_slice, qs);
+  a.out_channels = 8;
+  const int half_a = g.add(a);
+  Node b = unary("half_b", Op::channel_slice, qs);
+  b.begin = 8;
+  b.out_channels = 8;
+  const int half_b = g.add(b);
+  Node d2 = conv("dw2", half_b, 8, 3, 2, 1, w4a4(), Activation::relu);
+  d2.groups = 8;
+  const int dw2 = g.add(d2);
+  const int pa = g.add(pool("pool_a", Op::max_pool, half_a, 2, 2, 0));
+  Node cat = unary("cat", Op::concat, pa);
+  cat.inputs = {pa, dw2};
+  const int joined = g.add(cat);
+  Node sh = unary("shuffle", Op::channel_shuffle, joined);
+  sh.groups = 2;
+  const int shuffled = g.add(sh);
+  const int pp = g.add(pool("pool_pw", Op::max_pool, pw, 2, 2, 0));
+  Node sum = add("sum", {shuffled, pp}, Activation::clamp);
+  sum.clamp_hi = 6;
+  const int summed = g.add(sum);
+  const int gap = g.add(unary("gap", Op::global_avg_pool, summed));
+  Node fq = linear("fcq", gap, 12, w4a4());
+  fq.activation = Activation::relu;
+  const int fcq = g.add(fq);
+  g.add(linear("fc", fcq, 10, int8()));
+  return g;
+}
+
 // ---- .apot files by hand ----
 
 // Per weight layer: scale = gain * (0.75..1.25) / (sqrt(fan-in) * rms weight * codes per unit
@@ -304,7 +350,8 @@ Net build(Graph graph, int height, int width, const std::map<std::string, Gain>&
     if (node.quant.quantized()) {
       const levels::Kind kind = node.quant.kind;
       const levels::LevelSet wset = levels::LevelSet::make(kind, node.quant.weight_bits, levels::Role::weight);
-      const levels::LevelSet aset = levels::LevelSet::make(kind, node.quant.act_bits, levels::Role::activation);
+      const levels::LevelSet aset =
+          levels::LevelSet::make_activation(kind, node.quant.act_bits, node.quant.signed_input);
       for (int64_t v : wset.integers()) table.push_back(static_cast<int8_t>(v));
       d.alpha = gain.alpha > 0 ? gain.alpha : 2.0f;
       r.kind = uint32_t(runtime::LayerKind::quantized_conv);
@@ -312,6 +359,7 @@ Net build(Graph graph, int height, int width, const std::map<std::string, Gain>&
       r.input_act_bits = uint32_t(node.quant.act_bits);
       r.input_kind = kind == levels::Kind::apot ? 0 : kind == levels::Kind::pot ? 1 : 2;
       r.input_denominator = uint32_t(aset.denominator());
+      r.input_signed = node.quant.signed_input ? 1 : 0;
       codes_per_unit = double(aset.denominator()) / d.alpha;
     } else {
       for (int v = -127; v <= 127; ++v) table.push_back(static_cast<int8_t>(v));
@@ -392,11 +440,25 @@ std::vector<float> chw_of(const std::vector<float>& x, const Shape& s) {
   return out;
 }
 
+levels::LevelSet input_levels(const LayerQuant& q) {
+  return levels::LevelSet::make_activation(q.kind, q.act_bits, q.signed_input);
+}
+
+// Thresholds as the engine makes them; codes: level index -> the level's integer + 128 (signed
+// levels are negative), so that interpret() has the integers as code - 128.
 kernels::Requantizer requantizer_of(const LayerQuant& q, float alpha) {
-  const levels::LevelSet aset = levels::LevelSet::make(q.kind, q.act_bits, levels::Role::activation);
+  const levels::LevelSet aset = input_levels(q);
   std::vector<uint8_t> codes;
-  for (int64_t v : aset.integers()) codes.push_back(static_cast<uint8_t>(v));
+  for (int64_t v : aset.integers()) codes.push_back(static_cast<uint8_t>(v + 128));
   return kernels::make_requantizer(kernels::Projector(aset).input_thresholds(alpha), codes);
+}
+
+// The input's level integers of a quantised layer (NHWC, or the flattened order of x).
+std::vector<int> level_integers(const LayerQuant& q, float alpha, const std::vector<float>& x) {
+  const kernels::Requantizer r = requantizer_of(q, alpha);
+  std::vector<int> out(x.size());
+  for (size_t k = 0; k < x.size(); ++k) out[k] = r.code(x[k]) - 128;
+  return out;
 }
 
 // The graph's semantics node by node, in plain loops, for one C x H x W image.
@@ -426,22 +488,22 @@ Reference interpret(const Net& net, const float* image) {
         const LayerData& d = net.layers.at(int(i));
         const int K = n.kernel;
         if (n.quant.quantized()) {
-          // Codes of the input, then exact integer sums, then the epilogue's float steps.
-          const kernels::Requantizer q = requantizer_of(n.quant, d.alpha);
-          std::vector<int>& codes = ref.codes[int(i)];
-          codes.resize(x.size());
-          for (size_t k = 0; k < x.size(); ++k) codes[k] = q.code(x[k]);
+          // The input's level integers, then exact integer sums (output o of group g reads input
+          // channels g * C/groups on), then the epilogue's float steps.
+          const std::vector<int>& codes = ref.codes[int(i)] = level_integers(n.quant, d.alpha, x);
+          const int per_group = C / n.groups, outs_per_group = os.channels / n.groups;
           for (int oy = 0; oy < os.height; ++oy)
             for (int ox = 0; ox < os.width; ++ox)
               for (int o = 0; o < os.channels; ++o) {
                 int64_t acc = 0;
+                const int c0 = o / outs_per_group * per_group;
                 for (int ky = 0; ky < K; ++ky)
                   for (int kx = 0; kx < K; ++kx) {
                     const int iy = oy * n.stride - n.padding + ky, ix = ox * n.stride - n.padding + kx;
-                    if (!inside(iy, ix)) continue;  // zero codes
-                    for (int c = 0; c < C; ++c)
-                      acc += int64_t(d.w[((size_t(o) * K + ky) * K + kx) * C + c]) *
-                             codes[(size_t(iy) * is.width + ix) * C + c];
+                    if (!inside(iy, ix)) continue;  // level 0
+                    for (int c = 0; c < per_group; ++c)
+                      acc += int64_t(d.w[((size_t(o) * K + ky) * K + kx) * per_group + c]) *
+                             codes[(size_t(iy) * is.width + ix) * C + c0 + c];
                   }
                 float v = d.scale[size_t(o)] * float(acc);
                 v = v + d.bias[size_t(o)];
@@ -473,6 +535,16 @@ Reference interpret(const Net& net, const float* image) {
         // On the input flattened in C, H, W order, with the weights in that order.
         const LayerData& d = net.layers.at(int(i));
         const std::vector<float> f = chw_of(x, is);
+        if (n.quant.quantized()) {  // exact sums of the input's level integers
+          const std::vector<int>& codes = ref.codes[int(i)] = level_integers(n.quant, d.alpha, f);
+          for (int o = 0; o < os.channels; ++o) {
+            int64_t acc = 0;
+            for (size_t k = 0; k < f.size(); ++k) acc += int64_t(d.w_chw[size_t(o) * f.size() + k]) * codes[k];
+            const float v = d.scale[size_t(o)] * float(acc);
+            out[size_t(o)] = v + d.bias[size_t(o)];
+          }
+          break;
+        }
         for (int o = 0; o < os.channels; ++o) {
           float acc = 0.0f;
           for (size_t k = 0; k < f.size(); ++k) acc = acc + f[k] * float(d.w_chw[size_t(o) * f.size() + k]);
@@ -522,11 +594,27 @@ Reference interpret(const Net& net, const float* image) {
         break;
       }
       case Op::concat:
+        for (int p = 0, at = 0; p < os.height * os.width; ++p, at = 0)
+          for (int j : n.inputs) {
+            const int cj = g[size_t(j)].shape.channels;
+            for (int c = 0; c < cj; ++c)
+              out[size_t(p) * os.channels + at++] = ref.values[size_t(j)][size_t(p) * cj + c];
+          }
+        break;
       case Op::channel_slice:
-      case Op::channel_shuffle: ADD_FAILURE() << "the engine does not run " << to_string(n.op) << " yet"; break;
+        for (int p = 0; p < os.height * os.width; ++p)
+          for (int c = 0; c < os.channels; ++c) out[size_t(p) * os.channels + c] = x[size_t(p) * C + n.begin + c];
+        break;
+      case Op::channel_shuffle:  // output channel i * groups + g is input channel g * (C / groups) + i
+        for (int p = 0; p < os.height * os.width; ++p)
+          for (int c = 0; c < C; ++c)
+            out[size_t(p) * C + (c % (C / n.groups)) * n.groups + c / (C / n.groups)] = x[size_t(p) * C + c];
+        break;
     }
     if (n.activation == Activation::relu)
       for (float& v : out) v = std::max(v, 0.0f);
+    if (n.activation == Activation::clamp)
+      for (float& v : out) v = std::min(std::max(v, n.clamp_lo), n.clamp_hi);
   }
   return ref;
 }
@@ -558,8 +646,7 @@ void expect_levels_used(const Net& net, const std::vector<Reference>& refs) {
   for (const auto& [node, d] : net.layers) {
     const Node& n = net.graph[size_t(node)];
     if (!n.quant.quantized()) continue;
-    const levels::LevelSet aset = levels::LevelSet::make(n.quant.kind, n.quant.act_bits, levels::Role::activation);
-    const int top = int(aset.integers().back());
+    const int top = int(input_levels(n.quant).integers().back());
     std::set<int> used;
     size_t zeros = 0, clipped = 0, count = 0;
     for (const Reference& r : refs)
@@ -818,6 +905,19 @@ TEST(EngineGraph, FlattenOfTheImageMatchesTheReference) {
   check_against_reference(net, {}, 64);
 }
 
+TEST(EngineGraph, NewLayerTypesMatchTheReference) {
+  const Net net = build(graph_g(), 8, 8,
+                        {{"c1", {1.5, 0, 0.2}},
+                         {"dw", {1.0, 2.0f, 0.2}},
+                         {"pw", {1.0, 2.0f, 0.2}},
+                         {"qs", {1.0, 1.5f, 0.3}},
+                         {"dw2", {1.0, 1.5f, 0.2}},
+                         {"fcq", {1.0, 1.5f, 0.5}},
+                         {"fc", {1.0, 0, 0.2}}},
+                        71);
+  check_against_reference(net, {"c1", "dw", "pw", "qs", "dw2", "sum", "fcq"}, 72);
+}
+
 TEST(EngineGraphErrors, RecordWhoseOutChannelsDifferFromItsNode) {
   Net net = net_a();
   net.records[1].out_channels = 12;  // conv2 has 16
@@ -839,8 +939,8 @@ TEST(EngineGraphErrors, ClampActivations) {
   for (const std::string name : {"conv2", "conv3", "sum", "sum2"}) {
     Graph g = graph_a();
     Node& n = node(g, name);
-    n.activation = Activation::clamp;
-    n.clamp_lo = 0;
+    n.activation = Activation::clamp;  // [0, hi] runs (ReLU6, graph_g); other lower bounds do not
+    n.clamp_lo = -1;
     n.clamp_hi = 6;
     const std::string e = load_error(net_a(std::move(g)));
     EXPECT_NE(e.find("'" + name + "'"), std::string::npos) << name << ": " << e;
@@ -860,10 +960,13 @@ TEST(EngineGraphErrors, GroupedConvolution) {
   EXPECT_EQ(e.find("(not a FormatError)"), std::string::npos) << e;
 }
 
-TEST(EngineGraphErrors, QuantisedLinearLayer) {
+TEST(EngineGraphErrors, QuantisedLinearLayerRecordOfAnotherKind) {
   Graph g = graph_a();
   node(g, "fc").quant = w4a4();
-  const std::string e = load_error(net_a(std::move(g)));
+  Net net = net_a(std::move(g));
+  EXPECT_EQ(load_error(net), "");  // quantised linear layers run (graph_g)
+  net.records.back().kind = uint32_t(runtime::LayerKind::float_linear);
+  const std::string e = load_error(net);
   EXPECT_NE(e.find("'fc'"), std::string::npos) << e;
   EXPECT_EQ(e.find("(not a FormatError)"), std::string::npos) << e;
 }
@@ -888,9 +991,9 @@ TEST(EngineGraphErrors, FullPrecisionLayerAndSignedInput) {
     EXPECT_EQ(e.find("(not a FormatError)"), std::string::npos) << e;
   }
   {
-    Graph g = graph_a();
-    node(g, "conv3").quant.signed_input = true;
-    const std::string e = load_error(net_a(std::move(g)));
+    Net net = net_a();  // conv3's input is unsigned in the graph, signed in its record
+    net.records[2].input_signed = 1;
+    const std::string e = load_error(net);
     EXPECT_NE(e.find("'conv3'"), std::string::npos) << e;
     EXPECT_NE(e.find("signed"), std::string::npos) << e;
     EXPECT_EQ(e.find("(not a FormatError)"), std::string::npos) << e;

@@ -13,7 +13,10 @@
 namespace apot::runtime {
 
 constexpr char kMagic[8] = {'A', 'P', 'O', 'T', 'M', 'D', 'L', '\0'};
-constexpr uint32_t kFormatVersion = 2;
+constexpr uint32_t kFormatVersion = 3;
+// Version 3 adds input_signed (in bytes that version 2 kept zero) and quantised linear and
+// depthwise records: a version 2 file reads as version 3 with every input unsigned.
+constexpr uint32_t kOldestReadableVersion = 2;
 constexpr uint64_t kAlignment = 64;
 
 enum class SectionKind : uint32_t { metadata = 1, layers = 2, blob = 3 };
@@ -42,8 +45,9 @@ struct LayerRecord {
   uint64_t weights, weight_levels, scale, bias;  // offsets into the blob section
   float input_alpha;
   uint32_t input_act_bits, input_kind, input_denominator;
-  uint32_t groups;  // version 2; weights per output channel: in_channels / groups * kernel^2
-  uint8_t reserved[12];
+  uint32_t groups;        // version 2; weights per output channel: in_channels / groups * kernel^2
+  uint32_t input_signed;  // version 3 (kind 1): 1 if the input levels are signed (symmetric)
+  uint8_t reserved[8];
 };
 #pragma pack(pop)
 static_assert(sizeof(FileHeader) == 64, "header is 64 bytes");
