@@ -133,6 +133,8 @@ OnednnInt8::OnednnInt8(const graph::Graph& g, int batch) : impl_(std::make_uniqu
     dnnl::post_ops ops;
     if (fused) ops.append_sum(1.0f);
     if (last.activation == graph::Activation::relu) ops.append_eltwise(1.0f, dnnl::algorithm::eltwise_relu, 0.0f, 0.0f);
+    if (last.activation == graph::Activation::clamp)  // ReLU6
+      ops.append_eltwise(1.0f, dnnl::algorithm::eltwise_clip, last.clamp_lo, last.clamp_hi);
     attr.set_post_ops(ops);
     const dnnl::convolution_forward::primitive_desc pd(desc, attr, m.engine);
     memory user_w({wdims, dt::s8, n.groups == 1 ? tag::oihw : tag::goihw}, m.engine);
