@@ -112,6 +112,10 @@ const std::vector<Field>& fields() {
       field("optim.alpha_weight_decay", &TrainConfig::alpha_weight_decay),
       field("optim.label_smoothing", &TrainConfig::label_smoothing),
       field("optim.grad_clip", &TrainConfig::grad_clip),
+      field("distill.teacher", &TrainConfig::teacher),
+      field("distill.key", &TrainConfig::teacher_key),
+      field("distill.weight", &TrainConfig::distill_weight),
+      field("distill.temperature", &TrainConfig::temperature),
       field("schedule.kind", &TrainConfig::schedule),
       field("schedule.milestones", &TrainConfig::milestones),
       field("schedule.gamma", &TrainConfig::gamma),
@@ -246,6 +250,8 @@ void TrainConfig::validate() const {
   if (weight_norm != "none" && weight_norm != "detached" && weight_norm != "through")
     throw ConfigError("quant.weight_norm must be none, detached or through");
   if (label_smoothing < 0 || label_smoothing >= 1) throw ConfigError("optim.label_smoothing must be in [0, 1)");
+  if (!(distill_weight >= 0 && distill_weight <= 1)) throw ConfigError("distill.weight must be in [0, 1]");
+  if (!(temperature > 0 && temperature <= 100)) throw ConfigError("distill.temperature must be in (0, 100]");
   if (kind != "fp") {
     try {
       const levels::Kind k = levels::parse_kind(kind);

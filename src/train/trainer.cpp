@@ -165,6 +165,18 @@ ModelInfo model_info(const data::Loader& loader) {
   return info;
 }
 
+torch::Tensor training_loss(const torch::Tensor& logits, const torch::Tensor& labels, double label_smoothing,
+                            const torch::Tensor& teacher_logits, double weight, double temperature) {
+  namespace F = torch::nn::functional;
+  const torch::Tensor hard =
+      F::cross_entropy(logits, labels, F::CrossEntropyFuncOptions().label_smoothing(label_smoothing));
+  if (!teacher_logits.defined()) return hard;
+  const torch::Tensor soft =
+      F::kl_div(F::log_softmax(logits / temperature, 1), F::log_softmax(teacher_logits / temperature, 1),
+                F::KLDivFuncOptions().reduction(torch::kBatchMean).log_target(true));
+  return (1 - weight) * hard + weight * temperature * temperature * soft;
+}
+
 TrainSummary run_training(const TrainConfig& c, const std::string& out_dir, bool resume, std::ostream& log) {
   c.validate();
   torch::set_num_threads(c.threads > 0 ? c.threads
@@ -236,6 +248,18 @@ TrainSummary run_training(const TrainConfig& c, const std::string& out_dir, bool
     std::ofstream(metrics_path, std::ios::trunc);
   }
   model->train();
+  // The teacher: the configuration's architecture in full precision, frozen, in eval mode.
+  qat::Network teacher{nullptr};
+  if (!c.teacher.empty()) {
+    TrainConfig fp = c;
+    fp.kind = "fp";
+    fp.layers.clear();
+    teacher = build_model(fp, info);
+    log << "teacher: ";
+    initialise_from(teacher, c.teacher, c.teacher_key, log);
+    teacher->eval();
+    for (auto& p : teacher->parameters()) p.set_requires_grad(false);
+  }
 
   const int64_t steps_per_epoch = c.max_steps_per_epoch > 0
                                       ? std::min<int64_t>(c.max_steps_per_epoch, train_loader.batches_per_epoch())
@@ -245,10 +269,11 @@ TrainSummary run_training(const TrainConfig& c, const std::string& out_dir, bool
       << (c.quantized() ? c.kind + " W" + std::to_string(c.weight_bits) + "A" + std::to_string(c.act_bits) : "fp32")
       << " on " << spec.text() << ": " << train_indices.size() << " train / " << val_indices.size() << " validation / "
       << test_set->size() << " test examples, " << c.epochs << " epochs of " << steps_per_epoch << " steps"
+      << (teacher ? ", distilled from " + c.teacher + " (weight " + std::to_string(c.distill_weight) +
+                        ", temperature " + std::to_string(c.temperature) + ")"
+                  : std::string())
       << std::endl;
 
-  namespace F = torch::nn::functional;
-  const auto loss_options = F::CrossEntropyFuncOptions().label_smoothing(c.label_smoothing);
   for (int64_t epoch = first_epoch; epoch <= c.epochs; ++epoch) {
     const Clock::time_point epoch_start = Clock::now();
     train_loader.start_epoch(epoch);
@@ -262,7 +287,13 @@ TrainSummary run_training(const TrainConfig& c, const std::string& out_dir, bool
       lr_now = c.lr * factor;
       sgd->zero_grad();
       const torch::Tensor logits = model(batch.images);
-      const torch::Tensor loss = F::cross_entropy(logits, batch.labels, loss_options);
+      torch::Tensor teacher_logits;
+      if (teacher) {
+        torch::NoGradGuard no_grad;
+        teacher_logits = teacher(batch.images);
+      }
+      const torch::Tensor loss =
+          training_loss(logits, batch.labels, c.label_smoothing, teacher_logits, c.distill_weight, c.temperature);
       const double loss_value = loss.item<double>();
       if (!std::isfinite(loss_value))
         throw TrainingError("the loss became " + std::to_string(loss_value) + " at epoch " + std::to_string(epoch) +

@@ -68,6 +68,18 @@ TEST(Config, ErrorsNameTheKey) {
   EXPECT_NE(message(kRecipe, {"quant.weight_bits=9"}).find("quant"), std::string::npos);
   EXPECT_NE(message(kRecipe, {"model.arch=vgg"}).find("model.arch"), std::string::npos);
   EXPECT_NE(message("[surprise]\nx = 1\n", {}).find("surprise.x"), std::string::npos);
+  EXPECT_NE(message(kRecipe, {"distill.weight=1.5"}).find("distill.weight"), std::string::npos);
+  EXPECT_NE(message(kRecipe, {"distill.temperature=0"}).find("distill.temperature"), std::string::npos);
+}
+
+TEST(Config, Distillation) {
+  const auto c =
+      config_from_toml_text(std::string(kRecipe) + "[distill]\nteacher = \"runs/fp/best.ckpt\"\nweight = 0.7\n",
+                            "r.toml", {"distill.temperature=2"});
+  EXPECT_EQ(c.teacher, "runs/fp/best.ckpt");
+  EXPECT_DOUBLE_EQ(c.distill_weight, 0.7);
+  EXPECT_DOUBLE_EQ(c.temperature, 2.0);
+  EXPECT_TRUE(config_from_toml_text(kRecipe, "r.toml", {}).teacher.empty());  // off by default
 }
 
 TEST(Config, JsonRoundTrip) {

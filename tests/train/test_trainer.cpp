@@ -106,6 +106,52 @@ TEST_F(Trainer, ResumeEndsWhereAnUninterruptedRunEnds) {
   EXPECT_EQ(metrics(split.str()).size(), 3u);
 }
 
+// The distillation loss: the plain cross-entropy at weight 0, nothing (and no gradient) from a
+// teacher that agrees with the student at weight 1, and the formula in between.
+TEST(TrainingLoss, Distillation) {
+  torch::manual_seed(3);
+  const torch::Tensor labels = torch::tensor({0, 2, 1, 2}, torch::kLong);
+  const torch::Tensor student = torch::randn({4, 3}, torch::requires_grad()), teacher = torch::randn({4, 3});
+  const torch::Tensor ce = torch::nn::functional::cross_entropy(student, labels);
+  EXPECT_TRUE(torch::allclose(apot::train::training_loss(student, labels, 0.0), ce));
+  EXPECT_TRUE(torch::allclose(apot::train::training_loss(student, labels, 0.0, teacher, 0.0, 4.0), ce));
+  const torch::Tensor same = apot::train::training_loss(student, labels, 0.0, student.detach(), 1.0, 3.0);
+  EXPECT_NEAR(same.item<double>(), 0.0, 1e-6);
+  same.backward();
+  EXPECT_LT(student.grad().abs().max().item<double>(), 1e-6);
+  // By hand: T^2 * mean over the batch of sum p_t (log p_t - log p_s), at T = 2, weight 0.25.
+  const double T = 2, w = 0.25;
+  const torch::Tensor pt = torch::softmax(teacher / T, 1);
+  const torch::Tensor kl =
+      (pt * (torch::log_softmax(teacher / T, 1) - torch::log_softmax(student / T, 1))).sum(1).mean();
+  const torch::Tensor want = (1 - w) * ce + w * T * T * kl;
+  EXPECT_NEAR(apot::train::training_loss(student, labels, 0.0, teacher, w, T).item<double>(), want.item<double>(),
+              1e-6);
+}
+
+TEST_F(Trainer, DistillationFromAFullPrecisionTeacher) {
+  TempDir fp, plain, distilled;
+  std::ostringstream log;
+  TrainConfig teacher = tiny_config(data_);
+  teacher.kind = "fp";
+  teacher.epochs = 1;
+  apot::train::run_training(teacher, fp.str(), false, log);
+  TrainConfig c = tiny_config(data_);
+  c.epochs = 1;
+  apot::train::run_training(c, plain.str(), false, log);
+  c.teacher = fp / "best.ckpt";
+  c.distill_weight = 0.9;
+  apot::train::run_training(c, distilled.str(), false, log);
+  EXPECT_NE(log.str().find("distilled from"), std::string::npos) << log.str();
+  EXPECT_NE(log.str().find("teacher: initialised from"), std::string::npos) << log.str();
+  const double a = metrics(plain.str()).back()["train_loss"].get<double>();
+  const double b = metrics(distilled.str()).back()["train_loss"].get<double>();
+  EXPECT_TRUE(std::isfinite(b));
+  EXPECT_NE(a, b) << "the teacher changes the loss";
+  // Resuming reloads the teacher from the checkpoint's configuration.
+  EXPECT_EQ(apot::train::read_checkpoint_meta(distilled / "last.ckpt").config.teacher, c.teacher);
+}
+
 TEST_F(Trainer, ProgressiveInitialisationFromACheckpoint) {
   TempDir w4, w3;
   std::ostringstream log;

@@ -54,6 +54,11 @@ struct TrainConfig {
   bool nesterov = false;
   double act_alpha_lr = 0.1, weight_alpha_lr = 0.02, alpha_weight_decay = 1e-4;
   double label_smoothing = 0.0, grad_clip = 0.0;
+  // [distill]: knowledge distillation from a full-precision teacher of the same architecture
+  // (a checkpoint or state dict, loaded as init.from is): loss = (1 - weight) * cross-entropy
+  // + weight * temperature^2 * KL(teacher || student) on logits / temperature.
+  std::string teacher, teacher_key;
+  double distill_weight = 0.5, temperature = 4.0;
   // [schedule]
   std::string schedule = "cosine";  // cosine | multistep
   std::vector<int> milestones;      // multistep: epochs at which lr *= gamma

@@ -50,6 +50,13 @@ ModelInfo model_info(const data::Loader& loader);
 // and says so on `log`.
 void initialise_from(qat::Network& model, const std::string& path, const std::string& key, std::ostream& log);
 
+// The training loss: cross-entropy with labels (label_smoothing as in optim), and with teacher
+// logits (defined) (1 - weight) * that + weight * T^2 * KL(softmax(teacher / T) || softmax(student
+// / T)), the KL averaged over the batch (Hinton et al. 2015; T^2 keeps the soft term's gradient
+// on the scale of the hard one's).
+torch::Tensor training_loss(const torch::Tensor& logits, const torch::Tensor& labels, double label_smoothing,
+                            const torch::Tensor& teacher_logits = {}, double weight = 0.5, double temperature = 4.0);
+
 struct EvalResult {
   int64_t count = 0;
   double top1 = 0, top5 = 0, loss = 0;  // accuracies in percent
