@@ -47,12 +47,15 @@ void Model::Impl::compile() {
     for (int c : consumers[v])
       if (quantized_conv(c)) codes_for[v] = c;
   }
+  // Concat steps read channel slices in place, from the slice's input.
+  auto sliced = [&](int v) { return graph[size_t(v)].op == Op::channel_slice; };
   // Which values are needed as floats.
   std::vector<bool> need_float(n, false);
   need_float[n - 1] = true;
   for (size_t v = 0; v < n; ++v)
     for (int c : consumers[v]) {
       if (fused_into[v] == c) continue;  // the conv's value is the sum's
+      if (sliced(int(v)) && graph[size_t(c)].op == Op::concat) continue;
       if (quantized(c) && codes_for[v] == c) continue;
       if (v == 0 && graph[size_t(c)].op == Op::conv && !quantized(c)) continue;  // int8 convs read the padded image
       need_float[v] = true;
@@ -79,6 +82,7 @@ void Model::Impl::compile() {
   std::vector<bool> skip(n, false);
   for (size_t i = 1; i < n; ++i) {
     if (skip[i] || fused_into[i] >= 0) continue;
+    if (sliced(int(i)) && !need_float[i]) continue;  // only concat steps read it, in place
     const graph::Node& node = graph[i];
     Step s;
     s.node = int(i);
@@ -135,7 +139,32 @@ void Model::Impl::compile() {
       case Op::shortcut_pad: s.kind = StepKind::shortcut_pad; break;
       case Op::concat:
         s.kind = StepKind::concat;
-        s.reads = node.inputs;
+        for (int v : node.inputs) {
+          s.reads.push_back(sliced(v) ? graph[size_t(v)].inputs[0] : v);
+          s.part_begin.push_back(sliced(v) ? graph[size_t(v)].begin : 0);
+          s.part_channels.push_back(graph[size_t(v)].shape.channels);
+        }
+        // Read only by a channel shuffle (ShuffleNetV2's units): one gather makes the shuffle's value.
+        if (consumers[i].size() == 1 && graph[size_t(consumers[i][0])].op == Op::channel_shuffle) {
+          s.node = consumers[i][0];
+          skip[size_t(s.node)] = true;
+          // Concat channel d goes to (d % per_group) * groups + d / per_group.
+          const int channels = node.shape.channels, groups = graph[size_t(s.node)].groups;
+          const int per_group = channels / groups;
+          if (int(s.reads.size()) == groups &&
+              std::all_of(s.part_channels.begin(), s.part_channels.end(), [&](int c) { return c == per_group; })) {
+            s.interleave = groups;
+            break;
+          }
+          s.gather_part.assign(size_t(channels), 0);
+          s.gather_channel.assign(size_t(channels), 0);
+          for (int k = 0, d = 0; k < int(s.reads.size()); ++k)
+            for (int c = 0; c < s.part_channels[size_t(k)]; ++c, ++d) {
+              const size_t o = size_t(d % per_group * groups + d / per_group);
+              s.gather_part[o] = k;
+              s.gather_channel[o] = s.part_begin[size_t(k)] + c;
+            }
+        }
         break;
       case Op::channel_slice: s.kind = StepKind::channel_slice; break;
       case Op::channel_shuffle: s.kind = StepKind::channel_shuffle; break;

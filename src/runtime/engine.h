@@ -61,7 +61,7 @@ enum class StepKind {
   global_avg_pool,
   flatten,
   shortcut_pad,
-  concat,           // channels of the inputs one after the other
+  concat,           // channels of the inputs one after the other (then shuffled, with shuffle)
   channel_slice,    // channels [begin, begin + out_channels) of the input
   channel_shuffle,  // channel g * per_group + i -> i * groups + g
 };
@@ -81,6 +81,14 @@ struct Step {
   float relu_max = __builtin_inff();  // a clamp [0, hi] activation (ReLU6): relu with relu_max hi
   int pool = -1;                      // conv_float on the image: a fused 3x3 / 2 max-pool node
   bool tapped = false;                // its value is one of run_with_taps' outputs
+  // concat: per read value, the channels it gives from part_begin on (a channel slice is read
+  // in place from its input). With a channel shuffle fused in: per output channel, the read
+  // value it comes from and its channel there (a gather without divisions).
+  // interleave > 0 instead where each read value is one group of that many (ShuffleNetV2): output
+  // channel i * interleave + k is channel i of value k.
+  std::vector<int> part_begin, part_channels;
+  std::vector<int> gather_part, gather_channel;
+  int interleave = 0;
 };
 
 // Working memory for one image at a time, sized for the model once.

@@ -148,13 +148,34 @@ void Model::Impl::run_step(const Step& s, const float* image, Workspace& ws, con
       break;
     }
     case StepKind::concat: {  // NHWC: each pixel's channels from the inputs in turn
-      const size_t pixels = size_t(os.height) * os.width;
+      const size_t pixels = size_t(os.height) * os.width, oc = size_t(os.channels);
+      if (s.interleave > 0) {  // a fused channel shuffle whose groups are the read values
+        const size_t groups = size_t(s.interleave), per_group = oc / groups;
+        for (size_t k = 0; k < s.in.size(); ++k) {
+          const size_t sc = size_t(shape(s.reads[k]).channels);
+          const float* x = in(k) + s.part_begin[k];
+          for (size_t p = 0; p < pixels; ++p)
+            for (size_t i = 0; i < per_group; ++i) out[p * oc + i * groups + k] = x[p * sc + i];
+        }
+        break;
+      }
+      if (!s.gather_part.empty()) {  // a fused channel shuffle
+        const float* src[16];        // graph.h: at most 16 inputs
+        size_t stride[16];
+        for (size_t k = 0; k < s.in.size(); ++k) src[k] = in(k), stride[k] = size_t(shape(s.reads[k]).channels);
+        for (size_t p = 0; p < pixels; ++p)
+          for (size_t o2 = 0; o2 < oc; ++o2) {
+            const int k = s.gather_part[o2];
+            out[p * oc + o2] = src[k][p * stride[k] + size_t(s.gather_channel[o2])];
+          }
+        break;
+      }
       size_t at = 0;
       for (size_t k = 0; k < s.in.size(); ++k) {
-        const size_t c = size_t(shape(s.reads[k]).channels);
-        const float* x = in(k);
-        for (size_t p = 0; p < pixels; ++p) std::copy_n(x + p * c, c, out + p * size_t(os.channels) + at);
-        at += c;
+        const size_t sc = size_t(shape(s.reads[k]).channels), count = size_t(s.part_channels[k]);
+        const float* x = in(k) + s.part_begin[k];
+        for (size_t p = 0; p < pixels; ++p) std::copy_n(x + p * sc, count, out + p * oc + at);
+        at += count;
       }
       break;
     }

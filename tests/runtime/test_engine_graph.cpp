@@ -234,11 +234,13 @@ Graph graph_f(bool flatten) {
 
 // 3 x 8 x 8, the new layer types: a quantised depthwise conv with a ReLU6 clamp, a 1x1 conv
 // without activation (a linear bottleneck) read by a conv with signed input levels, a channel
-// split into two slices, a depthwise conv on one of them, their concat and a channel shuffle, a
-// sum with a ReLU6 clamp, and a quantised linear layer before the int8 classifier.
-Graph graph_g() {
+// split into two slices, a depthwise conv on one of them, their concat (the other slice read in
+// place) and a channel shuffle (fused into the concat: with 2 groups an interleave of the two
+// values, with 4 a gather), a sum with a ReLU6 clamp, and a quantised linear layer before the
+// int8 classifier.
+Graph graph_g(int shuffle_groups) {
   Graph g;
-  g.arch = "graph_g";
+  g.arch = "graph_g" + std::to_string(shuffle_groups);
   const int in = g.add(input_node(3));
   const int c1 = g.add(conv("c1", in, 16, 3, 1, 1, int8(), Activation::relu));
   Node d = conv("dw", c1, 16, 3, 1, 1, w4a4(), Activation::clamp);
@@ -256,17 +258,16 @@ Graph graph_g() {
   b.begin = 8;
   b.out_channels = 8;
   const int half_b = g.add(b);
-  Node d2 = conv("dw2", half_b, 8, 3, 2, 1, w4a4(), Activation::relu);
+  Node d2 = conv("dw2", half_b, 8, 3, 1, 1, w4a4(), Activation::relu);
   d2.groups = 8;
   const int dw2 = g.add(d2);
-  const int pa = g.add(pool("pool_a", Op::max_pool, half_a, 2, 2, 0));
-  Node cat = unary("cat", Op::concat, pa);
-  cat.inputs = {pa, dw2};
+  Node cat = unary("cat", Op::concat, half_a);
+  cat.inputs = {half_a, dw2};
   const int joined = g.add(cat);
   Node sh = unary("shuffle", Op::channel_shuffle, joined);
-  sh.groups = 2;
+  sh.groups = shuffle_groups;
   const int shuffled = g.add(sh);
-  const int pp = g.add(pool("pool_pw", Op::max_pool, pw, 2, 2, 0));
+  const int pp = g.add(pool("pool_pw", Op::max_pool, pw, 3, 1, 1));
   Node sum = add("sum", {shuffled, pp}, Activation::clamp);
   sum.clamp_hi = 6;
   const int summed = g.add(sum);
@@ -906,16 +907,18 @@ TEST(EngineGraph, FlattenOfTheImageMatchesTheReference) {
 }
 
 TEST(EngineGraph, NewLayerTypesMatchTheReference) {
-  const Net net = build(graph_g(), 8, 8,
-                        {{"c1", {1.5, 0, 0.2}},
-                         {"dw", {1.0, 2.0f, 0.2}},
-                         {"pw", {1.0, 2.0f, 0.2}},
-                         {"qs", {1.0, 1.5f, 0.3}},
-                         {"dw2", {1.0, 1.5f, 0.2}},
-                         {"fcq", {1.0, 1.5f, 0.5}},
-                         {"fc", {1.0, 0, 0.2}}},
-                        71);
-  check_against_reference(net, {"c1", "dw", "pw", "qs", "dw2", "sum", "fcq"}, 72);
+  for (int groups : {2, 4}) {
+    const Net net = build(graph_g(groups), 8, 8,
+                          {{"c1", {1.5, 0, 0.2}},
+                           {"dw", {1.0, 2.0f, 0.2}},
+                           {"pw", {1.0, 2.0f, 0.2}},
+                           {"qs", {1.0, 1.5f, 0.3}},
+                           {"dw2", {1.0, 1.5f, 0.2}},
+                           {"fcq", {1.0, 1.5f, 0.5}},
+                           {"fc", {1.0, 0, 0.2}}},
+                          71);
+    check_against_reference(net, {"c1", "dw", "pw", "qs", "dw2", "sum", "fcq"}, 72);
+  }
 }
 
 TEST(EngineGraphErrors, RecordWhoseOutChannelsDifferFromItsNode) {
