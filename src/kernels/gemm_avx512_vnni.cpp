@@ -248,12 +248,9 @@ void depthwise_rows_avx512(const ConvArgs& a, int m0, int m1) {
   for (int m = m0; m < m1;) {
     const int y = m / a.ow, x = m % a.ow, valid = std::min({8, a.ow - x, m1 - m});
     for (int nb = a.nb0; nb < a.nb1; ++nb) {
-      if (k == 3 && stride == 1)
-        depthwise3<1>(a, e, y, x, valid, 16 * nb);
-      else if (k == 3 && stride == 2)
-        depthwise3<2>(a, e, y, x, valid, 16 * nb);
-      else
-        depthwise_tile<8>(a, e, y, x, valid, 16 * nb);
+      if (k == 3 && stride == 1) depthwise3<1>(a, e, y, x, valid, 16 * nb);
+      else if (k == 3 && stride == 2) depthwise3<2>(a, e, y, x, valid, 16 * nb);
+      else depthwise_tile<8>(a, e, y, x, valid, 16 * nb);
     }
     m += valid;
   }
@@ -419,26 +416,42 @@ void max_pool_avx512(const float* in, int h, int w, int c, float* out, int y0, i
 }
 
 // Four vectors at a time where the channels come in whole vectors (independent search chains).
+// Whole vectors four at a time (independent searches interleaved), across pixels where a pixel
+// holds whole vectors only; a pixel's last partial vector masked. No divisions per vector: the
+// target pixel advances with the vectors.
 void requantize_avx512(const float* values, int h, int w, int n, const Requantizer& q, const CodeImage& out) {
   const Search search(&q);
-  const int vectors = (n + 15) / 16;
-  auto target = [&](long i) { return out.pixel(int(i / vectors / w), int(i / vectors % w)) + (i % vectors) * 16; };
-  long i = 0;
-  const long total = long(h) * w * vectors;
-  if (n % 16 == 0)
+  const int whole = n / 16, rest = n % 16;
+  if (rest == 0) {
+    const long total = long(h) * w * whole;
+    int y = 0, x = 0, j = 0;  // the target of vector i: pixel (y, x), its vector j
+    auto next = [&] {
+      uint8_t* t = out.pixel(y, x) + 16 * j;
+      if (++j == whole) j = 0, ++x;
+      if (x == w) x = 0, ++y;
+      return t;
+    };
+    long i = 0;
     for (; i + 4 <= total; i += 4) {
       __m512 v[4];
       __m128i codes[4];
       for (int r = 0; r < 4; ++r) v[r] = _mm512_loadu_ps(values + (i + r) * 16);
       search.codes(v, codes);
-      for (int r = 0; r < 4; ++r) _mm_storeu_si128(reinterpret_cast<__m128i*>(target(i + r)), codes[r]);
+      for (int r = 0; r < 4; ++r) _mm_storeu_si128(reinterpret_cast<__m128i*>(next()), codes[r]);
     }
-  for (; i < total; ++i) {
-    const long pixel = i / vectors;
-    const int c = int(i % vectors) * 16;
-    const __mmask16 mask = lane_mask(n - c);
-    _mm_mask_storeu_epi8(target(i), mask, search.codes(_mm512_maskz_loadu_ps(mask, values + pixel * n + c)));
+    for (; i < total; ++i)
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(next()), search.codes(_mm512_loadu_ps(values + i * 16)));
+    return;
   }
+  const __mmask16 tail = lane_mask(rest);
+  for (int y = 0; y < h; ++y)
+    for (int x = 0; x < w; ++x) {
+      const float* src = values + (size_t(y) * w + x) * n;
+      uint8_t* dst = out.pixel(y, x);
+      for (int c = 0; c < 16 * whole; c += 16)
+        _mm_storeu_si128(reinterpret_cast<__m128i*>(dst + c), search.codes(_mm512_loadu_ps(src + c)));
+      _mm_mask_storeu_epi8(dst + 16 * whole, tail, search.codes(_mm512_maskz_loadu_ps(tail, src + 16 * whole)));
+    }
 }
 
 }  // namespace apot::kernels::detail
