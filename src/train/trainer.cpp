@@ -269,10 +269,9 @@ TrainSummary run_training(const TrainConfig& c, const std::string& out_dir, bool
       << (c.quantized() ? c.kind + " W" + std::to_string(c.weight_bits) + "A" + std::to_string(c.act_bits) : "fp32")
       << " on " << spec.text() << ": " << train_indices.size() << " train / " << val_indices.size() << " validation / "
       << test_set->size() << " test examples, " << c.epochs << " epochs of " << steps_per_epoch << " steps"
-      << (teacher ? ", distilled from " + c.teacher + " (weight " + std::to_string(c.distill_weight) +
-                        ", temperature " + std::to_string(c.temperature) + ")"
-                  : std::string())
-      << std::endl;
+      << (teacher ? ", distilled from " + c.teacher : std::string());
+  if (teacher) log << " (weight " << c.distill_weight << ", temperature " << c.temperature << ")";
+  log << std::endl;
 
   for (int64_t epoch = first_epoch; epoch <= c.epochs; ++epoch) {
     const Clock::time_point epoch_start = Clock::now();
