@@ -1,6 +1,7 @@
 // Loading: an .apot file's metadata (the graph, the input, the class names) and its layer
 // records, each checked against its graph node, into the engine's layers; then compilation.
 #include <cmath>
+#include <cstdint>
 #include <fstream>
 #include <nlohmann/json.hpp>
 
@@ -170,8 +171,13 @@ Model Model::from_memory(const void* data, size_t size, const std::string& name)
         if (offset) {
           const size_t per_out = w.size() / size_t(out);
           l.acc_offset.assign(size_t(out), 0);
-          for (size_t o = 0; o < size_t(out); ++o)
-            for (size_t i = 0; i < per_out; ++i) l.acc_offset[o] += int32_t(offset) * w[o * per_out + i];
+          for (size_t o = 0; o < size_t(out); ++o) {
+            int64_t sum = 0;
+            for (size_t i = 0; i < per_out; ++i) sum += offset * w[o * per_out + i];
+            if (sum > INT32_MAX || sum < INT32_MIN)
+              throw FormatError(name + ": node '" + n.name + "': its integer sums do not fit 32 bits");
+            l.acc_offset[o] = int32_t(sum);
+          }
         }
         l.input = kernels::make_requantizer(kernels::Projector(set).input_thresholds(r.input_alpha), std::move(codes));
       } else if (r.kind == uint32_t(LayerKind::float_conv)) {

@@ -236,8 +236,8 @@ Graph graph_f(bool flatten) {
 // without activation (a linear bottleneck) read by a conv with signed input levels, a channel
 // split into two slices, a depthwise conv on one of them, their concat (the other slice read in
 // place) and a channel shuffle (fused into the concat: with 2 groups an interleave of the two
-// values, with 4 a gather), a sum with a ReLU6 clamp, and a quantised linear layer before the
-// int8 classifier.
+// values, with 4 a gather), a sum with a ReLU6 clamp, a channel shuffle on its own, a plain
+// concat, and a quantised linear layer before the int8 classifier.
 Graph graph_g(int shuffle_groups) {
   Graph g;
   g.arch = "graph_g" + std::to_string(shuffle_groups);
@@ -271,7 +271,13 @@ Graph graph_g(int shuffle_groups) {
   Node sum = add("sum", {shuffled, pp}, Activation::clamp);
   sum.clamp_hi = 6;
   const int summed = g.add(sum);
-  const int gap = g.add(unary("gap", Op::global_avg_pool, summed));
+  Node sh2 = unary("shuffle2", Op::channel_shuffle, summed);  // on its own, and a plain concat
+  sh2.groups = 4;
+  const int shuffled2 = g.add(sh2);
+  Node cat2 = unary("cat2", Op::concat, shuffled2);
+  cat2.inputs = {shuffled2, pp};
+  const int joined2 = g.add(cat2);
+  const int gap = g.add(unary("gap", Op::global_avg_pool, joined2));
   Node fq = linear("fcq", gap, 12, w4a4());
   fq.activation = Activation::relu;
   const int fcq = g.add(fq);
