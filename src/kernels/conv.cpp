@@ -168,7 +168,8 @@ void conv_u8s8(const CodeImage& in, const PackedConv& w, int max_code, const Con
   if (!out.scale || !out.bias) throw std::invalid_argument("conv_u8s8: scale and bias are required");
   detail::ConvArgs a{&in, &w, &out, w.out_h(in.h), w.out_w(in.w), in.border - w.padding, {}, 0, w.nblocks};
   a.max_code = max_code;
-  a.winograd = !w.depthwise() && winograd_applies(w, max_code, isa);
+  // Winograd's input transform takes the padding as zeros, not as the border's offset code.
+  a.winograd = !w.depthwise() && !out.acc_offset && winograd_applies(w, max_code, isa);
   if (out.requantizer &&
       (out.codes.h != a.oh || out.codes.w != a.ow || out.codes.cs < w.out_channels || !out.codes.data))
     throw std::invalid_argument("conv_u8s8: output code image does not fit the convolution");

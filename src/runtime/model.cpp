@@ -104,7 +104,8 @@ int Inspector::layer_node(size_t index) const { return model_.impl_->layers.at(i
 
 bool Inspector::uses_winograd(size_t index, kernels::GemmIsa isa) const {
   const engine::Layer& l = model_.impl_->layers.at(index);
-  return l.quantized() && kernels::winograd_applies(l.packed, l.max_code, isa);
+  return l.quantized() && l.acc_offset.empty() && !l.packed.depthwise() &&
+         kernels::winograd_applies(l.packed, l.max_code, isa);  // as conv_u8s8 decides
 }
 
 std::vector<float> Inspector::run(const float* input, int batch, const EngineOptions& options) const {

@@ -174,6 +174,27 @@ TEST(Depthwise, OffsetCodesFoldOutExactlyOnEveryPath) {
   }
 }
 
+// Where Winograd F(2,3) would apply (AVX-512 VNNI; 3x3 stride 1, small weights) offset codes
+// still give the unshifted sums: its input transform takes the padding as zeros, so conv_u8s8
+// runs the direct kernel for outputs with an acc_offset.
+TEST(Depthwise, OffsetCodesFoldOutOfWinograd) {
+  if (!supported(GemmIsa::avx512_vnni)) GTEST_SKIP() << "Winograd runs on AVX-512 VNNI only";
+  for (int c : {16, 32}) {
+    const Problem p = make(7, 10, c, 32, 3, 1, 30, 40, 77 + unsigned(c));
+    const auto packed = apot::kernels::pack_conv(p.W.data(), p.n, p.c, 3, 1, 1);
+    ASSERT_TRUE(apot::kernels::winograd_applies(packed, 30 + 15, GemmIsa::avx512_vnni));
+    Options plain;
+    plain.relu = true;
+    Options shifted = plain;
+    shifted.offset = 15;
+    const Result a = run_with(p, p.W, p.n, false, GemmIsa::scalar, plain);
+    const Result b = run_with(p, p.W, p.n, false, GemmIsa::avx512_vnni, shifted);
+    ASSERT_EQ(a.acc, b.acc) << "c" << c;
+    ASSERT_EQ(a.values, b.values) << "c" << c;
+    ASSERT_EQ(a.codes, b.codes) << "c" << c;
+  }
+}
+
 // ReLU6-style clamps on the dense kernels (direct and Winograd tiles): every path equals the
 // reference, and no value passes the clamp.
 TEST(Depthwise, ReluClampOnDenseConvolutionsOnEveryPath) {

@@ -130,7 +130,8 @@ struct ConvOutput {
 
 // Whether conv_u8s8 takes the Winograd F(2,3) kernel for this layer: the AVX-512 VNNI path,
 // packed Winograd weights (PackedConv::wino), 2 * max_code <= 255 (the transformed inputs are
-// bytes), and not switched off by APOT_WINOGRAD=0.
+// bytes), and not switched off by APOT_WINOGRAD=0. (conv_u8s8 also leaves it out for outputs with
+// an acc_offset: its input transform takes the padding as zeros.)
 bool winograd_applies(const PackedConv& w, int max_code, GemmIsa isa);
 
 // Convolution of `in` (whose border must be at least w.padding and whose cs must equal w.cs;
