@@ -78,8 +78,8 @@ TEST(ApotFormat, TruncationWrongMagicAndVersion) {
   magic[0] = 'X';
   EXPECT_NE(error_of(magic).find("magic"), std::string::npos);
   auto version = good;
-  version[8] = 3;
-  EXPECT_NE(error_of(version).find("version 3"), std::string::npos);
+  version[8] = 4;
+  EXPECT_NE(error_of(version).find("version 4"), std::string::npos);
   version[8] = 1;  // the ResNet-only format of earlier versions
   EXPECT_NE(error_of(version).find("export it again from its checkpoint"), std::string::npos);
   auto padded = good;
