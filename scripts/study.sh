@@ -6,7 +6,8 @@
 #                                       previous step's best checkpoint, for apot, uniform, pot
 # Resumable: a finished run (summary.json) is skipped, an interrupted one continues from its last
 # checkpoint (--resume). Runs go one after another (2 cores). Usage:
-#   scripts/study.sh [OUT_DIR]      (default runs/study; APOT=build/apot, DATA=imagefolder:data/cifar10-jpeg)
+#   scripts/study.sh [OUT_DIR]      (default runs/study; APOT=build/apot, DATA=imagefolder:data/cifar10-jpeg,
+#                                    KINDS="apot uniform pot", FP=1: also the full-precision run)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 apot=${APOT:-build/apot}
@@ -26,9 +27,9 @@ train() {  # train NAME INIT KIND BITS
     --set "quant.weight_bits=$bits" --set "quant.act_bits=$bits" "${resume[@]}" >>"$out/$name.log" 2>&1
 }
 
-train fp "$pretrained" fp 4
+[ "${FP:-1}" = 1 ] && train fp "$pretrained" fp 4
 for bits in 4 3 2; do
-  for kind in apot uniform pot; do
+  for kind in ${KINDS:-apot uniform pot}; do
     if [ "$bits" = 4 ]; then init=$pretrained; else init=$out/$kind-w$((bits + 1))/best.ckpt; fi
     train "$kind-w$bits" "$init" "$kind" "$bits"
   done

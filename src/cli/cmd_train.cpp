@@ -1,4 +1,4 @@
-// `apot train RECIPE.toml [--set key=value ...] --out DIR [--resume]`.
+// `apot train RECIPE.toml [--set key=value ...] [--device cpu|cuda|cuda:N] --out DIR [--resume]`.
 #include <fmt/format.h>
 
 #include <iostream>
@@ -12,13 +12,16 @@ namespace {
 struct TrainOptions {
   std::string recipe, out;
   std::vector<std::string> sets;
+  std::string device;
   bool resume = false;
 };
 
 void run_train(const TrainOptions& o) {
   train::TrainConfig config;
   try {
-    config = train::load_config(o.recipe, o.sets);
+    std::vector<std::string> sets = o.sets;
+    if (!o.device.empty()) sets.push_back("train.device=" + o.device);
+    config = train::load_config(o.recipe, sets);
   } catch (const train::ConfigError& e) {
     throw UsageError(e.what());
   }
@@ -36,6 +39,7 @@ void register_train(CLI::App& app) {
   cmd->add_option("recipe", o->recipe, "recipe file (recipes/*.toml)")->required();
   cmd->add_option("--set", o->sets, "override a recipe key: section.key=value (repeatable), e.g. optim.lr=0.05");
   cmd->add_option("--out", o->out, "output directory (checkpoints, metrics.jsonl, summary.json)")->required();
+  cmd->add_option("--device", o->device, "where to train: cpu, cuda or cuda:N (train.device)");
   cmd->add_flag("--resume", o->resume, "continue the run in --out from its last checkpoint");
   cmd->callback([o] { run_train(*o); });
 }

@@ -7,6 +7,7 @@
 #include <fstream>
 #include <functional>
 #include <nlohmann/json.hpp>
+#include <regex>
 
 #include "apot/graph/architectures.h"
 #include "apot/graph/serialize.h"
@@ -120,6 +121,7 @@ const std::vector<Field>& fields() {
       field("schedule.milestones", &TrainConfig::milestones),
       field("schedule.gamma", &TrainConfig::gamma),
       field("schedule.warmup_epochs", &TrainConfig::warmup_epochs),
+      field("train.device", &TrainConfig::device),
       field("run.seed", &TrainConfig::seed),
       field("run.threads", &TrainConfig::threads),
       field("run.max_steps_per_epoch", &TrainConfig::max_steps_per_epoch),
@@ -252,6 +254,8 @@ void TrainConfig::validate() const {
   if (label_smoothing < 0 || label_smoothing >= 1) throw ConfigError("optim.label_smoothing must be in [0, 1)");
   if (!(distill_weight >= 0 && distill_weight <= 1)) throw ConfigError("distill.weight must be in [0, 1]");
   if (!(temperature > 0 && temperature <= 100)) throw ConfigError("distill.temperature must be in (0, 100]");
+  if (!std::regex_match(device, std::regex("cpu|cuda(:[0-9]+)?")))
+    throw ConfigError("train.device must be cpu, cuda or cuda:N, not '" + device + "'");
   if (kind != "fp") {
     try {
       const levels::Kind k = levels::parse_kind(kind);

@@ -91,10 +91,12 @@ EvalResult evaluate(qat::Network& model, data::Loader& loader) {
   EvalResult r;
   double loss_sum = 0;
   int64_t top1 = 0, top5 = 0;
+  const auto params = model->parameters();
+  const torch::Device device = params.empty() ? torch::Device(torch::kCPU) : params.front().device();
   loader.start_epoch(0);
   data::Batch batch;
   while (loader.next(batch)) {
-    const torch::Tensor logits = model(batch.images);
+    const torch::Tensor logits = model(batch.images.to(device, /*non_blocking=*/true)).to(torch::kCPU);
     loss_sum += torch::nn::functional::cross_entropy(
                     logits, batch.labels, torch::nn::functional::CrossEntropyFuncOptions().reduction(torch::kSum))
                     .item<double>();
@@ -190,7 +192,7 @@ torch::serialize::InputArchive open_archive(const std::string& path) {
   if (!std::filesystem::exists(path)) throw TrainingError(path + ": checkpoint not found");
   torch::serialize::InputArchive archive;
   try {
-    archive.load_from(path);
+    archive.load_from(path, torch::Device(torch::kCPU));  // a GPU run's tensors, too
   } catch (const c10::Error&) {
     throw TrainingError(path + ": not an apot checkpoint (corrupt or another format)");
   }

@@ -104,6 +104,14 @@ void set_learning_rates(torch::optim::SGD& sgd, const TrainConfig& c, double fac
     static_cast<torch::optim::SGDOptions&>(sgd.param_groups()[i].options()).lr(base[i] * factor);
 }
 
+// After Optimizer::load, whose state tensors are on the CPU: onto the parameters' device.
+void move_optimizer_state(torch::optim::SGD& sgd, const torch::Device& device) {
+  for (auto& [key, state] : sgd.state()) {
+    auto& s = static_cast<torch::optim::SGDParamState&>(*state);
+    if (s.momentum_buffer().defined()) s.momentum_buffer(s.momentum_buffer().to(device));
+  }
+}
+
 std::string bar(double fraction, int width) {
   const int filled = static_cast<int>(std::round(fraction * width));
   return std::string(filled, '#') + std::string(width - filled, '.');
@@ -153,6 +161,17 @@ data::TransformOptions transform_for(const TrainConfig& c, const data::DataSpec&
   return t;
 }
 
+torch::Device training_device(const TrainConfig& c) {
+  const torch::Device device(c.device);
+  if (!device.is_cuda()) return device;
+  if (!torch::cuda::is_available())
+    throw ConfigError("train.device = " + c.device + ": this LibTorch has no CUDA, or no GPU is visible (use cpu)");
+  if (device.has_index() && device.index() >= static_cast<int>(torch::cuda::device_count()))
+    throw ConfigError("train.device = " + c.device + ": only " + std::to_string(torch::cuda::device_count()) +
+                      " GPU(s) visible");
+  return device;
+}
+
 ModelInfo model_info(const data::Loader& loader) {
   ModelInfo info;
   const auto shape = loader.example_shape();
@@ -181,6 +200,7 @@ TrainSummary run_training(const TrainConfig& c, const std::string& out_dir, bool
   c.validate();
   torch::set_num_threads(c.threads > 0 ? c.threads
                                        : static_cast<int>(std::max(1u, std::thread::hardware_concurrency())));
+  const torch::Device device = training_device(c);
   torch::manual_seed(c.seed);
   fs::create_directories(out_dir);
   const Clock::time_point start = Clock::now();
@@ -210,6 +230,7 @@ TrainSummary run_training(const TrainConfig& c, const std::string& out_dir, bool
   train_lo.shuffle = true;
   train_lo.drop_last = true;
   train_lo.transform = train_t;
+  train_lo.pin_memory = device.is_cuda();  // so that copies to the GPU do not block
   data::LoaderOptions eval_lo = train_lo;
   eval_lo.batch_size = c.eval_batch_size;
   eval_lo.shuffle = false;
@@ -223,7 +244,7 @@ TrainSummary run_training(const TrainConfig& c, const std::string& out_dir, bool
   const ModelInfo info = model_info(train_loader);
 
   qat::Network model = build_model(c, info);
-  auto sgd = make_optimizer(model, c);
+  std::unique_ptr<torch::optim::SGD> sgd;
   const std::string last_path = (fs::path(out_dir) / "last.ckpt").string();
   const std::string best_path = (fs::path(out_dir) / "best.ckpt").string();
   const std::string metrics_path = (fs::path(out_dir) / "metrics.jsonl").string();
@@ -235,8 +256,10 @@ TrainSummary run_training(const TrainConfig& c, const std::string& out_dir, bool
   if (resume) {
     Checkpoint meta;
     model = load_checkpoint(last_path, &meta);
+    model->to(device);
     sgd = make_optimizer(model, c);
     load_checkpoint(last_path, nullptr, sgd.get());  // the optimiser state (momentum buffers)
+    move_optimizer_state(*sgd, device);
     first_epoch = meta.epoch + 1;
     summary.best_epoch = static_cast<int64_t>(meta.metrics["best_epoch"]);
     summary.best_val_top1 = meta.metrics["best_val_top1"];
@@ -245,6 +268,8 @@ TrainSummary run_training(const TrainConfig& c, const std::string& out_dir, bool
     log << "resuming " << last_path << " after epoch " << meta.epoch << "\n";
   } else {
     initialise_from(model, c.init, c.init_key, log);
+    model->to(device);
+    sgd = make_optimizer(model, c);
     std::ofstream(metrics_path, std::ios::trunc);
   }
   model->train();
@@ -257,6 +282,7 @@ TrainSummary run_training(const TrainConfig& c, const std::string& out_dir, bool
     teacher = build_model(fp, info);
     log << "teacher: ";
     initialise_from(teacher, c.teacher, c.teacher_key, log);
+    teacher->to(device);
     teacher->eval();
     for (auto& p : teacher->parameters()) p.set_requires_grad(false);
   }
@@ -269,6 +295,7 @@ TrainSummary run_training(const TrainConfig& c, const std::string& out_dir, bool
       << (c.quantized() ? c.kind + " W" + std::to_string(c.weight_bits) + "A" + std::to_string(c.act_bits) : "fp32")
       << " on " << spec.text() << ": " << train_indices.size() << " train / " << val_indices.size() << " validation / "
       << test_set->size() << " test examples, " << c.epochs << " epochs of " << steps_per_epoch << " steps"
+      << (device.is_cuda() ? ", on " + device.str() : std::string())
       << (teacher ? ", distilled from " + c.teacher : std::string());
   if (teacher) log << " (weight " << c.distill_weight << ", temperature " << c.temperature << ")";
   log << std::endl;
@@ -285,14 +312,16 @@ TrainSummary run_training(const TrainConfig& c, const std::string& out_dir, bool
       set_learning_rates(*sgd, c, factor);
       lr_now = c.lr * factor;
       sgd->zero_grad();
-      const torch::Tensor logits = model(batch.images);
+      const torch::Tensor images = batch.images.to(device, /*non_blocking=*/true);
+      const torch::Tensor labels = batch.labels.to(device, /*non_blocking=*/true);
+      const torch::Tensor logits = model(images);
       torch::Tensor teacher_logits;
       if (teacher) {
         torch::NoGradGuard no_grad;
-        teacher_logits = teacher(batch.images);
+        teacher_logits = teacher(images);
       }
       const torch::Tensor loss =
-          training_loss(logits, batch.labels, c.label_smoothing, teacher_logits, c.distill_weight, c.temperature);
+          training_loss(logits, labels, c.label_smoothing, teacher_logits, c.distill_weight, c.temperature);
       const double loss_value = loss.item<double>();
       if (!std::isfinite(loss_value))
         throw TrainingError("the loss became " + std::to_string(loss_value) + " at epoch " + std::to_string(epoch) +
@@ -304,7 +333,7 @@ TrainSummary run_training(const TrainConfig& c, const std::string& out_dir, bool
       sgd->step();
       clamp_alphas(*sgd);
       loss_sum += loss_value * batch.labels.numel();
-      correct += logits.argmax(1).eq(batch.labels).sum().item<int64_t>();
+      correct += logits.argmax(1).eq(labels).sum().item<int64_t>();
       seen += batch.labels.numel();
       ++step;
       if (tty && (step % 5 == 0 || step == steps_per_epoch)) {

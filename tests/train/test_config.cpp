@@ -70,6 +70,14 @@ TEST(Config, ErrorsNameTheKey) {
   EXPECT_NE(message("[surprise]\nx = 1\n", {}).find("surprise.x"), std::string::npos);
   EXPECT_NE(message(kRecipe, {"distill.weight=1.5"}).find("distill.weight"), std::string::npos);
   EXPECT_NE(message(kRecipe, {"distill.temperature=0"}).find("distill.temperature"), std::string::npos);
+  EXPECT_NE(message(kRecipe, {"train.device=gpu"}).find("train.device"), std::string::npos);
+  EXPECT_NE(message(kRecipe, {"train.device=cuda:x"}).find("train.device"), std::string::npos);
+}
+
+TEST(Config, Device) {
+  EXPECT_EQ(config_from_toml_text(kRecipe, "r", {}).device, "cpu");
+  EXPECT_EQ(config_from_toml_text(kRecipe, "r", {"train.device=cuda"}).device, "cuda");
+  EXPECT_EQ(config_from_toml_text("[train]\ndevice = \"cuda:1\"\n", "r", {}).device, "cuda:1");
 }
 
 TEST(Config, Distillation) {

@@ -106,6 +106,44 @@ TEST_F(Trainer, ResumeEndsWhereAnUninterruptedRunEnds) {
   EXPECT_EQ(metrics(split.str()).size(), 3u);
 }
 
+// train.device: a GPU where one is visible (a short run whose checkpoint evaluates on the CPU to
+// what the trainer measured on the GPU, and resumes there); one clear error where none is.
+TEST_F(Trainer, OnTheGpuWhereThereIsOne) {
+  TempDir out;
+  std::ostringstream log;
+  TrainConfig c = tiny_config(data_);
+  c.device = "cuda";
+  if (!torch::cuda::is_available()) {
+    try {
+      apot::train::run_training(c, out.str(), false, log);
+      FAIL() << "trained on cuda without a GPU";
+    } catch (const apot::train::ConfigError& e) {
+      EXPECT_NE(std::string(e.what()).find("train.device"), std::string::npos) << e.what();
+    }
+    GTEST_SKIP() << "no CUDA device: checked the error only";
+  }
+  c.epochs = 2;
+  c.stop_after_epoch = 1;
+  apot::train::run_training(c, out.str(), false, log);
+  c.stop_after_epoch = 0;
+  apot::train::run_training(c, out.str(), /*resume=*/true, log);
+  EXPECT_NE(log.str().find("on cuda"), std::string::npos) << log.str();
+  const auto m = metrics(out.str());
+  ASSERT_EQ(m.size(), 2u) << log.str();
+  apot::train::Checkpoint meta;
+  auto model = apot::train::load_checkpoint(out / "last.ckpt", &meta);
+  for (const auto& p : model->parameters()) ASSERT_TRUE(p.device().is_cpu());
+  apot::data::LoaderOptions lo;
+  lo.batch_size = 64;
+  lo.transform = apot::train::transform_for(
+      meta.config, apot::data::parse_data_spec(c.data), apot::data::Split::test,
+      *apot::data::open_dataset(apot::data::parse_data_spec(c.data), apot::data::Split::train, {}));
+  apot::data::Loader test(apot::data::open_dataset(apot::data::parse_data_spec(c.data), apot::data::Split::test, {}),
+                          lo);
+  // cuDNN sums in another order than the CPU: a near tie may flip (at most 2 of the 64 images).
+  EXPECT_NEAR(apot::train::evaluate(model, test).top1, m.back()["test_top1"].get<double>(), 100.0 * 2 / 64);
+}
+
 // The distillation loss: the plain cross-entropy at weight 0, nothing (and no gradient) from a
 // teacher that agrees with the student at weight 1, and the formula in between.
 TEST(TrainingLoss, Distillation) {

@@ -64,6 +64,8 @@ struct TrainConfig {
   std::vector<int> milestones;      // multistep: epochs at which lr *= gamma
   double gamma = 0.1;
   double warmup_epochs = 0.0;
+  // [train]
+  std::string device = "cpu";  // cpu | cuda | cuda:N: where the model, quantisers, optimiser and loss run
   // [run]
   uint64_t seed = 1;
   int threads = 0;              // 0: all cores

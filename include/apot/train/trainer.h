@@ -57,12 +57,17 @@ void initialise_from(qat::Network& model, const std::string& path, const std::st
 torch::Tensor training_loss(const torch::Tensor& logits, const torch::Tensor& labels, double label_smoothing,
                             const torch::Tensor& teacher_logits = {}, double weight = 0.5, double temperature = 4.0);
 
+// The device of train.device; throws ConfigError naming the key where this LibTorch has no CUDA
+// or no such GPU is visible.
+torch::Device training_device(const TrainConfig& config);
+
 struct EvalResult {
   int64_t count = 0;
   double top1 = 0, top5 = 0, loss = 0;  // accuracies in percent
   std::vector<double> per_class;        // accuracy per class in percent
   std::vector<int64_t> predictions;     // predicted class per example, in loader order
 };
+// Runs on the device of the model's parameters (batches are copied there).
 EvalResult evaluate(qat::Network& model, data::Loader& loader);
 
 // ---- checkpoints ----
@@ -78,7 +83,7 @@ void save_checkpoint(const std::string& path, const qat::Network& model, const t
 Checkpoint read_checkpoint_meta(const std::string& path);
 // Builds the model of the checkpoint (from the graph stored in it; checkpoints written before
 // graphs were stored rebuild it from the configuration) and loads its weights (and the
-// optimiser state, if given).
+// optimiser state, if given), on the CPU whatever device trained it.
 qat::Network load_checkpoint(const std::string& path, Checkpoint* meta = nullptr,
                              torch::optim::Optimizer* optimizer = nullptr);
 
