@@ -36,6 +36,8 @@ if [ -n "${DEPS:-}" ]; then
       *) dpkg -x "$f" /tmp/apot-deps ;;
     esac
   done
+  # The packages' pkg-config files name /usr: point them at the unpacked tree.
+  sed -i "s|=/usr|=/tmp/apot-deps/usr|" /tmp/apot-deps/usr/lib/x86_64-linux-gnu/pkgconfig/*.pc
   prefix="$prefix;/tmp/apot-deps/usr"
   export LD_LIBRARY_PATH=/tmp/apot-deps/usr/lib/x86_64-linux-gnu${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
   export CPATH=/tmp/apot-deps/usr/include${CPATH:+:$CPATH}

@@ -22,9 +22,12 @@ bool use_kernels(const torch::Tensor& input) {
   return g_backend.load() == Backend::automatic && input.device().is_cpu() && input.scalar_type() == torch::kFloat32;
 }
 
+// One copy to the host for both values (on a GPU each copy waits for the device).
 void check_alpha_values(const torch::Tensor& alpha) {
-  const float smallest = alpha.detach().min().item<float>();
-  if (!std::isfinite(smallest) || smallest < kernels::kMinAlpha || !std::isfinite(alpha.detach().max().item<float>()))
+  const torch::Tensor a = alpha.detach();
+  const torch::Tensor range = torch::stack({a.min(), a.max()}).to(torch::kCPU, torch::kFloat32);
+  const float smallest = range[0].item<float>(), largest = range[1].item<float>();
+  if (!std::isfinite(smallest) || smallest < kernels::kMinAlpha || !std::isfinite(largest))
     throw std::invalid_argument("clipping threshold alpha must be finite and >= 1e-8, got " + std::to_string(smallest));
 }
 
@@ -50,8 +53,15 @@ struct LevelTensors {
   torch::Tensor thresholds, magnitudes;
 };
 
-LevelTensors level_tensors(const levels::LevelSet& set, const torch::Device& device) {
-  return {torch::tensor(set.thresholds()).to(device), torch::tensor(set.magnitudes()).to(device)};
+// Made once per level set and device: a copy to a GPU at every call would wait for the device.
+const LevelTensors& level_tensors(const levels::LevelSet& set, const torch::Device& device) {
+  static std::mutex mutex;
+  // Never destroyed: GPU tensors must not be freed after the CUDA runtime has shut down.
+  static auto* cache = new std::map<std::pair<std::string, std::string>, LevelTensors>;
+  std::lock_guard<std::mutex> lock(mutex);
+  auto [it, added] = cache->try_emplace({set.name(), device.str()});
+  if (added) it->second = {torch::tensor(set.thresholds()).to(device), torch::tensor(set.magnitudes()).to(device)};
+  return it->second;
 }
 
 torch::Tensor normalised(const torch::Tensor& input, const torch::Tensor& alpha, kernels::Normalisation norm) {
@@ -68,7 +78,7 @@ torch::Tensor magnitude_index(const torch::Tensor& m, const LevelTensors& t) {
 
 // The signed level nearest to clamp(x).
 torch::Tensor ops_project(const torch::Tensor& x, const levels::LevelSet& set) {
-  const LevelTensors t = level_tensors(set, x.device());
+  const LevelTensors& t = level_tensors(set, x.device());
   if (set.is_signed()) {
     const torch::Tensor c = x.clamp(-1.0, 1.0);
     return torch::copysign(t.magnitudes.take(magnitude_index(c.abs(), t)), c);
@@ -251,8 +261,10 @@ kernels::Normalisation weight_statistics(const torch::Tensor& weight) {
     std = s.std;
   } else {
     const torch::Tensor w = weight.detach().to(torch::kFloat64);
-    mean = w.mean().item<double>();
-    std = w.numel() > 1 ? w.std().item<double>() : 0.0;
+    const torch::Tensor both =  // one copy to the host
+        torch::stack({w.mean(), w.numel() > 1 ? w.std() : torch::zeros({}, w.options())}).to(torch::kCPU);
+    mean = both[0].item<double>();
+    std = both[1].item<double>();
   }
   return {static_cast<float>(mean), static_cast<float>(std < kDegenerateStd ? 1.0 : std)};
 }

@@ -304,7 +304,9 @@ TrainSummary run_training(const TrainConfig& c, const std::string& out_dir, bool
     const Clock::time_point epoch_start = Clock::now();
     train_loader.start_epoch(epoch);
     double loss_sum = 0;
-    int64_t correct = 0, seen = 0, step = 0;
+    int64_t seen = 0, step = 0;
+    torch::Tensor correct_on_device = torch::zeros({}, torch::TensorOptions().dtype(torch::kLong).device(device));
+    auto correct = [&] { return correct_on_device.item<int64_t>(); };  // read only to print: it waits for a GPU
     double lr_now = c.lr;
     data::Batch batch;
     while (step < steps_per_epoch && train_loader.next(batch)) {
@@ -333,7 +335,7 @@ TrainSummary run_training(const TrainConfig& c, const std::string& out_dir, bool
       sgd->step();
       clamp_alphas(*sgd);
       loss_sum += loss_value * batch.labels.numel();
-      correct += logits.argmax(1).eq(labels).sum().item<int64_t>();
+      correct_on_device += logits.argmax(1).eq(labels).sum();
       seen += batch.labels.numel();
       ++step;
       if (tty && (step % 5 == 0 || step == steps_per_epoch)) {
@@ -342,7 +344,7 @@ TrainSummary run_training(const TrainConfig& c, const std::string& out_dir, bool
         std::ostringstream line;
         line << "\repoch " << epoch << "/" << c.epochs << " [" << bar(double(step) / steps_per_epoch, 24) << "] "
              << step << "/" << steps_per_epoch << " loss " << std::fixed << std::setprecision(3) << loss_sum / seen
-             << " acc " << std::setprecision(1) << 100.0 * correct / seen << "% lr " << std::setprecision(4) << lr_now
+             << " acc " << std::setprecision(1) << 100.0 * correct() / seen << "% lr " << std::setprecision(4) << lr_now
              << " " << std::setprecision(0) << seen / elapsed << " img/s eta " << eta << "s   ";
         log << line.str() << std::flush;
       }
@@ -368,7 +370,7 @@ TrainSummary run_training(const TrainConfig& c, const std::string& out_dir, bool
     if (improved) save_checkpoint(best_path, model, nullptr, meta);
     nlohmann::json line{{"epoch", epoch},
                         {"train_loss", seen ? loss_sum / seen : 0.0},
-                        {"train_top1", seen ? 100.0 * correct / seen : 0.0},
+                        {"train_top1", seen ? 100.0 * correct() / seen : 0.0},
                         {"val_top1", val.top1},
                         {"val_loss", val.loss},
                         {"test_top1", test.top1},
@@ -381,10 +383,10 @@ TrainSummary run_training(const TrainConfig& c, const std::string& out_dir, bool
     std::ofstream(metrics_path, std::ios::app) << line.dump() << "\n";
     std::ostringstream msg;
     msg << (tty ? "\r" : "") << "epoch " << epoch << "/" << c.epochs << ": loss " << std::fixed << std::setprecision(4)
-        << (seen ? loss_sum / seen : 0.0) << " train " << std::setprecision(2) << (seen ? 100.0 * correct / seen : 0.0)
-        << "% val " << val.top1 << "% test " << test.top1 << "% lr " << std::setprecision(5) << lr_now << " ("
-        << std::setprecision(0) << train_seconds << " s, " << (train_seconds > 0 ? seen / train_seconds : 0.0)
-        << " img/s)" << (improved ? " *" : "") << "          \n";
+        << (seen ? loss_sum / seen : 0.0) << " train " << std::setprecision(2)
+        << (seen ? 100.0 * correct() / seen : 0.0) << "% val " << val.top1 << "% test " << test.top1 << "% lr "
+        << std::setprecision(5) << lr_now << " (" << std::setprecision(0) << train_seconds << " s, "
+        << (train_seconds > 0 ? seen / train_seconds : 0.0) << " img/s)" << (improved ? " *" : "") << "          \n";
     log << msg.str() << std::flush;
     if (c.stop_after_epoch > 0 && epoch >= c.stop_after_epoch && epoch < c.epochs) {
       log << "stopping after epoch " << epoch << " (run.stop_after_epoch); continue with --resume\n";
