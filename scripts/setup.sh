@@ -19,6 +19,7 @@ packages=(
   libxxhash-dev             # section checksums of the .apot format
   libplplot-dev             # the plots of apot report (its svg device)
   libonnx-dev libprotobuf-dev  # ONNX import (apot eval / quantize / train --model net.onnx)
+  libgloo-dev               # the Gloo headers of c10d (data-parallel training, apot train --nproc)
   chromium-headless-shell   # the test that opens apot report's page as a person would
 )
 

@@ -7,7 +7,8 @@
 # Resumable: a finished run (summary.json) is skipped, an interrupted one continues from its last
 # checkpoint (--resume). Runs go one after another (2 cores). Usage:
 #   scripts/study.sh [OUT_DIR]      (default runs/study; APOT=build/apot, DATA=imagefolder:data/cifar10-jpeg,
-#                                    KINDS="apot uniform pot", FP=1: also the full-precision run)
+#                                    KINDS="apot uniform pot", FP=1: also the full-precision run,
+#                                    ORDER=kind: each kind's chain in turn, or bits: all kinds at W4A4 first)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 apot=${APOT:-build/apot}
@@ -28,10 +29,13 @@ train() {  # train NAME INIT KIND BITS
 }
 
 [ "${FP:-1}" = 1 ] && train fp "$pretrained" fp 4
-for bits in 4 3 2; do
-  for kind in ${KINDS:-apot uniform pot}; do
-    if [ "$bits" = 4 ]; then init=$pretrained; else init=$out/$kind-w$((bits + 1))/best.ckpt; fi
-    train "$kind-w$bits" "$init" "$kind" "$bits"
-  done
+# One kind's whole chain before the next kind's (ORDER=bits: every kind at 4 bits first).
+if [ "${ORDER:-kind}" = bits ]; then
+  for bits in 4 3 2; do for kind in ${KINDS:-apot uniform pot}; do echo "$kind $bits"; done; done
+else
+  for kind in ${KINDS:-apot uniform pot}; do for bits in 4 3 2; do echo "$kind $bits"; done; done
+fi | while read -r kind bits; do
+  if [ "$bits" = 4 ]; then init=$pretrained; else init=$out/$kind-w$((bits + 1))/best.ckpt; fi
+  train "$kind-w$bits" "$init" "$kind" "$bits" </dev/null
 done
 echo "study: all runs done in $out"

@@ -9,6 +9,9 @@ Loader::Loader(std::shared_ptr<const Dataset> dataset, LoaderOptions options, st
     : dataset_(std::move(dataset)), options_(std::move(options)), indices_(std::move(indices)) {
   options_.transform.validate();
   if (options_.batch_size < 1) throw DataError("batch size must be at least 1");
+  if (options_.shard_count < 1 || options_.shard_index < 0 || options_.shard_index >= options_.shard_count)
+    throw DataError("shard " + std::to_string(options_.shard_index) + " of " + std::to_string(options_.shard_count) +
+                    " does not exist");
   if (options_.workers < 1) options_.workers = 1;
   if (options_.prefetch < 1) options_.prefetch = 1;
   if (indices_.empty()) {
@@ -25,7 +28,7 @@ Loader::Loader(std::shared_ptr<const Dataset> dataset, LoaderOptions options, st
 Loader::~Loader() { stop_workers(); }
 
 size_t Loader::batches_per_epoch() const {
-  const size_t b = static_cast<size_t>(options_.batch_size);
+  const size_t b = static_cast<size_t>(options_.batch_size) * static_cast<size_t>(options_.shard_count);
   return options_.drop_last ? indices_.size() / b : (indices_.size() + b - 1) / b;
 }
 
@@ -56,8 +59,10 @@ void Loader::start_epoch(int64_t epoch) {
 }
 
 Batch Loader::build_batch(int64_t b) const {
-  const size_t begin = static_cast<size_t>(b) * options_.batch_size;
-  const size_t end = std::min(order_.size(), begin + options_.batch_size);
+  const size_t shard = static_cast<size_t>(options_.batch_size);
+  const size_t begin =
+      std::min(order_.size(), (static_cast<size_t>(b) * options_.shard_count + options_.shard_index) * shard);
+  const size_t end = std::min(order_.size(), begin + shard);
   const int64_t count = static_cast<int64_t>(end - begin);
   Batch batch;
   batch.index = b;

@@ -112,6 +112,25 @@ void move_optimizer_state(torch::optim::SGD& sgd, const torch::Device& device) {
   }
 }
 
+// A rank's share of a data set: every world-th example.
+std::vector<size_t> shard_of(const std::vector<size_t>& indices, int rank, int world) {
+  std::vector<size_t> out;
+  for (size_t k = static_cast<size_t>(rank); k < indices.size(); k += static_cast<size_t>(world))
+    out.push_back(indices[k]);
+  return out;
+}
+
+// Accuracy and loss over every rank's shard (per-class accuracies and predictions stay local).
+EvalResult reduced(Communicator* comm, EvalResult r) {
+  if (!comm) return r;
+  const auto t = comm->sum({r.top1 * r.count / 100, r.top5 * r.count / 100, r.loss * r.count, double(r.count)});
+  r.count = static_cast<int64_t>(t[3]);
+  r.top1 = r.count ? 100 * t[0] / t[3] : 0;
+  r.top5 = r.count ? 100 * t[1] / t[3] : 0;
+  r.loss = r.count ? t[2] / t[3] : 0;
+  return r;
+}
+
 std::string bar(double fraction, int width) {
   const int filled = static_cast<int>(std::round(fraction * width));
   return std::string(filled, '#') + std::string(width - filled, '.');
@@ -196,10 +215,17 @@ torch::Tensor training_loss(const torch::Tensor& logits, const torch::Tensor& la
   return (1 - weight) * hard + weight * temperature * temperature * soft;
 }
 
-TrainSummary run_training(const TrainConfig& c, const std::string& out_dir, bool resume, std::ostream& log) {
+TrainSummary run_training(const TrainConfig& c, const std::string& out_dir, bool resume, std::ostream& all_log,
+                          Communicator* comm) {
   c.validate();
-  torch::set_num_threads(c.threads > 0 ? c.threads
-                                       : static_cast<int>(std::max(1u, std::thread::hardware_concurrency())));
+  const int rank = comm ? comm->rank() : 0, world = comm ? comm->world_size() : 1;
+  const bool leader = rank == 0;
+  std::ostream null_log(nullptr);
+  std::ostream& log = leader ? all_log : null_log;  // rank 0 alone reports and writes files
+  if (comm) comm->check_same("recipes, options or resume flags", config_to_json(c) + (resume ? " resume" : ""));
+  torch::set_num_threads(
+      c.threads > 0 ? c.threads
+                    : std::max(1, static_cast<int>(std::max(1u, std::thread::hardware_concurrency())) / world));
   const torch::Device device = training_device(c);
   torch::manual_seed(c.seed);
   fs::create_directories(out_dir);
@@ -230,16 +256,23 @@ TrainSummary run_training(const TrainConfig& c, const std::string& out_dir, bool
   train_lo.shuffle = true;
   train_lo.drop_last = true;
   train_lo.transform = train_t;
+  train_lo.shard_index = rank;
+  train_lo.shard_count = world;
   train_lo.pin_memory = device.is_cuda();  // so that copies to the GPU do not block
   data::LoaderOptions eval_lo = train_lo;
   eval_lo.batch_size = c.eval_batch_size;
   eval_lo.shuffle = false;
   eval_lo.drop_last = false;
   eval_lo.transform = eval_t;
+  eval_lo.shard_count = 1;
+  eval_lo.shard_index = 0;
   data::Loader train_loader(train_set, train_lo, train_indices);
   std::unique_ptr<data::Loader> val_loader;
-  if (c.val_size > 0) val_loader = std::make_unique<data::Loader>(train_set, eval_lo, val_indices);
-  data::Loader test_loader(test_set, eval_lo);
+  if (c.val_size > 0)
+    val_loader = std::make_unique<data::Loader>(train_set, eval_lo, shard_of(val_indices, rank, world));
+  std::vector<size_t> test_indices(test_set->size());
+  for (size_t i = 0; i < test_indices.size(); ++i) test_indices[i] = i;
+  data::Loader test_loader(test_set, eval_lo, shard_of(test_indices, rank, world));
 
   const ModelInfo info = model_info(train_loader);
 
@@ -270,7 +303,13 @@ TrainSummary run_training(const TrainConfig& c, const std::string& out_dir, bool
     initialise_from(model, c.init, c.init_key, log);
     model->to(device);
     sgd = make_optimizer(model, c);
-    std::ofstream(metrics_path, std::ios::trunc);
+    if (leader) std::ofstream(metrics_path, std::ios::trunc);
+  }
+  if (comm) {  // rank 0's weights everywhere, then gradients averaged as the backward pass goes
+    std::vector<torch::Tensor> state = model->parameters();
+    for (const auto& b : model->buffers()) state.push_back(b);
+    comm->broadcast(state);
+    comm->attach_gradients(model->parameters());
   }
   model->train();
   // The teacher: the configuration's architecture in full precision, frozen, in eval mode.
@@ -296,7 +335,10 @@ TrainSummary run_training(const TrainConfig& c, const std::string& out_dir, bool
       << " on " << spec.text() << ": " << train_indices.size() << " train / " << val_indices.size() << " validation / "
       << test_set->size() << " test examples, " << c.epochs << " epochs of " << steps_per_epoch << " steps"
       << (device.is_cuda() ? ", on " + device.str() : std::string())
-      << (teacher ? ", distilled from " + c.teacher : std::string());
+      << (teacher ? ", distilled from " + c.teacher : std::string())
+      << (comm ? ", " + std::to_string(world) + " ranks x batch " + std::to_string(c.batch_size) + " = global batch " +
+                     std::to_string(world * c.batch_size)
+               : std::string());
   if (teacher) log << " (weight " << c.distill_weight << ", temperature " << c.temperature << ")";
   log << std::endl;
 
@@ -324,17 +366,20 @@ TrainSummary run_training(const TrainConfig& c, const std::string& out_dir, bool
       }
       const torch::Tensor loss =
           training_loss(logits, labels, c.label_smoothing, teacher_logits, c.distill_weight, c.temperature);
-      const double loss_value = loss.item<double>();
+      loss.backward();
+      if (comm) comm->finish_gradients();
+      const double local_loss = loss.item<double>();
+      // Every rank sees the same value, so that all stop together on a NaN.
+      const double loss_value = comm ? comm->sum({local_loss})[0] / world : local_loss;
       if (!std::isfinite(loss_value))
         throw TrainingError("the loss became " + std::to_string(loss_value) + " at epoch " + std::to_string(epoch) +
                             ", step " + std::to_string(step + 1) + "; stopped; the last good checkpoint is " +
                             (epoch > 1 || resume ? last_path : std::string("(none yet)")) +
                             " (try a lower optim.lr or optim.grad_clip)");
-      loss.backward();
       if (c.grad_clip > 0) torch::nn::utils::clip_grad_norm_(model->parameters(), c.grad_clip);
       sgd->step();
       clamp_alphas(*sgd);
-      loss_sum += loss_value * batch.labels.numel();
+      loss_sum += local_loss * batch.labels.numel();
       correct_on_device += logits.argmax(1).eq(labels).sum();
       seen += batch.labels.numel();
       ++step;
@@ -350,8 +395,14 @@ TrainSummary run_training(const TrainConfig& c, const std::string& out_dir, bool
       }
     }
     const double train_seconds = seconds_since(epoch_start);
-    const EvalResult val = val_loader ? evaluate(model, *val_loader) : EvalResult{};
-    const EvalResult test = evaluate(model, test_loader);
+    if (comm) {  // the epoch's training numbers over every rank
+      const auto t = comm->sum({loss_sum, double(correct()), double(seen)});
+      loss_sum = t[0];
+      correct_on_device.fill_(static_cast<int64_t>(t[1]));
+      seen = static_cast<int64_t>(t[2]);
+    }
+    const EvalResult val = val_loader ? reduced(comm, evaluate(model, *val_loader)) : EvalResult{};
+    const EvalResult test = reduced(comm, evaluate(model, test_loader));
     const double selection = val_loader ? val.top1 : test.top1;
     const bool improved = selection > summary.best_val_top1;
     if (improved) {
@@ -366,8 +417,10 @@ TrainSummary run_training(const TrainConfig& c, const std::string& out_dir, bool
                     {"best_val_top1", summary.best_val_top1},
                     {"best_epoch", double(summary.best_epoch)},
                     {"test_top1_at_best", summary.test_top1_at_best}};
-    save_checkpoint(last_path, model, sgd.get(), meta);
-    if (improved) save_checkpoint(best_path, model, nullptr, meta);
+    if (leader) {
+      save_checkpoint(last_path, model, sgd.get(), meta);
+      if (improved) save_checkpoint(best_path, model, nullptr, meta);
+    }
     nlohmann::json line{{"epoch", epoch},
                         {"train_loss", seen ? loss_sum / seen : 0.0},
                         {"train_top1", seen ? 100.0 * correct() / seen : 0.0},
@@ -379,8 +432,9 @@ TrainSummary run_training(const TrainConfig& c, const std::string& out_dir, bool
                         {"train_seconds", train_seconds},
                         {"images_per_second", train_seconds > 0 ? seen / train_seconds : 0.0},
                         {"elapsed_seconds", seconds_since(start)},
+                        {"ranks", world},
                         {"alphas", alpha_values(*model)}};
-    std::ofstream(metrics_path, std::ios::app) << line.dump() << "\n";
+    if (leader) std::ofstream(metrics_path, std::ios::app) << line.dump() << "\n";
     std::ostringstream msg;
     msg << (tty ? "\r" : "") << "epoch " << epoch << "/" << c.epochs << ": loss " << std::fixed << std::setprecision(4)
         << (seen ? loss_sum / seen : 0.0) << " train " << std::setprecision(2)
@@ -406,8 +460,10 @@ TrainSummary run_training(const TrainConfig& c, const std::string& out_dir, bool
                    {"best_checkpoint", best_path},
                    {"last_checkpoint", last_path}};
   const std::string summary_path = (fs::path(out_dir) / "summary.json").string();
-  std::ofstream(summary_path + ".tmp") << s.dump(2) << "\n";
-  fs::rename(summary_path + ".tmp", summary_path);
+  if (leader) {
+    std::ofstream(summary_path + ".tmp") << s.dump(2) << "\n";
+    fs::rename(summary_path + ".tmp", summary_path);
+  }
   return summary;
 }
 

@@ -26,6 +26,11 @@ struct LoaderOptions {
   int workers = 2;
   int prefetch = 4;         // batches prepared ahead of the consumer
   bool pin_memory = false;  // page-locked batches (only with a CUDA build)
+  // Data parallel: each epoch's order is cut into global batches of batch_size * shard_count
+  // examples, and this loader returns part shard_index of each (batch_size examples). With
+  // drop_last, the shards of a global batch are the batches that one loader of batch_size *
+  // shard_count would return, in order.
+  int shard_index = 0, shard_count = 1;
   TransformOptions transform;
 };
 

@@ -12,6 +12,7 @@
 #include "apot/data/spec.h"
 #include "apot/qat/network.h"
 #include "apot/train/config.h"
+#include "apot/train/distributed.h"
 
 namespace apot::train {
 
@@ -97,6 +98,10 @@ struct TrainSummary {
   std::string best_checkpoint, last_checkpoint;
 };
 
-TrainSummary run_training(const TrainConfig& config, const std::string& out_dir, bool resume, std::ostream& log);
+// With `comm` (data parallel), every rank calls it with the same configuration: each trains on
+// its shard of every global batch (data.batch_size per rank), gradients are averaged over the
+// ranks, evaluation is sharded and reduced, and rank 0 alone logs and writes the run directory.
+TrainSummary run_training(const TrainConfig& config, const std::string& out_dir, bool resume, std::ostream& log,
+                          Communicator* comm = nullptr);
 
 }  // namespace apot::train
