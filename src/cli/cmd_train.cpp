@@ -3,10 +3,8 @@
 // (torchrun's variables: RANK, WORLD_SIZE, ...); a copy started with those variables, by this
 // launcher or by torchrun, is one rank.
 #include <fmt/format.h>
-#include <netinet/in.h>
 #include <signal.h>
 #include <spawn.h>
-#include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -59,22 +57,6 @@ std::vector<std::string> own_arguments_without_nproc() {
   return out;
 }
 
-// A TCP port that is free now (the kernel's choice).
-int free_port() {
-  const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  socklen_t len = sizeof addr;
-  if (fd < 0 || ::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0 ||
-      ::getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len) != 0) {
-    if (fd >= 0) ::close(fd);
-    throw std::runtime_error(std::string("no free TCP port on 127.0.0.1: ") + std::strerror(errno));
-  }
-  ::close(fd);
-  return ntohs(addr.sin_port);
-}
-
 // The last "apot: error: " line of a file, without that prefix ("" if none).
 std::string last_error_line(const std::string& path) {
   std::ifstream in(path);
@@ -90,7 +72,7 @@ std::string last_error_line(const std::string& path) {
 void launch_ranks(int nproc) {
   const std::vector<std::string> args = own_arguments_without_nproc();
   const std::string exe = "/proc/self/exe";
-  const int port = free_port();
+  const int port = train::free_local_port();
   std::vector<pid_t> pids(static_cast<size_t>(nproc), -1);
   std::vector<std::string> stderr_files;
   for (int r = 0; r < nproc; ++r)

@@ -1,6 +1,12 @@
 // torchrun's environment variables (include/apot/train/distributed.h); the collectives are in
 // communicator.cpp (c10d and Gloo) or communicator_none.cpp (builds without Gloo's headers).
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <cerrno>
 #include <cstdlib>
+#include <cstring>
 
 #include "apot/train/distributed.h"
 
@@ -37,6 +43,22 @@ DistributedOptions distributed_from_env() {
   o.restart_count = env_int("TORCHELASTIC_RESTART_COUNT", 0, 0);
   o.timeout = std::chrono::milliseconds(1000LL * env_int("APOT_DIST_TIMEOUT", 60, 1));
   return o;
+}
+
+int free_local_port() {
+  const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  socklen_t len = sizeof addr;
+  if (fd < 0 || ::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0 ||
+      ::getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len) != 0) {
+    const std::string reason = std::strerror(errno);
+    if (fd >= 0) ::close(fd);
+    throw DistributedError("no free TCP port on 127.0.0.1: " + reason);
+  }
+  ::close(fd);
+  return ntohs(addr.sin_port);
 }
 
 }  // namespace apot::train

@@ -1,9 +1,6 @@
 // Data-parallel training (c10d, Gloo) with the ranks as threads of this process: two ranks of
 // batch 64 end where one process of batch 128 ends; a rank that never arrives is one clear error.
 #include <gtest/gtest.h>
-#include <netinet/in.h>
-#include <sys/socket.h>
-#include <unistd.h>
 
 #include <cstdlib>
 #include <fstream>
@@ -21,18 +18,6 @@ using apot::train::DistributedOptions;
 using apot::train::TrainConfig;
 
 namespace {
-
-int free_port() {
-  const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  socklen_t len = sizeof addr;
-  EXPECT_EQ(::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr), 0);
-  EXPECT_EQ(::getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len), 0);
-  ::close(fd);
-  return ntohs(addr.sin_port);
-}
 
 // No batch norm: with it, two ranks' local statistics differ from one rank's (the option that
 // would synchronise them is not implemented).
@@ -117,7 +102,7 @@ TEST_F(Distributed, TwoRanksOfBatch64EqualOneOfBatch128) {
 
   TrainConfig per_rank = c;
   per_rank.batch_size = 64;
-  const int port = free_port();
+  const int port = apot::train::free_local_port();
   std::string errors[2];
   std::ostringstream logs[2];
   std::vector<std::thread> ranks;
@@ -166,7 +151,7 @@ TEST(DistributedSetup, AMissingRankIsOneClearErrorWithinTheTimeout) {
   DistributedOptions o;
   o.rank = 0;
   o.world_size = 2;
-  o.master_port = free_port();
+  o.master_port = apot::train::free_local_port();
   o.timeout = std::chrono::milliseconds(2000);
   const auto begin = std::chrono::steady_clock::now();
   try {

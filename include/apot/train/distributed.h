@@ -36,6 +36,9 @@ struct DistributedOptions {
 // 60). Without WORLD_SIZE: one process. Throws DistributedError on malformed values.
 DistributedOptions distributed_from_env();
 
+// A TCP port on 127.0.0.1 that is free now (the kernel's choice), for a job on this host.
+int free_local_port();
+
 class Communicator {
  public:
   // The rendezvous: rank 0 hosts the store (unless torchrun's agent does), every rank waits for
