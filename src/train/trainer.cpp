@@ -256,16 +256,14 @@ TrainSummary run_training(const TrainConfig& c, const std::string& out_dir, bool
   train_lo.shuffle = true;
   train_lo.drop_last = true;
   train_lo.transform = train_t;
-  train_lo.shard_index = rank;
-  train_lo.shard_count = world;
   train_lo.pin_memory = device.is_cuda();  // so that copies to the GPU do not block
-  data::LoaderOptions eval_lo = train_lo;
+  data::LoaderOptions eval_lo = train_lo;  // evaluation is sharded by example, below
   eval_lo.batch_size = c.eval_batch_size;
   eval_lo.shuffle = false;
   eval_lo.drop_last = false;
   eval_lo.transform = eval_t;
-  eval_lo.shard_count = 1;
-  eval_lo.shard_index = 0;
+  train_lo.shard_index = rank;
+  train_lo.shard_count = world;
   data::Loader train_loader(train_set, train_lo, train_indices);
   std::unique_ptr<data::Loader> val_loader;
   if (c.val_size > 0)
