@@ -161,6 +161,17 @@ torch::Tensor NetworkImpl::input_of(const torch::Tensor& x, const std::string& l
   return v[size_t(graph_[size_t(node)].inputs.at(0))];
 }
 
+template <typename BatchNorm>
+torch::Tensor NetworkImpl::apply_batch_norm(BatchNorm& bn, const torch::Tensor& x) const {
+  if (!batch_norm_sum_ || !is_training()) return bn.forward(x);
+  {
+    torch::NoGradGuard no_grad;
+    bn.num_batches_tracked += 1;
+  }
+  return sync_batch_norm(x, bn.weight, bn.bias, bn.running_mean, bn.running_var, bn.options.momentum().value_or(0.1),
+                         bn.options.eps(), batch_norm_sum_);
+}
+
 torch::Tensor NetworkImpl::compute_node(size_t i, const std::vector<torch::Tensor>& v) {
   const graph::Node& node = graph_[i];
   const torch::Tensor& in = v[size_t(node.inputs[0])];
@@ -169,11 +180,11 @@ torch::Tensor NetworkImpl::compute_node(size_t i, const std::vector<torch::Tenso
     case graph::Op::input: break;
     case graph::Op::conv:
       out = conv_[i]->forward(in);
-      if (bn2d_[i]) out = bn2d_[i]->forward(out);
+      if (bn2d_[i]) out = apply_batch_norm(*bn2d_[i], out);
       break;
     case graph::Op::linear:
       out = linear_[i]->forward(in.flatten(1));
-      if (bn1d_[i]) out = bn1d_[i]->forward(out);
+      if (bn1d_[i]) out = apply_batch_norm(*bn1d_[i], out);
       break;
     default: out = run_parameter_free(node, v);
   }

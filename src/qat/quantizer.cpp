@@ -136,10 +136,21 @@ void for_each_alpha_slice(const torch::Tensor& input, const torch::Tensor& alpha
   for (int64_t c = 0; c < slices; ++c) body(c * per_slice, per_slice, values[c], c);
 }
 
+// The dense layout the kernels walk: channels-last 4-d tensors stay channels-last (a copy to
+// NCHW and back would cost more than the projection), anything else becomes contiguous. The
+// kernels are elementwise over memory, and per-channel weight alphas still find each output
+// channel's values in one run (dimension 0 is the outermost in both layouts).
+at::MemoryFormat kernel_layout(const torch::Tensor& t) {
+  if (t.dim() == 4 && !t.is_contiguous() && t.is_contiguous(at::MemoryFormat::ChannelsLast))
+    return at::MemoryFormat::ChannelsLast;
+  return at::MemoryFormat::Contiguous;
+}
+
 torch::Tensor kernel_forward(const torch::Tensor& input, const torch::Tensor& alpha, const kernels::Projector& p,
                              kernels::Normalisation norm) {
-  const torch::Tensor in = input.contiguous();
-  torch::Tensor out = torch::empty_like(in);
+  const at::MemoryFormat layout = kernel_layout(input);
+  const torch::Tensor in = input.contiguous(layout);
+  torch::Tensor out = torch::empty_like(in, layout);
   const float* src = in.data_ptr<float>();
   float* dst = out.data_ptr<float>();
   for_each_alpha_slice(in, alpha, [&](int64_t begin, int64_t count, float a, int64_t) {
@@ -151,8 +162,9 @@ torch::Tensor kernel_forward(const torch::Tensor& input, const torch::Tensor& al
 std::pair<torch::Tensor, torch::Tensor> kernel_backward(const torch::Tensor& input, const torch::Tensor& grad,
                                                         const torch::Tensor& alpha, const kernels::Projector& p,
                                                         kernels::SteVariant variant, kernels::Normalisation norm) {
-  const torch::Tensor in = input.contiguous(), g = grad.contiguous().to(torch::kFloat32);
-  torch::Tensor grad_input = torch::empty_like(in);
+  const at::MemoryFormat layout = kernel_layout(input);
+  const torch::Tensor in = input.contiguous(layout), g = grad.to(torch::kFloat32).contiguous(layout);
+  torch::Tensor grad_input = torch::empty_like(in, layout);
   std::vector<double> sums(static_cast<size_t>(alpha.numel()));
   for_each_alpha_slice(in, alpha, [&](int64_t begin, int64_t count, float a, int64_t c) {
     sums[static_cast<size_t>(c)] =
@@ -255,7 +267,7 @@ constexpr double kDegenerateStd = 1e-12;
 kernels::Normalisation weight_statistics(const torch::Tensor& weight) {
   double mean, std;
   if (weight.device().is_cpu() && weight.scalar_type() == torch::kFloat32) {
-    const torch::Tensor w = weight.detach().contiguous();
+    const torch::Tensor w = weight.detach().contiguous(kernel_layout(weight));  // statistics of any order
     const kernels::MeanStd s = kernels::mean_std(w.data_ptr<float>(), static_cast<size_t>(w.numel()));
     mean = s.mean;
     std = s.std;

@@ -127,6 +127,12 @@ std::vector<double> Communicator::sum(const std::vector<double>& values) {
   return std::vector<double>(r.data_ptr<double>(), r.data_ptr<double>() + r.numel());
 }
 
+void Communicator::sum_in_place(torch::Tensor& t) {
+  std::vector<at::Tensor> one{t.contiguous()};
+  wait_for(*impl_->group->allreduce(one), rank(), "all-reduce");
+  if (!one[0].is_same(t)) t.copy_(one[0]);
+}
+
 void Communicator::check_same(const std::string& what, const std::string& text) {
   const auto h = static_cast<int64_t>(std::hash<std::string>{}(text) >> 1);
   std::vector<at::Tensor> low{torch::tensor({h})}, high{torch::tensor({h})};

@@ -12,6 +12,7 @@ Communicator::Communicator(const DistributedOptions& options) : options_(options
 Communicator::~Communicator() = default;
 void Communicator::broadcast(const std::vector<torch::Tensor>&) {}
 std::vector<double> Communicator::sum(const std::vector<double>& values) { return values; }
+void Communicator::sum_in_place(torch::Tensor&) {}
 void Communicator::check_same(const std::string&, const std::string&) {}
 void Communicator::attach_gradients(const std::vector<torch::Tensor>&, size_t) {}
 void Communicator::finish_gradients() {}

@@ -122,6 +122,8 @@ const std::vector<Field>& fields() {
       field("schedule.gamma", &TrainConfig::gamma),
       field("schedule.warmup_epochs", &TrainConfig::warmup_epochs),
       field("train.device", &TrainConfig::device),
+      field("train.memory_format", &TrainConfig::memory_format),
+      field("train.sync_batch_norm", &TrainConfig::sync_batch_norm),
       field("run.seed", &TrainConfig::seed),
       field("run.threads", &TrainConfig::threads),
       field("run.max_steps_per_epoch", &TrainConfig::max_steps_per_epoch),
@@ -256,6 +258,8 @@ void TrainConfig::validate() const {
   if (!(temperature > 0 && temperature <= 100)) throw ConfigError("distill.temperature must be in (0, 100]");
   if (!std::regex_match(device, std::regex("cpu|cuda(:[0-9]+)?")))
     throw ConfigError("train.device must be cpu, cuda or cuda:N, not '" + device + "'");
+  if (memory_format != "auto" && memory_format != "channels_last" && memory_format != "contiguous")
+    throw ConfigError("train.memory_format must be auto, channels_last or contiguous, not '" + memory_format + "'");
   if (kind != "fp") {
     try {
       const levels::Kind k = levels::parse_kind(kind);

@@ -82,7 +82,7 @@ qat::Network build_model(const TrainConfig& c, graph::Graph graph) {
 
 qat::Network build_model(const TrainConfig& c, const ModelInfo& info) { return build_model(c, graph_of(c, info)); }
 
-EvalResult evaluate(qat::Network& model, data::Loader& loader) {
+EvalResult evaluate(qat::Network& model, data::Loader& loader, at::MemoryFormat layout) {
   torch::NoGradGuard no_grad;
   const bool was_training = model->is_training();
   model->eval();
@@ -96,7 +96,7 @@ EvalResult evaluate(qat::Network& model, data::Loader& loader) {
   loader.start_epoch(0);
   data::Batch batch;
   while (loader.next(batch)) {
-    const torch::Tensor logits = model(batch.images.to(device, /*non_blocking=*/true)).to(torch::kCPU);
+    const torch::Tensor logits = model(batch_on(batch.images, device, layout)).to(torch::kCPU);
     loss_sum += torch::nn::functional::cross_entropy(
                     logits, batch.labels, torch::nn::functional::CrossEntropyFuncOptions().reduction(torch::kSum))
                     .item<double>();

@@ -1,5 +1,8 @@
 // The training loop.
 #include <unistd.h>
+#ifdef __GLIBC__
+#include <malloc.h>
+#endif
 
 #include <chrono>
 #include <cmath>
@@ -180,6 +183,25 @@ data::TransformOptions transform_for(const TrainConfig& c, const data::DataSpec&
   return t;
 }
 
+at::MemoryFormat training_memory_format(const TrainConfig& c, const torch::Device& device) {
+  if (c.memory_format == "channels_last" || (c.memory_format == "auto" && device.is_cpu()))
+    return at::MemoryFormat::ChannelsLast;
+  return at::MemoryFormat::Contiguous;
+}
+
+torch::Tensor batch_on(const torch::Tensor& images, const torch::Device& device, at::MemoryFormat layout) {
+  const torch::Tensor on_device = images.to(device, /*non_blocking=*/true);
+  return on_device.dim() == 4 ? on_device.contiguous(layout) : on_device;
+}
+
+void keep_freed_memory() {
+#ifdef __GLIBC__
+  constexpr int kBytes = 1 << 30;  // blocks below 1 GiB come from the heap, which is never trimmed below 1 GiB free
+  mallopt(M_MMAP_THRESHOLD, kBytes);
+  mallopt(M_TRIM_THRESHOLD, kBytes);
+#endif
+}
+
 torch::Device training_device(const TrainConfig& c) {
   const torch::Device device(c.device);
   if (!device.is_cuda()) return device;
@@ -227,6 +249,8 @@ TrainSummary run_training(const TrainConfig& c, const std::string& out_dir, bool
       c.threads > 0 ? c.threads
                     : std::max(1, static_cast<int>(std::max(1u, std::thread::hardware_concurrency())) / world));
   const torch::Device device = training_device(c);
+  const at::MemoryFormat layout = training_memory_format(c, device);
+  if (device.is_cpu()) keep_freed_memory();
   torch::manual_seed(c.seed);
   fs::create_directories(out_dir);
   const Clock::time_point start = Clock::now();
@@ -308,6 +332,7 @@ TrainSummary run_training(const TrainConfig& c, const std::string& out_dir, bool
     for (const auto& b : model->buffers()) state.push_back(b);
     comm->broadcast(state);
     comm->attach_gradients(model->parameters());
+    if (c.sync_batch_norm) model->set_batch_norm_sum([comm](torch::Tensor& t) { comm->sum_in_place(t); });
   }
   model->train();
   // The teacher: the configuration's architecture in full precision, frozen, in eval mode.
@@ -335,7 +360,7 @@ TrainSummary run_training(const TrainConfig& c, const std::string& out_dir, bool
       << (device.is_cuda() ? ", on " + device.str() : std::string())
       << (teacher ? ", distilled from " + c.teacher : std::string())
       << (comm ? ", " + std::to_string(world) + " ranks x batch " + std::to_string(c.batch_size) + " = global batch " +
-                     std::to_string(world * c.batch_size)
+                     std::to_string(world * c.batch_size) + (c.sync_batch_norm ? " (synchronised batch norm)" : "")
                : std::string());
   if (teacher) log << " (weight " << c.distill_weight << ", temperature " << c.temperature << ")";
   log << std::endl;
@@ -354,7 +379,7 @@ TrainSummary run_training(const TrainConfig& c, const std::string& out_dir, bool
       set_learning_rates(*sgd, c, factor);
       lr_now = c.lr * factor;
       sgd->zero_grad();
-      const torch::Tensor images = batch.images.to(device, /*non_blocking=*/true);
+      const torch::Tensor images = batch_on(batch.images, device, layout);
       const torch::Tensor labels = batch.labels.to(device, /*non_blocking=*/true);
       const torch::Tensor logits = model(images);
       torch::Tensor teacher_logits;
@@ -399,8 +424,8 @@ TrainSummary run_training(const TrainConfig& c, const std::string& out_dir, bool
       correct_on_device.fill_(static_cast<int64_t>(t[1]));
       seen = static_cast<int64_t>(t[2]);
     }
-    const EvalResult val = val_loader ? reduced(comm, evaluate(model, *val_loader)) : EvalResult{};
-    const EvalResult test = reduced(comm, evaluate(model, test_loader));
+    const EvalResult val = val_loader ? reduced(comm, evaluate(model, *val_loader, layout)) : EvalResult{};
+    const EvalResult test = reduced(comm, evaluate(model, test_loader, layout));
     const double selection = val_loader ? val.top1 : test.top1;
     const bool improved = selection > summary.best_val_top1;
     if (improved) {

@@ -2,7 +2,10 @@
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
+#include <condition_variable>
 #include <cstdio>
+#include <mutex>
+#include <thread>
 
 #include "apot/graph/serialize.h"
 #include "apot/qat/modules.h"
@@ -166,6 +169,147 @@ TEST(Network, TrainsAStepAtEveryPrecision) {
       sgd.step();
       EXPECT_TRUE(std::isfinite(loss.item<float>())) << bits;
     }
+  }
+}
+
+// The trainer feeds CPU batches channels-last. A step in that layout (option-A shortcut padding,
+// channel split / concat / shuffle, depthwise convolutions, quantisers) gives the loss and
+// gradients of the NCHW step, compared in float64 so that the convolutions' rounding (about 1e-5
+// of a value in float32, enough to move the few activations that lie that close to a level
+// threshold to the next level) stays far below the tolerance; in float32 the activations stay
+// channels-last through the fused quantisers, which are bit-exact in either layout
+// (RcfQuantize.ChannelsLastKeepsItsLayoutAndValues).
+TEST(Network, ChannelsLastStepEqualsTheContiguousOne) {
+  for (const char* arch : {"resnet20", "shufflenet_v2_x0_5_cifar", "mobilenet_v2_cifar"}) {
+    for (bool quantized : {false, true}) {
+      for (auto dtype : {torch::kFloat64, torch::kFloat32}) {
+        torch::manual_seed(4);
+        Network model = apot::qat::make_network(arch);
+        if (quantized) apot::qat::apply_policy(*model, QuantPolicy{});  // W4A4 APoT
+        model->to(dtype);
+        model->train();
+        const torch::Tensor x = torch::randn({8, 3, 32, 32}, dtype);
+        const torch::Tensor y = torch::tensor({0, 1, 2, 3, 4, 5, 6, 7}, torch::kLong);
+        std::vector<std::string> names;
+        for (const auto& p : model->named_parameters()) names.push_back(p.key());
+        std::vector<torch::Tensor> losses;
+        std::vector<std::vector<torch::Tensor>> grads;
+        for (const auto layout : {at::MemoryFormat::Contiguous, at::MemoryFormat::ChannelsLast}) {
+          model->zero_grad();
+          std::vector<torch::Tensor> outputs;
+          const torch::Tensor loss =
+              torch::nn::functional::cross_entropy(model->forward_all(x.contiguous(layout), outputs), y);
+          loss.backward();
+          losses.push_back(loss.detach());
+          grads.emplace_back();
+          for (const auto& p : model->parameters())  // unused alphas (int8 layers) have none
+            grads.back().push_back(p.grad().defined() ? p.grad().clone() : torch::Tensor());
+          if (layout == at::MemoryFormat::ChannelsLast && dtype == torch::kFloat32 && std::string(arch) == "resnet20") {
+            for (size_t i = 1; i < outputs.size(); ++i)
+              if (outputs[i].dim() == 4)
+                EXPECT_TRUE(outputs[i].is_contiguous(layout)) << arch << " " << model->graph().nodes()[i].name;
+          }
+        }
+        if (dtype == torch::kFloat32) continue;
+        EXPECT_TRUE(torch::allclose(losses[0], losses[1], 1e-9, 1e-12)) << arch << losses[0] << losses[1];
+        for (size_t k = 0; k < grads[0].size(); ++k) {
+          ASSERT_EQ(grads[0][k].defined(), grads[1][k].defined()) << arch << " " << names[k];
+          if (grads[0][k].defined())
+            EXPECT_TRUE(torch::allclose(grads[0][k], grads[1][k], 1e-7, 1e-9))
+                << arch << (quantized ? " W4A4 " : " FP ") << names[k] << " differs by "
+                << (grads[0][k] - grads[1][k]).abs().max().item<double>();
+        }
+      }
+    }
+  }
+}
+
+// With one replica (a sum that leaves its tensor as it is), synchronised batch norm is LibTorch's
+// batch norm: outputs, gradients of input, weight and bias, and running statistics.
+TEST(SyncBatchNorm, OneReplicaEqualsBatchNorm) {
+  const apot::qat::ReplicaSum alone = [](torch::Tensor&) {};
+  for (const auto& shape : std::vector<std::vector<int64_t>>{{6, 5, 4, 3}, {9, 7}}) {
+    torch::manual_seed(7);
+    const torch::Tensor x0 = torch::randn(shape) * 3 + 1;
+    const torch::Tensor g = torch::randn(shape);
+    const int64_t c = shape[1];
+    torch::nn::BatchNorm1d bn1d(c);
+    torch::nn::BatchNorm2d bn2d(c);
+    torch::nn::BatchNormImplBase<1, torch::nn::BatchNorm1dImpl>& reference_1d = *bn1d;
+    torch::nn::BatchNormImplBase<2, torch::nn::BatchNorm2dImpl>& reference_2d = *bn2d;
+    const bool image = shape.size() == 4;
+    torch::Tensor& rw = image ? reference_2d.weight : reference_1d.weight;
+    torch::Tensor& rb = image ? reference_2d.bias : reference_1d.bias;
+    {
+      torch::NoGradGuard no_grad;
+      rw.uniform_(0.5, 1.5);
+      rb.normal_();
+    }
+    const torch::Tensor w = rw.detach().clone().requires_grad_(true), b = rb.detach().clone().requires_grad_(true);
+    torch::Tensor rm = torch::zeros({c}), rv = torch::ones({c});
+    const torch::Tensor x_ref = x0.clone().requires_grad_(true), x = x0.clone().requires_grad_(true);
+    const torch::Tensor y_ref = image ? bn2d->forward(x_ref) : bn1d->forward(x_ref);
+    y_ref.backward(g);
+    const torch::Tensor y = apot::qat::sync_batch_norm(x, w, b, rm, rv, 0.1, 1e-5, alone);
+    y.backward(g);
+    EXPECT_TRUE(torch::allclose(y, y_ref, 1e-5, 1e-5));
+    EXPECT_TRUE(torch::allclose(x.grad(), x_ref.grad(), 1e-5, 1e-5));
+    EXPECT_TRUE(torch::allclose(w.grad(), rw.grad(), 1e-5, 1e-5));
+    EXPECT_TRUE(torch::allclose(b.grad(), rb.grad(), 1e-5, 1e-5));
+    EXPECT_TRUE(torch::allclose(rm, image ? reference_2d.running_mean : reference_1d.running_mean, 1e-6, 1e-6));
+    EXPECT_TRUE(torch::allclose(rv, image ? reference_2d.running_var : reference_1d.running_var, 1e-6, 1e-6));
+  }
+}
+
+// Two replicas, each with half of a batch, normalise as the whole batch does: the replicas are
+// threads that meet in a shared sum.
+TEST(SyncBatchNorm, TwoReplicasEqualOneWholeBatch) {
+  torch::manual_seed(8);
+  const torch::Tensor whole = torch::randn({8, 3, 5, 5}) * 2 - 1;
+  const torch::Tensor g = torch::randn_like(whole);
+  const torch::Tensor weight = torch::rand({3}) + 0.5, bias = torch::randn({3});
+  const apot::qat::ReplicaSum alone = [](torch::Tensor&) {};
+  torch::Tensor rm = torch::zeros({3}), rv = torch::ones({3});
+  const torch::Tensor x = whole.clone().requires_grad_(true);
+  const torch::Tensor y = apot::qat::sync_batch_norm(x, weight, bias, rm, rv, 0.1, 1e-5, alone);
+  y.backward(g);
+
+  // A two-party sum: each adds its tensor in, waits for the other, then reads the total.
+  std::mutex mutex;
+  std::condition_variable changed;
+  int arrived = 0, generation = 0;
+  torch::Tensor total;
+  const apot::qat::ReplicaSum pair = [&](torch::Tensor& t) {
+    std::unique_lock<std::mutex> lock(mutex);
+    const int my_generation = generation;
+    total = arrived == 0 ? t.clone() : total + t;
+    if (++arrived == 2) {
+      ++generation;
+      changed.notify_all();
+    } else {
+      changed.wait(lock, [&] { return generation != my_generation; });
+    }
+    t.copy_(total);
+    if (--arrived == 0) changed.notify_all();
+    else changed.wait(lock, [&] { return arrived == 0; });
+  };
+  torch::Tensor halves_grad[2], rms[2] = {torch::zeros({3}), torch::zeros({3})},
+                                rvs[2] = {torch::ones({3}), torch::ones({3})};
+  torch::Tensor outs[2];
+  std::vector<std::thread> replicas;
+  for (int r = 0; r < 2; ++r)
+    replicas.emplace_back([&, r] {
+      const torch::Tensor part = whole.slice(0, 4 * r, 4 * r + 4).clone().requires_grad_(true);
+      outs[r] = apot::qat::sync_batch_norm(part, weight, bias, rms[r], rvs[r], 0.1, 1e-5, pair);
+      outs[r].backward(g.slice(0, 4 * r, 4 * r + 4));
+      halves_grad[r] = part.grad();
+    });
+  for (auto& t : replicas) t.join();
+  EXPECT_TRUE(torch::allclose(torch::cat({outs[0], outs[1]}), y, 1e-5, 1e-5));
+  EXPECT_TRUE(torch::allclose(torch::cat({halves_grad[0], halves_grad[1]}), x.grad(), 1e-5, 1e-5));
+  for (int r = 0; r < 2; ++r) {
+    EXPECT_TRUE(torch::allclose(rms[r], rm, 1e-6, 1e-6));
+    EXPECT_TRUE(torch::allclose(rvs[r], rv, 1e-6, 1e-6));
   }
 }
 

@@ -184,6 +184,47 @@ TEST(RcfQuantize, PerChannelAlphaEqualsSeparateQuantisers) {
   }
 }
 
+// Channels-last tensors (the trainer's CPU layout) keep their layout through the operator, with
+// the same values and gradients as the NCHW tensor; per-channel weight alphas too (dimension 0
+// stays outermost), and tensors in neither layout (a channel slice) are made contiguous.
+TEST(RcfQuantize, ChannelsLastKeepsItsLayoutAndValues) {
+  const auto cl = at::MemoryFormat::ChannelsLast;
+  for (Backend b : all_backends()) {
+    BackendGuard guard(b);
+    torch::manual_seed(6);
+    const torch::Tensor w = torch::randn({4, 6, 5, 3}) * 2;
+    const torch::Tensor g = torch::randn_like(w);
+    for (const QuantizerSpec& spec : {QuantizerSpec{Kind::apot, 4, Role::weight, SteVariant::cifar},
+                                      QuantizerSpec{Kind::uniform, 3, Role::activation, SteVariant::imagenet},
+                                      QuantizerSpec{Kind::apot, 4, Role::signed_activation, SteVariant::cifar}}) {
+      const torch::Tensor alpha_values =
+          spec.role == Role::weight ? torch::tensor({0.5f, 1.0f, 2.0f, 3.0f}) : torch::tensor(1.5f);
+      std::vector<torch::Tensor> outs, grads, alpha_grads;
+      for (int layout = 0; layout < 3; ++layout) {
+        torch::Tensor x = layout == 1 ? w.contiguous(cl) : w.clone();
+        if (layout == 2) x = torch::cat({w, w}, 1).slice(1, 0, 6);  // neither layout
+        x.requires_grad_(true);
+        const torch::Tensor a = alpha_values.clone().requires_grad_(true);
+        const torch::Tensor out = rcf_quantize(x, a, spec);
+        out.backward(layout == 1 ? g.contiguous(cl) : g);
+        if (layout == 1 && b == Backend::automatic) {
+          EXPECT_TRUE(out.is_contiguous(cl)) << backend_name(b);
+          EXPECT_TRUE(x.grad().is_contiguous(cl)) << backend_name(b);
+        }
+        outs.push_back(out.detach().contiguous());
+        grads.push_back(x.grad().contiguous());
+        alpha_grads.push_back(a.grad());
+      }
+      for (int layout = 1; layout < 3; ++layout) {
+        EXPECT_TRUE(apot::test::bitwise_equal(outs[0], outs[size_t(layout)])) << backend_name(b) << " " << layout;
+        EXPECT_TRUE(apot::test::bitwise_equal(grads[0], grads[size_t(layout)])) << backend_name(b) << " " << layout;
+        // The alpha gradient sums the same terms in another order.
+        EXPECT_TRUE(torch::allclose(alpha_grads[0], alpha_grads[size_t(layout)], 1e-5, 1e-5)) << backend_name(b);
+      }
+    }
+  }
+}
+
 TEST(RcfQuantize, BadAlphaAndShapesAreErrors) {
   const QuantizerSpec spec{Kind::apot, 4, Role::activation, SteVariant::cifar};
   const torch::Tensor x = torch::rand({8});

@@ -2,6 +2,7 @@
 #include <gtest/gtest.h>
 
 #include "apot/train/config.h"
+#include "apot/train/trainer.h"
 
 using apot::train::config_from_toml_text;
 using apot::train::ConfigError;
@@ -78,6 +79,19 @@ TEST(Config, Device) {
   EXPECT_EQ(config_from_toml_text(kRecipe, "r", {}).device, "cpu");
   EXPECT_EQ(config_from_toml_text(kRecipe, "r", {"train.device=cuda"}).device, "cuda");
   EXPECT_EQ(config_from_toml_text("[train]\ndevice = \"cuda:1\"\n", "r", {}).device, "cuda:1");
+}
+
+TEST(Config, MemoryFormat) {
+  using apot::train::training_memory_format;
+  const auto c = config_from_toml_text(kRecipe, "r", {});
+  EXPECT_EQ(c.memory_format, "auto");
+  EXPECT_EQ(training_memory_format(c, torch::kCPU), at::MemoryFormat::ChannelsLast);
+  EXPECT_EQ(training_memory_format(c, torch::Device("cuda")), at::MemoryFormat::Contiguous);
+  const auto nchw = config_from_toml_text(kRecipe, "r", {"train.memory_format=contiguous"});
+  EXPECT_EQ(training_memory_format(nchw, torch::kCPU), at::MemoryFormat::Contiguous);
+  const auto nhwc = config_from_toml_text("[train]\nmemory_format = \"channels_last\"\n", "r", {});
+  EXPECT_EQ(training_memory_format(nhwc, torch::Device("cuda")), at::MemoryFormat::ChannelsLast);
+  EXPECT_THROW(config_from_toml_text(kRecipe, "r", {"train.memory_format=nhwc"}), apot::train::ConfigError);
 }
 
 TEST(Config, Distillation) {

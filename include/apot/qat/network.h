@@ -9,6 +9,7 @@
 #include "apot/graph/architectures.h"
 #include "apot/graph/graph.h"
 #include "apot/qat/modules.h"
+#include "apot/qat/sync_batch_norm.h"
 
 namespace apot::qat {
 
@@ -39,6 +40,11 @@ class NetworkImpl : public torch::nn::Module {
   // The batch norm after a weight layer: BatchNorm2d for conv, BatchNorm1d for linear nodes.
   torch::nn::Module* batch_norm(const std::string& name) const;
 
+  // Data parallel: in training mode, every batch norm normalises with the statistics of all
+  // replicas, reached through `sum` (sync_batch_norm); an empty function restores local
+  // statistics. The function must outlive every backward pass of the model.
+  void set_batch_norm_sum(ReplicaSum sum) { batch_norm_sum_ = std::move(sum); }
+
   // A deep copy: the same graph, policy, parameters and buffers.
   std::shared_ptr<torch::nn::Module> clone(
       const torch::optional<torch::Device>& device = torch::nullopt) const override;
@@ -47,6 +53,9 @@ class NetworkImpl : public torch::nn::Module {
   void build();
   // The value of node i from the values of the nodes it reads.
   torch::Tensor compute_node(size_t i, const std::vector<torch::Tensor>& values);
+  // The batch norm `bn` on x: local statistics, or all replicas' (set_batch_norm_sum).
+  template <typename BatchNorm>
+  torch::Tensor apply_batch_norm(BatchNorm& bn, const torch::Tensor& x) const;
   // Runs nodes 1..last (all for -1); keeps every value in *keep if given.
   torch::Tensor run(const torch::Tensor& x, std::vector<torch::Tensor>* keep, int last = -1);
   // Registers `module` under a dotted path, creating the containers on the way.
@@ -60,6 +69,7 @@ class NetworkImpl : public torch::nn::Module {
   std::vector<std::shared_ptr<torch::nn::BatchNorm2dImpl>> bn2d_;
   std::vector<std::shared_ptr<torch::nn::BatchNorm1dImpl>> bn1d_;
   std::vector<int> last_use_;  // per node: the last node reading it
+  ReplicaSum batch_norm_sum_;
 };
 TORCH_MODULE(Network);
 

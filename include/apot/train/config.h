@@ -66,6 +66,13 @@ struct TrainConfig {
   double warmup_epochs = 0.0;
   // [train]
   std::string device = "cpu";  // cpu | cuda | cuda:N: where the model, quantisers, optimiser and loss run
+  // auto | channels_last | contiguous: the layout of the image batches (and so of every
+  // activation). auto: channels-last on the CPU, where oneDNN's convolutions are faster on it;
+  // contiguous (NCHW) on a GPU. Parameters and checkpoints stay NCHW either way.
+  std::string memory_format = "auto";
+  // Data parallel: batch norm with the statistics of every rank's batch (N ranks of batch B then
+  // train as one process of batch N x B); false: each rank's own statistics, as PyTorch's DDP.
+  bool sync_batch_norm = false;
   // [run]
   uint64_t seed = 1;
   int threads = 0;              // 0: all cores

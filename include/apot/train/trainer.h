@@ -61,6 +61,17 @@ torch::Tensor training_loss(const torch::Tensor& logits, const torch::Tensor& la
 // The device of train.device; throws ConfigError naming the key where this LibTorch has no CUDA
 // or no such GPU is visible.
 torch::Device training_device(const TrainConfig& config);
+// The layout of the image batches for train.memory_format on `device` (auto: channels-last on
+// the CPU, contiguous on a GPU).
+at::MemoryFormat training_memory_format(const TrainConfig& config, const torch::Device& device);
+// A batch of images on `device` (copied without blocking) in `layout` (4-d batches only).
+torch::Tensor batch_on(const torch::Tensor& images, const torch::Device& device, at::MemoryFormat layout);
+// Makes this process keep the memory it frees (glibc: no trimming, no mmap for large blocks), so
+// that the tensors of every training step reuse the pages of the previous one instead of
+// faulting fresh zeroed pages in (on the machines measured, the quantised step's allocation
+// pattern otherwise costs tens of thousands of page faults per step). run_training calls it
+// for CPU training; a no-op where the C library is not glibc.
+void keep_freed_memory();
 
 struct EvalResult {
   int64_t count = 0;
@@ -68,8 +79,8 @@ struct EvalResult {
   std::vector<double> per_class;        // accuracy per class in percent
   std::vector<int64_t> predictions;     // predicted class per example, in loader order
 };
-// Runs on the device of the model's parameters (batches are copied there).
-EvalResult evaluate(qat::Network& model, data::Loader& loader);
+// Runs on the device of the model's parameters (batches are copied there, in `layout`).
+EvalResult evaluate(qat::Network& model, data::Loader& loader, at::MemoryFormat layout = at::MemoryFormat::Contiguous);
 
 // ---- checkpoints ----
 struct Checkpoint {
