@@ -57,6 +57,12 @@ torch::Tensor run_parameter_free(const graph::Node& node, const std::vector<torc
     case graph::Op::channel_slice: return in.slice(1, node.begin, node.begin + node.out_channels);
     case graph::Op::channel_shuffle: {
       const int64_t n = in.size(0), c = in.size(1), h = in.size(2), w = in.size(3);
+      if (in.suggest_memory_format() == at::MemoryFormat::ChannelsLast)  // the same shuffle, staying channels-last
+        return in.permute({0, 2, 3, 1})
+            .reshape({n, h, w, node.groups, c / node.groups})
+            .transpose(3, 4)
+            .reshape({n, h, w, c})
+            .permute({0, 3, 1, 2});
       return in.reshape({n, node.groups, c / node.groups, h, w}).transpose(1, 2).reshape({n, c, h, w});
     }
     default: throw std::invalid_argument("node '" + node.name + "' (" + graph::to_string(node.op) + ") has parameters");
@@ -168,8 +174,12 @@ torch::Tensor NetworkImpl::apply_batch_norm(BatchNorm& bn, const torch::Tensor& 
     torch::NoGradGuard no_grad;
     bn.num_batches_tracked += 1;
   }
-  return sync_batch_norm(x, bn.weight, bn.bias, bn.running_mean, bn.running_var, bn.options.momentum().value_or(0.1),
-                         bn.options.eps(), batch_norm_sum_);
+  // momentum None: the cumulative average, as BatchNorm's.
+  const double momentum = bn.options.momentum()
+                              ? *bn.options.momentum()
+                              : 1.0 / static_cast<double>(bn.num_batches_tracked.template item<int64_t>());
+  return sync_batch_norm(x, bn.weight, bn.bias, bn.running_mean, bn.running_var, momentum, bn.options.eps(),
+                         batch_norm_sum_);
 }
 
 torch::Tensor NetworkImpl::compute_node(size_t i, const std::vector<torch::Tensor>& v) {

@@ -136,12 +136,13 @@ void for_each_alpha_slice(const torch::Tensor& input, const torch::Tensor& alpha
   for (int64_t c = 0; c < slices; ++c) body(c * per_slice, per_slice, values[c], c);
 }
 
-// The dense layout the kernels walk: channels-last 4-d tensors stay channels-last (a copy to
-// NCHW and back would cost more than the projection), anything else becomes contiguous. The
-// kernels are elementwise over memory, and per-channel weight alphas still find each output
-// channel's values in one run (dimension 0 is the outermost in both layouts).
+// The dense layout the kernels walk: 4-d tensors whose strides are ordered as channels-last
+// (dense, or a channel slice of such a tensor, as ShuffleNetV2's split makes) stay or become
+// channels-last (a copy to NCHW and back would cost more than the projection), anything else
+// becomes contiguous. The kernels are elementwise over memory, and per-channel weight alphas
+// still find each output channel's values in one run (dimension 0 is the outermost in both).
 at::MemoryFormat kernel_layout(const torch::Tensor& t) {
-  if (t.dim() == 4 && !t.is_contiguous() && t.is_contiguous(at::MemoryFormat::ChannelsLast))
+  if (t.dim() == 4 && !t.is_contiguous() && t.suggest_memory_format() == at::MemoryFormat::ChannelsLast)
     return at::MemoryFormat::ChannelsLast;
   return at::MemoryFormat::Contiguous;
 }

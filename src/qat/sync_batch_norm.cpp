@@ -11,6 +11,13 @@ namespace {
 using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
 
+// The context keeps its own copy of the sum for the backward pass (a capsule), so that callers
+// may pass temporaries and change the network's sum between passes.
+struct SumHolder : torch::CustomClassHolder {
+  explicit SumHolder(ReplicaSum s) : sum(std::move(s)) {}
+  ReplicaSum sum;
+};
+
 // [1, C, 1, 1] (or [1, C]) views of per-channel values, for broadcasting against x.
 torch::Tensor per_channel(const torch::Tensor& v, const torch::Tensor& x) {
   std::vector<int64_t> shape(static_cast<size_t>(x.dim()), 1);
@@ -28,13 +35,13 @@ class SyncBatchNormFunction : public torch::autograd::Function<SyncBatchNormFunc
  public:
   static torch::Tensor forward(AutogradContext* ctx, const torch::Tensor& x, const torch::Tensor& weight,
                                const torch::Tensor& bias, torch::Tensor running_mean, torch::Tensor running_var,
-                               double momentum, double eps, const ReplicaSum* sum) {
+                               double momentum, double eps, const ReplicaSum& sum) {
     const int64_t channels = x.size(1);
     const auto dims = reduced_dims(x);
     const torch::Tensor x64 = x.to(torch::kFloat64);
     torch::Tensor stats = torch::cat(
         {x64.sum(dims), x64.square().sum(dims), torch::full({1}, double(x.numel() / channels), x64.options())});
-    (*sum)(stats);
+    sum(stats);
     const double count = stats[2 * channels].item<double>();
     if (count < 2) throw std::invalid_argument("batch norm needs more than one value per channel over the replicas");
     const torch::Tensor mean = stats.slice(0, 0, channels) / count;
@@ -50,7 +57,7 @@ class SyncBatchNormFunction : public torch::autograd::Function<SyncBatchNormFunc
         (bias.to(torch::kFloat64) - mean * invstd * weight.to(torch::kFloat64)).to(x.scalar_type());
     ctx->save_for_backward({x, weight, mean, invstd});
     ctx->saved_data["count"] = count;
-    ctx->saved_data["sum"] = reinterpret_cast<int64_t>(sum);
+    ctx->saved_data["sum"] = c10::IValue::make_capsule(c10::make_intrusive<SumHolder>(sum));
     return x * per_channel(scale, x) + per_channel(shift, x);
   }
 
@@ -58,14 +65,15 @@ class SyncBatchNormFunction : public torch::autograd::Function<SyncBatchNormFunc
     const auto saved = ctx->get_saved_variables();
     const torch::Tensor &x = saved[0], &weight = saved[1], &mean = saved[2], &invstd = saved[3];
     const double count = ctx->saved_data["count"].toDouble();
-    const auto* sum = reinterpret_cast<const ReplicaSum*>(ctx->saved_data["sum"].toInt());
+    const auto holder = ctx->saved_data["sum"].toCapsule();
+    const ReplicaSum& sum = static_cast<const SumHolder*>(holder.get())->sum;
     const int64_t channels = x.size(1);
     const auto dims = reduced_dims(x);
     const torch::Tensor dy = grads[0].to(torch::kFloat64);
     const torch::Tensor xmu = x.to(torch::kFloat64) - per_channel(mean, x);
     const torch::Tensor local = torch::cat({dy.sum(dims), (dy * xmu).sum(dims)});
     torch::Tensor global = local.clone();
-    (*sum)(global);
+    sum(global);
     const torch::Tensor sum_dy = global.slice(0, 0, channels), sum_dy_xmu = global.slice(0, channels);
     const torch::Tensor w = weight.to(torch::kFloat64);
     const torch::Tensor grad_x =
@@ -84,7 +92,7 @@ torch::Tensor sync_batch_norm(const torch::Tensor& x, const torch::Tensor& weigh
                               const ReplicaSum& sum) {
   if (x.dim() < 2 || !weight.defined() || !bias.defined() || weight.numel() != x.size(1))
     throw std::invalid_argument("sync_batch_norm: input [N, C, ...] with affine weight and bias of C values");
-  return SyncBatchNormFunction::apply(x, weight, bias, running_mean, running_var, momentum, eps, &sum);
+  return SyncBatchNormFunction::apply(x, weight, bias, running_mean, running_var, momentum, eps, sum);
 }
 
 }  // namespace apot::qat

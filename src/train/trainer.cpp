@@ -196,9 +196,12 @@ torch::Tensor batch_on(const torch::Tensor& images, const torch::Device& device,
 
 void keep_freed_memory() {
 #ifdef __GLIBC__
-  constexpr int kBytes = 1 << 30;  // blocks below 1 GiB come from the heap, which is never trimmed below 1 GiB free
-  mallopt(M_MMAP_THRESHOLD, kBytes);
-  mallopt(M_TRIM_THRESHOLD, kBytes);
+  // Blocks below 1 GiB come from the heap, which is not trimmed while less than 1 GiB is free.
+  // mallopt(3) documents 32 MiB as the largest mmap threshold on 64-bit systems: where 1 GiB is
+  // refused, 32 MiB (blocks above it are still mapped and unmapped each time).
+  constexpr int kGiB = 1 << 30, kLargestDocumented = 32 << 20;
+  if (mallopt(M_MMAP_THRESHOLD, kGiB) == 0) mallopt(M_MMAP_THRESHOLD, kLargestDocumented);
+  mallopt(M_TRIM_THRESHOLD, kGiB);
 #endif
 }
 

@@ -174,11 +174,13 @@ TEST(Network, TrainsAStepAtEveryPrecision) {
 
 // The trainer feeds CPU batches channels-last. A step in that layout (option-A shortcut padding,
 // channel split / concat / shuffle, depthwise convolutions, quantisers) gives the loss and
-// gradients of the NCHW step, compared in float64 so that the convolutions' rounding (about 1e-5
-// of a value in float32, enough to move the few activations that lie that close to a level
-// threshold to the next level) stays far below the tolerance; in float32 the activations stay
-// channels-last through the fused quantisers, which are bit-exact in either layout
-// (RcfQuantize.ChannelsLastKeepsItsLayoutAndValues).
+// gradients of the NCHW step. Exactly in float64 (LibTorch's reference convolutions, the
+// quantisers' LibTorch-ops path). In float32 (oneDNN, the fused quantisers) the convolutions'
+// rounding differs by about 1e-5 of a value: full precision is compared with tolerances of that
+// order; quantised, those differences move the few activations that lie that close to a level
+// threshold to the next level (as any change of thread count or library would), so only the loss
+// is compared, loosely. In float32 every activation stays channels-last, through the fused
+// quantisers too (bit-exact in either layout: RcfQuantize.ChannelsLastKeepsItsLayoutAndValues).
 TEST(Network, ChannelsLastStepEqualsTheContiguousOne) {
   for (const char* arch : {"resnet20", "shufflenet_v2_x0_5_cifar", "mobilenet_v2_cifar"}) {
     for (bool quantized : {false, true}) {
@@ -204,13 +206,33 @@ TEST(Network, ChannelsLastStepEqualsTheContiguousOne) {
           grads.emplace_back();
           for (const auto& p : model->parameters())  // unused alphas (int8 layers) have none
             grads.back().push_back(p.grad().defined() ? p.grad().clone() : torch::Tensor());
-          if (layout == at::MemoryFormat::ChannelsLast && dtype == torch::kFloat32 && std::string(arch) == "resnet20") {
-            for (size_t i = 1; i < outputs.size(); ++i)
-              if (outputs[i].dim() == 4)
-                EXPECT_TRUE(outputs[i].is_contiguous(layout)) << arch << " " << model->graph().nodes()[i].name;
+          if (layout == at::MemoryFormat::ChannelsLast && dtype == torch::kFloat32) {
+            for (size_t i = 1; i < outputs.size(); ++i) {
+              const auto& node = model->graph().nodes()[i];
+              if (outputs[i].dim() == 4 && node.op != apot::graph::Op::channel_slice)  // slices are views
+                EXPECT_TRUE(outputs[i].is_contiguous(layout)) << arch << " " << node.name;
+            }
           }
         }
-        if (dtype == torch::kFloat32) continue;
+        if (dtype == torch::kFloat32) {
+          if (quantized) {
+            EXPECT_TRUE(torch::allclose(losses[0], losses[1], 0.02, 0)) << arch << losses[0] << losses[1];
+            continue;
+          }
+          EXPECT_TRUE(torch::allclose(losses[0], losses[1], 1e-4, 1e-6)) << arch << losses[0] << losses[1];
+          // A wrong layout would put gradients off by about their own size; float32 rounding through
+          // ShuffleNetV2's 50 layers of batch norm over 8 images at random initialisation moves
+          // them by up to 2 % (ResNet-20: 0.2 %), and gradients near zero (MobileNetV2 biases
+          // before a batch norm) by about 1e-6; the exact check is the float64 one above.
+          for (size_t k = 0; k < grads[0].size(); ++k) {
+            ASSERT_EQ(grads[0][k].defined(), grads[1][k].defined()) << arch << " " << names[k];
+            if (!grads[0][k].defined()) continue;
+            const double scale = grads[0][k].norm().item<double>(),
+                         diff = (grads[0][k] - grads[1][k]).norm().item<double>();
+            EXPECT_LE(diff, 5e-2 * scale + 1e-5) << arch << " FP float32 " << names[k];
+          }
+          continue;
+        }
         EXPECT_TRUE(torch::allclose(losses[0], losses[1], 1e-9, 1e-12)) << arch << losses[0] << losses[1];
         for (size_t k = 0; k < grads[0].size(); ++k) {
           ASSERT_EQ(grads[0][k].defined(), grads[1][k].defined()) << arch << " " << names[k];
@@ -274,24 +296,25 @@ TEST(SyncBatchNorm, TwoReplicasEqualOneWholeBatch) {
   const torch::Tensor y = apot::qat::sync_batch_norm(x, weight, bias, rm, rv, 0.1, 1e-5, alone);
   y.backward(g);
 
-  // A two-party sum: each adds its tensor in, waits for the other, then reads the total.
+  // A two-party sum: each adds its tensor in; the second to arrive publishes the total and wakes
+  // the first (a generation counter, so that a fast party's next sum cannot be mistaken for this one).
   std::mutex mutex;
   std::condition_variable changed;
   int arrived = 0, generation = 0;
-  torch::Tensor total;
+  torch::Tensor total, result;
   const apot::qat::ReplicaSum pair = [&](torch::Tensor& t) {
     std::unique_lock<std::mutex> lock(mutex);
     const int my_generation = generation;
     total = arrived == 0 ? t.clone() : total + t;
     if (++arrived == 2) {
+      result = total;
+      arrived = 0;
       ++generation;
       changed.notify_all();
     } else {
       changed.wait(lock, [&] { return generation != my_generation; });
     }
-    t.copy_(total);
-    if (--arrived == 0) changed.notify_all();
-    else changed.wait(lock, [&] { return arrived == 0; });
+    t.copy_(result);
   };
   torch::Tensor halves_grad[2], rms[2] = {torch::zeros({3}), torch::zeros({3})},
                                 rvs[2] = {torch::ones({3}), torch::ones({3})};

@@ -186,7 +186,8 @@ TEST(RcfQuantize, PerChannelAlphaEqualsSeparateQuantisers) {
 
 // Channels-last tensors (the trainer's CPU layout) keep their layout through the operator, with
 // the same values and gradients as the NCHW tensor; per-channel weight alphas too (dimension 0
-// stays outermost), and tensors in neither layout (a channel slice) are made contiguous.
+// stays outermost). A channel slice of an NCHW tensor becomes contiguous, one of a channels-last
+// tensor (ShuffleNetV2's split) channels-last.
 TEST(RcfQuantize, ChannelsLastKeepsItsLayoutAndValues) {
   const auto cl = at::MemoryFormat::ChannelsLast;
   for (Backend b : all_backends()) {
@@ -200,22 +201,21 @@ TEST(RcfQuantize, ChannelsLastKeepsItsLayoutAndValues) {
       const torch::Tensor alpha_values =
           spec.role == Role::weight ? torch::tensor({0.5f, 1.0f, 2.0f, 3.0f}) : torch::tensor(1.5f);
       std::vector<torch::Tensor> outs, grads, alpha_grads;
-      for (int layout = 0; layout < 3; ++layout) {
+      for (int layout = 0; layout < 4; ++layout) {
         torch::Tensor x = layout == 1 ? w.contiguous(cl) : w.clone();
-        if (layout == 2) x = torch::cat({w, w}, 1).slice(1, 0, 6);  // neither layout
-        x.requires_grad_(true);
+        if (layout == 2) x = torch::cat({w, w}, 1).slice(1, 0, 6);                 // a slice of NCHW
+        if (layout == 3) x = torch::cat({w, w}, 1).contiguous(cl).slice(1, 0, 6);  // a slice of NHWC
+        x = x.detach().requires_grad_(true);
         const torch::Tensor a = alpha_values.clone().requires_grad_(true);
         const torch::Tensor out = rcf_quantize(x, a, spec);
         out.backward(layout == 1 ? g.contiguous(cl) : g);
-        if (layout == 1 && b == Backend::automatic) {
-          EXPECT_TRUE(out.is_contiguous(cl)) << backend_name(b);
-          EXPECT_TRUE(x.grad().is_contiguous(cl)) << backend_name(b);
-        }
+        if ((layout == 1 || layout == 3) && b == Backend::automatic) EXPECT_TRUE(out.is_contiguous(cl)) << layout;
+        if (layout == 1 && b == Backend::automatic) EXPECT_TRUE(x.grad().is_contiguous(cl));
         outs.push_back(out.detach().contiguous());
         grads.push_back(x.grad().contiguous());
         alpha_grads.push_back(a.grad());
       }
-      for (int layout = 1; layout < 3; ++layout) {
+      for (int layout = 1; layout < 4; ++layout) {
         EXPECT_TRUE(apot::test::bitwise_equal(outs[0], outs[size_t(layout)])) << backend_name(b) << " " << layout;
         EXPECT_TRUE(apot::test::bitwise_equal(grads[0], grads[size_t(layout)])) << backend_name(b) << " " << layout;
         // The alpha gradient sums the same terms in another order.

@@ -42,7 +42,7 @@ class NetworkImpl : public torch::nn::Module {
 
   // Data parallel: in training mode, every batch norm normalises with the statistics of all
   // replicas, reached through `sum` (sync_batch_norm); an empty function restores local
-  // statistics. The function must outlive every backward pass of the model.
+  // statistics.
   void set_batch_norm_sum(ReplicaSum sum) { batch_norm_sum_ = std::move(sum); }
 
   // A deep copy: the same graph, policy, parameters and buffers.

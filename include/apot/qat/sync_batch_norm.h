@@ -19,6 +19,8 @@ using ReplicaSum = std::function<void(torch::Tensor& t)>;
 // mean and unbiased variance (as BatchNorm's do). The gradients of weight and bias are this
 // replica's (the data-parallel gradient averaging combines them); the gradient of x uses the
 // global sums, as PyTorch's SyncBatchNorm. With a sum that does nothing it is plain batch norm.
+// `momentum` 0 or less: a cumulative average, as BatchNorm's momentum None (the caller passes
+// 1 / batches seen).
 torch::Tensor sync_batch_norm(const torch::Tensor& x, const torch::Tensor& weight, const torch::Tensor& bias,
                               torch::Tensor running_mean, torch::Tensor running_var, double momentum, double eps,
                               const ReplicaSum& sum);

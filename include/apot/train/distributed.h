@@ -57,7 +57,7 @@ class Communicator {
   void broadcast(const std::vector<torch::Tensor>& tensors);
   // Element-wise sums over the ranks.
   std::vector<double> sum(const std::vector<double>& values);
-  // Element-wise sums over the ranks, in place (a contiguous CPU tensor; synchronised batch norm).
+  // Element-wise sums over the ranks, in place (synchronised batch norm; CPU tensors with Gloo).
   void sum_in_place(torch::Tensor& t);
   // Throws DistributedError naming `what` unless every rank passes the same text.
   void check_same(const std::string& what, const std::string& text);
