@@ -8,7 +8,9 @@
 # checkpoint (--resume). Runs go one after another (2 cores). Usage:
 #   scripts/study.sh [OUT_DIR]      (default runs/study; APOT=build/apot, DATA=imagefolder:data/cifar10-jpeg,
 #                                    KINDS="apot uniform pot", FP=1: also the full-precision run,
-#                                    ORDER=kind: each kind's chain in turn, or bits: all kinds at W4A4 first)
+#                                    ORDER=kind: each kind's chain in turn, or bits: all kinds at W4A4 first,
+#                                    SET="key=value ...": more --set overrides for every run, e.g.
+#                                    train.memory_format=contiguous to reproduce runs made before it)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 apot=${APOT:-build/apot}
@@ -21,11 +23,12 @@ mkdir -p "$out"
 train() {  # train NAME INIT KIND BITS
   local name=$1 init=$2 kind=$3 bits=$4 dir=$out/$1
   if [ -f "$dir/summary.json" ]; then echo "study: $name is done"; return; fi
-  local resume=()
+  local resume=() extra=()
   [ -f "$dir/last.ckpt" ] && resume=(--resume)
+  for kv in ${SET:-}; do extra+=(--set "$kv"); done
   echo "study: $name (kind $kind, W${bits}A${bits}, from $init) ${resume[*]}"
   "$apot" train "$recipe" --out "$dir" --set "data.spec=$data" --set "init=$init" --set "quant.kind=$kind" \
-    --set "quant.weight_bits=$bits" --set "quant.act_bits=$bits" "${resume[@]}" >>"$out/$name.log" 2>&1
+    --set "quant.weight_bits=$bits" --set "quant.act_bits=$bits" "${extra[@]}" "${resume[@]}" >>"$out/$name.log" 2>&1
 }
 
 [ "${FP:-1}" = 1 ] && train fp "$pretrained" fp 4
