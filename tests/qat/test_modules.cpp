@@ -209,8 +209,9 @@ TEST(Network, ChannelsLastStepEqualsTheContiguousOne) {
           if (layout == at::MemoryFormat::ChannelsLast && dtype == torch::kFloat32) {
             for (size_t i = 1; i < outputs.size(); ++i) {
               const auto& node = model->graph().nodes()[i];
-              if (outputs[i].dim() == 4 && node.op != apot::graph::Op::channel_slice)  // slices are views
+              if (outputs[i].dim() == 4 && node.op != apot::graph::Op::channel_slice) {  // slices are views
                 EXPECT_TRUE(outputs[i].is_contiguous(layout)) << arch << " " << node.name;
+              }
             }
           }
         }
@@ -236,10 +237,11 @@ TEST(Network, ChannelsLastStepEqualsTheContiguousOne) {
         EXPECT_TRUE(torch::allclose(losses[0], losses[1], 1e-9, 1e-12)) << arch << losses[0] << losses[1];
         for (size_t k = 0; k < grads[0].size(); ++k) {
           ASSERT_EQ(grads[0][k].defined(), grads[1][k].defined()) << arch << " " << names[k];
-          if (grads[0][k].defined())
+          if (grads[0][k].defined()) {
             EXPECT_TRUE(torch::allclose(grads[0][k], grads[1][k], 1e-7, 1e-9))
                 << arch << (quantized ? " W4A4 " : " FP ") << names[k] << " differs by "
                 << (grads[0][k] - grads[1][k]).abs().max().item<double>();
+          }
         }
       }
     }

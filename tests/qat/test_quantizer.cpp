@@ -209,8 +209,12 @@ TEST(RcfQuantize, ChannelsLastKeepsItsLayoutAndValues) {
         const torch::Tensor a = alpha_values.clone().requires_grad_(true);
         const torch::Tensor out = rcf_quantize(x, a, spec);
         out.backward(layout == 1 ? g.contiguous(cl) : g);
-        if ((layout == 1 || layout == 3) && b == Backend::automatic) EXPECT_TRUE(out.is_contiguous(cl)) << layout;
-        if (layout == 1 && b == Backend::automatic) EXPECT_TRUE(x.grad().is_contiguous(cl));
+        if ((layout == 1 || layout == 3) && b == Backend::automatic) {
+          EXPECT_TRUE(out.is_contiguous(cl)) << layout;
+        }
+        if (layout == 1 && b == Backend::automatic) {
+          EXPECT_TRUE(x.grad().is_contiguous(cl));
+        }
         outs.push_back(out.detach().contiguous());
         grads.push_back(x.grad().contiguous());
         alpha_grads.push_back(a.grad());
