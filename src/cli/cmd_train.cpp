@@ -172,7 +172,13 @@ void run_train(const TrainOptions& o) {
   const train::DistributedOptions dist = train::distributed_from_env();
   std::unique_ptr<train::Communicator> comm;
   if (dist.enabled()) comm = std::make_unique<train::Communicator>(dist);
-  const train::TrainSummary s = train::run_training(config, o.out, o.resume, std::cout, comm.get());
+  // torchrun --max-restarts starts the whole group again after a failure (TORCHELASTIC_RESTART_COUNT
+  // counts the attempts): a restarted group continues from the run's last checkpoint, as --resume.
+  const bool restarted = dist.restart_count > 0 && std::filesystem::exists(std::filesystem::path(o.out) / "last.ckpt");
+  if (restarted && !o.resume && dist.rank == 0)
+    fmt::print("restart {} of the job (TORCHELASTIC_RESTART_COUNT): continuing from {}/last.ckpt\n", dist.restart_count,
+               o.out);
+  const train::TrainSummary s = train::run_training(config, o.out, o.resume || restarted, std::cout, comm.get());
   if (dist.rank != 0) return;
   fmt::print("selected epoch {} (validation top-1 {:.2f} %): test top-1 {:.2f} %; final epoch test top-1 {:.2f} %\n",
              s.best_epoch, s.best_val_top1, s.test_top1_at_best, s.final_test_top1);

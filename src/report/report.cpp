@@ -86,6 +86,14 @@ std::string config_value(const Run& run, const char* key) {
   return v.is_string() ? v.get<std::string>() : v.dump();
 }
 
+// The kind of quantiser, with "+ distillation" for a run that learnt from a teacher: such a run is
+// a different recipe, so it gets its own line in the comparison rather than replacing its kind's point.
+std::string kind_label(const Run& run) {
+  const std::string kind = config_value(run, "quant.kind");
+  const std::string teacher = config_value(run, "distill.teacher");
+  return kind.empty() || teacher.empty() ? kind : kind + " + distillation";
+}
+
 std::string escape(const std::string& text) {
   std::string out;
   for (char c : text) {
@@ -251,7 +259,7 @@ std::optional<LinePlot> accuracy_by_bits(const std::vector<Run>& runs) {
   for (const Run& r : runs) {
     if (!r.summary.is_object()) continue;
     const double top1 = number(r.summary, "test_top1_at_best");
-    const std::string kind = config_value(r, "quant.kind");
+    const std::string kind = kind_label(r);
     if (!std::isfinite(top1) || kind.empty()) continue;
     if (kind == "fp") {
       full_precision = top1;
@@ -308,7 +316,7 @@ std::string report_html(const std::vector<Run>& runs) {
     const json& s = r.summary;
     const std::string kind = config_value(r, "quant.kind");
     html << "<tr><td>" << escape(r.name) << "</td><td>" << escape(config_value(r, "model.arch")) << "</td><td>"
-         << escape(kind) << "</td><td>"
+         << escape(kind_label(r)) << "</td><td>"
          << (kind == "fp" ? "32/32"
                           : escape(config_value(r, "quant.weight_bits") + "/" + config_value(r, "quant.act_bits")))
          << "</td><td>" << r.epochs.size() << "</td><td>" << (s.is_object() ? fixed(number(s, "best_epoch"), 0) : "")

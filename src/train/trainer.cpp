@@ -427,6 +427,10 @@ TrainSummary run_training(const TrainConfig& c, const std::string& out_dir, bool
       correct_on_device.fill_(static_cast<int64_t>(t[1]));
       seen = static_cast<int64_t>(t[2]);
     }
+    // Local batch norm leaves each rank its own running statistics: every rank evaluates rank 0's,
+    // the ones its checkpoint keeps (as DDP's broadcast_buffers), so that the reported accuracy is
+    // the checkpoint's and a resumed job reports what an uninterrupted one does.
+    if (comm && !c.sync_batch_norm) comm->broadcast(model->buffers());
     const EvalResult val = val_loader ? reduced(comm, evaluate(model, *val_loader, layout)) : EvalResult{};
     const EvalResult test = reduced(comm, evaluate(model, test_loader, layout));
     const double selection = val_loader ? val.top1 : test.top1;

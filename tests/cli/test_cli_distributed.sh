@@ -56,6 +56,27 @@ wait $launcher; rc=$?
 out=$(cat "$tmp/d.err"); one_line kill; expect kill "rank 1 was killed by signal 9|rank 0: .*another rank stopped"
 [ -z "$(pgrep -P $launcher)" ] || { echo "FAIL kill: ranks left running"; fail=1; }
 
+# torchrun --max-restarts starts the group again with TORCHELASTIC_RESTART_COUNT=1: it continues
+# from the last checkpoint without --resume.
+killed_epochs=$(grep -c '"ranks":2' "$tmp/d/metrics.jsonl")
+port=$((20000 + RANDOM % 20000))
+for r in 1 0; do
+  RANK=$r WORLD_SIZE=2 MASTER_ADDR=127.0.0.1 MASTER_PORT=$port TORCHELASTIC_RESTART_COUNT=1 \
+    "$apot" train "$recipe" --out "$tmp/d" --set optim.epochs=30 --set run.stop_after_epoch=$((killed_epochs + 1)) \
+    "${small[@]}" >"$tmp/r$r.log" 2>&1 &
+done
+wait
+out=$(cat "$tmp/r0.log")
+expect restart "restart 1 of the job .*continuing from"
+expect restart "resuming .* after epoch $killed_epochs"
+expect restart "^epoch $((killed_epochs + 1))/30: "
+# ... and reports what a job that was never stopped reports, epoch by epoch (every rank evaluates
+# rank 0's batch-norm statistics, the ones the checkpoint keeps).
+"$apot" train "$recipe" --nproc 2 --out "$tmp/e" --set optim.epochs=30 --set run.stop_after_epoch=$((killed_epochs + 1)) \
+  "${small[@]}" >/dev/null 2>&1
+cmp -s <(grep -o '"test_top1":[0-9.]*' "$tmp/d/metrics.jsonl") <(grep -o '"test_top1":[0-9.]*' "$tmp/e/metrics.jsonl") ||
+  { echo "FAIL restart: other test accuracies than an uninterrupted job"; fail=1; }
+
 # Resume with one process from the two-rank job's last checkpoint.
 done_epochs=$(grep -c '"ranks":2' "$tmp/d/metrics.jsonl")
 check resume 0 "$apot" train "$recipe" --out "$tmp/d" --set optim.epochs=$((done_epochs + 1)) "${small[@]}" --resume

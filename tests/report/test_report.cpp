@@ -150,6 +150,22 @@ TEST(Report, AccuracyAgainstBitsHasALinePerKindAndFullPrecisionFlat) {
   EXPECT_FALSE(apot::report::accuracy_by_bits({finished_run("apot", 4, 89)}).has_value());
 }
 
+TEST(Report, ADistilledRunIsItsOwnLineAndNamedSoInTheTable) {
+  apot::report::Run distilled = finished_run("apot", 3, 87);
+  distilled.summary["config"]["distill.teacher"] = "runs/fp/best.ckpt";
+  apot::report::Run plain = finished_run("apot", 3, 86);
+  plain.summary["config"]["distill.teacher"] = "";  // as a summary.json of a run without a teacher has it
+  const std::vector<apot::report::Run> runs{finished_run("apot", 4, 89), plain, distilled};
+  const auto plot = apot::report::accuracy_by_bits(runs);
+  ASSERT_TRUE(plot.has_value());
+  ASSERT_EQ(plot->series.size(), 2u);
+  EXPECT_EQ(plot->series[0].label, "apot");
+  EXPECT_EQ(plot->series[0].y, (std::vector<double>{86, 89}));  // the plain W3A3 run, not the distilled one
+  EXPECT_EQ(plot->series[1].label, "apot + distillation");
+  EXPECT_EQ(plot->series[1].y, (std::vector<double>{87}));
+  EXPECT_NE(apot::report::report_html(runs).find("<td>apot + distillation</td>"), std::string::npos);
+}
+
 TEST(Report, ThresholdsThatNeverMovedAreNotPlotted) {
   EXPECT_EQ(apot::report::run_plots(finished_run("fp", 32, 90)).size(), 3u);   // loss, top-1, learning rate
   EXPECT_EQ(apot::report::run_plots(finished_run("apot", 4, 90)).size(), 3u);  // alpha 8 at both epochs
