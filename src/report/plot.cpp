@@ -4,11 +4,14 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cctype>
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
 #include <mutex>
+#include <optional>
+#include <string_view>
 #include <sstream>
 
 #include "apot/report/report.h"
@@ -78,11 +81,51 @@ std::string draw_svg(const std::string& title, const std::string& x_label, const
   std::error_code ignored;
   std::filesystem::remove(file, ignored);
   if (text.str().find("<svg") == std::string::npos) throw ReportError(title + ": PLplot wrote no SVG");
-  // PLplot puts every attribute on a line of its own: one space instead keeps pages smaller.
+  return compact_svg(text.str());
+}
+
+}  // namespace
+
+namespace {
+
+// The value of attribute `name` in one element's text, or nullopt.
+std::optional<std::string> attribute(std::string_view element, std::string_view name) {
+  const std::string key = " " + std::string(name) + "=\"";
+  const size_t at = element.find(key);
+  if (at == std::string_view::npos) return std::nullopt;
+  const size_t begin = at + key.size(), end = element.find('"', begin);
+  if (end == std::string_view::npos) return std::nullopt;
+  return std::string(element.substr(begin, end - begin));
+}
+
+// Numbers in attribute values (between double quotes; `quoted` says whether the text starts
+// inside one) written with more than two decimals (PLplot writes six) keep two: a hundredth of
+// a point is far below a pixel. Text between elements (tick labels) is left as it is.
+std::string two_decimals(std::string_view text, bool quoted = false) {
+  std::string out;
+  out.reserve(text.size());
+  for (size_t i = 0; i < text.size();) {
+    const char c = text[i];
+    out += c;
+    ++i;
+    if (c == '"') {
+      quoted = !quoted;
+    } else if (quoted && c == '.' && i > 1 && std::isdigit(static_cast<unsigned char>(text[i - 2]))) {
+      for (int kept = 0; i < text.size() && std::isdigit(static_cast<unsigned char>(text[i])); ++i)
+        if (kept++ < 2) out += text[i];
+    }
+  }
+  return out;
+}
+
+}  // namespace
+
+std::string compact_svg(const std::string& text) {
+  // PLplot puts every attribute on a line of its own: one space instead.
   std::string svg;
-  svg.reserve(text.str().size());
+  svg.reserve(text.size());
   bool in_break = false;
-  for (char c : text.str()) {
+  for (char c : text) {
     if (c == '\n') {
       in_break = true;
     } else if (in_break && c == ' ') {
@@ -93,8 +136,48 @@ std::string draw_svg(const std::string& title, const std::string& x_label, const
       svg += c;
     }
   }
-  return svg;
+  // PLplot draws every tick, bar edge and line as a <polyline> of its own with the same stroke
+  // attributes: consecutive ones with equal attributes become one <path> (each polyline a
+  // subpath, in order, so nothing is painted differently), and opacities of 1 are left out.
+  std::string out;
+  out.reserve(svg.size() / 2);
+  std::string style, path;  // the open path's attributes and its data
+  auto close_path = [&] {
+    if (!path.empty()) out += "<path" + style + " fill=\"none\" d=\"" + path + "\"/>";
+    path.clear();
+  };
+  size_t i = 0;
+  while (i < svg.size()) {
+    const size_t at = svg.find("<polyline ", i);
+    const size_t end = at == std::string::npos ? std::string::npos : svg.find("/>", at);
+    if (end == std::string::npos) break;
+    const std::string_view between(svg.data() + i, at - i);
+    if (between.find_first_not_of(' ') != std::string_view::npos) close_path(), out += two_decimals(between);
+    const std::string_view element(svg.data() + at, end + 2 - at);
+    const auto width = attribute(element, "stroke-width"), colour = attribute(element, "stroke"),
+               opacity = attribute(element, "stroke-opacity"), fill = attribute(element, "fill"),
+               points = attribute(element, "points");
+    if (!width || !colour || !points || (fill && *fill != "none")) {  // not one of PLplot's plain lines
+      close_path();
+      out += two_decimals(element);
+      i = end + 2;
+      continue;
+    }
+    std::string this_style = " stroke-width=\"" + two_decimals(std::to_string(std::stod(*width)), true) + "\" stroke=\"" +
+                             *colour + "\"";
+    if (opacity && std::stod(*opacity) != 1.0) this_style += " stroke-opacity=\"" + *opacity + "\"";
+    if (this_style != style) close_path(), style = this_style;
+    std::string p = two_decimals(*points, true);
+    while (!p.empty() && p.back() == ' ') p.pop_back();
+    path += "M" + p;
+    i = end + 2;
+  }
+  close_path();
+  out += two_decimals(std::string_view(svg).substr(std::min(i, svg.size())));
+  return out;
 }
+
+namespace {
 
 // A y range with a margin, or [0, 1] when there is nothing to draw.
 void pad_y(double& y0, double& y1) {
@@ -137,7 +220,12 @@ std::string line_plot_svg(const LinePlot& plot) {
       plcol0(PLINT(2 + k % kColourCount));
       plwidth(2.0);
       if (x.size() > 1) plline(PLINT(x.size()), x.data(), y.data());
-      if (!x.empty()) plpoin(PLINT(x.size()), x.data(), y.data(), 17);  // a dot per point
+      // A small cross per point, as lines (PLplot's symbols are a text element each in SVG).
+      const double dx = 0.006 * (x1 - x0), dy = 0.01 * (y1 - y0);
+      for (size_t i = 0; i < x.size(); ++i) {
+        pljoin(x[i] - dx, y[i], x[i] + dx, y[i]);
+        pljoin(x[i], y[i] - dy, x[i], y[i] + dy);
+      }
     }
   });
 }

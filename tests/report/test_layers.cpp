@@ -4,6 +4,7 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 
 #include "apot/report/report.h"
@@ -124,6 +125,36 @@ TEST(Layers, HistogramSvgDrawsBarsAndOneLinePerLevel) {
   EXPECT_NE(bare.find("<svg"), std::string::npos);
   EXPECT_GT(with_levels.size(), bare.size());
   EXPECT_THROW(apot::report::histogram_svg({"w", "x", Histogram{}, {}, false}), apot::report::ReportError);
+}
+
+TEST(Layers, CompactSvgMergesEquallyStyledLinesAndKeepsLabels) {
+  const std::string plplot =
+      "<svg viewBox=\"0 0 560 340\" >\n <g transform=\"matrix(1.000000 0.000000 0.000000 -1.000000 0 340)\" >\n"
+      "<polyline stroke-width=\"1.000000e+00\" stroke=\"#000000\" stroke-opacity=\"1.000000\" fill=\"none\" "
+      "points=\"64.812345,40.50 519.50,40.50  \"/> <polyline stroke-width=\"1.000000e+00\" stroke=\"#000000\" "
+      "stroke-opacity=\"1.000000\" fill=\"none\" points=\"64.81,40.50 64.81,43.87\"/>\n"
+      "<polyline stroke-width=\"2.000000e+00\" stroke=\"#1F77B4\" stroke-opacity=\"1.000000\" fill=\"none\" "
+      "points=\"1,2 3,4\"/><text x=\"0.000000\">0.005</text>"
+      "<polyline stroke-width=\"1.000000e+00\" stroke=\"#000000\" stroke-opacity=\"1.000000\" fill=\"none\" "
+      "points=\"5,6 7,8\"/></g></svg>";
+  EXPECT_EQ(apot::report::compact_svg(plplot),
+            "<svg viewBox=\"0 0 560 340\" > <g transform=\"matrix(1.00 0.00 0.00 -1.00 0 340)\" > "
+            "<path stroke-width=\"1.00\" stroke=\"#000000\" fill=\"none\" d=\"M64.81,40.50 519.50,40.50M64.81,40.50 "
+            "64.81,43.87\"/><path stroke-width=\"2.00\" stroke=\"#1F77B4\" fill=\"none\" d=\"M1,2 3,4\"/>"
+            "<text x=\"0.00\">0.005</text><path stroke-width=\"1.00\" stroke=\"#000000\" fill=\"none\" "
+            "d=\"M5,6 7,8\"/></g></svg>");
+}
+
+TEST(Layers, HistogramLevelsAreOneSubpathEach) {
+  const QuantizerStats q = sample_report().layers[1].weight.value();
+  ASSERT_FALSE(q.levels.empty());
+  const std::string svg = apot::report::histogram_svg({"w", "x", q.histogram, q.levels, false});
+  EXPECT_EQ(svg.find("<polyline"), std::string::npos);
+  // The levels are drawn in the second series colour (#D62728), 1.5 wide, after the bars.
+  const size_t at = svg.find("<path stroke-width=\"1.50\" stroke=\"#D62728\"");
+  ASSERT_NE(at, std::string::npos) << svg;
+  const std::string path = svg.substr(at, svg.find("/>", at) - at);
+  EXPECT_EQ(size_t(std::count(path.begin(), path.end(), 'M')), q.levels.size());
 }
 
 TEST(Layers, TheRunSectionHasTheTableAndAFigurePerQuantiser) {

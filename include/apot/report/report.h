@@ -44,6 +44,10 @@ struct LinePlot {
 };
 // The colours of the series, in order (CSS hex), as line_plot_svg draws them.
 const std::vector<std::string>& series_colours();
+// PLplot's SVG text made smaller without changing what it draws: whitespace, numbers to two
+// decimals, runs of equally styled <polyline>s as one <path>.
+std::string compact_svg(const std::string& svg);
+
 // An SVG document of the plot, drawn by PLplot's svg device.
 std::string line_plot_svg(const LinePlot& plot);
 
