@@ -206,6 +206,9 @@ std::string line_plot_svg(const LinePlot& plot) {
   }
   if (!(x0 <= x1)) x0 = 0, x1 = 1;  // nothing to draw: empty axes
   if (x1 - x0 < 1e-12) x0 -= 0.5, x1 += 0.5;
+  const double x_pad = 0.03 * (x1 - x0);  // the first and last points' markers inside the frame
+  x0 -= x_pad;
+  x1 += x_pad;
   pad_y(y0, y1);
   return draw_svg(plot.title, plot.x_label, plot.y_label, {x0, x1, y0, y1, plot.log_y ? 20 : 0}, [&] {
     for (size_t k = 0; k < plot.series.size(); ++k) {
