@@ -11,8 +11,8 @@
 #include <fstream>
 #include <mutex>
 #include <optional>
-#include <string_view>
 #include <sstream>
+#include <string_view>
 
 #include "apot/report/report.h"
 
@@ -83,10 +83,6 @@ std::string draw_svg(const std::string& title, const std::string& x_label, const
   if (text.str().find("<svg") == std::string::npos) throw ReportError(title + ": PLplot wrote no SVG");
   return compact_svg(text.str());
 }
-
-}  // namespace
-
-namespace {
 
 // The value of attribute `name` in one element's text, or nullopt.
 std::optional<std::string> attribute(std::string_view element, std::string_view name) {
@@ -163,8 +159,8 @@ std::string compact_svg(const std::string& text) {
       i = end + 2;
       continue;
     }
-    std::string this_style = " stroke-width=\"" + two_decimals(std::to_string(std::stod(*width)), true) + "\" stroke=\"" +
-                             *colour + "\"";
+    std::string this_style =
+        " stroke-width=\"" + two_decimals(std::to_string(std::stod(*width)), true) + "\" stroke=\"" + *colour + "\"";
     if (opacity && std::stod(*opacity) != 1.0) this_style += " stroke-opacity=\"" + *opacity + "\"";
     if (this_style != style) close_path(), style = this_style;
     std::string p = two_decimals(*points, true);
