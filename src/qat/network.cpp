@@ -281,9 +281,11 @@ Network make_network(const std::string& arch, const graph::ArchOptions& options)
   return make_network(graph::build_architecture(arch, options));
 }
 
-Network make_network(graph::Graph graph) {
-  graph::assign_quantization(graph, QuantPolicy::full_precision().assignment());
-  return Network(std::move(graph));
+Network make_network(graph::Graph graph) { return make_network(std::move(graph), QuantPolicy::full_precision()); }
+
+Network make_network(graph::Graph graph, const QuantPolicy& policy) {
+  graph::assign_quantization(graph, policy.assignment());
+  return Network(std::move(graph), policy);
 }
 
 void apply_policy(NetworkImpl& model, const QuantPolicy& policy) { model.set_policy(policy); }

@@ -75,9 +75,7 @@ graph::Graph graph_of(const TrainConfig& c, const ModelInfo& info) {
 }
 
 qat::Network build_model(const TrainConfig& c, graph::Graph graph) {
-  qat::Network model = qat::make_network(std::move(graph));
-  qat::apply_policy(*model, policy_of(c));
-  return model;
+  return qat::make_network(std::move(graph), policy_of(c));  // alphas start at the recipe's values
 }
 
 qat::Network build_model(const TrainConfig& c, const ModelInfo& info) { return build_model(c, graph_of(c, info)); }

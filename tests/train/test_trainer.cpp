@@ -190,6 +190,31 @@ TEST_F(Trainer, DistillationFromAFullPrecisionTeacher) {
   EXPECT_EQ(apot::train::read_checkpoint_meta(distilled / "last.ckpt").config.teacher, c.teacher);
 }
 
+// The recipe's initial clipping thresholds reach every quantised layer of a fresh model (they
+// once stayed at the module defaults, 3 and 8, whatever the recipe said).
+TEST(BuildModel, AlphasStartAtTheRecipesValues) {
+  TrainConfig c;
+  c.arch = "shufflenet_v2_x0_5_cifar";  // unsigned and signed activations, int8 first and last
+  c.weight_alpha_init = 2.25;
+  c.act_alpha_init = 1.5;
+  apot::train::ModelInfo info;
+  info.class_names.assign(10, "c");
+  auto model = apot::train::build_model(c, info);
+  size_t act = 0, weight = 0;
+  for (const auto& p : model->named_parameters()) {
+    const std::string& name = p.key();
+    if (name.find("act_alpha") != std::string::npos) {
+      EXPECT_EQ(p.value().item<double>(), 1.5) << name;
+      ++act;
+    } else if (name.find("weight_alpha") != std::string::npos) {
+      EXPECT_EQ(p.value().item<double>(), 2.25) << name;
+      ++weight;
+    }
+  }
+  EXPECT_GT(act, 50u);
+  EXPECT_EQ(act, weight);
+}
+
 TEST_F(Trainer, ProgressiveInitialisationFromACheckpoint) {
   TempDir w4, w3;
   std::ostringstream log;

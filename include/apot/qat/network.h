@@ -84,8 +84,13 @@ torch::Tensor run_parameter_free(const graph::Node& node, const std::vector<torc
 Network make_network(const std::string& arch, const graph::ArchOptions& options = {});
 // A full-precision model of a graph (a model file's).
 Network make_network(graph::Graph graph);
+// A model of a graph with the policy applied from the start: its clipping thresholds start at
+// the policy's weight_alpha_init and act_alpha_init (apply_policy keeps a model's alphas).
+Network make_network(graph::Graph graph, const QuantPolicy& policy);
 
 // Applies the policy to every layer (first and last layers per QuantPolicy::int8_first_last).
+// Learned alphas are kept (progressive initialisation reuses them), so the policy's initial
+// alphas do not reach a model built before: build with make_network(graph, policy) for those.
 void apply_policy(NetworkImpl& model, const QuantPolicy& policy);
 
 // A deep copy of a (full-precision) model with the policy applied.
