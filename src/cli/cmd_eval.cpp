@@ -67,6 +67,7 @@ void run_eval(const EvalOptions& o) {
     lo.transform.mean = meta.info.mean;
     lo.transform.std = meta.info.std;
     lo.transform.channels = meta.info.in_channels;
+    data::fit_to_input(lo.transform, meta.info.height, meta.info.width, *test_set);
     if (meta.info.class_names.size() != test_set->num_classes())
       throw UsageError(o.checkpoint + " was trained for " + std::to_string(meta.info.class_names.size()) +
                        " classes, " + o.data + " has " + std::to_string(test_set->num_classes()));

@@ -56,6 +56,7 @@ void run_run(const RunCmdOptions& o) {
   lo.transform.mean = info.mean;
   lo.transform.std = info.std;
   lo.transform.channels = info.channels;
+  data::fit_to_input(lo.transform, int(info.height), int(info.width), *test_set);
   std::vector<size_t> indices;
   if (o.limit > 0)
     for (size_t i = 0; i < std::min<size_t>(o.limit, test_set->size()); ++i) indices.push_back(i);

@@ -83,4 +83,13 @@ TransformOptions default_transform(const DataSpec& spec, Split split, const Data
   return t;
 }
 
+void fit_to_input(TransformOptions& t, int height, int width, const Dataset& dataset) {
+  if (height <= 0 || height != width || t.crop == height || dataset.size() == 0) return;
+  const Image first = dataset.get(0).image;
+  if (t.crop == 0 && t.resize_shorter == 0 && first.height == height && first.width == width) return;
+  t.resize_shorter = height;
+  t.crop = height;
+  t.random_crop = false;
+}
+
 }  // namespace apot::data

@@ -152,3 +152,26 @@ TEST(DataSpec, ParsesTheShortForms) {
   EXPECT_THROW(apot::data::parse_data_spec("cifar10"), DataError);
   EXPECT_EQ(apot::data::default_transform(apot::data::parse_data_spec("cifar10:/d"), apot::data::Split::train).pad, 4);
 }
+
+// A model trained on resized images gets them resized at test time (apot eval, apot run); a
+// model of the data's own size keeps the data set's test transform.
+TEST(DataSpec, TestTransformFitsTheModelsInputSize) {
+  TempDir dir;
+  apot::test::write_quadrants(dir.str(), "t10k", 8, 3);  // 8x8 images
+  const auto spec = apot::data::parse_data_spec("mnist:" + dir.str());
+  const auto test = apot::data::open_dataset(spec, apot::data::Split::test);
+  const apot::data::TransformOptions plain = apot::data::default_transform(spec, apot::data::Split::test);
+  apot::data::TransformOptions t = plain;
+  apot::data::fit_to_input(t, 8, 8, *test);
+  EXPECT_EQ(t.resize_shorter, plain.resize_shorter);
+  EXPECT_EQ(t.crop, plain.crop);
+  apot::data::fit_to_input(t, 16, 16, *test);
+  EXPECT_EQ(t.resize_shorter, 16);
+  EXPECT_EQ(t.crop, 16);
+  const apot::data::Image out = apot::data::transform_image(test->get(0).image, t, 1);
+  EXPECT_EQ(out.height, 16);
+  EXPECT_EQ(out.width, 16);
+  apot::data::TransformOptions odd = plain;  // not square: left alone
+  apot::data::fit_to_input(odd, 16, 12, *test);
+  EXPECT_EQ(odd.crop, plain.crop);
+}

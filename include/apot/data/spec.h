@@ -28,5 +28,9 @@ std::shared_ptr<Dataset> open_dataset(const DataSpec& spec, Split split, ImageFo
 // given and its first image is small (shorter side <= 64, e.g. CIFAR as JPEG files): then the
 // CIFAR recipe (no resize; random crop with padding of 1/8 of the side and flips for training).
 TransformOptions default_transform(const DataSpec& spec, Split split, const Dataset* dataset = nullptr);
+// A test transform made to give a model's input size (height x width, square): a model trained
+// on resized images (data.resize, e.g. Fashion-MNIST at 32x32 for VGG) gets them resized and
+// center-cropped at test time too. Leaves it alone where it already gives that size.
+void fit_to_input(TransformOptions& t, int height, int width, const Dataset& dataset);
 
 }  // namespace apot::data
