@@ -100,12 +100,13 @@ std::vector<uint8_t> export_model(qat::NetworkImpl& model, const ExportInfo& inf
     r.padding = uint32_t(linear ? 0 : node.padding);
     r.groups = uint32_t(linear ? 1 : node.groups);
     torch::Tensor weight, weight_alpha, act_alpha, bias, quantized;
+    double weight_scale = 1;  // the layer's weight_output_scale (a layer without batch norm)
     if (auto* c = model.conv(node.name)) {
       weight = c->weight, weight_alpha = c->weight_alpha, act_alpha = c->act_alpha, bias = c->bias;
-      if (lq.quantized()) quantized = c->quantized_weight().detach();
+      if (lq.quantized()) quantized = c->quantized_weight().detach(), weight_scale = c->weight_output_scale();
     } else if (auto* l = model.linear(node.name)) {
       weight = l->weight, weight_alpha = l->weight_alpha, act_alpha = l->act_alpha, bias = l->bias;
-      if (lq.quantized()) quantized = l->quantized_weight().detach();
+      if (lq.quantized()) quantized = l->quantized_weight().detach(), weight_scale = l->weight_output_scale();
     } else {
       throw std::invalid_argument("export: no layer " + node.name + " in the model");
     }
@@ -147,7 +148,7 @@ std::vector<uint8_t> export_model(qat::NetworkImpl& model, const ExportInfo& inf
       if (lq.signed_input && 2 * aset.integers().back() > 255)
         throw std::invalid_argument("export: layer " + node.name + ": signed " + aset.name() +
                                     " input levels do not fit 8-bit codes with their offset");
-      // The trained forward's quantised weight is alpha_w * k / D_w (as float32); recover k.
+      // The trained forward's quantised weight is scale * alpha_w * k / D_w (as float32); recover k.
       const std::vector<float> wq = engine_order(quantized, in);
       const torch::Tensor alphas = weight_alpha.detach().to(torch::kFloat64).reshape(-1).contiguous();
       const std::vector<int64_t> integers = wset.integers();
@@ -155,7 +156,7 @@ std::vector<uint8_t> export_model(qat::NetworkImpl& model, const ExportInfo& inf
       const double a_in = act_alpha.item<double>();
       for (int64_t v : integers) level_table.push_back(static_cast<int8_t>(v));
       for (int o = 0; o < out; ++o) {
-        const double a = alphas.data_ptr<double>()[alphas.numel() == 1 ? 0 : o];
+        const double a = alphas.data_ptr<double>()[alphas.numel() == 1 ? 0 : o] * weight_scale;
         for (size_t i = 0; i < per_out; ++i) {
           const long k = std::lround(double(wq[o * per_out + i]) / a * dw);
           const auto it = std::find(integers.begin(), integers.end(), int64_t(k));

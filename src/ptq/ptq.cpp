@@ -49,6 +49,12 @@ std::pair<double, double> choose_alpha(const torch::Tensor& values, double large
   return {best, report::sqnr_db(signal, noise)};
 }
 
+// The normalised weights at the scale the layer's forward uses them (see weight_output_scale).
+template <typename Layer>
+torch::Tensor effective_weight(const Layer& layer) {
+  return layer.normalized_weight() * layer.weight_output_scale();
+}
+
 template <typename Layer>
 void calibrate_weight(Layer& layer, const Options& o, LayerCalibration& out) {
   const qat::QuantOptions& q = layer.quant_options();
@@ -144,7 +150,7 @@ void correct_bias(qat::NetworkImpl& model, Layer& layer, int node, const torch::
     torch::Tensor in =
         model.input_of(images.index({Slice(start, std::min<int64_t>(images.size(0), start + batch))}), name);
     if (std::is_same<Layer, qat::QuantLinearImpl>::value) in = in.flatten(1);
-    torch::Tensor diff = layer.apply(in, layer.normalized_weight()) - layer.forward(in);
+    torch::Tensor diff = layer.apply(in, effective_weight(layer)) - layer.forward(in);
     if (diff.dim() == 4) diff = diff.permute({0, 2, 3, 1});
     diff = diff.reshape({-1, diff.size(-1)});
     sum = sum.defined() ? sum + diff.sum(0) : diff.sum(0);
@@ -301,8 +307,8 @@ qat::Network trained_model(const train::TrainConfig& config, const Prepared& p, 
     torch::NoGradGuard no_grad;
     for (int node : model->graph().weight_layers()) {
       const std::string& name = model->graph()[size_t(node)].name;
-      if (auto* conv = model->conv(name)) conv->weight.copy_(source->conv(name)->normalized_weight());
-      if (auto* linear = model->linear(name)) linear->weight.copy_(source->linear(name)->normalized_weight());
+      if (auto* conv = model->conv(name)) conv->weight.copy_(effective_weight(*source->conv(name)));
+      if (auto* linear = model->linear(name)) linear->weight.copy_(effective_weight(*source->linear(name)));
     }
   }
   return model;

@@ -38,12 +38,21 @@ QuantizerSpec QuantOptions::input_spec() const {
   return {kind, act_bits, levels::Role::activation, variant};
 }
 
+double weight_output_scale(const torch::Tensor& weight, const QuantOptions& options) {
+  if (!options.restore_weight_scale || options.weight_norm == WeightNorm::none || options.int8_weights ||
+      options.weight_bits == kFullPrecision)
+    return 1.0;
+  return weight_statistics(weight.detach()).scale;
+}
+
 torch::Tensor quantize_layer_weight(const torch::Tensor& weight, const torch::Tensor& weight_alpha,
                                     const QuantOptions& options) {
   if (options.int8_weights) return quantize_int8_symmetric(weight);
   if (options.weight_bits == kFullPrecision) return weight;
   const QuantizerSpec spec{options.kind, options.weight_bits, levels::Role::weight, options.variant};
-  return quantize_weight(weight, weight_alpha, spec, options.weight_norm);
+  const torch::Tensor q = quantize_weight(weight, weight_alpha, spec, options.weight_norm);
+  const double scale = weight_output_scale(weight, options);
+  return scale == 1.0 ? q : q * scale;
 }
 
 torch::Tensor normalize_layer_weight(const torch::Tensor& weight, const QuantOptions& options) {
@@ -192,8 +201,10 @@ graph::QuantAssignment QuantPolicy::assignment() const {
   return a;
 }
 
-QuantOptions QuantPolicy::options_for(const graph::LayerQuant& quant) const {
+QuantOptions QuantPolicy::options_for(const graph::Node& node) const {
+  const graph::LayerQuant& quant = node.quant;
   QuantOptions q;
+  q.restore_weight_scale = node.batch_norm.empty();
   q.variant = variant;
   q.weight_norm = weight_norm;
   q.weight_alpha_init = weight_alpha_init;

@@ -107,7 +107,7 @@ void NetworkImpl::build() {
     const graph::Node& node = graph_[i];
     for (int in : node.inputs) last_use_[size_t(in)] = int(i);
     if (!node.has_weights()) continue;
-    const QuantOptions q = policy_.options_for(node.quant);
+    const QuantOptions q = policy_.options_for(node);
     const int in = shaped.input_shape_of(int(i)).channels;
     if (node.op == graph::Op::conv) {
       auto conv = std::make_shared<QuantConv2dImpl>(torch::nn::Conv2dOptions(in, node.out_channels, node.kernel)
@@ -236,7 +236,7 @@ void NetworkImpl::set_policy(const QuantPolicy& policy) {
   graph::assign_quantization(g, policy.assignment());
   for (size_t i = 0; i < g.size(); ++i) {
     if (!g[i].has_weights()) continue;
-    const QuantOptions q = policy.options_for(g[i].quant);
+    const QuantOptions q = policy.options_for(g[i]);
     if (conv_[i]) conv_[i]->set_quant_options(q);
     if (linear_[i]) linear_[i]->set_quant_options(q);
   }

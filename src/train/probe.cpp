@@ -45,7 +45,8 @@ report::LayerStats layer_stats(const Layer& layer, const torch::Tensor& input) {
   report::LayerStats s;
   const torch::Tensor normalized = layer.normalized_weight();
   const torch::Tensor quantized_weight = layer.quantized_weight();
-  s.weight = weight_stats(q, normalized, quantized_weight, layer.weight_alpha);
+  const double scale = layer.weight_output_scale();  // quantized_weight is scale * Q(normalized)
+  s.weight = weight_stats(q, normalized, quantized_weight / scale, layer.weight_alpha);
   torch::Tensor quantized_input = input;
   if (q.quantizes_input()) {
     quantized_input = qat::quantize_layer_input(input, layer.act_alpha, q);
@@ -55,7 +56,7 @@ report::LayerStats layer_stats(const Layer& layer, const torch::Tensor& input) {
                                       a, false);
   }
   if (q.quantizes_weight() || q.quantizes_input()) {
-    const torch::Tensor reference = layer.apply(input, normalized).to(torch::kFloat64);
+    const torch::Tensor reference = layer.apply(input, normalized * scale).to(torch::kFloat64);
     const torch::Tensor output = layer.apply(quantized_input, quantized_weight).to(torch::kFloat64);
     s.output_sqnr_db = report::sqnr_db(reference.square().sum().template item<double>(),
                                        (reference - output).square().sum().template item<double>());

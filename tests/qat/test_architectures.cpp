@@ -182,5 +182,46 @@ TEST(Architectures, WidthMultiplierOnlyForMobileNetV2) {
   EXPECT_THROW(graph::build_architecture("mobilenet_v2", o), graph::GraphError);
 }
 
+// Weight normalisation on a layer that no batch norm follows (VGG's classifier.0 and .3): the
+// quantised weight keeps the float weights' scale, so the layer's output keeps its size; layers
+// with batch norm keep the paper's unit-variance weights.
+TEST(WeightScale, LayersWithoutBatchNormKeepTheirOutputScale) {
+  torch::manual_seed(3);
+  Network model = make_network(graph::build_architecture("vgg11_bn_cifar", {}), QuantPolicy{});
+  QuantLinearImpl* hidden = model->linear("classifier.0");
+  QuantConv2dImpl* conv = model->conv("features.4");
+  ASSERT_NE(hidden, nullptr);
+  ASSERT_NE(conv, nullptr);
+  EXPECT_TRUE(hidden->quant_options().restore_weight_scale);
+  EXPECT_FALSE(conv->quant_options().restore_weight_scale);
+  EXPECT_EQ(conv->weight_output_scale(), 1.0);
+  EXPECT_FALSE(model->linear("classifier.6")->quant_options().quantizes_input());  // int8 last layer
+  EXPECT_EQ(model->linear("classifier.6")->weight_output_scale(), 1.0);
+
+  torch::NoGradGuard no_grad;
+  const double std = hidden->weight.std().item<double>();
+  EXPECT_NEAR(hidden->weight_output_scale(), std, 1e-6 * std);
+  const torch::Tensor q = hidden->quantized_weight();
+  // The quantised weight is std * alpha * level / D: on the grid of the normalised one, scaled.
+  const double d = double(levels::LevelSet::make(levels::Kind::apot, 4, levels::Role::weight).denominator());
+  const torch::Tensor k = torch::round(q / std / hidden->weight_alpha * d);
+  EXPECT_TRUE(torch::allclose(q, k * hidden->weight_alpha / d * std, 1e-5, 1e-7));
+  const torch::Tensor normalised_q = apot::qat::quantize_weight(
+      hidden->weight, hidden->weight_alpha, {levels::Kind::apot, 4, levels::Role::weight, kernels::SteVariant::cifar},
+      WeightNorm::detached);
+  EXPECT_TRUE(torch::allclose(q, normalised_q * std, 1e-5, 1e-7));
+  // The layer's output has the float layer's size, not sqrt(512) times it.
+  const torch::Tensor x = torch::rand({64, 512}) * 2;
+  const double ratio = (hidden->forward(x) - hidden->bias).std().item<double>() /
+                       torch::nn::functional::linear(x, hidden->weight).std().item<double>();
+  EXPECT_GT(ratio, 0.7);
+  EXPECT_LT(ratio, 1.4);
+  // Without weight normalisation there is nothing to restore.
+  QuantPolicy none;
+  none.weight_norm = WeightNorm::none;
+  model->set_policy(none);
+  EXPECT_EQ(model->linear("classifier.0")->weight_output_scale(), 1.0);
+}
+
 }  // namespace
 }  // namespace apot::qat

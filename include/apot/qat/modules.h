@@ -25,6 +25,11 @@ struct QuantOptions {
   double act_alpha_init = 8.0;     // the CIFAR reference; the ImageNet one uses 6
   bool per_channel_weight_alpha = false;
   bool int8_weights = false;  // symmetric int8 weights (first and last layer); weight_bits ignored
+  // No batch norm follows the layer: with weight normalisation its quantised weight is
+  // multiplied back by the weights' standard deviation (detached), so that its output keeps the
+  // float layer's scale (docs/QAT.md "Layers without batch norm"). Normalisation on a layer
+  // with batch norm is cancelled by it; without, each output would grow by about sqrt(fan-in).
+  bool restore_weight_scale = false;
 
   bool quantizes_weight() const { return int8_weights || weight_bits != kFullPrecision; }
   bool quantizes_input() const { return act_bits != kFullPrecision; }
@@ -36,10 +41,16 @@ struct QuantOptions {
 };
 
 // Shared by both layer types.
+// The factor quantize_layer_weight multiplies the normalised, quantised weight by: the weights'
+// standard deviation where options.restore_weight_scale applies (normalised APoT/PoT/uniform
+// weights), else 1.
+double weight_output_scale(const torch::Tensor& weight, const QuantOptions& options);
+// weight_output_scale(weight) * Q(normalised weight).
 torch::Tensor quantize_layer_weight(const torch::Tensor& weight, const torch::Tensor& weight_alpha,
                                     const QuantOptions& options);
 // The weights as the layer's weight quantiser sees them before clipping: normalised (weight_norm)
-// where the level sets quantise them, unchanged for int8 and float weights.
+// where the level sets quantise them, unchanged for int8 and float weights. In the units of
+// weight_alpha: weight_output_scale() times these is what the layer's forward quantises.
 torch::Tensor normalize_layer_weight(const torch::Tensor& weight, const QuantOptions& options);
 // `drop`: the probability of keeping an element unquantised (QDrop; 0 in training and inference).
 torch::Tensor quantize_layer_input(const torch::Tensor& input, const torch::Tensor& act_alpha,
@@ -57,6 +68,7 @@ class QuantConv2dImpl : public torch::nn::Cloneable<QuantConv2dImpl> {
   const torch::nn::Conv2dOptions& conv_options() const { return conv_; }
   torch::Tensor quantized_weight() const { return quantize_layer_weight(weight, weight_alpha, quant_); }
   torch::Tensor normalized_weight() const { return normalize_layer_weight(weight, quant_); }
+  double weight_output_scale() const { return qat::weight_output_scale(weight, quant_); }
   // The layer on `input` and `weight` as they are: forward() is apply(quantised input, quantized_weight()).
   torch::Tensor apply(const torch::Tensor& input, const torch::Tensor& weight) const;
   void pretty_print(std::ostream& stream) const override;
@@ -85,6 +97,7 @@ class QuantLinearImpl : public torch::nn::Cloneable<QuantLinearImpl> {
   const torch::nn::LinearOptions& linear_options() const { return linear_; }
   torch::Tensor quantized_weight() const { return quantize_layer_weight(weight, weight_alpha, quant_); }
   torch::Tensor normalized_weight() const { return normalize_layer_weight(weight, quant_); }
+  double weight_output_scale() const { return qat::weight_output_scale(weight, quant_); }
   // The layer on `input` and `weight` as they are: forward() is apply(quantised input, quantized_weight()).
   torch::Tensor apply(const torch::Tensor& input, const torch::Tensor& weight) const;
   void pretty_print(std::ostream& stream) const override;
@@ -119,8 +132,8 @@ struct QuantPolicy {
   static QuantPolicy full_precision();
   bool is_full_precision() const { return weight_bits == kFullPrecision && act_bits == kFullPrecision; }
   graph::QuantAssignment assignment() const;
-  // The options of a layer the graph assigned `quant` to.
-  QuantOptions options_for(const graph::LayerQuant& quant) const;
+  // The options of a graph's weight layer (from node.quant, and whether a batch norm follows).
+  QuantOptions options_for(const graph::Node& node) const;
 };
 
 }  // namespace apot::qat
