@@ -71,6 +71,7 @@ nlohmann::json layer_report(const runtime::Model& engine, int reps, double peak,
   const torch::Tensor x = random_images(info, 1);
   std::vector<std::vector<double>> samples(layers);
   runtime::EngineOptions o;
+  o.tuned = true;  // as Model::run runs it
   for (int r = 0; r < std::max(reps, 5); ++r) {
     std::vector<double> seconds(layers, 0.0);
     o.layer_seconds = &seconds;
@@ -83,9 +84,10 @@ nlohmann::json layer_report(const runtime::Model& engine, int reps, double peak,
   if (print)
     fmt::print(
         "  per layer (batch 1, 1 thread; peak {:.1f} G MAC/s){}:\n"
-        "  (W: Winograd F(2,3), four products where the direct convolution takes six; its rate counts the\n"
-        "  direct convolution's MACs and can pass the peak. APOT_WINOGRAD=0 runs the direct kernel.)\n",
-        peak, int8.empty() ? "" : "; oneDNN int8 on the right");
+        "  (the kernel each layer runs, chosen by measurement when the model was loaded: {}. Winograd:\n"
+        "  F(2,3), four products where the direct convolution takes six; its rate counts the direct\n"
+        "  convolution's MACs and can pass the peak.)\n",
+        peak, int8.empty() ? "" : "; oneDNN int8 on the right", inspect.tuning());
   double total_ms = 0, int8_total_ms = 0;
   for (size_t i = 0; i < layers; ++i) {
     const int node = inspect.layer_node(i);
@@ -97,8 +99,12 @@ nlohmann::json layer_report(const runtime::Model& engine, int reps, double peak,
     const double ms = median(samples[i]) * 1e3;
     const double gmacs = layer_macs / (ms * 1e-3) / 1e9;
     total_ms += ms;
-    const bool winograd = inspect.uses_winograd(i, o.isa);
+    const bool quantized = l.quant.quantized();
+    const runtime::ConvVariant variant = quantized ? inspect.conv_variant(i, o) : runtime::ConvVariant{o.isa, {false, false}};
+    const bool winograd = variant.schedule.winograd;
+    const std::string kernel = quantized ? inspect.conv_variant_name(i, o) : "";
     nlohmann::json row{{"layer", l.name},
+                       {"kernel", kernel},
                        {"ms", ms},
                        {"macs", layer_macs},
                        {"gmacs_per_s", gmacs},
@@ -113,12 +119,12 @@ nlohmann::json layer_report(const runtime::Model& engine, int reps, double peak,
     }
     out.push_back(row);
     if (print)
-      fmt::print("    {:<24} {:>4}x{:<4} {}x{} /{} {:>4}->{:<4} {:8.4f} ms {:7.1f} G MAC/s {:>15}{}{}\n", l.name,
+      fmt::print("    {:<24} {:>4}x{:<4} {}x{} /{} {:>4}->{:<4} {:8.4f} ms {:7.1f} G MAC/s {:>15} {:<20}{}\n", l.name,
                  in.height, in.width, l.kernel, l.kernel, l.stride, in.channels, l.out_channels, ms, gmacs,
                  is_first   ? std::string("(first layer)")
                  : peak > 0 ? fmt::format("{:5.1f} % of peak", 100 * gmacs / peak)
                             : "",
-                 winograd ? " W" : "  ", theirs);
+                 kernel, theirs);
   }
   if (print)
     fmt::print("    convolutions together: {:.3f} ms{}\n", total_ms,
@@ -127,9 +133,14 @@ nlohmann::json layer_report(const runtime::Model& engine, int reps, double peak,
 }
 
 void run_bench(const BenchOptions& o) {
+  const auto load_start = std::chrono::steady_clock::now();
   const runtime::Model engine = runtime::Model::load(o.model);
+  const double load_ms =
+      std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - load_start).count();
   const runtime::ModelInfo& info = engine.info();
   const graph::Graph& g = runtime::Inspector(engine).graph();
+  const std::string tuning = runtime::Inspector(engine).tuning();
+  const bool tuned = tuning != "off" && tuning != "nothing to choose";
   // The same model through the C API (apot/apot.h), to show what that layer costs.
   apot_model* c_model = nullptr;
   if (apot_model_load(o.model.c_str(), &c_model) != APOT_OK) throw std::runtime_error(apot_last_error());
@@ -148,6 +159,8 @@ void run_bench(const BenchOptions& o) {
   if (!o.json) {
     fmt::print("{} {}x{} ({:.1f} M MACs per image), engine path {}, its peak {:.1f} G MAC/s per thread\n", g.arch,
                info.height, info.width, macs / 1e6, kernels::to_string(isa), peak);
+    fmt::print("  loaded in {:.0f} ms; kernels chosen per layer by measurement (APOT_TUNE): {}\n", load_ms,
+               runtime::Inspector(engine).tuning());
     if (o.back_to_back > 1)
       fmt::print(
           "  (each contender runs {} times in a row per turn; the first run of a turn is left out: warm caches)\n",
@@ -166,6 +179,10 @@ void run_bench(const BenchOptions& o) {
       const size_t input_count = size_t(x.numel());
       std::vector<Contender> c;
       c.push_back({"engine", [&] { engine.run(x.data_ptr<float>(), batch, logits.data(), ro); }, {}});
+      // The same engine with the path's default kernels (an explicit path runs no tuned variant).
+      runtime::RunOptions untuned = ro;
+      untuned.isa = runtime::isa_of(isa);
+      if (tuned) c.push_back({"engine_untuned", [&] { engine.run(x.data_ptr<float>(), batch, logits.data(), untuned); }, {}});
       c.push_back({"engine_c_api",
                    [&] {
                      if (apot_model_run(c_model, x.data_ptr<float>(), input_count, batch, logits.data(), logits.size(),
@@ -199,6 +216,7 @@ void run_bench(const BenchOptions& o) {
       row["speedup_vs_fp32"] = fp32 / e;
       row["engine_gmacs_per_s"] = macs * double(batch) / (e * 1e-3) / 1e9;
       if (int8) row["speedup_vs_onednn_int8"] = row["onednn_int8_ms"].get<double>() / e;
+      if (tuned) row["speedup_vs_untuned"] = row["engine_untuned_ms"].get<double>() / e;
       results.push_back(row);
       if (!o.json) {
         fmt::print(
@@ -211,11 +229,15 @@ void run_bench(const BenchOptions& o) {
             int8 ? fmt::format("{:5.2f}x", row["speedup_vs_onednn_int8"].get<double>()) : "n/a",
             row["engine_gmacs_per_s"].get<double>(), row["engine_c_api_ms"].get<double>(),
             100 * row["c_api_overhead"].get<double>());
+        if (tuned)
+          fmt::print("    the path's default kernels instead of the measured ones: {:8.3f} ms ({:.3f}x the tuned engine's time)\n",
+                     row["engine_untuned_ms"].get<double>(), row["speedup_vs_untuned"].get<double>());
       }
     }
   nlohmann::json report{
       {"model", o.model},         {"arch", g.arch},         {"macs_per_image", macs}, {"gemm", kernels::to_string(isa)},
-      {"peak_gmacs_per_s", peak}, {"onednn_isa", dnnl_isa}, {"results", results}};
+      {"peak_gmacs_per_s", peak}, {"onednn_isa", dnnl_isa}, {"results", results},
+      {"load_ms", load_ms},       {"tuning", runtime::Inspector(engine).tuning()}};
   if (!o.json) fmt::print("  oneDNN int8 dispatches to: {}\n", dnnl_isa);
   if (o.layers) report["layers"] = layer_report(engine, o.reps > 0 ? o.reps : 50, peak, !o.json);
   if (o.json) fmt::print("{}\n", report.dump());

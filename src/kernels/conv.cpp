@@ -160,7 +160,7 @@ ConvSplit conv_split(int rows, int blocks, int threads) {
 }  // namespace detail
 
 void conv_u8s8(const CodeImage& in, const PackedConv& w, int max_code, const ConvOutput& out, GemmIsa isa,
-               int threads) {
+               int threads, ConvSchedule schedule) {
   if (in.cs != w.cs || in.border < w.padding || in.data == nullptr)
     throw std::invalid_argument("conv_u8s8: input image does not fit the convolution");
   if (in.h + 2 * w.padding < w.kernel || in.w + 2 * w.padding < w.kernel)
@@ -169,7 +169,8 @@ void conv_u8s8(const CodeImage& in, const PackedConv& w, int max_code, const Con
   detail::ConvArgs a{&in, &w, &out, w.out_h(in.h), w.out_w(in.w), in.border - w.padding, {}, 0, w.nblocks};
   a.max_code = max_code;
   // Winograd's input transform takes the padding as zeros, not as the border's offset code.
-  a.winograd = !w.depthwise() && !out.acc_offset && winograd_applies(w, max_code, isa);
+  a.rows_first = schedule.rows_first;
+  a.winograd = schedule.winograd && !w.depthwise() && !out.acc_offset && winograd_applies(w, max_code, isa);
   if (out.requantizer &&
       (out.codes.h != a.oh || out.codes.w != a.ow || out.codes.cs < w.out_channels || !out.codes.data))
     throw std::invalid_argument("conv_u8s8: output code image does not fit the convolution");

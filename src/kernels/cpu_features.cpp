@@ -37,6 +37,36 @@ const CpuFeatures& cpu_features() {
   return detected;
 }
 
+const std::string& cpu_model() {
+  static const std::string model = [] {
+    std::string s = "unknown";
+#if defined(__x86_64__)
+    unsigned r[4] = {0, 0, 0, 0};
+    if (!__get_cpuid(0, &r[0], &r[1], &r[2], &r[3])) return s;
+    const unsigned vendor[3] = {r[1], r[3], r[2]};
+    std::string v(reinterpret_cast<const char*>(vendor), 12);
+    __get_cpuid(1, &r[0], &r[1], &r[2], &r[3]);
+    const unsigned base_family = (r[0] >> 8) & 0xf, base_model = (r[0] >> 4) & 0xf;
+    const unsigned family = base_family == 0xf ? base_family + ((r[0] >> 20) & 0xff) : base_family;
+    const unsigned model = base_family == 0xf || base_family == 6 ? base_model | ((r[0] >> 12) & 0xf0) : base_model;
+    std::string brand;
+    for (unsigned leaf = 0x80000002; leaf <= 0x80000004; ++leaf) {
+      unsigned b[4] = {0, 0, 0, 0};
+      if (!__get_cpuid(leaf, &b[0], &b[1], &b[2], &b[3])) break;
+      brand.append(reinterpret_cast<const char*>(b), 16);
+    }
+    brand = brand.substr(0, brand.find('\0'));
+    while (!brand.empty() && brand.back() == ' ') brand.pop_back();
+    s = v + " family " + std::to_string(family) + " model " + std::to_string(model) + " stepping " +
+        std::to_string(r[0] & 0xf) + ": " + brand.substr(brand.find_first_not_of(' ') == std::string::npos
+                                                             ? brand.size()
+                                                             : brand.find_first_not_of(' '));
+#endif
+    return s;
+  }();
+  return model;
+}
+
 std::string CpuFeatures::describe() const {
   std::string s;
   const std::pair<bool, const char*> all[] = {

@@ -171,8 +171,21 @@ void sweep_cs(const ConvArgs& a, const Epilogue& e, int m0, int m1) {
 }  // namespace
 
 // Channel groups outside, pixels inside: a group's weights stay in cache while the pixels pass.
+// rows_first: output rows outside, so that each pixel's outputs are written in one pass (layers
+// whose outputs outgrow the L2 cache while their weights are small, as MobileNetV2's first
+// expansions: the engine's tuning chooses it by measurement).
 void conv_rows_avx512_vnni(const ConvArgs& a, int m0, int m1) {
   if (conv_rows_winograd_avx512(a, m0, m1)) return;
+  if (a.rows_first && a.nb1 - a.nb0 > 1) {  // one output row at a time, all its blocks
+    ConvArgs row = a;
+    row.rows_first = false;
+    for (int m = m0; m < m1;) {
+      const int end = std::min(m1, (m / a.ow + 1) * a.ow);
+      conv_rows_avx512_vnni(row, m, end);
+      m = end;
+    }
+    return;
+  }
   const Epilogue e{*a.out, Search(a.out->requantizer), size_t(a.w->out_channels)};
   if (a.w->stride == 1) return sweep_cs<1>(a, e, m0, m1);
   if (a.w->stride == 2) return sweep_cs<2>(a, e, m0, m1);

@@ -46,6 +46,7 @@ struct ConvArgs {
   int nb0 = 0, nb1 = 0;    // the blocks of 16 output channels to compute: [nb0, nb1)
   int max_code = 255;      // an upper bound of the input codes
   bool winograd = false;   // winograd_applies(): the AVX-512 path takes F(2,3)
+  bool rows_first = false;  // ConvSchedule::rows_first
 
   // The input pixel under tap (0, 0) of output pixel (y, x).
   const uint8_t* base(int y, int x) const {

@@ -3,6 +3,7 @@
 //   load.cpp     the .apot records -> layers (checked against the graph)
 //   compile.cpp  fusion, the order of steps, the float and code buffer plans
 //   execute.cpp  the steps on one image, and the batch drivers
+//   tune.cpp     the choice of each quantised convolution's kernel by measurement (APOT_TUNE)
 //   model.cpp    the public API (model.h) and the Inspector (inspect.h)
 #pragma once
 
@@ -40,6 +41,8 @@ struct Layer {
   // offset times the weight sum, which the epilogue subtracts; empty for unsigned inputs.
   uint8_t code_offset = 0;
   std::vector<int32_t> acc_offset;
+  // The kernel measured fastest for this layer on this CPU (tune.cpp), if it was tuned.
+  std::optional<ConvVariant> variant;
   // int8 convolutions: on float input, and on 8-bit pixels (when it reads the image and the
   // normalisation allows).
   kernels::PackedFloatConv packed_float;
@@ -179,6 +182,24 @@ struct Model::Impl {
   void compile();
   void plan_buffers();
   void plan_code_buffers();
+
+  // ---- kernel choice (tune.cpp) ----
+
+  std::string tuning = "off";  // Inspector::tuning()
+  // Sets each quantised convolution's variant: from the cache file, or measured (and cached),
+  // as APOT_TUNE says (off: none, the path's default kernels).
+  void tune();
+  // What quantised layer l's speed depends on (its shape, input codes and epilogue): the key of
+  // its measurement in the cache.
+  std::string layer_key(size_t l, const Step& s) const;
+  // The kernel quantised layer l runs with options o: the measured one for an image on one
+  // thread (the measurement's setting: a batch on several threads runs one image per thread),
+  // else the path's default.
+  ConvVariant variant_for(const Layer& l, const EngineOptions& o) const {
+    return o.tuned && l.variant && o.threads == 1 ? *l.variant : ConvVariant{o.isa, {}};
+  }
+  // One run of quantised layer l's convolution step, with the variant v, on workspace ws.
+  void run_conv(const Step& s, Workspace& ws, float* out, const EngineOptions& o, ConvVariant v) const;
 
   // ---- execution ----
 

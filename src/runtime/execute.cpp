@@ -62,6 +62,23 @@ void Model::Impl::conv_on_image(const Step& s, const float* image, Workspace& ws
   }
 }
 
+void Model::Impl::run_conv(const Step& s, Workspace& ws, float* out, const EngineOptions& o, ConvVariant v) const {
+  const Layer& l = layers[size_t(s.layer)];
+  kernels::ConvOutput co;
+  co.scale = l.scale.data();
+  co.bias = l.bias.data();
+  if (!l.acc_offset.empty()) co.acc_offset = l.acc_offset.data();
+  co.relu = s.relu;
+  co.relu_max = s.relu_max;
+  if (s.residual >= 0) co.residual = ws.buffers[size_t(s.residual_buffer)].data();
+  co.values = out;
+  if (s.codes_for >= 0) {
+    co.requantizer = &layers[size_t(s.codes_for)].input;
+    co.codes = ws.codes[size_t(s.codes_for)];
+  }
+  kernels::conv_u8s8(ws.codes[size_t(s.layer)], l.packed, l.max_code, co, v.isa, o.threads, v.schedule);
+}
+
 void Model::Impl::run_step(const Step& s, const float* image, Workspace& ws, const EngineOptions& o,
                            std::vector<std::vector<float>>* taps) const {
   float* out = s.out >= 0 ? ws.buffers[size_t(s.out)].data() : nullptr;
@@ -80,25 +97,12 @@ void Model::Impl::run_step(const Step& s, const float* image, Workspace& ws, con
     case StepKind::requantize: requantize(in(0), s.layer, ws, o); break;
     case StepKind::conv_codes: {
       const Layer& l = layers[size_t(s.layer)];
-      kernels::ConvOutput co;
-      co.scale = l.scale.data();
-      co.bias = l.bias.data();
-      if (!l.acc_offset.empty()) co.acc_offset = l.acc_offset.data();
-      co.relu = s.relu;
-      co.relu_max = s.relu_max;
-      if (s.residual >= 0) co.residual = ws.buffers[size_t(s.residual_buffer)].data();
-      co.values = out;
       if (!out && taps) {
         ws.tap.resize(std::max(ws.tap.size(), size_t(os.size())));
-        co.values = ws.tap.data();
+        out = ws.tap.data();
       }
-      if (s.codes_for >= 0) {
-        co.requantizer = &layers[size_t(s.codes_for)].input;
-        co.codes = ws.codes[size_t(s.codes_for)];
-      }
-      timed(o, s.layer,
-            [&] { kernels::conv_u8s8(ws.codes[size_t(s.layer)], l.packed, l.max_code, co, o.isa, o.threads); });
-      if (taps) taps->emplace_back(co.values, co.values + os.size());
+      timed(o, s.layer, [&] { run_conv(s, ws, out, o, variant_for(l, o)); });
+      if (taps) taps->emplace_back(out, out + os.size());
       return;
     }
     case StepKind::conv_float: {

@@ -225,6 +225,7 @@ Model Model::from_memory(const void* data, size_t size, const std::string& name)
   impl->compile();
   impl->plan_buffers();
   impl->plan_code_buffers();
+  impl->tune();
   return Model(std::move(impl));
 }
 

@@ -62,6 +62,7 @@ EngineOptions engine_options(const RunOptions& options) {
   if (std::find(supported.begin(), supported.end(), o.isa) == supported.end())
     throw std::invalid_argument(std::string("this CPU cannot run the ") + kernels::to_string(o.isa) + " kernels");
   o.pixel_stem = options.pixel_stem;
+  o.tuned = options.isa == Isa::automatic;
   return o;
 }
 
@@ -107,6 +108,25 @@ bool Inspector::uses_winograd(size_t index, kernels::GemmIsa isa) const {
   return l.quantized() && l.acc_offset.empty() && !l.packed.depthwise() &&
          kernels::winograd_applies(l.packed, l.max_code, isa);  // as conv_u8s8 decides
 }
+
+ConvVariant Inspector::conv_variant(size_t index, const EngineOptions& options) const {
+  const engine::Layer& l = model_.impl_->layers.at(index);
+  if (!l.quantized()) throw std::invalid_argument("layer " + std::to_string(index) + " is not a quantised convolution");
+  ConvVariant v = model_.impl_->variant_for(l, options);
+  v.schedule.winograd = v.schedule.winograd && l.acc_offset.empty() && !l.packed.depthwise() &&
+                        kernels::winograd_applies(l.packed, l.max_code, v.isa);
+  v.schedule.rows_first = v.schedule.rows_first && !v.schedule.winograd && !l.packed.depthwise() &&
+                          v.isa == kernels::GemmIsa::avx512_vnni && l.packed.nblocks > 1;
+  return v;
+}
+
+std::string Inspector::conv_variant_name(size_t index, const EngineOptions& options) const {
+  const ConvVariant v = conv_variant(index, options);
+  return std::string(kernels::to_string(v.isa)) + (v.schedule.winograd ? " winograd" : "") +
+         (v.schedule.rows_first ? " rows first" : "");
+}
+
+std::string Inspector::tuning() const { return model_.impl_->tuning; }
 
 std::vector<float> Inspector::run(const float* input, int batch, const EngineOptions& options) const {
   const Model::Impl& m = *model_.impl_;

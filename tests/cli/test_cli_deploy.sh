@@ -59,13 +59,18 @@ expect run '"name":"layer1.0.conv1"'
 expect run '"name":"layer3.2","op":"add"'
 check bench 0 "$apot" bench "$tmp/m.apot" --batch 1,2 --threads 1,2 --reps 2 --json --layers
 for key in engine_ms libtorch_fp32_module_ms libtorch_fp32_onednn_ms speedup_vs_fp32 peak_gmacs_per_s \
-           '"layer":"layer3.2.conv2"'; do
+           '"layer":"layer3.2.conv2"' '"load_ms"' '"tuning":"' '"kernel":"(avx|scalar)'; do
   expect "bench $key" "$key"
 done
 check bench-text 0 "$apot" bench "$tmp/m.apot" --batch 1 --threads 1 --reps 1
 expect bench-text "engine +[0-9.]+ ms"
 check bench-warm 0 "$apot" bench "$tmp/m.apot" --batch 1 --threads 1 --reps 2 --back-to-back 3 --json
 expect bench-warm '"back_to_back":3'
+# The engine's kernel choice (APOT_TUNE): off, and a value that is none of 0, 1, force.
+APOT_TUNE=0 check bench-untuned 0 "$apot" bench "$tmp/m.apot" --batch 1 --threads 1 --reps 1 --json
+expect bench-untuned '"tuning":"off"'
+APOT_TUNE=sometimes check bench-tune 1 "$apot" bench "$tmp/m.apot" --batch 1 --threads 1 --reps 1
+expect bench-tune "APOT_TUNE=sometimes is not one of 0, 1, force"; one_line bench-tune
 
 head -c 100 "$tmp/m.apot" >"$tmp/truncated.apot"
 check bench-truncated 1 "$apot" bench "$tmp/truncated.apot";  expect bench-truncated "truncated"; one_line bench-truncated

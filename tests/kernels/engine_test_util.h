@@ -85,7 +85,7 @@ struct Result {
 };
 
 inline Result run(const Problem& p, GemmIsa isa, bool residual, bool relu, int threads = 1, int extra_border = 0,
-                  int levels = 16, bool from_zero = false) {
+                  int levels = 16, bool from_zero = false, apot::kernels::ConvSchedule schedule = {}) {
   const Image in = input_image(p, extra_border);
   const auto packed = apot::kernels::pack_conv(p.W.data(), p.n, p.c, p.k, p.stride, p.pad);
   const auto q = requantizer(levels, from_zero);
@@ -102,7 +102,7 @@ inline Result run(const Problem& p, GemmIsa isa, bool residual, bool relu, int t
   o.accumulators = r.acc.data();
   o.requantizer = &q;
   o.codes = out.view;
-  apot::kernels::conv_u8s8(in.view, packed, p.max_a, o, isa, threads);
+  apot::kernels::conv_u8s8(in.view, packed, p.max_a, o, isa, threads, schedule);
   r.codes = out.bytes;
   return r;
 }

@@ -63,6 +63,34 @@ TEST(Conv, EveryPathMatchesTheReferenceOnManyShapes) {
             }
           }
 }
+// Every schedule the engine's tuning may choose (runtime/tune.cpp: Winograd or the direct
+// kernel, channel blocks or rows first) gives the reference's bits on every path.
+TEST(Conv, EveryScheduleMatchesTheReference) {
+  unsigned seed = 900;
+  for (auto [h, w] : {std::pair{6, 6}, std::pair{7, 7}, std::pair{5, 13}})
+    for (int c : {16, 32})
+      for (int n : {16, 40, 64, 96})
+        for (auto [k, stride] : {std::pair{3, 1}, std::pair{3, 2}, std::pair{1, 1}}) {
+          const Problem p = make(h, w, c, n, k, stride, 48, 10, ++seed);
+          const bool residual = seed % 2 == 0;
+          const Result ref = run(p, GemmIsa::scalar, residual, true);
+          for (GemmIsa isa : apot::kernels::supported_gemm_isas())
+            for (bool winograd : {true, false})
+              for (bool rows_first : {false, true})
+                for (int threads : {1, 2}) {
+                  const Result got = run(p, isa, residual, true, threads, 0, 16, false, {winograd, rows_first});
+                  const std::string what = std::string(apot::kernels::to_string(isa)) + " " + std::to_string(h) +
+                                           "x" + std::to_string(w) + "x" + std::to_string(c) + " -> " +
+                                           std::to_string(n) + " k" + std::to_string(k) + "s" +
+                                           std::to_string(stride) + (winograd ? " winograd" : " direct") +
+                                           (rows_first ? " rows first" : "") + " threads " + std::to_string(threads);
+                  ASSERT_EQ(got.acc, ref.acc) << what;
+                  ASSERT_EQ(got.values, ref.values) << what;
+                  ASSERT_EQ(got.codes, ref.codes) << what;
+                }
+        }
+}
+
 // The Winograd F(2,3) kernel (3x3, stride 1, AVX-512 VNNI): taken exactly where it applies,
 // and equal to the reference at its limits: codes up to 127 (transformed inputs up to 254),
 // transformed weights of +-127, odd and even widths (a last pair with one pixel), rows of 1 to

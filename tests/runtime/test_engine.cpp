@@ -2,11 +2,18 @@
 // networks of several architectures and bit-widths, on every GEMM path.
 #include <gtest/gtest.h>
 
+#include <unistd.h>
+
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
 #include <limits>
+#include <nlohmann/json.hpp>
 
 #include "apot/export/export.h"
+#include "apot/kernels/cpu.h"
 #include "apot/runtime/inspect.h"
 #include "apot/runtime/model.h"
 
@@ -356,4 +363,121 @@ TEST(Engine, NewLayerTypesMatchTheTrainedModelLayerByLayer) {
       EXPECT_GE(exact, 3) << c.arch << " W" << c.bits << " on " << apot::kernels::to_string(isa);
     }
   }
+}
+
+namespace {
+
+// Sets an environment variable for the scope of one test, restoring the old value after it.
+struct EnvGuard {
+  std::string name, old;
+  bool had;
+  EnvGuard(const std::string& n, const std::string& value) : name(n), had(std::getenv(n.c_str()) != nullptr) {
+    if (had) old = std::getenv(n.c_str());
+    setenv(name.c_str(), value.c_str(), 1);
+  }
+  ~EnvGuard() { had ? (void)setenv(name.c_str(), old.c_str(), 1) : (void)unsetenv(name.c_str()); }
+};
+
+std::vector<float> logits_of(const apot::runtime::Model& engine, const torch::Tensor& x, int threads,
+                             apot::runtime::Isa isa = apot::runtime::Isa::automatic) {
+  apot::runtime::RunOptions o;
+  o.threads = threads;
+  o.isa = isa;
+  return engine.run(x.data_ptr<float>(), int(x.size(0)), o);
+}
+
+nlohmann::json read_json(const std::string& path) {
+  std::ifstream in(path);
+  return nlohmann::json::parse(in);
+}
+
+}  // namespace
+
+// The kernel of each quantised convolution chosen by measurement when a model is loaded
+// (APOT_TUNE): the choices are kept in the cache file and read back from it, and whatever they
+// are, the engine gives the same logits, bit for bit, as every path with its default kernels.
+TEST(Tuning, MeasuredKernelsAreCachedAndGiveTheSameBits) {
+  const std::string dir = ::testing::TempDir() + "/apot-tune-" + std::to_string(::getpid());
+  std::filesystem::create_directories(dir);
+  const std::string cache = dir + "/kernels.json";
+  std::filesystem::remove(cache);
+  EnvGuard cache_env("APOT_TUNE_CACHE", cache);
+  const Case c{"resnet20", "A", 4, apot::levels::Kind::apot, 32};
+  auto model = make_quantised(c, 70);
+  torch::manual_seed(5);
+  const torch::Tensor x = torch::randn({3, 3, 32, 32});
+  const auto& isas = apot::kernels::supported_gemm_isas();
+
+  auto check_bits = [&](const apot::runtime::Model& engine, const std::string& when) {
+    const std::vector<float> tuned = logits_of(engine, x, 1), tuned2 = logits_of(engine, x, 2);
+    for (auto isa : isas) {
+      EXPECT_EQ(tuned, logits_of(engine, x, 1, apot::runtime::isa_of(isa))) << when << " " << to_string(isa);
+      EXPECT_EQ(tuned2, logits_of(engine, x, 2, apot::runtime::isa_of(isa))) << when << " " << to_string(isa);
+    }
+  };
+  apot::runtime::EngineOptions tuned_options;
+  tuned_options.tuned = true;
+  {
+    EnvGuard mode("APOT_TUNE", "force");
+    const auto engine = export_and_load(*model, c);
+    const apot::runtime::Inspector inspect(engine);
+    // 18 quantised convolutions of 9 kinds: each kind measured once, its twins take the choice.
+    if (isas.size() > 2) {
+      EXPECT_EQ(inspect.tuning(), "9 measured, 9 from the cache (" + cache + ")");
+    }
+    check_bits(engine, "measured");
+    ASSERT_TRUE(std::filesystem::exists(cache));
+    const nlohmann::json j = read_json(cache);
+    EXPECT_EQ(j.at("version"), 1);
+    if (isas.size() > 2) {
+      EXPECT_EQ(j.at(apot::kernels::cpu_model()).size(), 9u);
+    }
+  }
+  if (std::find(isas.begin(), isas.end(), apot::kernels::GemmIsa::avx2) == isas.end()) return;
+  {  // The cache is read: every entry rewritten to AVX2 (which this model can run) is taken.
+    nlohmann::json j = read_json(cache);
+    for (auto& [key, choice] : j.at(apot::kernels::cpu_model()).items())
+      choice = {{"isa", "avx2"}, {"winograd", true}, {"rows_first", false}};
+    std::ofstream(cache) << j.dump();
+    EnvGuard mode("APOT_TUNE", "1");
+    const auto engine = export_and_load(*model, c);
+    const apot::runtime::Inspector inspect(engine);
+    EXPECT_EQ(inspect.tuning(), "0 measured, 18 from the cache (" + cache + ")");
+    for (size_t i = 0; i < inspect.layer_count(); ++i) {
+      if (inspect.graph()[size_t(inspect.layer_node(i))].quant.quantized()) {
+        EXPECT_EQ(inspect.conv_variant_name(i, tuned_options), "avx2") << i;
+      }
+    }
+    check_bits(engine, "from the cache");
+  }
+  {  // A corrupt cache is measured around and replaced.
+    std::ofstream(cache) << "{not json";
+    EnvGuard mode("APOT_TUNE", "1");
+    const auto engine = export_and_load(*model, c);
+    EXPECT_EQ(apot::runtime::Inspector(engine).tuning(), "9 measured, 9 from the cache (" + cache + ")");
+    EXPECT_EQ(read_json(cache).at(apot::kernels::cpu_model()).size(), 9u);
+  }
+  {  // Off: the path's default kernels.
+    EnvGuard mode("APOT_TUNE", "0");
+    const auto engine = export_and_load(*model, c);
+    const apot::runtime::Inspector inspect(engine);
+    EXPECT_EQ(inspect.tuning(), "off");
+    for (size_t i = 0; i < inspect.layer_count(); ++i) {
+      if (inspect.graph()[size_t(inspect.layer_node(i))].quant.quantized()) {
+        EXPECT_EQ(inspect.conv_variant(i, tuned_options).isa, apot::kernels::default_gemm_isa()) << i;
+      }
+    }
+    check_bits(engine, "off");
+  }
+  {
+    EnvGuard mode("APOT_TUNE", "sometimes");
+    try {
+      export_and_load(*model, c);
+      ADD_FAILURE() << "no error for APOT_TUNE=sometimes";
+    } catch (const std::invalid_argument& e) {
+      EXPECT_NE(std::string(e.what()).find("APOT_TUNE=sometimes is not one of 0, 1, force"), std::string::npos)
+          << e.what();
+    }
+  }
+  std::filesystem::remove_all(dir);
 }

@@ -16,4 +16,8 @@ struct CpuFeatures {
 // Asked once: CPUID traps to the hypervisor in a virtual machine (microseconds each).
 const CpuFeatures& cpu_features();
 
+// This CPU's make and model from CPUID, e.g. "AuthenticAMD family 26 model 2 stepping 1: AMD
+// EPYC ..." (a key for measurements that hold per microarchitecture); "unknown" off x86.
+const std::string& cpu_model();
+
 }  // namespace apot::kernels

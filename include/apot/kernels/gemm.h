@@ -139,9 +139,16 @@ bool winograd_applies(const PackedConv& w, int max_code, GemmIsa isa);
 // with max_code an upper bound of the input codes (the AVX2 path needs
 // 2 * max_code * max|W| <= 32767 and falls back to the reference otherwise; with
 // 4 * max_code * max|W| <= 32767 it adds two int16 pair sums before widening). threads > 1
-// splits the output pixels over that many OpenMP threads.
+// splits the output pixels over that many OpenMP threads. `schedule`: how the path's kernel
+// walks the layer (the engine's tuned choice; the same bits in any case).
+struct ConvSchedule {
+  bool winograd = true;     // Winograd F(2,3) where it applies; false: the direct kernel
+  bool rows_first = false;  // AVX-512 VNNI direct kernel: every channel block of an output row
+                            // before the next row (else each group of blocks over all pixels)
+  bool operator==(const ConvSchedule& o) const { return winograd == o.winograd && rows_first == o.rows_first; }
+};
 void conv_u8s8(const CodeImage& in, const PackedConv& w, int max_code, const ConvOutput& out,
-               GemmIsa isa = default_gemm_isa(), int threads = 1);
+               GemmIsa isa = default_gemm_isa(), int threads = 1, ConvSchedule schedule = {});
 
 // values: h x w x n floats (NHWC) -> codes in the interior of `out` (h x w, cs >= n).
 void requantize(const float* values, int h, int w, int n, const Requantizer& q, const CodeImage& out,

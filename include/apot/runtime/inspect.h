@@ -16,9 +16,21 @@ namespace apot::runtime {
 kernels::GemmIsa gemm_isa(Isa isa);  // automatic: kernels::default_gemm_isa()
 Isa isa_of(kernels::GemmIsa isa);
 
+// A quantised convolution's kernel: the path and its schedule (on AVX-512 VNNI, Winograd F(2,3)
+// or the direct kernel for 3x3 stride-1 layers, and the direct kernel's loop order). Every
+// variant gives the same bits.
+struct ConvVariant {
+  kernels::GemmIsa isa = kernels::GemmIsa::scalar;
+  kernels::ConvSchedule schedule;
+  bool operator==(const ConvVariant& o) const { return isa == o.isa && schedule == o.schedule; }
+};
+
 struct EngineOptions {
   int threads = 1;
   kernels::GemmIsa isa = kernels::default_gemm_isa();
+  // Quantised convolutions run the variant the engine measured fastest on this CPU when the
+  // model was loaded (runtime/tune.cpp), where it has one; else `isa` everywhere.
+  bool tuned = false;
   bool pixel_stem = true;
   // If set (size layer_count()), the seconds spent in each weight layer are added to it (the
   // images of a batch then run one by one).
@@ -37,6 +49,14 @@ class Inspector {
   int layer_node(size_t index) const;
   // Whether layer `index` runs the Winograd F(2,3) kernel on this path (kernels::winograd_applies).
   bool uses_winograd(size_t index, kernels::GemmIsa isa = kernels::default_gemm_isa()) const;
+  // The kernel quantised layer `index` runs with these options (its tuned variant with
+  // options.tuned, else options.isa), schedule.winograd set only where Winograd runs; and its
+  // name, e.g. "avx512-vnni winograd", "avx512-vnni rows first", "avx-vnni".
+  ConvVariant conv_variant(size_t index, const EngineOptions& options) const;
+  std::string conv_variant_name(size_t index, const EngineOptions& options) const;
+  // How the variants of this model's layers were chosen (APOT_TUNE): "off", "nothing to
+  // choose", or "N measured, M from the cache (path)".
+  std::string tuning() const;
 
   std::vector<float> run(const float* input, int batch, const EngineOptions& options) const;
   // As run(), also returning float outputs (NHWC) for comparisons with the trained model, per

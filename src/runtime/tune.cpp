@@ -1,0 +1,188 @@
+// The choice of each quantised convolution's kernel by measurement (docs/KERNELS.md "Tuning"):
+// kernels tuned on one CPU are not the fastest on another (AVX-512 on Zen 4 and Zen 5 and on
+// Intel Xeons differs in ports, widths and broadcast costs), so, as oneDNN, FBGEMM and XNNPACK
+// choose per microarchitecture, the engine times the variants that apply to each layer (the
+// paths this CPU runs, and Winograd F(2,3) or the direct kernel) on the layer's own shape and
+// epilogue when a model is loaded, and keeps the fastest. Every variant gives the same bits
+// (tests/kernels and tests/runtime compare each with the scalar reference), so the choice never
+// changes a prediction, only the time.
+//
+// APOT_TUNE: 1 (default) reads earlier measurements from the cache file and measures (and
+// caches) only layers it does not hold; force measures every layer again; 0 runs the path's
+// default kernels (RunOptions::isa). The cache, one JSON file keyed by the CPU model
+// (kernels::cpu_model()) and each layer's shape, is APOT_TUNE_CACHE if set (empty: no file),
+// else $XDG_CACHE_HOME/apot/kernels.json or ~/.cache/apot/kernels.json. It is written
+// atomically; one that cannot be read or written is measured around (it is only a cache).
+#include <algorithm>
+#include <chrono>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <random>
+#include <set>
+#include <stdexcept>
+#include <unistd.h>
+
+#include "apot/kernels/cpu.h"
+#include "engine.h"
+
+namespace apot::runtime {
+namespace {
+
+enum class TuneMode { off, cached, force };
+
+TuneMode tune_mode() {
+  const char* v = std::getenv("APOT_TUNE");
+  const std::string s = v ? v : "";
+  if (s.empty() || s == "1") return TuneMode::cached;
+  if (s == "0") return TuneMode::off;
+  if (s == "force") return TuneMode::force;
+  throw std::invalid_argument("APOT_TUNE=" + s + " is not one of 0, 1, force");
+}
+
+std::string cache_path() {
+  if (const char* p = std::getenv("APOT_TUNE_CACHE")) return p;
+  if (const char* x = std::getenv("XDG_CACHE_HOME"); x && *x) return std::string(x) + "/apot/kernels.json";
+  if (const char* h = std::getenv("HOME"); h && *h) return std::string(h) + "/.cache/apot/kernels.json";
+  return "";
+}
+
+nlohmann::json to_json(ConvVariant v) {
+  return {{"isa", kernels::to_string(v.isa)}, {"winograd", v.schedule.winograd}, {"rows_first", v.schedule.rows_first}};
+}
+
+bool same(const nlohmann::json& c, ConvVariant v) {
+  return c.is_object() && c.value("isa", "") == kernels::to_string(v.isa) &&
+         c.value("winograd", true) == v.schedule.winograd && c.value("rows_first", false) == v.schedule.rows_first;
+}
+
+// The variants that can run layer l (the first is the path's default): each path this CPU runs
+// (only APOT_GEMM_ISA's where it is set), and on AVX-512 VNNI the direct kernel as well where
+// Winograd applies, and the direct kernel row by row (ConvSchedule::rows_first). Not AVX2 where its int16 pair sums could saturate (conv_u8s8 would run the
+// scalar reference), nor AVX-VNNI for depthwise layers (it runs AVX2's depthwise kernel).
+std::vector<ConvVariant> candidates(const engine::Layer& l) {
+  std::vector<kernels::GemmIsa> isas;
+  if (const char* forced = std::getenv("APOT_GEMM_ISA"); forced && *forced)
+    isas = {kernels::default_gemm_isa()};
+  else
+    isas.assign(kernels::supported_gemm_isas().rbegin(), kernels::supported_gemm_isas().rend());
+  const bool depthwise = l.packed.depthwise();
+  std::vector<ConvVariant> out;
+  for (kernels::GemmIsa isa : isas) {
+    if (isa == kernels::GemmIsa::scalar && isas.size() > 1) continue;
+    if (depthwise && isa == kernels::GemmIsa::avx_vnni) continue;
+    if (!depthwise && isa == kernels::GemmIsa::avx2 && 2L * l.max_code * l.packed.max_abs > 32767) continue;
+    const bool winograd = !depthwise && l.acc_offset.empty() && kernels::winograd_applies(l.packed, l.max_code, isa);
+    out.push_back({isa, {true, false}});
+    if (winograd) out.push_back({isa, {false, false}});
+    if (isa == kernels::GemmIsa::avx512_vnni && !depthwise && l.packed.nblocks > 1) out.push_back({isa, {false, true}});
+  }
+  return out;
+}
+
+nlohmann::json read_cache(const std::string& path) {
+  std::ifstream in(path);
+  if (!in) return nlohmann::json::object();
+  const nlohmann::json j = nlohmann::json::parse(in, nullptr, false);
+  return j.is_object() && j.value("version", 0) == 1 ? j : nlohmann::json::object();
+}
+
+void write_cache(const std::string& path, const nlohmann::json& j) {
+  std::error_code ec;
+  std::filesystem::create_directories(std::filesystem::path(path).parent_path(), ec);
+  const std::string tmp = path + ".tmp" + std::to_string(::getpid());
+  {
+    std::ofstream out(tmp);
+    out << j.dump(1) << "\n";
+    if (!out.good()) return (void)std::filesystem::remove(tmp, ec);
+  }
+  std::filesystem::rename(tmp, path, ec);
+  if (ec) std::filesystem::remove(tmp, ec);
+}
+
+}  // namespace
+
+// What a layer's speed depends on: its shape, input codes and epilogue.
+std::string Model::Impl::layer_key(size_t l, const Step& s) const {
+  const Layer& layer = layers[l];
+  const kernels::PackedConv& w = layer.packed;
+  const graph::Shape in = layer_input(l);
+  std::string k = "conv " + std::to_string(in.height) + "x" + std::to_string(in.width) + " cs" +
+                  std::to_string(w.cs) + " n" + std::to_string(w.out_channels) + " k" + std::to_string(w.kernel) +
+                  " s" + std::to_string(w.stride) + " p" + std::to_string(w.padding) +
+                  (w.depthwise() ? " dw" : "") + (w.wino.empty() ? "" : " wino");
+  if (!layer.acc_offset.empty()) k += " signed";
+  if (s.residual >= 0) k += " residual";
+  if (s.relu) k += " relu";
+  if (s.out >= 0) k += " values";
+  if (s.codes_for >= 0) k += " codes" + std::to_string(layers[size_t(s.codes_for)].input.thresholds.size());
+  return k;
+}
+
+void Model::Impl::tune() {
+  const TuneMode mode = tune_mode();
+  if (mode == TuneMode::off) return;
+  const std::string path = cache_path();
+  nlohmann::json cache = path.empty() ? nlohmann::json::object() : read_cache(path);
+  cache["version"] = 1;
+  nlohmann::json& mine = cache[kernels::cpu_model()];
+  if (!mine.is_object()) mine = nlohmann::json::object();
+
+  std::unique_ptr<Workspace> ws;  // for measurements
+  std::mt19937 random(7);
+  EngineOptions o;  // one thread: the choice is made per layer, for a single image
+  int measured = 0, cached = 0;
+  std::set<std::string> now;  // the keys measured here
+  for (const Step& s : steps) {
+    if (s.kind != StepKind::conv_codes) continue;
+    Layer& l = layers[size_t(s.layer)];
+    const std::vector<ConvVariant> options = candidates(l);
+    if (options.size() < 2) continue;  // nothing to choose
+    const std::string key = layer_key(size_t(s.layer), s);
+    // The file's choices (unless forced), or one measured for a layer of the same kind above.
+    if ((mode == TuneMode::cached || now.count(key)) && mine.contains(key)) {
+      const nlohmann::json& c = mine[key];
+      const auto it = std::find_if(options.begin(), options.end(), [&](ConvVariant v) { return same(c, v); });
+      if (it != options.end()) {
+        l.variant = *it, ++cached;
+        continue;
+      }
+    }
+    if (!ws) ws = acquire();
+    // The layer's input: random codes up to its largest (the interior only: the border holds
+    // the padding's code, which the measurement must not change).
+    const kernels::CodeImage& in = ws->codes[size_t(s.layer)];
+    std::uniform_int_distribution<int> code(0, l.max_code);
+    for (int y = 0; y < in.h; ++y)
+      for (int x = 0; x < in.w; ++x)
+        for (int c = 0; c < l.packed.in_channels; ++c) in.pixel(y, x)[c] = uint8_t(code(random));
+    float* out = s.out >= 0 ? ws->buffers[size_t(s.out)].data() : nullptr;
+    // Rounds of every variant in turn (the first a warm-up), the fastest run of each counts:
+    // about 20 ms per layer, at least 3 and at most 25 rounds.
+    std::vector<double> best(options.size(), 1e30);
+    auto time_one = [&](ConvVariant v) {
+      const auto t0 = std::chrono::steady_clock::now();
+      run_conv(s, *ws, out, o, v);
+      return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    };
+    double round = 0;
+    for (ConvVariant v : options) round += time_one(v);
+    const int rounds = std::clamp(int(0.02 / std::max(round, 1e-7)), 3, 25);
+    for (int r = 0; r < rounds; ++r)
+      for (size_t i = 0; i < options.size(); ++i) best[i] = std::min(best[i], time_one(options[i]));
+    l.variant = options[size_t(std::min_element(best.begin(), best.end()) - best.begin())];
+    mine[key] = to_json(*l.variant);
+    now.insert(key);
+    ++measured;
+  }
+  if (ws) release(std::move(ws));
+  if (measured > 0 && !path.empty()) write_cache(path, cache);
+  if (measured + cached == 0)
+    tuning = "nothing to choose";
+  else
+    tuning = std::to_string(measured) + " measured, " + std::to_string(cached) + " from the cache" +
+             (path.empty() ? std::string() : " (" + path + ")");
+}
+
+}  // namespace apot::runtime
