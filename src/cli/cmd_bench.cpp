@@ -7,6 +7,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cstdlib>
 #include <memory>
 #include <nlohmann/json.hpp>
 #include <optional>
@@ -28,6 +29,7 @@ struct BenchOptions {
   int back_to_back = 1;  // runs of each contender per turn; from 2 on, only the warm ones count
   bool layers = false;
   bool json = false;
+  std::string tune;
 };
 
 double median(std::vector<double> v) {
@@ -133,6 +135,7 @@ nlohmann::json layer_report(const runtime::Model& engine, int reps, double peak,
 }
 
 void run_bench(const BenchOptions& o) {
+  apply_tune_option(o.tune);
   const auto load_start = std::chrono::steady_clock::now();
   const runtime::Model engine = runtime::Model::load(o.model);
   const double load_ms =
@@ -269,7 +272,19 @@ void register_bench(CLI::App& app) {
       ->check(CLI::Range(1, 1000));
   cmd->add_flag("--layers", o->layers, "also report the engine's time and G MAC/s per layer (and oneDNN int8's)");
   cmd->add_flag("--json", o->json, "print one JSON object");
+  add_tune_option(cmd, o->tune);
   cmd->callback([o] { run_bench(*o); });
+}
+
+void add_tune_option(CLI::App* cmd, std::string& tune) {
+  cmd->add_option("--tune", tune,
+                  "how the engine chooses each layer's kernel when it loads the model: 1 measures what its cache "
+                  "(APOT_TUNE_CACHE) lacks, force measures all, 0 runs the defaults (default: APOT_TUNE, else 1)")
+      ->check(CLI::IsMember({"0", "1", "force"}));
+}
+
+void apply_tune_option(const std::string& tune) {
+  if (!tune.empty()) setenv("APOT_TUNE", tune.c_str(), 1);
 }
 
 }  // namespace apot::cli

@@ -19,6 +19,7 @@ struct RunCmdOptions {
   std::string model, data, compare, predictions;
   int batch = 64, threads = 1, workers = 2, limit = 0, tap_images = 8;
   bool json = false;
+  std::string tune;
 };
 
 // The trained model's float outputs of the engine's tap nodes (runtime::Model::tap_nodes()),
@@ -41,6 +42,7 @@ std::vector<std::vector<float>> torch_taps(qat::NetworkImpl& model, const std::v
 }
 
 void run_run(const RunCmdOptions& o) {
+  apply_tune_option(o.tune);
   const runtime::Model engine = runtime::Model::load(o.model);
   const runtime::ModelInfo& info = engine.info();
   const data::DataSpec spec = parse_data_argument(o.data);
@@ -171,6 +173,7 @@ void register_run(CLI::App& app) {
                   "write each image's predicted class to FILE, one \"name<TAB>class\" line per image "
                   "(name: the image file for image folders, else its index)");
   cmd->add_flag("--json", o->json, "print one JSON object");
+  add_tune_option(cmd, o->tune);
   cmd->callback([o] { run_run(*o); });
 }
 

@@ -22,6 +22,11 @@ struct UsageError : std::runtime_error {
 data::DataSpec parse_data_argument(const std::string& text);
 #endif
 
+// --tune 0|1|force on a command that loads an .apot file: sets APOT_TUNE for that load (how the
+// engine chooses each layer's kernel; docs/KERNELS.md "Tuning"); unset, APOT_TUNE as it is.
+void add_tune_option(CLI::App* cmd, std::string& tune);
+void apply_tune_option(const std::string& tune);
+
 void register_levels(CLI::App& app);
 void register_cost(CLI::App& app);
 #ifdef APOT_WITH_TORCH

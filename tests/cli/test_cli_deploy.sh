@@ -71,6 +71,9 @@ APOT_TUNE=0 check bench-untuned 0 "$apot" bench "$tmp/m.apot" --batch 1 --thread
 expect bench-untuned '"tuning":"off"'
 APOT_TUNE=sometimes check bench-tune 1 "$apot" bench "$tmp/m.apot" --batch 1 --threads 1 --reps 1
 expect bench-tune "APOT_TUNE=sometimes is not one of 0, 1, force"; one_line bench-tune
+check bench-tune-flag 0 "$apot" bench "$tmp/m.apot" --batch 1 --threads 1 --reps 1 --json --tune 0
+expect bench-tune-flag '"tuning":"off"'
+check run-tune-bad 2 "$apot" run "$tmp/m.apot" --data fashion-mnist --tune sometimes; one_line run-tune-bad
 
 head -c 100 "$tmp/m.apot" >"$tmp/truncated.apot"
 check bench-truncated 1 "$apot" bench "$tmp/truncated.apot";  expect bench-truncated "truncated"; one_line bench-truncated
