@@ -102,16 +102,14 @@ nlohmann::json layer_report(const runtime::Model& engine, int reps, double peak,
     const double gmacs = layer_macs / (ms * 1e-3) / 1e9;
     total_ms += ms;
     const bool quantized = l.quant.quantized();
-    const runtime::ConvVariant variant = quantized ? inspect.conv_variant(i, o) : runtime::ConvVariant{o.isa, {false, false}};
+    const runtime::ConvVariant variant =
+        quantized ? inspect.conv_variant(i, o) : runtime::ConvVariant{o.isa, {false, false}};
     const bool winograd = variant.schedule.winograd;
     const std::string kernel = quantized ? inspect.conv_variant_name(i, o) : "";
-    nlohmann::json row{{"layer", l.name},
-                       {"kernel", kernel},
-                       {"ms", ms},
-                       {"macs", layer_macs},
-                       {"gmacs_per_s", gmacs},
-                       {"share_of_peak", peak > 0 && !is_first ? gmacs / peak : 0.0},
-                       {"winograd", winograd}};
+    nlohmann::json row{
+        {"layer", l.name},     {"kernel", kernel},     {"ms", ms},
+        {"macs", layer_macs},  {"gmacs_per_s", gmacs}, {"share_of_peak", peak > 0 && !is_first ? gmacs / peak : 0.0},
+        {"winograd", winograd}};
     std::string theirs;
     if (!int8.empty() && !int8[i].empty()) {
       const double ims = median(int8[i]) * 1e3;
@@ -162,8 +160,7 @@ void run_bench(const BenchOptions& o) {
   if (!o.json) {
     fmt::print("{} {}x{} ({:.1f} M MACs per image), engine path {}, its peak {:.1f} G MAC/s per thread\n", g.arch,
                info.height, info.width, macs / 1e6, kernels::to_string(isa), peak);
-    fmt::print("  loaded in {:.0f} ms; kernels chosen per layer by measurement (APOT_TUNE): {}\n", load_ms,
-               runtime::Inspector(engine).tuning());
+    fmt::print("  loaded in {:.0f} ms; kernels chosen per layer by measurement (APOT_TUNE): {}\n", load_ms, tuning);
     if (o.back_to_back > 1)
       fmt::print(
           "  (each contender runs {} times in a row per turn; the first run of a turn is left out: warm caches)\n",
@@ -195,7 +192,8 @@ void run_bench(const BenchOptions& o) {
       // find the caches as another program left them.
       runtime::RunOptions untuned = ro;
       untuned.isa = runtime::isa_of(isa);
-      if (tuned) c.push_back({"engine_untuned", [&] { engine.run(x.data_ptr<float>(), batch, logits.data(), untuned); }, {}});
+      if (tuned)
+        c.push_back({"engine_untuned", [&] { engine.run(x.data_ptr<float>(), batch, logits.data(), untuned); }, {}});
       if (direct) c.push_back({"libtorch_fp32_onednn", [&] { direct->forward(x); }, {}});
       std::optional<OnednnInt8> int8;
       if (OnednnInt8::available()) {
@@ -235,14 +233,16 @@ void run_bench(const BenchOptions& o) {
             row["engine_gmacs_per_s"].get<double>(), row["engine_c_api_ms"].get<double>(),
             100 * row["c_api_overhead"].get<double>());
         if (tuned)
-          fmt::print("    the path's default kernels instead of the measured ones: {:8.3f} ms ({:.3f}x the tuned engine's time)\n",
-                     row["engine_untuned_ms"].get<double>(), row["speedup_vs_untuned"].get<double>());
+          fmt::print(
+              "    the path's default kernels instead of the measured ones: {:8.3f} ms ({:.3f}x the tuned engine's "
+              "time)\n",
+              row["engine_untuned_ms"].get<double>(), row["speedup_vs_untuned"].get<double>());
       }
     }
   nlohmann::json report{
       {"model", o.model},         {"arch", g.arch},         {"macs_per_image", macs}, {"gemm", kernels::to_string(isa)},
-      {"peak_gmacs_per_s", peak}, {"onednn_isa", dnnl_isa}, {"results", results},
-      {"load_ms", load_ms},       {"tuning", runtime::Inspector(engine).tuning()}};
+      {"peak_gmacs_per_s", peak}, {"onednn_isa", dnnl_isa}, {"results", results},     {"load_ms", load_ms},
+      {"tuning", tuning}};
   if (!o.json) fmt::print("  oneDNN int8 dispatches to: {}\n", dnnl_isa);
   if (o.layers) report["layers"] = layer_report(engine, o.reps > 0 ? o.reps : 50, peak, !o.json);
   if (o.json) fmt::print("{}\n", report.dump());

@@ -159,8 +159,8 @@ ConvSplit conv_split(int rows, int blocks, int threads) {
 }
 }  // namespace detail
 
-void conv_u8s8(const CodeImage& in, const PackedConv& w, int max_code, const ConvOutput& out, GemmIsa isa,
-               int threads, ConvSchedule schedule) {
+void conv_u8s8(const CodeImage& in, const PackedConv& w, int max_code, const ConvOutput& out, GemmIsa isa, int threads,
+               ConvSchedule schedule) {
   if (in.cs != w.cs || in.border < w.padding || in.data == nullptr)
     throw std::invalid_argument("conv_u8s8: input image does not fit the convolution");
   if (in.h + 2 * w.padding < w.kernel || in.w + 2 * w.padding < w.kernel)

@@ -4,6 +4,7 @@
 #include <cpuid.h>
 #endif
 
+#include <algorithm>
 #include <cstdlib>
 #include <stdexcept>
 #include <string>
@@ -57,10 +58,9 @@ const std::string& cpu_model() {
     }
     brand = brand.substr(0, brand.find('\0'));
     while (!brand.empty() && brand.back() == ' ') brand.pop_back();
+    brand.erase(0, std::min(brand.size(), brand.find_first_not_of(' ')));
     s = v + " family " + std::to_string(family) + " model " + std::to_string(model) + " stepping " +
-        std::to_string(r[0] & 0xf) + ": " + brand.substr(brand.find_first_not_of(' ') == std::string::npos
-                                                             ? brand.size()
-                                                             : brand.find_first_not_of(' '));
+        std::to_string(r[0] & 0xf) + ": " + brand;
 #endif
     return s;
   }();

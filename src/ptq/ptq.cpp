@@ -25,7 +25,6 @@ using torch::indexing::Slice;
 // The most values of one layer's inputs kept for the alpha search (a strided sample beyond).
 constexpr int64_t kMaxSearchValues = int64_t(1) << 22;
 
-
 // sum(v^2) and sum((v - Q(v))^2) for one alpha.
 std::pair<double, double> signal_and_noise(const torch::Tensor& values, double alpha, const qat::QuantizerSpec& spec) {
   const torch::Tensor q = qat::rcf_quantize(values, torch::full({}, alpha), spec);
@@ -84,8 +83,8 @@ void calibrate_weight(Layer& layer, const Options& o, LayerCalibration& out) {
 // The inputs of weight layer `node` on every calibration batch, through the model as it is now
 // (flattened for linear layers), as one strided sample of at most kMaxSearchValues values; and the
 // largest input seen (the largest magnitude for a signed input).
-std::pair<torch::Tensor, double> layer_inputs(qat::NetworkImpl& model, int node, const torch::Tensor& images,
-                                              int batch, bool is_signed) {
+std::pair<torch::Tensor, double> layer_inputs(qat::NetworkImpl& model, int node, const torch::Tensor& images, int batch,
+                                              bool is_signed) {
   torch::NoGradGuard no_grad;
   const std::string& name = model.graph()[size_t(node)].name;
   std::vector<torch::Tensor> samples;

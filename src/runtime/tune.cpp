@@ -13,6 +13,7 @@
 // (kernels::cpu_model()) and each layer's shape, is APOT_TUNE_CACHE if set (empty: no file),
 // else $XDG_CACHE_HOME/apot/kernels.json or ~/.cache/apot/kernels.json. It is written
 // atomically; one that cannot be read or written is measured around (it is only a cache).
+#include <unistd.h>
 #include <algorithm>
 #include <chrono>
 #include <cstdlib>
@@ -22,7 +23,6 @@
 #include <random>
 #include <set>
 #include <stdexcept>
-#include <unistd.h>
 
 #include "apot/kernels/cpu.h"
 #include "engine.h"
@@ -59,14 +59,13 @@ bool same(const nlohmann::json& c, ConvVariant v) {
 
 // The variants that can run layer l (the first is the path's default): each path this CPU runs
 // (only APOT_GEMM_ISA's where it is set), and on AVX-512 VNNI the direct kernel as well where
-// Winograd applies, and the direct kernel row by row (ConvSchedule::rows_first). Not AVX2 where its int16 pair sums could saturate (conv_u8s8 would run the
-// scalar reference), nor AVX-VNNI for depthwise layers (it runs AVX2's depthwise kernel).
+// Winograd applies, and the direct kernel row by row (ConvSchedule::rows_first). Not AVX2 where its int16 pair sums
+// could saturate (conv_u8s8 would run the scalar reference), nor AVX-VNNI for depthwise layers (it runs AVX2's
+// depthwise kernel).
 std::vector<ConvVariant> candidates(const engine::Layer& l) {
   std::vector<kernels::GemmIsa> isas;
-  if (const char* forced = std::getenv("APOT_GEMM_ISA"); forced && *forced)
-    isas = {kernels::default_gemm_isa()};
-  else
-    isas.assign(kernels::supported_gemm_isas().rbegin(), kernels::supported_gemm_isas().rend());
+  if (const char* forced = std::getenv("APOT_GEMM_ISA"); forced && *forced) isas = {kernels::default_gemm_isa()};
+  else isas.assign(kernels::supported_gemm_isas().rbegin(), kernels::supported_gemm_isas().rend());
   const bool depthwise = l.packed.depthwise();
   std::vector<ConvVariant> out;
   for (kernels::GemmIsa isa : isas) {
@@ -108,10 +107,10 @@ std::string Model::Impl::layer_key(size_t l, const Step& s) const {
   const Layer& layer = layers[l];
   const kernels::PackedConv& w = layer.packed;
   const graph::Shape in = layer_input(l);
-  std::string k = "conv " + std::to_string(in.height) + "x" + std::to_string(in.width) + " cs" +
-                  std::to_string(w.cs) + " n" + std::to_string(w.out_channels) + " k" + std::to_string(w.kernel) +
-                  " s" + std::to_string(w.stride) + " p" + std::to_string(w.padding) +
-                  (w.depthwise() ? " dw" : "") + (w.wino.empty() ? "" : " wino");
+  std::string k = "conv " + std::to_string(in.height) + "x" + std::to_string(in.width) + " cs" + std::to_string(w.cs) +
+                  " n" + std::to_string(w.out_channels) + " k" + std::to_string(w.kernel) + " s" +
+                  std::to_string(w.stride) + " p" + std::to_string(w.padding) + (w.depthwise() ? " dw" : "") +
+                  (w.wino.empty() ? "" : " wino");
   if (!layer.acc_offset.empty()) k += " signed";
   if (s.residual >= 0) k += " residual";
   if (s.relu) k += " relu";
@@ -178,8 +177,7 @@ void Model::Impl::tune() {
   }
   if (ws) release(std::move(ws));
   if (measured > 0 && !path.empty()) write_cache(path, cache);
-  if (measured + cached == 0)
-    tuning = "nothing to choose";
+  if (measured + cached == 0) tuning = "nothing to choose";
   else
     tuning = std::to_string(measured) + " measured, " + std::to_string(cached) + " from the cache" +
              (path.empty() ? std::string() : " (" + path + ")");

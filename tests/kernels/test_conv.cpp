@@ -79,11 +79,11 @@ TEST(Conv, EveryScheduleMatchesTheReference) {
               for (bool rows_first : {false, true})
                 for (int threads : {1, 2}) {
                   const Result got = run(p, isa, residual, true, threads, 0, 16, false, {winograd, rows_first});
-                  const std::string what = std::string(apot::kernels::to_string(isa)) + " " + std::to_string(h) +
-                                           "x" + std::to_string(w) + "x" + std::to_string(c) + " -> " +
-                                           std::to_string(n) + " k" + std::to_string(k) + "s" +
-                                           std::to_string(stride) + (winograd ? " winograd" : " direct") +
-                                           (rows_first ? " rows first" : "") + " threads " + std::to_string(threads);
+                  const std::string what = std::string(apot::kernels::to_string(isa)) + " " + std::to_string(h) + "x" +
+                                           std::to_string(w) + "x" + std::to_string(c) + " -> " + std::to_string(n) +
+                                           " k" + std::to_string(k) + "s" + std::to_string(stride) +
+                                           (winograd ? " winograd" : " direct") + (rows_first ? " rows first" : "") +
+                                           " threads " + std::to_string(threads);
                   ASSERT_EQ(got.acc, ref.acc) << what;
                   ASSERT_EQ(got.values, ref.values) << what;
                   ASSERT_EQ(got.codes, ref.codes) << what;

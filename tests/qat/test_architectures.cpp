@@ -35,14 +35,10 @@ void fill(torch::Tensor& t, const std::string& name) {
   std::vector<double> v(size_t(t.numel()));
   for (int64_t i = 0; i < t.numel(); ++i) {
     const double u = formula(name, i);
-    if (ends_with(name, "running_var"))
-      v[size_t(i)] = 0.5 + 0.5 * std::fabs(u);
-    else if (t.dim() == 1 && ends_with(name, "weight"))
-      v[size_t(i)] = 1 + 0.25 * u;
-    else if (t.dim() == 1)
-      v[size_t(i)] = 0.1 * u;
-    else
-      v[size_t(i)] = u * std::sqrt(2.0 / (double(t.numel()) / double(t.size(0))));
+    if (ends_with(name, "running_var")) v[size_t(i)] = 0.5 + 0.5 * std::fabs(u);
+    else if (t.dim() == 1 && ends_with(name, "weight")) v[size_t(i)] = 1 + 0.25 * u;
+    else if (t.dim() == 1) v[size_t(i)] = 0.1 * u;
+    else v[size_t(i)] = u * std::sqrt(2.0 / (double(t.numel()) / double(t.size(0))));
   }
   t.copy_(torch::tensor(v, torch::kFloat64).to(torch::kFloat32).reshape(t.sizes()));
 }
@@ -110,11 +106,13 @@ TEST(TorchvisionVgg, SameNamesAndShapesAt224) {
     for (int i : shaped.weight_layers()) {
       const graph::Node& n = shaped[size_t(i)];
       const int64_t in = shaped.in_channels_of(i);
-      have[n.name + ".weight"] = n.op == graph::Op::conv ? std::vector<int64_t>{n.out_channels, in, n.kernel, n.kernel}
-                                                         : std::vector<int64_t>{n.out_channels, shaped.input_shape_of(i).size()};
+      have[n.name + ".weight"] = n.op == graph::Op::conv
+                                     ? std::vector<int64_t>{n.out_channels, in, n.kernel, n.kernel}
+                                     : std::vector<int64_t>{n.out_channels, shaped.input_shape_of(i).size()};
       have[n.name + ".bias"] = {n.out_channels};
       if (!n.batch_norm.empty())
-        for (const char* p : {".weight", ".bias", ".running_mean", ".running_var"}) have[n.batch_norm + p] = {n.out_channels};
+        for (const char* p : {".weight", ".bias", ".running_mean", ".running_var"})
+          have[n.batch_norm + p] = {n.out_channels};
     }
     EXPECT_EQ(have, (j["shapes"].get<std::map<std::string, std::vector<int64_t>>>())) << name;
   }
@@ -137,13 +135,13 @@ bool contains(const std::vector<std::string>& v, const std::string& s) {
 
 TEST(SignedInputs, MobileNetV2ExpansionsReadTheLinearBottlenecks) {
   const auto s = signed_layers("mobilenet_v2_cifar");
-  EXPECT_TRUE(contains(s, "features.2.conv.0.0"));    // after block 1's projection
-  EXPECT_TRUE(contains(s, "features.4.conv.0.0"));    // after a residual sum of two projections
-  EXPECT_TRUE(contains(s, "features.18.0"));          // the last 1x1 convolution
-  EXPECT_FALSE(contains(s, "features.1.conv.0.0"));   // depthwise after the ReLU6 stem
-  EXPECT_FALSE(contains(s, "features.2.conv.2"));     // projection after ReLU6
-  EXPECT_FALSE(contains(s, "classifier.1"));          // int8 last layer: a float input
-  EXPECT_EQ(s.size(), 17u);                           // 16 expansions + features.18
+  EXPECT_TRUE(contains(s, "features.2.conv.0.0"));   // after block 1's projection
+  EXPECT_TRUE(contains(s, "features.4.conv.0.0"));   // after a residual sum of two projections
+  EXPECT_TRUE(contains(s, "features.18.0"));         // the last 1x1 convolution
+  EXPECT_FALSE(contains(s, "features.1.conv.0.0"));  // depthwise after the ReLU6 stem
+  EXPECT_FALSE(contains(s, "features.2.conv.2"));    // projection after ReLU6
+  EXPECT_FALSE(contains(s, "classifier.1"));         // int8 last layer: a float input
+  EXPECT_EQ(s.size(), 17u);                          // 16 expansions + features.18
 }
 
 TEST(SignedInputs, ShuffleNetV2PointwiseAfterDepthwise) {
