@@ -51,7 +51,7 @@ build fuzz_cifar src/data/cifar.cpp "${common[@]}"
 build fuzz_image src/data/image_decode.cpp "${common[@]}" -lturbojpeg -lpng
 build fuzz_apot "${engine[@]}" -fopenmp=libgomp -lxxhash
 build fuzz_model_file "${engine[@]}" -fopenmp=libgomp -lxxhash
-build fuzz_onnx src/onnx/onnx_import.cpp src/onnx/constants.cpp "${engine[@]}" -fopenmp=libgomp -lxxhash -DONNX_NAMESPACE=onnx -DONNX_ML=1 \
+build fuzz_onnx src/onnx/onnx_import.cpp src/onnx/onnx_ops.cpp src/onnx/constants.cpp "${engine[@]}" -fopenmp=libgomp -lxxhash -DONNX_NAMESPACE=onnx -DONNX_ML=1 \
   -lonnx_proto -lprotobuf
 for target in fuzz_idx fuzz_cifar fuzz_image fuzz_apot fuzz_model_file fuzz_onnx; do
   corpus=fuzz/corpus/${target#fuzz_}
