@@ -41,11 +41,11 @@ struct ConvArgs {
   const PackedConv* w;
   const ConvOutput* out;
   int oh, ow;
-  int offset;              // in.border - padding
-  TapOffsets tap_offsets;  // byte offset of tap (ky, kx) from the tap (0, 0) pixel
-  int nb0 = 0, nb1 = 0;    // the blocks of 16 output channels to compute: [nb0, nb1)
-  int max_code = 255;      // an upper bound of the input codes
-  bool winograd = false;   // winograd_applies(): the AVX-512 path takes F(2,3)
+  int offset;               // in.border - padding
+  TapOffsets tap_offsets;   // byte offset of tap (ky, kx) from the tap (0, 0) pixel
+  int nb0 = 0, nb1 = 0;     // the blocks of 16 output channels to compute: [nb0, nb1)
+  int max_code = 255;       // an upper bound of the input codes
+  bool winograd = false;    // winograd_applies(): the AVX-512 path takes F(2,3)
   bool rows_first = false;  // ConvSchedule::rows_first
 
   // The input pixel under tap (0, 0) of output pixel (y, x).

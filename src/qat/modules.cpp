@@ -25,8 +25,8 @@ void QuantOptions::validate() const {
 
 std::string QuantOptions::describe() const {
   std::ostringstream s;
-  s << "W" << (int8_weights ? "8(int8)" : quantizes_weight() ? std::to_string(weight_bits) : "32") << "A" << act_bits
-    << (signed_input && quantizes_input() ? "s" : "");
+  const std::string weight = int8_weights ? "8(int8)" : quantizes_weight() ? std::to_string(weight_bits) : "32";
+  s << "W" << weight << "A" << act_bits << (signed_input && quantizes_input() ? "s" : "");
   if ((quantizes_weight() && !int8_weights) || quantizes_input()) s << " " << levels::to_string(kind);
   return s.str();
 }

@@ -50,6 +50,15 @@ struct Layer {
   // int8 linear layers: weights as float integers, [in][out].
   std::vector<float> weights_k_out;
   bool quantized() const { return record.kind == uint32_t(LayerKind::quantized_conv); }
+  // Whether conv_u8s8 takes Winograd F(2,3) for this layer on `isa` (its input transform takes
+  // the padding as zeros, so not for signed inputs), and whether the AVX-512 direct kernel's
+  // rows-first schedule differs from its default (more than one block of output channels).
+  bool winograd_applies(kernels::GemmIsa isa) const {
+    return quantized() && acc_offset.empty() && !packed.depthwise() && kernels::winograd_applies(packed, max_code, isa);
+  }
+  bool rows_first_applies(kernels::GemmIsa isa) const {
+    return quantized() && !packed.depthwise() && isa == kernels::GemmIsa::avx512_vnni && packed.nblocks > 1;
+  }
 };
 
 enum class StepKind {

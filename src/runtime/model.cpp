@@ -105,18 +105,15 @@ int Inspector::layer_node(size_t index) const { return model_.impl_->layers.at(i
 
 bool Inspector::uses_winograd(size_t index, kernels::GemmIsa isa) const {
   const engine::Layer& l = model_.impl_->layers.at(index);
-  return l.quantized() && l.acc_offset.empty() && !l.packed.depthwise() &&
-         kernels::winograd_applies(l.packed, l.max_code, isa);  // as conv_u8s8 decides
+  return l.winograd_applies(isa);
 }
 
 ConvVariant Inspector::conv_variant(size_t index, const EngineOptions& options) const {
   const engine::Layer& l = model_.impl_->layers.at(index);
   if (!l.quantized()) throw std::invalid_argument("layer " + std::to_string(index) + " is not a quantised convolution");
   ConvVariant v = model_.impl_->variant_for(l, options);
-  v.schedule.winograd = v.schedule.winograd && l.acc_offset.empty() && !l.packed.depthwise() &&
-                        kernels::winograd_applies(l.packed, l.max_code, v.isa);
-  v.schedule.rows_first = v.schedule.rows_first && !v.schedule.winograd && !l.packed.depthwise() &&
-                          v.isa == kernels::GemmIsa::avx512_vnni && l.packed.nblocks > 1;
+  v.schedule.winograd = v.schedule.winograd && l.winograd_applies(v.isa);
+  v.schedule.rows_first = v.schedule.rows_first && !v.schedule.winograd && l.rows_first_applies(v.isa);
   return v;
 }
 

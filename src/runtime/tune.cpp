@@ -72,10 +72,9 @@ std::vector<ConvVariant> candidates(const engine::Layer& l) {
     if (isa == kernels::GemmIsa::scalar && isas.size() > 1) continue;
     if (depthwise && isa == kernels::GemmIsa::avx_vnni) continue;
     if (!depthwise && isa == kernels::GemmIsa::avx2 && 2L * l.max_code * l.packed.max_abs > 32767) continue;
-    const bool winograd = !depthwise && l.acc_offset.empty() && kernels::winograd_applies(l.packed, l.max_code, isa);
     out.push_back({isa, {true, false}});
-    if (winograd) out.push_back({isa, {false, false}});
-    if (isa == kernels::GemmIsa::avx512_vnni && !depthwise && l.packed.nblocks > 1) out.push_back({isa, {false, true}});
+    if (l.winograd_applies(isa)) out.push_back({isa, {false, false}});
+    if (l.rows_first_applies(isa)) out.push_back({isa, {false, true}});
   }
   return out;
 }
