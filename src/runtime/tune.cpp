@@ -86,17 +86,19 @@ nlohmann::json read_cache(const std::string& path) {
   return j.is_object() && j.value("version", 0) == 1 ? j : nlohmann::json::object();
 }
 
-void write_cache(const std::string& path, const nlohmann::json& j) {
+// False if it could not be written (the choices then hold for this load only).
+bool write_cache(const std::string& path, const nlohmann::json& j) {
   std::error_code ec;
   std::filesystem::create_directories(std::filesystem::path(path).parent_path(), ec);
   const std::string tmp = path + ".tmp" + std::to_string(::getpid());
   {
     std::ofstream out(tmp);
     out << j.dump(1) << "\n";
-    if (!out.good()) return (void)std::filesystem::remove(tmp, ec);
+    if (!out.good()) return std::filesystem::remove(tmp, ec), false;
   }
   std::filesystem::rename(tmp, path, ec);
-  if (ec) std::filesystem::remove(tmp, ec);
+  if (ec) return std::filesystem::remove(tmp, ec), false;
+  return true;
 }
 
 }  // namespace
@@ -175,11 +177,11 @@ void Model::Impl::tune() {
     ++measured;
   }
   if (ws) release(std::move(ws));
-  if (measured > 0 && !path.empty()) write_cache(path, cache);
+  const bool unsaved = measured > 0 && !path.empty() && !write_cache(path, cache);
   if (measured + cached == 0) tuning = "nothing to choose";
   else
     tuning = std::to_string(measured) + " measured, " + std::to_string(cached) + " from the cache" +
-             (path.empty() ? std::string() : " (" + path + ")");
+             (path.empty() ? std::string() : " (" + path + (unsaved ? ": cannot be written" : "") + ")");
 }
 
 }  // namespace apot::runtime

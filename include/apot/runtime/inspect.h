@@ -55,7 +55,8 @@ class Inspector {
   ConvVariant conv_variant(size_t index, const EngineOptions& options) const;
   std::string conv_variant_name(size_t index, const EngineOptions& options) const;
   // How the variants of this model's layers were chosen (APOT_TUNE): "off", "nothing to
-  // choose", or "N measured, M from the cache (path)".
+  // choose", or "N measured, M from the cache (path)", "(path: cannot be written)" where the
+  // cache file could not be saved.
   std::string tuning() const;
 
   std::vector<float> run(const float* input, int batch, const EngineOptions& options) const;
