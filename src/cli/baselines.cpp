@@ -68,7 +68,8 @@ struct OnednnInt8::Impl {
   dnnl::stream stream{engine};
   std::vector<dnnl::primitive> primitives;
   std::vector<std::unordered_map<int, dnnl::memory>> arguments;
-  std::vector<int> layer;  // the layer of each primitive; -1 for the max-pool
+  std::vector<int> layer;  // the weight layer of each primitive; -1 for the steps between them
+  std::vector<dnnl::memory> buffers;  // every value, also those only views and reorders refer to
   size_t layers = 0;
 };
 
@@ -91,29 +92,136 @@ OnednnInt8::OnednnInt8(const graph::Graph& g, int batch) : impl_(std::make_uniqu
     memory& mem = value[size_t(node)];
     const memory::dims dims{batch, s.channels, s.height, s.width};
     if (!mem || mem.get_desc().dims() != dims) {
+      if (mem) m.buffers.push_back(mem);  // replaced, but a view may refer to it
       mem = memory({dims, dt::u8, tag::nhwc}, m.engine);
       std::fill_n(static_cast<uint8_t*>(mem.get_data_handle()), size_t(batch) * s.size(), uint8_t{3});
     }
     return mem;
   };
+  auto add = [&](dnnl::primitive p, std::unordered_map<int, memory> args, int layer = -1) {
+    m.primitives.push_back(std::move(p));
+    m.arguments.push_back(std::move(args));
+    m.layer.push_back(layer);
+  };
+  auto dims_of = [&](const graph::Shape& s) { return memory::dims{batch, s.channels, s.height, s.width}; };
   for (size_t i = 1; i < g.size(); ++i) {
     const graph::Node& n = g[i];
-    if (n.op != graph::Op::conv) {
-      if (!n.inputs.empty() && !value[i]) value[i] = value[size_t(n.inputs[0])];
-      if (n.op == graph::Op::max_pool && n.kernel == 3 && n.stride == 2 && n.padding == 1) {
-        const memory src = source(n.inputs[0], g.input_shape_of(int(i)));
-        const memory::desc pool_md({batch, n.shape.channels, n.shape.height, n.shape.width}, dt::u8, tag::nhwc);
-        const dnnl::pooling_forward::desc pool(dnnl::prop_kind::forward_inference, dnnl::algorithm::pooling_max,
-                                               src.get_desc(), pool_md, {2, 2}, {3, 3}, {1, 1}, {1, 1});
+    if (value[i]) continue;  // a sum fused into its convolution
+    // The steps between the convolutions, as an int8 network in oneDNN runs them on u8 values
+    // of one scale: the least work any int8 deployment does there (no requantisation).
+    switch (n.op) {
+      case graph::Op::input:
+      case graph::Op::conv: break;
+      case graph::Op::max_pool:
+      case graph::Op::avg_pool:
+      case graph::Op::global_avg_pool: {
+        const graph::Shape& is = g.input_shape_of(int(i));
+        const memory src = source(n.inputs[0], is);
+        const bool global = n.op == graph::Op::global_avg_pool;
+        const memory::dims kernel = global ? memory::dims{is.height, is.width} : memory::dims{n.kernel, n.kernel};
+        const memory::dims stride = global ? memory::dims{1, 1} : memory::dims{n.stride, n.stride};
+        const memory::dims pad = global ? memory::dims{0, 0} : memory::dims{n.padding, n.padding};
+        const dnnl::pooling_forward::desc pool(
+            dnnl::prop_kind::forward_inference,
+            n.op == graph::Op::max_pool ? dnnl::algorithm::pooling_max : dnnl::algorithm::pooling_avg_include_padding,
+            src.get_desc(), memory::desc(dims_of(n.shape), dt::u8, tag::nhwc), stride, kernel, pad, pad);
         const dnnl::pooling_forward::primitive_desc ppd(pool, m.engine);
         memory pooled(ppd.dst_desc(), m.engine);
-        m.primitives.push_back(dnnl::pooling_forward(ppd));
-        m.arguments.push_back({{DNNL_ARG_SRC, src}, {DNNL_ARG_DST, pooled}});
-        m.layer.push_back(-1);
+        add(dnnl::pooling_forward(ppd), {{DNNL_ARG_SRC, src}, {DNNL_ARG_DST, pooled}});
         value[i] = pooled;
+        break;
       }
-      continue;
+      case graph::Op::channel_slice: {  // a view; a copy only for readers other than a concat
+        const memory src = source(n.inputs[0], g.input_shape_of(int(i)));
+        const memory view(src.get_desc().submemory_desc(dims_of(n.shape), {0, n.begin, 0, 0}), m.engine,
+                          src.get_data_handle());
+        bool concat_only = true;
+        for (int c : consumers[i]) concat_only = concat_only && g[size_t(c)].op == graph::Op::concat;
+        value[i] = view;
+        if (!concat_only) {
+          memory dense({dims_of(n.shape), dt::u8, tag::nhwc}, m.engine);
+          add(dnnl::reorder(view, dense), {{DNNL_ARG_FROM, view}, {DNNL_ARG_TO, dense}});
+          value[i] = dense;
+        }
+        break;
+      }
+      case graph::Op::concat: {
+        std::vector<memory::desc> parts;
+        std::unordered_map<int, memory> args;
+        for (size_t k = 0; k < n.inputs.size(); ++k) {
+          const memory part = source(n.inputs[k], g[size_t(n.inputs[k])].shape);
+          parts.push_back(part.get_desc());
+          args[DNNL_ARG_MULTIPLE_SRC + int(k)] = part;
+        }
+        const dnnl::concat::primitive_desc cpd(memory::desc(dims_of(n.shape), dt::u8, tag::nhwc), 1, parts, m.engine);
+        memory joined(cpd.dst_desc(), m.engine);
+        args[DNNL_ARG_DST] = joined;
+        add(dnnl::concat(cpd), std::move(args));
+        value[i] = joined;
+        break;
+      }
+      case graph::Op::channel_shuffle: {  // a reorder between two strided views of the channels
+        // (oneDNN 2.6's shuffle primitive has only a reference implementation for u8: 2-3x slower)
+        const memory src = source(n.inputs[0], n.shape);
+        const graph::Shape& s = n.shape;
+        const memory::dim groups = n.groups, per = s.channels / n.groups, c = s.channels;
+        const memory::dims dims{batch, groups, per, s.height, s.width};
+        const memory::dim image = c * s.height * s.width, row = c * s.width;
+        const memory::desc from(dims, dt::u8, memory::dims{image, per, 1, row, c});
+        const memory::desc to(dims, dt::u8, memory::dims{image, 1, groups, row, c});
+        memory shuffled({dims_of(s), dt::u8, tag::nhwc}, m.engine);
+        const memory a(from, m.engine, src.get_data_handle()), b(to, m.engine, shuffled.get_data_handle());
+        add(dnnl::reorder(a, b), {{DNNL_ARG_FROM, a}, {DNNL_ARG_TO, b}});
+        value[i] = shuffled;
+        break;
+      }
+      case graph::Op::add: {  // a sum no convolution took as its post-op
+        const memory a = source(n.inputs[0], n.shape), b = source(n.inputs[1], n.shape);
+        dnnl::primitive_attr attr;
+        dnnl::post_ops ops;
+        if (n.activation != graph::Activation::none)
+          ops.append_eltwise(1.0f, dnnl::algorithm::eltwise_relu, 0.0f, 0.0f);
+        attr.set_post_ops(ops);
+        const dnnl::binary::desc bd(dnnl::algorithm::binary_add, a.get_desc(), b.get_desc(),
+                                    memory::desc(dims_of(n.shape), dt::u8, tag::nhwc));
+        const dnnl::binary::primitive_desc bpd(bd, attr, m.engine);
+        memory sum(bpd.dst_desc(), m.engine);
+        add(dnnl::binary(bpd), {{DNNL_ARG_SRC_0, a}, {DNNL_ARG_SRC_1, b}, {DNNL_ARG_DST, sum}});
+        value[i] = sum;
+        break;
+      }
+      case graph::Op::linear: {  // int8 inner product on the flattened value; the network's
+        // last one writes f32 logits
+        const graph::Shape& is = g.input_shape_of(int(i));
+        const memory::desc features(memory::dims{batch, memory::dim(is.size())}, dt::u8, tag::nc);
+        const memory src(features, m.engine, source(n.inputs[0], is).get_data_handle());
+        const memory::dims wdims{n.out_channels, memory::dim(is.size())};
+        const bool last = i + 1 == g.size();
+        const memory::desc dst_md({batch, n.out_channels}, last ? dt::f32 : dt::u8, tag::nc);
+        const dnnl::inner_product_forward::desc ipd(dnnl::prop_kind::forward_inference, src.get_desc(),
+                                                    memory::desc(wdims, dt::s8, tag::any), dst_md);
+        dnnl::primitive_attr attr;
+        attr.set_output_scales(0, {1.0f / 64});
+        if (n.activation != graph::Activation::none) {
+          dnnl::post_ops ops;
+          ops.append_eltwise(1.0f, dnnl::algorithm::eltwise_relu, 0.0f, 0.0f);
+          attr.set_post_ops(ops);
+        }
+        const dnnl::inner_product_forward::primitive_desc pd(ipd, attr, m.engine);
+        memory weights(pd.weights_desc(), m.engine);
+        std::fill_n(static_cast<int8_t*>(weights.get_data_handle()), pd.weights_desc().get_size(), int8_t{1});
+        memory dst(pd.dst_desc(), m.engine);
+        add(dnnl::inner_product_forward(pd), {{DNNL_ARG_SRC, src}, {DNNL_ARG_WEIGHTS, weights}, {DNNL_ARG_DST, dst}},
+            layer_of[i]);
+        value[i] = dst;
+        break;
+      }
+      case graph::Op::flatten:
+      case graph::Op::shortcut_pad:  // option A: its reader's sum reads a fresh buffer of its shape
+        value[i] = value[size_t(n.inputs[0])];
+        break;
     }
+    if (n.op != graph::Op::conv) continue;
     const graph::Shape& in = g.input_shape_of(int(i));
     const int cin = in.channels / n.groups, cout = n.out_channels / n.groups;
     const memory src = source(n.inputs[0], in);
@@ -151,6 +259,7 @@ OnednnInt8::OnednnInt8(const graph::Graph& g, int batch) : impl_(std::make_uniqu
     value[i] = dst;
     if (fused) value[size_t(consumers[i][0])] = dst;
   }
+  for (const memory& v : value) m.buffers.push_back(v);
   m.layers = weight_layers.size();
   m.stream.wait();
 }
@@ -177,6 +286,13 @@ void OnednnInt8::run(int threads) const {
   impl_->stream.wait();
 }
 
+void OnednnInt8::run_weight_layers(int threads) const {
+  omp_set_num_threads(threads);
+  for (size_t i = 0; i < impl_->primitives.size(); ++i)
+    if (impl_->layer[i] >= 0) impl_->primitives[i].execute(impl_->stream, impl_->arguments[i]);
+  impl_->stream.wait();
+}
+
 std::vector<std::vector<double>> OnednnInt8::layer_samples(int reps) const {
   std::vector<std::vector<double>> samples(impl_->layers);
   for (int r = 0; r < std::max(reps, 1); ++r)
@@ -200,6 +316,7 @@ OnednnInt8::~OnednnInt8() = default;
 bool OnednnInt8::available() { return false; }
 std::string OnednnInt8::isa() const { return "none"; }
 void OnednnInt8::run(int) const {}
+void OnednnInt8::run_weight_layers(int) const {}
 std::vector<std::vector<double>> OnednnInt8::layer_samples(int) const { return {}; }
 
 #endif

@@ -39,6 +39,9 @@ class OnednnInt8 {
   static bool available();  // built with oneDNN
   std::string isa() const;  // the instruction set oneDNN dispatches to
   void run(int threads) const;
+  // Only the convolutions and linear layers, not the steps between them (pooling, concat,
+  // shuffle, slice copies): what this contender ran before it ran whole networks.
+  void run_weight_layers(int threads) const;
   // Seconds of each layer's convolution in each of `reps` runs (one list per weight layer of
   // the graph; those left out stay empty), on the threads the OpenMP
   // setting allowed when this object was created (oneDNN fixes them then).

@@ -187,20 +187,22 @@ void run_bench(const BenchOptions& o) {
                    },
                    {}});
       c.push_back({"libtorch_fp32_module", [&] { fp(x); }, {}});
-      // The same engine with the path's default kernels (an explicit path runs no tuned variant),
-      // after a contender that is not the engine, as the tuned one runs after oneDNN int8: both
-      // find the caches as another program left them.
+      std::optional<OnednnInt8> int8;
+      if (OnednnInt8::available()) {
+        int8.emplace(g, batch);
+        dnnl_isa = int8->isa();
+      }
+      // Each contender below runs after one of another program, so that it finds the caches as
+      // another program left them (the engine after oneDNN int8, from the second round on).
+      if (int8)
+        c.push_back({"onednn_int8_weight_layers", [&] { int8->run_weight_layers(threads); }, {}});
+      // The same engine with the path's default kernels (an explicit path runs no tuned variant).
       runtime::RunOptions untuned = ro;
       untuned.isa = runtime::isa_of(isa);
       if (tuned)
         c.push_back({"engine_untuned", [&] { engine.run(x.data_ptr<float>(), batch, logits.data(), untuned); }, {}});
       if (direct) c.push_back({"libtorch_fp32_onednn", [&] { direct->forward(x); }, {}});
-      std::optional<OnednnInt8> int8;
-      if (OnednnInt8::available()) {
-        int8.emplace(g, batch);
-        dnnl_isa = int8->isa();
-        c.push_back({"onednn_int8", [&] { int8->run(threads); }, {}});
-      }
+      if (int8) c.push_back({"onednn_int8", [&] { int8->run(threads); }, {}});
       const int reps = o.reps > 0 ? o.reps : std::max(7, 200 / batch);
       for (auto& k : c) k.run();  // warm-up
       for (int r = 0; r < reps; ++r)
@@ -218,7 +220,10 @@ void run_bench(const BenchOptions& o) {
       row["c_api_overhead"] = row["engine_c_api_ms"].get<double>() / e - 1.0;
       row["speedup_vs_fp32"] = fp32 / e;
       row["engine_gmacs_per_s"] = macs * double(batch) / (e * 1e-3) / 1e9;
-      if (int8) row["speedup_vs_onednn_int8"] = row["onednn_int8_ms"].get<double>() / e;
+      if (int8) {
+        row["speedup_vs_onednn_int8"] = row["onednn_int8_ms"].get<double>() / e;
+        row["speedup_vs_onednn_int8_weight_layers"] = row["onednn_int8_weight_layers_ms"].get<double>() / e;
+      }
       if (tuned) row["speedup_vs_untuned"] = row["engine_untuned_ms"].get<double>() / e;
       results.push_back(row);
       if (!o.json) {
@@ -232,6 +237,12 @@ void run_bench(const BenchOptions& o) {
             int8 ? fmt::format("{:5.2f}x", row["speedup_vs_onednn_int8"].get<double>()) : "n/a",
             row["engine_gmacs_per_s"].get<double>(), row["engine_c_api_ms"].get<double>(),
             100 * row["c_api_overhead"].get<double>());
+        if (int8)
+          fmt::print(
+              "    oneDNN int8 with its convolution and linear layers only (not the pooling, concat, shuffle and "
+              "slice steps between them): {:8.3f} ms ({:.2f}x)\n",
+              row["onednn_int8_weight_layers_ms"].get<double>(),
+              row["speedup_vs_onednn_int8_weight_layers"].get<double>());
         if (tuned)
           fmt::print(
               "    the path's default kernels instead of the measured ones: {:8.3f} ms ({:.3f}x the tuned engine's "

@@ -461,9 +461,17 @@ void requantize_avx512(const float* values, int h, int w, int n, const Requantiz
     for (int x = 0; x < w; ++x) {
       const float* src = values + (size_t(y) * w + x) * n;
       uint8_t* dst = out.pixel(y, x);
-      for (int c = 0; c < 16 * whole; c += 16)
+      int c = 0;
+      for (; c + 64 <= 16 * whole; c += 64) {
+        __m512 v[4];
+        __m128i codes[4];
+        for (int r = 0; r < 4; ++r) v[r] = _mm512_loadu_ps(src + c + 16 * r);
+        search.codes(v, codes);
+        for (int r = 0; r < 4; ++r) _mm_storeu_si128(reinterpret_cast<__m128i*>(dst + c + 16 * r), codes[r]);
+      }
+      for (; c < 16 * whole; c += 16)
         _mm_storeu_si128(reinterpret_cast<__m128i*>(dst + c), search.codes(_mm512_loadu_ps(src + c)));
-      _mm_mask_storeu_epi8(dst + 16 * whole, tail, search.codes(_mm512_maskz_loadu_ps(tail, src + 16 * whole)));
+      _mm_mask_storeu_epi8(dst + c, tail, search.codes(_mm512_maskz_loadu_ps(tail, src + c)));
     }
 }
 

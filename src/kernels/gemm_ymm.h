@@ -7,6 +7,8 @@
 // has internal linkage so that no copy is shared between them.
 #pragma once
 
+#include <algorithm>
+
 #include <immintrin.h>
 
 #include "gemm_impl.h"
@@ -116,10 +118,10 @@ inline void ymm_depthwise_rows(const ConvArgs& a, int m0, int m1) {
   }
 }
 
-// requantize(), 16 values at a time (the last n % 16 channels through Requantizer::code).
+// requantize(), 16 values at a time (the last n % 16 channels through a zero-padded copy).
 inline void requantize_ymm(const float* values, int h, int w, int n, const Requantizer& q, const CodeImage& out) {
   const CodeTable table(&q);
-  const int whole = n / 16 * 16;
+  const int whole = n / 16 * 16, rest = n - whole;
   for (int y = 0; y < h; ++y)
     for (int x = 0; x < w; ++x) {
       const float* src = values + (size_t(y) * w + x) * n;
@@ -128,7 +130,13 @@ inline void requantize_ymm(const float* values, int h, int w, int n, const Requa
         const __m256 v[2] = {_mm256_loadu_ps(src + c), _mm256_loadu_ps(src + c + 8)};
         _mm_storeu_si128(reinterpret_cast<__m128i*>(dst + c), codes16(q, table, v));
       }
-      for (int c = whole; c < n; ++c) dst[c] = static_cast<uint8_t>(q.code(src[c]));
+      if (rest == 0) continue;
+      alignas(32) float part[16] = {};
+      alignas(16) uint8_t codes[16];
+      std::copy_n(src + whole, rest, part);
+      const __m256 v[2] = {_mm256_load_ps(part), _mm256_load_ps(part + 8)};
+      _mm_store_si128(reinterpret_cast<__m128i*>(codes), codes16(q, table, v));
+      std::copy_n(codes, rest, dst + whole);
     }
 }
 

@@ -1,5 +1,6 @@
 // Requantisation: float values to a consumer's activation codes by thresholds.
 #include <algorithm>
+#include <cstdint>
 #include <cmath>
 #include <stdexcept>
 
@@ -26,6 +27,14 @@ int Requantizer::code(float v) const {
 void requantize(const float* values, int h, int w, int n, const Requantizer& q, const CodeImage& out, GemmIsa isa) {
   if (out.h != h || out.w != w || out.cs < n || !out.data)
     throw std::invalid_argument("requantize: output code image does not fit");
+  if (out.border == 0 && out.cs == n && size_t(h) * size_t(w) * size_t(n) <= size_t(INT32_MAX)) {
+    // A contiguous image (no border, no channel padding) is one pixel of h * w * n values: the
+    // kernels then run whole vectors across pixels (ShuffleNetV2's 24-channel halves would
+    // otherwise end every pixel with a partial vector).
+    const CodeImage flat{out.data, 1, 1, h * w * n, 0};
+    detail::engine_kernels(isa).requantize(values, 1, 1, h * w * n, q, flat);
+    return;
+  }
   detail::engine_kernels(isa).requantize(values, h, w, n, q, out);
 }
 

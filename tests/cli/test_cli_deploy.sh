@@ -62,6 +62,10 @@ for key in engine_ms libtorch_fp32_module_ms libtorch_fp32_onednn_ms speedup_vs_
            '"layer":"layer3.2.conv2"' '"load_ms"' '"tuning":"' '"kernel":"(avx|scalar)'; do
   expect "bench $key" "$key"
 done
+if grep -q '"onednn_int8_ms"' <<<"$out"; then  # built with oneDNN: the whole network and its layers alone
+  expect "bench int8 layers" '"onednn_int8_weight_layers_ms"'
+  expect "bench int8 ratio" '"speedup_vs_onednn_int8_weight_layers"'
+fi
 check bench-text 0 "$apot" bench "$tmp/m.apot" --batch 1 --threads 1 --reps 1
 expect bench-text "engine +[0-9.]+ ms"
 check bench-warm 0 "$apot" bench "$tmp/m.apot" --batch 1 --threads 1 --reps 2 --back-to-back 3 --json

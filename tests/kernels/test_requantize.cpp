@@ -75,3 +75,25 @@ TEST_P(RequantizePath, MatchesTheScalarCodes) {
   EXPECT_EQ(got.bytes, ref.bytes);
 }
 INSTANTIATE_TEST_SUITE_P(Paths, RequantizePath, ::testing::ValuesIn(all_paths()), path_name);
+
+// A code image without border or channel padding is requantised as one run of values (whole
+// vectors across pixels; ShuffleNetV2's 24-channel halves): the same codes as value by value,
+// also for a partial last vector and one pixel split over vectors; 33 channels (padded to 36)
+// take the per-pixel path with a masked last vector.
+TEST_P(RequantizePath, ContiguousImagesMatchTheCodesValueByValue) {
+  if (!supported(GetParam())) GTEST_SKIP() << apot::kernels::to_string(GetParam()) << " is not supported on this CPU";
+  const auto q = requantizer(16, true);
+  std::mt19937 rng(11);
+  std::uniform_real_distribution<float> u(-0.5f, 1.5f);
+  for (int n : {24, 8, 48, 33}) {
+    std::vector<float> values(5 * 3 * size_t(n));
+    for (float& v : values) v = u(rng);
+    Image got(5, 3, n, 0);  // 33 channels: padded to 36, the per-pixel path with a partial vector
+    apot::kernels::requantize(values.data(), 5, 3, n, q, got.view, GetParam());
+    for (int y = 0; y < 5; ++y)
+      for (int x = 0; x < 3; ++x)
+        for (int c = 0; c < n; ++c)
+          ASSERT_EQ(got.view.pixel(y, x)[c], q.code(values[(size_t(y) * 3 + x) * size_t(n) + size_t(c)]))
+              << apot::kernels::to_string(GetParam()) << " n " << n << " pixel " << y << "," << x << " channel " << c;
+  }
+}
