@@ -25,21 +25,24 @@ inline __m512i dpbusd(__m512i acc, __m512i a, __m512i b) {
 // with a constant; the code table is stored shifted by one, its last entry holding codes[0],
 // because the permutes read only the low index bits (-1 selects the last entry).
 //
-// Where it applies, cells replace the search (exact as well, and fewer instructions: 13 per
-// vector for 4-bit APoT instead of 16): u = min(max(v * k, 0), 31) truncated is a cell
-// g = 0..31 that never decreases as v grows (NaN: 0). A threshold whose own cell is below g is
-// <= v, one whose cell is above g is > v, so the index is base[g] (the thresholds in lower
-// cells) plus the comparisons of v with the at most `checks` thresholds in cell g, taken in
-// order: index += v >= t[index]. It applies when the thresholds are finite and >= 0 and no cell
-// holds more than two of them (k = 31.75 / the largest threshold): APoT up to 4 bits, uniform
-// up to 5, PoT up to 3 (APoT 5-bit and PoT 4-bit keep the search).
+// Where it applies, cells replace the search (exact as well, and fewer instructions): with C
+// cells, u = min(max(v * k, 0), C - 1) truncated is a cell g = 0 .. C - 1 that never decreases
+// as v grows (NaN: 0). A threshold whose own cell is below g is <= v, one whose cell is above g
+// is > v, so the index is base[g] (the thresholds in lower cells) plus the comparisons of v with
+// the at most `checks` thresholds in cell g, taken in order: index += v >= t[index]. It applies
+// when the thresholds are finite and >= 0 (k = (C - 0.25) / the largest threshold): 64 cells
+// when none holds two thresholds (one check; base[] as 16-bit words, one word permute: APoT
+// 4-bit, uniform up to 5 bits; 10 instructions per vector instead of 13 with 32 cells and two
+// checks), else 32 cells when none holds three (APoT up to 4 bits, PoT up to 3); APoT 5-bit and
+// PoT 4-bit keep the search (16 per vector).
 struct Search {
   __m512 t0, t1, first;  // first: the threshold the first step probes, in every lane
   __m512i c0, c1;        // c[j] = codes[j + 1], c[last] = codes[0]
   bool wide;             // more than 16 levels: five steps over 32 entries, else four over 16
   // The cells: k, the top cell, base[g], thresholds padded with NaN (no value passes them),
   // codes padded with the last code.
-  int checks = 0;  // 0: no cells, the search
+  int checks = 0;           // 0: no cells, the search
+  bool wide_cells = false;  // 64 cells, base[] as 16-bit words; else 32 cells of 32 bits
   __m512 k, top, ct0, ct1;
   __m512i base0, base1, cc0, cc1;
 
@@ -61,34 +64,53 @@ struct Search {
     if (q) build_cells(*q);
   }
 
-  // The cell of a value, as the vector code computes it.
-  static int cell_of(float v, float k) {
+  // The cell of a value, as the vector code computes it, with `cells` cells.
+  static int cell_of(float v, float k, int cells) {
     const float u = v * k;
-    return static_cast<int>(u < 31.0f ? u : 31.0f);  // v >= 0 here
+    const float last = float(cells - 1);
+    return static_cast<int>(u < last ? u : last);  // v >= 0 here
   }
 
+  // 64 cells where none holds two thresholds (one check; APoT 4-bit and uniform up to 5 bits),
+  // else 32 cells where none holds three (two checks), else none (the search).
   void build_cells(const Requantizer& q) {
     const int n = int(q.codes.size()), T = n - 1;
     if (T < 1 || !(q.thresholds.front() >= 0.0f) || !(q.thresholds.back() > 0.0f) ||
         !std::isfinite(q.thresholds.back()))
       return;
-    const float kf = 31.75f / q.thresholds.back();
-    int count[32] = {};
+    int cells = 64, most = 0;
+    float kf = 0;
+    int count[64];
+    for (; cells >= 32; cells /= 2) {
+      kf = (float(cells) - 0.25f) / q.thresholds.back();
+      std::fill(count, count + 64, 0);
+      most = 0;
+      for (float t : q.thresholds) most = std::max(most, ++count[cell_of(t, kf, cells)]);
+      if (most <= (cells == 64 ? 1 : 2)) break;
+    }
+    if (cells < 32) return;
     alignas(64) int32_t base[32], cc[32];
+    alignas(64) int16_t base16[64];
     alignas(64) float ct[32];
-    int most = 0;
-    for (float t : q.thresholds) most = std::max(most, ++count[cell_of(t, kf)]);
-    if (most > 2) return;
-    for (int g = 0, below = 0; g < 32; below += count[g], ++g) base[g] = below;
+    for (int g = 0, below = 0; g < cells; below += count[g], ++g) {
+      base16[g] = int16_t(below);
+      if (g < 32) base[g] = below;
+    }
     for (int i = 0; i < 32; ++i) {
       ct[i] = i < T ? q.thresholds[size_t(i)] : __builtin_nanf("");
       cc[i] = q.codes[size_t(std::min(i, n - 1))];
     }
     checks = most;
+    wide_cells = cells == 64;
     k = _mm512_set1_ps(kf);
-    top = _mm512_set1_ps(31.0f);
-    base0 = _mm512_load_si512(base);
-    base1 = _mm512_load_si512(base + 16);
+    top = _mm512_set1_ps(float(cells - 1));
+    if (wide_cells) {
+      base0 = _mm512_load_si512(base16);
+      base1 = _mm512_load_si512(base16 + 32);
+    } else {
+      base0 = _mm512_load_si512(base);
+      base1 = _mm512_load_si512(base + 16);
+    }
     ct0 = _mm512_load_ps(ct);
     ct1 = _mm512_load_ps(ct + 16);
     cc0 = _mm512_load_si512(cc);
@@ -104,7 +126,10 @@ struct Search {
       for (int r = 0; r < R; ++r) {
         // max(u, 0) returns its second operand, 0, for NaN
         const __m512 u = _mm512_min_ps(_mm512_max_ps(_mm512_mul_ps(v[r], k), _mm512_setzero_ps()), top);
-        index[r] = _mm512_permutex2var_epi32(base0, _mm512_cvttps_epi32(u), base1);
+        // 64 cells: the word permute reads the cell (< 64) from each lane's low word and base[0]
+        // = 0 for its high word, so each lane holds base[g] as a 32-bit integer.
+        const __m512i g = _mm512_cvttps_epi32(u);
+        index[r] = wide_cells ? _mm512_permutex2var_epi16(base0, g, base1) : _mm512_permutex2var_epi32(base0, g, base1);
       }
       for (int c = 0; c < checks; ++c)
         for (int r = 0; r < R; ++r) {
@@ -165,6 +190,19 @@ struct Epilogue {
   const ConvOutput& o;
   const Search search;
   const size_t N;
+  // Whether the ReLU (and its clamp) runs: where only codes come out of the epilogue, it changes
+  // no code when the first threshold is above 0 (a negative value and 0 both pass none) and the
+  // clamp is at or above the last threshold (both sides of it pass all).
+  const bool relu;
+
+  Epilogue(const ConvOutput& out, int out_channels)
+      : o(out), search(out.requantizer), N(size_t(out_channels)), relu(out.relu && !codes_without_relu(out)) {}
+
+  static bool codes_without_relu(const ConvOutput& o) {
+    if (o.values || o.accumulators || !o.requantizer || o.requantizer->thresholds.empty()) return false;
+    const std::vector<float>& t = o.requantizer->thresholds;
+    return t.front() > 0.0f && o.relu_max >= t.back();
+  }
 
   // Output vectors of pixels (y, x + r), r < valid, of one row: v = scale * (acc - acc_offset)
   // + bias (+ residual) (ReLU: max(0, v) = std::max(v, 0.0f), NaN included, then the clamp) per vector, the stores,
@@ -182,7 +220,7 @@ struct Epilogue {
       v[r] = _mm512_add_ps(_mm512_mul_ps(scale, _mm512_cvtepi32_ps(sum)), bias);
       if (r >= valid) continue;
       if (o.residual) v[r] = _mm512_add_ps(v[r], _mm512_maskz_loadu_ps(mask, o.residual + at));
-      if (o.relu) {  // = std::min(std::max(v, 0.0f), relu_max), NaN included
+      if (relu) {  // = std::min(std::max(v, 0.0f), relu_max), NaN included
         v[r] = _mm512_max_ps(_mm512_setzero_ps(), v[r]);
         v[r] = _mm512_min_ps(_mm512_set1_ps(o.relu_max), v[r]);
       }

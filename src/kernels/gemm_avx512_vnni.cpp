@@ -186,7 +186,7 @@ void conv_rows_avx512_vnni(const ConvArgs& a, int m0, int m1) {
     }
     return;
   }
-  const Epilogue e{*a.out, Search(a.out->requantizer), size_t(a.w->out_channels)};
+  const Epilogue e(*a.out, a.w->out_channels);
   if (a.w->stride == 1) return sweep_cs<1>(a, e, m0, m1);
   if (a.w->stride == 2) return sweep_cs<2>(a, e, m0, m1);
   sweep_all<0, 1>(a, e, m0, m1);
@@ -256,7 +256,7 @@ void depthwise3(const ConvArgs& a, const Epilogue& e, int y, int x, int valid, i
 // Eight pixels of a row at a time, each block of 16 channels in turn (its weights stay in L1);
 // 3x3 kernels with stride 1 or 2 share the loads within a tile.
 void depthwise_rows_avx512(const ConvArgs& a, int m0, int m1) {
-  const Epilogue e{*a.out, Search(a.out->requantizer), size_t(a.w->out_channels)};
+  const Epilogue e(*a.out, a.w->out_channels);
   const int k = a.w->kernel, stride = a.w->stride;
   for (int m = m0; m < m1;) {
     const int y = m / a.ow, x = m % a.ow, valid = std::min({8, a.ow - x, m1 - m});

@@ -163,7 +163,7 @@ void wino_rows(const ConvArgs& a, const Epilogue& e, int y0, int y1) {
 
 bool conv_rows_winograd_avx512(const ConvArgs& a, int m0, int m1) {
   if (!a.winograd || m0 % a.ow != 0 || (m1 % a.ow != 0 && m1 != a.oh * a.ow) || m0 >= m1) return false;
-  const Epilogue e{*a.out, Search(a.out->requantizer), size_t(a.w->out_channels)};
+  const Epilogue e(*a.out, a.w->out_channels);
   const int y0 = m0 / a.ow, y1 = (m1 + a.ow - 1) / a.ow;
   switch (a.w->cs) {
     case 16: wino_rows<16>(a, e, y0, y1); return true;

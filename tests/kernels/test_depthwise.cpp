@@ -45,6 +45,8 @@ struct Options {
   float relu_max = __builtin_inff();
   int offset = 0;  // added to every code, the border included, and folded out again
   int threads = 1, extra_border = 0;
+  bool codes_only = false;  // no values or sums out, as the engine runs most layers
+  bool from_zero = false;   // requantizer(16, true): thresholds from 0.01 up (APoT-like)
 };
 
 // Runs a depthwise problem (W: c x k x k) or, with dense, the ordinary convolution of p
@@ -63,7 +65,7 @@ Result run_with(const P& p, const std::vector<int8_t>& W, int n, bool depthwise,
   const size_t per_out = W.size() / size_t(n);
   for (int o = 0; o < n; ++o)
     for (size_t i = 0; i < per_out; ++i) offsets[size_t(o)] += opt.offset * W[size_t(o) * per_out + i];
-  const auto q = requantizer();
+  const auto q = requantizer(16, opt.from_zero);
   Result r;
   r.acc.assign(size_t(p.oh()) * p.ow() * n, -7);
   r.values.assign(r.acc.size(), -7.0f);
@@ -75,8 +77,8 @@ Result run_with(const P& p, const std::vector<int8_t>& W, int n, bool depthwise,
   o.residual = opt.residual ? p.residual.data() : nullptr;
   o.relu = opt.relu;
   o.relu_max = opt.relu_max;
-  o.values = r.values.data();
-  o.accumulators = r.acc.data();
+  o.values = opt.codes_only ? nullptr : r.values.data();
+  o.accumulators = opt.codes_only ? nullptr : r.acc.data();
   o.requantizer = &q;
   o.codes = out.view;
   apot::kernels::conv_u8s8(in.view, packed, p.max_a + opt.offset, o, isa, opt.threads);
@@ -218,4 +220,39 @@ TEST(Depthwise, ReluClampOnDenseConvolutionsOnEveryPath) {
           ASSERT_EQ(got.codes, ref.codes) << apot::kernels::to_string(isa) << " c" << c << " n" << n;
         }
       }
+}
+
+// Outputs of codes only (the engine's usual case): the AVX-512 epilogue then leaves out a ReLU
+// that cannot change a code (first threshold above 0, clamp at or above the last threshold).
+// Every path gives the codes of the reference that computes the values, with the ReLU kept where
+// it matters (a clamp below the last threshold, thresholds from below 0) and without a ReLU;
+// dense (direct, Winograd: 3x3 stride 1 with small weights) and depthwise.
+TEST(Depthwise, CodesOnlyOutputsMatchTheReferenceOnEveryPath) {
+  unsigned seed = 1300;
+  for (bool from_zero : {true, false})
+    for (float relu_max : {__builtin_inff(), 6.0f, 0.8f, -1.0f})  // -1: no ReLU
+      for (auto [k, stride] : {std::pair{3, 1}, std::pair{3, 2}, std::pair{1, 1}})
+        for (int c : {16, 24, 40}) {
+          ++seed;
+          Options ref;
+          ref.from_zero = from_zero;
+          ref.relu = relu_max >= 0.0f;
+          if (ref.relu) ref.relu_max = relu_max;
+          ref.residual = seed % 2 == 0;
+          Options opt = ref;
+          opt.codes_only = true;
+          opt.threads = 1 + int(seed % 2);
+          const Depthwise d = make_dw(7, 9, c, k, stride, 48, seed);
+          const Problem p = make(7, 9, c, 32, k, stride, 48, 10, seed);
+          const Result dw_ref = run_dw(d, GemmIsa::scalar, ref);
+          const Result dense_ref = run_with(p, p.W, p.n, false, GemmIsa::scalar, ref);
+          for (GemmIsa isa : apot::kernels::supported_gemm_isas()) {
+            const std::string what = std::string(apot::kernels::to_string(isa)) + " c" + std::to_string(c) + " k" +
+                                     std::to_string(k) + "s" + std::to_string(stride) + " relu_max " +
+                                     std::to_string(relu_max) + (from_zero ? " from zero" : "") +
+                                     (ref.residual ? " residual" : "");
+            ASSERT_EQ(run_dw(d, isa, opt).codes, dw_ref.codes) << "depthwise " << what;
+            ASSERT_EQ(run_with(p, p.W, p.n, false, isa, opt).codes, dense_ref.codes) << "dense " << what;
+          }
+        }
 }
