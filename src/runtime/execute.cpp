@@ -13,7 +13,11 @@ namespace {
 // epilogue applies it: min(v, hi) as the epilogues compute it (NaN stays NaN).
 void clamp_above(float* v, size_t count, const engine::Step& s) {
   if (!(s.relu && s.relu_max < __builtin_inff())) return;
-  for (size_t i = 0; i < count; ++i) v[i] = std::min(v[i], s.relu_max);
+  // A local copy: with s.relu_max itself the compiler must assume that the stores may change
+  // it, and keeps the loop scalar (MobileNetV2's first layer, 112 x 112 x 32 values: 4 % of the
+  // engine's time).
+  const float hi = s.relu_max;
+  for (size_t i = 0; i < count; ++i) v[i] = std::min(v[i], hi);
 }
 }  // namespace
 
