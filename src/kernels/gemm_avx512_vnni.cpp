@@ -24,7 +24,7 @@ void tile(const ConvArgs& a, const Epilogue& epilogue, int y, int x, int valid, 
     for (int r = 0; r < R; ++r) ap[r] = r < valid ? a.base(y, x + r) : ap[r - 1];
   __m512i acc[R][NB];
   for (int r = 0; r < R; ++r)
-    for (int j = 0; j < NB; ++j) acc[r][j] = _mm512_setzero_si512();
+    for (int j = 0; j < NB; ++j) acc[r][j] = zero_accumulator();
   // Block-major weights: NB sequential streams, bs bytes apart.
   const size_t bs = size_t(w.K() / 4) * 64;
   const int8_t* bp = w.data.data() + size_t(nb) * bs;
@@ -78,7 +78,7 @@ void tile3(const ConvArgs& a, const Epilogue& epilogue, int y, int x, int nb) {
   const uint8_t* const a0 = a.base(y, x);
   __m512i acc[R][NB];
   for (int r = 0; r < R; ++r)
-    for (int j = 0; j < NB; ++j) acc[r][j] = _mm512_setzero_si512();
+    for (int j = 0; j < NB; ++j) acc[r][j] = zero_accumulator();
   const size_t bs = size_t(9 * cs4) * 64;
   for (int ky = 0; ky < 3; ++ky) {
     const uint8_t* p = a0 + a.tap_offsets[3 * ky];
@@ -205,7 +205,7 @@ void depthwise_tile(const ConvArgs& a, const Epilogue& e, int y, int x, int vali
   __m512i acc[R];
   for (int r = 0; r < R; ++r) {
     ap[r] = a.base(y, x + std::min(r, valid - 1)) + c0;
-    acc[r] = _mm512_setzero_si512();
+    acc[r] = zero_accumulator();
   }
   const int32_t* wp = w.dw.data() + c0;
   for (int t = 0; t < w.kernel * w.kernel; ++t, wp += ld) {
@@ -227,7 +227,7 @@ void depthwise3_tile(const ConvArgs& a, const Epilogue& e, int y, int x, int c0)
   const __mmask16 mask = lane_mask(w.out_channels - c0);
   __m512i wv[9], acc[R];
   for (int t = 0; t < 9; ++t) wv[t] = _mm512_load_si512(w.dw.data() + size_t(t) * ld + c0);
-  for (int r = 0; r < R; ++r) acc[r] = _mm512_setzero_si512();
+  for (int r = 0; r < R; ++r) acc[r] = zero_accumulator();
   const uint8_t* base = a.base(y, x) + c0;
   for (int ky = 0; ky < 3; ++ky) {
     const uint8_t* row = base + a.tap_offsets[3 * ky];
@@ -319,7 +319,7 @@ void stem_tile(const StemArgs& a, int m, int valid, int nb) {
   __m512i acc[C][R][NB];
   for (int c = 0; c < C; ++c)
     for (int r = 0; r < R; ++r)
-      for (int j = 0; j < NB; ++j) acc[c][r][j] = _mm512_setzero_si512();
+      for (int j = 0; j < NB; ++j) acc[c][r][j] = zero_accumulator();
   // One weight stream for the group of blocks from nb (the vectors of a step at constant offsets).
   const size_t first = size_t(nb) * C * steps * 64;
   const int8_t* bp = w.data.data() + first;

@@ -69,7 +69,7 @@ void wino_tile(const ConvArgs& a, const Epilogue& epilogue, const uint8_t* t0, i
   __m512i acc[4][R][NB];
   for (int j = 0; j < 4; ++j)
     for (int r = 0; r < R; ++r)
-      for (int k = 0; k < NB; ++k) acc[j][r][k] = _mm512_setzero_si512();
+      for (int k = 0; k < NB; ++k) acc[j][r][k] = zero_accumulator();
   for (int ky = 0; ky < 3; ++ky) {
     const uint8_t* t = t0 + ky * row_bytes + size_t(f) * 4 * CS;
 #pragma GCC unroll 1
