@@ -1,16 +1,20 @@
 // `apot bench model.apot --batch 1,32 --threads 1,2 [--back-to-back N] [--layers] [--json]`: the
 // integer engine against LibTorch FP32 (its module forward, and a forward calling oneDNN directly)
-// and against oneDNN int8 convolutions of the same network, measured side by side: in each
-// repetition every contender runs once (or N times in a row, the first left out), in turn;
-// medians over the repetitions.
+// and against oneDNN int8 running the same network, measured side by side: in each repetition
+// every contender runs once after a cache flush (or N times in a row, the first left out), in
+// turn; medians over the repetitions.
 #include <fmt/format.h>
 
 #include <algorithm>
 #include <chrono>
+#include <cstdint>
 #include <cstdlib>
 #include <memory>
 #include <nlohmann/json.hpp>
 #include <optional>
+#include <vector>
+
+#include <unistd.h>
 
 #include "apot/apot.h"
 #include "apot/qat/network.h"
@@ -43,6 +47,27 @@ double time_ms(F f) {
   f();
   return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
 }
+
+// Evicts the caches before a cold run: writes and reads a buffer of twice the last-level cache
+// (at least 64 MiB), so that every contender starts from memory whatever ran before it. Without
+// it a contender found the caches as the one before it had left them, and a contender after a
+// small one (the engine after oneDNN int8) had an advantage over one after a large one.
+class CacheFlush {
+ public:
+  CacheFlush() {
+    const long l3 = sysconf(_SC_LEVEL3_CACHE_SIZE);
+    buffer_.assign(std::max<size_t>(size_t(64) << 20, l3 > 0 ? 2 * size_t(l3) : 0) / sizeof(uint64_t), 1);
+  }
+  void operator()() {
+    uint64_t sum = 0;
+    for (uint64_t& x : buffer_) sum += x++;
+    sink_ = sum;
+  }
+
+ private:
+  std::vector<uint64_t> buffer_;
+  volatile uint64_t sink_ = 0;
+};
 
 // `batch` random 8-bit images, normalised as the model expects (what a data set of images gives
 // the engine; the baselines' speed does not depend on the values).
@@ -165,7 +190,10 @@ void run_bench(const BenchOptions& o) {
       fmt::print(
           "  (each contender runs {} times in a row per turn; the first run of a turn is left out: warm caches)\n",
           o.back_to_back);
+    else
+      fmt::print("  (cold: the caches are flushed before each run of each contender)\n");
   }
+  CacheFlush flush;
   for (int threads : o.threads)
     for (int batch : o.batches) {
       torch::set_num_threads(threads);
@@ -192,8 +220,6 @@ void run_bench(const BenchOptions& o) {
         int8.emplace(g, batch);
         dnnl_isa = int8->isa();
       }
-      // Each contender below runs after one of another program, so that it finds the caches as
-      // another program left them (the engine after oneDNN int8, from the second round on).
       if (int8)
         c.push_back({"onednn_int8_weight_layers", [&] { int8->run_weight_layers(threads); }, {}});
       // The same engine with the path's default kernels (an explicit path runs no tuned variant).
@@ -207,8 +233,9 @@ void run_bench(const BenchOptions& o) {
       for (auto& k : c) k.run();  // warm-up
       for (int r = 0; r < reps; ++r)
         for (auto& k : c) {
+          if (o.back_to_back == 1) flush();
           const double first = time_ms(k.run);
-          if (o.back_to_back == 1) k.ms.push_back(first);  // after the others: their data in cache
+          if (o.back_to_back == 1) k.ms.push_back(first);  // from memory: the caches flushed
           for (int again = 1; again < o.back_to_back; ++again) k.ms.push_back(time_ms(k.run));  // its own
         }
       nlohmann::json row{{"batch", batch}, {"threads", threads}, {"reps", reps}, {"back_to_back", o.back_to_back}};
@@ -277,8 +304,8 @@ void register_bench(CLI::App& app) {
   cmd->add_option("--reps", o->reps, "repetitions per configuration (default: about 200 images)")
       ->check(CLI::Range(1, 100000));
   cmd->add_option("--back-to-back", o->back_to_back,
-                  "runs of each contender per turn; with 2 or more, the first of each turn (after the other "
-                  "contenders have filled the caches) is left out")
+                  "runs of each contender per turn; 1: each run starts from flushed caches; with 2 or more, "
+                  "the first of each turn (after the other contenders have filled the caches) is left out")
       ->capture_default_str()
       ->check(CLI::Range(1, 1000));
   cmd->add_flag("--layers", o->layers, "also report the engine's time and G MAC/s per layer (and oneDNN int8's)");
