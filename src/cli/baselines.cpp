@@ -68,7 +68,7 @@ struct OnednnInt8::Impl {
   dnnl::stream stream{engine};
   std::vector<dnnl::primitive> primitives;
   std::vector<std::unordered_map<int, dnnl::memory>> arguments;
-  std::vector<int> layer;  // the weight layer of each primitive; -1 for the steps between them
+  std::vector<int> layer;             // the weight layer of each primitive; -1 for the steps between them
   std::vector<dnnl::memory> buffers;  // every value, also those only views and reorders refer to
   size_t layers = 0;
 };

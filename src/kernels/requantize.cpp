@@ -1,7 +1,7 @@
 // Requantisation: float values to a consumer's activation codes by thresholds.
 #include <algorithm>
-#include <cstdint>
 #include <cmath>
+#include <cstdint>
 #include <stdexcept>
 
 #include "gemm_impl.h"
