@@ -77,6 +77,13 @@ namespace {
 using dnnl::memory;
 using tag = memory::format_tag;
 using dt = memory::data_type;
+
+// A node's activation as a post-op (ReLU, or ReLU6's clip).
+void append_activation(dnnl::post_ops& ops, const graph::Node& n) {
+  if (n.activation == graph::Activation::relu) ops.append_eltwise(1.0f, dnnl::algorithm::eltwise_relu, 0.0f, 0.0f);
+  if (n.activation == graph::Activation::clamp)
+    ops.append_eltwise(1.0f, dnnl::algorithm::eltwise_clip, n.clamp_lo, n.clamp_hi);
+}
 }  // namespace
 
 OnednnInt8::OnednnInt8(const graph::Graph& g, int batch) : impl_(std::make_unique<Impl>()) {
@@ -88,9 +95,10 @@ OnednnInt8::OnednnInt8(const graph::Graph& g, int batch) : impl_(std::make_uniqu
   // The memory of each node's value (u8, NHWC); a value of another shape than a reader expects
   // (an option-A shortcut) is replaced by a fresh one, as its contents do not change the time.
   std::vector<memory> value(g.size());
+  auto dims_of = [&](const graph::Shape& s) { return memory::dims{batch, s.channels, s.height, s.width}; };
   auto source = [&](int node, const graph::Shape& s) {
     memory& mem = value[size_t(node)];
-    const memory::dims dims{batch, s.channels, s.height, s.width};
+    const memory::dims dims = dims_of(s);
     if (!mem || mem.get_desc().dims() != dims) {
       if (mem) m.buffers.push_back(mem);  // replaced, but a view may refer to it
       mem = memory({dims, dt::u8, tag::nhwc}, m.engine);
@@ -103,7 +111,6 @@ OnednnInt8::OnednnInt8(const graph::Graph& g, int batch) : impl_(std::make_uniqu
     m.arguments.push_back(std::move(args));
     m.layer.push_back(layer);
   };
-  auto dims_of = [&](const graph::Shape& s) { return memory::dims{batch, s.channels, s.height, s.width}; };
   for (size_t i = 1; i < g.size(); ++i) {
     const graph::Node& n = g[i];
     if (value[i]) continue;  // a sum fused into its convolution
@@ -179,8 +186,7 @@ OnednnInt8::OnednnInt8(const graph::Graph& g, int batch) : impl_(std::make_uniqu
         const memory a = source(n.inputs[0], n.shape), b = source(n.inputs[1], n.shape);
         dnnl::primitive_attr attr;
         dnnl::post_ops ops;
-        if (n.activation != graph::Activation::none)
-          ops.append_eltwise(1.0f, dnnl::algorithm::eltwise_relu, 0.0f, 0.0f);
+        append_activation(ops, n);
         attr.set_post_ops(ops);
         const dnnl::binary::desc bd(dnnl::algorithm::binary_add, a.get_desc(), b.get_desc(),
                                     memory::desc(dims_of(n.shape), dt::u8, tag::nhwc));
@@ -202,11 +208,9 @@ OnednnInt8::OnednnInt8(const graph::Graph& g, int batch) : impl_(std::make_uniqu
                                                     memory::desc(wdims, dt::s8, tag::any), dst_md);
         dnnl::primitive_attr attr;
         attr.set_output_scales(0, {1.0f / 64});
-        if (n.activation != graph::Activation::none) {
-          dnnl::post_ops ops;
-          ops.append_eltwise(1.0f, dnnl::algorithm::eltwise_relu, 0.0f, 0.0f);
-          attr.set_post_ops(ops);
-        }
+        dnnl::post_ops ops;
+        append_activation(ops, n);
+        attr.set_post_ops(ops);
         const dnnl::inner_product_forward::primitive_desc pd(ipd, attr, m.engine);
         memory weights(pd.weights_desc(), m.engine);
         std::fill_n(static_cast<int8_t*>(weights.get_data_handle()), pd.weights_desc().get_size(), int8_t{1});
@@ -225,7 +229,7 @@ OnednnInt8::OnednnInt8(const graph::Graph& g, int batch) : impl_(std::make_uniqu
     const graph::Shape& in = g.input_shape_of(int(i));
     const int cin = in.channels / n.groups, cout = n.out_channels / n.groups;
     const memory src = source(n.inputs[0], in);
-    const memory::desc dst_md({batch, n.out_channels, n.shape.height, n.shape.width}, dt::u8, tag::nhwc);
+    const memory::desc dst_md(dims_of(n.shape), dt::u8, tag::nhwc);
     const memory::dims wdims = n.groups == 1 ? memory::dims{n.out_channels, cin, n.kernel, n.kernel}
                                              : memory::dims{n.groups, cout, cin, n.kernel, n.kernel};
     const memory::desc w_md(wdims, dt::s8, tag::any);
@@ -240,9 +244,7 @@ OnednnInt8::OnednnInt8(const graph::Graph& g, int batch) : impl_(std::make_uniqu
     attr.set_output_scales(0, {1.0f / 64});
     dnnl::post_ops ops;
     if (fused) ops.append_sum(1.0f);
-    if (last.activation == graph::Activation::relu) ops.append_eltwise(1.0f, dnnl::algorithm::eltwise_relu, 0.0f, 0.0f);
-    if (last.activation == graph::Activation::clamp)  // ReLU6
-      ops.append_eltwise(1.0f, dnnl::algorithm::eltwise_clip, last.clamp_lo, last.clamp_hi);
+    append_activation(ops, last);
     attr.set_post_ops(ops);
     const dnnl::convolution_forward::primitive_desc pd(desc, attr, m.engine);
     memory user_w({wdims, dt::s8, n.groups == 1 ? tag::oihw : tag::goihw}, m.engine);
@@ -253,9 +255,8 @@ OnednnInt8::OnednnInt8(const graph::Graph& g, int batch) : impl_(std::make_uniqu
     dnnl::reorder(user_w, weights).execute(m.stream, user_w, weights);
     memory dst(pd.dst_desc(), m.engine);
     std::fill_n(static_cast<uint8_t*>(dst.get_data_handle()), pd.dst_desc().get_size(), uint8_t{0});
-    m.primitives.push_back(dnnl::convolution_forward(pd));
-    m.arguments.push_back({{DNNL_ARG_SRC, src}, {DNNL_ARG_WEIGHTS, weights}, {DNNL_ARG_DST, dst}});
-    m.layer.push_back(layer_of[i]);
+    add(dnnl::convolution_forward(pd), {{DNNL_ARG_SRC, src}, {DNNL_ARG_WEIGHTS, weights}, {DNNL_ARG_DST, dst}},
+        layer_of[i]);
     value[i] = dst;
     if (fused) value[size_t(consumers[i][0])] = dst;
   }
