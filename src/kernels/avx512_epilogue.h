@@ -26,11 +26,12 @@ inline __m512i dpbusd(__m512i acc, __m512i a, __m512i b) {
 // because the permutes read only the low index bits (-1 selects the last entry).
 //
 // Where it applies, cells replace the search (exact as well, and fewer instructions): with C
-// cells, u = min(max(v * k, 0), C - 1) truncated is a cell g = 0 .. C - 1 that never decreases
-// as v grows (NaN: 0). A threshold whose own cell is below g is <= v, one whose cell is above g
-// is > v, so the index is base[g] (the thresholds in lower cells) plus the comparisons of v with
-// the at most `checks` thresholds in cell g, taken in order: index += v >= t[index]. It applies
-// when the thresholds are finite and >= 0 (k = (C - 0.25) / the largest threshold): 64 cells
+// cells, u = min(max(v * k + c, 0), C - 1) truncated (one FMA, one rounding) is a cell g = 0 ..
+// C - 1 that never decreases as v grows (NaN: 0). A threshold whose own cell is below g is <= v,
+// one whose cell is above g is > v, so the index is base[g] (the thresholds in lower cells) plus
+// the comparisons of v with the at most `checks` thresholds in cell g, taken in order: index +=
+// v >= t[index]. It applies when the thresholds are finite, from t0 to tl > t0 (k = (C - 0.25) /
+// (tl - t0), c = -t0 k; signed level sets too, since session 19): 64 cells
 // when none holds two thresholds (one check; base[] as 16-bit words, one word permute: APoT
 // 4-bit, uniform up to 5 bits; 10 instructions per vector instead of 13 with 32 cells and two
 // checks), else 32 cells when none holds three (APoT up to 4 bits, PoT up to 3); APoT 5-bit and
@@ -43,7 +44,7 @@ struct Search {
   // codes padded with the last code.
   int checks = 0;           // 0: no cells, the search
   bool wide_cells = false;  // 64 cells, base[] as 16-bit words; else 32 cells of 32 bits
-  __m512 k, top, ct0, ct1;
+  __m512 k, c, top, ct0, ct1;
   __m512i base0, base1, cc0, cc1;
 
   explicit Search(const Requantizer* q) {
@@ -65,27 +66,28 @@ struct Search {
   }
 
   // The cell of a value, as the vector code computes it, with `cells` cells.
-  static int cell_of(float v, float k, int cells) {
-    const float u = v * k;
+  static int cell_of(float v, float k, float c, int cells) {
+    const float u = std::fma(v, k, c);  // one rounding, as vfmadd
     const float last = float(cells - 1);
-    return static_cast<int>(u < last ? u : last);  // v >= 0 here
+    return static_cast<int>(u < 0.0f ? 0.0f : u < last ? u : last);
   }
 
   // 64 cells where none holds two thresholds (one check; APoT 4-bit and uniform up to 5 bits),
   // else 32 cells where none holds three (two checks), else none (the search).
   void build_cells(const Requantizer& q) {
     const int n = int(q.codes.size()), T = n - 1;
-    if (T < 1 || !(q.thresholds.front() >= 0.0f) || !(q.thresholds.back() > 0.0f) ||
-        !std::isfinite(q.thresholds.back()))
-      return;
+    const float lo = q.thresholds.front(), hi = q.thresholds.back();
+    if (T < 2 || !std::isfinite(lo) || !std::isfinite(hi) || !(hi > lo)) return;
     int cells = 64, most = 0;
-    float kf = 0;
+    float kf = 0, cf = 0;
     int count[64];
     for (; cells >= 32; cells /= 2) {
-      kf = (float(cells) - 0.25f) / q.thresholds.back();
+      kf = (float(cells) - 0.25f) / (hi - lo);
+      cf = -lo * kf;
+      if (!std::isfinite(kf) || !std::isfinite(cf)) return;
       std::fill(count, count + 64, 0);
       most = 0;
-      for (float t : q.thresholds) most = std::max(most, ++count[cell_of(t, kf, cells)]);
+      for (float t : q.thresholds) most = std::max(most, ++count[cell_of(t, kf, cf, cells)]);
       if (most <= (cells == 64 ? 1 : 2)) break;
     }
     if (cells < 32) return;
@@ -103,6 +105,7 @@ struct Search {
     checks = most;
     wide_cells = cells == 64;
     k = _mm512_set1_ps(kf);
+    c = _mm512_set1_ps(cf);
     top = _mm512_set1_ps(float(cells - 1));
     if (wide_cells) {
       base0 = _mm512_load_si512(base16);
@@ -125,7 +128,7 @@ struct Search {
     if (checks > 0) {
       for (int r = 0; r < R; ++r) {
         // max(u, 0) returns its second operand, 0, for NaN
-        const __m512 u = _mm512_min_ps(_mm512_max_ps(_mm512_mul_ps(v[r], k), _mm512_setzero_ps()), top);
+        const __m512 u = _mm512_min_ps(_mm512_max_ps(_mm512_fmadd_ps(v[r], k, c), _mm512_setzero_ps()), top);
         // 64 cells: the word permute reads the cell (< 64) from each lane's low word and base[0]
         // = 0 for its high word, so each lane holds base[g] as a 32-bit integer.
         const __m512i g = _mm512_cvttps_epi32(u);
@@ -206,8 +209,17 @@ struct Epilogue {
   // clamp is at or above the last threshold (both sides of it pass all).
   const bool relu;
 
+  // Only codes come out, no ReLU to apply, and the 64 cells with one check: codes_row(), every
+  // step in one straight line.
+  const bool codes_only_cells;
+
   Epilogue(const ConvOutput& out, int out_channels)
-      : o(out), search(out.requantizer), N(size_t(out_channels)), relu(out.relu && !codes_without_relu(out)) {}
+      : o(out),
+        search(out.requantizer),
+        N(size_t(out_channels)),
+        relu(out.relu && !codes_without_relu(out)),
+        codes_only_cells(out.requantizer && !out.values && !out.accumulators && !out.residual && !relu &&
+                         search.checks == 1 && search.wide_cells && !search.wide) {}
 
   static bool codes_without_relu(const ConvOutput& o) {
     if (o.values || o.accumulators || !o.requantizer || o.requantizer->thresholds.empty()) return false;
@@ -222,6 +234,7 @@ struct Epilogue {
   template <int R>
   __attribute__((always_inline)) void row(const __m512i (&acc)[R], int p, int y, int x, int n0, __mmask16 mask,
                                           int valid) const {
+    if (codes_only_cells) return codes_row<R>(acc, y, x, n0, mask, valid);
     __m512 v[R];
     const __m512 scale = _mm512_maskz_loadu_ps(mask, o.scale + n0), bias = _mm512_maskz_loadu_ps(mask, o.bias + n0);
     const __m512i offset = o.acc_offset ? _mm512_maskz_loadu_epi32(mask, o.acc_offset + n0) : _mm512_setzero_si512();
@@ -241,6 +254,29 @@ struct Epilogue {
     if (!o.requantizer) return;
     __m128i codes[R];
     search.codes(v, codes);
+    uint8_t* dst = o.codes.pixel(y, x) + n0;
+    const size_t step = size_t(o.codes.cs);
+    for (int r = 0; r < R; ++r)
+      if (r < valid) _mm_mask_storeu_epi8(dst + r * step, mask, codes[r]);
+  }
+
+  // row() where codes_only_cells holds: v = scale * (acc - acc_offset) + bias, its cell, the one
+  // check, the code; the same operations as row() and Search::codes() take on that path.
+  template <int R>
+  __attribute__((always_inline)) void codes_row(const __m512i (&acc)[R], int y, int x, int n0, __mmask16 mask,
+                                                int valid) const {
+    const __m512 scale = _mm512_maskz_loadu_ps(mask, o.scale + n0), bias = _mm512_maskz_loadu_ps(mask, o.bias + n0);
+    const __m512i offset = o.acc_offset ? _mm512_maskz_loadu_epi32(mask, o.acc_offset + n0) : _mm512_setzero_si512();
+    __m128i codes[R];
+    for (int r = 0; r < R; ++r) {
+      const __m512 v = _mm512_add_ps(_mm512_mul_ps(scale, _mm512_cvtepi32_ps(_mm512_sub_epi32(acc[r], offset))), bias);
+      const __m512 u =
+          _mm512_min_ps(_mm512_max_ps(_mm512_fmadd_ps(v, search.k, search.c), _mm512_setzero_ps()), search.top);
+      __m512i index = _mm512_permutex2var_epi16(search.base0, _mm512_cvttps_epi32(u), search.base1);
+      const __m512 t = _mm512_permutexvar_ps(index, search.ct0);
+      index = _mm512_mask_add_epi32(index, _mm512_cmp_ps_mask(v, t, _CMP_GE_OQ), index, _mm512_set1_epi32(1));
+      codes[r] = _mm512_cvtepi32_epi8(_mm512_permutexvar_epi32(index, search.cc0));
+    }
     uint8_t* dst = o.codes.pixel(y, x) + n0;
     const size_t step = size_t(o.codes.cs);
     for (int r = 0; r < R; ++r)

@@ -47,6 +47,7 @@ struct Options {
   int threads = 1, extra_border = 0;
   bool codes_only = false;  // no values or sums out, as the engine runs most layers
   bool from_zero = false;   // requantizer(16, true): thresholds from 0.01 up (APoT-like)
+  const apot::kernels::Requantizer* q = nullptr;  // instead of requantizer(16, from_zero)
 };
 
 // Runs a depthwise problem (W: c x k x k) or, with dense, the ordinary convolution of p
@@ -65,7 +66,8 @@ Result run_with(const P& p, const std::vector<int8_t>& W, int n, bool depthwise,
   const size_t per_out = W.size() / size_t(n);
   for (int o = 0; o < n; ++o)
     for (size_t i = 0; i < per_out; ++i) offsets[size_t(o)] += opt.offset * W[size_t(o) * per_out + i];
-  const auto q = requantizer(16, opt.from_zero);
+  const auto own = requantizer(16, opt.from_zero);
+  const apot::kernels::Requantizer& q = opt.q ? *opt.q : own;
   Result r;
   r.acc.assign(size_t(p.oh()) * p.ow() * n, -7);
   r.values.assign(r.acc.size(), -7.0f);
@@ -255,4 +257,63 @@ TEST(Depthwise, CodesOnlyOutputsMatchTheReferenceOnEveryPath) {
             ASSERT_EQ(run_with(p, p.W, p.n, false, isa, opt).codes, dense_ref.codes) << "dense " << what;
           }
         }
+}
+
+// Values that land exactly on thresholds (v >= t takes the higher code), and NaN and infinite
+// values: small integer codes and weights, scales of 1 and 1/2 and thresholds on integers, so
+// that many sums hit them. Threshold sets for each way the AVX-512 epilogue finds a code: 64
+// cells from below 0 (signed levels) and from above 0, 31 thresholds (a 5-bit set), and a set
+// whose cells would hold three thresholds (the search). Dense and depthwise, with and without an
+// input offset, codes only and with the values, against the scalar reference on every path.
+TEST(Depthwise, ValuesOnTheThresholdsNaNAndInfinityGiveTheReferenceCodes) {
+  std::vector<std::vector<float>> sets(4);
+  for (int i = -7; i <= 7; ++i) sets[0].push_back(3.0f * float(i));   // -21 .. 21
+  for (int i = 0; i < 15; ++i) sets[1].push_back(0.5f + 2.0f * float(i));  // 0.5 .. 28.5
+  for (int i = -15; i <= 15; ++i) sets[2].push_back(float(i));        // 31 thresholds
+  sets[3] = {0.0f, 0.5f, 1.0f, 2.0f, 3.0f, 5.0f, 8.0f, 13.0f, 21.0f, 34.0f, 55.0f};
+  unsigned seed = 1700;
+  for (const std::vector<float>& t : sets) {
+    std::vector<uint8_t> codes;
+    for (size_t i = 0; i <= t.size(); ++i) codes.push_back(static_cast<uint8_t>(2 * i + 1));
+    const auto q = apot::kernels::make_requantizer(t, codes);
+    for (int offset : {0, 3})
+      for (bool relu : {false, true})
+        for (auto [k, stride] : {std::pair{3, 1}, std::pair{3, 2}, std::pair{1, 1}}) {
+          ++seed;
+          Depthwise d = make_dw(6, 11, 24, k, stride, 3, seed);
+          std::mt19937 rng(seed);
+          for (auto& w : d.W) w = static_cast<int8_t>(int(rng() % 3) - 1);
+          Problem p = make(6, 11, 24, 40, k, stride, 3, 1, seed);
+          for (auto* v : {&d.scale, &d.bias, &p.scale, &p.bias})
+            for (size_t i = 0; i < v->size(); ++i) {
+              const bool scale = v == &d.scale || v == &p.scale;
+              (*v)[i] = scale ? (i % 2 ? 0.5f : 1.0f) : (i % 2 ? 1.5f : 0.0f);
+            }
+          for (auto* v : {&d.bias, &p.bias}) {
+            (*v)[3] = __builtin_nanf("");
+            (*v)[4] = __builtin_inff();
+            (*v)[6] = -__builtin_inff();
+          }
+          Options ref;
+          ref.q = &q;
+          ref.relu = relu;
+          ref.offset = offset;
+          Options only = ref;
+          only.codes_only = true;
+          const Result dw_ref = run_dw(d, GemmIsa::scalar, ref);
+          const Result dense_ref = run_with(p, p.W, p.n, false, GemmIsa::scalar, ref);
+          long hits = 0;
+          for (float v : dense_ref.values) hits += std::count(t.begin(), t.end(), v);
+          EXPECT_GT(hits, 20) << "values on the thresholds";
+          for (GemmIsa isa : apot::kernels::supported_gemm_isas())
+            for (const Options* opt : {&ref, &only}) {
+              const std::string what = std::string(apot::kernels::to_string(isa)) + " " + std::to_string(t.size()) +
+                                       " thresholds from " + std::to_string(t.front()) + " k" + std::to_string(k) +
+                                       "s" + std::to_string(stride) + " offset " + std::to_string(offset) +
+                                       (relu ? " relu" : "") + (opt->codes_only ? " codes only" : "");
+              ASSERT_EQ(run_dw(d, isa, *opt).codes, dw_ref.codes) << "depthwise " << what;
+              ASSERT_EQ(run_with(p, p.W, p.n, false, isa, *opt).codes, dense_ref.codes) << "dense " << what;
+            }
+        }
+  }
 }
