@@ -209,17 +209,26 @@ struct Epilogue {
   // clamp is at or above the last threshold (both sides of it pass all).
   const bool relu;
 
-  // Only codes come out, no ReLU to apply, and the 64 cells with one check: codes_row(), every
-  // step in one straight line.
-  const bool codes_only_cells;
+  // The two shapes most layers take, each in one straight line (straight_row()), where the
+  // requantiser has 64 cells with one check: only codes out and no ReLU to apply (a ResNet's
+  // first convolution of a block, MobileNetV2's expansions and depthwise layers), or a residual,
+  // the ReLU, values and codes out (a ResNet's second convolution).
+  enum class Straight { no, codes, residual_codes };
+  const Straight straight;
 
   Epilogue(const ConvOutput& out, int out_channels)
       : o(out),
         search(out.requantizer),
         N(size_t(out_channels)),
         relu(out.relu && !codes_without_relu(out)),
-        codes_only_cells(out.requantizer && !out.values && !out.accumulators && !out.residual && !relu &&
-                         search.checks == 1 && search.wide_cells && !search.wide) {}
+        straight(straight_shape(out, search, relu)) {}
+
+  static Straight straight_shape(const ConvOutput& o, const Search& s, bool relu) {
+    if (!o.requantizer || o.accumulators || s.checks != 1 || !s.wide_cells || s.wide) return Straight::no;
+    if (!o.values && !o.residual && !relu) return Straight::codes;
+    if (o.values && o.residual && relu) return Straight::residual_codes;
+    return Straight::no;
+  }
 
   static bool codes_without_relu(const ConvOutput& o) {
     if (o.values || o.accumulators || !o.requantizer || o.requantizer->thresholds.empty()) return false;
@@ -234,7 +243,8 @@ struct Epilogue {
   template <int R>
   __attribute__((always_inline)) void row(const __m512i (&acc)[R], int p, int y, int x, int n0, __mmask16 mask,
                                           int valid) const {
-    if (codes_only_cells) return codes_row<R>(acc, y, x, n0, mask, valid);
+    if (straight == Straight::codes) return straight_row<false, R>(acc, p, y, x, n0, mask, valid);
+    if (straight == Straight::residual_codes) return straight_row<true, R>(acc, p, y, x, n0, mask, valid);
     __m512 v[R];
     const __m512 scale = _mm512_maskz_loadu_ps(mask, o.scale + n0), bias = _mm512_maskz_loadu_ps(mask, o.bias + n0);
     const __m512i offset = o.acc_offset ? _mm512_maskz_loadu_epi32(mask, o.acc_offset + n0) : _mm512_setzero_si512();
@@ -260,23 +270,37 @@ struct Epilogue {
       if (r < valid) _mm_mask_storeu_epi8(dst + r * step, mask, codes[r]);
   }
 
-  // row() where codes_only_cells holds: v = scale * (acc - acc_offset) + bias, its cell, the one
-  // check, the code; the same operations as row() and Search::codes() take on that path.
-  template <int R>
-  __attribute__((always_inline)) void codes_row(const __m512i (&acc)[R], int y, int x, int n0, __mmask16 mask,
-                                                int valid) const {
+  // row() for the straight shapes, the same operations in the same order: v = scale * (acc -
+  // acc_offset) + bias (Residual: + residual, the ReLU and its clamp, the values stored), its
+  // cell, the one check, the code.
+  template <bool Residual, int R>
+  __attribute__((always_inline)) void straight_row(const __m512i (&acc)[R], int p, int y, int x, int n0, __mmask16 mask,
+                                                   int valid) const {
     const __m512 scale = _mm512_maskz_loadu_ps(mask, o.scale + n0), bias = _mm512_maskz_loadu_ps(mask, o.bias + n0);
     const __m512i offset = o.acc_offset ? _mm512_maskz_loadu_epi32(mask, o.acc_offset + n0) : _mm512_setzero_si512();
-    __m128i codes[R];
+    __m512 v[R];
     for (int r = 0; r < R; ++r) {
-      const __m512 v = _mm512_add_ps(_mm512_mul_ps(scale, _mm512_cvtepi32_ps(_mm512_sub_epi32(acc[r], offset))), bias);
-      const __m512 u =
-          _mm512_min_ps(_mm512_max_ps(_mm512_fmadd_ps(v, search.k, search.c), _mm512_setzero_ps()), search.top);
-      __m512i index = _mm512_permutex2var_epi16(search.base0, _mm512_cvttps_epi32(u), search.base1);
-      const __m512 t = _mm512_permutexvar_ps(index, search.ct0);
-      index = _mm512_mask_add_epi32(index, _mm512_cmp_ps_mask(v, t, _CMP_GE_OQ), index, _mm512_set1_epi32(1));
-      codes[r] = _mm512_cvtepi32_epi8(_mm512_permutexvar_epi32(index, search.cc0));
+      v[r] = _mm512_add_ps(_mm512_mul_ps(scale, _mm512_cvtepi32_ps(_mm512_sub_epi32(acc[r], offset))), bias);
+      if (Residual && r < valid) {
+        const size_t at = size_t(p + r) * N + n0;
+        v[r] = _mm512_add_ps(v[r], _mm512_maskz_loadu_ps(mask, o.residual + at));
+        v[r] = _mm512_min_ps(_mm512_set1_ps(o.relu_max), _mm512_max_ps(_mm512_setzero_ps(), v[r]));
+        _mm512_mask_storeu_ps(o.values + at, mask, v[r]);
+      }
     }
+    __m512i index[R];
+    for (int r = 0; r < R; ++r) {
+      const __m512 u =
+          _mm512_min_ps(_mm512_max_ps(_mm512_fmadd_ps(v[r], search.k, search.c), _mm512_setzero_ps()), search.top);
+      index[r] = _mm512_permutex2var_epi16(search.base0, _mm512_cvttps_epi32(u), search.base1);
+    }
+    for (int r = 0; r < R; ++r) {
+      const __m512 t = _mm512_permutexvar_ps(index[r], search.ct0);
+      index[r] =
+          _mm512_mask_add_epi32(index[r], _mm512_cmp_ps_mask(v[r], t, _CMP_GE_OQ), index[r], _mm512_set1_epi32(1));
+    }
+    __m128i codes[R];
+    for (int r = 0; r < R; ++r) codes[r] = _mm512_cvtepi32_epi8(_mm512_permutexvar_epi32(index[r], search.cc0));
     uint8_t* dst = o.codes.pixel(y, x) + n0;
     const size_t step = size_t(o.codes.cs);
     for (int r = 0; r < R; ++r)

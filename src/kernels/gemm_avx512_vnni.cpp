@@ -145,6 +145,7 @@ void sweep_all(const ConvArgs& a, const Epilogue& e, int m0, int m1) {
   for (; nb + 4 <= nblocks; nb += 4) sweep<4, 4, CS, S>(a, e, m0, m1, nb);
   if constexpr (CS > 0 && S == 1) {  // one or two blocks of a 3x3 layer left: tile3
     if (a.w->kernel == 3 && nblocks - nb == 2) return sweep<8, 2, CS, 1, true>(a, e, m0, m1, nb);
+    if (a.w->kernel == 3 && nblocks - nb == 1 && a.ow % 16 == 0) return sweep<16, 1, CS, 1, true>(a, e, m0, m1, nb);
     if (a.w->kernel == 3 && nblocks - nb == 1) return sweep<8, 1, CS, 1, true>(a, e, m0, m1, nb);
   }
   switch (nblocks - nb) {

@@ -5,6 +5,7 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <cmath>
 #include <random>
 
 #include "apot/kernels/gemm.h"
@@ -46,6 +47,7 @@ struct Options {
   int offset = 0;  // added to every code, the border included, and folded out again
   int threads = 1, extra_border = 0;
   bool codes_only = false;  // no values or sums out, as the engine runs most layers
+  bool sums = true;         // the integer sums out (tests only; the engine's layers with values do without)
   bool from_zero = false;   // requantizer(16, true): thresholds from 0.01 up (APoT-like)
   const apot::kernels::Requantizer* q = nullptr;  // instead of requantizer(16, from_zero)
 };
@@ -80,7 +82,7 @@ Result run_with(const P& p, const std::vector<int8_t>& W, int n, bool depthwise,
   o.relu = opt.relu;
   o.relu_max = opt.relu_max;
   o.values = opt.codes_only ? nullptr : r.values.data();
-  o.accumulators = opt.codes_only ? nullptr : r.acc.data();
+  o.accumulators = opt.codes_only || !opt.sums ? nullptr : r.acc.data();
   o.requantizer = &q;
   o.codes = out.view;
   apot::kernels::conv_u8s8(in.view, packed, p.max_a + opt.offset, o, isa, opt.threads);
@@ -216,11 +218,15 @@ TEST(Depthwise, ReluClampOnDenseConvolutionsOnEveryPath) {
         EXPECT_GE(*std::min_element(ref.values.begin(), ref.values.end()), 0.0f);
         EXPECT_GT(std::count(ref.values.begin(), ref.values.end(), 0.3f), 0) << "the clamp is reached";
         opt.threads = 1 + int(seed % 2);
-        for (GemmIsa isa : apot::kernels::supported_gemm_isas()) {
-          const Result got = run_with(p, p.W, n, false, isa, opt);
-          ASSERT_EQ(got.values, ref.values) << apot::kernels::to_string(isa) << " c" << c << " n" << n;
-          ASSERT_EQ(got.codes, ref.codes) << apot::kernels::to_string(isa) << " c" << c << " n" << n;
-        }
+        for (GemmIsa isa : apot::kernels::supported_gemm_isas())
+          for (bool sums : {true, false}) {  // without the sums: the engine's epilogue for values and codes
+            opt.sums = sums;
+            const Result got = run_with(p, p.W, n, false, isa, opt);
+            const std::string what = std::string(apot::kernels::to_string(isa)) + " c" + std::to_string(c) + " n" +
+                                     std::to_string(n) + (sums ? "" : " no sums");
+            ASSERT_EQ(got.values, ref.values) << what;
+            ASSERT_EQ(got.codes, ref.codes) << what;
+          }
       }
 }
 
@@ -228,7 +234,8 @@ TEST(Depthwise, ReluClampOnDenseConvolutionsOnEveryPath) {
 // that cannot change a code (first threshold above 0, clamp at or above the last threshold).
 // Every path gives the codes of the reference that computes the values, with the ReLU kept where
 // it matters (a clamp below the last threshold, thresholds from below 0) and without a ReLU;
-// dense (direct, Winograd: 3x3 stride 1 with small weights) and depthwise.
+// dense (direct, Winograd: 3x3 stride 1 with small weights) and depthwise. Also values and codes
+// without the sums, as the engine runs a residual block's second convolution.
 TEST(Depthwise, CodesOnlyOutputsMatchTheReferenceOnEveryPath) {
   unsigned seed = 1300;
   for (bool from_zero : {true, false})
@@ -255,6 +262,13 @@ TEST(Depthwise, CodesOnlyOutputsMatchTheReferenceOnEveryPath) {
                                      (ref.residual ? " residual" : "");
             ASSERT_EQ(run_dw(d, isa, opt).codes, dw_ref.codes) << "depthwise " << what;
             ASSERT_EQ(run_with(p, p.W, p.n, false, isa, opt).codes, dense_ref.codes) << "dense " << what;
+            Options values = ref;  // values and codes, no sums: the engine's residual layers
+            values.sums = false;
+            const Result dw = run_dw(d, isa, values), dense = run_with(p, p.W, p.n, false, isa, values);
+            ASSERT_EQ(dw.values, dw_ref.values) << "depthwise values " << what;
+            ASSERT_EQ(dw.codes, dw_ref.codes) << "depthwise values " << what;
+            ASSERT_EQ(dense.values, dense_ref.values) << "dense values " << what;
+            ASSERT_EQ(dense.codes, dense_ref.codes) << "dense values " << what;
           }
         }
 }
@@ -264,12 +278,20 @@ TEST(Depthwise, CodesOnlyOutputsMatchTheReferenceOnEveryPath) {
 // that many sums hit them. Threshold sets for each way the AVX-512 epilogue finds a code: 64
 // cells from below 0 (signed levels) and from above 0, 31 thresholds (a 5-bit set), and a set
 // whose cells would hold three thresholds (the search). Dense and depthwise, with and without an
-// input offset, codes only and with the values, against the scalar reference on every path.
+// input offset and a residual, codes only, values and codes, and with the sums as well, against
+// the scalar reference on every path.
+// Values with every NaN made one number, for comparisons.
+static std::vector<float> nan_as_number(std::vector<float> v) {
+  for (float& x : v)
+    if (std::isnan(x)) x = 1e30f;
+  return v;
+}
+
 TEST(Depthwise, ValuesOnTheThresholdsNaNAndInfinityGiveTheReferenceCodes) {
   std::vector<std::vector<float>> sets(4);
-  for (int i = -7; i <= 7; ++i) sets[0].push_back(3.0f * float(i));   // -21 .. 21
+  for (int i = -7; i <= 7; ++i) sets[0].push_back(3.0f * float(i));        // -21 .. 21
   for (int i = 0; i < 15; ++i) sets[1].push_back(0.5f + 2.0f * float(i));  // 0.5 .. 28.5
-  for (int i = -15; i <= 15; ++i) sets[2].push_back(float(i));        // 31 thresholds
+  for (int i = -15; i <= 15; ++i) sets[2].push_back(float(i));             // 31 thresholds
   sets[3] = {0.0f, 0.5f, 1.0f, 2.0f, 3.0f, 5.0f, 8.0f, 13.0f, 21.0f, 34.0f, 55.0f};
   unsigned seed = 1700;
   for (const std::vector<float>& t : sets) {
@@ -289,6 +311,8 @@ TEST(Depthwise, ValuesOnTheThresholdsNaNAndInfinityGiveTheReferenceCodes) {
               const bool scale = v == &d.scale || v == &p.scale;
               (*v)[i] = scale ? (i % 2 ? 0.5f : 1.0f) : (i % 2 ? 1.5f : 0.0f);
             }
+          for (auto* v : {&d.residual, &p.residual})
+            for (float& r : *v) r = 0.5f * float(int(rng() % 5) - 2);
           for (auto* v : {&d.bias, &p.bias}) {
             (*v)[3] = __builtin_nanf("");
             (*v)[4] = __builtin_inff();
@@ -297,22 +321,30 @@ TEST(Depthwise, ValuesOnTheThresholdsNaNAndInfinityGiveTheReferenceCodes) {
           Options ref;
           ref.q = &q;
           ref.relu = relu;
+          ref.residual = relu && seed % 2 == 0;  // the engine's second convolution of a residual block
           ref.offset = offset;
-          Options only = ref;
+          Options only = ref, values = ref;
           only.codes_only = true;
+          values.sums = false;
           const Result dw_ref = run_dw(d, GemmIsa::scalar, ref);
           const Result dense_ref = run_with(p, p.W, p.n, false, GemmIsa::scalar, ref);
           long hits = 0;
           for (float v : dense_ref.values) hits += std::count(t.begin(), t.end(), v);
           EXPECT_GT(hits, 20) << "values on the thresholds";
           for (GemmIsa isa : apot::kernels::supported_gemm_isas())
-            for (const Options* opt : {&ref, &only}) {
+            for (const Options* opt : {&ref, &only, &values}) {
               const std::string what = std::string(apot::kernels::to_string(isa)) + " " + std::to_string(t.size()) +
                                        " thresholds from " + std::to_string(t.front()) + " k" + std::to_string(k) +
                                        "s" + std::to_string(stride) + " offset " + std::to_string(offset) +
-                                       (relu ? " relu" : "") + (opt->codes_only ? " codes only" : "");
-              ASSERT_EQ(run_dw(d, isa, *opt).codes, dw_ref.codes) << "depthwise " << what;
-              ASSERT_EQ(run_with(p, p.W, p.n, false, isa, *opt).codes, dense_ref.codes) << "dense " << what;
+                                       (relu ? " relu" : "") + (opt->codes_only ? " codes only" : "") +
+                                       (opt->sums ? "" : " no sums");
+              const Result dw = run_dw(d, isa, *opt), dense = run_with(p, p.W, p.n, false, isa, *opt);
+              ASSERT_EQ(dw.codes, dw_ref.codes) << "depthwise " << what;
+              ASSERT_EQ(dense.codes, dense_ref.codes) << "dense " << what;
+              if (!opt->codes_only) {
+                ASSERT_EQ(nan_as_number(dw.values), nan_as_number(dw_ref.values)) << "depthwise " << what;
+                ASSERT_EQ(nan_as_number(dense.values), nan_as_number(dense_ref.values)) << "dense " << what;
+              }
             }
         }
   }
