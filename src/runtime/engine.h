@@ -195,17 +195,25 @@ struct Model::Impl {
   // ---- kernel choice (tune.cpp) ----
 
   std::string tuning = "off";  // Inspector::tuning()
+  // Measured when tuning: an image runs faster on one thread than split over OpenMP's threads
+  // (small networks on a few cores lose more to starting and joining the threads at every
+  // layer than they gain), so images run one by one on one thread whatever the options say.
+  bool image_on_one_thread = false;
   // Sets each quantised convolution's variant: from the cache file, or measured (and cached),
   // as APOT_TUNE says (off: none, the path's default kernels).
   void tune();
+  // Sets image_on_one_thread by timing whole images on one thread and on `threads`.
+  void choose_image_threads(int threads);
   // What quantised layer l's speed depends on (its shape, input codes and epilogue): the key of
   // its measurement in the cache.
   std::string layer_key(size_t l, const Step& s) const;
   // The kernel quantised layer l runs with options o: the measured one for an image on one
   // thread (the measurement's setting: a batch on several threads runs one image per thread),
-  // else the path's default.
+  // also where several threads run an image but the layer was measured faster on one; else the
+  // path's default, split over the threads.
   ConvVariant variant_for(const Layer& l, const EngineOptions& o) const {
-    return o.tuned && l.variant && o.threads == 1 ? *l.variant : ConvVariant{o.isa, {}};
+    if (!o.tuned || !l.variant || (o.threads > 1 && !l.variant->one_thread)) return ConvVariant{o.isa, {}};
+    return *l.variant;
   }
   // One run of quantised layer l's convolution step, with the variant v, on workspace ws.
   void run_conv(const Step& s, Workspace& ws, float* out, const EngineOptions& o, ConvVariant v) const;

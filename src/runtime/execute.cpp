@@ -80,7 +80,8 @@ void Model::Impl::run_conv(const Step& s, Workspace& ws, float* out, const Engin
     co.requantizer = &layers[size_t(s.codes_for)].input;
     co.codes = ws.codes[size_t(s.codes_for)];
   }
-  kernels::conv_u8s8(ws.codes[size_t(s.layer)], l.packed, l.max_code, co, v.isa, o.threads, v.schedule);
+  kernels::conv_u8s8(ws.codes[size_t(s.layer)], l.packed, l.max_code, co, v.isa, v.one_thread ? 1 : o.threads,
+                     v.schedule);
 }
 
 void Model::Impl::run_step(const Step& s, const float* image, Workspace& ws, const EngineOptions& o,
@@ -352,16 +353,17 @@ void check_input(const float* input, int batch, size_t image) {
 namespace {
 
 // f(b) for each image of a batch: one thread per image when several threads run several images
-// (each image's layers on one thread), else image by image with the threads inside each image.
+// (each image's layers on one thread), else image by image with the threads inside each image
+// (on one thread where the tuning measured that faster: one_thread).
 template <typename F>
-void for_each_image(int batch, const EngineOptions& o, F f) {
+void for_each_image(int batch, const EngineOptions& o, bool one_thread, F f) {
   const int threads = std::max(1, o.threads);
-  if (batch == 1 || threads == 1 || o.layer_seconds) {
-    for (int b = 0; b < batch; ++b) f(b, o);
-    return;
-  }
   EngineOptions per_image = o;
   per_image.threads = 1;
+  if (batch == 1 || threads == 1 || o.layer_seconds) {
+    for (int b = 0; b < batch; ++b) f(b, one_thread && o.tuned ? per_image : o);
+    return;
+  }
 #pragma omp parallel for schedule(dynamic, 1) num_threads(threads)
   for (int b = 0; b < batch; ++b) f(b, per_image);
 }
@@ -379,7 +381,7 @@ void Model::Impl::run_batch(const float* input, int batch, float* logits, const 
   check_run(input, batch, logits, o);
   const size_t image = info.input_size(), classes = size_t(info.num_classes);
   check_input(input, batch, image);
-  for_each_image(batch, o, [&](int b, const EngineOptions& oi) {
+  for_each_image(batch, o, image_on_one_thread, [&](int b, const EngineOptions& oi) {
     run_image(input + size_t(b) * image, logits + size_t(b) * classes, nullptr, oi);
   });
 }
@@ -388,7 +390,7 @@ void Model::Impl::run_pixel_batch(const uint8_t* pixels, int batch, PixelLayout 
                                   const EngineOptions& o) const {
   check_run(pixels, batch, logits, o);
   const size_t image = info.input_size(), classes = size_t(info.num_classes);
-  for_each_image(batch, o, [&](int b, const EngineOptions& oi) {
+  for_each_image(batch, o, image_on_one_thread, [&](int b, const EngineOptions& oi) {
     run_pixel_image(pixels + size_t(b) * image, layout, logits + size_t(b) * classes, oi);
   });
 }

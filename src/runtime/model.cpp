@@ -120,7 +120,7 @@ ConvVariant Inspector::conv_variant(size_t index, const EngineOptions& options) 
 std::string Inspector::conv_variant_name(size_t index, const EngineOptions& options) const {
   const ConvVariant v = conv_variant(index, options);
   return std::string(kernels::to_string(v.isa)) + (v.schedule.winograd ? " winograd" : "") +
-         (v.schedule.rows_first ? " rows first" : "");
+         (v.schedule.rows_first ? " rows first" : "") + (v.one_thread && options.threads > 1 ? ", one thread" : "");
 }
 
 std::string Inspector::tuning() const { return model_.impl_->tuning; }

@@ -13,7 +13,9 @@
 // (kernels::cpu_model()) and each layer's shape, is APOT_TUNE_CACHE if set (empty: no file),
 // else $XDG_CACHE_HOME/apot/kernels.json or ~/.cache/apot/kernels.json. It is written
 // atomically; one that cannot be read or written is measured around (it is only a cache).
+#include <omp.h>
 #include <unistd.h>
+
 #include <algorithm>
 #include <chrono>
 #include <cstdlib>
@@ -48,8 +50,12 @@ std::string cache_path() {
   return "";
 }
 
-nlohmann::json to_json(ConvVariant v) {
-  return {{"isa", kernels::to_string(v.isa)}, {"winograd", v.schedule.winograd}, {"rows_first", v.schedule.rows_first}};
+// split_threads: the thread count at which one_thread was measured (1: not measured).
+nlohmann::json to_json(ConvVariant v, int split_threads) {
+  nlohmann::json j = {
+      {"isa", kernels::to_string(v.isa)}, {"winograd", v.schedule.winograd}, {"rows_first", v.schedule.rows_first}};
+  if (split_threads > 1) j["one_thread"] = v.one_thread, j["split_threads"] = split_threads;
+  return j;
 }
 
 bool same(const nlohmann::json& c, ConvVariant v) {
@@ -131,22 +137,37 @@ void Model::Impl::tune() {
 
   std::unique_ptr<Workspace> ws;  // for measurements
   std::mt19937 random(7);
-  EngineOptions o;  // one thread: the choice is made per layer, for a single image
+  EngineOptions o;  // one thread: the kernel is chosen per layer, for a single image
+  // Whether splitting a layer over threads pays (small layers lose more to starting the threads
+  // than they gain: ResNet-20's on a 2-core VM) is measured at OpenMP's thread count, and holds
+  // for runs of an image on any number of threads (conv_variant_name says ", one thread").
+  EngineOptions split;
+  split.threads = omp_get_max_threads();
   int measured = 0, cached = 0;
   std::set<std::string> now;  // the keys measured here
   for (const Step& s : steps) {
     if (s.kind != StepKind::conv_codes) continue;
     Layer& l = layers[size_t(s.layer)];
     const std::vector<ConvVariant> options = candidates(l);
-    if (options.size() < 2) continue;  // nothing to choose
+    if (options.size() < 2 && split.threads < 2) continue;  // nothing to choose
     const std::string key = layer_key(size_t(s.layer), s);
-    // The file's choices (unless forced), or one measured for a layer of the same kind above.
+    // The file's choices (unless forced), or one measured for a layer of the same kind above;
+    // the split measured again where it was measured at another thread count.
+    bool split_known = split.threads < 2;
+    l.variant.reset();
     if ((mode == TuneMode::cached || now.count(key)) && mine.contains(key)) {
       const nlohmann::json& c = mine[key];
       const auto it = std::find_if(options.begin(), options.end(), [&](ConvVariant v) { return same(c, v); });
       if (it != options.end()) {
-        l.variant = *it, ++cached;
-        continue;
+        l.variant = *it;
+        if (!split_known && c.value("split_threads", 0) == split.threads) {
+          l.variant->one_thread = c.value("one_thread", false);
+          split_known = true;
+        }
+        if (split_known) {
+          ++cached;
+          continue;
+        }
       }
     }
     if (!ws) ws = acquire();
@@ -160,19 +181,32 @@ void Model::Impl::tune() {
     float* out = s.out >= 0 ? ws->buffers[size_t(s.out)].data() : nullptr;
     // Rounds of every variant in turn (the first a warm-up), the fastest run of each counts:
     // about 20 ms per layer, at least 3 and at most 25 rounds.
-    std::vector<double> best(options.size(), 1e30);
-    auto time_one = [&](ConvVariant v) {
+    // time_one: one run of the layer with options e and variant v.
+    auto time_one = [&](const EngineOptions& e, ConvVariant v) {
       const auto t0 = std::chrono::steady_clock::now();
-      run_conv(s, *ws, out, o, v);
+      run_conv(s, *ws, out, e, v);
       return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     };
-    double round = 0;
-    for (ConvVariant v : options) round += time_one(v);
-    const int rounds = std::clamp(int(0.02 / std::max(round, 1e-7)), 3, 25);
-    for (int r = 0; r < rounds; ++r)
-      for (size_t i = 0; i < options.size(); ++i) best[i] = std::min(best[i], time_one(options[i]));
-    l.variant = options[size_t(std::min_element(best.begin(), best.end()) - best.begin())];
-    mine[key] = to_json(*l.variant);
+    // The fastest of the (option, variant) pairs: rounds of every pair in turn (the first a
+    // warm-up), the fastest run of each counts; about 20 ms per layer, 3 to 25 rounds.
+    auto fastest = [&](const std::vector<std::pair<const EngineOptions*, ConvVariant>>& pairs) {
+      std::vector<double> best(pairs.size(), 1e30);
+      double round = 0;
+      for (const auto& [e, v] : pairs) round += time_one(*e, v);
+      const int rounds = std::clamp(int(0.02 / std::max(round, 1e-7)), 3, 25);
+      for (int r = 0; r < rounds; ++r)
+        for (size_t i = 0; i < pairs.size(); ++i)
+          best[i] = std::min(best[i], time_one(*pairs[i].first, pairs[i].second));
+      return size_t(std::min_element(best.begin(), best.end()) - best.begin());
+    };
+    if (!l.variant) {
+      std::vector<std::pair<const EngineOptions*, ConvVariant>> pairs;
+      for (ConvVariant v : options) pairs.push_back({&o, v});
+      l.variant = options[options.size() > 1 ? fastest(pairs) : 0];
+    }
+    if (!split_known)  // the chosen kernel on one thread, or the path's default split over the threads
+      l.variant->one_thread = fastest({{&o, *l.variant}, {&split, ConvVariant{split.isa, {}}}}) == 0;
+    mine[key] = to_json(*l.variant, split.threads);
     now.insert(key);
     ++measured;
   }
@@ -182,6 +216,38 @@ void Model::Impl::tune() {
   else
     tuning = std::to_string(measured) + " measured, " + std::to_string(cached) + " from the cache" +
              (path.empty() ? std::string() : " (" + path + (unsaved ? ": cannot be written" : "") + ")");
+  if (split.threads > 1 && measured + cached > 0) {
+    choose_image_threads(split.threads);
+    if (image_on_one_thread)
+      tuning += "; an image runs on one thread (measured faster than on " + std::to_string(split.threads) + ")";
+  }
+}
+
+// Whole images on one thread against `threads` (each layer split as tuned): alternating rounds
+// of both (the first a warm-up), the fastest run of each counts, about 50 ms, 3 to 20 rounds.
+// Not cached: it depends on the whole network, and costs a few runs at each load.
+void Model::Impl::choose_image_threads(int threads) {
+  std::vector<float> image(size_t(info.channels) * size_t(info.height) * size_t(info.width));
+  std::mt19937 random(11);
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  for (float& v : image) v = normal(random);
+  std::vector<float> logits(size_t(info.num_classes));
+  EngineOptions one, many;
+  one.tuned = many.tuned = true;
+  many.threads = threads;
+  auto time_one = [&](const EngineOptions& o) {
+    const auto t0 = std::chrono::steady_clock::now();
+    run_image(image.data(), logits.data(), nullptr, o);
+    return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  };
+  const double round = time_one(one) + time_one(many);
+  const int rounds = std::clamp(int(0.05 / std::max(round, 1e-7)), 3, 20);
+  double best_one = 1e30, best_many = 1e30;
+  for (int r = 0; r < rounds; ++r) {
+    best_one = std::min(best_one, time_one(one));
+    best_many = std::min(best_many, time_one(many));
+  }
+  image_on_one_thread = best_one < best_many;
 }
 
 }  // namespace apot::runtime

@@ -393,9 +393,21 @@ nlohmann::json read_json(const std::string& path) {
 
 }  // namespace
 
+// Inspector::tuning() without the whole-image thread choice, which depends on timing; that part
+// must be absent or this exact note.
+std::string tuning_counts(const apot::runtime::Inspector& inspect) {
+  const std::string t = inspect.tuning();
+  const size_t at = t.find("; ");
+  if (at != std::string::npos) {
+    EXPECT_EQ(t.substr(at), "; an image runs on one thread (measured faster than on 2)");
+  }
+  return t.substr(0, at);
+}
+
 // The kernel of each quantised convolution chosen by measurement when a model is loaded
-// (APOT_TUNE): the choices are kept in the cache file and read back from it, and whatever they
-// are, the engine gives the same logits, bit for bit, as every path with its default kernels.
+// (APOT_TUNE), and whether it runs on one thread where two run an image: the choices are kept in
+// the cache file and read back from it, and whatever they are, the engine gives the same logits,
+// bit for bit, as every path with its default kernels, on one and two threads.
 TEST(Tuning, MeasuredKernelsAreCachedAndGiveTheSameBits) {
   const std::string dir = ::testing::TempDir() + "/apot-tune-" + std::to_string(::getpid());
   std::filesystem::create_directories(dir);
@@ -407,54 +419,83 @@ TEST(Tuning, MeasuredKernelsAreCachedAndGiveTheSameBits) {
   torch::manual_seed(5);
   const torch::Tensor x = torch::randn({3, 3, 32, 32});
   const auto& isas = apot::kernels::supported_gemm_isas();
+  struct TwoThreads {  // the split is measured at OpenMP's thread count, which LibTorch sets
+    const int before = torch::get_num_threads();
+    TwoThreads() { torch::set_num_threads(2); }
+    ~TwoThreads() { torch::set_num_threads(before); }
+  } two_threads;
 
+  const torch::Tensor x1 = x.slice(0, 0, 1).contiguous();  // one image: its layers split over threads
   auto check_bits = [&](const apot::runtime::Model& engine, const std::string& when) {
     const std::vector<float> tuned = logits_of(engine, x, 1), tuned2 = logits_of(engine, x, 2);
+    const std::vector<float> one = logits_of(engine, x1, 2);
     for (auto isa : isas) {
       EXPECT_EQ(tuned, logits_of(engine, x, 1, apot::runtime::isa_of(isa))) << when << " " << to_string(isa);
       EXPECT_EQ(tuned2, logits_of(engine, x, 2, apot::runtime::isa_of(isa))) << when << " " << to_string(isa);
+      EXPECT_EQ(one, logits_of(engine, x1, 1, apot::runtime::isa_of(isa))) << when << " " << to_string(isa);
     }
   };
-  apot::runtime::EngineOptions tuned_options;
-  tuned_options.tuned = true;
+  apot::runtime::EngineOptions tuned_options, tuned_two, untuned_two;
+  tuned_options.tuned = tuned_two.tuned = true;
+  tuned_two.threads = untuned_two.threads = 2;
   {
     EnvGuard mode("APOT_TUNE", "force");
     const auto engine = export_and_load(*model, c);
     const apot::runtime::Inspector inspect(engine);
     // 18 quantised convolutions of 9 kinds: each kind measured once, its twins take the choice.
-    if (isas.size() > 2) {
-      EXPECT_EQ(inspect.tuning(), "9 measured, 9 from the cache (" + cache + ")");
-    }
+    // (Every path measured, and at two threads; with one path, only the split.)
+    EXPECT_EQ(tuning_counts(inspect), "9 measured, 9 from the cache (" + cache + ")");
     check_bits(engine, "measured");
     ASSERT_TRUE(std::filesystem::exists(cache));
     const nlohmann::json j = read_json(cache);
     EXPECT_EQ(j.at("version"), 1);
-    if (isas.size() > 2) {
-      EXPECT_EQ(j.at(apot::kernels::cpu_model()).size(), 9u);
+    EXPECT_EQ(j.at(apot::kernels::cpu_model()).size(), 9u);
+    for (const auto& [key, choice] : j.at(apot::kernels::cpu_model()).items()) {
+      EXPECT_EQ(choice.at("split_threads"), 2) << key;
+      EXPECT_TRUE(choice.at("one_thread").is_boolean()) << key;
     }
   }
   if (std::find(isas.begin(), isas.end(), apot::kernels::GemmIsa::avx2) == isas.end()) return;
-  {  // The cache is read: every entry rewritten to AVX2 (which this model can run) is taken.
+  for (bool one_thread : {true, false}) {
+    // The cache is read: every entry rewritten to AVX2 (which this model can run) is taken, on
+    // one thread where two run an image, or split (then with the path's default kernels).
     nlohmann::json j = read_json(cache);
     for (auto& [key, choice] : j.at(apot::kernels::cpu_model()).items())
-      choice = {{"isa", "avx2"}, {"winograd", true}, {"rows_first", false}};
+      choice = {
+          {"isa", "avx2"}, {"winograd", true}, {"rows_first", false}, {"one_thread", one_thread}, {"split_threads", 2}};
     std::ofstream(cache) << j.dump();
     EnvGuard mode("APOT_TUNE", "1");
     const auto engine = export_and_load(*model, c);
     const apot::runtime::Inspector inspect(engine);
-    EXPECT_EQ(inspect.tuning(), "0 measured, 18 from the cache (" + cache + ")");
+    EXPECT_EQ(tuning_counts(inspect), "0 measured, 18 from the cache (" + cache + ")");
     for (size_t i = 0; i < inspect.layer_count(); ++i) {
       if (inspect.graph()[size_t(inspect.layer_node(i))].quant.quantized()) {
         EXPECT_EQ(inspect.conv_variant_name(i, tuned_options), "avx2") << i;
+        EXPECT_EQ(inspect.conv_variant(i, tuned_two).one_thread, one_thread) << i;
+        EXPECT_EQ(inspect.conv_variant_name(i, tuned_two),
+                  one_thread ? "avx2, one thread" : inspect.conv_variant_name(i, untuned_two))
+            << i;
       }
     }
-    check_bits(engine, "from the cache");
+    check_bits(engine, one_thread ? "from the cache, one thread" : "from the cache, split");
+  }
+  {  // A split measured at another thread count is measured again (the kernels are kept).
+    nlohmann::json j = read_json(cache);
+    for (auto& [key, choice] : j.at(apot::kernels::cpu_model()).items()) choice["split_threads"] = 3;
+    std::ofstream(cache) << j.dump();
+    EnvGuard mode("APOT_TUNE", "1");
+    const auto engine = export_and_load(*model, c);
+    EXPECT_EQ(tuning_counts(apot::runtime::Inspector(engine)), "9 measured, 9 from the cache (" + cache + ")");
+    for (const auto& [key, choice] : read_json(cache).at(apot::kernels::cpu_model()).items()) {
+      EXPECT_EQ(choice.at("isa"), "avx2") << key;
+      EXPECT_EQ(choice.at("split_threads"), 2) << key;
+    }
   }
   {  // A corrupt cache is measured around and replaced.
     std::ofstream(cache) << "{not json";
     EnvGuard mode("APOT_TUNE", "1");
     const auto engine = export_and_load(*model, c);
-    EXPECT_EQ(apot::runtime::Inspector(engine).tuning(), "9 measured, 9 from the cache (" + cache + ")");
+    EXPECT_EQ(tuning_counts(apot::runtime::Inspector(engine)), "9 measured, 9 from the cache (" + cache + ")");
     EXPECT_EQ(read_json(cache).at(apot::kernels::cpu_model()).size(), 9u);
   }
   {  // Off: the path's default kernels.

@@ -17,12 +17,16 @@ kernels::GemmIsa gemm_isa(Isa isa);  // automatic: kernels::default_gemm_isa()
 Isa isa_of(kernels::GemmIsa isa);
 
 // A quantised convolution's kernel: the path and its schedule (on AVX-512 VNNI, Winograd F(2,3)
-// or the direct kernel for 3x3 stride-1 layers, and the direct kernel's loop order). Every
-// variant gives the same bits.
+// or the direct kernel for 3x3 stride-1 layers, and the direct kernel's loop order), and whether
+// it runs on one thread where several run one image (one_thread: the engine measured that
+// splitting the layer does not pay). Every variant gives the same bits.
 struct ConvVariant {
   kernels::GemmIsa isa = kernels::GemmIsa::scalar;
   kernels::ConvSchedule schedule;
-  bool operator==(const ConvVariant& o) const { return isa == o.isa && schedule == o.schedule; }
+  bool one_thread = false;
+  bool operator==(const ConvVariant& o) const {
+    return isa == o.isa && schedule == o.schedule && one_thread == o.one_thread;
+  }
 };
 
 struct EngineOptions {
@@ -51,7 +55,8 @@ class Inspector {
   bool uses_winograd(size_t index, kernels::GemmIsa isa = kernels::default_gemm_isa()) const;
   // The kernel quantised layer `index` runs with these options (its tuned variant with
   // options.tuned, else options.isa), schedule.winograd set only where Winograd runs; and its
-  // name, e.g. "avx512-vnni winograd", "avx512-vnni rows first", "avx-vnni".
+  // name, e.g. "avx512-vnni winograd", "avx512-vnni rows first", "avx-vnni", with ", one thread"
+  // where several threads run the image but this layer runs on one.
   ConvVariant conv_variant(size_t index, const EngineOptions& options) const;
   std::string conv_variant_name(size_t index, const EngineOptions& options) const;
   // How the variants of this model's layers were chosen (APOT_TUNE): "off", "nothing to
