@@ -220,8 +220,10 @@ void depthwise_tile(const ConvArgs& a, const Epilogue& e, int y, int x, int vali
 
 // 3x3 with stride S, R pixels (all real): each input column of a kernel row is loaded and widened
 // once for the up to three outputs whose windows hold it (R + 2 loads per kernel row at
-// stride 1 instead of 3 R), the nine weight vectors in registers.
-template <int R, int S>
+// stride 1 instead of 3 R), the nine weight vectors in registers. Full: all 16 channels are
+// real, so each load widens straight from memory (vpmovzxbd with a memory operand: one
+// instruction where the masked load and the widening take two).
+template <int R, int S, bool Full>
 void depthwise3_tile(const ConvArgs& a, const Epilogue& e, int y, int x, int c0) {
   const PackedConv& w = *a.w;
   const size_t ld = size_t(w.nblocks) * 16, cs = size_t(a.in->cs);
@@ -234,7 +236,9 @@ void depthwise3_tile(const ConvArgs& a, const Epilogue& e, int y, int x, int c0)
     const uint8_t* row = base + a.tap_offsets[3 * ky];
 #pragma GCC unroll 32
     for (int j = 0; j < S * (R - 1) + 3; ++j) {
-      const __m512i v = _mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(mask, row + size_t(j) * cs));
+      const uint8_t* at = row + size_t(j) * cs;
+      const __m512i v = _mm512_cvtepu8_epi32(Full ? _mm_loadu_si128(reinterpret_cast<const __m128i*>(at))
+                                                  : _mm_maskz_loadu_epi8(mask, at));
 #pragma GCC unroll 3
       for (int kx = 0; kx < 3; ++kx) {
         const int d = j - kx;  // S * r for output r
@@ -250,7 +254,8 @@ template <int S, int R = 8>
 void depthwise3(const ConvArgs& a, const Epilogue& e, int y, int x, int valid, int c0) {
   if constexpr (R > 1)
     if (valid < R) return depthwise3<S, R - 1>(a, e, y, x, valid, c0);
-  depthwise3_tile<R, S>(a, e, y, x, c0);
+  if (a.w->out_channels - c0 >= 16) depthwise3_tile<R, S, true>(a, e, y, x, c0);
+  else depthwise3_tile<R, S, false>(a, e, y, x, c0);
 }
 }  // namespace
 
