@@ -124,6 +124,7 @@ struct Search {
   // vectors interleaved (independent dependency chains for the out-of-order core).
   template <int R>
   void codes(const __m512 (&v)[R], __m128i (&out)[R]) const {
+    if (one_check()) return codes_one_check(v, out);
     __m512i index[R];
     if (checks > 0) {
       for (int r = 0; r < R; ++r) {
@@ -158,6 +159,26 @@ struct Search {
     for (int s = 4; s >= 1; s >>= 1)
       for (int r = 0; r < R; ++r) step(v[r], index[r], s);
     for (int r = 0; r < R; ++r) out[r] = _mm512_cvtepi32_epi8(_mm512_permutexvar_epi32(index[r], c0));
+  }
+
+  // 64 cells, one check and at most 16 levels (4-bit APoT): codes_one_check() applies.
+  bool one_check() const { return checks == 1 && wide_cells && !wide; }
+
+  // codes() with 64 cells, one check and at most 16 levels (4-bit APoT), in one straight line:
+  // each step for all R vectors in turn.
+  template <int R>
+  __attribute__((always_inline)) void codes_one_check(const __m512 (&v)[R], __m128i (&out)[R]) const {
+    __m512i index[R];
+    for (int r = 0; r < R; ++r) {
+      const __m512 u = _mm512_min_ps(_mm512_max_ps(_mm512_fmadd_ps(v[r], k, c), _mm512_setzero_ps()), top);
+      index[r] = _mm512_permutex2var_epi16(base0, _mm512_cvttps_epi32(u), base1);
+    }
+    for (int r = 0; r < R; ++r) {
+      const __m512 t = _mm512_permutexvar_ps(index[r], ct0);
+      index[r] =
+          _mm512_mask_add_epi32(index[r], _mm512_cmp_ps_mask(v[r], t, _CMP_GE_OQ), index[r], _mm512_set1_epi32(1));
+    }
+    for (int r = 0; r < R; ++r) out[r] = _mm512_cvtepi32_epi8(_mm512_permutexvar_epi32(index[r], cc0));
   }
 
   // Codes of 16 values.
@@ -224,7 +245,7 @@ struct Epilogue {
         straight(straight_shape(out, search, relu)) {}
 
   static Straight straight_shape(const ConvOutput& o, const Search& s, bool relu) {
-    if (!o.requantizer || o.accumulators || s.checks != 1 || !s.wide_cells || s.wide) return Straight::no;
+    if (!o.requantizer || o.accumulators || !s.one_check()) return Straight::no;
     if (!o.values && !o.residual && !relu) return Straight::codes;
     if (o.values && o.residual && relu) return Straight::residual_codes;
     return Straight::no;
@@ -264,6 +285,13 @@ struct Epilogue {
     if (!o.requantizer) return;
     __m128i codes[R];
     search.codes(v, codes);
+    store_codes(codes, y, x, n0, mask, valid);
+  }
+
+  // The codes of pixels (y, x + r), r < valid, channels n0 + lane (mask).
+  template <int R>
+  __attribute__((always_inline)) void store_codes(const __m128i (&codes)[R], int y, int x, int n0, __mmask16 mask,
+                                                  int valid) const {
     uint8_t* dst = o.codes.pixel(y, x) + n0;
     const size_t step = size_t(o.codes.cs);
     for (int r = 0; r < R; ++r)
@@ -288,23 +316,9 @@ struct Epilogue {
         _mm512_mask_storeu_ps(o.values + at, mask, v[r]);
       }
     }
-    __m512i index[R];
-    for (int r = 0; r < R; ++r) {
-      const __m512 u =
-          _mm512_min_ps(_mm512_max_ps(_mm512_fmadd_ps(v[r], search.k, search.c), _mm512_setzero_ps()), search.top);
-      index[r] = _mm512_permutex2var_epi16(search.base0, _mm512_cvttps_epi32(u), search.base1);
-    }
-    for (int r = 0; r < R; ++r) {
-      const __m512 t = _mm512_permutexvar_ps(index[r], search.ct0);
-      index[r] =
-          _mm512_mask_add_epi32(index[r], _mm512_cmp_ps_mask(v[r], t, _CMP_GE_OQ), index[r], _mm512_set1_epi32(1));
-    }
     __m128i codes[R];
-    for (int r = 0; r < R; ++r) codes[r] = _mm512_cvtepi32_epi8(_mm512_permutexvar_epi32(index[r], search.cc0));
-    uint8_t* dst = o.codes.pixel(y, x) + n0;
-    const size_t step = size_t(o.codes.cs);
-    for (int r = 0; r < R; ++r)
-      if (r < valid) _mm_mask_storeu_epi8(dst + r * step, mask, codes[r]);
+    search.codes_one_check(v, codes);
+    store_codes(codes, y, x, n0, mask, valid);
   }
 };
 
