@@ -76,7 +76,8 @@ struct ModelInfo {
 
 struct RunOptions {
   // Threads for one call (OpenMP): a batch of several images runs one image per thread, a
-  // single image splits each layer's output rows.
+  // single image splits each layer's output rows (with tuning, not the layers, or the whole
+  // image, that the load measured faster on one thread: docs/KERNELS.md, "Tuning").
   int threads = 1;
   Isa isa = Isa::automatic;
   // On the VNNI paths, an image made of 8-bit pixels runs its first layer with integer sums on
