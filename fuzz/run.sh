@@ -13,6 +13,7 @@ build() {  # name sources... libs...
   local name=$1; shift
   local stale=${APOT_FUZZ_REBUILD:-}
   for f in "fuzz/$name.cpp" "$@"; do [ -f "$f" ] && [ "$f" -nt "$out/$name" ] && stale=1; done
+  [ -f "$out/$name" ] && [ -n "$(find include src -name '*.h' -newer "$out/$name" -print -quit)" ] && stale=1
   [ -f "$out/$name" ] && [ -z "$stale" ] && return 0
   clang++-14 "${flags[@]}" "fuzz/$name.cpp" "$@" -o "$out/$name"
 }
@@ -35,7 +36,10 @@ engine_objects() {
   for src in src/levels/*.cpp src/graph/*.cpp src/kernels/*.cpp src/runtime/*.cpp; do
     local base; base=$(basename "$src" .cpp)
     local o="$obj/$(basename "$(dirname "$src")")_$base.o"
-    if [ ! "$o" -nt "$src" ] || [ -n "${APOT_FUZZ_REBUILD:-}" ]; then
+    # Stale where the source or any header is newer (a header's change, such as a new member of
+    # a class, must reach every object that includes it).
+    if [ ! "$o" -nt "$src" ] || [ -n "${APOT_FUZZ_REBUILD:-}" ] ||
+      [ -n "$(find include src -name '*.h' -newer "$o" -print -quit)" ]; then
       # shellcheck disable=SC2086
       clang++-14 -std=c++17 -g -O1 -fsanitize=fuzzer-no-link,address,undefined -fno-sanitize-recover=undefined \
         -ffp-contract=off -fopenmp=libgomp '-DTOML_ASSERT(expr)=((void)0)' '-DAPOT_VERSION="fuzz"' -Iinclude -Isrc/kernels ${isa[$base]:-} \
@@ -53,6 +57,7 @@ build fuzz_apot "${engine[@]}" -fopenmp=libgomp -lxxhash
 build fuzz_model_file "${engine[@]}" -fopenmp=libgomp -lxxhash
 build fuzz_onnx src/onnx/onnx_import.cpp src/onnx/onnx_ops.cpp src/onnx/constants.cpp "${engine[@]}" -fopenmp=libgomp -lxxhash -DONNX_NAMESPACE=onnx -DONNX_ML=1 \
   -lonnx_proto -lprotobuf
+rm -rf "$out/artifacts"  # a problem found by an earlier run does not fail this one
 for target in fuzz_idx fuzz_cifar fuzz_image fuzz_apot fuzz_model_file fuzz_onnx; do
   corpus=fuzz/corpus/${target#fuzz_}
   [ -d "$corpus" ] || { echo "fuzz: missing corpus $corpus"; exit 1; }
@@ -61,8 +66,10 @@ for target in fuzz_idx fuzz_cifar fuzz_image fuzz_apot fuzz_model_file fuzz_onnx
   mkdir -p "$out/artifacts"
   "$out/$target" -max_total_time="$seconds" -rss_limit_mb=2048 -artifact_prefix="$out/artifacts/" "$work" "$corpus" 2>&1 \
     | grep -E "DONE|Done|ERROR|SUMMARY" | tail -2 || true
-  # A crash leaves a crash-* file in the current directory and a non-zero exit: fail loudly.
-  if ls "$out"/artifacts/crash-* "$out"/artifacts/leak-* "$out"/artifacts/timeout-* >/dev/null 2>&1; then
+  # A crash, leak or timeout leaves a file in the artifacts folder: fail loudly. (One `ls` of the
+  # three patterns failed whenever one of them matched nothing, and so never fired.)
+  if compgen -G "$out/artifacts/crash-*" >/dev/null || compgen -G "$out/artifacts/leak-*" >/dev/null ||
+    compgen -G "$out/artifacts/timeout-*" >/dev/null; then
     echo "fuzz: $target found a problem (see $out/artifacts)"; exit 1
   fi
   rm -rf "$work"
