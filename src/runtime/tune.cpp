@@ -21,7 +21,9 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <random>
 #include <set>
 #include <stdexcept>
@@ -107,6 +109,26 @@ bool write_cache(const std::string& path, const nlohmann::json& j) {
   return true;
 }
 
+// The index of the fastest of `runs`: rounds of every run in turn (the first a warm-up), the
+// fastest time of each counting; about `budget` seconds, 3 to `max_rounds` rounds. None where the
+// warm-up round alone takes over `give_up` seconds.
+std::optional<size_t> fastest(const std::vector<std::function<void()>>& runs, double budget, int max_rounds,
+                              double give_up = 1e30) {
+  auto seconds = [](const std::function<void()>& f) {
+    const auto t0 = std::chrono::steady_clock::now();
+    f();
+    return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  };
+  double round = 0;
+  for (const auto& f : runs) round += seconds(f);
+  if (round > give_up) return std::nullopt;
+  std::vector<double> best(runs.size(), 1e30);
+  const int rounds = std::clamp(int(budget / std::max(round, 1e-7)), 3, max_rounds);
+  for (int r = 0; r < rounds; ++r)
+    for (size_t i = 0; i < runs.size(); ++i) best[i] = std::min(best[i], seconds(runs[i]));
+  return size_t(std::min_element(best.begin(), best.end()) - best.begin());
+}
+
 }  // namespace
 
 // What a layer's speed depends on: its shape, input codes and epilogue.
@@ -179,33 +201,15 @@ void Model::Impl::tune() {
       for (int x = 0; x < in.w; ++x)
         for (int c = 0; c < l.packed.in_channels; ++c) in.pixel(y, x)[c] = uint8_t(code(random));
     float* out = s.out >= 0 ? ws->buffers[size_t(s.out)].data() : nullptr;
-    // Rounds of every variant in turn (the first a warm-up), the fastest run of each counts:
-    // about 20 ms per layer, at least 3 and at most 25 rounds.
-    // time_one: one run of the layer with options e and variant v.
-    auto time_one = [&](const EngineOptions& e, ConvVariant v) {
-      const auto t0 = std::chrono::steady_clock::now();
-      run_conv(s, *ws, out, e, v);
-      return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-    };
-    // The fastest of the (option, variant) pairs: rounds of every pair in turn (the first a
-    // warm-up), the fastest run of each counts; about 20 ms per layer, 3 to 25 rounds.
-    auto fastest = [&](const std::vector<std::pair<const EngineOptions*, ConvVariant>>& pairs) {
-      std::vector<double> best(pairs.size(), 1e30);
-      double round = 0;
-      for (const auto& [e, v] : pairs) round += time_one(*e, v);
-      const int rounds = std::clamp(int(0.02 / std::max(round, 1e-7)), 3, 25);
-      for (int r = 0; r < rounds; ++r)
-        for (size_t i = 0; i < pairs.size(); ++i)
-          best[i] = std::min(best[i], time_one(*pairs[i].first, pairs[i].second));
-      return size_t(std::min_element(best.begin(), best.end()) - best.begin());
-    };
+    // One run of the layer with options e and variant v; about 20 ms per choice, 3 to 25 rounds.
+    auto run = [&](const EngineOptions& e, ConvVariant v) { return [&, p = &e, v] { run_conv(s, *ws, out, *p, v); }; };
     if (!l.variant) {
-      std::vector<std::pair<const EngineOptions*, ConvVariant>> pairs;
-      for (ConvVariant v : options) pairs.push_back({&o, v});
-      l.variant = options[options.size() > 1 ? fastest(pairs) : 0];
+      std::vector<std::function<void()>> runs;
+      for (ConvVariant v : options) runs.push_back(run(o, v));
+      l.variant = options[options.size() > 1 ? *fastest(runs, 0.02, 25) : 0];
     }
     if (!split_known)  // the chosen kernel on one thread, or the path's default split over the threads
-      l.variant->one_thread = fastest({{&o, *l.variant}, {&split, ConvVariant{split.isa, {}}}}) == 0;
+      l.variant->one_thread = *fastest({run(o, *l.variant), run(split, ConvVariant{split.isa, {}})}, 0.02, 25) == 0;
     mine[key] = to_json(*l.variant, split.threads);
     now.insert(key);
     ++measured;
@@ -236,20 +240,12 @@ void Model::Impl::choose_image_threads(int threads) {
   EngineOptions one, many;
   one.tuned = many.tuned = true;
   many.threads = threads;
-  auto time_one = [&](const EngineOptions& o) {
-    const auto t0 = std::chrono::steady_clock::now();
-    run_image(image.data(), logits.data(), nullptr, o);
-    return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  auto run = [&](const EngineOptions& o) {
+    return [&, p = &o] { run_image(image.data(), logits.data(), nullptr, *p); };
   };
-  const double round = time_one(one) + time_one(many);
-  if (round > 0.1) return;  // large networks: their layers gain from threads, and loads stay short
-  const int rounds = std::clamp(int(0.05 / std::max(round, 1e-7)), 3, 20);
-  double best_one = 1e30, best_many = 1e30;
-  for (int r = 0; r < rounds; ++r) {
-    best_one = std::min(best_one, time_one(one));
-    best_many = std::min(best_many, time_one(many));
-  }
-  image_on_one_thread = best_one < best_many;
+  // Large networks (a round over 0.1 s): their layers gain from threads, and loads stay short.
+  const std::optional<size_t> best = fastest({run(one), run(many)}, 0.05, 20, 0.1);
+  image_on_one_thread = best && *best == 0;
 }
 
 }  // namespace apot::runtime
