@@ -3,9 +3,12 @@
 //   fp32                 full precision as the trainer ran it before issue 16: NCHW batches,
 //                        the C library's default allocator
 //   apot-w4a4            W4A4 APoT with the fused kernels (first/last layer int8), the same way
-//   fp32-fastest         full precision on the trainer's CPU path now: channels-last batches
-//                        (oneDNN's convolutions are faster on them) and freed memory kept
-//                        (train::keep_freed_memory: no fresh pages faulted in every step)
+//   fp32-channels-last   full precision with channels-last batches (oneDNN's convolutions are
+//                        faster on them) and freed memory kept (train::keep_freed_memory: no
+//                        fresh pages faulted in every step): train.memory_format = "auto"
+//   apot-w4a4-channels-last  W4A4 APoT on that path
+//   fp32-fastest         as fp32-channels-last, with the convolutions in bfloat16 where the CPU
+//                        has AVX512_BF16 (train.conv_precision = "auto"; else the same as it)
 //   apot-w4a4-fastest    W4A4 APoT on that path
 //   reference-w4a4       W4A4 APoT with the reference code's distance-matrix projection
 //   2 ranks x 1 thread   apot-w4a4-fastest data-parallel (Gloo, batch/2 per rank) against
@@ -51,6 +54,7 @@ struct Config {
   bool quantized;
   Backend backend;
   bool fastest;  // channels-last batches, freed memory kept
+  bool bf16 = false;  // convolutions in bfloat16 (where the CPU has AVX512_BF16)
   // The child process it runs in: today, fastest, or reference (alone, as its huge allocations
   // would change the C library's allocation thresholds for the others).
   std::string path() const {
@@ -61,8 +65,10 @@ struct Config {
 const std::vector<Config>& all_configs() {
   static const std::vector<Config> c{{"fp32", false, Backend::automatic, false},
                                      {"apot-w4a4", true, Backend::automatic, false},
-                                     {"fp32-fastest", false, Backend::automatic, true},
-                                     {"apot-w4a4-fastest", true, Backend::automatic, true},
+                                     {"fp32-channels-last", false, Backend::automatic, true},
+                                     {"apot-w4a4-channels-last", true, Backend::automatic, true},
+                                     {"fp32-fastest", false, Backend::automatic, true, true},
+                                     {"apot-w4a4-fastest", true, Backend::automatic, true, true},
                                      {"reference-w4a4", true, Backend::reference_argmin, false}};
   return c;
 }
@@ -76,6 +82,7 @@ Setup make_setup(const Config& c) {
   torch::manual_seed(0);
   Network model = apot::qat::make_network("resnet20");
   if (c.quantized) apot::qat::apply_policy(*model, QuantPolicy{});  // W4A4 APoT defaults
+  if (c.bf16 && apot::qat::cpu_has_native_bf16()) model->set_conv_precision(apot::qat::ConvPrecision::bf16);
   model->train();
   auto sgd = std::make_unique<torch::optim::SGD>(model->parameters(),
                                                  torch::optim::SGDOptions(0.04).momentum(0.9).weight_decay(1e-4));
@@ -258,7 +265,8 @@ int run_rank_child(int steps, int batch) {
   const apot::train::DistributedOptions options = apot::train::distributed_from_env();
   apot::train::Communicator comm(options);
   apot::train::keep_freed_memory();
-  const Config c = all_configs()[3];
+  const Config c = *std::find_if(all_configs().begin(), all_configs().end(),
+                                 [](const Config& k) { return k.name == "apot-w4a4-fastest"; });
   Setup s = make_setup(c);
   std::vector<torch::Tensor> state = s.model->parameters();
   for (const auto& b : s.model->buffers()) state.push_back(b);
@@ -319,6 +327,9 @@ int main(int argc, char** argv) {
       "(child processes alternating)\n",
       batch, threads, rounds, steps);
   std::printf("  CPU: %s (%s)\n", cpu_name().c_str(), features.describe().c_str());
+  std::printf("  -fastest rows: convolutions in %s\n",
+              apot::qat::cpu_has_native_bf16() ? "bfloat16 (AVX512_BF16)"
+                                               : "float32 (no AVX512_BF16: the same as -channels-last)");
   const std::string common = " --steps " + std::to_string(steps) + " --batch " + std::to_string(batch) + " --threads " +
                              std::to_string(threads);
   std::map<std::string, std::vector<double>> ms, faults;
@@ -372,7 +383,7 @@ int main(int argc, char** argv) {
                                    .c_str());
     const double t = median(ms[c.name]);
     std::printf(
-        "  %-18s step median %8.1f ms  %5.2fx fp32  %5.1f %% of FP32 peak  peak RSS %6.1f MiB  %6.0f page "
+        "  %-23s step median %8.1f ms  %5.2fx fp32  %5.1f %% of FP32 peak  peak RSS %6.1f MiB  %6.0f page "
         "faults/step  (%zu steps)\n",
         c.name.c_str(), t, t / fp, peak > 0 ? 100.0 * gmacs / (t / 1e3) / (peak * threads) : 0.0, rss / 1024.0,
         median(faults[c.name]), ms[c.name].size());

@@ -31,7 +31,10 @@ const CpuFeatures& cpu_features() {
     // knows "avxvnni", Clang 14's does not. The OS must save the ymm state, which AVX2 support
     // (checked through the builtin) already implies.
     unsigned eax = 0, ebx = 0, ecx = 0, edx = 0;
-    f.avx_vnni = f.avx2 && __get_cpuid_count(7, 1, &eax, &ebx, &ecx, &edx) && ((eax >> 4) & 1u) != 0;
+    const bool leaf_7_1 = __get_cpuid_count(7, 1, &eax, &ebx, &ecx, &edx);
+    f.avx_vnni = f.avx2 && leaf_7_1 && ((eax >> 4) & 1u) != 0;
+    // AVX512_BF16: the same sub-leaf, EAX bit 5 (the OS state is AVX-512's, checked above).
+    f.avx512_bf16 = f.avx512f && leaf_7_1 && ((eax >> 5) & 1u) != 0;
 #endif
     return f;
   }();
@@ -71,7 +74,8 @@ std::string CpuFeatures::describe() const {
   std::string s;
   const std::pair<bool, const char*> all[] = {
       {avx2, "avx2"},         {fma, "fma"},           {avx512f, "avx512f"},       {avx512bw, "avx512bw"},
-      {avx512dq, "avx512dq"}, {avx512vl, "avx512vl"}, {avx512vnni, "avx512vnni"}, {avx_vnni, "avx-vnni"}};
+      {avx512dq, "avx512dq"}, {avx512vl, "avx512vl"}, {avx512vnni, "avx512vnni"}, {avx_vnni, "avx-vnni"},
+      {avx512_bf16, "avx512bf16"}};
   for (const auto& [has, name] : all)
     if (has) s += (s.empty() ? "" : " ") + std::string(name);
   return s.empty() ? "none" : s;

@@ -62,7 +62,8 @@ size_t next_power_of_two(size_t n) {
 SteVariant parse_ste_variant(const std::string& name) {
   if (name == "cifar") return SteVariant::cifar;
   if (name == "imagenet") return SteVariant::imagenet;
-  throw std::invalid_argument("unknown STE variant '" + name + "' (expected cifar or imagenet)");
+  if (name == "rectified") return SteVariant::rectified;
+  throw std::invalid_argument("unknown STE variant '" + name + "' (expected cifar, imagenet or rectified)");
 }
 
 Projector::Projector(const levels::LevelSet& set) : set_(set) {

@@ -122,7 +122,7 @@ void forward_avx2(const RangeArgs& a, size_t begin, size_t end) {
 template <bool kUnitScale>
 double backward_avx2_impl(const RangeArgs& a, size_t begin, size_t end) {
   const Tables256 t(a);
-  const bool cifar = a.variant == SteVariant::cifar;
+  const bool cifar = a.variant == SteVariant::cifar, rectified = a.variant == SteVariant::rectified;
   const __m256 nan = _mm256_set1_ps(std::numeric_limits<float>::quiet_NaN());
   const __m256 zero = _mm256_setzero_ps();
   __m256d sum_low = _mm256_setzero_pd(), sum_high = _mm256_setzero_pd();
@@ -140,7 +140,8 @@ double backward_avx2_impl(const RangeArgs& a, size_t begin, size_t end) {
       if (!cifar) pass = _mm256_blendv_ps(pass, zero, outside);
     } else {
       const __m256 above = _mm256_cmp_ps(u, t.above_one, _CMP_GE_OQ);
-      const __m256 below = _mm256_cmp_ps(u, t.non_negative, _CMP_LT_OQ);
+      const __m256 below = rectified ? _mm256_cmp_ps(u, t.non_negative, _CMP_LE_OQ)
+                                     : _mm256_cmp_ps(u, t.non_negative, _CMP_LT_OQ);
       term = _mm256_blendv_ps(_mm256_blendv_ps(term, g, above), zero, below);
       pass = _mm256_blendv_ps(pass, zero, above);
       if (!cifar) pass = _mm256_blendv_ps(pass, zero, below);

@@ -125,7 +125,7 @@ void forward_avx512(const RangeArgs& a, size_t begin, size_t end) {
 template <bool kUnitScale>
 double backward_avx512_impl(const RangeArgs& a, size_t begin, size_t end) {
   const Tables512 t(a);
-  const bool cifar = a.variant == SteVariant::cifar;
+  const bool cifar = a.variant == SteVariant::cifar, rectified = a.variant == SteVariant::rectified;
   const __m512 nan = _mm512_set1_ps(std::numeric_limits<float>::quiet_NaN());
   const __m512 zero = _mm512_setzero_ps();
   __m512d sum_low = _mm512_setzero_pd(), sum_high = _mm512_setzero_pd();
@@ -143,7 +143,8 @@ double backward_avx512_impl(const RangeArgs& a, size_t begin, size_t end) {
       if (!cifar) pass = _mm512_mask_mov_ps(pass, outside, zero);
     } else {
       const __mmask16 above = _mm512_cmp_ps_mask(u, t.above_one, _CMP_GE_OQ);
-      const __mmask16 below = _mm512_cmp_ps_mask(u, t.non_negative, _CMP_LT_OQ);
+      const __mmask16 below = rectified ? _mm512_cmp_ps_mask(u, t.non_negative, _CMP_LE_OQ)
+                                        : _mm512_cmp_ps_mask(u, t.non_negative, _CMP_LT_OQ);
       term = _mm512_mask_mov_ps(_mm512_mask_mov_ps(term, above, g), below, zero);
       pass = _mm512_mask_mov_ps(pass, above, zero);
       if (!cifar) pass = _mm512_mask_mov_ps(pass, below, zero);

@@ -111,7 +111,7 @@ inline float backward_element(const RangeArgs& a, float in, float g, float* grad
   } else if (x > 1.0f) {
     term = g;
     pass = 0.0f;
-  } else if (x < 0.0f) {
+  } else if (x < 0.0f || (x == 0.0f && a.variant == SteVariant::rectified)) {
     term = 0.0f;
     pass = cifar ? g : 0.0f;
   } else {

@@ -129,7 +129,17 @@ torch::Tensor QuantConv2dImpl::forward(const torch::Tensor& input) {
                weight_override.defined() ? weight_override : quantized_weight());
 }
 
+torch::Tensor QuantConv2dImpl::forward_rectified(const torch::Tensor& input) {
+  if (!can_rectify_input()) throw std::logic_error("forward_rectified: the input is not quantised to unsigned levels");
+  QuantizerSpec spec = quant_.input_spec();
+  spec.variant = kernels::SteVariant::rectified;
+  return apply(rcf_quantize(input, act_alpha, spec), weight_override.defined() ? weight_override : quantized_weight());
+}
+
 torch::Tensor QuantConv2dImpl::apply(const torch::Tensor& x, const torch::Tensor& w) const {
+  const auto* padding = c10::get_if<torch::ExpandingArray<2>>(&conv_.padding());
+  if (precision == ConvPrecision::bf16 && is_training() && padding && x.scalar_type() == torch::kFloat32)
+    return conv2d_bf16(x, w, bias, *conv_.stride(), **padding, *conv_.dilation(), conv_.groups());
   return F::conv2d(x, w,
                    F::Conv2dFuncOptions()
                        .bias(bias)

@@ -98,6 +98,7 @@ void NetworkImpl::build() {
   bn2d_.assign(n, nullptr);
   bn1d_.assign(n, nullptr);
   last_use_.assign(n, -1);
+  readers_.assign(n, {});
   // Shapes of the layers' inputs, for their weight shapes: at the input size the graph was
   // made for (a linear layer after a flatten depends on it), else at any size it accepts.
   graph::Graph shaped = graph_;
@@ -105,7 +106,10 @@ void NetworkImpl::build() {
   shaped.infer_shapes(in_shape.height > 0 ? in_shape.height : 64, in_shape.width > 0 ? in_shape.width : 64);
   for (size_t i = 0; i < n; ++i) {
     const graph::Node& node = graph_[i];
-    for (int in : node.inputs) last_use_[size_t(in)] = int(i);
+    for (int in : node.inputs) {
+      last_use_[size_t(in)] = int(i);
+      readers_[size_t(in)].push_back(int(i));
+    }
     if (!node.has_weights()) continue;
     const QuantOptions q = policy_.options_for(node);
     const int in = shaped.input_shape_of(int(i)).channels;
@@ -182,14 +186,23 @@ torch::Tensor NetworkImpl::apply_batch_norm(BatchNorm& bn, const torch::Tensor& 
                          batch_norm_sum_);
 }
 
-torch::Tensor NetworkImpl::compute_node(size_t i, const std::vector<torch::Tensor>& v) {
+bool NetworkImpl::relu_fuses_into_readers(size_t i) const {
+  if (graph_[i].activation != graph::Activation::relu || readers_[i].empty()) return false;
+  for (int j : readers_[i])
+    if (!conv_[size_t(j)] || graph_[size_t(j)].inputs.size() != 1 || !conv_[size_t(j)]->can_rectify_input())
+      return false;
+  return true;
+}
+
+torch::Tensor NetworkImpl::compute_node(size_t i, const std::vector<torch::Tensor>& v, bool rectify_input,
+                                        bool activation) {
   const graph::Node& node = graph_[i];
   const torch::Tensor& in = v[size_t(node.inputs[0])];
   torch::Tensor out;
   switch (node.op) {
     case graph::Op::input: break;
     case graph::Op::conv:
-      out = conv_[i]->forward(in);
+      out = rectify_input ? conv_[i]->forward_rectified(in) : conv_[i]->forward(in);
       if (bn2d_[i]) out = apply_batch_norm(*bn2d_[i], out);
       break;
     case graph::Op::linear:
@@ -198,7 +211,7 @@ torch::Tensor NetworkImpl::compute_node(size_t i, const std::vector<torch::Tenso
       break;
     default: out = run_parameter_free(node, v);
   }
-  return activate(node, out);
+  return activation ? activate(node, out) : out;
 }
 
 void NetworkImpl::run_nodes(std::vector<torch::Tensor>& values, int first, int last) {
@@ -217,9 +230,14 @@ torch::Tensor NetworkImpl::run(const torch::Tensor& x, std::vector<torch::Tensor
   std::vector<torch::Tensor> v(n);
   v[0] = x;
   const size_t end = last < 0 ? n : size_t(last) + 1;
+  // Where every reader of a ReLU's output quantises it to unsigned levels, the readers' quantisers
+  // apply the ReLU (forward_rectified): the same values, two passes over memory fewer. Not where
+  // the values are kept (they are the ReLU's outputs there).
+  std::vector<char> unrectified(n, 0);
   for (size_t i = 1; i < end; ++i) {
     const graph::Node& node = graph_[i];
-    v[i] = compute_node(i, v);
+    unrectified[i] = !keep && relu_fuses_into_readers(i);
+    v[i] = compute_node(i, v, unrectified[size_t(node.inputs[0])] != 0, !unrectified[i]);
     if (!keep)
       for (int input : node.inputs)
         if (last_use_[size_t(input)] == int(i)) v[size_t(input)] = torch::Tensor();
@@ -242,6 +260,11 @@ void NetworkImpl::set_policy(const QuantPolicy& policy) {
   }
   graph_ = std::move(g);
   policy_ = policy;
+}
+
+void NetworkImpl::set_conv_precision(ConvPrecision precision) {
+  for (auto& c : conv_)
+    if (c) c->precision = precision;
 }
 
 QuantConv2dImpl* NetworkImpl::conv(const std::string& name) const {
@@ -273,6 +296,8 @@ std::shared_ptr<torch::nn::Module> NetworkImpl::clone(const torch::optional<torc
     torch::Tensor& target = buffers[b.key()];
     target.set_data(device ? b.value().to(*device).clone() : b.value().clone());
   }
+  for (size_t i = 0; i < conv_.size(); ++i)
+    if (conv_[i]) copy->conv_[i]->precision = conv_[i]->precision;
   if (!is_training()) copy->eval();
   return copy;
 }

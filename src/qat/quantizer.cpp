@@ -107,7 +107,7 @@ std::pair<torch::Tensor, torch::Tensor> ops_backward(const torch::Tensor& input,
     term = torch::where(outside, torch::where(x > 0, g, -g), inside_term);
     pass = cifar ? g : torch::where(outside, zero, g);
   } else {
-    const torch::Tensor above = x > 1.0, below = x < 0.0;
+    const torch::Tensor above = x > 1.0, below = variant == kernels::SteVariant::rectified ? x <= 0.0 : x < 0.0;
     term = torch::where(above, g, torch::where(below, zero, inside_term));
     pass = torch::where(above, zero, g);
     if (!cifar) pass = torch::where(below, zero, pass);
@@ -258,6 +258,8 @@ torch::Tensor rcf_quantize(const torch::Tensor& input, const torch::Tensor& alph
   check_alpha_values(alpha);
   if (spec.role != levels::Role::weight && alpha.numel() != 1)
     throw std::invalid_argument("activation quantisers take one alpha");
+  if (spec.variant == kernels::SteVariant::rectified && spec.role != levels::Role::activation)
+    throw std::invalid_argument("the rectified STE variant needs unsigned activation levels");
   return RcfFunction::apply(input, alpha, spec, norm);
 }
 

@@ -123,6 +123,7 @@ const std::vector<Field>& fields() {
       field("schedule.warmup_epochs", &TrainConfig::warmup_epochs),
       field("train.device", &TrainConfig::device),
       field("train.memory_format", &TrainConfig::memory_format),
+      field("train.conv_precision", &TrainConfig::conv_precision),
       field("train.sync_batch_norm", &TrainConfig::sync_batch_norm),
       field("run.seed", &TrainConfig::seed),
       field("run.threads", &TrainConfig::threads),
@@ -260,6 +261,8 @@ void TrainConfig::validate() const {
     throw ConfigError("train.device must be cpu, cuda or cuda:N, not '" + device + "'");
   if (memory_format != "auto" && memory_format != "channels_last" && memory_format != "contiguous")
     throw ConfigError("train.memory_format must be auto, channels_last or contiguous, not '" + memory_format + "'");
+  if (conv_precision != "fp32" && conv_precision != "bf16" && conv_precision != "auto")
+    throw ConfigError("train.conv_precision must be fp32, bf16 or auto, not '" + conv_precision + "'");
   if (kind != "fp") {
     try {
       const levels::Kind k = levels::parse_kind(kind);

@@ -189,6 +189,12 @@ at::MemoryFormat training_memory_format(const TrainConfig& c, const torch::Devic
   return at::MemoryFormat::Contiguous;
 }
 
+qat::ConvPrecision training_conv_precision(const TrainConfig& c, const torch::Device& device) {
+  if (c.conv_precision == "bf16" || (c.conv_precision == "auto" && device.is_cpu() && qat::cpu_has_native_bf16()))
+    return qat::ConvPrecision::bf16;
+  return qat::ConvPrecision::fp32;
+}
+
 torch::Tensor batch_on(const torch::Tensor& images, const torch::Device& device, at::MemoryFormat layout) {
   const torch::Tensor on_device = images.to(device, /*non_blocking=*/true);
   return on_device.dim() == 4 ? on_device.contiguous(layout) : on_device;
@@ -337,6 +343,8 @@ TrainSummary run_training(const TrainConfig& c, const std::string& out_dir, bool
     comm->attach_gradients(model->parameters());
     if (c.sync_batch_norm) model->set_batch_norm_sum([comm](torch::Tensor& t) { comm->sum_in_place(t); });
   }
+  const qat::ConvPrecision precision = training_conv_precision(c, device);
+  model->set_conv_precision(precision);
   model->train();
   // The teacher: the configuration's architecture in full precision, frozen, in eval mode.
   qat::Network teacher{nullptr};
@@ -361,6 +369,7 @@ TrainSummary run_training(const TrainConfig& c, const std::string& out_dir, bool
       << " on " << spec.text() << ": " << train_indices.size() << " train / " << val_indices.size() << " validation / "
       << test_set->size() << " test examples, " << c.epochs << " epochs of " << steps_per_epoch << " steps"
       << (device.is_cuda() ? ", on " + device.str() : std::string())
+      << (precision == qat::ConvPrecision::bf16 ? ", convolutions in bfloat16" : "")
       << (teacher ? ", distilled from " + c.teacher : std::string())
       << (comm ? ", " + std::to_string(world) + " ranks x batch " + std::to_string(c.batch_size) + " = global batch " +
                      std::to_string(world * c.batch_size) + (c.sync_batch_norm ? " (synchronised batch norm)" : "")

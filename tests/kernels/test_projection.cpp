@@ -37,7 +37,8 @@ ExpectedBackward spec_backward(const LevelSet& set, const std::vector<float>& in
       if (x > 1.0f) {
         term = g[i];
         pass = 0.0f;
-      } else if (x < 0.0f) {
+      } else if (x < 0.0f || (x == 0.0f && variant == SteVariant::rectified)) {
+        // rectified: the ReLU inside the quantiser cuts x <= 0 (its own gradient is 0 there)
         term = 0.0f;
         pass = variant == SteVariant::cifar ? g[i] : 0.0f;
       } else {
@@ -49,6 +50,12 @@ ExpectedBackward spec_backward(const LevelSet& set, const std::vector<float>& in
     e.grad_alpha += term;
   }
   return e;
+}
+
+// rectified applies to unsigned level sets only.
+std::vector<SteVariant> variants_of(const LevelSet& set) {
+  if (set.is_signed()) return {SteVariant::cifar, SteVariant::imagenet};
+  return {SteVariant::cifar, SteVariant::imagenet, SteVariant::rectified};
 }
 
 std::vector<float> gradients(size_t n, unsigned seed) {
@@ -96,7 +103,7 @@ TEST(ProjectionReference, QuantizeGivesTheIndexOfTheForwardValue) {
 TEST(ProjectionReference, BackwardMatchesTheSpecFormulas) {
   for (const LevelSet& set : all_level_sets()) {
     const Projector p(set);
-    for (SteVariant variant : {SteVariant::cifar, SteVariant::imagenet}) {
+    for (SteVariant variant : variants_of(set)) {
       const float alpha = 1.7f;
       const std::vector<float> in = interesting_inputs(set, alpha, 3000, 3);
       const std::vector<float> g = gradients(in.size(), 4);
@@ -150,7 +157,7 @@ TEST(ProjectionIsa, EveryPathMatchesTheScalarReference) {
       std::vector<uint8_t> ref_index(in.size());
       p.forward(in.data(), in.size(), alpha, ref_out.data(), Isa::scalar, norm);
       p.quantize(in.data(), in.size(), alpha, ref_index.data(), Isa::scalar, norm);
-      for (SteVariant variant : {SteVariant::cifar, SteVariant::imagenet}) {
+      for (SteVariant variant : variants_of(set)) {
         const double ref_alpha =
             p.backward(in.data(), g.data(), in.size(), alpha, variant, ref_grad.data(), Isa::scalar, norm);
         for (Isa isa : isas) {

@@ -248,6 +248,46 @@ TEST(Network, ChannelsLastStepEqualsTheContiguousOne) {
   }
 }
 
+// forward() applies a ReLU whose every reader quantises it to unsigned levels inside the readers'
+// quantisers (SteVariant::rectified); forward_all() keeps the values and runs the ReLUs. Both give
+// the same logits and the same gradients of every parameter, bit for bit, on both quantiser paths
+// (ResNet-20: each block's first ReLU; MobileNetV2's ReLU6 and signed inputs are not fused; QDrop
+// turns it off).
+TEST(Network, ReluInsideTheQuantiserGivesTheSameStep) {
+  for (apot::qat::Backend b : apot::test::all_backends()) {
+    apot::test::BackendGuard guard(b);
+    for (const char* arch : {"resnet20", "mobilenet_v2_cifar"}) {
+      torch::manual_seed(7);
+      Network model = apot::qat::make_network(arch);
+      apot::qat::apply_policy(*model, QuantPolicy{});
+      model->train();
+      const torch::Tensor x = torch::randn({4, 3, 32, 32});
+      const torch::Tensor y = torch::tensor({0, 1, 2, 3}, torch::kLong);
+      size_t fused = 0;
+      for (size_t i = 0; i < model->graph().size(); ++i) fused += model->relu_fuses_into_readers(i);
+      EXPECT_EQ(fused, std::string(arch) == "resnet20" ? 9u : 0u) << arch;
+      std::vector<torch::Tensor> logits;
+      std::vector<std::vector<torch::Tensor>> grads;
+      for (bool keep : {false, true}) {
+        model->zero_grad();
+        std::vector<torch::Tensor> outputs;
+        const torch::Tensor out = keep ? model->forward_all(x, outputs) : model->forward(x);
+        torch::nn::functional::cross_entropy(out, y).backward();
+        logits.push_back(out.detach());
+        grads.emplace_back();
+        for (const auto& p : model->parameters()) grads.back().push_back(p.grad().defined() ? p.grad().clone() : p);
+      }
+      EXPECT_TRUE(torch::equal(logits[0], logits[1])) << arch;
+      for (size_t k = 0; k < grads[0].size(); ++k)
+        ASSERT_TRUE(torch::equal(grads[0][k], grads[1][k])) << arch << " parameter " << k;
+    }
+  }
+  Network model = apot::qat::make_network("resnet20");
+  apot::qat::apply_policy(*model, QuantPolicy{});
+  model->conv("layer1.0.conv2")->input_drop = 0.5;
+  EXPECT_FALSE(model->relu_fuses_into_readers(size_t(model->graph().find("layer1.0.conv1"))));
+}
+
 // With one replica (a sum that leaves its tensor as it is), synchronised batch norm is LibTorch's
 // batch norm: outputs, gradients of input, weight and bias, and running statistics.
 TEST(SyncBatchNorm, OneReplicaEqualsBatchNorm) {

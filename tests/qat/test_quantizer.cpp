@@ -151,6 +151,7 @@ TEST(RcfQuantize, StraightThroughMasksOfBothVariants) {
       {Role::weight, SteVariant::imagenet, {0, 1, 1, 0}},      // cut outside [-1, 1]
       {Role::activation, SteVariant::cifar, {1, 1, 1, 0}},     // cut above alpha only
       {Role::activation, SteVariant::imagenet, {0, 0, 1, 0}},  // cut outside [0, 1]
+      {Role::activation, SteVariant::rectified, {0, 0, 1, 0}},  // the ReLU's cut, then imagenet's
   };
   for (Backend b : all_backends()) {
     BackendGuard guard(b);
@@ -160,6 +161,35 @@ TEST(RcfQuantize, StraightThroughMasksOfBothVariants) {
       EXPECT_TRUE(torch::equal(x.grad(), torch::tensor(c.expected))) << backend_name(b) << " " << x.grad();
     }
   }
+}
+
+// The rectified variant is a ReLU followed by the quantiser (either variant: after the ReLU no
+// input is below 0): the same values, input gradients and alpha gradient, at exact zeros too.
+TEST(RcfQuantize, RectifiedEqualsReluThenTheQuantiser) {
+  torch::manual_seed(9);
+  torch::Tensor in = torch::randn({4, 8, 6, 5}) * 2;
+  in.index_put_({0, 0}, 0.0f);  // exact zeros, where the ReLU's gradient is 0
+  in.index_put_({1, 1}, -0.0f);
+  const torch::Tensor g = torch::randn_like(in);
+  for (Backend b : all_backends()) {
+    BackendGuard guard(b);
+    for (int bits : {2, 4}) {
+      const QuantizerSpec plain{Kind::apot, bits, Role::activation, SteVariant::cifar};
+      QuantizerSpec fused = plain;
+      fused.variant = SteVariant::rectified;
+      const torch::Tensor x1 = in.clone().requires_grad_(true), x2 = in.clone().requires_grad_(true);
+      const torch::Tensor a1 = torch::tensor(1.3f).requires_grad_(true), a2 = torch::tensor(1.3f).requires_grad_(true);
+      const torch::Tensor y1 = rcf_quantize(torch::relu(x1), a1, plain), y2 = rcf_quantize(x2, a2, fused);
+      y1.backward(g);
+      y2.backward(g);
+      EXPECT_TRUE(torch::equal(y1, y2)) << backend_name(b);
+      EXPECT_TRUE(torch::equal(x1.grad(), x2.grad())) << backend_name(b);
+      EXPECT_EQ(a1.grad().item<float>(), a2.grad().item<float>()) << backend_name(b);
+      EXPECT_GT(x2.grad().ne(0).sum().item<int64_t>(), 0);
+    }
+  }
+  EXPECT_THROW(rcf_quantize(in, torch::tensor(1.0f), {Kind::apot, 4, Role::signed_activation, SteVariant::rectified}),
+               std::invalid_argument);
 }
 
 TEST(RcfQuantize, PerChannelAlphaEqualsSeparateQuantisers) {

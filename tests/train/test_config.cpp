@@ -94,6 +94,26 @@ TEST(Config, MemoryFormat) {
   EXPECT_THROW(config_from_toml_text(kRecipe, "r", {"train.memory_format=nhwc"}), apot::train::ConfigError);
 }
 
+TEST(Config, ConvPrecision) {
+  using apot::qat::ConvPrecision;
+  using apot::train::training_conv_precision;
+  const auto c = config_from_toml_text(kRecipe, "r", {});
+  EXPECT_EQ(c.conv_precision, "fp32");
+  EXPECT_EQ(training_conv_precision(c, torch::kCPU), ConvPrecision::fp32);
+  const auto bf16 = config_from_toml_text(kRecipe, "r", {"train.conv_precision=bf16"});
+  EXPECT_EQ(training_conv_precision(bf16, torch::kCPU), ConvPrecision::bf16);
+  const auto automatic = config_from_toml_text(kRecipe, "r", {"train.conv_precision=auto"});
+  EXPECT_EQ(training_conv_precision(automatic, torch::kCPU),
+            apot::qat::cpu_has_native_bf16() ? ConvPrecision::bf16 : ConvPrecision::fp32);
+  EXPECT_EQ(training_conv_precision(automatic, torch::Device("cuda")), ConvPrecision::fp32);
+  try {
+    config_from_toml_text(kRecipe, "r", {"train.conv_precision=fp16"});
+    FAIL() << "fp16 accepted";
+  } catch (const apot::train::ConfigError& e) {
+    EXPECT_NE(std::string(e.what()).find("train.conv_precision"), std::string::npos) << e.what();
+  }
+}
+
 TEST(Config, Distillation) {
   const auto c =
       config_from_toml_text(std::string(kRecipe) + "[distill]\nteacher = \"runs/fp/best.ckpt\"\nweight = 0.7\n",

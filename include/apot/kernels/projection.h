@@ -36,8 +36,12 @@ Isa parse_isa(const std::string& name);
 // The path used when none is given: APOT_ISA if set, else the best supported one.
 Isa default_isa();
 
-// Straight-through estimator variant of the input gradient (APOT_SPEC section 2).
-enum class SteVariant { cifar, imagenet };
+// Straight-through estimator variant of the input gradient (APOT_SPEC section 2). rectified:
+// the input is the value before a ReLU, which the quantiser applies itself (unsigned level sets
+// only): the forward pass is unchanged (negative inputs quantise to 0 either way) and the input
+// gradient is 0 where input <= 0, as ReLU's gradient makes it; above alpha as imagenet's. The
+// network uses it to fuse a ReLU into the quantiser that alone reads it (one pass fewer each way).
+enum class SteVariant { cifar, imagenet, rectified };
 SteVariant parse_ste_variant(const std::string& name);
 
 constexpr float kMinAlpha = 1e-8f;

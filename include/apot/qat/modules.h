@@ -6,6 +6,7 @@
 #include <torch/torch.h>
 
 #include "apot/graph/graph.h"
+#include "apot/qat/precision.h"
 #include "apot/qat/quantizer.h"
 
 namespace apot::qat {
@@ -61,6 +62,11 @@ class QuantConv2dImpl : public torch::nn::Cloneable<QuantConv2dImpl> {
   QuantConv2dImpl(torch::nn::Conv2dOptions conv, QuantOptions quant = {});
   void reset() override;
   torch::Tensor forward(const torch::Tensor& input);
+  // forward(relu(input)) with the ReLU inside the input quantiser (SteVariant::rectified): the
+  // same output, one pass over the input fewer each way. Only where can_rectify_input().
+  torch::Tensor forward_rectified(const torch::Tensor& input);
+  // The input is quantised to unsigned levels, with no QDrop.
+  bool can_rectify_input() const { return quant_.quantizes_input() && !quant_.signed_input && input_drop == 0; }
   // Changes the quantisation (bits, kind...) keeping the weights; alphas are re-initialised
   // only when their shape changes.
   void set_quant_options(const QuantOptions& quant);
@@ -80,6 +86,9 @@ class QuantConv2dImpl : public torch::nn::Cloneable<QuantConv2dImpl> {
   // The probability that forward() leaves an input element unquantised (QDrop, during
   // post-training reconstruction only); never saved.
   double input_drop = 0;
+  // The convolution's arithmetic in training mode (conv2d_bf16 for float32 inputs when bf16);
+  // evaluation is always float32. Never saved.
+  ConvPrecision precision = ConvPrecision::fp32;
 
  private:
   torch::nn::Conv2dOptions conv_;

@@ -44,6 +44,11 @@ class NetworkImpl : public torch::nn::Module {
   // replicas, reached through `sum` (sync_batch_norm); an empty function restores local
   // statistics.
   void set_batch_norm_sum(ReplicaSum sum) { batch_norm_sum_ = std::move(sum); }
+  // The arithmetic of every convolution in training mode (QuantConv2dImpl::precision).
+  void set_conv_precision(ConvPrecision precision);
+  // Node i ends in a ReLU that every node reading it can apply in its input quantiser
+  // (QuantConv2dImpl::forward_rectified); forward() then does, forward_all() never.
+  bool relu_fuses_into_readers(size_t i) const;
 
   // A deep copy: the same graph, policy, parameters and buffers.
   std::shared_ptr<torch::nn::Module> clone(
@@ -51,8 +56,12 @@ class NetworkImpl : public torch::nn::Module {
 
  private:
   void build();
-  // The value of node i from the values of the nodes it reads.
-  torch::Tensor compute_node(size_t i, const std::vector<torch::Tensor>& values);
+  // The value of node i from the values of the nodes it reads; rectify_input: its input is a
+  // ReLU's before the ReLU (the layer's quantiser applies it); activation false: node i's own
+  // activation is left to its readers.
+  torch::Tensor compute_node(size_t i, const std::vector<torch::Tensor>& values, bool rectify_input = false,
+                             bool activation = true);
+
   // The batch norm `bn` on x: local statistics, or all replicas' (set_batch_norm_sum).
   template <typename BatchNorm>
   torch::Tensor apply_batch_norm(BatchNorm& bn, const torch::Tensor& x) const;
@@ -68,7 +77,8 @@ class NetworkImpl : public torch::nn::Module {
   std::vector<std::shared_ptr<QuantLinearImpl>> linear_;
   std::vector<std::shared_ptr<torch::nn::BatchNorm2dImpl>> bn2d_;
   std::vector<std::shared_ptr<torch::nn::BatchNorm1dImpl>> bn1d_;
-  std::vector<int> last_use_;  // per node: the last node reading it
+  std::vector<int> last_use_;             // per node: the last node reading it
+  std::vector<std::vector<int>> readers_;  // per node: the nodes reading it
   ReplicaSum batch_norm_sum_;
 };
 TORCH_MODULE(Network);

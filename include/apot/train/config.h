@@ -70,6 +70,10 @@ struct TrainConfig {
   // activation). auto: channels-last on the CPU, where oneDNN's convolutions are faster on it;
   // contiguous (NCHW) on a GPU. Parameters and checkpoints stay NCHW either way.
   std::string memory_format = "auto";
+  // fp32 | bf16 | auto: the arithmetic of the convolutions in training steps (evaluation is always
+  // float32). bf16: inputs, weights and output gradients rounded to bfloat16, sums in float32
+  // (qat::conv2d_bf16). auto: bf16 on a CPU with AVX512_BF16, fp32 elsewhere.
+  std::string conv_precision = "fp32";
   // Data parallel: batch norm with the statistics of every rank's batch (N ranks of batch B then
   // train as one process of batch N x B); false: each rank's own statistics, as PyTorch's DDP.
   bool sync_batch_norm = false;

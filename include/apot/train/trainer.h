@@ -64,6 +64,9 @@ torch::Device training_device(const TrainConfig& config);
 // The layout of the image batches for train.memory_format on `device` (auto: channels-last on
 // the CPU, contiguous on a GPU).
 at::MemoryFormat training_memory_format(const TrainConfig& config, const torch::Device& device);
+// The convolutions' arithmetic for train.conv_precision on `device` (auto: bf16 on a CPU with
+// AVX512_BF16, where oneDNN's bf16 convolutions are about twice as fast; fp32 elsewhere).
+qat::ConvPrecision training_conv_precision(const TrainConfig& config, const torch::Device& device);
 // A batch of images on `device` (copied without blocking) in `layout` (4-d batches only).
 torch::Tensor batch_on(const torch::Tensor& images, const torch::Device& device, at::MemoryFormat layout);
 // Makes this process keep the memory it frees (glibc: no trimming, no mmap for large blocks), so
