@@ -213,14 +213,37 @@ void Projector::forward(const float* input, size_t n, float alpha, float* out, I
   for_each_chunk(n, [&](long, size_t begin, size_t end) { k.forward(a, begin, end); });
 }
 
+void Projector::forward_bf16(const float* input, size_t n, float alpha, uint16_t* out, Isa isa,
+                             Normalisation norm) const {
+  const PreparedProjection p = prepare(alpha, isa, norm);
+  const detail::IsaKernels& k = kernels_for(isa);
+  detail::RangeArgs a = base_args(tables_, set_, alpha, norm);
+  a.space = p.space_.get();
+  a.input = input;
+  a.out_bf16 = out;
+  for_each_chunk(n, [&](long, size_t begin, size_t end) { k.forward(a, begin, end); });
+}
+
 double Projector::backward(const float* input, const float* grad_output, size_t n, float alpha, SteVariant variant,
                            float* grad_input, Isa isa, Normalisation norm) const {
+  return backward_from(input, grad_output, nullptr, n, alpha, variant, grad_input, isa, norm);
+}
+
+double Projector::backward_bf16(const float* input, const uint16_t* grad_output, size_t n, float alpha,
+                                SteVariant variant, float* grad_input, Isa isa, Normalisation norm) const {
+  return backward_from(input, nullptr, grad_output, n, alpha, variant, grad_input, isa, norm);
+}
+
+double Projector::backward_from(const float* input, const float* grad_output, const uint16_t* grad_output_bf16,
+                                size_t n, float alpha, SteVariant variant, float* grad_input, Isa isa,
+                                Normalisation norm) const {
   const PreparedProjection p = prepare(alpha, isa, norm);
   const detail::IsaKernels& k = kernels_for(isa);
   detail::RangeArgs a = base_args(tables_, set_, alpha, norm);
   a.space = p.space_.get();
   a.input = input;
   a.grad_output = grad_output;
+  a.grad_output_bf16 = grad_output_bf16;
   a.grad_input = grad_input;
   a.variant = variant;
   std::vector<double> partial((n + kChunk - 1) / kChunk, 0.0);

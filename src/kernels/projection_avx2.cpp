@@ -107,14 +107,34 @@ void dequantize_avx2(const RangeArgs& a, size_t begin, size_t end) {
   kScalarKernels.dequantize(a, i, end);
 }
 
+// bfloat16_bits of 8 floats (round to nearest even, NaN -> 0x7FC0).
+inline __m128i to_bfloat16(__m256 v) {
+  const __m256i bits = _mm256_castps_si256(v);
+  const __m256i bias = _mm256_add_epi32(_mm256_and_si256(_mm256_srli_epi32(bits, 16), _mm256_set1_epi32(1)),
+                                        _mm256_set1_epi32(0x7FFF));
+  __m256i r = _mm256_srli_epi32(_mm256_add_epi32(bits, bias), 16);
+  r = _mm256_blendv_epi8(r, _mm256_set1_epi32(0x7FC0), _mm256_castps_si256(is_nan(v)));
+  const __m256i packed = _mm256_permute4x64_epi64(_mm256_packus_epi32(r, r), 0x08);  // lanes 0 and 2
+  return _mm256_castsi256_si128(packed);
+}
+
+inline __m256 from_bfloat16(const uint16_t* p) {
+  const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+  return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+}
+
 void forward_avx2(const RangeArgs& a, size_t begin, size_t end) {
   const Tables256 t(a);
   const __m256 nan = _mm256_set1_ps(std::numeric_limits<float>::quiet_NaN());
   size_t i = begin;
   for (; i + 8 <= end; i += 8) {
     const __m256 u = _mm256_sub_ps(_mm256_loadu_ps(a.input + i), t.shift);
-    const __m256 out = _mm256_mul_ps(project(t, u).value, t.alpha);
-    _mm256_storeu_ps(a.out + i, _mm256_blendv_ps(out, nan, is_nan(u)));
+    const __m256 out = _mm256_blendv_ps(_mm256_mul_ps(project(t, u).value, t.alpha), nan, is_nan(u));
+    if (a.out_bf16) {
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(a.out_bf16 + i), to_bfloat16(out));
+    } else {
+      _mm256_storeu_ps(a.out + i, out);
+    }
   }
   kScalarKernels.forward(a, i, end);
 }
@@ -129,7 +149,7 @@ double backward_avx2_impl(const RangeArgs& a, size_t begin, size_t end) {
   size_t i = begin;
   for (; i + 8 <= end; i += 8) {
     const __m256 u = _mm256_sub_ps(_mm256_loadu_ps(a.input + i), t.shift);
-    const __m256 g = _mm256_loadu_ps(a.grad_output + i);
+    const __m256 g = a.grad_output_bf16 ? from_bfloat16(a.grad_output_bf16 + i) : _mm256_loadu_ps(a.grad_output + i);
     const __m256 x = _mm256_div_ps(kUnitScale ? u : _mm256_div_ps(u, t.scale), t.alpha);
     const Projected256 p = project(t, u);
     __m256 term = _mm256_mul_ps(g, _mm256_sub_ps(p.value, x));

@@ -111,14 +111,27 @@ void dequantize_avx512(const RangeArgs& a, size_t begin, size_t end) {
   }
 }
 
+// bfloat16_bits of 16 floats (round to nearest even, NaN -> 0x7FC0), in the low 16 bits of each lane.
+inline __m512i to_bfloat16(__m512 v) {
+  const __m512i bits = _mm512_castps_si512(v);
+  const __m512i bias = _mm512_add_epi32(_mm512_and_si512(_mm512_srli_epi32(bits, 16), _mm512_set1_epi32(1)),
+                                        _mm512_set1_epi32(0x7FFF));
+  return _mm512_mask_mov_epi32(_mm512_srli_epi32(_mm512_add_epi32(bits, bias), 16), nan_lanes(v),
+                               _mm512_set1_epi32(0x7FC0));
+}
+
 void forward_avx512(const RangeArgs& a, size_t begin, size_t end) {
   const Tables512 t(a);
   const __m512 nan = _mm512_set1_ps(std::numeric_limits<float>::quiet_NaN());
   for (size_t i = begin; i < end; i += 16) {
     const __mmask16 k = tail_mask(end - i);
     const __m512 u = _mm512_sub_ps(_mm512_maskz_loadu_ps(k, a.input + i), t.shift);
-    const __m512 out = _mm512_mul_ps(project(t, u).value, t.alpha);
-    _mm512_mask_storeu_ps(a.out + i, k, _mm512_mask_mov_ps(out, nan_lanes(u), nan));
+    const __m512 out = _mm512_mask_mov_ps(_mm512_mul_ps(project(t, u).value, t.alpha), nan_lanes(u), nan);
+    if (a.out_bf16) {
+      _mm512_mask_cvtepi32_storeu_epi16(a.out_bf16 + i, k, to_bfloat16(out));
+    } else {
+      _mm512_mask_storeu_ps(a.out + i, k, out);
+    }
   }
 }
 
@@ -132,7 +145,10 @@ double backward_avx512_impl(const RangeArgs& a, size_t begin, size_t end) {
   for (size_t i = begin; i < end; i += 16) {
     const __mmask16 k = tail_mask(end - i);
     const __m512 u = _mm512_sub_ps(_mm512_maskz_loadu_ps(k, a.input + i), t.shift);
-    const __m512 g = _mm512_maskz_loadu_ps(k, a.grad_output + i);
+    const __m512 g = a.grad_output_bf16
+                         ? _mm512_castsi512_ps(_mm512_slli_epi32(
+                               _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(k, a.grad_output_bf16 + i)), 16))
+                         : _mm512_maskz_loadu_ps(k, a.grad_output + i);
     const __m512 x = _mm512_div_ps(kUnitScale ? u : _mm512_div_ps(u, t.scale), t.alpha);
     const Projected512 p = project(t, u);
     __m512 term = _mm512_mul_ps(g, _mm512_sub_ps(p.value, x));

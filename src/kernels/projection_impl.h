@@ -6,6 +6,7 @@
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
+#include <cstring>
 #include <limits>
 #include <vector>
 
@@ -36,6 +37,10 @@ struct RangeArgs {
   const float* grad_output;
   const uint8_t* index_in;
   float* out;
+  // When set, forward writes bfloat16 here instead of out (bfloat16_bits of each value), and
+  // backward reads the output gradient from here instead of grad_output.
+  uint16_t* out_bf16 = nullptr;
+  const uint16_t* grad_output_bf16 = nullptr;
   float* grad_input;
   uint8_t* index_out;
   int zero_index;
@@ -58,6 +63,21 @@ extern const IsaKernels kAvx512Kernels;
 // Internal linkage: every ISA file compiles its own copy with its own instruction set, so the
 // linker cannot hand one file's copy (say, AVX2 code) to another (the scalar path).
 namespace {
+
+// LibTorch's float -> bfloat16 conversion (c10::BFloat16): round to nearest even; NaN -> 0x7FC0.
+inline uint16_t bfloat16_bits(float v) {
+  if (std::isnan(v)) return 0x7FC0;
+  uint32_t u;
+  std::memcpy(&u, &v, sizeof u);
+  return static_cast<uint16_t>((u + 0x7FFFu + ((u >> 16) & 1u)) >> 16);
+}
+
+inline float from_bfloat16(uint16_t bits) {
+  const uint32_t u = static_cast<uint32_t>(bits) << 16;
+  float v;
+  std::memcpy(&v, &u, sizeof v);
+  return v;
+}
 
 inline float normalised_input(const RangeArgs& a, float in) { return ((in - a.norm.shift) / a.norm.scale) / a.alpha; }
 

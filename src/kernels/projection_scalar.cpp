@@ -20,12 +20,19 @@ void dequantize_scalar(const RangeArgs& a, size_t begin, size_t end) {
 }
 
 void forward_scalar(const RangeArgs& a, size_t begin, size_t end) {
+  if (a.out_bf16) {
+    for (size_t i = begin; i < end; ++i) a.out_bf16[i] = bfloat16_bits(forward_element(a, a.input[i]));
+    return;
+  }
   for (size_t i = begin; i < end; ++i) a.out[i] = forward_element(a, a.input[i]);
 }
 
 double backward_scalar(const RangeArgs& a, size_t begin, size_t end) {
   double sum = 0.0;
-  for (size_t i = begin; i < end; ++i) sum += backward_element(a, a.input[i], a.grad_output[i], &a.grad_input[i]);
+  for (size_t i = begin; i < end; ++i) {
+    const float g = a.grad_output_bf16 ? from_bfloat16(a.grad_output_bf16[i]) : a.grad_output[i];
+    sum += backward_element(a, a.input[i], g, &a.grad_input[i]);
+  }
   return sum;
 }
 

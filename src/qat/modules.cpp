@@ -3,6 +3,7 @@
 
 #include <cmath>
 #include <sstream>
+#include <variant>
 
 namespace apot::qat {
 namespace F = torch::nn::functional;
@@ -125,6 +126,7 @@ void QuantConv2dImpl::set_quant_options(const QuantOptions& quant) {
 }
 
 torch::Tensor QuantConv2dImpl::forward(const torch::Tensor& input) {
+  if (quant_.quantizes_input() && input_drop == 0) return forward_quantising(input, quant_.input_spec());
   return apply(quantize_layer_input(input, act_alpha, quant_, input_drop),
                weight_override.defined() ? weight_override : quantized_weight());
 }
@@ -133,12 +135,27 @@ torch::Tensor QuantConv2dImpl::forward_rectified(const torch::Tensor& input) {
   if (!can_rectify_input()) throw std::logic_error("forward_rectified: the input is not quantised to unsigned levels");
   QuantizerSpec spec = quant_.input_spec();
   spec.variant = kernels::SteVariant::rectified;
-  return apply(rcf_quantize(input, act_alpha, spec), weight_override.defined() ? weight_override : quantized_weight());
+  return forward_quantising(input, spec);
+}
+
+const torch::ExpandingArray<2>* QuantConv2dImpl::bf16_padding(const torch::Tensor& x) const {
+  if (precision != ConvPrecision::bf16 || !is_training() || x.scalar_type() != torch::kFloat32) return nullptr;
+  // The padding is a variant (numbers, "valid" or "same"): c10::variant in LibTorch 1.13,
+  // std::variant in 2.x; the unqualified call finds either one's get_if.
+  using std::get_if;
+  return get_if<torch::ExpandingArray<2>>(&conv_.padding());
+}
+
+torch::Tensor QuantConv2dImpl::forward_quantising(const torch::Tensor& input, const QuantizerSpec& spec) {
+  const torch::Tensor w = weight_override.defined() ? weight_override : quantized_weight();
+  if (const auto* padding = bf16_padding(input))  // the quantiser and the convolution in one function
+    return quantized_conv2d_bf16(input, act_alpha, spec, w, bias, *conv_.stride(), **padding, *conv_.dilation(),
+                                 conv_.groups());
+  return apply(rcf_quantize(input, act_alpha, spec), w);
 }
 
 torch::Tensor QuantConv2dImpl::apply(const torch::Tensor& x, const torch::Tensor& w) const {
-  const auto* padding = c10::get_if<torch::ExpandingArray<2>>(&conv_.padding());
-  if (precision == ConvPrecision::bf16 && is_training() && padding && x.scalar_type() == torch::kFloat32)
+  if (const auto* padding = bf16_padding(x))
     return conv2d_bf16(x, w, bias, *conv_.stride(), **padding, *conv_.dilation(), conv_.groups());
   return F::conv2d(x, w,
                    F::Conv2dFuncOptions()

@@ -251,8 +251,8 @@ const kernels::Projector& projector_for(const QuantizerSpec& spec) {
   return *it->second;
 }
 
-torch::Tensor rcf_quantize(const torch::Tensor& input, const torch::Tensor& alpha, const QuantizerSpec& spec,
-                           kernels::Normalisation norm) {
+namespace {
+void check_quantizer_arguments(const torch::Tensor& input, const torch::Tensor& alpha, const QuantizerSpec& spec) {
   if (!input.is_floating_point()) throw std::invalid_argument("rcf_quantize needs a floating-point tensor");
   check_alpha_shape(alpha, input);
   check_alpha_values(alpha);
@@ -260,7 +260,42 @@ torch::Tensor rcf_quantize(const torch::Tensor& input, const torch::Tensor& alph
     throw std::invalid_argument("activation quantisers take one alpha");
   if (spec.variant == kernels::SteVariant::rectified && spec.role != levels::Role::activation)
     throw std::invalid_argument("the rectified STE variant needs unsigned activation levels");
+}
+}  // namespace
+
+torch::Tensor rcf_quantize(const torch::Tensor& input, const torch::Tensor& alpha, const QuantizerSpec& spec,
+                           kernels::Normalisation norm) {
+  check_quantizer_arguments(input, alpha, spec);
   return RcfFunction::apply(input, alpha, spec, norm);
+}
+
+bool rcf_bf16_available(const torch::Tensor& input) { return use_kernels(input); }
+
+torch::Tensor rcf_forward_bf16(const torch::Tensor& input, const torch::Tensor& alpha, const QuantizerSpec& spec) {
+  check_quantizer_arguments(input, alpha, spec);
+  if (!use_kernels(input) || alpha.numel() != 1)
+    throw std::invalid_argument("rcf_forward_bf16 takes a CPU float32 input and one alpha");
+  const at::MemoryFormat layout = kernel_layout(input);
+  const torch::Tensor in = input.detach().contiguous(layout);
+  torch::Tensor out = torch::empty(in.sizes(), in.options().dtype(torch::kBFloat16).memory_format(layout));
+  projector_for(spec).forward_bf16(in.data_ptr<float>(), static_cast<size_t>(in.numel()),
+                                   alpha.detach().to(torch::kCPU, torch::kFloat32).item<float>(),
+                                   reinterpret_cast<uint16_t*>(out.data_ptr<at::BFloat16>()), kernels::default_isa());
+  return out;
+}
+
+std::pair<torch::Tensor, torch::Tensor> rcf_backward_bf16(const torch::Tensor& input, const torch::Tensor& grad,
+                                                          const torch::Tensor& alpha, const QuantizerSpec& spec) {
+  if (!use_kernels(input) || grad.scalar_type() != torch::kBFloat16 || alpha.numel() != 1)
+    throw std::invalid_argument("rcf_backward_bf16 takes a CPU float32 input, a bfloat16 gradient and one alpha");
+  const at::MemoryFormat layout = kernel_layout(input);
+  const torch::Tensor in = input.contiguous(layout), g = grad.contiguous(layout);
+  torch::Tensor grad_input = torch::empty_like(in, layout);
+  const double sum = projector_for(spec).backward_bf16(
+      in.data_ptr<float>(), reinterpret_cast<const uint16_t*>(g.data_ptr<at::BFloat16>()),
+      static_cast<size_t>(in.numel()), alpha.detach().to(torch::kCPU, torch::kFloat32).item<float>(), spec.variant,
+      grad_input.data_ptr<float>(), kernels::default_isa());
+  return {grad_input, torch::tensor(sum, torch::kFloat64).to(alpha.scalar_type()).reshape(alpha.sizes())};
 }
 
 namespace {

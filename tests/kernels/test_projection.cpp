@@ -2,6 +2,9 @@
 // formulas, and every SIMD path against the scalar reference, on every level set.
 #include <gtest/gtest.h>
 
+#include <cstring>
+#include <limits>
+
 #include "projection_test_util.h"
 
 using apot::kernels::Isa;
@@ -135,6 +138,62 @@ TEST(ProjectionReference, NormalisationIsAppliedBeforeAlpha) {
   for (size_t i = 0; i < raw.size(); ++i) {
     ASSERT_EQ(a[i], b[i]);
     ASSERT_EQ(ga[i], gb[i] / norm.scale);  // chain rule through the detached normalisation
+  }
+}
+
+// Round to nearest even on the upper 16 bits, as LibTorch converts float to bfloat16.
+uint16_t expected_bfloat16(float v) {
+  if (std::isnan(v)) return 0x7FC0;
+  uint32_t u;
+  std::memcpy(&u, &v, sizeof u);
+  const uint32_t low = u & 0xFFFFu, high = u >> 16;
+  const bool up = low > 0x8000u || (low == 0x8000u && (high & 1u));
+  return static_cast<uint16_t>(high + (up ? 1u : 0u));
+}
+
+float widened(uint16_t bits) {
+  const uint32_t u = static_cast<uint32_t>(bits) << 16;
+  float v;
+  std::memcpy(&v, &u, sizeof v);
+  return v;
+}
+
+// The bfloat16 forms on every path: forward_bf16 is forward() rounded to nearest even (ties to
+// even, NaN 0x7FC0); backward_bf16 is backward() on the widened gradients, bit for bit (alpha
+// gradient included: the same path sums in the same order).
+TEST(ProjectionIsa, BfloatSixteenFormsEqualTheFloatOnes) {
+  EXPECT_EQ(expected_bfloat16(1.0f), 0x3F80);
+  EXPECT_EQ(expected_bfloat16(widened(0x3F80) + std::ldexp(1.0f, -8)), 0x3F80);  // a tie: to even
+  EXPECT_EQ(expected_bfloat16(widened(0x3F81) + std::ldexp(1.0f, -8)), 0x3F82);  // a tie: to even
+  const float nan = std::numeric_limits<float>::quiet_NaN();
+  for (const LevelSet& set : all_level_sets()) {
+    const Projector p(set);
+    const float alpha = 1.37f;
+    std::vector<float> in = interesting_inputs(set, alpha, 300, 21);
+    in.push_back(nan);
+    in.resize(in.size() + 5, 0.25f);  // a tail
+    std::vector<uint16_t> g16(in.size());
+    std::vector<float> g(in.size());
+    const std::vector<float> random = gradients(in.size(), 22);
+    for (size_t i = 0; i < in.size(); ++i) {
+      g16[i] = expected_bfloat16(random[i]);
+      g[i] = widened(g16[i]);
+    }
+    for (Isa isa : apot::kernels::supported_isas()) {
+      const std::string where = set.name() + " on " + apot::kernels::to_string(isa);
+      std::vector<float> out(in.size());
+      std::vector<uint16_t> out16(in.size());
+      p.forward(in.data(), in.size(), alpha, out.data(), isa);
+      p.forward_bf16(in.data(), in.size(), alpha, out16.data(), isa);
+      for (size_t i = 0; i < in.size(); ++i) ASSERT_EQ(out16[i], expected_bfloat16(out[i])) << where << " " << in[i];
+      for (SteVariant variant : variants_of(set)) {
+        std::vector<float> grad(in.size()), grad16(in.size());
+        const double a = p.backward(in.data(), g.data(), in.size(), alpha, variant, grad.data(), isa);
+        const double a16 = p.backward_bf16(in.data(), g16.data(), in.size(), alpha, variant, grad16.data(), isa);
+        ASSERT_TRUE(same_bits(float(a), float(a16)) || (std::isnan(a) && std::isnan(a16))) << where;
+        for (size_t i = 0; i < in.size(); ++i) ASSERT_TRUE(same_bits(grad[i], grad16[i])) << where << " " << in[i];
+      }
+    }
   }
 }
 

@@ -72,6 +72,36 @@ TEST(Conv2dBf16, ForwardAndGradientsAreThoseOfTheRoundedTensors) {
                std::invalid_argument);
 }
 
+// The quantiser writing bfloat16 and reading the bfloat16 gradient in the same function as the
+// convolution gives what the quantiser followed by conv2d_bf16 gives, bit for bit: values and
+// the gradients of input, alpha and weight (the same roundings in the same places).
+TEST(Conv2dBf16, TheQuantiserInsideGivesTheSameBits) {
+  using apot::qat::QuantizerSpec;
+  for (auto variant : {apot::kernels::SteVariant::cifar, apot::kernels::SteVariant::rectified}) {
+    for (const auto layout : {at::MemoryFormat::Contiguous, at::MemoryFormat::ChannelsLast}) {
+      torch::manual_seed(13);
+      torch::Tensor input = (torch::randn({4, 8, 10, 10}) * 3).contiguous(layout);
+      input.index_put_({0, 0}, 0.0f);
+      const torch::Tensor w = torch::randn({12, 8, 3, 3}), bias = torch::randn({12});
+      const QuantizerSpec spec{apot::levels::Kind::apot, 4, apot::levels::Role::activation, variant};
+      std::vector<torch::Tensor> outs, grads;
+      for (bool fused : {false, true}) {
+        const torch::Tensor x = input.clone().requires_grad_(true), a = torch::tensor(2.5f).requires_grad_(true);
+        const torch::Tensor wg = w.clone().requires_grad_(true), bg = bias.clone().requires_grad_(true);
+        const torch::Tensor y =
+            fused ? apot::qat::quantized_conv2d_bf16(x, a, spec, wg, bg, {1, 1}, {1, 1}, {1, 1}, 1)
+                  : apot::qat::conv2d_bf16(apot::qat::rcf_quantize(x, a, spec), wg, bg, {1, 1}, {1, 1}, {1, 1}, 1);
+        y.backward(torch::ones_like(y) + y.detach() * 0.01);
+        outs.push_back(y.detach());
+        for (const auto& t : {x, a, wg, bg}) grads.push_back(t.grad());
+      }
+      EXPECT_TRUE(torch::equal(outs[0], outs[1]));
+      for (size_t k = 0; k < 4; ++k) EXPECT_TRUE(torch::equal(grads[k], grads[k + 4])) << "gradient " << k;
+      EXPECT_GT(grads[0].ne(0).sum().item<int64_t>(), 0);
+    }
+  }
+}
+
 // A layer in bfloat16 runs conv2d_bf16 in training mode and the float32 convolution in
 // evaluation, bit for bit; a network sets it on every convolution and its copies keep it.
 TEST(Conv2dBf16, LayersUseItInTrainingOnly) {
@@ -85,9 +115,9 @@ TEST(Conv2dBf16, LayersUseItInTrainingOnly) {
   conv->precision = ConvPrecision::bf16;
   conv->train();
   const torch::Tensor in_training = conv->forward(x);
-  const torch::Tensor expected = apot::qat::conv2d_bf16(
-      apot::qat::quantize_layer_input(x, conv->act_alpha, conv->quant_options()), conv->quantized_weight(),
-      conv->bias, {1, 1}, {1, 1}, {1, 1}, 1);
+  const torch::Tensor expected = apot::qat::quantized_conv2d_bf16(x, conv->act_alpha, conv->quant_options().input_spec(),
+                                                                  conv->quantized_weight(), conv->bias, {1, 1},
+                                                                  {1, 1}, {1, 1}, 1);
   EXPECT_TRUE(torch::equal(in_training, expected));
   EXPECT_FALSE(torch::equal(in_training, fp32));
   conv->eval();

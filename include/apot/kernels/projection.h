@@ -101,6 +101,14 @@ class Projector {
   double backward(const float* input, const float* grad_output, size_t n, float alpha, SteVariant variant,
                   float* grad_input, Isa isa = default_isa(), Normalisation norm = {}) const;
 
+  // The same with bfloat16 on the convolution's side (qat's bf16 convolutions): forward_bf16
+  // writes each value as bfloat16 bits (rounded to nearest even, as LibTorch converts; NaN is
+  // 0x7FC0), backward_bf16 reads the output gradient as bfloat16 bits.
+  void forward_bf16(const float* input, size_t n, float alpha, uint16_t* out, Isa isa = default_isa(),
+                    Normalisation norm = {}) const;
+  double backward_bf16(const float* input, const uint16_t* grad_output, size_t n, float alpha, SteVariant variant,
+                       float* grad_input, Isa isa = default_isa(), Normalisation norm = {}) const;
+
   // Internal tables, exposed for the ISA files.
   struct Tables {
     std::vector<float> thresholds;  // padded to table_size with +inf
@@ -113,6 +121,9 @@ class Projector {
   const Tables& tables() const { return tables_; }
 
  private:
+  double backward_from(const float* input, const float* grad_output, const uint16_t* grad_output_bf16, size_t n,
+                       float alpha, SteVariant variant, float* grad_input, Isa isa, Normalisation norm) const;
+
   levels::LevelSet set_;
   Tables tables_;
 };

@@ -91,6 +91,12 @@ class QuantConv2dImpl : public torch::nn::Cloneable<QuantConv2dImpl> {
   ConvPrecision precision = ConvPrecision::fp32;
 
  private:
+  // apply(rcf_quantize(input, spec), weight), or in bf16 training both in one function.
+  torch::Tensor forward_quantising(const torch::Tensor& input, const QuantizerSpec& spec);
+  // The padding for the bf16 convolutions where they apply to x (training, float32, numeric
+  // padding), else nullptr.
+  const torch::ExpandingArray<2>* bf16_padding(const torch::Tensor& x) const;
+
   torch::nn::Conv2dOptions conv_;
   QuantOptions quant_;
 };

@@ -5,6 +5,8 @@
 
 #include <torch/torch.h>
 
+#include "apot/qat/quantizer.h"
+
 #include <string>
 
 namespace apot::qat {
@@ -24,5 +26,15 @@ bool cpu_has_native_bf16();
 torch::Tensor conv2d_bf16(const torch::Tensor& x, const torch::Tensor& w, const torch::Tensor& bias,
                           torch::IntArrayRef stride, torch::IntArrayRef padding, torch::IntArrayRef dilation,
                           int64_t groups);
+
+// conv2d_bf16(rcf_quantize(input, act_alpha, spec), w, ...) in one autograd function: the
+// quantiser writes its values as bfloat16 and reads the convolution's input gradient as
+// bfloat16 (two passes over the activations fewer); the same values and gradients as those
+// two calls (tested). Where the quantiser's kernels do not apply (rcf_bf16_available), the two
+// calls themselves.
+torch::Tensor quantized_conv2d_bf16(const torch::Tensor& input, const torch::Tensor& act_alpha,
+                                    const QuantizerSpec& spec, const torch::Tensor& w, const torch::Tensor& bias,
+                                    torch::IntArrayRef stride, torch::IntArrayRef padding,
+                                    torch::IntArrayRef dilation, int64_t groups);
 
 }  // namespace apot::qat

@@ -45,6 +45,16 @@ const kernels::Projector& projector_for(const QuantizerSpec& spec);
 torch::Tensor rcf_quantize(const torch::Tensor& input, const torch::Tensor& alpha, const QuantizerSpec& spec,
                            kernels::Normalisation norm = {});
 
+// The activation quantiser's kernels with bfloat16 on the convolution's side, for the bf16
+// convolutions (qat::quantized_conv2d_bf16), without autograd. Available for CPU float32 inputs
+// with the automatic backend (rcf_bf16_available). rcf_forward_bf16: rcf_quantize's values
+// rounded to bfloat16 (in the kernels' layout), alpha checked as rcf_quantize checks it;
+// rcf_backward_bf16: the gradients of input and alpha from a bfloat16 output gradient.
+bool rcf_bf16_available(const torch::Tensor& input);
+torch::Tensor rcf_forward_bf16(const torch::Tensor& input, const torch::Tensor& alpha, const QuantizerSpec& spec);
+std::pair<torch::Tensor, torch::Tensor> rcf_backward_bf16(const torch::Tensor& input, const torch::Tensor& grad,
+                                                          const torch::Tensor& alpha, const QuantizerSpec& spec);
+
 // Weight quantiser: normalisation (mode) then RCF with role weight.
 torch::Tensor quantize_weight(const torch::Tensor& weight, const torch::Tensor& alpha, const QuantizerSpec& spec,
                               WeightNorm mode);
