@@ -204,23 +204,23 @@ void Projector::dequantize(const uint8_t* index, size_t n, float alpha, float* o
 }
 
 void Projector::forward(const float* input, size_t n, float alpha, float* out, Isa isa, Normalisation norm) const {
-  const PreparedProjection p = prepare(alpha, isa, norm);
-  const detail::IsaKernels& k = kernels_for(isa);
-  detail::RangeArgs a = base_args(tables_, set_, alpha, norm);
-  a.space = p.space_.get();
-  a.input = input;
-  a.out = out;
-  for_each_chunk(n, [&](long, size_t begin, size_t end) { k.forward(a, begin, end); });
+  forward_into(input, n, alpha, out, nullptr, isa, norm);
 }
 
 void Projector::forward_bf16(const float* input, size_t n, float alpha, uint16_t* out, Isa isa,
+                             Normalisation norm) const {
+  forward_into(input, n, alpha, nullptr, out, isa, norm);
+}
+
+void Projector::forward_into(const float* input, size_t n, float alpha, float* out, uint16_t* out_bf16, Isa isa,
                              Normalisation norm) const {
   const PreparedProjection p = prepare(alpha, isa, norm);
   const detail::IsaKernels& k = kernels_for(isa);
   detail::RangeArgs a = base_args(tables_, set_, alpha, norm);
   a.space = p.space_.get();
   a.input = input;
-  a.out_bf16 = out;
+  a.out = out;
+  a.out_bf16 = out_bf16;
   for_each_chunk(n, [&](long, size_t begin, size_t end) { k.forward(a, begin, end); });
 }
 

@@ -4,6 +4,8 @@
 // masked loads and stores. Bit-identical to the scalar reference per element.
 #include <immintrin.h>
 
+#include <type_traits>
+
 #include "projection_impl.h"
 
 namespace apot::kernels::detail {
@@ -33,8 +35,11 @@ struct Tables512 {
   }
 };
 
+// kTable: the table size where it is known at compile time (4, 8 or 16: one vector, the search
+// unrolled), 0 where it is read from the tables at run time.
+template <int kTable = 0>
 inline __m512 lookup(const __m512* table, int vectors, __m512i index) {
-  if (vectors == 1) return _mm512_permutexvar_ps(index, table[0]);
+  if ((kTable > 0 && kTable <= 16) || vectors == 1) return _mm512_permutexvar_ps(index, table[0]);
   __m512 result = _mm512_permutex2var_ps(table[0], index, table[1]);
   const __m512i pair = _mm512_srli_epi32(index, 5);
   for (int p = 1; 2 * p < vectors; ++p) {
@@ -45,11 +50,12 @@ inline __m512 lookup(const __m512* table, int vectors, __m512i index) {
 }
 
 // Number of thresholds <= m (m in u space; NaN compares false and gives 0).
+template <int kTable = 0>
 inline __m512i magnitude_index(const Tables512& t, __m512 m) {
   __m512i index = _mm512_setzero_si512();
-  for (int step = t.table_size / 2; step >= 1; step >>= 1) {
+  for (int step = (kTable ? kTable : t.table_size) / 2; step >= 1; step >>= 1) {
     const __m512i probe = _mm512_add_epi32(index, _mm512_set1_epi32(step - 1));
-    const __mmask16 ge = _mm512_cmp_ps_mask(m, lookup(t.thresholds, t.vectors, probe), _CMP_GE_OQ);
+    const __mmask16 ge = _mm512_cmp_ps_mask(m, lookup<kTable>(t.thresholds, t.vectors, probe), _CMP_GE_OQ);
     index = _mm512_mask_add_epi32(index, ge, index, _mm512_set1_epi32(step));
   }
   return index;
@@ -63,17 +69,30 @@ struct Projected512 {
   __m512 value;  // signed level, not yet times alpha
 };
 
+template <int kTable = 0>
 inline Projected512 project(const Tables512& t, __m512 u) {
   Projected512 p;
   if (t.is_signed) {
-    p.magnitude_index = magnitude_index(t, _mm512_andnot_ps(sign_mask(), u));
-    const __m512 magnitude = lookup(t.magnitudes, t.vectors, p.magnitude_index);
+    p.magnitude_index = magnitude_index<kTable>(t, _mm512_andnot_ps(sign_mask(), u));
+    const __m512 magnitude = lookup<kTable>(t.magnitudes, t.vectors, p.magnitude_index);
     p.value = _mm512_or_ps(magnitude, _mm512_and_ps(u, sign_mask()));
   } else {
-    p.magnitude_index = magnitude_index(t, u);
-    p.value = lookup(t.magnitudes, t.vectors, p.magnitude_index);
+    p.magnitude_index = magnitude_index<kTable>(t, u);
+    p.value = lookup<kTable>(t.magnitudes, t.vectors, p.magnitude_index);
   }
   return p;
+}
+
+// body<kTable>() with the table size as a constant where it is 4, 8 or 16 (up to 16 levels per
+// sign: every 2- to 4-bit set), so that the search unrolls and its table stays in a register.
+template <typename Body>
+auto with_table_size(int table_size, Body body) {
+  switch (table_size) {
+    case 4: return body(std::integral_constant<int, 4>{});
+    case 8: return body(std::integral_constant<int, 8>{});
+    case 16: return body(std::integral_constant<int, 16>{});
+    default: return body(std::integral_constant<int, 0>{});
+  }
 }
 
 inline __mmask16 tail_mask(size_t remaining) {
@@ -120,13 +139,14 @@ inline __m512i to_bfloat16(__m512 v) {
                                _mm512_set1_epi32(0x7FC0));
 }
 
-void forward_avx512(const RangeArgs& a, size_t begin, size_t end) {
+template <int kTable>
+void forward_avx512_impl(const RangeArgs& a, size_t begin, size_t end) {
   const Tables512 t(a);
   const __m512 nan = _mm512_set1_ps(std::numeric_limits<float>::quiet_NaN());
   for (size_t i = begin; i < end; i += 16) {
     const __mmask16 k = tail_mask(end - i);
     const __m512 u = _mm512_sub_ps(_mm512_maskz_loadu_ps(k, a.input + i), t.shift);
-    const __m512 out = _mm512_mask_mov_ps(_mm512_mul_ps(project(t, u).value, t.alpha), nan_lanes(u), nan);
+    const __m512 out = _mm512_mask_mov_ps(_mm512_mul_ps(project<kTable>(t, u).value, t.alpha), nan_lanes(u), nan);
     if (a.out_bf16) {
       _mm512_mask_cvtepi32_storeu_epi16(a.out_bf16 + i, k, to_bfloat16(out));
     } else {
@@ -135,7 +155,11 @@ void forward_avx512(const RangeArgs& a, size_t begin, size_t end) {
   }
 }
 
-template <bool kUnitScale>
+void forward_avx512(const RangeArgs& a, size_t begin, size_t end) {
+  with_table_size(a.tables->table_size, [&](auto table) { forward_avx512_impl<decltype(table)::value>(a, begin, end); });
+}
+
+template <bool kUnitScale, int kTable>
 double backward_avx512_impl(const RangeArgs& a, size_t begin, size_t end) {
   const Tables512 t(a);
   const bool cifar = a.variant == SteVariant::cifar, rectified = a.variant == SteVariant::rectified;
@@ -150,7 +174,7 @@ double backward_avx512_impl(const RangeArgs& a, size_t begin, size_t end) {
                                _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(k, a.grad_output_bf16 + i)), 16))
                          : _mm512_maskz_loadu_ps(k, a.grad_output + i);
     const __m512 x = _mm512_div_ps(kUnitScale ? u : _mm512_div_ps(u, t.scale), t.alpha);
-    const Projected512 p = project(t, u);
+    const Projected512 p = project<kTable>(t, u);
     __m512 term = _mm512_mul_ps(g, _mm512_sub_ps(p.value, x));
     __m512 pass = g;
     if (t.is_signed) {
@@ -177,7 +201,11 @@ double backward_avx512_impl(const RangeArgs& a, size_t begin, size_t end) {
 }
 
 double backward_avx512(const RangeArgs& a, size_t begin, size_t end) {
-  return a.space->unit_scale ? backward_avx512_impl<true>(a, begin, end) : backward_avx512_impl<false>(a, begin, end);
+  return with_table_size(a.tables->table_size, [&](auto table) {
+    constexpr int kTable = decltype(table)::value;
+    return a.space->unit_scale ? backward_avx512_impl<true, kTable>(a, begin, end)
+                               : backward_avx512_impl<false, kTable>(a, begin, end);
+  });
 }
 
 }  // namespace

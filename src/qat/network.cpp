@@ -232,11 +232,11 @@ torch::Tensor NetworkImpl::run(const torch::Tensor& x, std::vector<torch::Tensor
   const size_t end = last < 0 ? n : size_t(last) + 1;
   // Where every reader of a ReLU's output quantises it to unsigned levels, the readers' quantisers
   // apply the ReLU (forward_rectified): the same values, two passes over memory fewer. Not where
-  // the values are kept (they are the ReLU's outputs there).
+  // the values are kept (they are the ReLU's outputs there) or a part of the network is run.
   std::vector<char> unrectified(n, 0);
   for (size_t i = 1; i < end; ++i) {
     const graph::Node& node = graph_[i];
-    unrectified[i] = !keep && relu_fuses_into_readers(i);
+    unrectified[i] = !keep && last < 0 && relu_fuses_into_readers(i);
     v[i] = compute_node(i, v, unrectified[size_t(node.inputs[0])] != 0, !unrectified[i]);
     if (!keep)
       for (int input : node.inputs)

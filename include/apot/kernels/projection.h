@@ -121,6 +121,8 @@ class Projector {
   const Tables& tables() const { return tables_; }
 
  private:
+  void forward_into(const float* input, size_t n, float alpha, float* out, uint16_t* out_bf16, Isa isa,
+                    Normalisation norm) const;
   double backward_from(const float* input, const float* grad_output, const uint16_t* grad_output_bf16, size_t n,
                        float alpha, SteVariant variant, float* grad_input, Isa isa, Normalisation norm) const;
 
