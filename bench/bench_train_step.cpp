@@ -53,7 +53,7 @@ struct Config {
   std::string name;
   bool quantized;
   Backend backend;
-  bool fastest;  // channels-last batches, freed memory kept
+  bool fastest;       // channels-last batches, freed memory kept
   bool bf16 = false;  // convolutions in bfloat16 (where the CPU has AVX512_BF16)
   // The child process it runs in: today, fastest, or reference (alone, as its huge allocations
   // would change the C library's allocation thresholds for the others).
@@ -327,9 +327,9 @@ int main(int argc, char** argv) {
       "(child processes alternating)\n",
       batch, threads, rounds, steps);
   std::printf("  CPU: %s (%s)\n", cpu_name().c_str(), features.describe().c_str());
-  std::printf("  -fastest rows: convolutions in %s\n",
-              apot::qat::cpu_has_native_bf16() ? "bfloat16 (AVX512_BF16)"
-                                               : "float32 (no AVX512_BF16: the same as -channels-last)");
+  std::printf("  -fastest rows: convolutions in %s\n", apot::qat::cpu_has_native_bf16()
+                                                           ? "bfloat16 (AVX512_BF16)"
+                                                           : "float32 (no AVX512_BF16: the same as -channels-last)");
   const std::string common = " --steps " + std::to_string(steps) + " --batch " + std::to_string(batch) + " --threads " +
                              std::to_string(threads);
   std::map<std::string, std::vector<double>> ms, faults;

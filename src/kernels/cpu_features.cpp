@@ -72,10 +72,15 @@ const std::string& cpu_model() {
 
 std::string CpuFeatures::describe() const {
   std::string s;
-  const std::pair<bool, const char*> all[] = {
-      {avx2, "avx2"},         {fma, "fma"},           {avx512f, "avx512f"},       {avx512bw, "avx512bw"},
-      {avx512dq, "avx512dq"}, {avx512vl, "avx512vl"}, {avx512vnni, "avx512vnni"}, {avx_vnni, "avx-vnni"},
-      {avx512_bf16, "avx512bf16"}};
+  const std::pair<bool, const char*> all[] = {{avx2, "avx2"},
+                                              {fma, "fma"},
+                                              {avx512f, "avx512f"},
+                                              {avx512bw, "avx512bw"},
+                                              {avx512dq, "avx512dq"},
+                                              {avx512vl, "avx512vl"},
+                                              {avx512vnni, "avx512vnni"},
+                                              {avx_vnni, "avx-vnni"},
+                                              {avx512_bf16, "avx512bf16"}};
   for (const auto& [has, name] : all)
     if (has) s += (s.empty() ? "" : " ") + std::string(name);
   return s.empty() ? "none" : s;

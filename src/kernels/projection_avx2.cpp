@@ -110,8 +110,8 @@ void dequantize_avx2(const RangeArgs& a, size_t begin, size_t end) {
 // bfloat16_bits of 8 floats (round to nearest even, NaN -> 0x7FC0).
 inline __m128i to_bfloat16(__m256 v) {
   const __m256i bits = _mm256_castps_si256(v);
-  const __m256i bias = _mm256_add_epi32(_mm256_and_si256(_mm256_srli_epi32(bits, 16), _mm256_set1_epi32(1)),
-                                        _mm256_set1_epi32(0x7FFF));
+  const __m256i bias =
+      _mm256_add_epi32(_mm256_and_si256(_mm256_srli_epi32(bits, 16), _mm256_set1_epi32(1)), _mm256_set1_epi32(0x7FFF));
   __m256i r = _mm256_srli_epi32(_mm256_add_epi32(bits, bias), 16);
   r = _mm256_blendv_epi8(r, _mm256_set1_epi32(0x7FC0), _mm256_castps_si256(is_nan(v)));
   const __m256i packed = _mm256_permute4x64_epi64(_mm256_packus_epi32(r, r), 0x08);  // lanes 0 and 2
@@ -160,8 +160,8 @@ double backward_avx2_impl(const RangeArgs& a, size_t begin, size_t end) {
       if (!cifar) pass = _mm256_blendv_ps(pass, zero, outside);
     } else {
       const __m256 above = _mm256_cmp_ps(u, t.above_one, _CMP_GE_OQ);
-      const __m256 below = rectified ? _mm256_cmp_ps(u, t.non_negative, _CMP_LE_OQ)
-                                     : _mm256_cmp_ps(u, t.non_negative, _CMP_LT_OQ);
+      const __m256 below =
+          rectified ? _mm256_cmp_ps(u, t.non_negative, _CMP_LE_OQ) : _mm256_cmp_ps(u, t.non_negative, _CMP_LT_OQ);
       term = _mm256_blendv_ps(_mm256_blendv_ps(term, g, above), zero, below);
       pass = _mm256_blendv_ps(pass, zero, above);
       if (!cifar) pass = _mm256_blendv_ps(pass, zero, below);

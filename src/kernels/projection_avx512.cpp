@@ -133,8 +133,8 @@ void dequantize_avx512(const RangeArgs& a, size_t begin, size_t end) {
 // bfloat16_bits of 16 floats (round to nearest even, NaN -> 0x7FC0), in the low 16 bits of each lane.
 inline __m512i to_bfloat16(__m512 v) {
   const __m512i bits = _mm512_castps_si512(v);
-  const __m512i bias = _mm512_add_epi32(_mm512_and_si512(_mm512_srli_epi32(bits, 16), _mm512_set1_epi32(1)),
-                                        _mm512_set1_epi32(0x7FFF));
+  const __m512i bias =
+      _mm512_add_epi32(_mm512_and_si512(_mm512_srli_epi32(bits, 16), _mm512_set1_epi32(1)), _mm512_set1_epi32(0x7FFF));
   return _mm512_mask_mov_epi32(_mm512_srli_epi32(_mm512_add_epi32(bits, bias), 16), nan_lanes(v),
                                _mm512_set1_epi32(0x7FC0));
 }
@@ -156,7 +156,8 @@ void forward_avx512_impl(const RangeArgs& a, size_t begin, size_t end) {
 }
 
 void forward_avx512(const RangeArgs& a, size_t begin, size_t end) {
-  with_table_size(a.tables->table_size, [&](auto table) { forward_avx512_impl<decltype(table)::value>(a, begin, end); });
+  with_table_size(a.tables->table_size,
+                  [&](auto table) { forward_avx512_impl<decltype(table)::value>(a, begin, end); });
 }
 
 template <bool kUnitScale, int kTable>

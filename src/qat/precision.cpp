@@ -24,17 +24,17 @@ std::tuple<torch::Tensor, torch::Tensor> bf16_conv_backward(AutogradContext* ctx
                                                             bool input_grad, bool weight_grad) {
   // The layout of the input (oneDNN reorders a gradient in another layout first).
   const torch::Tensor gb = grad.to(torch::kBFloat16).contiguous(xb.suggest_memory_format());
-  const auto [gx, gw, unused] = at::convolution_backward(
-      gb, xb, wb, c10::nullopt, ctx->saved_data["stride"].toIntVector(), ctx->saved_data["padding"].toIntVector(),
-      ctx->saved_data["dilation"].toIntVector(), false, {0, 0}, ctx->saved_data["groups"].toInt(),
-      {input_grad, weight_grad, false});
+  const auto [gx, gw, unused] =
+      at::convolution_backward(gb, xb, wb, c10::nullopt, ctx->saved_data["stride"].toIntVector(),
+                               ctx->saved_data["padding"].toIntVector(), ctx->saved_data["dilation"].toIntVector(),
+                               false, {0, 0}, ctx->saved_data["groups"].toInt(), {input_grad, weight_grad, false});
   return {gx, gw};
 }
 
 struct Bf16Conv : torch::autograd::Function<Bf16Conv> {
   static torch::Tensor forward(AutogradContext* ctx, const torch::Tensor& x, const torch::Tensor& w,
-                               torch::IntArrayRef stride, torch::IntArrayRef padding,
-                               torch::IntArrayRef dilation, int64_t groups) {
+                               torch::IntArrayRef stride, torch::IntArrayRef padding, torch::IntArrayRef dilation,
+                               int64_t groups) {
     const torch::Tensor xb = x.to(torch::kBFloat16), wb = w.to(torch::kBFloat16);
     const torch::Tensor y =
         at::convolution(xb, wb, {}, stride, padding, dilation, false, {0, 0}, groups).to(torch::kFloat32);
@@ -47,8 +47,12 @@ struct Bf16Conv : torch::autograd::Function<Bf16Conv> {
     const auto saved = ctx->get_saved_variables();
     const bool input_grad = ctx->needs_input_grad(0), weight_grad = ctx->needs_input_grad(1);
     const auto [gx, gw] = bf16_conv_backward(ctx, grads[0], saved[0], saved[1], input_grad, weight_grad);
-    return {input_grad ? gx.to(torch::kFloat32) : torch::Tensor(), weight_grad ? gw.to(torch::kFloat32) : torch::Tensor(),
-            torch::Tensor(), torch::Tensor(), torch::Tensor(), torch::Tensor()};
+    return {input_grad ? gx.to(torch::kFloat32) : torch::Tensor(),
+            weight_grad ? gw.to(torch::kFloat32) : torch::Tensor(),
+            torch::Tensor(),
+            torch::Tensor(),
+            torch::Tensor(),
+            torch::Tensor()};
   }
 };
 
@@ -62,10 +66,7 @@ struct QuantBf16Conv : torch::autograd::Function<QuantBf16Conv> {
         at::convolution(qb, wb, {}, stride, padding, dilation, false, {0, 0}, groups).to(torch::kFloat32);
     ctx->save_for_backward({input, alpha, qb, wb});
     save_geometry(ctx, stride, padding, dilation, groups);
-    ctx->saved_data["kind"] = static_cast<int64_t>(spec.kind);
-    ctx->saved_data["bits"] = static_cast<int64_t>(spec.bits);
-    ctx->saved_data["role"] = static_cast<int64_t>(spec.role);
-    ctx->saved_data["variant"] = static_cast<int64_t>(spec.variant);
+    save_spec(ctx, spec);
     return y;
   }
 
@@ -75,12 +76,7 @@ struct QuantBf16Conv : torch::autograd::Function<QuantBf16Conv> {
     const auto [gq, gw] = bf16_conv_backward(ctx, grads[0], saved[2], saved[3], to_input, ctx->needs_input_grad(2));
     torch::Tensor grad_input, grad_alpha;
     if (to_input) {
-      QuantizerSpec spec;
-      spec.kind = static_cast<levels::Kind>(ctx->saved_data["kind"].toInt());
-      spec.bits = static_cast<int>(ctx->saved_data["bits"].toInt());
-      spec.role = static_cast<levels::Role>(ctx->saved_data["role"].toInt());
-      spec.variant = static_cast<kernels::SteVariant>(ctx->saved_data["variant"].toInt());
-      std::tie(grad_input, grad_alpha) = rcf_backward_bf16(saved[0], gq, saved[1], spec);
+      std::tie(grad_input, grad_alpha) = rcf_backward_bf16(saved[0], gq, saved[1], saved_spec(ctx));
     }
     return {grad_input,      grad_alpha,      ctx->needs_input_grad(2) ? gw.to(torch::kFloat32) : torch::Tensor(),
             torch::Tensor(), torch::Tensor(), torch::Tensor(),
@@ -106,8 +102,8 @@ torch::Tensor conv2d_bf16(const torch::Tensor& x, const torch::Tensor& w, const 
 
 torch::Tensor quantized_conv2d_bf16(const torch::Tensor& input, const torch::Tensor& act_alpha,
                                     const QuantizerSpec& spec, const torch::Tensor& w, const torch::Tensor& bias,
-                                    torch::IntArrayRef stride, torch::IntArrayRef padding,
-                                    torch::IntArrayRef dilation, int64_t groups) {
+                                    torch::IntArrayRef stride, torch::IntArrayRef padding, torch::IntArrayRef dilation,
+                                    int64_t groups) {
   if (!rcf_bf16_available(input) || act_alpha.numel() != 1 || w.scalar_type() != torch::kFloat32 || input.dim() != 4)
     return conv2d_bf16(rcf_quantize(input, act_alpha, spec), w, bias, stride, padding, dilation, groups);
   const torch::Tensor y = QuantBf16Conv::apply(input, act_alpha, w, spec, stride, padding, dilation, groups);

@@ -176,24 +176,12 @@ std::pair<torch::Tensor, torch::Tensor> kernel_backward(const torch::Tensor& inp
   return {grad_input, grad_alpha.to(alpha.device())};
 }
 
-QuantizerSpec spec_from(AutogradContext* ctx) {
-  QuantizerSpec spec;
-  spec.kind = static_cast<levels::Kind>(ctx->saved_data["kind"].toInt());
-  spec.bits = static_cast<int>(ctx->saved_data["bits"].toInt());
-  spec.role = static_cast<levels::Role>(ctx->saved_data["role"].toInt());
-  spec.variant = static_cast<kernels::SteVariant>(ctx->saved_data["variant"].toInt());
-  return spec;
-}
-
 class RcfFunction : public torch::autograd::Function<RcfFunction> {
  public:
   static torch::Tensor forward(AutogradContext* ctx, const torch::Tensor& input, const torch::Tensor& alpha,
                                const QuantizerSpec& spec, kernels::Normalisation norm) {
     ctx->save_for_backward({input, alpha});
-    ctx->saved_data["kind"] = static_cast<int64_t>(spec.kind);
-    ctx->saved_data["bits"] = static_cast<int64_t>(spec.bits);
-    ctx->saved_data["role"] = static_cast<int64_t>(spec.role);
-    ctx->saved_data["variant"] = static_cast<int64_t>(spec.variant);
+    save_spec(ctx, spec);
     ctx->saved_data["shift"] = static_cast<double>(norm.shift);
     ctx->saved_data["scale"] = static_cast<double>(norm.scale);
     const kernels::Projector& p = projector_for(spec);
@@ -205,7 +193,7 @@ class RcfFunction : public torch::autograd::Function<RcfFunction> {
     const auto saved = ctx->get_saved_variables();
     const torch::Tensor& input = saved[0];
     const torch::Tensor& alpha = saved[1];
-    const QuantizerSpec spec = spec_from(ctx);
+    const QuantizerSpec spec = saved_spec(ctx);
     const kernels::Normalisation norm{static_cast<float>(ctx->saved_data["shift"].toDouble()),
                                       static_cast<float>(ctx->saved_data["scale"].toDouble())};
     const kernels::Projector& p = projector_for(spec);
@@ -217,6 +205,22 @@ class RcfFunction : public torch::autograd::Function<RcfFunction> {
 };
 
 }  // namespace
+
+void save_spec(torch::autograd::AutogradContext* ctx, const QuantizerSpec& spec) {
+  ctx->saved_data["kind"] = static_cast<int64_t>(spec.kind);
+  ctx->saved_data["bits"] = static_cast<int64_t>(spec.bits);
+  ctx->saved_data["role"] = static_cast<int64_t>(spec.role);
+  ctx->saved_data["variant"] = static_cast<int64_t>(spec.variant);
+}
+
+QuantizerSpec saved_spec(torch::autograd::AutogradContext* ctx) {
+  QuantizerSpec spec;
+  spec.kind = static_cast<levels::Kind>(ctx->saved_data["kind"].toInt());
+  spec.bits = static_cast<int>(ctx->saved_data["bits"].toInt());
+  spec.role = static_cast<levels::Role>(ctx->saved_data["role"].toInt());
+  spec.variant = static_cast<kernels::SteVariant>(ctx->saved_data["variant"].toInt());
+  return spec;
+}
 
 WeightNorm parse_weight_norm(const std::string& name) {
   if (name == "none") return WeightNorm::none;

@@ -51,9 +51,8 @@ TEST(Conv2dBf16, ForwardAndGradientsAreThoseOfTheRoundedTensors) {
       y.backward(g);
       // The reference: float64 convolutions of the rounded input, weight and output gradient.
       const torch::Tensor xr = rounded(x).requires_grad_(true), wr = rounded(w).requires_grad_(true);
-      const torch::Tensor yr =
-          at::convolution(xr, wr, c.bias ? bias.to(torch::kFloat64) : torch::Tensor(), stride, padding, dilation,
-                          false, {0, 0}, c.groups);
+      const torch::Tensor yr = at::convolution(xr, wr, c.bias ? bias.to(torch::kFloat64) : torch::Tensor(), stride,
+                                               padding, dilation, false, {0, 0}, c.groups);
       yr.backward(rounded(g));
       const std::string where = "groups " + std::to_string(c.groups) + " stride " + std::to_string(c.stride) +
                                 (layout == at::MemoryFormat::ChannelsLast ? " channels-last" : " NCHW");
@@ -115,9 +114,9 @@ TEST(Conv2dBf16, LayersUseItInTrainingOnly) {
   conv->precision = ConvPrecision::bf16;
   conv->train();
   const torch::Tensor in_training = conv->forward(x);
-  const torch::Tensor expected = apot::qat::quantized_conv2d_bf16(x, conv->act_alpha, conv->quant_options().input_spec(),
-                                                                  conv->quantized_weight(), conv->bias, {1, 1},
-                                                                  {1, 1}, {1, 1}, 1);
+  const torch::Tensor expected =
+      apot::qat::quantized_conv2d_bf16(x, conv->act_alpha, conv->quant_options().input_spec(), conv->quantized_weight(),
+                                       conv->bias, {1, 1}, {1, 1}, {1, 1}, 1);
   EXPECT_TRUE(torch::equal(in_training, expected));
   EXPECT_FALSE(torch::equal(in_training, fp32));
   conv->eval();

@@ -147,10 +147,10 @@ TEST(RcfQuantize, StraightThroughMasksOfBothVariants) {
     std::vector<float> expected;
   };
   const std::vector<Case> cases{
-      {Role::weight, SteVariant::cifar, {1, 1, 1, 1}},         // weights pass everywhere
-      {Role::weight, SteVariant::imagenet, {0, 1, 1, 0}},      // cut outside [-1, 1]
-      {Role::activation, SteVariant::cifar, {1, 1, 1, 0}},     // cut above alpha only
-      {Role::activation, SteVariant::imagenet, {0, 0, 1, 0}},  // cut outside [0, 1]
+      {Role::weight, SteVariant::cifar, {1, 1, 1, 1}},          // weights pass everywhere
+      {Role::weight, SteVariant::imagenet, {0, 1, 1, 0}},       // cut outside [-1, 1]
+      {Role::activation, SteVariant::cifar, {1, 1, 1, 0}},      // cut above alpha only
+      {Role::activation, SteVariant::imagenet, {0, 0, 1, 0}},   // cut outside [0, 1]
       {Role::activation, SteVariant::rectified, {0, 0, 1, 0}},  // the ReLU's cut, then imagenet's
   };
   for (Backend b : all_backends()) {

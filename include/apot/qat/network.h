@@ -77,7 +77,7 @@ class NetworkImpl : public torch::nn::Module {
   std::vector<std::shared_ptr<QuantLinearImpl>> linear_;
   std::vector<std::shared_ptr<torch::nn::BatchNorm2dImpl>> bn2d_;
   std::vector<std::shared_ptr<torch::nn::BatchNorm1dImpl>> bn1d_;
-  std::vector<int> last_use_;             // per node: the last node reading it
+  std::vector<int> last_use_;              // per node: the last node reading it
   std::vector<std::vector<int>> readers_;  // per node: the nodes reading it
   ReplicaSum batch_norm_sum_;
 };

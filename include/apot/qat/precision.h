@@ -34,7 +34,7 @@ torch::Tensor conv2d_bf16(const torch::Tensor& x, const torch::Tensor& w, const 
 // calls themselves.
 torch::Tensor quantized_conv2d_bf16(const torch::Tensor& input, const torch::Tensor& act_alpha,
                                     const QuantizerSpec& spec, const torch::Tensor& w, const torch::Tensor& bias,
-                                    torch::IntArrayRef stride, torch::IntArrayRef padding,
-                                    torch::IntArrayRef dilation, int64_t groups);
+                                    torch::IntArrayRef stride, torch::IntArrayRef padding, torch::IntArrayRef dilation,
+                                    int64_t groups);
 
 }  // namespace apot::qat

@@ -45,6 +45,10 @@ const kernels::Projector& projector_for(const QuantizerSpec& spec);
 torch::Tensor rcf_quantize(const torch::Tensor& input, const torch::Tensor& alpha, const QuantizerSpec& spec,
                            kernels::Normalisation norm = {});
 
+// A spec kept in an autograd context for the backward pass (the quantiser's functions).
+void save_spec(torch::autograd::AutogradContext* ctx, const QuantizerSpec& spec);
+QuantizerSpec saved_spec(torch::autograd::AutogradContext* ctx);
+
 // The activation quantiser's kernels with bfloat16 on the convolution's side, for the bf16
 // convolutions (qat::quantized_conv2d_bf16), without autograd. Available for CPU float32 inputs
 // with the automatic backend (rcf_bf16_available). rcf_forward_bf16: rcf_quantize's values
