@@ -6,6 +6,7 @@
 
 #include <immintrin.h>
 
+#include "cells.h"
 #include "gemm_impl.h"
 
 namespace apot::kernels::detail {
@@ -25,17 +26,13 @@ inline __m512i dpbusd(__m512i acc, __m512i a, __m512i b) {
 // with a constant; the code table is stored shifted by one, its last entry holding codes[0],
 // because the permutes read only the low index bits (-1 selects the last entry).
 //
-// Where it applies, cells replace the search (exact as well, and fewer instructions): with C
-// cells, u = min(max(v * k + c, 0), C - 1) truncated (one FMA, one rounding) is a cell g = 0 ..
-// C - 1 that never decreases as v grows (NaN: 0). A threshold whose own cell is below g is <= v,
-// one whose cell is above g is > v, so the index is base[g] (the thresholds in lower cells) plus
-// the comparisons of v with the at most `checks` thresholds in cell g, taken in order: index +=
-// v >= t[index]. It applies when the thresholds are finite, from t0 to tl > t0 (k = (C - 0.25) /
-// (tl - t0), c = -t0 k; signed level sets too, since session 19): 64 cells
-// when none holds two thresholds (one check; base[] as 16-bit words, one word permute: APoT
-// 4-bit, uniform up to 5 bits; 10 instructions per vector instead of 13 with 32 cells and two
-// checks), else 32 cells when none holds three (APoT up to 4 bits, PoT up to 3); APoT 5-bit and
-// PoT 4-bit keep the search (16 per vector).
+// Where it applies, the cells of cells.h replace the search (exact as well, and fewer
+// instructions; signed level sets too, since session 19): 64 cells when none holds two
+// thresholds (one check; base[] as 16-bit words, one word permute: APoT 4-bit, uniform up to 5
+// bits; 10 instructions per vector instead of 13 with 32 cells and two checks), else 32 cells
+// when none holds three (APoT up to 4 bits, PoT up to 3); APoT 5-bit and PoT 4-bit keep the
+// search (16 per vector). The thresholds of the cells' checks are padded with NaN, which no value
+// passes.
 struct Search {
   __m512 t0, t1, first;  // first: the threshold the first step probes, in every lane
   __m512i c0, c1;        // c[j] = codes[j + 1], c[last] = codes[0]
@@ -65,48 +62,28 @@ struct Search {
     if (q) build_cells(*q);
   }
 
-  // The cell of a value, as the vector code computes it, with `cells` cells.
-  static int cell_of(float v, float k, float c, int cells) {
-    const float u = std::fma(v, k, c);  // one rounding, as vfmadd
-    const float last = float(cells - 1);
-    return static_cast<int>(u < 0.0f ? 0.0f : u < last ? u : last);
-  }
-
-  // 64 cells where none holds two thresholds (one check; APoT 4-bit and uniform up to 5 bits),
-  // else 32 cells where none holds three (two checks), else none (the search).
+  // The cells of cells.h: 64 where none holds two thresholds (one check; APoT 4-bit and uniform
+  // up to 5 bits), else 32 where none holds three (two checks), else none (the search).
   void build_cells(const Requantizer& q) {
     const int n = int(q.codes.size()), T = n - 1;
-    const float lo = q.thresholds.front(), hi = q.thresholds.back();
-    if (T < 2 || !std::isfinite(lo) || !std::isfinite(hi) || !(hi > lo)) return;
-    int cells = 64, most = 0;
-    float kf = 0, cf = 0;
-    int count[64];
-    for (; cells >= 32; cells /= 2) {
-      kf = (float(cells) - 0.25f) / (hi - lo);
-      cf = -lo * kf;
-      if (!std::isfinite(kf) || !std::isfinite(cf)) return;
-      std::fill(count, count + 64, 0);
-      most = 0;
-      for (float t : q.thresholds) most = std::max(most, ++count[cell_of(t, kf, cf, cells)]);
-      if (most <= (cells == 64 ? 1 : 2)) break;
-    }
-    if (cells < 32) return;
+    const Cells cells = Cells::make(q.thresholds.data(), T);
+    if (cells.cells == 0) return;
     alignas(64) int32_t base[32], cc[32];
     alignas(64) int16_t base16[64];
     alignas(64) float ct[32];
-    for (int g = 0, below = 0; g < cells; below += count[g], ++g) {
-      base16[g] = int16_t(below);
-      if (g < 32) base[g] = below;
+    for (int g = 0; g < 64; ++g) {
+      base16[g] = cells.base[g];
+      if (g < 32) base[g] = cells.base[g];
     }
     for (int i = 0; i < 32; ++i) {
       ct[i] = i < T ? q.thresholds[size_t(i)] : __builtin_nanf("");
       cc[i] = q.codes[size_t(std::min(i, n - 1))];
     }
-    checks = most;
-    wide_cells = cells == 64;
-    k = _mm512_set1_ps(kf);
-    c = _mm512_set1_ps(cf);
-    top = _mm512_set1_ps(float(cells - 1));
+    checks = cells.checks;
+    wide_cells = cells.cells == 64;
+    k = _mm512_set1_ps(cells.k);
+    c = _mm512_set1_ps(cells.c);
+    top = _mm512_set1_ps(float(cells.cells - 1));
     if (wide_cells) {
       base0 = _mm512_load_si512(base16);
       base1 = _mm512_load_si512(base16 + 32);

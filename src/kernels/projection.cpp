@@ -129,7 +129,15 @@ detail::InputSpace input_space(const Projector::Tables& tables, float alpha, Nor
   for (int i = 0; i + 1 < tables.num_magnitudes; ++i) space.thresholds[i] = bound(tables.thresholds[i]);
   space.above_one = bound(std::nextafter(1.0f, 2.0f));
   space.non_negative = bound(0.0f);
+  space.positive = bound(std::nextafter(0.0f, 1.0f));
   space.unit_scale = scale == 1.0f;
+  const int count = tables.num_magnitudes - 1;
+  if (count <= 16) {
+    space.cells = detail::Cells::make(space.thresholds.data(), count);
+    if (!space.one_check()) space.cells = {};
+    for (int i = 0; i < 16; ++i)
+      space.check[i] = i < count ? space.thresholds[i] : std::numeric_limits<float>::quiet_NaN();
+  }
   return space;
 }
 

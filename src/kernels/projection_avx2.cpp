@@ -16,7 +16,7 @@ struct Tables256 {
   int vectors;
   int table_size;
   bool is_signed;
-  __m256 shift, scale, alpha, above_one, non_negative;
+  __m256 shift, scale, alpha, above_one;
 
   explicit Tables256(const RangeArgs& a) : table_size(a.tables->table_size), is_signed(a.tables->is_signed) {
     vectors = table_size > 8 ? table_size / 8 : 1;
@@ -28,7 +28,6 @@ struct Tables256 {
     scale = _mm256_set1_ps(a.norm.scale);
     alpha = _mm256_set1_ps(a.alpha);
     above_one = _mm256_set1_ps(a.space->above_one);
-    non_negative = _mm256_set1_ps(a.space->non_negative);
   }
 };
 
@@ -142,7 +141,10 @@ void forward_avx2(const RangeArgs& a, size_t begin, size_t end) {
 template <bool kUnitScale>
 double backward_avx2_impl(const RangeArgs& a, size_t begin, size_t end) {
   const Tables256 t(a);
-  const bool cifar = a.variant == SteVariant::cifar, rectified = a.variant == SteVariant::rectified;
+  const bool cifar = a.variant == SteVariant::cifar;
+  // Below 0 (x < 0), or for the rectified variant at or below 0 (x <= 0).
+  const __m256 below_bound =
+      _mm256_set1_ps(a.variant == SteVariant::rectified ? a.space->positive : a.space->non_negative);
   const __m256 nan = _mm256_set1_ps(std::numeric_limits<float>::quiet_NaN());
   const __m256 zero = _mm256_setzero_ps();
   __m256d sum_low = _mm256_setzero_pd(), sum_high = _mm256_setzero_pd();
@@ -160,8 +162,7 @@ double backward_avx2_impl(const RangeArgs& a, size_t begin, size_t end) {
       if (!cifar) pass = _mm256_blendv_ps(pass, zero, outside);
     } else {
       const __m256 above = _mm256_cmp_ps(u, t.above_one, _CMP_GE_OQ);
-      const __m256 below =
-          rectified ? _mm256_cmp_ps(u, t.non_negative, _CMP_LE_OQ) : _mm256_cmp_ps(u, t.non_negative, _CMP_LT_OQ);
+      const __m256 below = _mm256_cmp_ps(u, below_bound, _CMP_LT_OQ);
       term = _mm256_blendv_ps(_mm256_blendv_ps(term, g, above), zero, below);
       pass = _mm256_blendv_ps(pass, zero, above);
       if (!cifar) pass = _mm256_blendv_ps(pass, zero, below);

@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "apot/kernels/projection.h"
+#include "cells.h"
 
 namespace apot::kernels::detail {
 
@@ -23,7 +24,14 @@ struct InputSpace {
   std::vector<float> thresholds;  // lower_bound(threshold_i), padded with +inf like Tables
   float above_one;                // lower_bound(next float after 1): g(u) > 1 <=> u >= above_one
   float non_negative;             // lower_bound(0): g(u) < 0 <=> u < non_negative
+  float positive;                 // lower_bound(next float after 0): g(u) <= 0 <=> u < positive
   bool unit_scale;                // scale == 1: u / scale == u, the division can be skipped
+  // The cells of cells.h over the thresholds (of magnitudes), where 64 cells with one check
+  // apply to a set of at most 16 magnitudes (every 2- to 4-bit APoT and uniform set); else
+  // cells.cells == 0. `check` holds the thresholds padded with NaN, which no value passes.
+  Cells cells;
+  float check[16];
+  bool one_check() const { return cells.cells == 64 && cells.checks == 1; }
 };
 
 struct RangeArgs {

@@ -207,7 +207,8 @@ TEST(ProjectionIsa, EveryPathMatchesTheScalarReference) {
   for (const LevelSet& set : all_level_sets()) {
     const Projector p(set);
     for (size_t extra : {0u, 1u, 7u, 9u, 15u, 17u, 33u}) {
-      const float alpha = 0.8f;
+      // The AVX-512 cells are laid over the thresholds as each alpha and scale move them.
+      const float alpha = extra % 3 == 0 ? 0.8f : extra % 3 == 1 ? 3.7f : 0.011f;
       std::vector<float> in = interesting_inputs(set, alpha, 500 + extra, 7 + extra);
       in.resize(in.size() - (in.size() % 64) + extra);  // exercise every tail length
       const std::vector<float> g = gradients(in.size(), 8);
@@ -231,7 +232,9 @@ TEST(ProjectionIsa, EveryPathMatchesTheScalarReference) {
           for (size_t i = 0; i < in.size(); ++i) {
             ASSERT_TRUE(same_bits(out[i], ref_out[i])) << where << " input " << in[i];
             ASSERT_EQ(index[i], ref_index[i]) << where << " input " << in[i];
-            ASSERT_TRUE(same_bits(grad[i], ref_grad[i])) << where << " input " << in[i];
+            ASSERT_TRUE(same_bits(grad[i], ref_grad[i]))
+                << where << " input " << in[i] << " grad " << grad[i] << " ref " << ref_grad[i] << " g " << g[i]
+                << " variant " << int(variant) << " alpha " << alpha;
             ASSERT_EQ(back[i], ref_out[i]) << where;
           }
         }

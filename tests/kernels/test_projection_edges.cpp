@@ -3,8 +3,13 @@
 #include <gtest/gtest.h>
 #include <omp.h>
 
+#include <algorithm>
+#include <cmath>
 #include <limits>
+#include <random>
+#include <vector>
 
+#include "../../src/kernels/cells.h"  // internal: the cells claim is tested directly
 #include "apot/kernels/statistics.h"
 #include "projection_test_util.h"
 
@@ -169,4 +174,50 @@ TEST(Statistics, MeanAndUnbiasedStd) {
   EXPECT_EQ(c.mean, 0.25);
   EXPECT_EQ(c.std, 0.0);  // callers must guard: the kernels reject a zero scale
   EXPECT_EQ(apot::kernels::mean_std(x.data(), 1).std, 0.0);
+}
+
+// cells.h's claim: base[g(v)] plus the checks in v's cell is the number of thresholds <= v, for
+// every float, whatever the thresholds (here random sets, crowded ones that need two checks or
+// none apply, and floats next to every threshold and every cell boundary).
+TEST(Cells, CountThresholdsExactlyForEveryValue) {
+  using apot::kernels::detail::Cells;
+  std::mt19937 rng(5);
+  std::uniform_real_distribution<float> spread(-3.0f, 7.0f);
+  int with_one = 0, with_two = 0, with_none = 0;
+  for (int trial = 0; trial < 300; ++trial) {
+    const int count = 2 + trial % 31;
+    std::vector<float> t(static_cast<size_t>(count));
+    for (float& x : t) x = trial % 5 == 0 ? std::ldexp(spread(rng), -(trial % 40)) : spread(rng);
+    if (trial % 7 == 0) t[1] = std::nextafter(t[0], INFINITY);  // crowded: two in one cell
+    std::sort(t.begin(), t.end());
+    const Cells cells = Cells::make(t.data(), count);
+    if (cells.cells == 0) {
+      ++with_none;
+      continue;
+    }
+    (cells.checks == 1 ? with_one : with_two)++;
+    ASSERT_LE(cells.checks, cells.cells == 64 ? 1 : 2);
+    std::vector<float> values{-INFINITY, INFINITY, std::numeric_limits<float>::quiet_NaN(), 0.0f, -0.0f};
+    auto around = [&](float x) {
+      float up = x, down = x;
+      for (int s = 0; s < 4; ++s, up = std::nextafter(up, INFINITY), down = std::nextafter(down, -INFINITY)) {
+        values.push_back(up);
+        values.push_back(down);
+      }
+    };
+    for (float x : t) around(x);
+    for (int g = 0; g <= cells.cells; ++g) around((float(g) - cells.c) / cells.k);  // cell boundaries
+    for (int i = 0; i < 200; ++i) values.push_back(spread(rng));
+    for (float v : values) {
+      const int expected = static_cast<int>(std::count_if(t.begin(), t.end(), [v](float x) { return v >= x; }));
+      const int g = Cells::cell_of(v, cells.k, cells.c, cells.cells);
+      int index = cells.base[g];
+      for (int c = 0; c < cells.checks; ++c)
+        if (index < count && v >= t[static_cast<size_t>(index)]) ++index;
+      ASSERT_EQ(index, expected) << "value " << v << " in cell " << g << ", " << count << " thresholds";
+    }
+  }
+  EXPECT_GT(with_one, 0);
+  EXPECT_GT(with_two, 0);
+  EXPECT_GT(with_none, 0);
 }
