@@ -3,6 +3,8 @@
 //   reference the reference algorithm written with LibTorch ops as the reference code does it
 //             (distance matrix [levels x elements] + argmin)
 //   clone     a plain copy of the same tensor (the memory-bandwidth floor)
+// then the forms a training step runs (float32 or bfloat16 outputs and gradients, preallocated),
+// beside copies of the same sizes.
 // Usage: bench_projection [--reps N] [--threads T] [--isa scalar|avx2|avx512]
 #include <torch/torch.h>
 
@@ -116,6 +118,45 @@ int main(int argc, char** argv) {
     };
     run_interleaved(cases, reps);
     report("4-bit APoT activation quantiser, [128,16,32,32] float32 (8 MiB)", cases);
+    if (sink == 42.0) std::printf(" ");
+  }
+
+  {  // The training step's forms on preallocated tensors, against the memory passes of the same size
+    const LevelSet set = LevelSet::make(Kind::apot, 4, Role::activation);
+    const Projector projector(set);
+    const float alpha = 3.0f;
+    const torch::Tensor input = torch::randn({128, 16, 32, 32}).mul_(2.0f);
+    const torch::Tensor grad = torch::randn_like(input), grad16 = grad.to(torch::kBFloat16);
+    torch::Tensor out = torch::empty_like(input), out16 = torch::empty_like(grad16), grad_in = torch::empty_like(input);
+    const auto n = static_cast<size_t>(input.numel());
+    auto* out16_bits = reinterpret_cast<uint16_t*>(out16.data_ptr<at::BFloat16>());
+    const auto* grad16_bits = reinterpret_cast<const uint16_t*>(grad16.data_ptr<at::BFloat16>());
+    double sink = 0.0;
+    std::vector<Case> cases{
+        {"forward, float32 out",
+         [&] { projector.forward(input.data_ptr<float>(), n, alpha, out.data_ptr<float>(), isa); }, {}},
+        {"forward, bfloat16 out",
+         [&] { projector.forward_bf16(input.data_ptr<float>(), n, alpha, out16_bits, isa); }, {}},
+        {"backward, float32 gradient",
+         [&] {
+           sink += projector.backward(input.data_ptr<float>(), grad.data_ptr<float>(), n, alpha, SteVariant::cifar,
+                                      grad_in.data_ptr<float>(), isa);
+         },
+         {}},
+        {"backward, bfloat16 gradient",
+         [&] {
+           sink += projector.backward_bf16(input.data_ptr<float>(), grad16_bits, n, alpha, SteVariant::cifar,
+                                           grad_in.data_ptr<float>(), isa);
+         },
+         {}},
+        {"copy float32 -> float32", [&] { out.copy_(input); }, {}},
+        {"copy float32 -> bfloat16", [&] { out16.copy_(input); }, {}},
+        {"copy bfloat16 -> float32", [&] { grad_in.copy_(grad16); }, {}},
+        {"ReLU (LibTorch, into a tensor)", [&] { torch::relu_out(out, input); }, {}},
+    };
+    run_interleaved(cases, reps * 4);
+    std::printf("4-bit APoT activation quantiser, [128,16,32,32], preallocated outputs (the training step's forms)\n");
+    for (const Case& c : cases) std::printf("  %-34s median %9.3f ms\n", c.name.c_str(), median(c.ms));
     if (sink == 42.0) std::printf(" ");
   }
 
