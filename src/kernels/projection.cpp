@@ -131,8 +131,8 @@ detail::InputSpace input_space(const Projector::Tables& tables, float alpha, Nor
   space.non_negative = bound(0.0f);
   space.positive = bound(std::nextafter(0.0f, 1.0f));
   space.unit_scale = scale == 1.0f;
-  const int count = tables.num_magnitudes - 1;
-  if (count <= 16) {
+  const int count = tables.num_magnitudes - 1;  // thresholds
+  if (tables.num_magnitudes <= 16) {            // one vector of magnitudes, indices 0 .. count
     space.cells = detail::Cells::make(space.thresholds.data(), count);
     if (!space.one_check()) space.cells = {};
     for (int i = 0; i < 16; ++i)

@@ -102,9 +102,9 @@ inline Projected512 project(const Tables512& t, __m512 u) {
   return p;
 }
 
-// body<kTable>() with kCells where the cells apply (at most 16 magnitudes, one check: every 2-
-// to 4-bit APoT and uniform set), else with the table size as a constant where it is 4, 8 or 16
-// (PoT 4-bit), so that the search unrolls and its table stays in a register.
+// body<kTable>() with kCells where the cells apply (InputSpace::one_check()), else with the table
+// size as a constant where it is 4, 8 or 16 (PoT 5-bit weights and 4-bit activations), so that
+// the search unrolls and its table stays in a register.
 template <typename Body>
 auto with_table_size(const RangeArgs& a, Body body) {
   if (a.space->one_check()) return body(std::integral_constant<int, kCells>{});

@@ -27,8 +27,9 @@ struct InputSpace {
   float positive;                 // lower_bound(next float after 0): g(u) <= 0 <=> u < positive
   bool unit_scale;                // scale == 1: u / scale == u, the division can be skipped
   // The cells of cells.h over the thresholds (of magnitudes), where 64 cells with one check
-  // apply to a set of at most 16 magnitudes (every 2- to 4-bit APoT and uniform set); else
-  // cells.cells == 0. `check` holds the thresholds padded with NaN, which no value passes.
+  // apply to a set of at most 16 magnitudes (APoT and uniform weights of 3-5 bits and
+  // activations of 2-4, PoT weights of 3-4 and activations of 2-3); else cells.cells == 0.
+  // `check` holds the thresholds padded with NaN, which no value passes.
   Cells cells;
   float check[16];
   bool one_check() const { return cells.cells == 64 && cells.checks == 1; }
