@@ -134,9 +134,11 @@ int main(int argc, char** argv) {
     double sink = 0.0;
     std::vector<Case> cases{
         {"forward, float32 out",
-         [&] { projector.forward(input.data_ptr<float>(), n, alpha, out.data_ptr<float>(), isa); }, {}},
+         [&] { projector.forward(input.data_ptr<float>(), n, alpha, out.data_ptr<float>(), isa); },
+         {}},
         {"forward, bfloat16 out",
-         [&] { projector.forward_bf16(input.data_ptr<float>(), n, alpha, out16_bits, isa); }, {}},
+         [&] { projector.forward_bf16(input.data_ptr<float>(), n, alpha, out16_bits, isa); },
+         {}},
         {"backward, float32 gradient",
          [&] {
            sink += projector.backward(input.data_ptr<float>(), grad.data_ptr<float>(), n, alpha, SteVariant::cifar,
