@@ -142,9 +142,7 @@ template <bool kUnitScale>
 double backward_avx2_impl(const RangeArgs& a, size_t begin, size_t end) {
   const Tables256 t(a);
   const bool cifar = a.variant == SteVariant::cifar;
-  // Below 0 (x < 0), or for the rectified variant at or below 0 (x <= 0).
-  const __m256 below_bound =
-      _mm256_set1_ps(a.variant == SteVariant::rectified ? a.space->positive : a.space->non_negative);
+  const __m256 below_bound = _mm256_set1_ps(a.space->below_zero(a.variant));
   const __m256 nan = _mm256_set1_ps(std::numeric_limits<float>::quiet_NaN());
   const __m256 zero = _mm256_setzero_ps();
   __m256d sum_low = _mm256_setzero_pd(), sum_high = _mm256_setzero_pd();

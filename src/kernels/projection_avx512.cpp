@@ -215,11 +215,9 @@ void forward_avx512(const RangeArgs& a, size_t begin, size_t end) {
 template <int kTable, bool kSigned, bool kBf16, bool kUnitScale>
 double backward_avx512_impl(const RangeArgs& a, size_t begin, size_t end) {
   const Tables512 t(a);
-  // cifar passes the gradient below 0 (unsigned sets) or outside [-1, 1] (signed sets). Below
-  // 0 is x < 0, or for the rectified variant x <= 0.
+  // cifar passes the gradient below 0 (unsigned sets) or outside [-1, 1] (signed sets).
   const __mmask16 pass_clipped = a.variant == SteVariant::cifar ? 0xFFFF : 0;
-  const __m512 below_bound =
-      _mm512_set1_ps(a.variant == SteVariant::rectified ? a.space->positive : a.space->non_negative);
+  const __m512 below_bound = _mm512_set1_ps(a.space->below_zero(a.variant));
   const __m512 nan = _mm512_set1_ps(std::numeric_limits<float>::quiet_NaN());
   const float* input = a.input;
   const float* grad_output = a.grad_output;

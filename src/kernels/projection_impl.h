@@ -33,6 +33,8 @@ struct InputSpace {
   Cells cells;
   float check[16];
   bool one_check() const { return cells.cells == 64 && cells.checks == 1; }
+  // u < below_zero(variant): the backward pass's "below 0", x < 0 (x <= 0 for rectified).
+  float below_zero(SteVariant variant) const { return variant == SteVariant::rectified ? positive : non_negative; }
 };
 
 struct RangeArgs {
