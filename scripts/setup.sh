@@ -13,6 +13,7 @@ packages=(
   nlohmann-json3-dev        # JSON output and metadata
   libfmt-dev                # formatting
   libtomlplusplus-dev       # TOML recipes
+  libutfcpp-dev             # UTF-8 decoding (the TOML text made ASCII for toml++)
   libturbojpeg0-dev libpng-dev zlib1g-dev  # JPEG (TurboJPEG API), PNG, gzip'd IDX
   clang-14 libclang-rt-14-dev  # libFuzzer targets
   libdnnl-dev               # oneDNN: the int8 baseline of the engine benchmark

@@ -2,7 +2,9 @@
 // graph as graph_from_json reads it (serialize.cpp). Kept apart from the JSON side so that the
 // installable runtime, which reads graphs from .apot files only, does not need toml++.
 #include <toml++/toml.h>
+#include <utf8cpp/utf8.h>
 
+#include <cstdio>
 #include <fstream>
 #include <map>
 #include <set>
@@ -14,58 +16,106 @@ namespace apot::graph {
 
 using detail::fail;
 using nlohmann::json;
-// TOML allows no control characters but tab, newline and carriage return, and non-ASCII
-// characters only in strings and comments. toml++ 3.3 is unsafe on some violations: it asserts
-// on a table header that starts with a control character, and reaches __builtin_unreachable on
-// a character from U+00A1 to U+0499 where it looks for whitespace (found by fuzz_model_file).
-// So they are refused here, before it parses, with one line naming the place.
-void check_toml_characters(const std::string& text, const std::string& source) {
+// toml++ 3.3 is unsafe on some text: it asserts on a table header that starts with a control
+// character, and reaches __builtin_unreachable when it asks whether a character from U+00A1 to
+// U+0499 or U+FC06 to U+FEFE is whitespace, which it does in more places than one can list
+// (after a bare word such as `2"`, after a backslash in a multi-line string...; found by
+// fuzz_model_file). So it is given ASCII text only: non-ASCII characters in strings become
+// escapes (\uXXXX, \UXXXXXXXX; literal strings are written as basic strings for that), those in
+// comments become '?', and anything else TOML does not allow there is refused with one line.
+// Lines stay where they were, so toml++'s line numbers hold.
+namespace {
+[[noreturn]] void refuse(const std::string& source, int line, const std::string& what) {
+  throw GraphError(source + ":" + std::to_string(line) + ": " + what);
+}
+
+// The code point of the UTF-8 sequence at text[i] (utf8cpp checks it), as a TOML escape; i
+// moves to its last byte.
+std::string escape_of(const std::string& text, size_t& i, const std::string& source, int line) {
+  auto it = text.begin() + static_cast<ptrdiff_t>(i);
+  uint32_t cp = 0;
+  try {
+    cp = utf8::next(it, text.end());
+  } catch (const utf8::exception&) {
+    refuse(source, line, "not UTF-8 text");
+  }
+  i = static_cast<size_t>(it - text.begin()) - 1;
+  char escape[12];
+  std::snprintf(escape, sizeof escape, cp <= 0xffff ? "\\u%04X" : "\\U%08X", static_cast<unsigned>(cp));
+  return escape;
+}
+}  // namespace
+
+std::string ascii_toml(const std::string& text, const std::string& source) {
+  std::string out;
+  out.reserve(text.size());
   int line = 1;
-  char quote = 0;      // inside a string: its delimiter (" or ')
-  bool multi = false;  // ... a multi-line one (""" or ''')
+  char quote = 0;        // inside a string: its delimiter (" or ')
+  bool multi = false;    // ... a multi-line one (""" or ''')
+  bool escaped = false;  // ... the character after a backslash in a basic string
   bool comment = false;
   for (size_t i = 0; i < text.size(); ++i) {
     const char c = text[i];
     const unsigned char u = static_cast<unsigned char>(c);
     if ((u < 0x20 && c != '\t' && c != '\n' && c != '\r') || u == 0x7f)
-      throw GraphError(source + ":" + std::to_string(line) + ": a control character (byte " + std::to_string(u) +
-                       ") is not allowed in TOML");
+      refuse(source, line, "a control character (byte " + std::to_string(u) + ") is not allowed in TOML");
+    if (comment && c != '\n') {
+      out += u < 0x80 ? c : '?';
+      continue;
+    }
+    if (u >= 0x80) {
+      if (!quote) refuse(source, line, "a non-ASCII character outside a string or comment is not allowed in TOML");
+      if (escaped) refuse(source, line, "a backslash followed by a non-ASCII character is not a TOML escape");
+      out += escape_of(text, i, source, line);
+      continue;
+    }
     if (c == '\n') {
       ++line;
       comment = false;
       if (!multi) quote = 0;  // an unterminated single-line string: toml++ reports it
-      continue;
     }
-    if (u >= 0x80 && !quote && !comment)
-      throw GraphError(source + ":" + std::to_string(line) +
-                       ": a non-ASCII character outside a string or comment is not allowed in TOML");
-    if (comment) continue;
-    if (quote) {
-      if (c == '\\' && quote == '"') {
-        ++i;  // an escaped character
-        if (i < text.size() && text[i] == '\n') ++line;
-      } else if (c == quote && (!multi || text.compare(i, 3, std::string(3, quote)) == 0)) {
-        if (multi) i += 2;
+    if (escaped) {
+      escaped = false;
+    } else if (quote == '"' && c == '\\') {
+      escaped = true;
+    } else if (quote && c == quote) {
+      size_t run = 1;  // the quotes in a row from here
+      while (i + run < text.size() && text[i + run] == quote) ++run;
+      if (!multi || run >= 3) {
+        // A multi-line string ends with its last three quotes; up to two more belong to it.
+        if (multi && run > 5) refuse(source, line, "more than five quotes in a row end a multi-line string");
+        const size_t inside = multi ? run - 3 : 0;
+        out.append(inside, quote);
+        out += multi ? "\"\"\"" : "\"";
+        i += inside + (multi ? 2 : 0);
         quote = 0;
         multi = false;
+        continue;
       }
+      out.append(run, quote);  // one or two inside
+      i += run - 1;
       continue;
-    }
-    if (c == '#') {
+    } else if (quote == '\'' && (c == '\\' || c == '"')) {
+      out += '\\';  // literal text in a basic string
+    } else if (!quote && c == '#') {
       comment = true;
-    } else if (c == '"' || c == '\'') {
+    } else if (!quote && (c == '"' || c == '\'')) {
       quote = c;
       multi = text.compare(i, 3, std::string(3, c)) == 0;
+      out += multi ? "\"\"\"" : "\"";
       if (multi) i += 2;
+      continue;
     }
+    out += c;
   }
+  return out;
 }
 
 Graph model_from_toml_text(const std::string& text, const std::string& source) {
-  check_toml_characters(text, source);
+  const std::string ascii = ascii_toml(text, source);
   json doc;
   try {
-    const toml::table table = toml::parse(text, source);
+    const toml::table table = toml::parse(ascii, source);
     std::ostringstream out;
     out << toml::json_formatter(table);
     doc = json::parse(out.str());

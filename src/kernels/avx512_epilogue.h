@@ -271,6 +271,11 @@ struct Epilogue {
                                                   int valid) const {
     uint8_t* dst = o.codes.pixel(y, x) + n0;
     const size_t step = size_t(o.codes.cs);
+    if (mask == 0xffff) {
+      for (int r = 0; r < R; ++r)
+        if (r < valid) _mm_storeu_si128(reinterpret_cast<__m128i*>(dst + r * step), codes[r]);
+      return;
+    }
     for (int r = 0; r < R; ++r)
       if (r < valid) _mm_mask_storeu_epi8(dst + r * step, mask, codes[r]);
   }

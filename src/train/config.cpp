@@ -202,9 +202,12 @@ void apply_override(TrainConfig& c, const std::string& assignment) {
   const std::string key = canonical_key(assignment.substr(0, eq)), value = assignment.substr(eq + 1);
   toml::table parsed;
   try {
-    parsed = toml::parse("v = " + value);
-  } catch (const toml::parse_error&) {
+    // Made ASCII first, as a file is: toml++ 3.3 is unsafe on a bare word such as `1é`.
+    parsed = toml::parse(graph::ascii_toml("v = " + value, "--set"));
+  } catch (const graph::GraphError&) {
     parsed = toml::table{{"v", value}};  // a bare word: a string
+  } catch (const toml::parse_error&) {
+    parsed = toml::table{{"v", value}};
   }
   // quant.layers.NAME.FIELD, where NAME may hold dots (layer1.0.conv1) and quotes.
   const std::string layers_prefix = std::string(kLayersKey) + ".";
@@ -277,13 +280,14 @@ void TrainConfig::validate() const {
 TrainConfig config_from_toml_text(const std::string& text, const std::string& source,
                                   const std::vector<std::string>& overrides) {
   TrainConfig c;
+  std::string ascii;
   try {
-    graph::check_toml_characters(text, source);
+    ascii = graph::ascii_toml(text, source);
   } catch (const graph::GraphError& e) {
     throw ConfigError(e.what());
   }
   try {
-    apply_table(c, toml::parse(text, source), "", source);
+    apply_table(c, toml::parse(ascii, source), "", source);
   } catch (const toml::parse_error& e) {
     throw ConfigError(source + ":" + std::to_string(e.source().begin.line) + ": " + std::string(e.description()));
   }

@@ -52,6 +52,14 @@ TEST(Config, OverridesEveryKind) {
   EXPECT_DOUBLE_EQ(config_from_toml_text(kRecipe, "r", {"optim.lr=1"}).lr, 1.0);  // integers are numbers
 }
 
+// A value toml++ 3.3 would misread (it reaches __builtin_unreachable on `1\xc3\xa9`) is a bare word,
+// as any other value TOML cannot read is.
+TEST(Config, NonAsciiBareWordsAreStrings) {
+  EXPECT_EQ(config_from_toml_text(kRecipe, "r", {"init=1\xc3\xa9"}).init, "1\xc3\xa9");
+  EXPECT_EQ(config_from_toml_text(kRecipe, "r", {"init=/home/jos\xc3\xa9/w4.ckpt"}).init, "/home/jos\xc3\xa9/w4.ckpt");
+  EXPECT_EQ(config_from_toml_text(kRecipe, "r", {"init=\"\xef\xb1\x86.ckpt\""}).init, "\xef\xb1\x86.ckpt");
+}
+
 TEST(Config, ErrorsNameTheKey) {
   auto message = [](const std::string& text, std::vector<std::string> sets) {
     try {

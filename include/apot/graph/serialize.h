@@ -23,9 +23,11 @@ Graph graph_from_json(const nlohmann::json& json, const std::string& source);
 // and a layer without `input` reads the layer before it in the file.
 Graph read_model_file(const std::string& path);
 
-// Throws GraphError for a control character TOML does not allow (toml++ 3.3 asserts on some):
-// for every TOML text apot reads (model files, recipes).
-void check_toml_characters(const std::string& text, const std::string& source);
+// The TOML text as toml++ 3.3 can read it safely, ASCII only (model_file.cpp says why): for
+// every TOML text apot reads (model files, recipes, --set values). Non-ASCII characters in
+// strings become escapes, those in comments '?'; throws GraphError("SOURCE:LINE: ...") for a
+// control character, a non-ASCII character outside strings and comments, or text not UTF-8.
+std::string ascii_toml(const std::string& text, const std::string& source);
 Graph model_from_toml_text(const std::string& text, const std::string& source);
 
 namespace detail {
