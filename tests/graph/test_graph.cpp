@@ -253,7 +253,7 @@ TEST(ModelFile, ControlAndStrayNonAsciiCharactersAreRefused) {
   EXPECT_EQ(name_of("name = 'C:\\r\xc3\xa9seau\"x\"'"), "C:\\r\xc3\xa9seau\"x\"");
   EXPECT_EQ(name_of("name = \'\'\'\na\\\n\"\xc3\xa9\"\'\'\'\'\'"), "a\\\n\"\xc3\xa9\"\'\'");
   EXPECT_EQ(name_of("name = \"\"\"\"\xc3\xa9\"\"\"\"\""), "\"\xc3\xa9\"\"");
-  // Keys in quotes, in tables and dotted, are the same keys with or without such characters.
+  // A quoted key with an escape is the same key.
   EXPECT_EQ(name_of("\"na\\u006De\" = '\xc3\xa9'"), "\xc3\xa9");
 }
 
