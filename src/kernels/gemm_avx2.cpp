@@ -24,8 +24,8 @@ void conv_rows_avx2(const ConvArgs& a, int m0, int m1) { ymm_rows<4, Avx2Dot, fa
 void conv_rows_avx2_pairs(const ConvArgs& a, int m0, int m1) { ymm_rows<4, Avx2Dot, true>(a, m0, m1); }
 void depthwise_rows_avx2(const ConvArgs& a, int m0, int m1) { ymm_depthwise_rows(a, m0, m1); }
 int32_t peak_probe_avx2(long iterations) { return ymm_peak_probe<Avx2Dot>(iterations); }
-void requantize_avx2(const float* values, int h, int w, int n, const Requantizer& q, const CodeImage& out) {
-  requantize_ymm(values, h, w, n, q, out);
+void requantize_avx2(const float* values, int h, int w, int n, int stride, const Requantizer& q, const CodeImage& out) {
+  requantize_ymm(values, h, w, n, stride, q, out);
 }
 namespace {
 inline __m256i lane_mask8(int count) {

@@ -434,51 +434,93 @@ void max_pool_avx512(const float* in, int h, int w, int c, float* out, int y0, i
   max_pool_rows<Zmm>(in, h, w, c, out, y0, y1, in_row0);
 }
 
-// Four vectors at a time where the channels come in whole vectors (independent search chains).
-// Whole vectors four at a time (independent searches interleaved), across pixels where a pixel
-// holds whole vectors only; a pixel's last partial vector masked. No divisions per vector: the
-// target pixel advances with the vectors.
-void requantize_avx512(const float* values, int h, int w, int n, const Requantizer& q, const CodeImage& out) {
-  const Search search(&q);
-  const int whole = n / 16, rest = n % 16;
-  if (rest == 0) {
-    const long total = long(h) * w * whole;
-    int y = 0, x = 0, j = 0;  // the target of vector i: pixel (y, x), its vector j
-    auto next = [&] {
-      uint8_t* t = out.pixel(y, x) + 16 * j;
-      if (++j == whole) j = 0, ++x;
-      if (x == w) x = 0, ++y;
-      return t;
-    };
-    long i = 0;
-    for (; i + 4 <= total; i += 4) {
-      __m512 v[4];
-      __m128i codes[4];
-      for (int r = 0; r < 4; ++r) v[r] = _mm512_loadu_ps(values + (i + r) * 16);
-      search.codes(v, codes);
-      for (int r = 0; r < 4; ++r) _mm_storeu_si128(reinterpret_cast<__m128i*>(next()), codes[r]);
+// The codes of P pixels of V vectors each (the last of a pixel's vectors masked with `last`),
+// their searches interleaved. Or, where per != V or first > 0, one pixel's vectors first ..
+// first + per - 1 (its last one masked) one at a time.
+template <int P, int V, typename Src, typename Dst>
+inline void requantize_pixels(const Search& search, Src src, Dst dst, int p, __mmask16 last, int per = V,
+                              int first = 0) {
+  if (per != V || first > 0) {  // vectors first .. first + per - 1 of pixel p, one at a time
+    const float* s = src(p) + 16 * first;
+    uint8_t* d = dst(p) + 16 * first;
+    for (int j = 0; j < per; ++j) {
+      const __mmask16 m = j == per - 1 ? last : __mmask16(0xFFFF);
+      _mm_mask_storeu_epi8(d + 16 * j, m, search.codes(_mm512_maskz_loadu_ps(m, s + 16 * j)));
     }
-    for (; i < total; ++i)
-      _mm_storeu_si128(reinterpret_cast<__m128i*>(next()), search.codes(_mm512_loadu_ps(values + i * 16)));
     return;
   }
-  const __mmask16 tail = lane_mask(rest);
-  for (int y = 0; y < h; ++y)
-    for (int x = 0; x < w; ++x) {
-      const float* src = values + (size_t(y) * w + x) * n;
-      uint8_t* dst = out.pixel(y, x);
-      int c = 0;
-      for (; c + 64 <= 16 * whole; c += 64) {
-        __m512 v[4];
-        __m128i codes[4];
-        for (int r = 0; r < 4; ++r) v[r] = _mm512_loadu_ps(src + c + 16 * r);
-        search.codes(v, codes);
-        for (int r = 0; r < 4; ++r) _mm_storeu_si128(reinterpret_cast<__m128i*>(dst + c + 16 * r), codes[r]);
-      }
-      for (; c < 16 * whole; c += 16)
-        _mm_storeu_si128(reinterpret_cast<__m128i*>(dst + c), search.codes(_mm512_loadu_ps(src + c)));
-      _mm_mask_storeu_epi8(dst + c, tail, search.codes(_mm512_maskz_loadu_ps(tail, src + c)));
+  __m512 v[P * V];
+  __m128i codes[P * V];
+  for (int i = 0; i < P; ++i)
+    for (int j = 0; j < V; ++j)
+      v[i * V + j] =
+          j < V - 1 ? _mm512_loadu_ps(src(p + i) + 16 * j) : _mm512_maskz_loadu_ps(last, src(p + i) + 16 * j);
+  search.codes(v, codes);
+  for (int i = 0; i < P; ++i) {
+    uint8_t* d = dst(p + i);
+    for (int j = 0; j < V - 1; ++j) _mm_storeu_si128(reinterpret_cast<__m128i*>(d + 16 * j), codes[i * V + j]);
+    if (last == 0xFFFF) _mm_storeu_si128(reinterpret_cast<__m128i*>(d + 16 * (V - 1)), codes[i * V + V - 1]);
+    else _mm_mask_storeu_epi8(d + 16 * (V - 1), last, codes[i * V + V - 1]);
+  }
+}
+
+// Four vectors at a time (independent searches interleaved). A contiguous run of whole vectors
+// (requantize() passes a contiguous image as one pixel) goes straight through; otherwise the
+// vectors of the pixels are taken in turn, a pixel's last partial one masked, four at a time
+// across pixels (ShuffleNetV2's 24- and 48-channel values into bordered images: one and a half
+// or three vectors per pixel, which one at a time left the search's dependency chain exposed).
+void requantize_avx512(const float* values, int h, int w, int n, int stride, const Requantizer& q,
+                       const CodeImage& out) {
+  const Search search(&q);
+  if (h == 1 && w == 1 && n % 16 == 0) {
+    uint8_t* dst = out.pixel(0, 0);
+    int c = 0;
+    for (; c + 64 <= n; c += 64) {
+      __m512 v[4];
+      __m128i codes[4];
+      for (int r = 0; r < 4; ++r) v[r] = _mm512_loadu_ps(values + c + 16 * r);
+      search.codes(v, codes);
+      for (int r = 0; r < 4; ++r) _mm_storeu_si128(reinterpret_cast<__m128i*>(dst + c + 16 * r), codes[r]);
     }
+    for (; c < n; c += 16)
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(dst + c), search.codes(_mm512_loadu_ps(values + c)));
+    return;
+  }
+  const int per = (n + 15) / 16;
+  const __mmask16 last = lane_mask(n - 16 * (per - 1));
+  for (int y = 0; y < h; ++y) {
+    const float* row = values + size_t(y) * w * size_t(stride);
+    uint8_t* codes = out.pixel(y, 0);
+    auto src = [&](int x) { return row + size_t(x) * size_t(stride); };
+    auto dst = [&](int x) { return codes + size_t(x) * size_t(out.cs); };
+    int x = 0;
+    switch (per) {
+      case 1:
+        for (; x + 4 <= w; x += 4) requantize_pixels<4, 1>(search, src, dst, x, last);
+        break;
+      case 2:
+        for (; x + 2 <= w; x += 2) requantize_pixels<2, 2>(search, src, dst, x, last);
+        break;
+      case 3:
+        for (; x + 2 <= w; x += 2) requantize_pixels<2, 3>(search, src, dst, x, last);
+        break;
+      default:
+        for (; x < w; ++x) {
+          const float* s = src(x);
+          uint8_t* d = dst(x);
+          int j = 0;
+          for (; j + 4 < per; j += 4) {  // the last vector, partial or not, below
+            __m512 v[4];
+            __m128i c[4];
+            for (int r = 0; r < 4; ++r) v[r] = _mm512_loadu_ps(s + 16 * (j + r));
+            search.codes(v, c);
+            for (int r = 0; r < 4; ++r) _mm_storeu_si128(reinterpret_cast<__m128i*>(d + 16 * (j + r)), c[r]);
+          }
+          requantize_pixels<1, 1>(search, src, dst, x, last, per - j, j);
+        }
+    }
+    for (; x < w; ++x) requantize_pixels<1, 1>(search, src, dst, x, last, per);
+  }
 }
 
 }  // namespace apot::kernels::detail

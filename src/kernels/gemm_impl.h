@@ -71,9 +71,11 @@ bool conv_rows_winograd_avx512(const ConvArgs& a, int m0, int m1);
 void max_pool_scalar(const float* in, int h, int w, int c, float* out, int y0, int y1, int in_row0);
 void max_pool_avx512(const float* in, int h, int w, int c, float* out, int y0, int y1, int in_row0);
 void max_pool_avx2(const float* in, int h, int w, int c, float* out, int y0, int y1, int in_row0);
-void requantize_scalar(const float* values, int h, int w, int n, const Requantizer& q, const CodeImage& out);
-void requantize_avx512(const float* values, int h, int w, int n, const Requantizer& q, const CodeImage& out);
-void requantize_avx2(const float* values, int h, int w, int n, const Requantizer& q, const CodeImage& out);
+void requantize_scalar(const float* values, int h, int w, int n, int stride, const Requantizer& q,
+                       const CodeImage& out);
+void requantize_avx512(const float* values, int h, int w, int n, int stride, const Requantizer& q,
+                       const CodeImage& out);
+void requantize_avx2(const float* values, int h, int w, int n, int stride, const Requantizer& q, const CodeImage& out);
 
 struct FloatConvArgs {
   const FloatImage* in;
@@ -164,7 +166,8 @@ struct EngineKernels {
   FloatConvRows conv_f32;
   StemRows stem;
   void (*max_pool)(const float* in, int h, int w, int c, float* out, int y0, int y1, int in_row0);
-  void (*requantize)(const float* values, int h, int w, int n, const Requantizer& q, const CodeImage& out);
+  // Pixel p's n values at values + p * stride (stride >= n).
+  void (*requantize)(const float* values, int h, int w, int n, int stride, const Requantizer& q, const CodeImage& out);
   bool (*pixel_row)(const float* src, int w, float s, float m, uint8_t* dst);
   int32_t (*peak_probe)(long iterations) = nullptr;  // none on the scalar path
   long peak_macs_per_round = 0;

@@ -119,12 +119,13 @@ inline void ymm_depthwise_rows(const ConvArgs& a, int m0, int m1) {
 }
 
 // requantize(), 16 values at a time (the last n % 16 channels through a zero-padded copy).
-inline void requantize_ymm(const float* values, int h, int w, int n, const Requantizer& q, const CodeImage& out) {
+inline void requantize_ymm(const float* values, int h, int w, int n, int stride, const Requantizer& q,
+                           const CodeImage& out) {
   const CodeTable table(&q);
   const int whole = n / 16 * 16, rest = n - whole;
   for (int y = 0; y < h; ++y)
     for (int x = 0; x < w; ++x) {
-      const float* src = values + (size_t(y) * w + x) * n;
+      const float* src = values + (size_t(y) * w + x) * size_t(stride);
       uint8_t* dst = out.pixel(y, x);
       for (int c = 0; c < whole; c += 16) {
         const __m256 v[2] = {_mm256_loadu_ps(src + c), _mm256_loadu_ps(src + c + 8)};

@@ -24,25 +24,29 @@ int Requantizer::code(float v) const {
   return codes[size_t(std::upper_bound(thresholds.begin(), thresholds.end(), v) - thresholds.begin())];
 }
 
-void requantize(const float* values, int h, int w, int n, const Requantizer& q, const CodeImage& out, GemmIsa isa) {
+void requantize(const float* values, int h, int w, int n, const Requantizer& q, const CodeImage& out, GemmIsa isa,
+                int stride) {
   if (out.h != h || out.w != w || out.cs < n || !out.data)
     throw std::invalid_argument("requantize: output code image does not fit");
-  if (out.border == 0 && out.cs == n && size_t(h) * size_t(w) * size_t(n) <= size_t(INT32_MAX)) {
+  if (stride == 0) stride = n;
+  if (stride < n) throw std::invalid_argument("requantize: the pixel stride is below the channel count");
+  if (stride == n && out.border == 0 && out.cs == n && size_t(h) * size_t(w) * size_t(n) <= size_t(INT32_MAX)) {
     // A contiguous image (no border, no channel padding) is one pixel of h * w * n values: the
     // kernels then run whole vectors across pixels (ShuffleNetV2's 24-channel halves would
     // otherwise end every pixel with a partial vector).
     const CodeImage flat{out.data, 1, 1, h * w * n, 0};
-    detail::engine_kernels(isa).requantize(values, 1, 1, h * w * n, q, flat);
+    detail::engine_kernels(isa).requantize(values, 1, 1, h * w * n, h * w * n, q, flat);
     return;
   }
-  detail::engine_kernels(isa).requantize(values, h, w, n, q, out);
+  detail::engine_kernels(isa).requantize(values, h, w, n, stride, q, out);
 }
 
 namespace detail {
-void requantize_scalar(const float* values, int h, int w, int n, const Requantizer& q, const CodeImage& out) {
+void requantize_scalar(const float* values, int h, int w, int n, int stride, const Requantizer& q,
+                       const CodeImage& out) {
   for (int y = 0; y < h; ++y)
     for (int x = 0; x < w; ++x) {
-      const float* v = values + (size_t(y) * w + x) * n;
+      const float* v = values + (size_t(y) * w + x) * size_t(stride);
       uint8_t* dst = out.pixel(y, x);
       for (int c = 0; c < n; ++c) dst[c] = static_cast<uint8_t>(q.code(v[c]));
     }

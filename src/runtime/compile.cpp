@@ -47,7 +47,7 @@ void Model::Impl::compile() {
     for (int c : consumers[v])
       if (quantized_conv(c)) codes_for[v] = c;
   }
-  // Concat steps read channel slices in place, from the slice's input.
+  // Concat and requantize steps read channel slices in place, from the slice's input.
   auto sliced = [&](int v) { return graph[size_t(v)].op == Op::channel_slice; };
   // Which values are needed as floats.
   std::vector<bool> need_float(n, false);
@@ -55,7 +55,7 @@ void Model::Impl::compile() {
   for (size_t v = 0; v < n; ++v)
     for (int c : consumers[v]) {
       if (fused_into[v] == c) continue;  // the conv's value is the sum's
-      if (sliced(int(v)) && graph[size_t(c)].op == Op::concat) continue;
+      if (sliced(int(v)) && (graph[size_t(c)].op == Op::concat || (quantized(c) && codes_for[v] != c))) continue;
       if (quantized(c) && codes_for[v] == c) continue;
       if (v == 0 && graph[size_t(c)].op == Op::conv && !quantized(c)) continue;  // int8 convs read the padded image
       need_float[v] = true;
@@ -69,7 +69,8 @@ void Model::Impl::compile() {
     r.kind = StepKind::requantize;
     r.node = v;
     r.layer = layer_of[size_t(conv)];
-    r.reads = {v};
+    r.reads = {sliced(v) ? graph[size_t(v)].inputs[0] : v};
+    r.part_begin = {sliced(v) ? graph[size_t(v)].begin : 0};
     steps.push_back(r);
   };
   if (need_float[0]) {

@@ -47,7 +47,7 @@ struct Layer {
   // normalisation allows).
   kernels::PackedFloatConv packed_float;
   std::optional<kernels::PackedStem> packed_pixels;
-  // int8 linear layers: weights as float integers, [in][out].
+  // int8 linear layers: weights as float integers, [in][out], rows of engine::linear_row(out).
   std::vector<float> weights_k_out;
   bool quantized() const { return record.kind == uint32_t(LayerKind::quantized_conv); }
   // Whether conv_u8s8 takes Winograd F(2,3) for this layer on `isa` (its input transform takes
@@ -94,7 +94,8 @@ struct Step {
   int pool = -1;                      // conv_float on the image: a fused 3x3 / 2 max-pool node
   bool tapped = false;                // its value is one of run_with_taps' outputs
   // concat: per read value, the channels it gives from part_begin on (a channel slice is read
-  // in place from its input). With a channel shuffle fused in: per output channel, the read
+  // in place from its input); requantize: part_begin[0], the channel a slice it reads in place
+  // starts at. With a channel shuffle fused in: per output channel, the read
   // value it comes from and its channel there (a gather without divisions).
   // interleave > 0 instead where each read value is one group of that many (ShuffleNetV2): output
   // channel i * interleave + k is channel i of value k.
@@ -117,6 +118,10 @@ struct Workspace {
   std::vector<float> tap;                   // a value that is made as codes only
   std::vector<float> input;                 // run_pixels: the normalised image (NCHW)
 };
+
+// The row length of a float linear layer's weights: its outputs, padded with zero weights to
+// whole blocks of 16 (the step keeps a block's sums in registers).
+inline int linear_row(int outputs) { return (outputs + 15) / 16 * 16; }
 
 // f(y0, y1) on contiguous ranges of [0, rows), one per thread (OpenMP). f must not throw.
 template <typename F>
@@ -229,16 +234,19 @@ struct Model::Impl {
     (*o.layer_seconds)[size_t(index)] += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   }
 
-  void requantize(const float* values, int consumer, Workspace& ws, const EngineOptions& o) const {
+  // Requantises the float value at `values` (pixels `stride` floats apart: a channel slice read
+  // in place; 0 for contiguous pixels) into the input codes of layer `consumer`.
+  void requantize(const float* values, int stride, int consumer, Workspace& ws, const EngineOptions& o) const {
     const Layer& l = layers[size_t(consumer)];
     const graph::Shape s = layer_input(size_t(consumer));
     const kernels::CodeImage& all = ws.codes[size_t(consumer)];
+    if (stride == 0) stride = s.channels;
     engine::parallel_rows(o.threads, s.height, [&](int y0, int y1) {
       kernels::CodeImage rows = all;
       rows.data += size_t(y0) * all.padded_w() * all.cs;
       rows.h = y1 - y0;
-      kernels::requantize(values + size_t(y0) * s.width * s.channels, y1 - y0, s.width, s.channels, l.input, rows,
-                          o.isa);
+      kernels::requantize(values + size_t(y0) * s.width * size_t(stride), y1 - y0, s.width, s.channels, l.input, rows,
+                          o.isa, stride);
     });
   }
 

@@ -99,7 +99,7 @@ void Model::Impl::run_step(const Step& s, const float* image, Workspace& ws, con
             out[(size_t(y) * is.width + x) * is.channels + c] = image[(size_t(c) * is.height + y) * is.width + x];
       break;
     }
-    case StepKind::requantize: requantize(in(0), s.layer, ws, o); break;
+    case StepKind::requantize: requantize(in(0) + s.part_begin[0], shape(s.reads[0]).channels, s.layer, ws, o); break;
     case StepKind::conv_codes: {
       const Layer& l = layers[size_t(s.layer)];
       if (!out && taps) {
@@ -133,10 +133,20 @@ void Model::Impl::run_step(const Step& s, const float* image, Workspace& ws, con
     case StepKind::linear: {
       const Layer& l = layers[size_t(s.layer)];
       const int k = int(l.record.in_channels), classes = int(l.record.out_channels);
+      const size_t row = size_t(engine::linear_row(classes));
       const float* feature = in(0);
-      std::fill(out, out + classes, 0.0f);
-      for (int ci = 0; ci < k; ++ci)
-        for (int o2 = 0; o2 < classes; ++o2) out[o2] += feature[ci] * l.weights_k_out[size_t(ci) * classes + o2];
+      // Blocks of 16 outputs, their sums in registers (into `out` directly, the compiler had to
+      // store them at every input: 10 classes from 1024 features took 3.4 us); each sum adds
+      // its products in input order, as before.
+      for (size_t o0 = 0; o0 < size_t(classes); o0 += 16) {
+        float sum[16] = {};
+        for (int ci = 0; ci < k; ++ci) {
+          const float f = feature[ci];
+          const float* w = l.weights_k_out.data() + size_t(ci) * row + o0;
+          for (int j = 0; j < 16; ++j) sum[j] += f * w[j];
+        }
+        std::copy_n(sum, std::min<size_t>(16, size_t(classes) - o0), out + o0);
+      }
       for (int o2 = 0; o2 < classes; ++o2) {
         out[o2] = l.scale[size_t(o2)] * out[o2] + l.bias[size_t(o2)];
         if (s.relu) out[o2] = std::max(out[o2], 0.0f);
@@ -233,10 +243,11 @@ void Model::Impl::run_step(const Step& s, const float* image, Workspace& ws, con
     case StepKind::global_avg_pool: {
       const graph::Shape& is = shape(s.reads[0]);
       const int channels = is.channels, pixels = is.height * is.width;
-      const float* x = in(0);
-      std::fill(out, out + channels, 0.0f);
+      const float* __restrict x = in(0);
+      float* __restrict sum = out;  // another buffer than x (plan_buffers): the loop vectorises
+      std::fill(sum, sum + channels, 0.0f);
       for (int p = 0; p < pixels; ++p)
-        for (int ci = 0; ci < channels; ++ci) out[ci] += x[size_t(p) * channels + ci];
+        for (int ci = 0; ci < channels; ++ci) sum[ci] += x[size_t(p) * channels + ci];
       for (int ci = 0; ci < channels; ++ci) out[ci] /= float(pixels);
       break;
     }

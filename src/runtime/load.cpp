@@ -199,9 +199,10 @@ Model Model::from_memory(const void* data, size_t size, const std::string& name)
               std::max(impl->max_padded, size_t(is.height + 2 * padding) * (is.width + 2 * padding) * is.channels);
         }
       } else {
-        l.weights_k_out.resize(size_t(K) * out);
+        const size_t row = size_t(engine::linear_row(out));
+        l.weights_k_out.assign(size_t(K) * row, 0.0f);
         for (int o = 0; o < out; ++o)
-          for (int k = 0; k < K; ++k) l.weights_k_out[size_t(k) * out + o] = float(w[size_t(o) * K + k]);
+          for (int k = 0; k < K; ++k) l.weights_k_out[size_t(k) * row + size_t(o)] = float(w[size_t(o) * K + k]);
       }
     } catch (const levels::LevelSetError& e) {
       throw FormatError(name + ": node '" + n.name + "': " + e.what());

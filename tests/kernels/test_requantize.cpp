@@ -97,3 +97,40 @@ TEST_P(RequantizePath, ContiguousImagesMatchTheCodesValueByValue) {
               << apot::kernels::to_string(GetParam()) << " n " << n << " pixel " << y << "," << x << " channel " << c;
   }
 }
+
+// Pixels `stride` floats apart (a channel slice of a wider value, read in place), into images
+// with and without a border: every code the scalar one, for 1 to 7 vectors per pixel with and
+// without a partial last one, rows whose pixels do not fill the kernels' groups of pixels; the
+// bytes outside the interior (border, channel padding) stay as they were.
+TEST_P(RequantizePath, StridedPixelsMatchTheCodesValueByValue) {
+  if (!supported(GetParam())) GTEST_SKIP() << apot::kernels::to_string(GetParam()) << " is not supported on this CPU";
+  for (bool from_zero : {false, true}) {
+    const auto q = requantizer(16, from_zero);
+    std::mt19937 rng(13);
+    std::uniform_real_distribution<float> u(-0.5f, 1.5f);
+    for (int n : {5, 16, 24, 33, 48, 64, 96, 100})
+      for (int extra : {0, 7, 24})
+        for (int border : {0, 1})
+          for (int w : {1, 3, 5, 8}) {
+            const int h = 3, stride = n + extra;
+            std::vector<float> values(size_t(h) * w * size_t(stride));
+            for (float& v : values) v = u(rng);
+            Image got(h, w, n, border);
+            std::fill(got.bytes.begin(), got.bytes.end(), uint8_t(0xEE));
+            Image expected = got;
+            expected.view.data = expected.bytes.data();
+            for (int y = 0; y < h; ++y)
+              for (int x = 0; x < w; ++x)
+                for (int c = 0; c < n; ++c)
+                  expected.view.pixel(y, x)[c] =
+                      static_cast<uint8_t>(q.code(values[(size_t(y) * w + x) * size_t(stride) + size_t(c)]));
+            apot::kernels::requantize(values.data(), h, w, n, q, got.view, GetParam(), stride);
+            ASSERT_EQ(got.bytes, expected.bytes) << apot::kernels::to_string(GetParam()) << " n " << n << " stride "
+                                                 << stride << " border " << border << " width " << w;
+          }
+  }
+  Image image(2, 2, 8, 0);
+  std::vector<float> values(64);
+  EXPECT_THROW(apot::kernels::requantize(values.data(), 2, 2, 8, requantizer(), image.view, GetParam(), 7),
+               std::invalid_argument);
+}

@@ -150,9 +150,10 @@ struct ConvSchedule {
 void conv_u8s8(const CodeImage& in, const PackedConv& w, int max_code, const ConvOutput& out,
                GemmIsa isa = default_gemm_isa(), int threads = 1, ConvSchedule schedule = {});
 
-// values: h x w x n floats (NHWC) -> codes in the interior of `out` (h x w, cs >= n).
+// values: h x w pixels of n floats (NHWC), pixel p's at values + p * stride (0: n; a channel
+// slice of a wider value read in place) -> codes in the interior of `out` (h x w, cs >= n).
 void requantize(const float* values, int h, int w, int n, const Requantizer& q, const CodeImage& out,
-                GemmIsa isa = default_gemm_isa());
+                GemmIsa isa = default_gemm_isa(), int stride = 0);
 
 // The int8 multiply-accumulate rate of the path's inner instruction (vpdpbusd for
 // avx512-vnni, vpmaddubsw + vpmaddwd + vpaddd for avx2) on one thread, with enough independent
