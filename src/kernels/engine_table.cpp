@@ -36,6 +36,7 @@ EngineKernels scalar_row() {
   k.conv_f32 = conv_f32_rows_scalar;
   k.stem = stem_rows_scalar;
   k.max_pool = max_pool_scalar;
+  k.interleave_pairs = interleave_pairs_scalar;  // AVX2: the compiler's vectorisation of it
   k.requantize = requantize_scalar;
   k.pixel_row = pixel_row_scalar;
   return k;
@@ -76,6 +77,7 @@ EngineKernels avx512_vnni_row() {
   k.conv_f32 = conv_f32_rows_avx512;
   k.stem = stem_rows_avx512;
   k.max_pool = max_pool_avx512;
+  k.interleave_pairs = interleave_pairs_avx512;
   k.requantize = requantize_avx512;
   k.pixel_row = pixel_row_avx512;
   k.peak_probe = peak_probe_avx512_vnni;

@@ -430,6 +430,24 @@ int32_t peak_probe_avx512_vnni(long iterations) {
   return _mm512_reduce_add_epi32(sum);
 }
 
+// Per 16 channels of each: two permutes of the pair, two stores (the last ones masked).
+void interleave_pairs_avx512(const float* a, int sa, const float* b, int sb, int pixels, int per_group, float* out) {
+  const __m512i lo = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
+  const __m512i hi = _mm512_setr_epi32(8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31);
+  for (int p = 0; p < pixels; ++p) {
+    const float* x = a + size_t(p) * size_t(sa);
+    const float* y = b + size_t(p) * size_t(sb);
+    float* o = out + size_t(p) * 2 * size_t(per_group);
+    for (int i = 0; i < per_group; i += 16) {
+      const int count = std::min(16, per_group - i);
+      const __mmask16 m = lane_mask(count);
+      const __m512 u = _mm512_maskz_loadu_ps(m, x + i), v = _mm512_maskz_loadu_ps(m, y + i);
+      _mm512_mask_storeu_ps(o + 2 * i, lane_mask(2 * count), _mm512_permutex2var_ps(u, lo, v));
+      if (count > 8) _mm512_mask_storeu_ps(o + 2 * i + 16, lane_mask(2 * count - 16), _mm512_permutex2var_ps(u, hi, v));
+    }
+  }
+}
+
 void max_pool_avx512(const float* in, int h, int w, int c, float* out, int y0, int y1, int in_row0) {
   max_pool_rows<Zmm>(in, h, w, c, out, y0, y1, in_row0);
 }

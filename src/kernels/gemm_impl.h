@@ -71,6 +71,8 @@ bool conv_rows_winograd_avx512(const ConvArgs& a, int m0, int m1);
 void max_pool_scalar(const float* in, int h, int w, int c, float* out, int y0, int y1, int in_row0);
 void max_pool_avx512(const float* in, int h, int w, int c, float* out, int y0, int y1, int in_row0);
 void max_pool_avx2(const float* in, int h, int w, int c, float* out, int y0, int y1, int in_row0);
+void interleave_pairs_scalar(const float* a, int sa, const float* b, int sb, int pixels, int per_group, float* out);
+void interleave_pairs_avx512(const float* a, int sa, const float* b, int sb, int pixels, int per_group, float* out);
 void requantize_scalar(const float* values, int h, int w, int n, int stride, const Requantizer& q,
                        const CodeImage& out);
 void requantize_avx512(const float* values, int h, int w, int n, int stride, const Requantizer& q,
@@ -166,6 +168,7 @@ struct EngineKernels {
   FloatConvRows conv_f32;
   StemRows stem;
   void (*max_pool)(const float* in, int h, int w, int c, float* out, int y0, int y1, int in_row0);
+  void (*interleave_pairs)(const float* a, int sa, const float* b, int sb, int pixels, int per_group, float* out);
   // Pixel p's n values at values + p * stride (stride >= n).
   void (*requantize)(const float* values, int h, int w, int n, int stride, const Requantizer& q, const CodeImage& out);
   bool (*pixel_row)(const float* src, int w, float s, float m, uint8_t* dst);

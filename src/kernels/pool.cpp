@@ -17,7 +17,26 @@ void max_pool_3x3s2(const float* in, int h, int w, int c, float* out, GemmIsa is
   detail::engine_kernels(isa).max_pool(in, h, w, c, out, y0, y1, in_row0);
 }
 
+void interleave_pairs(const float* a, int sa, const float* b, int sb, int pixels, int per_group, float* out,
+                      GemmIsa isa) {
+  if (pixels < 0 || per_group < 0 || sa < per_group || sb < per_group)
+    throw std::invalid_argument("interleave_pairs: a pixel stride is below the channel count");
+  detail::engine_kernels(isa).interleave_pairs(a, sa, b, sb, pixels, per_group, out);
+}
+
 namespace detail {
+void interleave_pairs_scalar(const float* a, int sa, const float* b, int sb, int pixels, int per_group, float* out) {
+  for (int p = 0; p < pixels; ++p) {
+    float* __restrict o = out + size_t(p) * 2 * size_t(per_group);
+    const float* __restrict x = a + size_t(p) * size_t(sa);
+    const float* __restrict y = b + size_t(p) * size_t(sb);
+    for (int i = 0; i < per_group; ++i) {
+      o[2 * i] = x[i];
+      o[2 * i + 1] = y[i];
+    }
+  }
+}
+
 void max_pool_scalar(const float* in, int h, int w, int c, float* out, int y0, int y1, int in_row0) {
   const int ow = (w + 1) / 2;
   for (int y = y0; y < y1; ++y)

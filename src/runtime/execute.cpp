@@ -170,19 +170,9 @@ void Model::Impl::run_step(const Step& s, const float* image, Workspace& ws, con
       const size_t pixels = size_t(os.height) * os.width, oc = size_t(os.channels);
       if (s.interleave > 0) {  // a fused channel shuffle whose groups are the read values
         const size_t groups = size_t(s.interleave), per_group = oc / groups;
-        if (groups == 2) {  // ShuffleNetV2: pixel by pixel, two streams interleaved (vectorised)
-          const size_t sa = size_t(shape(s.reads[0]).channels), sb = size_t(shape(s.reads[1]).channels);
-          const float* a = in(0) + s.part_begin[0];
-          const float* b = in(1) + s.part_begin[1];
-          for (size_t p = 0; p < pixels; ++p) {
-            float* __restrict o = out + p * oc;
-            const float* __restrict x = a + p * sa;
-            const float* __restrict y = b + p * sb;
-            for (size_t i = 0; i < per_group; ++i) {
-              o[2 * i] = x[i];
-              o[2 * i + 1] = y[i];
-            }
-          }
+        if (groups == 2) {  // ShuffleNetV2: pixel by pixel, two streams interleaved
+          kernels::interleave_pairs(in(0) + s.part_begin[0], shape(s.reads[0]).channels, in(1) + s.part_begin[1],
+                                    shape(s.reads[1]).channels, int(pixels), int(per_group), out, o.isa);
           break;
         }
         for (size_t k = 0; k < s.in.size(); ++k) {

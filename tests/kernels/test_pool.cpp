@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <random>
 
 #include "apot/kernels/gemm.h"
@@ -111,4 +112,42 @@ TEST(Pool, AnyWindowMaxAndAverage) {
   EXPECT_EQ(a, b);
   EXPECT_THROW(apot::kernels::pool_reference(apot::kernels::PoolKind::max, in.data(), 2, 2, c, 5, 1, 0, a.data()),
                std::invalid_argument);
+}
+
+// ShuffleNetV2's concat and channel shuffle of two groups: every path copies the bits of a
+// plain loop (NaN payloads too), for groups that fill vectors, end with part of one or take
+// less than half of one, from values read with a stride (channel slices in place), and writes
+// nothing past its pixels.
+TEST(InterleavePairs, EveryPathMatchesAPlainLoop) {
+  std::mt19937 rng(23);
+  std::uniform_real_distribution<float> u(-3.0f, 3.0f);
+  for (int per_group : {1, 7, 8, 9, 16, 24, 40, 48})
+    for (int extra_a : {0, 5})
+      for (int extra_b : {0, 24})
+        for (int pixels : {1, 5}) {
+          const int sa = per_group + extra_a, sb = per_group + extra_b;
+          std::vector<float> a(size_t(pixels) * sa), b(size_t(pixels) * sb);
+          for (auto& v : a) v = u(rng);
+          for (auto& v : b) v = u(rng);
+          uint32_t payload = 0x7fc01234u;
+          std::memcpy(&a[0], &payload, 4);
+          payload = 0xffa05678u;
+          std::memcpy(&b.back(), &payload, 4);
+          const size_t n = size_t(pixels) * 2 * per_group;
+          std::vector<float> expected(n + 17, 99.0f);
+          for (int p = 0; p < pixels; ++p)
+            for (int i = 0; i < per_group; ++i) {
+              std::memcpy(&expected[size_t(p) * 2 * per_group + 2 * size_t(i)], &a[size_t(p) * sa + size_t(i)], 4);
+              std::memcpy(&expected[size_t(p) * 2 * per_group + 2 * size_t(i) + 1], &b[size_t(p) * sb + size_t(i)], 4);
+            }
+          for (GemmIsa isa : apot::kernels::supported_gemm_isas()) {
+            std::vector<float> got(n + 17, 99.0f);
+            apot::kernels::interleave_pairs(a.data(), sa, b.data(), sb, pixels, per_group, got.data(), isa);
+            ASSERT_EQ(std::memcmp(got.data(), expected.data(), got.size() * 4), 0)
+                << apot::kernels::to_string(isa) << " per_group " << per_group << " strides " << sa << "," << sb
+                << " pixels " << pixels;
+          }
+        }
+  std::vector<float> v(64);
+  EXPECT_THROW(apot::kernels::interleave_pairs(v.data(), 7, v.data(), 8, 2, 8, v.data()), std::invalid_argument);
 }

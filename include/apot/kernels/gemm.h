@@ -198,6 +198,12 @@ void conv_f32(const FloatImage& in, const PackedFloatConv& w, const float* scale
 void max_pool_3x3s2(const float* in, int h, int w, int c, float* out, GemmIsa isa = default_gemm_isa(), int y0 = 0,
                     int y1 = -1, int in_row0 = 0);
 
+// Two values' channels in turn (ShuffleNetV2's concat and channel shuffle of two groups): per
+// pixel p, out[p][2 i] = a[p][i] and out[p][2 i + 1] = b[p][i] for i < per_group, the pixels of
+// a `sa` floats apart, of b `sb` (>= per_group), of out 2 * per_group. The bits are copied.
+void interleave_pairs(const float* a, int sa, const float* b, int sb, int pixels, int per_group, float* out,
+                      GemmIsa isa = default_gemm_isa());
+
 // Max or average pooling of an h x w x c NHWC map with any square window: out[y][x][ch] is the
 // largest value in the window inside the map (a NaN wins), or the window's sum over
 // kernel * kernel (outside the map counts as 0, PyTorch's count_include_pad).
