@@ -44,57 +44,33 @@ struct Search {
   __m512 k, c, top, ct0, ct1;
   __m512i base0, base1, cc0, cc1;
 
+  // q == nullptr: a search that is never used (an epilogue without codes).
   explicit Search(const Requantizer* q) {
-    alignas(64) float t[32];
-    alignas(64) int32_t c[32];
-    const int n = q ? int(q->codes.size()) : 1;
-    wide = n > 16;
-    const int size = wide ? 32 : 16;
-    for (int i = 0; i < 32; ++i) {
-      t[i] = i < n - 1 ? q->thresholds[i] : __builtin_inff();
-      c[i] = q ? q->codes[i + 1 < size ? std::min(i + 1, n - 1) : 0] : 0;
-    }
-    t0 = _mm512_load_ps(t);
-    t1 = _mm512_load_ps(t + 16);
-    first = _mm512_set1_ps(t[size / 2 - 1]);
-    c0 = _mm512_load_si512(c);
-    c1 = _mm512_load_si512(c + 16);
-    if (q) build_cells(*q);
+    if (q && q->tables)
+      load(*q->tables);
+    else
+      load(q ? SearchTables(q->thresholds.data(), q->codes.data(), int(q->codes.size()))
+           : SearchTables(nullptr, nullptr, 1));
   }
 
-  // The cells of cells.h: 64 where none holds two thresholds (one check; APoT 4-bit and uniform
-  // up to 5 bits), else 32 where none holds three (two checks), else none (the search).
-  void build_cells(const Requantizer& q) {
-    const int n = int(q.codes.size()), T = n - 1;
-    const Cells cells = Cells::make(q.thresholds.data(), T);
-    if (cells.cells == 0) return;
-    alignas(64) int32_t base[32], cc[32];
-    alignas(64) int16_t base16[64];
-    alignas(64) float ct[32];
-    for (int g = 0; g < 64; ++g) {
-      base16[g] = cells.base[g];
-      if (g < 32) base[g] = cells.base[g];
-    }
-    for (int i = 0; i < 32; ++i) {
-      ct[i] = i < T ? q.thresholds[size_t(i)] : __builtin_nanf("");
-      cc[i] = q.codes[size_t(std::min(i, n - 1))];
-    }
-    checks = cells.checks;
-    wide_cells = cells.cells == 64;
-    k = _mm512_set1_ps(cells.k);
-    c = _mm512_set1_ps(cells.c);
-    top = _mm512_set1_ps(float(cells.cells - 1));
-    if (wide_cells) {
-      base0 = _mm512_load_si512(base16);
-      base1 = _mm512_load_si512(base16 + 32);
-    } else {
-      base0 = _mm512_load_si512(base);
-      base1 = _mm512_load_si512(base + 16);
-    }
-    ct0 = _mm512_load_ps(ct);
-    ct1 = _mm512_load_ps(ct + 16);
-    cc0 = _mm512_load_si512(cc);
-    cc1 = _mm512_load_si512(cc + 16);
+  void load(const SearchTables& s) {
+    wide = s.wide;
+    t0 = _mm512_load_ps(s.t);
+    t1 = _mm512_load_ps(s.t + 16);
+    first = _mm512_set1_ps(s.first);
+    c0 = _mm512_load_si512(s.c);
+    c1 = _mm512_load_si512(s.c + 16);
+    checks = s.checks;
+    wide_cells = s.wide_cells;
+    k = _mm512_set1_ps(s.k);
+    c = _mm512_set1_ps(s.c0);
+    top = _mm512_set1_ps(s.top);
+    base0 = wide_cells ? _mm512_load_si512(s.base16) : _mm512_load_si512(s.base32);
+    base1 = wide_cells ? _mm512_load_si512(s.base16 + 32) : _mm512_load_si512(s.base32 + 16);
+    ct0 = _mm512_load_ps(s.ct);
+    ct1 = _mm512_load_ps(s.ct + 16);
+    cc0 = _mm512_load_si512(s.cc);
+    cc1 = _mm512_load_si512(s.cc + 16);
   }
 
   // Codes of R x 16 values (index = number of thresholds <= v), the search steps of the R

@@ -25,8 +25,9 @@ void check_shape(const char* what, int out_channels, int in_channels, int kernel
 // kMaxKernel x kMaxKernel.
 struct TapOffsets {
   static constexpr int kCapacity = 256;
-  std::array<ptrdiff_t, kCapacity> v{};
+  std::array<ptrdiff_t, kCapacity> v;  // not cleared (2 KiB on every call): only the first n are read
   int n = 0;
+  TapOffsets() {}
   void push_back(ptrdiff_t x) {
     if (n == kCapacity) throw std::invalid_argument("convolution with too many kernel taps");
     v[size_t(n++)] = x;

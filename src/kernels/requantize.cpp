@@ -4,6 +4,7 @@
 #include <cstdint>
 #include <stdexcept>
 
+#include "cells.h"
 #include "gemm_impl.h"
 
 namespace apot::kernels {
@@ -15,7 +16,9 @@ Requantizer make_requantizer(std::vector<float> thresholds, std::vector<uint8_t>
   for (size_t i = 0; i < thresholds.size(); ++i)
     if (std::isnan(thresholds[i]) || (i > 0 && !(thresholds[i - 1] <= thresholds[i])))
       throw std::invalid_argument("requantizer: thresholds must be ascending numbers");
-  return Requantizer{std::move(thresholds), std::move(codes)};
+  Requantizer q{std::move(thresholds), std::move(codes), nullptr};
+  q.tables = std::make_shared<const detail::SearchTables>(q.thresholds.data(), q.codes.data(), int(q.codes.size()));
+  return q;
 }
 
 int Requantizer::code(float v) const {

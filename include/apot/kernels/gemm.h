@@ -12,6 +12,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <memory>
 #include <new>
 #include <string>
 #include <vector>
@@ -101,10 +102,16 @@ PackedConv pack_depthwise(const int8_t* weights, int channels, int kernel, int s
 // Quantisation of float values to the activation codes of a consumer: the level index is the
 // number of thresholds <= v (so NaN and everything below the first threshold give index 0), the
 // code is codes[index].
+namespace detail {
+struct SearchTables;
+}
 struct Requantizer {
   std::vector<float> thresholds;  // ascending, at most 31
   std::vector<uint8_t> codes;     // thresholds.size() + 1 entries
   int code(float v) const;
+  // The vector kernels' tables for these thresholds and codes, made once by make_requantizer
+  // (a Requantizer made otherwise has none: the kernels then make them on each call).
+  std::shared_ptr<const detail::SearchTables> tables;
 };
 // Throws std::invalid_argument on unsorted or too many thresholds or a size mismatch.
 Requantizer make_requantizer(std::vector<float> thresholds, std::vector<uint8_t> codes);
