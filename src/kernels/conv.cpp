@@ -166,7 +166,14 @@ void conv_u8s8(const CodeImage& in, const PackedConv& w, int max_code, const Con
   if (in.h + 2 * w.padding < w.kernel || in.w + 2 * w.padding < w.kernel)
     throw std::invalid_argument("conv_u8s8: input smaller than the kernel");
   if (!out.scale || !out.bias) throw std::invalid_argument("conv_u8s8: scale and bias are required");
-  detail::ConvArgs a{&in, &w, &out, w.out_h(in.h), w.out_w(in.w), in.border - w.padding, {}, 0, w.nblocks};
+  detail::ConvArgs a;  // not brace-initialised: GCC then clears all 2 KiB of tap offsets first
+  a.in = &in;
+  a.w = &w;
+  a.out = &out;
+  a.oh = w.out_h(in.h);
+  a.ow = w.out_w(in.w);
+  a.offset = in.border - w.padding;
+  a.nb1 = w.nblocks;
   a.max_code = max_code;
   // Winograd's input transform takes the padding as zeros, not as the border's offset code.
   a.rows_first = schedule.rows_first;
