@@ -46,11 +46,10 @@ struct Search {
 
   // q == nullptr: a search that is never used (an epilogue without codes).
   explicit Search(const Requantizer* q) {
-    if (q && q->tables)
-      load(*q->tables);
+    if (q && q->tables) load(*q->tables);
     else
       load(q ? SearchTables(q->thresholds.data(), q->codes.data(), int(q->codes.size()))
-           : SearchTables(nullptr, nullptr, 1));
+             : SearchTables(nullptr, nullptr, 1));
   }
 
   void load(const SearchTables& s) {

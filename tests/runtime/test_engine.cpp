@@ -177,6 +177,17 @@ TEST(Engine, FirstLayerOnPixelsMatchesTheFloatFirstLayer) {
       // Input off the 8-bit grid takes the float first layer: the same bits either way.
       const torch::Tensor y = torch::randn({1, 3, c.size, c.size});
       EXPECT_EQ(inspect.run(y.data_ptr<float>(), 1, on), inspect.run(y.data_ptr<float>(), 1, off)) << what;
+      // One image on two threads: each takes its own pooled rows in bands (ResNet-18 at 72: 18
+      // pooled rows, 9 each, a band of 8 and one of 1), the same bits as on one thread.
+      apot::runtime::EngineOptions two = on;
+      two.threads = 2;
+      for (int b = 0; b < batch; ++b) {
+        const float* image = x.data_ptr<float>() + size_t(b) * 3 * size_t(c.size) * size_t(c.size);
+        std::vector<std::vector<float>> taps_one, taps_two;
+        EXPECT_EQ(inspect.run_with_taps(image, 1, taps_two, two), inspect.run_with_taps(image, 1, taps_one, on))
+            << what << ", two threads";
+        EXPECT_EQ(taps_two[0], taps_one[0]) << what << ", two threads";
+      }
     }
   }
 }
