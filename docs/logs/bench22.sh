@@ -7,7 +7,7 @@
 # 30 CIFAR test images resized to 256 and cropped to 224, as in sessions 17-21.
 cd /work/main
 B=./build/apot
-export APOT_TUNE_CACHE=/tmp/bench22-kernels.json
+export APOT_TUNE_CACHE=${BENCH_KERNEL_CACHE:-/tmp/bench22-kernels.json}
 rm -f $APOT_TUNE_CACHE
 ptq() {  # arch, state dict, mean, std, out
   [ -f "$5" ] && return
