@@ -482,11 +482,12 @@ inline void requantize_pixels(const Search& search, Src src, Dst dst, int p, __m
   }
 }
 
-// Four vectors at a time (independent searches interleaved). A contiguous run of whole vectors
-// (requantize() passes a contiguous image as one pixel) goes straight through; otherwise the
-// vectors of the pixels are taken in turn, a pixel's last partial one masked, four at a time
-// across pixels (ShuffleNetV2's 24- and 48-channel values into bordered images: one and a half
-// or three vectors per pixel, which one at a time left the search's dependency chain exposed).
+// Four or more vectors at a time (independent searches interleaved). A contiguous run of whole
+// vectors (requantize() passes a contiguous image as one pixel) goes straight through. Otherwise
+// pixels of one vector go four at a time, of two or three vectors two at a time (ShuffleNetV2's
+// 24- and 48-channel values into bordered images or from channel slices: one at a time left
+// each search's dependency chain exposed), and larger pixels four of their whole vectors at a
+// time; a pixel's partial last vector is masked.
 void requantize_avx512(const float* values, int h, int w, int n, int stride, const Requantizer& q,
                        const CodeImage& out) {
   const Search search(&q);
@@ -526,8 +527,9 @@ void requantize_avx512(const float* values, int h, int w, int n, int stride, con
         for (; x < w; ++x) {
           const float* s = src(x);
           uint8_t* d = dst(x);
+          const int whole = last == 0xFFFF ? per : per - 1;  // a partial last vector: below
           int j = 0;
-          for (; j + 4 < per; j += 4) {  // the last vector, partial or not, below
+          for (; j + 4 <= whole; j += 4) {
             __m512 v[4];
             __m128i c[4];
             for (int r = 0; r < 4; ++r) v[r] = _mm512_loadu_ps(s + 16 * (j + r));
