@@ -452,61 +452,44 @@ void max_pool_avx512(const float* in, int h, int w, int c, float* out, int y0, i
   max_pool_rows<Zmm>(in, h, w, c, out, y0, y1, in_row0);
 }
 
-// The codes of P pixels of V vectors each (the last of a pixel's vectors masked with `last`),
-// their searches interleaved. Or, where per != V or first > 0, one pixel's vectors first ..
-// first + per - 1 (its last one masked) one at a time.
-template <int P, int V, typename Src, typename Dst>
-inline void requantize_pixels(const Search& search, Src src, Dst dst, int p, __mmask16 last, int per = V,
-                              int first = 0) {
-  if (per != V || first > 0) {  // vectors first .. first + per - 1 of pixel p, one at a time
-    const float* s = src(p) + 16 * first;
-    uint8_t* d = dst(p) + 16 * first;
-    for (int j = 0; j < per; ++j) {
-      const __mmask16 m = j == per - 1 ? last : __mmask16(0xFFFF);
-      _mm_mask_storeu_epi8(d + 16 * j, m, search.codes(_mm512_maskz_loadu_ps(m, s + 16 * j)));
-    }
-    return;
+// Vectors [j0, per) of one pixel's values at s, one at a time; the last one masked with `last`.
+inline void requantize_singly(const Search& search, const float* s, uint8_t* d, int j0, int per, __mmask16 last) {
+  for (int j = j0; j < per; ++j) {
+    const __mmask16 m = j == per - 1 ? last : __mmask16(0xFFFF);
+    _mm_mask_storeu_epi8(d + 16 * j, m, search.codes(_mm512_maskz_loadu_ps(m, s + 16 * j)));
   }
+}
+
+// The codes of pixels x .. x + P - 1 of V vectors each (a pixel's last vector masked with
+// `last`), their P * V searches interleaved.
+template <int P, int V, typename Src, typename Dst>
+inline void requantize_pixels(const Search& search, Src src, Dst dst, int x, __mmask16 last) {
   __m512 v[P * V];
   __m128i codes[P * V];
   for (int i = 0; i < P; ++i)
     for (int j = 0; j < V; ++j)
       v[i * V + j] =
-          j < V - 1 ? _mm512_loadu_ps(src(p + i) + 16 * j) : _mm512_maskz_loadu_ps(last, src(p + i) + 16 * j);
+          j < V - 1 ? _mm512_loadu_ps(src(x + i) + 16 * j) : _mm512_maskz_loadu_ps(last, src(x + i) + 16 * j);
   search.codes(v, codes);
   for (int i = 0; i < P; ++i) {
-    uint8_t* d = dst(p + i);
+    uint8_t* d = dst(x + i);
     for (int j = 0; j < V - 1; ++j) _mm_storeu_si128(reinterpret_cast<__m128i*>(d + 16 * j), codes[i * V + j]);
     if (last == 0xFFFF) _mm_storeu_si128(reinterpret_cast<__m128i*>(d + 16 * (V - 1)), codes[i * V + V - 1]);
     else _mm_mask_storeu_epi8(d + 16 * (V - 1), last, codes[i * V + V - 1]);
   }
 }
 
-// Four or more vectors at a time (independent searches interleaved). A contiguous run of whole
-// vectors (requantize() passes a contiguous image as one pixel) goes straight through. Otherwise
-// pixels of one vector go four at a time, of two or three vectors two at a time (ShuffleNetV2's
-// 24- and 48-channel values into bordered images or from channel slices: one at a time left
-// each search's dependency chain exposed), and larger pixels four of their whole vectors at a
-// time; a pixel's partial last vector is masked.
+// Four or more vectors at a time (independent searches interleaved): pixels of one vector four
+// at a time, of two or three vectors two at a time (ShuffleNetV2's 24- and 48-channel values
+// into bordered images or from channel slices: one at a time left each search's dependency
+// chain exposed), larger pixels four of their whole vectors at a time (requantize() passes a
+// contiguous image as one such pixel); a pixel's partial last vector masked.
 void requantize_avx512(const float* values, int h, int w, int n, int stride, const Requantizer& q,
                        const CodeImage& out) {
   const Search search(&q);
-  if (h == 1 && w == 1 && n % 16 == 0) {
-    uint8_t* dst = out.pixel(0, 0);
-    int c = 0;
-    for (; c + 64 <= n; c += 64) {
-      __m512 v[4];
-      __m128i codes[4];
-      for (int r = 0; r < 4; ++r) v[r] = _mm512_loadu_ps(values + c + 16 * r);
-      search.codes(v, codes);
-      for (int r = 0; r < 4; ++r) _mm_storeu_si128(reinterpret_cast<__m128i*>(dst + c + 16 * r), codes[r]);
-    }
-    for (; c < n; c += 16)
-      _mm_storeu_si128(reinterpret_cast<__m128i*>(dst + c), search.codes(_mm512_loadu_ps(values + c)));
-    return;
-  }
   const int per = (n + 15) / 16;
   const __mmask16 last = lane_mask(n - 16 * (per - 1));
+  const int whole = last == 0xFFFF ? per : per - 1;  // a pixel's vectors that need no mask
   for (int y = 0; y < h; ++y) {
     const float* row = values + size_t(y) * w * size_t(stride);
     uint8_t* codes = out.pixel(y, 0);
@@ -527,7 +510,6 @@ void requantize_avx512(const float* values, int h, int w, int n, int stride, con
         for (; x < w; ++x) {
           const float* s = src(x);
           uint8_t* d = dst(x);
-          const int whole = last == 0xFFFF ? per : per - 1;  // a partial last vector: below
           int j = 0;
           for (; j + 4 <= whole; j += 4) {
             __m512 v[4];
@@ -536,10 +518,10 @@ void requantize_avx512(const float* values, int h, int w, int n, int stride, con
             search.codes(v, c);
             for (int r = 0; r < 4; ++r) _mm_storeu_si128(reinterpret_cast<__m128i*>(d + 16 * (j + r)), c[r]);
           }
-          requantize_pixels<1, 1>(search, src, dst, x, last, per - j, j);
+          requantize_singly(search, s, d, j, per, last);
         }
     }
-    for (; x < w; ++x) requantize_pixels<1, 1>(search, src, dst, x, last, per);
+    for (; x < w; ++x) requantize_singly(search, src(x), dst(x), 0, per, last);  // a row's last pixels
   }
 }
 

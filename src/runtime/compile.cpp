@@ -55,7 +55,8 @@ void Model::Impl::compile() {
   for (size_t v = 0; v < n; ++v)
     for (int c : consumers[v]) {
       if (fused_into[v] == c) continue;  // the conv's value is the sum's
-      if (sliced(int(v)) && (graph[size_t(c)].op == Op::concat || (quantized(c) && codes_for[v] != c))) continue;
+      // (a slice gets no codes from an epilogue: its quantised readers requantise it in place)
+      if (sliced(int(v)) && (graph[size_t(c)].op == Op::concat || quantized(c))) continue;
       if (quantized(c) && codes_for[v] == c) continue;
       if (v == 0 && graph[size_t(c)].op == Op::conv && !quantized(c)) continue;  // int8 convs read the padded image
       need_float[v] = true;

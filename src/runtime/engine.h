@@ -234,13 +234,13 @@ struct Model::Impl {
     (*o.layer_seconds)[size_t(index)] += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   }
 
-  // Requantises the float value at `values` (pixels `stride` floats apart: a channel slice read
-  // in place; 0 for contiguous pixels) into the input codes of layer `consumer`.
+  // Requantises the float value at `values` (pixels `stride` floats apart: more than the
+  // consumer's channels for a channel slice read in place) into the input codes of layer
+  // `consumer`.
   void requantize(const float* values, int stride, int consumer, Workspace& ws, const EngineOptions& o) const {
     const Layer& l = layers[size_t(consumer)];
     const graph::Shape s = layer_input(size_t(consumer));
     const kernels::CodeImage& all = ws.codes[size_t(consumer)];
-    if (stride == 0) stride = s.channels;
     engine::parallel_rows(o.threads, s.height, [&](int y0, int y1) {
       kernels::CodeImage rows = all;
       rows.data += size_t(y0) * all.padded_w() * all.cs;
