@@ -40,8 +40,18 @@ void Model::Impl::compile() {
   }
   // Values that an epilogue makes, and the quantised reader that gets its codes from it (the
   // last one; the others requantise the float value right before they run).
+  // The int8 first layer on the image makes them too, unless a max-pool is fused into it
+  // (conv_on_image: in bands of rows where only codes come out).
   std::vector<int> codes_for(n, -1);
-  auto from_epilogue = [&](size_t v) { return (quantized_conv(int(v)) && fused_into[v] < 0) || fused_conv[v] >= 0; };
+  auto first_layer = [&](size_t v) {
+    const graph::Node& node = graph[v];
+    const auto& readers = consumers[v];
+    return node.op == Op::conv && layer_of[v] >= 0 && !quantized(int(v)) && node.inputs[0] == 0 &&
+           !(readers.size() == 1 && is_stem_pool(graph[size_t(readers[0])]));
+  };
+  auto from_epilogue = [&](size_t v) {
+    return (quantized_conv(int(v)) && fused_into[v] < 0) || fused_conv[v] >= 0 || first_layer(v);
+  };
   for (size_t v = 0; v < n; ++v) {
     if (!from_epilogue(v)) continue;
     for (int c : consumers[v])
@@ -101,6 +111,7 @@ void Model::Impl::compile() {
         } else {
           s.kind = StepKind::conv_float;
           if (node.inputs[0] != 0) s.reads = {node.inputs[0]};
+          s.codes_for = codes_for[i] >= 0 ? layer_of[size_t(codes_for[i])] : -1;
           const auto& readers = consumers[i];
           if (node.inputs[0] == 0 && readers.size() == 1 && is_stem_pool(graph[size_t(readers[0])])) {
             s.pool = readers[0];
@@ -260,6 +271,7 @@ void Model::Impl::plan_code_buffers() {
       write(s.codes_for);
       ran(s.layer);
     }
+    if (s.kind == StepKind::conv_float) write(s.codes_for);
   }
   code_buffers = int(shape.size());
   for (size_t i = 0; i < layers.size(); ++i)

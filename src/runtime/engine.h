@@ -86,7 +86,7 @@ struct Step {
   int out = -1;            // float buffer written, -1 for none
   std::vector<int> in;     // float buffers of `reads`
   // conv_codes: the sum's other operand (a node; its buffer in residual_buffer), the layer
-  // whose codes the epilogue makes.
+  // whose codes the epilogue makes (conv_float on the image: the layer whose codes it makes).
   int residual = -1, residual_buffer = -1;
   int codes_for = -1;
   bool relu = false;
@@ -238,16 +238,19 @@ struct Model::Impl {
   // consumer's channels for a channel slice read in place) into the input codes of layer
   // `consumer`.
   void requantize(const float* values, int stride, int consumer, Workspace& ws, const EngineOptions& o) const {
-    const Layer& l = layers[size_t(consumer)];
     const graph::Shape s = layer_input(size_t(consumer));
-    const kernels::CodeImage& all = ws.codes[size_t(consumer)];
     engine::parallel_rows(o.threads, s.height, [&](int y0, int y1) {
-      kernels::CodeImage rows = all;
-      rows.data += size_t(y0) * all.padded_w() * all.cs;
-      rows.h = y1 - y0;
-      kernels::requantize(values + size_t(y0) * s.width * size_t(stride), y1 - y0, s.width, s.channels, l.input, rows,
-                          o.isa, stride);
+      requantize_rows(values + size_t(y0) * s.width * size_t(stride), stride, consumer, y0, y1, ws, o.isa);
     });
+  }
+  // Rows [y0, y1) of requantize(), whose values start at `values`.
+  void requantize_rows(const float* values, int stride, int consumer, int y0, int y1, Workspace& ws,
+                       kernels::GemmIsa isa) const {
+    const graph::Shape s = layer_input(size_t(consumer));
+    kernels::CodeImage rows = ws.codes[size_t(consumer)];
+    rows.data += size_t(y0) * rows.padded_w() * rows.cs;
+    rows.h = y1 - y0;
+    kernels::requantize(values, y1 - y0, s.width, s.channels, layers[size_t(consumer)].input, rows, isa, stride);
   }
 
   static void max_pool(const float* in, int h, int w, int c, float* out, int y0, int y1, int in_row0,
@@ -257,7 +260,7 @@ struct Model::Impl {
     });
   }
 
-  void conv_on_image(const Step& s, const float* image, Workspace& ws, float* out, const EngineOptions& o) const;
+  float* conv_on_image(const Step& s, const float* image, Workspace& ws, float* out, const EngineOptions& o) const;
   void run_step(const Step& s, const float* image, Workspace& ws, const EngineOptions& o,
                 std::vector<std::vector<float>>* taps) const;
   // One image: its steps, writing num_classes logits (and the tap values if taps is set).

@@ -25,40 +25,53 @@ using engine::is_stem_pool;
 using engine::kStemBand;
 using graph::Op;
 
-// An int8 convolution reading the image: on 8-bit pixels where it can (a fused max-pool in
-// bands of rows whose stem rows stay in cache), else on the float image.
-void Model::Impl::conv_on_image(const Step& s, const float* image, Workspace& ws, float* out,
-                                const EngineOptions& o) const {
+// An int8 convolution reading the image: on 8-bit pixels where it can, else on the float image.
+// On pixels, with a fused max-pool or where only the consumer's codes come out (out == null), in
+// bands of rows that stay in cache: each band is pooled, or clamped and requantised, right after
+// it is made. Returns where the whole float value was written (out, or ws.stem where out is
+// null), or null where the bands made the codes.
+float* Model::Impl::conv_on_image(const Step& s, const float* image, Workspace& ws, float* out,
+                                  const EngineOptions& o) const {
   const Layer& stem = layers[size_t(s.layer)];
   const graph::Shape& cs = shape(stem.node);
   const int h = cs.height, w = cs.width, sc = cs.channels;
   const bool vnni = o.isa == kernels::GemmIsa::avx512_vnni || o.isa == kernels::GemmIsa::avx_vnni;
   const bool pool = s.pool >= 0;
-  const int ph = pool ? shape(s.pool).height : h;
   const bool pixels = o.pixel_stem && vnni && s.layer == pixel_layer && stem.packed_pixels &&
                       kernels::to_pixels(image, info.mean, info.std, ws.pixels, o.isa);
-  if (pixels && pool) {
-    // Each thread takes its own pooled rows, in bands of kStemBand whose stem rows it computes
-    // into its own part of ws.stem and pools while they are in its cache: one parallel region,
-    // not two per band (ResNet-18 at two threads: the stem and pool took 0.59 ms against 0.67 at
-    // one, the stem's barriers and the pool's reading of rows the other core wrote). A band's
-    // first stem row is its previous band's last, computed again. Per-layer timing
-    // (o.layer_seconds) runs one part, so that the stem alone is timed.
-    const size_t band = size_t(2 * kStemBand + 1) * size_t(w) * size_t(sc);
+  if (pixels && (pool || !out)) {
+    // Each thread takes its own rows (pooled rows with a pool), in bands of kStemBand whose stem
+    // rows it computes into its own part of ws.stem and pools or requantises while they are in
+    // its cache: one parallel region, not two per band (ResNet-18 at two threads: the stem and
+    // pool took 0.59 ms against 0.67 at one, the stem's barriers and the pool's reading of rows
+    // the other core wrote). With a pool, a band's first stem row is its previous band's last,
+    // computed again. Per-layer timing (o.layer_seconds) runs one part, so that the stem alone
+    // is timed.
+    const int rows = pool ? shape(s.pool).height : h;
+    const size_t band = size_t(pool ? 2 * kStemBand + 1 : kStemBand) * size_t(w) * size_t(sc);
     const int parts =
         o.layer_seconds
             ? 1
-            : std::max(1, std::min({o.threads, (ph + kStemBand - 1) / kStemBand, int(ws.stem.size() / band)}));
+            : std::max(1, std::min({o.threads, (rows + kStemBand - 1) / kStemBand, int(ws.stem.size() / band)}));
+    // The clamp of a ReLU6 changes no code where it is at or above the last threshold.
+    const std::vector<float>* thresholds = pool ? nullptr : &layers[size_t(s.codes_for)].input.thresholds;
+    const bool clamp = thresholds && !(!thresholds->empty() && s.relu_max >= thresholds->back());
     auto run_part = [&](int part) {
-      float* rows = ws.stem.data() + size_t(part) * band;
-      const int end = ph * (part + 1) / parts;
-      for (int py0 = ph * part / parts; py0 < end; py0 += kStemBand) {
-        const int py1 = std::min(end, py0 + kStemBand), r0 = std::max(0, 2 * py0 - 1), r1 = std::min(h, 2 * py1);
+      float* buffer = ws.stem.data() + size_t(part) * band;
+      const int end = rows * (part + 1) / parts;
+      for (int r0 = rows * part / parts; r0 < end; r0 += kStemBand) {
+        const int r1 = std::min(end, r0 + kStemBand);
+        const int y0 = pool ? std::max(0, 2 * r0 - 1) : r0, y1 = pool ? std::min(h, 2 * r1) : r1;  // stem rows
         timed(o, s.layer, [&] {
-          kernels::conv_stem_u8(ws.pixels, *stem.packed_pixels, stem.scale.data(), stem.bias.data(), s.relu, rows,
-                                o.isa, 1, r0, r1);
+          kernels::conv_stem_u8(ws.pixels, *stem.packed_pixels, stem.scale.data(), stem.bias.data(), s.relu, buffer,
+                                o.isa, 1, y0, y1);
         });
-        kernels::max_pool_3x3s2(rows, h, w, sc, out, o.isa, py0, py1, r0);
+        if (pool) {
+          kernels::max_pool_3x3s2(buffer, h, w, sc, out, o.isa, r0, r1, y0);
+          continue;
+        }
+        if (clamp) clamp_above(buffer, size_t(r1 - r0) * size_t(w) * size_t(sc), s);
+        requantize_rows(buffer, sc, s.codes_for, r0, r1, ws, o.isa);
       }
     };
     if (parts == 1) {
@@ -67,24 +80,28 @@ void Model::Impl::conv_on_image(const Step& s, const float* image, Workspace& ws
 #pragma omp parallel for num_threads(parts) schedule(static, 1)
       for (int part = 0; part < parts; ++part) run_part(part);
     }
-  } else if (pixels) {
+    return pool ? out : nullptr;
+  }
+  float* target = out ? out : ws.stem.data();
+  if (pixels) {
     timed(o, s.layer, [&] {
-      kernels::conv_stem_u8(ws.pixels, *stem.packed_pixels, stem.scale.data(), stem.bias.data(), s.relu, out, o.isa,
+      kernels::conv_stem_u8(ws.pixels, *stem.packed_pixels, stem.scale.data(), stem.bias.data(), s.relu, target, o.isa,
                             o.threads);
     });
-  } else {
-    const graph::Shape& in = shape(0);
-    for (int y = 0; y < in.height; ++y)
-      for (int x = 0; x < in.width; ++x) {
-        float* dst = ws.image.pixel(y, x);
-        for (int ci = 0; ci < in.channels; ++ci) dst[ci] = image[(size_t(ci) * in.height + y) * in.width + x];
-      }
-    timed(o, s.layer, [&] {
-      kernels::conv_f32(ws.image, stem.packed_float, stem.scale.data(), stem.bias.data(), s.relu,
-                        pool ? ws.stem.data() : out, o.isa, o.threads);
-    });
-    if (pool) max_pool(ws.stem.data(), h, w, sc, out, 0, ph, 0, o);
+    return target;
   }
+  const graph::Shape& in = shape(0);
+  for (int y = 0; y < in.height; ++y)
+    for (int x = 0; x < in.width; ++x) {
+      float* dst = ws.image.pixel(y, x);
+      for (int ci = 0; ci < in.channels; ++ci) dst[ci] = image[(size_t(ci) * in.height + y) * in.width + x];
+    }
+  timed(o, s.layer, [&] {
+    kernels::conv_f32(ws.image, stem.packed_float, stem.scale.data(), stem.bias.data(), s.relu,
+                      pool ? ws.stem.data() : target, o.isa, o.threads);
+  });
+  if (pool) max_pool(ws.stem.data(), h, w, sc, out, 0, shape(s.pool).height, 0, o);
+  return target;
 }
 
 void Model::Impl::run_conv(const Step& s, Workspace& ws, float* out, const EngineOptions& o, ConvVariant v) const {
@@ -133,10 +150,15 @@ void Model::Impl::run_step(const Step& s, const float* image, Workspace& ws, con
     }
     case StepKind::conv_float: {
       const Layer& l = layers[size_t(s.layer)];
-      float* target = out ? out : (ws.tap.resize(std::max(ws.tap.size(), size_t(os.size()))), ws.tap.data());
+      float* target = out;
+      if (!target && (taps || !s.reads.empty())) {
+        ws.tap.resize(std::max(ws.tap.size(), size_t(os.size())));
+        target = ws.tap.data();
+      }
       if (s.reads.empty()) {
-        conv_on_image(s, image, ws, target, o);
-      } else {  // a float value: copied into a zero-bordered image
+        target = conv_on_image(s, image, ws, target, o);
+        if (!target) return;  // only codes, made in bands
+      } else {                // a float value: copied into a zero-bordered image
         const graph::Shape& is = shape(s.reads[0]);
         const int pad = int(l.record.padding);
         kernels::FloatImage padded{ws.padded.data(), is.height, is.width, is.channels, pad};
@@ -148,6 +170,7 @@ void Model::Impl::run_step(const Step& s, const float* image, Workspace& ws, con
         });
       }
       clamp_above(target, size_t(os.size()), s);  // after a fused max-pool too: the two commute
+      if (s.codes_for >= 0) requantize(target, os.channels, s.codes_for, ws, o);
       if (taps) taps->emplace_back(target, target + os.size());
       return;
     }
@@ -342,7 +365,8 @@ std::unique_ptr<engine::Workspace> Model::Impl::acquire() const {
   }
   ws->buffers.assign(size_t(float_buffers), std::vector<float>(max_feature));
   for (const Step& s : steps)
-    if (s.pool >= 0) ws->stem.resize(std::max(ws->stem.size(), size_t(shape(layers[size_t(s.layer)].node).size())));
+    if (s.pool >= 0 || (s.kind == StepKind::conv_float && s.reads.empty() && s.codes_for >= 0 && s.out < 0))
+      ws->stem.resize(std::max(ws->stem.size(), size_t(shape(layers[size_t(s.layer)].node).size())));
   ws->padded.assign(max_padded, 0.0f);
   return ws;
 }

@@ -127,14 +127,26 @@ TEST(Engine, FirstLayerOnPixelsMatchesTheFloatFirstLayer) {
   if (vnni.empty()) GTEST_SKIP() << "the first layer runs on pixels on the VNNI paths only";
   torch::set_num_threads(1);
   const std::vector<float> mean{0.485f, 0.456f, 0.406f}, std{0.229f, 0.224f, 0.225f};
-  for (const Case& c : {Case{"resnet20", "A", 4, apot::levels::Kind::apot, 32},
-                        Case{"resnet18", "B", 4, apot::levels::Kind::apot, 72}}) {
+  // MobileNetV2: a stride-2 first layer with a ReLU6 whose only reader is quantised, so that
+  // without taps only codes come out of it, made in bands.
+  for (const Case& c :
+       {Case{"resnet20", "A", 4, apot::levels::Kind::apot, 32}, Case{"resnet18", "B", 4, apot::levels::Kind::apot, 72},
+        Case{"mobilenet_v2", "A", 4, apot::levels::Kind::apot, 72, 0.5}}) {
     torch::manual_seed(7);
     auto model = make(c.arch, c.shortcut, c.width_mult);
     QuantPolicy policy;
     policy.weight_bits = policy.act_bits = c.bits;
     apot::qat::apply_policy(*model, policy);
     randomise(model, 3);
+    if (c.arch == "mobilenet_v2") {  // clipping above 6 and a first layer that passes 6: its clamp changes codes
+      torch::NoGradGuard no_grad;
+      bool first = true;
+      for (auto& m : model->modules(false)) {
+        if (auto* q = dynamic_cast<apot::qat::QuantConv2dImpl*>(m.get())) q->act_alpha.uniform_(7.0, 9.0);
+        if (auto* bn = dynamic_cast<torch::nn::BatchNorm2dImpl*>(m.get()); bn && first) bn->weight.uniform_(4.0, 6.0);
+        if (dynamic_cast<torch::nn::BatchNorm2dImpl*>(m.get())) first = false;
+      }
+    }
     model->eval();
     apot::exporter::ExportInfo info;
     info.height = info.width = c.size;
@@ -178,15 +190,19 @@ TEST(Engine, FirstLayerOnPixelsMatchesTheFloatFirstLayer) {
       const torch::Tensor y = torch::randn({1, 3, c.size, c.size});
       EXPECT_EQ(inspect.run(y.data_ptr<float>(), 1, on), inspect.run(y.data_ptr<float>(), 1, off)) << what;
       // One image on two threads: each takes its own pooled rows in bands (ResNet-18 at 72: 18
-      // pooled rows, 9 each, a band of 8 and one of 1), the same bits as on one thread.
+      // pooled rows, 9 each, a band of 8 and one of 1), the same bits as on one thread. Without
+      // taps, MobileNetV2's first layer makes its reader's codes band by band (36 rows: bands of
+      // 8, 8 and 2 per thread; 8 x 4 and 4 on one), with taps from its whole value: the same bits.
       apot::runtime::EngineOptions two = on;
       two.threads = 2;
       for (int b = 0; b < batch; ++b) {
         const float* image = x.data_ptr<float>() + size_t(b) * 3 * size_t(c.size) * size_t(c.size);
         std::vector<std::vector<float>> taps_one, taps_two;
-        EXPECT_EQ(inspect.run_with_taps(image, 1, taps_two, two), inspect.run_with_taps(image, 1, taps_one, on))
-            << what << ", two threads";
+        const std::vector<float> logits_one = inspect.run_with_taps(image, 1, taps_one, on);
+        EXPECT_EQ(inspect.run_with_taps(image, 1, taps_two, two), logits_one) << what << ", two threads";
         EXPECT_EQ(taps_two[0], taps_one[0]) << what << ", two threads";
+        EXPECT_EQ(inspect.run(image, 1, on), logits_one) << what << ", without taps";
+        EXPECT_EQ(inspect.run(image, 1, two), logits_one) << what << ", without taps, two threads";
       }
     }
   }
