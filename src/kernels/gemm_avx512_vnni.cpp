@@ -346,15 +346,19 @@ void stem_tile(const StemArgs& a, int m, int valid, int nb) {
           for (int j = 0; j < NB; ++j) acc[c][r + 1][j] = dpbusd(acc[c][r + 1][j], av, shifted[j]);
       }
     }
+  // The reference's sum starts from 0; 0 + a_0 A_0 is a_0 A_0 (a_0 > 0 and A_0 an integer: never
+  // -0), so the first product starts it here.
+  __m512 pixel_scale[C];
+  for (int c = 0; c < C; ++c) pixel_scale[c] = _mm512_set1_ps(w.pixel_scale[size_t(c)]);
   for (int j = 0; j < NB; ++j) {
     const int n0 = (nb + j) * 16;
     const __mmask16 mask = lane_mask(w.out_channels - n0);
     const __m512 scale = _mm512_maskz_loadu_ps(mask, a.scale + n0), bias = _mm512_maskz_loadu_ps(mask, a.bias + n0);
-    for (int r = 0; r < valid; ++r) {
-      __m512 sum = _mm512_setzero_ps();
-      for (int c = 0; c < C; ++c)
-        sum = _mm512_add_ps(sum,
-                            _mm512_mul_ps(_mm512_set1_ps(w.pixel_scale[size_t(c)]), _mm512_cvtepi32_ps(acc[c][r][j])));
+    for (int r = 0; r < R; ++r) {
+      if (r >= valid) break;
+      __m512 sum = _mm512_mul_ps(pixel_scale[0], _mm512_cvtepi32_ps(acc[0][r][j]));
+      for (int c = 1; c < C; ++c)
+        sum = _mm512_add_ps(sum, _mm512_mul_ps(pixel_scale[c], _mm512_cvtepi32_ps(acc[c][r][j])));
       __m512 v = _mm512_add_ps(_mm512_mul_ps(scale, _mm512_sub_ps(sum, _mm512_loadu_ps(d[r] + n0))), bias);
       if (a.relu) v = _mm512_max_ps(_mm512_setzero_ps(), v);
       _mm512_mask_storeu_ps(a.out + size_t(m + r - a.m_base) * w.out_channels + n0, mask, v);
