@@ -40,14 +40,19 @@ void Model::Impl::compile() {
   }
   // Values that an epilogue makes, and the quantised reader that gets its codes from it (the
   // last one; the others requantise the float value right before they run).
-  // The int8 first layer on the image makes them too, unless a max-pool is fused into it
-  // (conv_on_image: in bands of rows where only codes come out).
+  // The int8 first layer on the image makes them too, or with a max-pool fused into it the pool
+  // (conv_on_image: in bands of rows, with a pool or where only codes come out).
   std::vector<int> codes_for(n, -1);
+  auto on_image = [&](size_t v) {
+    const graph::Node& node = graph[v];
+    return node.op == Op::conv && layer_of[v] >= 0 && !quantized(int(v)) && node.inputs[0] == 0;
+  };
+  auto pooled = [&](size_t v) {  // a first layer on the image with a fused max-pool
+    return on_image(v) && consumers[v].size() == 1 && is_stem_pool(graph[size_t(consumers[v][0])]);
+  };
   auto first_layer = [&](size_t v) {
     const graph::Node& node = graph[v];
-    const auto& readers = consumers[v];
-    return node.op == Op::conv && layer_of[v] >= 0 && !quantized(int(v)) && node.inputs[0] == 0 &&
-           !(readers.size() == 1 && is_stem_pool(graph[size_t(readers[0])]));
+    return (on_image(v) && !pooled(v)) || (is_stem_pool(node) && pooled(size_t(node.inputs[0])));
   };
   auto from_epilogue = [&](size_t v) {
     return (quantized_conv(int(v)) && fused_into[v] < 0) || fused_conv[v] >= 0 || first_layer(v);
@@ -111,13 +116,11 @@ void Model::Impl::compile() {
         } else {
           s.kind = StepKind::conv_float;
           if (node.inputs[0] != 0) s.reads = {node.inputs[0]};
-          s.codes_for = codes_for[i] >= 0 ? layer_of[size_t(codes_for[i])] : -1;
-          const auto& readers = consumers[i];
-          if (node.inputs[0] == 0 && readers.size() == 1 && is_stem_pool(graph[size_t(readers[0])])) {
-            s.pool = readers[0];
-            s.node = readers[0];
-            skip[size_t(readers[0])] = true;
+          if (pooled(i)) {
+            s.pool = s.node = consumers[i][0];
+            skip[size_t(s.pool)] = true;
           }
+          s.codes_for = codes_for[size_t(s.node)] >= 0 ? layer_of[size_t(codes_for[size_t(s.node)])] : -1;
         }
         break;
       case Op::add:

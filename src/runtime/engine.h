@@ -260,7 +260,11 @@ struct Model::Impl {
     });
   }
 
-  float* conv_on_image(const Step& s, const float* image, Workspace& ws, float* out, const EngineOptions& o) const;
+  struct ImageConv {
+    float* values;  // the whole float value, or null
+    bool codes;     // the codes of the step's codes_for were made
+  };
+  ImageConv conv_on_image(const Step& s, const float* image, Workspace& ws, float* out, const EngineOptions& o) const;
   void run_step(const Step& s, const float* image, Workspace& ws, const EngineOptions& o,
                 std::vector<std::vector<float>>* taps) const;
   // One image: its steps, writing num_classes logits (and the tap values if taps is set).

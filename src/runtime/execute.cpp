@@ -27,11 +27,12 @@ using graph::Op;
 
 // An int8 convolution reading the image: on 8-bit pixels where it can, else on the float image.
 // On pixels, with a fused max-pool or where only the consumer's codes come out (out == null), in
-// bands of rows that stay in cache: each band is pooled, or clamped and requantised, right after
-// it is made. Returns where the whole float value was written (out, or ws.stem where out is
-// null), or null where the bands made the codes.
-float* Model::Impl::conv_on_image(const Step& s, const float* image, Workspace& ws, float* out,
-                                  const EngineOptions& o) const {
+// bands of rows that stay in cache: each band is pooled and made into the consumer's codes right
+// after it is made (clamped first where the clamp can change a code). Returns where the whole
+// float value was written (out, or ws.stem where out is null; null where only codes were made)
+// and whether the codes of s.codes_for were made.
+Model::Impl::ImageConv Model::Impl::conv_on_image(const Step& s, const float* image, Workspace& ws, float* out,
+                                                  const EngineOptions& o) const {
   const Layer& stem = layers[size_t(s.layer)];
   const graph::Shape& cs = shape(stem.node);
   const int h = cs.height, w = cs.width, sc = cs.channels;
@@ -53,9 +54,11 @@ float* Model::Impl::conv_on_image(const Step& s, const float* image, Workspace& 
         o.layer_seconds
             ? 1
             : std::max(1, std::min({o.threads, (rows + kStemBand - 1) / kStemBand, int(ws.stem.size() / band)}));
-    // The clamp of a ReLU6 changes no code where it is at or above the last threshold.
-    const std::vector<float>* thresholds = pool ? nullptr : &layers[size_t(s.codes_for)].input.thresholds;
-    const bool clamp = thresholds && !(!thresholds->empty() && s.relu_max >= thresholds->back());
+    // The clamp of a ReLU6 changes no code where it is at or above the last threshold (pooled
+    // values are clamped in any case: they are kept).
+    const std::vector<float>* thresholds = s.codes_for >= 0 ? &layers[size_t(s.codes_for)].input.thresholds : nullptr;
+    const bool clamp = pool || (thresholds && !(!thresholds->empty() && s.relu_max >= thresholds->back()));
+    const int pw = pool ? shape(s.pool).width : w;
     auto run_part = [&](int part) {
       float* buffer = ws.stem.data() + size_t(part) * band;
       const int end = rows * (part + 1) / parts;
@@ -66,12 +69,10 @@ float* Model::Impl::conv_on_image(const Step& s, const float* image, Workspace& 
           kernels::conv_stem_u8(ws.pixels, *stem.packed_pixels, stem.scale.data(), stem.bias.data(), s.relu, buffer,
                                 o.isa, 1, y0, y1);
         });
-        if (pool) {
-          kernels::max_pool_3x3s2(buffer, h, w, sc, out, o.isa, r0, r1, y0);
-          continue;
-        }
-        if (clamp) clamp_above(buffer, size_t(r1 - r0) * size_t(w) * size_t(sc), s);
-        requantize_rows(buffer, sc, s.codes_for, r0, r1, ws, o.isa);
+        float* values = pool ? out + size_t(r0) * size_t(pw) * size_t(sc) : buffer;  // rows r0 .. r1
+        if (pool) kernels::max_pool_3x3s2(buffer, h, w, sc, out, o.isa, r0, r1, y0);
+        if (clamp) clamp_above(values, size_t(r1 - r0) * size_t(pw) * size_t(sc), s);
+        if (s.codes_for >= 0) requantize_rows(values, sc, s.codes_for, r0, r1, ws, o.isa);
       }
     };
     if (parts == 1) {
@@ -80,7 +81,7 @@ float* Model::Impl::conv_on_image(const Step& s, const float* image, Workspace& 
 #pragma omp parallel for num_threads(parts) schedule(static, 1)
       for (int part = 0; part < parts; ++part) run_part(part);
     }
-    return pool ? out : nullptr;
+    return {pool ? out : nullptr, true};
   }
   float* target = out ? out : ws.stem.data();
   if (pixels) {
@@ -88,7 +89,7 @@ float* Model::Impl::conv_on_image(const Step& s, const float* image, Workspace& 
       kernels::conv_stem_u8(ws.pixels, *stem.packed_pixels, stem.scale.data(), stem.bias.data(), s.relu, target, o.isa,
                             o.threads);
     });
-    return target;
+    return {target, false};
   }
   const graph::Shape& in = shape(0);
   for (int y = 0; y < in.height; ++y)
@@ -101,7 +102,7 @@ float* Model::Impl::conv_on_image(const Step& s, const float* image, Workspace& 
                       pool ? ws.stem.data() : target, o.isa, o.threads);
   });
   if (pool) max_pool(ws.stem.data(), h, w, sc, out, 0, shape(s.pool).height, 0, o);
-  return target;
+  return {target, false};
 }
 
 void Model::Impl::run_conv(const Step& s, Workspace& ws, float* out, const EngineOptions& o, ConvVariant v) const {
@@ -155,10 +156,13 @@ void Model::Impl::run_step(const Step& s, const float* image, Workspace& ws, con
         ws.tap.resize(std::max(ws.tap.size(), size_t(os.size())));
         target = ws.tap.data();
       }
+      bool codes = false;  // made
       if (s.reads.empty()) {
-        target = conv_on_image(s, image, ws, target, o);
-        if (!target) return;  // only codes, made in bands
-      } else {                // a float value: copied into a zero-bordered image
+        const ImageConv made = conv_on_image(s, image, ws, target, o);
+        if (!made.values) return;  // only codes, made in bands
+        target = made.values;
+        codes = made.codes;
+      } else {  // a float value: copied into a zero-bordered image
         const graph::Shape& is = shape(s.reads[0]);
         const int pad = int(l.record.padding);
         kernels::FloatImage padded{ws.padded.data(), is.height, is.width, is.channels, pad};
@@ -170,7 +174,7 @@ void Model::Impl::run_step(const Step& s, const float* image, Workspace& ws, con
         });
       }
       clamp_above(target, size_t(os.size()), s);  // after a fused max-pool too: the two commute
-      if (s.codes_for >= 0) requantize(target, os.channels, s.codes_for, ws, o);
+      if (s.codes_for >= 0 && !codes) requantize(target, os.channels, s.codes_for, ws, o);
       if (taps) taps->emplace_back(target, target + os.size());
       return;
     }
