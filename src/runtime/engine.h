@@ -262,7 +262,7 @@ struct Model::Impl {
 
   struct ImageConv {
     float* values;  // the whole float value, or null
-    bool codes;     // the codes of the step's codes_for were made
+    bool in_bands;  // the bands clamped the values and made the codes of the step's codes_for
   };
   ImageConv conv_on_image(const Step& s, const float* image, Workspace& ws, float* out, const EngineOptions& o) const;
   void run_step(const Step& s, const float* image, Workspace& ws, const EngineOptions& o,

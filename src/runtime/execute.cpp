@@ -30,7 +30,7 @@ using graph::Op;
 // bands of rows that stay in cache: each band is pooled and made into the consumer's codes right
 // after it is made (clamped first where the clamp can change a code). Returns where the whole
 // float value was written (out, or ws.stem where out is null; null where only codes were made)
-// and whether the codes of s.codes_for were made.
+// and whether it ran in bands (which clamped the kept values and made the codes of s.codes_for).
 Model::Impl::ImageConv Model::Impl::conv_on_image(const Step& s, const float* image, Workspace& ws, float* out,
                                                   const EngineOptions& o) const {
   const Layer& stem = layers[size_t(s.layer)];
@@ -57,7 +57,7 @@ Model::Impl::ImageConv Model::Impl::conv_on_image(const Step& s, const float* im
     // The clamp of a ReLU6 changes no code where it is at or above the last threshold (pooled
     // values are clamped in any case: they are kept).
     const std::vector<float>* thresholds = s.codes_for >= 0 ? &layers[size_t(s.codes_for)].input.thresholds : nullptr;
-    const bool clamp = pool || (thresholds && !(!thresholds->empty() && s.relu_max >= thresholds->back()));
+    const bool clamp = pool || (thresholds && !thresholds->empty() && s.relu_max < thresholds->back());
     const int pw = pool ? shape(s.pool).width : w;
     auto run_part = [&](int part) {
       float* buffer = ws.stem.data() + size_t(part) * band;
@@ -156,12 +156,12 @@ void Model::Impl::run_step(const Step& s, const float* image, Workspace& ws, con
         ws.tap.resize(std::max(ws.tap.size(), size_t(os.size())));
         target = ws.tap.data();
       }
-      bool codes = false;  // made
+      bool in_bands = false;
       if (s.reads.empty()) {
         const ImageConv made = conv_on_image(s, image, ws, target, o);
         if (!made.values) return;  // only codes, made in bands
         target = made.values;
-        codes = made.codes;
+        in_bands = made.in_bands;
       } else {  // a float value: copied into a zero-bordered image
         const graph::Shape& is = shape(s.reads[0]);
         const int pad = int(l.record.padding);
@@ -173,8 +173,10 @@ void Model::Impl::run_step(const Step& s, const float* image, Workspace& ws, con
           kernels::conv_f32(padded, l.packed_float, l.scale.data(), l.bias.data(), s.relu, target, o.isa, o.threads);
         });
       }
-      clamp_above(target, size_t(os.size()), s);  // after a fused max-pool too: the two commute
-      if (s.codes_for >= 0 && !codes) requantize(target, os.channels, s.codes_for, ws, o);
+      if (!in_bands) {
+        clamp_above(target, size_t(os.size()), s);  // after a fused max-pool too: the two commute
+        if (s.codes_for >= 0) requantize(target, os.channels, s.codes_for, ws, o);
+      }
       if (taps) taps->emplace_back(target, target + os.size());
       return;
     }
