@@ -46,7 +46,7 @@ Model::Impl::ImageConv Model::Impl::conv_on_image(const Step& s, const float* im
     // its cache: one parallel region, not two per band (ResNet-18 at two threads: the stem and
     // pool took 0.59 ms against 0.67 at one, the stem's barriers and the pool's reading of rows
     // the other core wrote). With a pool, a band's first stem row is its previous band's last,
-    // computed again. Per-layer timing (o.layer_seconds) runs one part, so that the stem alone
+    // kept in the buffer. Per-layer timing (o.layer_seconds) runs one part, so that the stem alone
     // is timed.
     const int rows = pool ? shape(s.pool).height : h;
     const size_t band = size_t(pool ? 2 * kStemBand + 1 : kStemBand) * size_t(w) * size_t(sc);
@@ -65,9 +65,17 @@ Model::Impl::ImageConv Model::Impl::conv_on_image(const Step& s, const float* im
       for (int r0 = rows * part / parts; r0 < end; r0 += kStemBand) {
         const int r1 = std::min(end, r0 + kStemBand);
         const int y0 = pool ? std::max(0, 2 * r0 - 1) : r0, y1 = pool ? std::min(h, 2 * r1) : r1;  // stem rows
+        // With a pool, the band's first stem row is the last one of the band before in this
+        // part: moved to the buffer's start instead of computed again (1 row in 17).
+        const bool kept = pool && r0 > rows * part / parts && y0 == 2 * r0 - 1;
+        const size_t stem_row = size_t(w) * size_t(sc);
+        if (kept) {
+          const int previous_y0 = std::max(0, 2 * (r0 - kStemBand) - 1);
+          std::copy_n(buffer + size_t(y0 - previous_y0) * stem_row, stem_row, buffer);
+        }
         timed(o, s.layer, [&] {
-          kernels::conv_stem_u8(ws.pixels, *stem.packed_pixels, stem.scale.data(), stem.bias.data(), s.relu, buffer,
-                                o.isa, 1, y0, y1);
+          kernels::conv_stem_u8(ws.pixels, *stem.packed_pixels, stem.scale.data(), stem.bias.data(), s.relu,
+                                buffer + (kept ? stem_row : 0), o.isa, 1, y0 + (kept ? 1 : 0), y1);
         });
         float* values = pool ? out + size_t(r0) * size_t(pw) * size_t(sc) : buffer;  // rows r0 .. r1
         if (pool) kernels::max_pool_3x3s2(buffer, h, w, sc, out, o.isa, r0, r1, y0);
