@@ -195,6 +195,20 @@ void Model::Impl::compile() {
     steps.push_back(s);
   }
   if (steps.empty() || steps.back().node != int(n - 1)) throw FormatError("the graph's output is not computed last");
+  // 1x1 convolutions of stride s > 1 whose codes only requantize steps make: codes of every s-th
+  // row and column only, run as 1x1 stride-1 convolutions of that grid (Layer::subsample).
+  std::vector<bool> from_epilogues(layers.size(), false);
+  for (const Step& s : steps)
+    if (s.codes_for >= 0) from_epilogues[size_t(s.codes_for)] = true;
+  for (size_t l = 0; l < layers.size(); ++l) {
+    Layer& layer = layers[l];
+    const graph::Node& node = graph[size_t(layer.node)];
+    if (!layer.quantized() || node.op != Op::conv || from_epilogues[l] || layer.record.kernel != 1 ||
+        layer.record.stride < 2 || layer.record.padding != 0 || layer.record.groups != 1)
+      continue;
+    layer.subsample = int(layer.record.stride);
+    layer.packed.stride = 1;  // a 1x1 kernel's packing does not depend on its stride
+  }
 }
 
 // Float buffers by liveness: a value's buffer is free once the last step that reads it has run;

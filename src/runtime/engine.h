@@ -41,6 +41,11 @@ struct Layer {
   // offset times the weight sum, which the epilogue subtracts; empty for unsigned inputs.
   uint8_t code_offset = 0;
   std::vector<int32_t> acc_offset;
+  // A 1x1 convolution of stride s > 1 (no padding) whose codes only requantize steps make reads
+  // every s-th row and column only: its codes are made for those pixels alone (a quarter of the
+  // work at s = 2), and it runs as a 1x1 stride-1 convolution of that grid (ResNet-18's
+  // projections). 1: the whole input.
+  int subsample = 1;
   // The kernel measured fastest for this layer on this CPU (tune.cpp), if it was tuned.
   std::optional<ConvVariant> variant;
   // int8 convolutions: on float input, and on 8-bit pixels (when it reads the image and the
@@ -175,11 +180,15 @@ struct Model::Impl {
   const graph::Shape& shape(int node) const { return g()[size_t(node)].shape; }
 
   // The input of layer l as the engine holds it: a linear layer reads its input as one pixel
-  // of in_channels values (NHWC order flattened).
+  // of in_channels values (NHWC order flattened), a subsampled one (Layer::subsample) its grid.
   graph::Shape layer_input(size_t l) const {
     const graph::Node& n = g()[size_t(layers[l].node)];
     if (n.op == graph::Op::linear) return {int(layers[l].record.in_channels), 1, 1};
-    return g().input_shape_of(layers[l].node);
+    graph::Shape s = g().input_shape_of(layers[l].node);
+    const int sub = layers[l].subsample;
+    s.height = (s.height - 1) / sub + 1;
+    s.width = (s.width - 1) / sub + 1;
+    return s;
   }
   // The code image of quantised layer l's input (no data).
   kernels::CodeImage input_shape(size_t l) const {
@@ -239,6 +248,15 @@ struct Model::Impl {
   // `consumer`.
   void requantize(const float* values, int stride, int consumer, Workspace& ws, const EngineOptions& o) const {
     const graph::Shape s = layer_input(size_t(consumer));
+    const int sub = layers[size_t(consumer)].subsample;
+    if (sub > 1) {  // each code row from every sub-th pixel of every sub-th value row
+      const size_t value_row = size_t(g().input_shape_of(layers[size_t(consumer)].node).width) * size_t(stride);
+      engine::parallel_rows(o.threads, s.height, [&](int y0, int y1) {
+        for (int y = y0; y < y1; ++y)
+          requantize_rows(values + size_t(y) * size_t(sub) * value_row, stride * sub, consumer, y, y + 1, ws, o.isa);
+      });
+      return;
+    }
     engine::parallel_rows(o.threads, s.height, [&](int y0, int y1) {
       requantize_rows(values + size_t(y0) * s.width * size_t(stride), stride, consumer, y0, y1, ws, o.isa);
     });
