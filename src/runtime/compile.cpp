@@ -195,6 +195,16 @@ void Model::Impl::compile() {
     steps.push_back(s);
   }
   if (steps.empty() || steps.back().node != int(n - 1)) throw FormatError("the graph's output is not computed last");
+  // Whether 8-bit images may skip the float image (Impl::pixels_direct).
+  pixels_direct = pixel_layer >= 0 && layers[size_t(pixel_layer)].packed_pixels;
+  for (const Step& s : steps)
+    if (s.kind == StepKind::image || (s.kind == StepKind::conv_float && s.reads.empty() && s.layer != pixel_layer))
+      pixels_direct = false;
+  for (size_t c = 0; c < info.mean.size() && pixels_direct; ++c) {
+    const float mean = info.mean[c], inv_std = 1.0f / info.std[c];
+    for (int p = 0; p < 256 && pixels_direct; ++p)  // run_pixel_image's formula
+      pixels_direct = kernels::pixel_of((float(p) / 255.0f - mean) * inv_std, mean, info.std[c]) == p;
+  }
   // 1x1 convolutions of stride s > 1 whose codes only requantize steps make: codes of every s-th
   // row and column only, run as 1x1 stride-1 convolutions of that grid (Layer::subsample).
   std::vector<bool> from_epilogues(layers.size(), false);

@@ -167,6 +167,11 @@ struct Model::Impl {
   size_t max_padded = 0;   // the largest padded float input of a conv_float step not on the image
   int image_border = 0;    // the border of the float image (the largest padding of its int8 readers)
   int pixel_layer = -1;    // the layer that may run on 8-bit pixels
+  // 8-bit images go into pixel_layer's pixels without the float image in between
+  // (run_pixel_image): pixel_layer's step is the only reader of the image, and every 8-bit value
+  // of every channel comes back from its normalised float (to_pixels would find each image's
+  // pixels again). Set by compile().
+  bool pixels_direct = false;
   // The code buffer of each quantised layer's input (-1: float layers). Layers share one where
   // their inputs have the same shape and are never live together, so that an image touches
   // fewer lines: a layer's codes are made by the step before it (an epilogue or a requantize

@@ -38,8 +38,10 @@ Model::Impl::ImageConv Model::Impl::conv_on_image(const Step& s, const float* im
   const int h = cs.height, w = cs.width, sc = cs.channels;
   const bool vnni = o.isa == kernels::GemmIsa::avx512_vnni || o.isa == kernels::GemmIsa::avx_vnni;
   const bool pool = s.pool >= 0;
+  // image == null: run_pixel_image has put the pixels in ws.pixels (pixels_direct).
   const bool pixels = o.pixel_stem && vnni && s.layer == pixel_layer && stem.packed_pixels &&
-                      kernels::to_pixels(image, info.mean, info.std, ws.pixels, o.isa);
+                      (!image || kernels::to_pixels(image, info.mean, info.std, ws.pixels, o.isa));
+  if (!image && !pixels) throw std::logic_error("engine: the first layer needs the float image");
   if (pixels && (pool || !out)) {
     // Each thread takes its own rows (pooled rows with a pool), in bands of kStemBand whose stem
     // rows it computes into its own part of ws.stem and pools or requantises while they are in
@@ -335,6 +337,25 @@ void Model::Impl::run_pixel_image(const uint8_t* pixels, PixelLayout layout, flo
                                   const EngineOptions& o) const {
   std::unique_ptr<Workspace> ws = acquire();
   const size_t plane = size_t(info.height) * size_t(info.width), channels = size_t(info.channels);
+  // Where the first layer runs on these pixels and nothing else reads the image, they go into
+  // its pixel image directly (the float image and to_pixels would give the same bytes).
+  if (pixels_direct && o.pixel_stem &&
+      (o.isa == kernels::GemmIsa::avx512_vnni || o.isa == kernels::GemmIsa::avx_vnni)) {
+    const int h = info.height, w = info.width;
+    for (size_t c = 0; c < channels; ++c)
+      for (int y = 0; y < h; ++y) {
+        uint8_t* dst = ws->pixels.pixel(int(c), y, 0);
+        if (layout == PixelLayout::chw) {
+          std::copy_n(pixels + c * plane + size_t(y) * size_t(w), size_t(w), dst);
+          continue;
+        }
+        const uint8_t* src = pixels + size_t(y) * size_t(w) * channels + c;
+        for (int x = 0; x < w; ++x) dst[x] = src[size_t(x) * channels];
+      }
+    run_steps(nullptr, *ws, logits, nullptr, o);
+    release(std::move(ws));
+    return;
+  }
   ws->input.resize(plane * channels);
   for (size_t c = 0; c < channels; ++c) {
     const float mean = info.mean[c], inv_std = 1.0f / info.std[c];

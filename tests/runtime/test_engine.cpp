@@ -156,8 +156,9 @@ TEST(Engine, FirstLayerOnPixelsMatchesTheFloatFirstLayer) {
     const auto engine = apot::runtime::Model::from_bytes(apot::exporter::export_model(*model, info), c.arch);
     const int batch = 4;
     const torch::Tensor m = torch::tensor(mean).reshape({1, 3, 1, 1}), s = torch::tensor(std).reshape({1, 3, 1, 1});
-    const torch::Tensor x =
-        ((torch::randint(0, 256, {batch, 3, c.size, c.size}).to(torch::kFloat) / 255.0f - m) / s).contiguous();
+    const torch::Tensor px = torch::randint(0, 256, {batch, 3, c.size, c.size}).to(torch::kFloat);
+    const torch::Tensor x = ((px / 255.0f - m) / s).contiguous();
+    const torch::Tensor chw = px.to(torch::kUInt8).contiguous(), hwc = chw.permute({0, 2, 3, 1}).contiguous();
     torch::Tensor reference;
     {
       torch::NoGradGuard no_grad;
@@ -203,6 +204,18 @@ TEST(Engine, FirstLayerOnPixelsMatchesTheFloatFirstLayer) {
         EXPECT_EQ(taps_two[0], taps_one[0]) << what << ", two threads";
         EXPECT_EQ(inspect.run(image, 1, on), logits_one) << what << ", without taps";
         EXPECT_EQ(inspect.run(image, 1, two), logits_one) << what << ", without taps, two threads";
+      }
+      // 8-bit images go into the first layer's pixels without a float image in between
+      // (pixels_direct), in either layout: the same bits as the float image of the same pixels.
+      apot::runtime::RunOptions ro;
+      ro.isa = apot::runtime::isa_of(isa);
+      for (int threads : {1, 2}) {
+        ro.threads = threads;
+        const std::vector<float> want = engine.run(x.data_ptr<float>(), batch, ro);
+        EXPECT_EQ(engine.run_pixels(chw.data_ptr<uint8_t>(), batch, apot::runtime::PixelLayout::chw, ro), want)
+            << what << ", 8-bit planar images, " << threads << " threads";
+        EXPECT_EQ(engine.run_pixels(hwc.data_ptr<uint8_t>(), batch, apot::runtime::PixelLayout::hwc, ro), want)
+            << what << ", 8-bit interleaved images, " << threads << " threads";
       }
     }
   }
