@@ -201,6 +201,12 @@ struct Model::Impl {
     return kernels::CodeImage{nullptr, s.height, s.width, layers[l].packed.cs, int(layers[l].record.padding)};
   }
 
+  // Whether pixel_layer runs on 8-bit pixels with these options (the VNNI paths).
+  bool on_pixels(const EngineOptions& o) const {
+    const bool vnni = o.isa == kernels::GemmIsa::avx512_vnni || o.isa == kernels::GemmIsa::avx_vnni;
+    return o.pixel_stem && vnni && pixel_layer >= 0 && layers[size_t(pixel_layer)].packed_pixels;
+  }
+
   // Working memory for one image: from the pool, or made for this model.
   std::unique_ptr<Workspace> acquire() const;
   void release(std::unique_ptr<Workspace> ws) const;

@@ -36,10 +36,9 @@ Model::Impl::ImageConv Model::Impl::conv_on_image(const Step& s, const float* im
   const Layer& stem = layers[size_t(s.layer)];
   const graph::Shape& cs = shape(stem.node);
   const int h = cs.height, w = cs.width, sc = cs.channels;
-  const bool vnni = o.isa == kernels::GemmIsa::avx512_vnni || o.isa == kernels::GemmIsa::avx_vnni;
   const bool pool = s.pool >= 0;
   // image == null: run_pixel_image has put the pixels in ws.pixels (pixels_direct).
-  const bool pixels = o.pixel_stem && vnni && s.layer == pixel_layer && stem.packed_pixels &&
+  const bool pixels = s.layer == pixel_layer && on_pixels(o) &&
                       (!image || kernels::to_pixels(image, info.mean, info.std, ws.pixels, o.isa));
   if (!image && !pixels) throw std::logic_error("engine: the first layer needs the float image");
   if (pixels && (pool || !out)) {
@@ -339,8 +338,7 @@ void Model::Impl::run_pixel_image(const uint8_t* pixels, PixelLayout layout, flo
   const size_t plane = size_t(info.height) * size_t(info.width), channels = size_t(info.channels);
   // Where the first layer runs on these pixels and nothing else reads the image, they go into
   // its pixel image directly (the float image and to_pixels would give the same bytes).
-  if (pixels_direct && o.pixel_stem &&
-      (o.isa == kernels::GemmIsa::avx512_vnni || o.isa == kernels::GemmIsa::avx_vnni)) {
+  if (pixels_direct && on_pixels(o)) {
     const int h = info.height, w = info.width;
     for (size_t c = 0; c < channels; ++c)
       for (int y = 0; y < h; ++y) {
