@@ -6,6 +6,7 @@
 #include <cstdlib>
 #include <stdexcept>
 
+#include "apot/kernels/cpu.h"
 #include "gemm_impl.h"
 
 namespace apot::kernels {
@@ -50,6 +51,33 @@ bool winograd_applies(const PackedConv& w, int max_code, GemmIsa isa) {
   return isa == GemmIsa::avx512_vnni && !w.wino.empty() && max_code >= 0 && 2 * max_code <= 255 && winograd_enabled();
 }
 
+bool amx_applies(const PackedConv& w, GemmIsa isa) {
+  static const bool enabled = [] {
+    const char* v = std::getenv("APOT_AMX");
+    return !(v && std::string(v) == "0");
+  }();
+  const bool exact = w.kernel * w.cs % 64 == 0;
+  return enabled && isa == GemmIsa::avx512_vnni && cpu_features().amx_int8 && !w.depthwise() &&
+         (exact || !w.amx.empty());
+}
+
+namespace {
+// PackedConv::amx: the weights of each 64-byte piece of a kernel row, zero past the row's end.
+void pack_amx(PackedConv& w) {
+  const int row = w.kernel * w.cs, pieces = (row + 63) / 64;
+  w.amx.assign(size_t(w.nblocks) * w.kernel * pieces * 1024, 0);
+  int8_t* out = w.amx.data();
+  for (int nb = 0; nb < w.nblocks; ++nb)
+    for (int ky = 0; ky < w.kernel; ++ky)
+      for (int j = 0; j < pieces; ++j, out += 1024)
+        for (int i = 0; i < 64 && 64 * j + i < row; ++i)
+          for (int n = 0; n < 16; ++n) {
+            const int k = ky * row + 64 * j + i;
+            out[(i / 4) * 64 + n * 4 + i % 4] = w.data[(size_t(nb) * (w.K() / 4) + k / 4) * 64 + n * 4 + k % 4];
+          }
+}
+}  // namespace
+
 PackedConv pack_conv(const int8_t* weights, int out_channels, int in_channels, int kernel, int stride, int padding) {
   detail::check_shape("pack_conv", out_channels, in_channels, kernel, stride, padding);
   PackedConv w;
@@ -75,6 +103,7 @@ PackedConv pack_conv(const int8_t* weights, int out_channels, int in_channels, i
   // kernel's row tiles (which share them) are faster.
   if (kernel == 3 && stride == 1 && padding == 1 && w.nblocks > 1 && detail::supports(GemmIsa::avx512_vnni))
     pack_winograd(weights, w);
+  if (w.kernel * w.cs % 64 != 0 && cpu_features().amx_int8) pack_amx(w);
   return w;
 }
 
@@ -177,7 +206,8 @@ void conv_u8s8(const CodeImage& in, const PackedConv& w, int max_code, const Con
   a.max_code = max_code;
   // Winograd's input transform takes the padding as zeros, not as the border's offset code.
   a.rows_first = schedule.rows_first;
-  a.winograd = schedule.winograd && !w.depthwise() && !out.acc_offset && winograd_applies(w, max_code, isa);
+  a.amx = schedule.amx && amx_applies(w, isa);
+  a.winograd = !a.amx && schedule.winograd && !w.depthwise() && !out.acc_offset && winograd_applies(w, max_code, isa);
   if (out.requantizer &&
       (out.codes.h != a.oh || out.codes.w != a.ow || out.codes.cs < w.out_channels || !out.codes.data))
     throw std::invalid_argument("conv_u8s8: output code image does not fit the convolution");

@@ -3,6 +3,10 @@
 #if defined(__x86_64__)
 #include <cpuid.h>
 #endif
+#if defined(__linux__) && defined(__x86_64__)
+#include <sys/syscall.h>
+#include <unistd.h>
+#endif
 
 #include <algorithm>
 #include <cstdlib>
@@ -14,6 +18,30 @@
 #include "apot/kernels/projection.h"
 
 namespace apot::kernels {
+
+namespace {
+// AMX-TILE and AMX-INT8 (CPUID leaf 7: EDX bits 24 and 25), the OS saving the tile state (XCR0
+// bits 17 and 18), and on Linux the process's permission to use it (arch_prctl
+// ARCH_REQ_XCOMP_PERM for XTILEDATA, Linux 5.16 on; once granted it holds for every thread).
+bool amx_int8_usable() {
+#if defined(__x86_64__)
+  unsigned eax = 0, ebx = 0, ecx = 0, edx = 0;
+  if (!__get_cpuid_count(7, 0, &eax, &ebx, &ecx, &edx) || ((edx >> 24) & 3u) != 3u) return false;
+  if (!__get_cpuid(1, &eax, &ebx, &ecx, &edx) || ((ecx >> 27) & 1u) == 0) return false;  // OSXSAVE
+  unsigned lo = 0, hi = 0;
+  __asm__ volatile("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
+  if (((lo >> 17) & 3u) != 3u) return false;
+#if defined(__linux__)
+  constexpr long kReqXcompPerm = 0x1023, kXtiledata = 18;
+  return syscall(SYS_arch_prctl, kReqXcompPerm, kXtiledata) == 0;
+#else
+  return false;
+#endif
+#else
+  return false;
+#endif
+}
+}  // namespace
 
 const CpuFeatures& cpu_features() {
   static const CpuFeatures detected = [] {
@@ -35,6 +63,7 @@ const CpuFeatures& cpu_features() {
     f.avx_vnni = f.avx2 && leaf_7_1 && ((eax >> 4) & 1u) != 0;
     // AVX512_BF16: the same sub-leaf, EAX bit 5 (the OS state is AVX-512's, checked above).
     f.avx512_bf16 = f.avx512f && leaf_7_1 && ((eax >> 5) & 1u) != 0;
+    f.amx_int8 = amx_int8_usable();
 #endif
     return f;
   }();
@@ -80,7 +109,8 @@ std::string CpuFeatures::describe() const {
                                               {avx512vl, "avx512vl"},
                                               {avx512vnni, "avx512vnni"},
                                               {avx_vnni, "avx-vnni"},
-                                              {avx512_bf16, "avx512bf16"}};
+                                              {avx512_bf16, "avx512bf16"},
+                                              {amx_int8, "amx-int8"}};
   for (const auto& [has, name] : all)
     if (has) s += (s.empty() ? "" : " ") + std::string(name);
   return s.empty() ? "none" : s;

@@ -176,6 +176,7 @@ void sweep_cs(const ConvArgs& a, const Epilogue& e, int m0, int m1) {
 // for layers whose outputs outgrow the L2 cache while their weights are small; the engine's
 // tuning takes it where it measures faster: on Zen 5, one of ResNet-18's 1x1 projections).
 void conv_rows_avx512_vnni(const ConvArgs& a, int m0, int m1) {
+  if (a.amx && conv_rows_amx(a, m0, m1)) return;
   if (conv_rows_winograd_avx512(a, m0, m1)) return;
   if (a.rows_first && a.nb1 - a.nb0 > 1) {  // one output row at a time, all its blocks
     ConvArgs row = a;

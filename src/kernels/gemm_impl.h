@@ -48,6 +48,7 @@ struct ConvArgs {
   int max_code = 255;       // an upper bound of the input codes
   bool winograd = false;    // winograd_applies(): the AVX-512 path takes F(2,3)
   bool rows_first = false;  // ConvSchedule::rows_first
+  bool amx = false;         // ConvSchedule::amx, where amx_applies()
 
   // The input pixel under tap (0, 0) of output pixel (y, x).
   const uint8_t* base(int y, int x) const {
@@ -67,6 +68,8 @@ void conv_rows_avx512_vnni(const ConvArgs& a, int m0, int m1);
 void depthwise_rows_scalar(const ConvArgs& a, int m0, int m1);
 void depthwise_rows_avx2(const ConvArgs& a, int m0, int m1);
 void depthwise_rows_avx512(const ConvArgs& a, int m0, int m1);
+// AMX tiles (a.amx layers); false (nothing done) where they cannot run the layer.
+bool conv_rows_amx(const ConvArgs& a, int m0, int m1);
 // Winograd F(2,3) for a.winograd layers and whole output rows; false (nothing done) otherwise.
 bool conv_rows_winograd_avx512(const ConvArgs& a, int m0, int m1);
 void max_pool_scalar(const float* in, int h, int w, int c, float* out, int y0, int y1, int in_row0);

@@ -61,6 +61,7 @@ struct Layer {
   bool winograd_applies(kernels::GemmIsa isa) const {
     return quantized() && acc_offset.empty() && !packed.depthwise() && kernels::winograd_applies(packed, max_code, isa);
   }
+  bool amx_applies(kernels::GemmIsa isa) const { return quantized() && kernels::amx_applies(packed, isa); }
   bool rows_first_applies(kernels::GemmIsa isa) const {
     return quantized() && !packed.depthwise() && isa == kernels::GemmIsa::avx512_vnni && packed.nblocks > 1;
   }
@@ -111,9 +112,11 @@ struct Step {
 
 // Working memory for one image at a time, sized for the model once.
 struct Workspace {
-  std::vector<std::vector<uint8_t>> code_bytes;  // per code buffer (Impl::code_buffer)
-  std::vector<kernels::CodeImage> codes;         // per layer; empty for float layers
-  std::vector<float> image_bytes;                // the input image with a zero border
+  // per code buffer (Impl::code_buffer); 64-byte aligned: the AMX kernel loads 64-byte tile rows,
+  // at a quarter of the speed where they cross cache lines
+  std::vector<std::vector<uint8_t, kernels::Aligned64<uint8_t>>> code_bytes;
+  std::vector<kernels::CodeImage> codes;  // per layer; empty for float layers
+  std::vector<float> image_bytes;         // the input image with a zero border
   kernels::FloatImage image;
   std::vector<uint8_t> pixel_bytes;  // the same as 8-bit pixels, if it is made of them
   kernels::PixelImage pixels;
@@ -234,11 +237,20 @@ struct Model::Impl {
   std::string layer_key(size_t l, const Step& s) const;
   // The kernel quantised layer l runs with options o: the measured one for an image on one
   // thread (the measurement's setting: a batch on several threads runs one image per thread),
-  // also where several threads run an image but the layer was measured faster on one; else the
-  // path's default, split over the threads.
+  // also where several threads run an image but the layer was measured faster on one; else
+  // split_variant() over the threads.
   ConvVariant variant_for(const Layer& l, const EngineOptions& o) const {
-    if (!o.tuned || !l.variant || (o.threads > 1 && !l.variant->one_thread)) return ConvVariant{o.isa, {}};
+    if (!o.tuned || !l.variant) return ConvVariant{o.isa, {}};
+    if (o.threads > 1 && !l.variant->one_thread) return split_variant(*l.variant, o.isa);
     return *l.variant;
+  }
+  // The kernel of a layer split over threads, `chosen` its one-thread choice: AMX tiles where
+  // they were chosen (the vector kernels are several times slower there), else the path's default.
+  static ConvVariant split_variant(ConvVariant chosen, kernels::GemmIsa isa) {
+    kernels::ConvSchedule s;
+    s.amx = chosen.isa == isa && chosen.schedule.amx;
+    if (s.amx) s.winograd = false;
+    return ConvVariant{isa, s};
   }
   // One run of quantised layer l's convolution step, with the variant v, on workspace ws.
   void run_conv(const Step& s, Workspace& ws, float* out, const EngineOptions& o, ConvVariant v) const;

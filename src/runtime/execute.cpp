@@ -383,7 +383,7 @@ std::unique_ptr<engine::Workspace> Model::Impl::acquire() const {
     if (code_buffer[i] < 0) continue;
     kernels::CodeImage& c = ws->codes[i];
     c = input_shape(i);
-    std::vector<uint8_t>& bytes = ws->code_bytes[size_t(code_buffer[i])];
+    auto& bytes = ws->code_bytes[size_t(code_buffer[i])];
     if (bytes.empty()) bytes.assign(c.bytes(), layers[i].code_offset);  // the border: level 0
     c.data = bytes.data();
   }

@@ -113,14 +113,18 @@ ConvVariant Inspector::conv_variant(size_t index, const EngineOptions& options) 
   if (!l.quantized()) throw std::invalid_argument("layer " + std::to_string(index) + " is not a quantised convolution");
   ConvVariant v = model_.impl_->variant_for(l, options);
   v.schedule.winograd = v.schedule.winograd && l.winograd_applies(v.isa);
-  v.schedule.rows_first = v.schedule.rows_first && !v.schedule.winograd && l.rows_first_applies(v.isa);
+  v.schedule.amx = v.schedule.amx && l.amx_applies(v.isa);
+  v.schedule.winograd = v.schedule.winograd && !v.schedule.amx;
+  v.schedule.rows_first =
+      v.schedule.rows_first && !v.schedule.winograd && !v.schedule.amx && l.rows_first_applies(v.isa);
   return v;
 }
 
 std::string Inspector::conv_variant_name(size_t index, const EngineOptions& options) const {
   const ConvVariant v = conv_variant(index, options);
-  return std::string(kernels::to_string(v.isa)) + (v.schedule.winograd ? " winograd" : "") +
-         (v.schedule.rows_first ? " rows first" : "") + (v.one_thread && options.threads > 1 ? ", one thread" : "");
+  return std::string(kernels::to_string(v.isa)) + (v.schedule.amx ? " amx" : "") +
+         (v.schedule.winograd ? " winograd" : "") + (v.schedule.rows_first ? " rows first" : "") +
+         (v.one_thread && options.threads > 1 ? ", one thread" : "");
 }
 
 std::string Inspector::tuning() const { return model_.impl_->tuning; }

@@ -54,22 +54,25 @@ std::string cache_path() {
 
 // split_threads: the thread count at which one_thread was measured (1: not measured).
 nlohmann::json to_json(ConvVariant v, int split_threads) {
-  nlohmann::json j = {
-      {"isa", kernels::to_string(v.isa)}, {"winograd", v.schedule.winograd}, {"rows_first", v.schedule.rows_first}};
+  nlohmann::json j = {{"isa", kernels::to_string(v.isa)},
+                      {"winograd", v.schedule.winograd},
+                      {"rows_first", v.schedule.rows_first},
+                      {"amx", v.schedule.amx}};
   if (split_threads > 1) j["one_thread"] = v.one_thread, j["split_threads"] = split_threads;
   return j;
 }
 
 bool same(const nlohmann::json& c, ConvVariant v) {
   return c.is_object() && c.value("isa", "") == kernels::to_string(v.isa) &&
-         c.value("winograd", true) == v.schedule.winograd && c.value("rows_first", false) == v.schedule.rows_first;
+         c.value("winograd", true) == v.schedule.winograd && c.value("rows_first", false) == v.schedule.rows_first &&
+         c.value("amx", false) == v.schedule.amx;
 }
 
 // The variants that can run layer l (the first is the path's default): each path this CPU runs
 // (only APOT_GEMM_ISA's where it is set), and on AVX-512 VNNI the direct kernel as well where
-// Winograd applies, and the direct kernel row by row (ConvSchedule::rows_first). Not AVX2 where its int16 pair sums
-// could saturate (conv_u8s8 would run the scalar reference), nor AVX-VNNI for depthwise layers (it runs AVX2's
-// depthwise kernel).
+// Winograd applies, the direct kernel row by row (ConvSchedule::rows_first), and AMX tiles where the CPU has them. Not
+// AVX2 where its int16 pair sums could saturate (conv_u8s8 would run the scalar reference), nor AVX-VNNI for depthwise
+// layers (it runs AVX2's depthwise kernel).
 std::vector<ConvVariant> candidates(const engine::Layer& l) {
   std::vector<kernels::GemmIsa> isas;
   if (const char* forced = std::getenv("APOT_GEMM_ISA"); forced && *forced) isas = {kernels::default_gemm_isa()};
@@ -83,6 +86,7 @@ std::vector<ConvVariant> candidates(const engine::Layer& l) {
     out.push_back({isa, {true, false}});
     if (l.winograd_applies(isa)) out.push_back({isa, {false, false}});
     if (l.rows_first_applies(isa)) out.push_back({isa, {false, true}});
+    if (l.amx_applies(isa)) out.push_back({isa, {false, false, true}});
   }
   return out;
 }
@@ -91,7 +95,7 @@ nlohmann::json read_cache(const std::string& path) {
   std::ifstream in(path);
   if (!in) return nlohmann::json::object();
   const nlohmann::json j = nlohmann::json::parse(in, nullptr, false);
-  return j.is_object() && j.value("version", 0) == 1 ? j : nlohmann::json::object();
+  return j.is_object() && j.value("version", 0) == 2 ? j : nlohmann::json::object();
 }
 
 // False if it could not be written (the choices then hold for this load only).
@@ -155,7 +159,7 @@ void Model::Impl::tune() {
   if (mode == TuneMode::off) return;
   const std::string path = cache_path();
   nlohmann::json cache = path.empty() ? nlohmann::json::object() : read_cache(path);
-  cache["version"] = 1;
+  cache["version"] = 2;  // 2: AMX variants (session 26)
   nlohmann::json& mine = cache[kernels::cpu_model()];
   if (!mine.is_object()) mine = nlohmann::json::object();
 
@@ -224,8 +228,8 @@ void Model::Impl::tune() {
 #pragma omp parallel for num_threads(split.threads) schedule(static)
         for (int y = 0; y < in.h; ++y) std::copy_n(source.data() + size_t(y) * row, row, in.pixel(y, 0));
       };
-      l.variant->one_thread =
-          *fastest({run(o, *l.variant), run(split, ConvVariant{split.isa, {}})}, 0.02, 25, 1e30, rewrite) == 0;
+      l.variant->one_thread = *fastest({run(o, *l.variant), run(split, split_variant(*l.variant, split.isa))}, 0.02, 25,
+                                       1e30, rewrite) == 0;
     }
     mine[key] = to_json(*l.variant, split.threads);
     now.insert(key);

@@ -7,6 +7,7 @@
 #include <cmath>
 #include <random>
 
+#include "apot/kernels/cpu.h"
 #include "apot/kernels/gemm.h"
 #include "apot/kernels/projection.h"
 #include "apot/levels/level_set.h"
@@ -90,6 +91,47 @@ TEST(Conv, EveryScheduleMatchesTheReference) {
                   ASSERT_EQ(got.codes, ref.codes) << what;
                 }
         }
+}
+
+// The AMX kernel (ConvSchedule::amx, gemm_amx.cpp) on CPUs with AMX-INT8: the reference's bits
+// on maps whose tiles cross rows (stride 1: 1x1, 7x7, 14x14, odd widths), rows of their own
+// (stride 2), kernel rows of whole 64-byte pieces (cs 64, 128) and of a piece with zero rows
+// (cs 3, 16, 20, 24, 32, 96: PackedConv::amx), one to five blocks of output channels (pairs and
+// a last single block), the pixels at the image's end (the VNNI kernel's, where a tile would read
+// past it), and 1-3 threads (split by rows and by channel blocks).
+TEST(Conv, AmxMatchesTheReference) {
+  if (!apot::kernels::cpu_features().amx_int8) GTEST_SKIP() << "this CPU (or its OS) has no AMX-INT8";
+  using apot::kernels::amx_applies;
+  auto packed = [](const Problem& p) { return apot::kernels::pack_conv(p.W.data(), p.n, p.c, p.k, p.stride, p.pad); };
+  EXPECT_TRUE(amx_applies(packed(make(4, 4, 64, 16, 3, 1, 48, 10, 1)), GemmIsa::avx512_vnni));
+  EXPECT_TRUE(amx_applies(packed(make(4, 4, 20, 16, 1, 1, 48, 10, 1)), GemmIsa::avx512_vnni)) << "padded pieces";
+  EXPECT_FALSE(amx_applies(packed(make(4, 4, 64, 16, 3, 1, 48, 10, 1)), GemmIsa::avx2));
+  EXPECT_FALSE(amx_applies(apot::kernels::pack_depthwise(std::vector<int8_t>(9 * 32, 1).data(), 32, 3, 1, 1),
+                           GemmIsa::avx512_vnni));
+  unsigned seed = 2600;
+  struct Shape {
+    int h, w, k, stride;
+  };
+  for (Shape s : {Shape{1, 1, 1, 1}, Shape{7, 7, 3, 1}, Shape{7, 7, 1, 1}, Shape{14, 14, 3, 1}, Shape{5, 13, 3, 1},
+                  Shape{9, 33, 1, 1}, Shape{8, 8, 3, 2}, Shape{13, 7, 1, 2}, Shape{15, 15, 7, 2}, Shape{6, 5, 5, 1}})
+    for (int c : {3, 16, 20, 24, 32, 64, 96, 128})
+      for (int n : {5, 16, 17, 32, 48, 80}) {
+        if (s.k == 7 && c > 16) continue;
+        const Problem p = make(s.h, s.w, c, n, s.k, s.stride, 48, 10, ++seed);
+        const bool residual = seed % 2 == 0;
+        const Result ref = run(p, GemmIsa::scalar, residual, seed % 3 != 0);
+        for (int threads : {1, 2, 3}) {
+          apot::kernels::ConvSchedule amx;
+          amx.amx = true;
+          const Result got = run(p, GemmIsa::avx512_vnni, residual, seed % 3 != 0, threads, seed % 2, 16, false, amx);
+          const std::string what = std::to_string(s.h) + "x" + std::to_string(s.w) + "x" + std::to_string(c) + " -> " +
+                                   std::to_string(n) + " k" + std::to_string(s.k) + "s" + std::to_string(s.stride) +
+                                   " threads " + std::to_string(threads);
+          ASSERT_EQ(got.acc, ref.acc) << what;
+          ASSERT_EQ(got.values, ref.values) << what;
+          ASSERT_EQ(got.codes, ref.codes) << what;
+        }
+      }
 }
 
 // The Winograd F(2,3) kernel (3x3, stride 1, AVX-512 VNNI): taken exactly where it applies,

@@ -488,12 +488,29 @@ TEST(Tuning, MeasuredKernelsAreCachedAndGiveTheSameBits) {
     check_bits(engine, "measured");
     ASSERT_TRUE(std::filesystem::exists(cache));
     const nlohmann::json j = read_json(cache);
-    EXPECT_EQ(j.at("version"), 1);
+    EXPECT_EQ(j.at("version"), 2);
     EXPECT_EQ(j.at(apot::kernels::cpu_model()).size(), 9u);
     for (const auto& [key, choice] : j.at(apot::kernels::cpu_model()).items()) {
       EXPECT_EQ(choice.at("split_threads"), 2) << key;
       EXPECT_TRUE(choice.at("one_thread").is_boolean()) << key;
     }
+  }
+  if (apot::kernels::cpu_features().amx_int8) {
+    // AMX tiles from the cache: taken on one thread and, split over two, kept (not the default).
+    nlohmann::json j = read_json(cache);
+    for (auto& [key, choice] : j.at(apot::kernels::cpu_model()).items())
+      choice = {{"isa", "avx512-vnni"}, {"winograd", false},   {"rows_first", false},
+                {"amx", true},          {"one_thread", false}, {"split_threads", 2}};
+    std::ofstream(cache) << j.dump();
+    EnvGuard mode("APOT_TUNE", "1");
+    const auto engine = export_and_load(*model, c);
+    const apot::runtime::Inspector inspect(engine);
+    for (size_t i = 0; i < inspect.layer_count(); ++i)
+      if (inspect.graph()[size_t(inspect.layer_node(i))].quant.quantized()) {
+        EXPECT_EQ(inspect.conv_variant_name(i, tuned_options), "avx512-vnni amx") << i;
+        EXPECT_EQ(inspect.conv_variant_name(i, tuned_two), "avx512-vnni amx") << i;
+      }
+    check_bits(engine, "from the cache, AMX");
   }
   if (std::find(isas.begin(), isas.end(), apot::kernels::GemmIsa::avx2) == isas.end()) return;
   for (bool one_thread : {true, false}) {
@@ -501,8 +518,8 @@ TEST(Tuning, MeasuredKernelsAreCachedAndGiveTheSameBits) {
     // one thread where two run an image, or split (then with the path's default kernels).
     nlohmann::json j = read_json(cache);
     for (auto& [key, choice] : j.at(apot::kernels::cpu_model()).items())
-      choice = {
-          {"isa", "avx2"}, {"winograd", true}, {"rows_first", false}, {"one_thread", one_thread}, {"split_threads", 2}};
+      choice = {{"isa", "avx2"}, {"winograd", true},         {"rows_first", false},
+                {"amx", false},  {"one_thread", one_thread}, {"split_threads", 2}};
     std::ofstream(cache) << j.dump();
     EnvGuard mode("APOT_TUNE", "1");
     const auto engine = export_and_load(*model, c);

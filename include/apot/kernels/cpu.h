@@ -11,6 +11,7 @@ struct CpuFeatures {
   bool avx512f = false, avx512bw = false, avx512dq = false, avx512vl = false, avx512vnni = false;
   bool avx_vnni = false;         // VEX-encoded vpdpbusd (Intel since Alder Lake / Sapphire Rapids)
   bool avx512_bf16 = false;      // vdpbf16ps: bfloat16 dot products (Zen 4, Zen 5, Cooper Lake, Sapphire Rapids)
+  bool amx_int8 = false;         // AMX tiles with tdpbusd (Sapphire Rapids on), the OS allowing them
   std::string describe() const;  // e.g. "avx2 fma avx512f avx512bw avx512dq avx512vl avx512vnni"
 };
 

@@ -81,6 +81,11 @@ struct PackedConv {
   // (16 * nblocks), the sums over ky and c of u0 + u2 and of u2 + u3.
   std::vector<int8_t, Aligned64<int8_t>> wino;
   std::vector<int32_t> wino_e0, wino_e1;
+  // AMX tiles (docs/KERNELS.md) where kernel * cs is not a multiple of 64 and the CPU has
+  // AMX-INT8: per block of 16 output channels, kernel row ky and 64-byte piece j of its
+  // kernel * cs values, 16 rows of 4 K values x 16 channels as in `data`, the rows past the
+  // kernel row's end zero. Empty otherwise (the AMX kernel then reads `data`).
+  std::vector<int8_t, Aligned64<int8_t>> amx;
   // Depthwise convolutions (groups == in_channels == out_channels): one kernel per channel, as
   // int32 in dw[tap * 16 * nblocks + c] (zero beyond the channels; data and wino are empty).
   int groups = 1;
@@ -141,6 +146,10 @@ struct ConvOutput {
 // an acc_offset: its input transform takes the padding as zeros.)
 bool winograd_applies(const PackedConv& w, int max_code, GemmIsa isa);
 
+// Whether the AMX kernel can run this layer (ConvSchedule::amx): the AVX-512 VNNI path on a CPU
+// with AMX-INT8, not depthwise, and not switched off by APOT_AMX=0.
+bool amx_applies(const PackedConv& w, GemmIsa isa);
+
 // Convolution of `in` (whose border must be at least w.padding and whose cs must equal w.cs;
 // with an acc_offset, the border must hold the offset code: level 0, the padding's value)
 // with max_code an upper bound of the input codes (the AVX2 path needs
@@ -152,7 +161,10 @@ struct ConvSchedule {
   bool winograd = true;     // Winograd F(2,3) where it applies; false: the direct kernel
   bool rows_first = false;  // AVX-512 VNNI direct kernel: every channel block of an output row
                             // before the next row (else each group of blocks over all pixels)
-  bool operator==(const ConvSchedule& o) const { return winograd == o.winograd && rows_first == o.rows_first; }
+  bool amx = false;         // AVX-512 VNNI path: AMX tiles (tdpbusd) where amx_applies()
+  bool operator==(const ConvSchedule& o) const {
+    return winograd == o.winograd && rows_first == o.rows_first && amx == o.amx;
+  }
 };
 void conv_u8s8(const CodeImage& in, const PackedConv& w, int max_code, const ConvOutput& out,
                GemmIsa isa = default_gemm_isa(), int threads = 1, ConvSchedule schedule = {});

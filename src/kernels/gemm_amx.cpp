@@ -1,0 +1,183 @@
+// AMX convolution (Intel AMX-INT8: tdpbusd on 16 x 64-byte tiles; Sapphire Rapids and later):
+// the same implicit GEMM as the AVX-512 VNNI kernel, a block of 32 output pixels x 32 output
+// channels per step in four int32 accumulator tiles, then the AVX-512 epilogue
+// (avx512_epilogue.h) on the stored accumulators. The integer sums are exact, so the bits are
+// those of every other path.
+//
+// The K dimension: the weights' rows are ordered (ky, kx, c), and for one kernel row ky the
+// kernel * cs input bytes of a pixel (taps (ky, 0..kernel-1)) lie one after the other in the
+// NHWC image. Each kernel row is cut into 64-byte chunks; the A tile of a chunk is 16 pixels x
+// those 64 bytes (row stride: stride * cs bytes), its B tile 16 rows of 4 K values x 16 output
+// channels: exactly PackedConv's layout where kernel * cs is a multiple of 64, and
+// PackedConv::amx (zero rows past the chunk's end) otherwise. A tile row of a shorter chunk
+// reads bytes past it, which the zero rows cancel.
+//
+// At stride 1, the pixels of a tile run on over the ends of output rows: consecutive pixels of
+// the padded input are cs bytes apart across rows too, so a tile holds pixel (y, x) at row
+// y * padded_w + x, and the rows that land on the border columns are computed and dropped.
+// That keeps tiles full on 7- and 14-wide maps. At other strides a tile stays in one row.
+#include <immintrin.h>
+
+#include "avx512_epilogue.h"
+
+namespace apot::kernels::detail {
+namespace {
+
+struct alignas(64) TileConfig {
+  uint8_t palette = 1, start_row = 0;
+  uint8_t reserved[14] = {};
+  uint16_t colsb[16] = {};
+  uint8_t rows[16] = {};
+};
+
+// tmm0-3: accumulators (pixels 0-15 / 16-31 x blocks nb / nb + 1), tmm4-5: A, tmm6-7: B.
+void configure_tiles() {
+  TileConfig c;
+  for (int t = 0; t < 8; ++t) {
+    c.rows[t] = 16;
+    c.colsb[t] = 64;
+  }
+  _tile_loadconfig(&c);
+}
+
+// One chunk of K: its A bytes from a pixel's tap (0, 0) input, its B tile for block 0.
+struct Chunk {
+  ptrdiff_t a_offset;
+  const int8_t* b;
+};
+
+struct Layout {
+  std::array<Chunk, 512> chunks;  // kernel rows x 64-byte pieces (more: the VNNI kernel runs)
+  int n = 0;
+  size_t b_block = 0;  // bytes from one block of 16 output channels' B tiles to the next
+};
+
+bool make_layout(const ConvArgs& a, Layout& l) {
+  const PackedConv& w = *a.w;
+  const int row_bytes = w.kernel * w.cs, pieces = (row_bytes + 63) / 64;
+  if (w.kernel * pieces > int(l.chunks.size())) return false;
+  const bool exact = row_bytes % 64 == 0;
+  if (!exact && w.amx.empty()) return false;
+  const int8_t* b = exact ? w.data.data() : w.amx.data();
+  l.b_block = exact ? size_t(w.K() / 4) * 64 : size_t(w.kernel * pieces) * 1024;
+  for (int ky = 0; ky < w.kernel; ++ky)
+    for (int j = 0; j < pieces; ++j) {
+      l.chunks[size_t(l.n)] = {a.tap_offsets[size_t(ky * w.kernel)] + 64 * j, b};
+      b += 1024;  // 16 rows of 4 K values x 16 channels
+      ++l.n;
+    }
+  return true;
+}
+
+// The accumulators of 32 pixels x 2 blocks, [block][pixel][16].
+struct alignas(64) Sums {
+  int32_t v[2][32][16];
+};
+
+// 32 pixels (rows 0-15 from a0, 16-31 from a1, `step` bytes apart) x blocks (nb, nb + 1).
+inline void block32(const Layout& l, const uint8_t* a0, const uint8_t* a1, size_t step, const int8_t* b0,
+                    size_t b_block, Sums& s) {
+  _tile_zero(0);
+  _tile_zero(1);
+  _tile_zero(2);
+  _tile_zero(3);
+  for (int i = 0; i < l.n; ++i) {
+    const Chunk& c = l.chunks[size_t(i)];
+    const int8_t* b = b0 + (c.b - l.chunks[0].b);
+    _tile_loadd(4, a0 + c.a_offset, step);
+    _tile_loadd(6, b, 64);
+    _tile_dpbusd(0, 4, 6);
+    _tile_loadd(5, a1 + c.a_offset, step);
+    _tile_dpbusd(2, 5, 6);
+    _tile_loadd(7, b + b_block, 64);
+    _tile_dpbusd(1, 4, 7);
+    _tile_dpbusd(3, 5, 7);
+  }
+  _tile_stored(0, s.v[0][0], 64);
+  _tile_stored(2, s.v[0][16], 64);
+  _tile_stored(1, s.v[1][0], 64);
+  _tile_stored(3, s.v[1][16], 64);
+}
+
+// The epilogue of `count` consecutive pixels (y, x ..) of one output row from s.v[j][i].
+inline void finish(const ConvArgs& a, const Epilogue& e, const Sums& s, int j, int i, int count, int y, int x, int n0) {
+  const __mmask16 mask = lane_mask(a.w->out_channels - n0);
+  for (int r0 = 0; r0 < count; r0 += 8) {
+    __m512i acc[8];
+    for (int r = 0; r < 8; ++r) acc[r] = _mm512_load_si512(s.v[j][std::min(i + r0 + r, 31)]);
+    e.row<8>(acc, y * a.ow + x + r0, y, x + r0, n0, mask, std::min(8, count - r0));
+  }
+}
+
+}  // namespace
+
+bool conv_rows_amx(const ConvArgs& a, int m0, int m1) {
+  const PackedConv& w = *a.w;
+  if (w.depthwise() || m0 >= m1) return false;
+  Layout l;
+  if (!make_layout(a, l)) return false;
+  const CodeImage& in = *a.in;
+  const int s = w.stride, pw = in.padded_w();
+  const size_t step = size_t(s) * in.cs;
+  // Pixel (y, x) is tile row v = y * vw + x: vw = padded_w at stride 1 (tiles cross rows), ow
+  // otherwise (each row on its own).
+  const bool across = s == 1;
+  const int vw = across ? pw : a.ow;
+  const uint8_t* const origin = a.base(0, 0);
+  const uint8_t* const end = in.data + in.bytes();
+  const ptrdiff_t reach = l.chunks[size_t(l.n - 1)].a_offset + 64;  // bytes a tile row reads from its tap (0, 0)
+  auto address = [&](int v) { return origin + size_t(v / vw) * size_t(s) * pw * in.cs + size_t(v % vw) * step; };
+  const Epilogue e(*a.out, w.out_channels);
+  ConvArgs rest = a;  // the VNNI kernel for pixels whose tile would read past the image
+  rest.amx = false;
+  configure_tiles();
+  Sums sums;
+  for (int nb = a.nb0; nb < a.nb1; nb += 2) {
+    const int8_t* b0 = l.chunks[0].b + size_t(nb) * l.b_block;
+    const int blocks = std::min(2, a.nb1 - nb);
+    // Segments of tile rows: at stride 1 the whole range, otherwise one output row each.
+    for (int m = m0; m < m1;) {
+      const int y0 = m / a.ow, x0 = m % a.ow;
+      const int seg_end_m = across ? m1 : std::min(m1, (y0 + 1) * a.ow);
+      const int y1 = (seg_end_m - 1) / a.ow, x1 = (seg_end_m - 1) % a.ow;
+      const int v0 = y0 * vw + x0, v1 = y1 * vw + x1 + 1;
+      for (int v = v0; v < v1; v += 32) {
+        const int rows = std::min(32, v1 - v);
+        const uint8_t* a0 = across ? origin + size_t(v) * step : address(v);
+        const uint8_t* a1 = a0 + 16 * step;
+        if (a1 + 15 * step + reach > end) {  // past the image: the VNNI kernel for the rest
+          ConvArgs part = rest;
+          part.nb0 = nb;
+          part.nb1 = nb + blocks;
+          const int mv = (v / vw) * a.ow + std::min(v % vw, a.ow);
+          conv_rows_avx512_vnni(part, std::max(m, mv), seg_end_m);
+          break;
+        }
+        if (blocks == 2) {
+          block32(l, a0, a1, step, b0, l.b_block, sums);
+        } else {  // one block left: the second B tile is the first again, its sums unused
+          block32(l, a0, a1, step, b0, 0, sums);
+        }
+        for (int j = 0; j < blocks; ++j) {
+          const int n0 = (nb + j) * 16;
+          // Runs of real pixels of one output row within rows [0, rows).
+          for (int i = 0; i < rows;) {
+            const int vv = v + i, y = vv / vw, x = vv % vw;
+            if (x >= a.ow) {
+              i += vw - x;
+              continue;
+            }
+            const int count = std::min(rows - i, a.ow - x);
+            finish(a, e, sums, j, i, count, y, x, n0);
+            i += count;
+          }
+        }
+      }
+      m = seg_end_m;
+    }
+  }
+  _tile_release();
+  return true;
+}
+
+}  // namespace apot::kernels::detail
