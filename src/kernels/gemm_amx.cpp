@@ -74,13 +74,51 @@ struct alignas(64) Sums {
   int32_t v[2][32][16];
 };
 
-// 32 pixels (rows 0-15 from a0, 16-31 from a1, `step` bytes apart) x blocks (nb, nb + 1).
-inline void block32(const Layout& l, const uint8_t* a0, const uint8_t* a1, size_t step, const int8_t* b0,
-                    size_t b_block, Sums& s) {
+// One call of the epilogue: up to 8 consecutive pixels (y, x ..) of one output row, from rows
+// i .. of block j's sums.
+struct Piece {
+  int j, i, count, y, x;
+};
+
+// The pieces of a block of tile rows [v, v + rows) (tile row v = y * vw + x, real where x < ow).
+struct Pieces {
+  std::array<Piece, 64> p;  // 2 blocks x at most 32 rows
+  int n = 0;
+  void make(int v, int rows, int vw, int ow, int blocks) {
+    n = 0;
+    for (int j = 0; j < blocks; ++j)
+      for (int i = 0; i < rows;) {
+        const int y = (v + i) / vw, x = (v + i) % vw;
+        if (x >= ow) {
+          i += vw - x;
+          continue;
+        }
+        const int count = std::min({8, rows - i, ow - x});
+        p[size_t(n++)] = {j, i, count, y, x};
+        i += count;
+      }
+  }
+};
+
+inline void finish(const ConvArgs& a, const Epilogue& e, const Sums& s, const Piece& p, int nb) {
+  const int n0 = (nb + p.j) * 16;
+  __m512i acc[8];
+  for (int r = 0; r < 8; ++r) acc[r] = _mm512_load_si512(s.v[p.j][std::min(p.i + r, 31)]);
+  e.row<8>(acc, p.y * a.ow + p.x, p.y, p.x, n0, lane_mask(a.w->out_channels - n0), p.count);
+}
+
+// 32 pixels (rows 0-15 from a0, 16-31 from a1, `step` bytes apart) x blocks (nb, nb + 1) into
+// the accumulator tiles, and the epilogue pieces `todo` of the block before (from `before`),
+// one after each chunk: the AMX unit and the vector units then work side by side (run one
+// after the other, the epilogue of a 56x56 layer took as long as its tiles).
+inline void block32(const ConvArgs& a, const Epilogue& e, const Layout& l, const uint8_t* a0, const uint8_t* a1,
+                    size_t step, int nb, size_t b_block, const Pieces& todo, const Sums& before) {
+  const int8_t* b0 = l.chunks[0].b + size_t(nb) * l.b_block;
   _tile_zero(0);
   _tile_zero(1);
   _tile_zero(2);
   _tile_zero(3);
+  int next = 0;
   for (int i = 0; i < l.n; ++i) {
     const Chunk& c = l.chunks[size_t(i)];
     const int8_t* b = b0 + (c.b - l.chunks[0].b);
@@ -92,21 +130,16 @@ inline void block32(const Layout& l, const uint8_t* a0, const uint8_t* a1, size_
     _tile_loadd(7, b + b_block, 64);
     _tile_dpbusd(1, 4, 7);
     _tile_dpbusd(3, 5, 7);
+    if (next < todo.n) finish(a, e, before, todo.p[size_t(next++)], nb);
   }
+  for (; next < todo.n; ++next) finish(a, e, before, todo.p[size_t(next)], nb);
+}
+
+inline void store(Sums& s) {
   _tile_stored(0, s.v[0][0], 64);
   _tile_stored(2, s.v[0][16], 64);
   _tile_stored(1, s.v[1][0], 64);
   _tile_stored(3, s.v[1][16], 64);
-}
-
-// The epilogue of `count` consecutive pixels (y, x ..) of one output row from s.v[j][i].
-inline void finish(const ConvArgs& a, const Epilogue& e, const Sums& s, int j, int i, int count, int y, int x, int n0) {
-  const __mmask16 mask = lane_mask(a.w->out_channels - n0);
-  for (int r0 = 0; r0 < count; r0 += 8) {
-    __m512i acc[8];
-    for (int r = 0; r < 8; ++r) acc[r] = _mm512_load_si512(s.v[j][std::min(i + r0 + r, 31)]);
-    e.row<8>(acc, y * a.ow + x + r0, y, x + r0, n0, mask, std::min(8, count - r0));
-  }
 }
 
 }  // namespace
@@ -131,10 +164,18 @@ bool conv_rows_amx(const ConvArgs& a, int m0, int m1) {
   ConvArgs rest = a;  // the VNNI kernel for pixels whose tile would read past the image
   rest.amx = false;
   configure_tiles();
-  Sums sums;
+  // Software pipelined: the tiles of one block are computed while the epilogue of the block
+  // before runs from the other Sums.
+  Sums sums[2];
+  Pieces todo;
   for (int nb = a.nb0; nb < a.nb1; nb += 2) {
-    const int8_t* b0 = l.chunks[0].b + size_t(nb) * l.b_block;
     const int blocks = std::min(2, a.nb1 - nb);
+    int current = 0;
+    todo.n = 0;
+    auto flush = [&] {
+      for (int i = 0; i < todo.n; ++i) finish(a, e, sums[current ^ 1], todo.p[size_t(i)], nb);
+      todo.n = 0;
+    };
     // Segments of tile rows: at stride 1 the whole range, otherwise one output row each.
     for (int m = m0; m < m1;) {
       const int y0 = m / a.ow, x0 = m % a.ow;
@@ -142,10 +183,10 @@ bool conv_rows_amx(const ConvArgs& a, int m0, int m1) {
       const int y1 = (seg_end_m - 1) / a.ow, x1 = (seg_end_m - 1) % a.ow;
       const int v0 = y0 * vw + x0, v1 = y1 * vw + x1 + 1;
       for (int v = v0; v < v1; v += 32) {
-        const int rows = std::min(32, v1 - v);
         const uint8_t* a0 = across ? origin + size_t(v) * step : address(v);
         const uint8_t* a1 = a0 + 16 * step;
         if (a1 + 15 * step + reach > end) {  // past the image: the VNNI kernel for the rest
+          flush();
           ConvArgs part = rest;
           part.nb0 = nb;
           part.nb1 = nb + blocks;
@@ -153,28 +194,15 @@ bool conv_rows_amx(const ConvArgs& a, int m0, int m1) {
           conv_rows_avx512_vnni(part, std::max(m, mv), seg_end_m);
           break;
         }
-        if (blocks == 2) {
-          block32(l, a0, a1, step, b0, l.b_block, sums);
-        } else {  // one block left: the second B tile is the first again, its sums unused
-          block32(l, a0, a1, step, b0, 0, sums);
-        }
-        for (int j = 0; j < blocks; ++j) {
-          const int n0 = (nb + j) * 16;
-          // Runs of real pixels of one output row within rows [0, rows).
-          for (int i = 0; i < rows;) {
-            const int vv = v + i, y = vv / vw, x = vv % vw;
-            if (x >= a.ow) {
-              i += vw - x;
-              continue;
-            }
-            const int count = std::min(rows - i, a.ow - x);
-            finish(a, e, sums, j, i, count, y, x, n0);
-            i += count;
-          }
-        }
+        // With one block left, the second B tile is the first again and its sums go unused.
+        block32(a, e, l, a0, a1, step, nb, blocks == 2 ? l.b_block : 0, todo, sums[current ^ 1]);
+        store(sums[current]);
+        todo.make(v, std::min(32, v1 - v), vw, a.ow, blocks);
+        current ^= 1;
       }
       m = seg_end_m;
     }
+    flush();
   }
   _tile_release();
   return true;
