@@ -152,10 +152,12 @@ bool conv_rows_amx(const ConvArgs& a, int m0, int m1) {
   const CodeImage& in = *a.in;
   const int s = w.stride, pw = in.padded_w();
   const size_t step = size_t(s) * in.cs;
-  // Pixel (y, x) is tile row v = y * vw + x: vw = padded_w at stride 1 (tiles cross rows), ow
-  // otherwise (each row on its own).
-  const bool across = s == 1;
-  const int vw = across ? pw : a.ow;
+  // Pixel (y, x) is tile row v = y * vw + x: vw = padded_w at stride 1 (tiles cross rows); at
+  // other strides 16 where rows are at most 16 wide and the range starts a row (a block's two A
+  // tiles hold two rows; ResNet-18's 3x3 / 2 layers to 14 and 7 columns), else ow (each row on
+  // its own).
+  const bool across = s == 1, pairs = !across && a.ow <= 16 && m0 % a.ow == 0;
+  const int vw = across ? pw : pairs ? 16 : a.ow;
   const uint8_t* const origin = a.base(0, 0);
   const uint8_t* const end = in.data + in.bytes();
   const ptrdiff_t reach = l.chunks[size_t(l.n - 1)].a_offset + 64;  // bytes a tile row reads from its tap (0, 0)
@@ -176,15 +178,15 @@ bool conv_rows_amx(const ConvArgs& a, int m0, int m1) {
       for (int i = 0; i < todo.n; ++i) finish(a, e, sums[current ^ 1], todo.p[size_t(i)], nb);
       todo.n = 0;
     };
-    // Segments of tile rows: at stride 1 the whole range, otherwise one output row each.
+    // Segments of tile rows: the whole range at stride 1 and for row pairs, else one output row each.
     for (int m = m0; m < m1;) {
       const int y0 = m / a.ow, x0 = m % a.ow;
-      const int seg_end_m = across ? m1 : std::min(m1, (y0 + 1) * a.ow);
+      const int seg_end_m = across || pairs ? m1 : std::min(m1, (y0 + 1) * a.ow);
       const int y1 = (seg_end_m - 1) / a.ow, x1 = (seg_end_m - 1) % a.ow;
       const int v0 = y0 * vw + x0, v1 = y1 * vw + x1 + 1;
       for (int v = v0; v < v1; v += 32) {
         const uint8_t* a0 = across ? origin + size_t(v) * step : address(v);
-        const uint8_t* a1 = a0 + 16 * step;
+        const uint8_t* a1 = !pairs ? a0 + 16 * step : v + 16 < v1 ? address(v + 16) : a0;
         if (a1 + 15 * step + reach > end) {  // past the image: the VNNI kernel for the rest
           flush();
           ConvArgs part = rest;

@@ -95,10 +95,10 @@ TEST(Conv, EveryScheduleMatchesTheReference) {
 
 // The AMX kernel (ConvSchedule::amx, gemm_amx.cpp) on CPUs with AMX-INT8: the reference's bits
 // on maps whose tiles cross rows (stride 1: 1x1, 7x7, 14x14, odd widths), rows of their own
-// (stride 2), kernel rows of whole 64-byte pieces (cs 64, 128) and of a piece with zero rows
-// (cs 3, 16, 20, 24, 32, 96: PackedConv::amx), one to five blocks of output channels (pairs and
-// a last single block), the pixels at the image's end (the VNNI kernel's, where a tile would read
-// past it), and 1-3 threads (split by rows and by channel blocks).
+// (stride 2: two rows to a block up to 16 columns, else halves of one row), kernel rows of whole 64-byte pieces (cs 64,
+// 128) and of a piece with zero rows (cs 3, 16, 20, 24, 32, 96: PackedConv::amx), one to five blocks of output channels
+// (pairs and a last single block), the pixels at the image's end (the VNNI kernel's, where a tile would read past it),
+// and 1-3 threads (split by rows and by channel blocks).
 TEST(Conv, AmxMatchesTheReference) {
   if (!apot::kernels::cpu_features().amx_int8) GTEST_SKIP() << "this CPU (or its OS) has no AMX-INT8";
   using apot::kernels::amx_applies;
@@ -113,7 +113,8 @@ TEST(Conv, AmxMatchesTheReference) {
     int h, w, k, stride;
   };
   for (Shape s : {Shape{1, 1, 1, 1}, Shape{7, 7, 3, 1}, Shape{7, 7, 1, 1}, Shape{14, 14, 3, 1}, Shape{5, 13, 3, 1},
-                  Shape{9, 33, 1, 1}, Shape{8, 8, 3, 2}, Shape{13, 7, 1, 2}, Shape{15, 15, 7, 2}, Shape{6, 5, 5, 1}})
+                  Shape{9, 33, 1, 1}, Shape{8, 8, 3, 2}, Shape{13, 7, 1, 2}, Shape{15, 15, 7, 2}, Shape{6, 5, 5, 1},
+                  Shape{28, 28, 3, 2}, Shape{14, 14, 3, 2}, Shape{11, 33, 3, 2}, Shape{40, 40, 3, 2}})
     for (int c : {3, 16, 20, 24, 32, 64, 96, 128})
       for (int n : {5, 16, 17, 32, 48, 80}) {
         if (s.k == 7 && c > 16) continue;
