@@ -159,7 +159,7 @@ bool conv_rows_amx(const ConvArgs& a, int m0, int m1) {
   const bool across = s == 1, pairs = !across && a.ow <= 16 && m0 % a.ow == 0;
   const int vw = across ? pw : pairs ? 16 : a.ow;
   const uint8_t* const origin = a.base(0, 0);
-  const uint8_t* const end = in.data + in.bytes();
+  const uint8_t* const end = in.data + std::max(in.bytes(), in.capacity);
   const ptrdiff_t reach = l.chunks[size_t(l.n - 1)].a_offset + 64;  // bytes a tile row reads from its tap (0, 0)
   auto address = [&](int v) { return origin + size_t(v / vw) * size_t(s) * pw * in.cs + size_t(v % vw) * step; };
   const Epilogue e(*a.out, w.out_channels);

@@ -291,6 +291,7 @@ struct Model::Impl {
     kernels::CodeImage rows = ws.codes[size_t(consumer)];
     rows.data += size_t(y0) * rows.padded_w() * rows.cs;
     rows.h = y1 - y0;
+    rows.capacity = 0;  // a view: only its own bytes
     kernels::requantize(values, y1 - y0, s.width, s.channels, layers[size_t(consumer)].input, rows, isa, stride);
   }
 

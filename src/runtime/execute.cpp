@@ -384,8 +384,10 @@ std::unique_ptr<engine::Workspace> Model::Impl::acquire() const {
     kernels::CodeImage& c = ws->codes[i];
     c = input_shape(i);
     auto& bytes = ws->code_bytes[size_t(code_buffer[i])];
-    if (bytes.empty()) bytes.assign(c.bytes(), layers[i].code_offset);  // the border: level 0
+    // the border: level 0; the slack: room for the AMX kernel's last tiles
+    if (bytes.empty()) bytes.assign(c.bytes() + c.amx_slack(), layers[i].code_offset);
     c.data = bytes.data();
+    c.capacity = bytes.size();
   }
   const graph::Shape& in = shape(0);
   ws->image = {nullptr, in.height, in.width, in.channels, image_border};

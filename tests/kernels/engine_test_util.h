@@ -84,9 +84,16 @@ struct Result {
   std::vector<uint8_t> codes;  // the whole bordered output image
 };
 
+// slack: readable bytes past the input image (CodeImage::capacity), as the engine allocates them.
 inline Result run(const Problem& p, GemmIsa isa, bool residual, bool relu, int threads = 1, int extra_border = 0,
-                  int levels = 16, bool from_zero = false, apot::kernels::ConvSchedule schedule = {}) {
-  const Image in = input_image(p, extra_border);
+                  int levels = 16, bool from_zero = false, apot::kernels::ConvSchedule schedule = {},
+                  bool slack = false) {
+  Image in = input_image(p, extra_border);
+  if (slack) {
+    in.bytes.resize(in.bytes.size() + in.view.amx_slack(), 0);
+    in.view.data = in.bytes.data();
+    in.view.capacity = in.bytes.size();
+  }
   const auto packed = apot::kernels::pack_conv(p.W.data(), p.n, p.c, p.k, p.stride, p.pad);
   const auto q = requantizer(levels, from_zero);
   Result r;

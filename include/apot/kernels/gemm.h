@@ -58,8 +58,13 @@ struct Aligned64 {
 struct CodeImage {
   uint8_t* data = nullptr;
   int h = 0, w = 0, cs = 0, border = 0;
+  // Bytes readable from data (0: bytes()). The AMX kernel's tiles of 32 pixels read on past the
+  // last pixel; where the memory after the image is not readable, those pixels take the VNNI
+  // kernel. amx_slack(): enough for every AMX tile of a layer reading this image.
+  size_t capacity = 0;
   int padded_w() const { return w + 2 * border; }
   size_t bytes() const { return size_t(h + 2 * border) * padded_w() * cs; }
+  size_t amx_slack() const { return size_t(64 + 8 * padded_w()) * size_t(cs) + 64; }
   uint8_t* pixel(int y, int x) const { return data + (size_t(y + border) * padded_w() + x + border) * cs; }
 };
 
