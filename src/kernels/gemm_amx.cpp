@@ -15,7 +15,9 @@
 // At stride 1, the pixels of a tile run on over the ends of output rows: consecutive pixels of
 // the padded input are cs bytes apart across rows too, so a tile holds pixel (y, x) at row
 // y * padded_w + x, and the rows that land on the border columns are computed and dropped.
-// That keeps tiles full on 7- and 14-wide maps. At other strides a tile stays in one row.
+// That keeps tiles full on 7- and 14-wide maps. At other strides a tile stays in one row (two
+// rows to a block where they are at most 16 wide). The last tiles read past the last pixel:
+// into CodeImage::capacity where the caller left room, else those pixels take the VNNI kernel.
 #include <immintrin.h>
 
 #include "avx512_epilogue.h"
