@@ -32,7 +32,8 @@ engine_objects() {
     [gemm_avx_vnni]="-mavx2 -mfma -mavxvnni"
     [gemm_avx_vnni_evex]="-mavx2 -mfma -mavx512f -mavx512vl -mavx512vnni"
     [gemm_avx512_vnni]="-mavx512f -mavx512bw -mavx512vl -mavx512vnni"
-    [gemm_winograd_avx512]="-mavx512f -mavx512bw -mavx512vl -mavx512vnni")
+    [gemm_winograd_avx512]="-mavx512f -mavx512bw -mavx512vl -mavx512vnni"
+    [gemm_amx]="-mavx512f -mavx512bw -mavx512vl -mavx512vnni -mamx-tile -mamx-int8")
   for src in src/levels/*.cpp src/graph/*.cpp src/kernels/*.cpp src/runtime/*.cpp; do
     local base; base=$(basename "$src" .cpp)
     local o="$obj/$(basename "$(dirname "$src")")_$base.o"
