@@ -18,7 +18,7 @@
 #include <unistd.h>
 
 #include "apot/apot.h"
-#include "apot/kernels/cpu.h"
+#include "apot/kernels/gemm.h"
 #include "apot/qat/network.h"
 #include "apot/runtime/inspect.h"
 #include "apot/runtime/model.h"
@@ -192,7 +192,7 @@ void run_bench(const BenchOptions& o) {
   if (!o.json) {
     fmt::print("{} {}x{} ({:.1f} M MACs per image), engine path {}{}, its peak {:.1f} G MAC/s per thread\n", g.arch,
                info.height, info.width, macs / 1e6, kernels::to_string(isa),
-               kernels::cpu_features().amx_int8 ? " (AMX tiles where measured faster)" : "", peak);
+               kernels::amx_enabled() ? " (AMX tiles where measured faster)" : "", peak);
     fmt::print("  loaded in {:.0f} ms; kernels chosen per layer by measurement (APOT_TUNE): {}\n", load_ms, tuning);
     if (o.back_to_back > 1)
       fmt::print(

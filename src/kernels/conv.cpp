@@ -51,14 +51,17 @@ bool winograd_applies(const PackedConv& w, int max_code, GemmIsa isa) {
   return isa == GemmIsa::avx512_vnni && !w.wino.empty() && max_code >= 0 && 2 * max_code <= 255 && winograd_enabled();
 }
 
-bool amx_applies(const PackedConv& w, GemmIsa isa) {
+bool amx_enabled() {
   static const bool enabled = [] {
     const char* v = std::getenv("APOT_AMX");
-    return !(v && std::string(v) == "0");
+    return !(v && std::string(v) == "0") && cpu_features().amx_int8;
   }();
+  return enabled;
+}
+
+bool amx_applies(const PackedConv& w, GemmIsa isa) {
   const bool exact = w.kernel * w.cs % 64 == 0;
-  return enabled && isa == GemmIsa::avx512_vnni && cpu_features().amx_int8 && !w.depthwise() &&
-         (exact || !w.amx.empty());
+  return isa == GemmIsa::avx512_vnni && amx_enabled() && !w.depthwise() && (exact || !w.amx.empty());
 }
 
 namespace {
@@ -103,7 +106,7 @@ PackedConv pack_conv(const int8_t* weights, int out_channels, int in_channels, i
   // kernel's row tiles (which share them) are faster.
   if (kernel == 3 && stride == 1 && padding == 1 && w.nblocks > 1 && detail::supports(GemmIsa::avx512_vnni))
     pack_winograd(weights, w);
-  if (w.kernel * w.cs % 64 != 0 && cpu_features().amx_int8) pack_amx(w);
+  if (w.kernel * w.cs % 64 != 0 && amx_enabled()) pack_amx(w);
   return w;
 }
 

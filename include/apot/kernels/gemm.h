@@ -151,8 +151,10 @@ struct ConvOutput {
 // an acc_offset: its input transform takes the padding as zeros.)
 bool winograd_applies(const PackedConv& w, int max_code, GemmIsa isa);
 
-// Whether the AMX kernel can run this layer (ConvSchedule::amx): the AVX-512 VNNI path on a CPU
-// with AMX-INT8, not depthwise, and not switched off by APOT_AMX=0.
+// The CPU and the OS allow AMX-INT8 and APOT_AMX is not 0.
+bool amx_enabled();
+// Whether the AMX kernel can run this layer (ConvSchedule::amx): the AVX-512 VNNI path where
+// amx_enabled(), not depthwise.
 bool amx_applies(const PackedConv& w, GemmIsa isa);
 
 // Convolution of `in` (whose border must be at least w.padding and whose cs must equal w.cs;
