@@ -60,8 +60,8 @@ struct Cells {
 //   t: the thresholds padded to 32 entries with +inf; c: the codes shifted by one (c[j] =
 //   codes[j + 1], the last entry of the 16 or 32 holding codes[0]); first: the threshold the
 //   first search step probes; the cells (Cells::make) where they apply: base[g] as 16-bit words
-//   (64 cells) or 32-bit ones (32), ct: the thresholds padded with NaN, cc: the codes padded
-//   with the last one.
+//   (64 cells) or 32-bit ones (32), and as bytes (64 cells, for vpermb), ct: the thresholds
+//   padded with NaN, cc: the codes padded with the last one.
 struct SearchTables {
   alignas(64) float t[32];
   alignas(64) int32_t c[32];
@@ -69,6 +69,7 @@ struct SearchTables {
   alignas(64) int32_t cc[32];
   alignas(64) int16_t base16[64];
   alignas(64) int32_t base32[32];
+  alignas(64) int8_t base8[64];
   float first = 0;
   bool wide = false;        // more than 16 levels: five search steps over 32 entries, else four
   int checks = 0;           // 0: no cells, the search
@@ -94,6 +95,7 @@ inline SearchTables::SearchTables(const float* thresholds, const uint8_t* codes,
   }
   for (int g = 0; g < 64; ++g) {
     base16[g] = cells.base[g];
+    base8[g] = static_cast<int8_t>(cells.base[g]);
     if (g < 32) base32[g] = cells.base[g];
   }
   if (cells.cells == 0) return;

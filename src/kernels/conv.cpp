@@ -59,6 +59,16 @@ bool amx_enabled() {
   return enabled;
 }
 
+namespace detail {
+bool byte_permutes() {
+  static const bool enabled = [] {
+    const char* v = std::getenv("APOT_VBMI");
+    return !(v && std::string(v) == "0") && cpu_features().avx512vbmi;
+  }();
+  return enabled;
+}
+}  // namespace detail
+
 bool amx_applies(const PackedConv& w, GemmIsa isa) {
   const bool exact = w.kernel * w.cs % 64 == 0;
   return isa == GemmIsa::avx512_vnni && amx_enabled() && !w.depthwise() && (exact || !w.amx.empty());

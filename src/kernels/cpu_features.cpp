@@ -55,6 +55,7 @@ const CpuFeatures& cpu_features() {
     f.avx512dq = __builtin_cpu_supports("avx512dq");
     f.avx512vl = __builtin_cpu_supports("avx512vl");
     f.avx512vnni = __builtin_cpu_supports("avx512vnni");
+    f.avx512vbmi = __builtin_cpu_supports("avx512vbmi");
     // AVX-VNNI from CPUID leaf 7, sub-leaf 1 (EAX bit 4) directly: GCC's __builtin_cpu_supports
     // knows "avxvnni", Clang 14's does not. The OS must save the ymm state, which AVX2 support
     // (checked through the builtin) already implies.
@@ -108,6 +109,7 @@ std::string CpuFeatures::describe() const {
                                               {avx512dq, "avx512dq"},
                                               {avx512vl, "avx512vl"},
                                               {avx512vnni, "avx512vnni"},
+                                              {avx512vbmi, "avx512vbmi"},
                                               {avx_vnni, "avx-vnni"},
                                               {avx512_bf16, "avx512bf16"},
                                               {amx_int8, "amx-int8"}};

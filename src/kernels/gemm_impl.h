@@ -56,6 +56,10 @@ struct ConvArgs {
   }
 };
 
+// The CPU has AVX512_VBMI (vpermb) and APOT_VBMI is not 0: the AVX-512 requantisation looks
+// its 64 cells up with one byte permute.
+bool byte_permutes();
+
 // Output pixels [m0, m1), channel blocks [a.nb0, a.nb1).
 using ConvRows = void (*)(const ConvArgs& a, int m0, int m1);
 void conv_rows_scalar(const ConvArgs& a, int m0, int m1);

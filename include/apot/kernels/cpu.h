@@ -9,6 +9,7 @@ namespace apot::kernels {
 struct CpuFeatures {
   bool avx2 = false, fma = false;
   bool avx512f = false, avx512bw = false, avx512dq = false, avx512vl = false, avx512vnni = false;
+  bool avx512vbmi = false;       // vpermb: byte permutes (Ice Lake, Sapphire Rapids, Zen 4 on; not Cascade Lake)
   bool avx_vnni = false;         // VEX-encoded vpdpbusd (Intel since Alder Lake / Sapphire Rapids)
   bool avx512_bf16 = false;      // vdpbf16ps: bfloat16 dot products (Zen 4, Zen 5, Cooper Lake, Sapphire Rapids)
   bool amx_int8 = false;         // AMX tiles with tdpbusd (Sapphire Rapids on), the OS allowing them
