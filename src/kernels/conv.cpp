@@ -137,6 +137,13 @@ PackedConv pack_depthwise(const int8_t* weights, int channels, int kernel, int s
       w.dw[size_t(tap) * ld + c] = v;
       w.max_abs = std::max(w.max_abs, std::abs(int(v)));
     }
+  if (kernel == 3) {
+    w.dw3.assign(size_t(w.nblocks) * 3 * 64, 0);
+    for (int c = 0; c < channels; ++c)
+      for (int ky = 0; ky < 3; ++ky)
+        for (int kx = 0; kx < 3; ++kx)
+          w.dw3[(size_t(c / 16) * 3 + kx) * 64 + (c % 16) * 4 + ky] = weights[size_t(c) * 9 + ky * 3 + kx];
+  }
   return w;
 }
 

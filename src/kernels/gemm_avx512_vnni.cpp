@@ -250,13 +250,52 @@ void depthwise3_tile(const ConvArgs& a, const Epilogue& e, int y, int x, int c0)
   e.row<R>(acc, y * a.ow + x, y, x, c0, mask, R);
 }
 
-// depthwise3_tile<valid, S> for valid = 1 .. 8.
+// depthwise3_tile with vpdpbusd on input columns (AVX512_VBMI, all 16 channels real): the codes
+// of one input column's three kernel rows, as the bytes (row 0, row 1, row 2, 0) of each
+// channel's lane (three 16-byte loads into one vector, one vpermb), times each channel's taps
+// (ky = 0, 1, 2) of kernel column kx (PackedConv::dw3): one vpdpbusd per output and kernel
+// column where vpdpwssd takes one per tap, and each column built once for the up to three
+// outputs that read it.
+template <int R, int S>
+void depthwise3_columns_tile(const ConvArgs& a, const Epilogue& e, int y, int x, int c0) {
+  const size_t cs = size_t(a.in->cs);
+  const int8_t* wq = a.w->dw3.data() + size_t(c0 / 16) * 3 * 64;
+  const __m512i wv[3] = {_mm512_load_si512(wq), _mm512_load_si512(wq + 64), _mm512_load_si512(wq + 128)};
+  // Byte 4 c + k of a column: byte c of row k (16 k + c), and for k = 3 byte 48, a zero.
+  alignas(64) static const uint8_t order_bytes[64] = {0,  16, 32, 48, 1,  17, 33, 48, 2,  18, 34, 48, 3,  19, 35, 48,
+                                                      4,  20, 36, 48, 5,  21, 37, 48, 6,  22, 38, 48, 7,  23, 39, 48,
+                                                      8,  24, 40, 48, 9,  25, 41, 48, 10, 26, 42, 48, 11, 27, 43, 48,
+                                                      12, 28, 44, 48, 13, 29, 45, 48, 14, 30, 46, 48, 15, 31, 47, 48};
+  const __m512i order = _mm512_load_si512(order_bytes);
+  __m512i acc[R];
+  for (int r = 0; r < R; ++r) acc[r] = zero_accumulator();
+  const uint8_t* base = a.base(y, x) + c0;
+  const ptrdiff_t row1 = a.tap_offsets[3], row2 = a.tap_offsets[6];
+#pragma GCC unroll 32
+  for (int j = 0; j < S * (R - 1) + 3; ++j) {
+    const uint8_t* at = base + size_t(j) * cs;
+    __m512i rows = _mm512_zextsi128_si512(_mm_loadu_si128(reinterpret_cast<const __m128i*>(at)));
+    rows = _mm512_inserti32x4(rows, _mm_loadu_si128(reinterpret_cast<const __m128i*>(at + row1)), 1);
+    rows = _mm512_inserti32x4(rows, _mm_loadu_si128(reinterpret_cast<const __m128i*>(at + row2)), 2);
+    const __m512i column = permute_bytes(order, rows);
+#pragma GCC unroll 3
+    for (int kx = 0; kx < 3; ++kx) {
+      const int d = j - kx;  // S * r for output r
+      if (d >= 0 && d % S == 0 && d / S < R) acc[d / S] = dpbusd(acc[d / S], column, wv[kx]);
+    }
+  }
+  e.row<R>(acc, y * a.ow + x, y, x, c0, 0xffff, R);
+}
+
+// depthwise3_tile<valid, S> for valid = 1 .. 8 (columns: depthwise3_columns_tile where all 16
+// channels are real).
 template <int S, int R = 8>
-void depthwise3(const ConvArgs& a, const Epilogue& e, int y, int x, int valid, int c0) {
+void depthwise3(const ConvArgs& a, const Epilogue& e, int y, int x, int valid, int c0, bool columns) {
   if constexpr (R > 1)
-    if (valid < R) return depthwise3<S, R - 1>(a, e, y, x, valid, c0);
-  if (a.w->out_channels - c0 >= 16) depthwise3_tile<R, S, true>(a, e, y, x, c0);
-  else depthwise3_tile<R, S, false>(a, e, y, x, c0);
+    if (valid < R) return depthwise3<S, R - 1>(a, e, y, x, valid, c0, columns);
+  if (a.w->out_channels - c0 < 16) return depthwise3_tile<R, S, false>(a, e, y, x, c0);
+  if (columns) depthwise3_columns_tile<R, S>(a, e, y, x, c0);
+  else depthwise3_tile<R, S, true>(a, e, y, x, c0);
 }
 }  // namespace
 
@@ -265,11 +304,12 @@ void depthwise3(const ConvArgs& a, const Epilogue& e, int y, int x, int valid, i
 void depthwise_rows_avx512(const ConvArgs& a, int m0, int m1) {
   const Epilogue e(*a.out, a.w->out_channels);
   const int k = a.w->kernel, stride = a.w->stride;
+  const bool columns = !a.w->dw3.empty() && byte_permutes();
   for (int m = m0; m < m1;) {
     const int y = m / a.ow, x = m % a.ow, valid = std::min({8, a.ow - x, m1 - m});
     for (int nb = a.nb0; nb < a.nb1; ++nb) {
-      if (k == 3 && stride == 1) depthwise3<1>(a, e, y, x, valid, 16 * nb);
-      else if (k == 3 && stride == 2) depthwise3<2>(a, e, y, x, valid, 16 * nb);
+      if (k == 3 && stride == 1) depthwise3<1>(a, e, y, x, valid, 16 * nb, columns);
+      else if (k == 3 && stride == 2) depthwise3<2>(a, e, y, x, valid, 16 * nb, columns);
       else depthwise_tile<8>(a, e, y, x, valid, 16 * nb);
     }
     m += valid;

@@ -95,6 +95,9 @@ struct PackedConv {
   // int32 in dw[tap * 16 * nblocks + c] (zero beyond the channels; data and wino are empty).
   int groups = 1;
   std::vector<int32_t, Aligned64<int32_t>> dw;
+  // 3x3 depthwise, for vpdpbusd on input columns (AVX512_VBMI): per block of 16 channels and
+  // kernel column kx, each channel's taps (ky = 0, 1, 2, then 0) as 4 bytes; empty otherwise.
+  std::vector<int8_t, Aligned64<int8_t>> dw3;
   bool depthwise() const { return groups > 1; }
   int K() const { return kernel * kernel * cs; }
   int8_t at(int k, int n) const { return data[(size_t(n / 16) * (K() / 4) + k / 4) * 64 + (n % 16) * 4 + k % 4]; }
