@@ -109,10 +109,10 @@ inline void finish(const ConvArgs& a, const Epilogue& e, const Sums& s, const Pi
   e.row<8>(acc, p.y * a.ow + p.x, p.y, p.x, n0, lane_mask(a.w->out_channels - n0), p.count);
 }
 
-// 32 pixels (rows 0-15 from a0, 16-31 from a1, `step` bytes apart) x blocks (nb, nb + 1) into
-// the accumulator tiles, and the epilogue pieces `todo` of the block before (from `before`),
-// one after each chunk: the AMX unit and the vector units then work side by side (run one
-// after the other, the epilogue of a 56x56 layer took as long as its tiles).
+// 32 pixels (rows 0-15 from a0, 16-31 from a1, `step` bytes apart) x blocks (nb, nb + 1; only
+// nb where b_block is 0) into the accumulator tiles, and the epilogue pieces `todo` of the block before (from
+// `before`), one after each chunk: the AMX unit and the vector units then work side by side (run one after the other,
+// the epilogue of a 56x56 layer took as long as its tiles).
 inline void block32(const ConvArgs& a, const Epilogue& e, const Layout& l, const uint8_t* a0, const uint8_t* a1,
                     size_t step, int nb, size_t b_block, const Pieces& todo, const Sums& before) {
   const int8_t* b0 = l.chunks[0].b + size_t(nb) * l.b_block;
@@ -129,17 +129,20 @@ inline void block32(const ConvArgs& a, const Epilogue& e, const Layout& l, const
     _tile_dpbusd(0, 4, 6);
     _tile_loadd(5, a1 + c.a_offset, step);
     _tile_dpbusd(2, 5, 6);
-    _tile_loadd(7, b + b_block, 64);
-    _tile_dpbusd(1, 4, 7);
-    _tile_dpbusd(3, 5, 7);
+    if (b_block) {
+      _tile_loadd(7, b + b_block, 64);
+      _tile_dpbusd(1, 4, 7);
+      _tile_dpbusd(3, 5, 7);
+    }
     if (next < todo.n) finish(a, e, before, todo.p[size_t(next++)], nb);
   }
   for (; next < todo.n; ++next) finish(a, e, before, todo.p[size_t(next)], nb);
 }
 
-inline void store(Sums& s) {
+inline void store(Sums& s, int blocks) {
   _tile_stored(0, s.v[0][0], 64);
   _tile_stored(2, s.v[0][16], 64);
+  if (blocks < 2) return;
   _tile_stored(1, s.v[1][0], 64);
   _tile_stored(3, s.v[1][16], 64);
 }
@@ -198,9 +201,9 @@ bool conv_rows_amx(const ConvArgs& a, int m0, int m1) {
           conv_rows_avx512_vnni(part, std::max(m, mv), seg_end_m);
           break;
         }
-        // With one block left, the second B tile is the first again and its sums go unused.
+        // With one block left (16 output channels), half the tiles: b_block 0.
         block32(a, e, l, a0, a1, step, nb, blocks == 2 ? l.b_block : 0, todo, sums[current ^ 1]);
-        store(sums[current]);
+        store(sums[current], blocks);
         todo.make(v, std::min(32, v1 - v), vw, a.ow, blocks);
         current ^= 1;
       }
