@@ -88,16 +88,19 @@ struct Pieces {
   int n = 0;
   void make(int v, int rows, int vw, int ow, int blocks) {
     n = 0;
+    const int y0 = v / vw, x0 = v % vw;  // one division per block, not one per piece
     for (int j = 0; j < blocks; ++j)
-      for (int i = 0; i < rows;) {
-        const int y = (v + i) / vw, x = (v + i) % vw;
-        if (x >= ow) {
+      for (int i = 0, y = y0, x = x0; i < rows;) {
+        if (x >= ow) {  // the border columns to the row's end (none where vw == ow)
           i += vw - x;
+          x = 0;
+          ++y;
           continue;
         }
         const int count = std::min({8, rows - i, ow - x});
         p[size_t(n++)] = {j, i, count, y, x};
         i += count;
+        x += count;
       }
   }
 };
