@@ -56,17 +56,15 @@ struct Search {
   __m512 k, c, top, ct0, ct1;
   __m512i base0, base1, base8, cc0, cc1;
 
-  // q == nullptr: a search that is never used (an epilogue without codes). vbmi: whether vpermb
-  // may run (tests ask for both lookups).
-  explicit Search(const Requantizer* q, bool vbmi = byte_permutes()) {
-    if (q && q->tables) load(*q->tables, vbmi);
+  // q == nullptr: a search that is never used (an epilogue without codes).
+  explicit Search(const Requantizer* q) {
+    if (q && q->tables) load(*q->tables);
     else
       load(q ? SearchTables(q->thresholds.data(), q->codes.data(), int(q->codes.size()))
-             : SearchTables(nullptr, nullptr, 1),
-           vbmi);
+             : SearchTables(nullptr, nullptr, 1));
   }
 
-  void load(const SearchTables& s, bool vbmi) {
+  void load(const SearchTables& s) {
     wide = s.wide;
     t0 = _mm512_load_ps(s.t);
     t1 = _mm512_load_ps(s.t + 16);
@@ -75,7 +73,7 @@ struct Search {
     c1 = _mm512_load_si512(s.c + 16);
     checks = s.checks;
     wide_cells = s.wide_cells;
-    byte_cells = wide_cells && vbmi;
+    byte_cells = wide_cells && byte_permutes();
     base8 = _mm512_load_si512(s.base8);
     k = _mm512_set1_ps(s.k);
     c = _mm512_set1_ps(s.c0);

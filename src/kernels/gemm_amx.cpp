@@ -113,9 +113,10 @@ inline void finish(const ConvArgs& a, const Epilogue& e, const Sums& s, const Pi
 }
 
 // 32 pixels (rows 0-15 from a0, 16-31 from a1, `step` bytes apart) x blocks (nb, nb + 1; only
-// nb where b_block is 0) into the accumulator tiles, and the epilogue pieces `todo` of the block before (from
-// `before`), one after each chunk: the AMX unit and the vector units then work side by side (run one after the other,
-// the epilogue of a 56x56 layer took as long as its tiles).
+// nb where b_block is 0) into the accumulator tiles, and the epilogue pieces `todo` of the
+// block before (from `before`), one after each chunk: the AMX unit and the vector units then
+// work side by side (run one after the other, the epilogue of a 56x56 layer took as long as
+// its tiles).
 inline void block32(const ConvArgs& a, const Epilogue& e, const Layout& l, const uint8_t* a0, const uint8_t* a1,
                     size_t step, int nb, size_t b_block, const Pieces& todo, const Sums& before) {
   const int8_t* b0 = l.chunks[0].b + size_t(nb) * l.b_block;

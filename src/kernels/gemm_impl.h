@@ -56,8 +56,9 @@ struct ConvArgs {
   }
 };
 
-// The CPU has AVX512_VBMI (vpermb) and APOT_VBMI is not 0: the AVX-512 requantisation looks
-// its 64 cells up with one byte permute.
+// The CPU has AVX512_VBMI (vpermb) and APOT_VBMI is not 0 (tests run both ways): the AVX-512
+// requantisation looks its 64 cells up with one byte permute, and 3x3 depthwise layers take
+// vpdpbusd on input columns.
 bool byte_permutes();
 
 // Output pixels [m0, m1), channel blocks [a.nb0, a.nb1).
