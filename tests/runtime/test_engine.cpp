@@ -495,20 +495,17 @@ TEST(Tuning, MeasuredKernelsAreCachedAndGiveTheSameBits) {
       EXPECT_TRUE(choice.at("one_thread").is_boolean()) << key;
     }
   }
-  // Rewrites every entry of the cache file to `choice`.
-  auto choose_everywhere = [&](const nlohmann::json& choice) {
+  // Rewrites every entry of the cache file to one choice (split measured at two threads).
+  auto choose_everywhere = [&](const std::string& isa, bool winograd, bool amx, bool one_thread) {
+    const nlohmann::json choice{{"isa", isa}, {"winograd", winograd},     {"rows_first", false},
+                                {"amx", amx}, {"one_thread", one_thread}, {"split_threads", 2}};
     nlohmann::json j = read_json(cache);
     for (auto& [key, entry] : j.at(apot::kernels::cpu_model()).items()) entry = choice;
     std::ofstream(cache) << j.dump();
   };
   if (apot::kernels::cpu_features().amx_int8) {
     // AMX tiles from the cache: taken on one thread and, split over two, kept (not the default).
-    choose_everywhere({{"isa", "avx512-vnni"},
-                       {"winograd", false},
-                       {"rows_first", false},
-                       {"amx", true},
-                       {"one_thread", false},
-                       {"split_threads", 2}});
+    choose_everywhere("avx512-vnni", false, true, false);
     EnvGuard mode("APOT_TUNE", "1");
     const auto engine = export_and_load(*model, c);
     const apot::runtime::Inspector inspect(engine);
@@ -523,12 +520,7 @@ TEST(Tuning, MeasuredKernelsAreCachedAndGiveTheSameBits) {
   for (bool one_thread : {true, false}) {
     // The cache is read: every entry rewritten to AVX2 (which this model can run) is taken, on
     // one thread where two run an image, or split (then with the path's default kernels).
-    choose_everywhere({{"isa", "avx2"},
-                       {"winograd", true},
-                       {"rows_first", false},
-                       {"amx", false},
-                       {"one_thread", one_thread},
-                       {"split_threads", 2}});
+    choose_everywhere("avx2", true, false, one_thread);
     EnvGuard mode("APOT_TUNE", "1");
     const auto engine = export_and_load(*model, c);
     const apot::runtime::Inspector inspect(engine);
