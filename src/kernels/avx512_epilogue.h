@@ -193,7 +193,9 @@ inline __m512i load_weights(const int8_t* p) {
 inline __mmask16 lane_mask(int count) { return static_cast<__mmask16>(count >= 16 ? 0xFFFF : (1u << count) - 1); }
 
 struct Epilogue {
-  const ConvOutput& o;
+  // A copy, not a reference: the kernels' code stores could point anywhere, so the compiler
+  // loaded the output's pointers through a reference again after each store.
+  const ConvOutput o;
   const Search search;
   const size_t N;
   // Whether the ReLU (and its clamp) runs: where only codes come out of the epilogue, it changes
@@ -281,10 +283,16 @@ struct Epilogue {
   __attribute__((always_inline)) void straight_row(const __m512i (&acc)[R], int p, int y, int x, int n0, __mmask16 mask,
                                                    int valid) const {
     const __m512 scale = _mm512_maskz_loadu_ps(mask, o.scale + n0), bias = _mm512_maskz_loadu_ps(mask, o.bias + n0);
-    const __m512i offset = o.acc_offset ? _mm512_maskz_loadu_epi32(mask, o.acc_offset + n0) : _mm512_setzero_si512();
+    __m512i sum[R];
+    if (o.acc_offset) {  // signed inputs only: unsigned ones skip the subtraction
+      const __m512i offset = _mm512_maskz_loadu_epi32(mask, o.acc_offset + n0);
+      for (int r = 0; r < R; ++r) sum[r] = _mm512_sub_epi32(acc[r], offset);
+    } else {
+      for (int r = 0; r < R; ++r) sum[r] = acc[r];
+    }
     __m512 v[R];
     for (int r = 0; r < R; ++r) {
-      v[r] = _mm512_add_ps(_mm512_mul_ps(scale, _mm512_cvtepi32_ps(_mm512_sub_epi32(acc[r], offset))), bias);
+      v[r] = _mm512_add_ps(_mm512_mul_ps(scale, _mm512_cvtepi32_ps(sum[r])), bias);
       if (Residual && r < valid) {
         const size_t at = size_t(p + r) * N + n0;
         v[r] = _mm512_add_ps(v[r], _mm512_maskz_loadu_ps(mask, o.residual + at));
