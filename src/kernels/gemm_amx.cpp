@@ -105,13 +105,13 @@ struct Pieces {
   }
 };
 
-// The epilogue of one piece, for one of the epilogue's shapes (S: Epilogue::straight). The
-// kernel is instantiated per shape with its own copy of the epilogue, inlined into the tile
-// loop: the requantiser's vectors stay in registers, where a call per piece loaded them again
-// and chose its shape each time (with the epilogue's copy of ConvOutput and no subtraction
-// without an offset: 56x56 3x3 64->64 0.88x the time, with a residual 0.85x; 28x28 3x3
-// 128->128 0.90x; 14x14 1x1 64->384 0.95x).
-template <Epilogue::Straight S>
+// The epilogue of one piece, for one of the epilogue's shapes (S: Epilogue::straight; Full:
+// every block of 16 output channels whole). The kernel is instantiated per shape with its own
+// copy of the epilogue, inlined into the tile loop: the requantiser's vectors stay in registers,
+// where a call per piece loaded them again and chose its shape each time, and whole blocks take
+// no masks (with the epilogue's copy of ConvOutput and no subtraction without an offset: 56x56
+// 3x3 64->64 0.83-0.87x the time, 14x14 1x1 64->384 0.80x, one harness, same bits).
+template <Epilogue::Straight S, bool Full>
 struct Finish {
   const Epilogue e;
   const ConvArgs& a;
@@ -120,7 +120,7 @@ struct Finish {
     __m512i acc[8];
     for (int r = 0; r < 8; ++r) acc[r] = _mm512_load_si512(s.v[p.j][std::min(p.i + r, 31)]);
     const int at = p.y * a.ow + p.x;
-    const __mmask16 mask = lane_mask(a.w->out_channels - n0);
+    const __mmask16 mask = Full ? __mmask16(0xffff) : lane_mask(a.w->out_channels - n0);
     if constexpr (S == Epilogue::Straight::codes) e.straight_row<false, 8>(acc, at, p.y, p.x, n0, mask, p.count);
     else if constexpr (S == Epilogue::Straight::residual_codes)
       e.straight_row<true, 8>(acc, at, p.y, p.x, n0, mask, p.count);
@@ -240,9 +240,10 @@ bool conv_rows_amx(const ConvArgs& a, int m0, int m1) {
   if (!make_layout(a, l)) return false;
   const Epilogue e(*a.out, a.w->out_channels);
   using S = Epilogue::Straight;
-  if (e.straight == S::codes) run(a, m0, m1, l, Finish<S::codes>{e, a});
-  else if (e.straight == S::residual_codes) run(a, m0, m1, l, Finish<S::residual_codes>{e, a});
-  else run(a, m0, m1, l, Finish<S::no>{e, a});
+  const bool full = a.w->out_channels % 16 == 0;
+  if (e.straight == S::codes && full) run(a, m0, m1, l, Finish<S::codes, true>{e, a});
+  else if (e.straight == S::residual_codes && full) run(a, m0, m1, l, Finish<S::residual_codes, true>{e, a});
+  else run(a, m0, m1, l, Finish<S::no, false>{e, a});
   return true;
 }
 

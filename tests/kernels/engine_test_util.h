@@ -114,6 +114,37 @@ inline Result run(const Problem& p, GemmIsa isa, bool residual, bool relu, int t
   return r;
 }
 
+// The engine's usual outputs, without the sums (the AVX-512 epilogue's straight shapes, where
+// the requantiser has 64 cells of at most one threshold: evenly spread thresholds): the codes
+// alone (no ReLU: the first threshold is below 0), or with a residual, the ReLU and the values.
+inline Result run_without_sums(const Problem& p, GemmIsa isa, bool residual, int threads = 1,
+                               apot::kernels::ConvSchedule schedule = {}, bool slack = false) {
+  Image in = input_image(p);
+  if (slack) {
+    in.bytes.resize(in.bytes.size() + in.view.amx_slack(), 0);
+    in.view.data = in.bytes.data();
+    in.view.capacity = in.bytes.size();
+  }
+  const auto packed = apot::kernels::pack_conv(p.W.data(), p.n, p.c, p.k, p.stride, p.pad);
+  const auto q = requantizer(16, false);
+  Result r;
+  r.values.assign(size_t(p.oh()) * p.ow() * p.n, -7.0f);
+  Image out(p.oh(), p.ow(), p.n, 1);
+  ConvOutput o;
+  o.scale = p.scale.data();
+  o.bias = p.bias.data();
+  o.requantizer = &q;
+  o.codes = out.view;
+  if (residual) {
+    o.residual = p.residual.data();
+    o.relu = true;
+    o.values = r.values.data();
+  }
+  apot::kernels::conv_u8s8(in.view, packed, p.max_a, o, isa, threads, schedule);
+  r.codes = out.bytes;
+  return r;
+}
+
 // Every engine path, for tests that report the paths this CPU lacks as skipped.
 inline const std::vector<GemmIsa>& all_paths() {
   static const std::vector<GemmIsa> all{GemmIsa::scalar, GemmIsa::avx2, GemmIsa::avx_vnni, GemmIsa::avx512_vnni};
