@@ -95,7 +95,7 @@ nlohmann::json read_cache(const std::string& path) {
   std::ifstream in(path);
   if (!in) return nlohmann::json::object();
   const nlohmann::json j = nlohmann::json::parse(in, nullptr, false);
-  return j.is_object() && j.value("version", 0) == 3 ? j : nlohmann::json::object();
+  return j.is_object() && j.value("version", 0) == 4 ? j : nlohmann::json::object();
 }
 
 // False if it could not be written (the choices then hold for this load only).
@@ -159,7 +159,9 @@ void Model::Impl::tune() {
   if (mode == TuneMode::off) return;
   const std::string path = cache_path();
   nlohmann::json cache = path.empty() ? nlohmann::json::object() : read_cache(path);
-  cache["version"] = 3;  // 2: AMX variants (session 26); 3: vpermb in the epilogue (session 27)
+  // 2: AMX variants (session 26); 3: vpermb in the epilogue (session 27); 4: the AMX epilogue
+  // inlined (session 28)
+  cache["version"] = 4;
   nlohmann::json& mine = cache[kernels::cpu_model()];
   if (!mine.is_object()) mine = nlohmann::json::object();
 

@@ -488,7 +488,7 @@ TEST(Tuning, MeasuredKernelsAreCachedAndGiveTheSameBits) {
     check_bits(engine, "measured");
     ASSERT_TRUE(std::filesystem::exists(cache));
     const nlohmann::json j = read_json(cache);
-    EXPECT_EQ(j.at("version"), 3);
+    EXPECT_EQ(j.at("version"), 4);
     EXPECT_EQ(j.at(apot::kernels::cpu_model()).size(), 9u);
     for (const auto& [key, choice] : j.at(apot::kernels::cpu_model()).items()) {
       EXPECT_EQ(choice.at("split_threads"), 2) << key;
