@@ -276,23 +276,26 @@ struct Epilogue {
       if (r < valid) _mm_mask_storeu_epi8(dst + r * step, mask, codes[r]);
   }
 
+  // How straight_row() takes acc_offset: any (one path, subtracting 0 where it is null), none
+  // (it is null: no subtraction), some (it is not). A kernel that knows which instantiates
+  // none or some (the AMX kernel: its epilogue is inlined into a loop of its own, where the
+  // branch of `any` cost more than in the vector kernels' tiles).
+  enum class Offsets { any, none, some };
+
   // row() for the straight shapes, the same operations in the same order: v = scale * (acc -
   // acc_offset) + bias (Residual: + residual, the ReLU and its clamp, the values stored), its
   // cell, the one check, the code.
-  template <bool Residual, int R>
+  template <bool Residual, int R, Offsets Off = Offsets::any>
   __attribute__((always_inline)) void straight_row(const __m512i (&acc)[R], int p, int y, int x, int n0, __mmask16 mask,
                                                    int valid) const {
     const __m512 scale = _mm512_maskz_loadu_ps(mask, o.scale + n0), bias = _mm512_maskz_loadu_ps(mask, o.bias + n0);
-    __m512i sum[R];
-    if (o.acc_offset) {  // signed inputs only: unsigned ones skip the subtraction
-      const __m512i offset = _mm512_maskz_loadu_epi32(mask, o.acc_offset + n0);
-      for (int r = 0; r < R; ++r) sum[r] = _mm512_sub_epi32(acc[r], offset);
-    } else {
-      for (int r = 0; r < R; ++r) sum[r] = acc[r];
-    }
+    const __m512i offset = Off != Offsets::none && (Off == Offsets::some || o.acc_offset)
+                               ? _mm512_maskz_loadu_epi32(mask, o.acc_offset + n0)
+                               : _mm512_setzero_si512();
     __m512 v[R];
     for (int r = 0; r < R; ++r) {
-      v[r] = _mm512_add_ps(_mm512_mul_ps(scale, _mm512_cvtepi32_ps(sum[r])), bias);
+      const __m512i sum = Off == Offsets::none ? acc[r] : _mm512_sub_epi32(acc[r], offset);
+      v[r] = _mm512_add_ps(_mm512_mul_ps(scale, _mm512_cvtepi32_ps(sum)), bias);
       if (Residual && r < valid) {
         const size_t at = size_t(p + r) * N + n0;
         v[r] = _mm512_add_ps(v[r], _mm512_maskz_loadu_ps(mask, o.residual + at));

@@ -109,9 +109,9 @@ struct Pieces {
 // every block of 16 output channels whole). The kernel is instantiated per shape with its own
 // copy of the epilogue, inlined into the tile loop: the requantiser's vectors stay in registers,
 // where a call per piece loaded them again and chose its shape each time, and whole blocks take
-// no masks (with the epilogue's copy of ConvOutput and no subtraction without an offset: 56x56
-// 3x3 64->64 0.83-0.87x the time, 14x14 1x1 64->384 0.80x, one harness, same bits).
-template <Epilogue::Straight S, bool Full>
+// no masks and no subtraction without an offset (Off; with the epilogue's copy of ConvOutput:
+// 56x56 3x3 64->64 0.83-0.87x the time, 14x14 1x1 64->384 0.80x, one harness, same bits).
+template <Epilogue::Straight S, bool Full, Epilogue::Offsets Off = Epilogue::Offsets::any>
 struct Finish {
   const Epilogue e;
   const ConvArgs& a;
@@ -121,9 +121,9 @@ struct Finish {
     for (int r = 0; r < 8; ++r) acc[r] = _mm512_load_si512(s.v[p.j][std::min(p.i + r, 31)]);
     const int at = p.y * a.ow + p.x;
     const __mmask16 mask = Full ? __mmask16(0xffff) : lane_mask(a.w->out_channels - n0);
-    if constexpr (S == Epilogue::Straight::codes) e.straight_row<false, 8>(acc, at, p.y, p.x, n0, mask, p.count);
+    if constexpr (S == Epilogue::Straight::codes) e.straight_row<false, 8, Off>(acc, at, p.y, p.x, n0, mask, p.count);
     else if constexpr (S == Epilogue::Straight::residual_codes)
-      e.straight_row<true, 8>(acc, at, p.y, p.x, n0, mask, p.count);
+      e.straight_row<true, 8, Off>(acc, at, p.y, p.x, n0, mask, p.count);
     else e.row<8>(acc, at, p.y, p.x, n0, mask, p.count);
   }
 };
@@ -240,10 +240,17 @@ bool conv_rows_amx(const ConvArgs& a, int m0, int m1) {
   if (!make_layout(a, l)) return false;
   const Epilogue e(*a.out, a.w->out_channels);
   using S = Epilogue::Straight;
-  const bool full = a.w->out_channels % 16 == 0;
-  if (e.straight == S::codes && full) run(a, m0, m1, l, Finish<S::codes, true>{e, a});
-  else if (e.straight == S::residual_codes && full) run(a, m0, m1, l, Finish<S::residual_codes, true>{e, a});
-  else run(a, m0, m1, l, Finish<S::no, false>{e, a});
+  using O = Epilogue::Offsets;
+  const bool full = a.w->out_channels % 16 == 0, offset = a.out->acc_offset;
+  if (full && e.straight == S::codes) {
+    if (offset) run(a, m0, m1, l, Finish<S::codes, true, O::some>{e, a});
+    else run(a, m0, m1, l, Finish<S::codes, true, O::none>{e, a});
+  } else if (full && e.straight == S::residual_codes) {
+    if (offset) run(a, m0, m1, l, Finish<S::residual_codes, true, O::some>{e, a});
+    else run(a, m0, m1, l, Finish<S::residual_codes, true, O::none>{e, a});
+  } else {
+    run(a, m0, m1, l, Finish<S::no, false>{e, a});
+  }
   return true;
 }
 

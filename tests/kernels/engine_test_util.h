@@ -116,8 +116,9 @@ inline Result run(const Problem& p, GemmIsa isa, bool residual, bool relu, int t
 
 // The engine's usual outputs, without the sums (the AVX-512 epilogue's straight shapes, where
 // the requantiser has 64 cells of at most one threshold: evenly spread thresholds): the codes
-// alone (no ReLU: the first threshold is below 0), or with a residual, the ReLU and the values.
-inline Result run_without_sums(const Problem& p, GemmIsa isa, bool residual, int threads = 1,
+// alone (no ReLU: the first threshold is below 0), or with a residual, the ReLU and the values;
+// offset: an offset per output channel taken off the sums (as for signed inputs).
+inline Result run_without_sums(const Problem& p, GemmIsa isa, bool residual, bool offset, int threads = 1,
                                apot::kernels::ConvSchedule schedule = {}, bool slack = false) {
   Image in = input_image(p);
   if (slack) {
@@ -135,6 +136,9 @@ inline Result run_without_sums(const Problem& p, GemmIsa isa, bool residual, int
   o.bias = p.bias.data();
   o.requantizer = &q;
   o.codes = out.view;
+  std::vector<int32_t> offsets;
+  for (int n = 0; n < p.n; ++n) offsets.push_back((n * 37) % 201 - 100);
+  if (offset) o.acc_offset = offsets.data();
   if (residual) {
     o.residual = p.residual.data();
     o.relu = true;

@@ -139,29 +139,37 @@ TEST(Conv, AmxMatchesTheReference) {
 }
 
 // The AMX kernel runs its own copy of the epilogue per shape: the codes alone, or a residual,
-// the ReLU, values and codes (each for whole blocks of 16 channels, else the general epilogue).
-TEST(Conv, AmxWithoutSumsMatchesTheReference) {
-  if (!apot::kernels::cpu_features().amx_int8) GTEST_SKIP() << "this CPU (or its OS) has no AMX-INT8";
+// the ReLU, values and codes, each with and without an offset (for whole blocks of 16 channels,
+// else the general epilogue); the AVX-512 VNNI kernels on the same outputs.
+TEST(Conv, OutputsWithoutSumsMatchTheReference) {
+  if (!supported(GemmIsa::avx512_vnni)) GTEST_SKIP() << "this CPU has no AVX-512 VNNI";
+  const bool amx = apot::kernels::cpu_features().amx_int8;
   unsigned seed = 2700;
   struct Shape {
     int h, w, c, n, k, stride;
   };
   for (Shape s : {Shape{14, 14, 64, 48, 1, 1}, Shape{9, 11, 32, 32, 3, 1}, Shape{16, 16, 64, 16, 3, 1},
                   Shape{7, 7, 128, 80, 3, 1}, Shape{14, 14, 64, 17, 3, 2}, Shape{6, 9, 20, 32, 3, 2}})
-    for (bool residual : {false, true}) {
-      const Problem p = make(s.h, s.w, s.c, s.n, s.k, s.stride, 48, 10, ++seed);
-      const Result ref = run_without_sums(p, GemmIsa::scalar, residual);
-      for (int threads : {1, 2}) {
-        apot::kernels::ConvSchedule amx;
-        amx.amx = true;
-        const Result got = run_without_sums(p, GemmIsa::avx512_vnni, residual, threads, amx, true);
-        const std::string what = std::to_string(s.h) + "x" + std::to_string(s.w) + "x" + std::to_string(s.c) + " -> " +
-                                 std::to_string(s.n) + " k" + std::to_string(s.k) + "s" + std::to_string(s.stride) +
-                                 (residual ? " residual" : " codes") + " threads " + std::to_string(threads);
-        ASSERT_EQ(got.values, ref.values) << what;
-        ASSERT_EQ(got.codes, ref.codes) << what;
+    for (bool residual : {false, true})
+      for (bool offset : {false, true}) {
+        const Problem p = make(s.h, s.w, s.c, s.n, s.k, s.stride, 48, 10, ++seed);
+        const Result ref = run_without_sums(p, GemmIsa::scalar, residual, offset);
+        for (bool tiles : {false, true}) {
+          if (tiles && !amx) continue;
+          for (int threads : {1, 2}) {
+            apot::kernels::ConvSchedule schedule;
+            schedule.amx = tiles;
+            const Result got = run_without_sums(p, GemmIsa::avx512_vnni, residual, offset, threads, schedule, true);
+            const std::string what = std::to_string(s.h) + "x" + std::to_string(s.w) + "x" + std::to_string(s.c) +
+                                     " -> " + std::to_string(s.n) + " k" + std::to_string(s.k) + "s" +
+                                     std::to_string(s.stride) + (residual ? " residual" : " codes") +
+                                     (offset ? " offset" : "") + (tiles ? " amx" : "") + " threads " +
+                                     std::to_string(threads);
+            ASSERT_EQ(got.values, ref.values) << what;
+            ASSERT_EQ(got.codes, ref.codes) << what;
+          }
+        }
       }
-    }
 }
 
 // The Winograd F(2,3) kernel (3x3, stride 1, AVX-512 VNNI): taken exactly where it applies,
