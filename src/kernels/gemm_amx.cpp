@@ -241,16 +241,15 @@ bool conv_rows_amx(const ConvArgs& a, int m0, int m1) {
   const Epilogue e(*a.out, a.w->out_channels);
   using S = Epilogue::Straight;
   using O = Epilogue::Offsets;
-  const bool full = a.w->out_channels % 16 == 0, offset = a.out->acc_offset;
-  if (full && e.straight == S::codes) {
-    if (offset) run(a, m0, m1, l, Finish<S::codes, true, O::some>{e, a});
-    else run(a, m0, m1, l, Finish<S::codes, true, O::none>{e, a});
-  } else if (full && e.straight == S::residual_codes) {
-    if (offset) run(a, m0, m1, l, Finish<S::residual_codes, true, O::some>{e, a});
-    else run(a, m0, m1, l, Finish<S::residual_codes, true, O::none>{e, a});
-  } else {
-    run(a, m0, m1, l, Finish<S::no, false>{e, a});
-  }
+  // A straight shape on whole blocks, with or without the offset.
+  auto straight = [&]<S Shape>() {
+    if (a.out->acc_offset) run(a, m0, m1, l, Finish<Shape, true, O::some>{e, a});
+    else run(a, m0, m1, l, Finish<Shape, true, O::none>{e, a});
+  };
+  const bool full = a.w->out_channels % 16 == 0;
+  if (full && e.straight == S::codes) straight.operator()<S::codes>();
+  else if (full && e.straight == S::residual_codes) straight.operator()<S::residual_codes>();
+  else run(a, m0, m1, l, Finish<S::no, false>{e, a});
   return true;
 }
 

@@ -56,11 +56,17 @@ struct Image {
   }
 };
 
-inline Image input_image(const Problem& p, int extra_border = 0) {
+// slack: readable bytes past the image (CodeImage::capacity), as the engine allocates them.
+inline Image input_image(const Problem& p, int extra_border = 0, bool slack = false) {
   Image im(p.h, p.w, p.c, p.pad + extra_border);
   for (int y = 0; y < p.h; ++y)
     for (int x = 0; x < p.w; ++x)
       for (int ci = 0; ci < p.c; ++ci) im.view.pixel(y, x)[ci] = p.x[(size_t(y) * p.w + x) * p.c + ci];
+  if (slack) {
+    im.bytes.resize(im.bytes.size() + im.view.amx_slack(), 0);
+    im.view.data = im.bytes.data();
+    im.view.capacity = im.bytes.size();
+  }
   return im;
 }
 
@@ -84,16 +90,11 @@ struct Result {
   std::vector<uint8_t> codes;  // the whole bordered output image
 };
 
-// slack: readable bytes past the input image (CodeImage::capacity), as the engine allocates them.
+// slack: as for input_image.
 inline Result run(const Problem& p, GemmIsa isa, bool residual, bool relu, int threads = 1, int extra_border = 0,
                   int levels = 16, bool from_zero = false, apot::kernels::ConvSchedule schedule = {},
                   bool slack = false) {
-  Image in = input_image(p, extra_border);
-  if (slack) {
-    in.bytes.resize(in.bytes.size() + in.view.amx_slack(), 0);
-    in.view.data = in.bytes.data();
-    in.view.capacity = in.bytes.size();
-  }
+  Image in = input_image(p, extra_border, slack);
   const auto packed = apot::kernels::pack_conv(p.W.data(), p.n, p.c, p.k, p.stride, p.pad);
   const auto q = requantizer(levels, from_zero);
   Result r;
@@ -120,12 +121,7 @@ inline Result run(const Problem& p, GemmIsa isa, bool residual, bool relu, int t
 // offset: an offset per output channel taken off the sums (as for signed inputs).
 inline Result run_without_sums(const Problem& p, GemmIsa isa, bool residual, bool offset, int threads = 1,
                                apot::kernels::ConvSchedule schedule = {}, bool slack = false) {
-  Image in = input_image(p);
-  if (slack) {
-    in.bytes.resize(in.bytes.size() + in.view.amx_slack(), 0);
-    in.view.data = in.bytes.data();
-    in.view.capacity = in.bytes.size();
-  }
+  Image in = input_image(p, 0, slack);
   const auto packed = apot::kernels::pack_conv(p.W.data(), p.n, p.c, p.k, p.stride, p.pad);
   const auto q = requantizer(16, false);
   Result r;
