@@ -137,7 +137,7 @@ nlohmann::json layer_report(const runtime::Model& engine, int reps, double peak,
     const runtime::ConvVariant variant =
         quantized ? inspect.conv_variant(i, o) : runtime::ConvVariant{o.isa, {false, false}};
     const bool winograd = variant.schedule.winograd;
-    const std::string kernel = quantized ? inspect.conv_variant_name(i, o) : "";
+    const std::string kernel = quantized ? inspect.conv_variant_name(i, o) : inspect.pixel_layer_kernel(i, o);
     nlohmann::json row{
         {"layer", l.name},     {"kernel", kernel},     {"ms", ms},
         {"macs", layer_macs},  {"gmacs_per_s", gmacs}, {"share_of_peak", peak > 0 && !is_first ? gmacs / peak : 0.0},

@@ -126,6 +126,7 @@ void stem_rows_scalar(const StemArgs& a, int m0, int m1);
 void stem_rows_avx512(const StemArgs& a, int m0, int m1);
 void stem_rows_avx_vnni(const StemArgs& a, int m0, int m1);       // VEX
 void stem_rows_avx_vnni_evex(const StemArgs& a, int m0, int m1);  // the same kernel, EVEX
+void stem_rows_amx(const StemArgs& a, int m0, int m1);            // stem_amx_applies()
 // One row of to_pixels (s = 255 std, m = 255 mean): false if a value is not a pixel.
 bool pixel_row_scalar(const float* src, int w, float s, float m, uint8_t* dst);
 bool pixel_row_avx512(const float* src, int w, float s, float m, uint8_t* dst);

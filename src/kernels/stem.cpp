@@ -71,6 +71,17 @@ PackedStem pack_stem(const int8_t* weights, int out_channels, int in_channels, i
           if (!s.shifted.empty()) s.shifted[vec * 64 + (n % 16) * 4 + kx + 1] = W(n, ky, kx, c);
           s.plain[((size_t(c) * kernel + ky) * kernel + kx) * ld + n] = W(n, ky, kx, c);
         }
+  if (kernel <= 8) {
+    s.amx.assign(size_t(s.nblocks) * in_channels * 1024, 0);
+    for (int n = 0; n < out_channels; ++n)
+      for (int c = 0; c < in_channels; ++c)
+        for (int ky = 0; ky < kernel; ++ky)
+          for (int kx = 0; kx < kernel; ++kx) {
+            const int k = kx * 8 + ky;
+            s.amx[(size_t(n / 16) * in_channels + c) * 1024 + size_t(k / 4) * 64 + size_t(n % 16) * 4 + k % 4] =
+                W(n, ky, kx, c);
+          }
+  }
   for (int c = 0; c < in_channels; ++c) s.pixel_scale.push_back(float(1.0 / (255.0 * double(std[c]))));
   const auto [rows, row_ranges] = classes(h, kernel, stride, padding);
   const auto [cols, col_ranges] = classes(w, kernel, stride, padding);
@@ -136,8 +147,12 @@ namespace detail {
 void stem_rows_scalar(const StemArgs& a, int m0, int m1) { stem_reference(a, m0, m1); }
 }  // namespace detail
 
+bool stem_amx_applies(const PackedStem& w, GemmIsa isa) {
+  return isa == GemmIsa::avx512_vnni && amx_enabled() && !w.amx.empty() && w.kernel >= 5 && w.in_channels <= 4;
+}
+
 void conv_stem_u8(const PixelImage& in, const PackedStem& w, const float* scale, const float* bias, bool relu,
-                  float* out, GemmIsa isa, int threads, int y0, int y1) {
+                  float* out, GemmIsa isa, int threads, int y0, int y1, bool amx) {
   if (in.c != w.in_channels || in.h != w.h || in.w != w.w || in.border < w.padding || !in.data || !scale || !bias ||
       !out)
     throw std::invalid_argument("conv_stem_u8: input image does not fit the convolution");
@@ -149,7 +164,8 @@ void conv_stem_u8(const PixelImage& in, const PackedStem& w, const float* scale,
     for (int g = 0; g < w.groups; ++g)
       for (int c = 0; c < w.in_channels; ++c)
         a.tap_offsets.push_back(ptrdiff_t(c * in.plane()) + ptrdiff_t(ky) * in.padded_w() + 4 * g);
-  detail::split_rows(k.stem, a, y0 * a.ow, y1 * a.ow, threads);
+  detail::split_rows(amx && stem_amx_applies(w, isa) ? detail::stem_rows_amx : k.stem, a, y0 * a.ow, y1 * a.ow,
+                     threads);
 }
 
 }  // namespace apot::kernels

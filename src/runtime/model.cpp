@@ -127,6 +127,13 @@ std::string Inspector::conv_variant_name(size_t index, const EngineOptions& opti
          (v.one_thread && options.threads > 1 ? ", one thread" : "");
 }
 
+std::string Inspector::pixel_layer_kernel(size_t index, const EngineOptions& options) const {
+  const Model::Impl& m = *model_.impl_;
+  if (int(index) != m.pixel_layer || !m.on_pixels(options)) return "";
+  const bool amx = kernels::stem_amx_applies(*m.layers[index].packed_pixels, options.isa);
+  return std::string(kernels::to_string(options.isa)) + (amx ? " amx" : "") + ", on pixels";
+}
+
 std::string Inspector::tuning() const { return model_.impl_->tuning; }
 
 std::vector<float> Inspector::run(const float* input, int batch, const EngineOptions& options) const {

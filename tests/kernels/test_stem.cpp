@@ -60,12 +60,19 @@ PackedStem pack(const StemProblem& p) {
   return apot::kernels::pack_stem(p.W.data(), p.n, p.c, p.k, p.stride, p.pad, p.h, p.w, p.mean, p.std);
 }
 
+// amx: AMX tiles where stem_amx_applies(); false: the path's vector kernel.
 std::vector<float> run(const StemProblem& p, const PackedStem& s, bool relu, GemmIsa isa, int threads,
-                       int extra_border = 0) {
+                       int extra_border = 0, bool amx = true) {
   Pixels im(p, p.pad + extra_border);
   std::vector<float> out(size_t(p.oh()) * p.ow() * p.n, -7.0f);
-  apot::kernels::conv_stem_u8(im.view, s, p.scale.data(), p.bias.data(), relu, out.data(), isa, threads);
+  apot::kernels::conv_stem_u8(im.view, s, p.scale.data(), p.bias.data(), relu, out.data(), isa, threads, 0, -1, amx);
   return out;
+}
+
+// The AMX kernel on this CPU, or none (the list to loop over: false, and true where it runs).
+std::vector<bool> amx_choices(const PackedStem& s, GemmIsa isa) {
+  if (apot::kernels::stem_amx_applies(s, isa)) return {false, true};
+  return {false};
 }
 
 }  // namespace
@@ -115,10 +122,11 @@ TEST(Stem, EveryPathMatchesTheReferenceBitForBit) {
           const bool relu = seed % 2 == 0;
           const std::vector<float> want = run(p, s, relu, GemmIsa::scalar, 1);
           for (GemmIsa isa : apot::kernels::supported_gemm_isas())
-            for (int threads : {1, 2, 3})
-              ASSERT_EQ(run(p, s, relu, isa, threads, int(seed % 2)), want)
-                  << apot::kernels::to_string(isa) << " c" << c << " k" << k << " s" << stride << " n" << n << " " << h
-                  << "x" << w << " pad " << pad << " threads " << threads;
+            for (bool amx : amx_choices(s, isa))
+              for (int threads : {1, 2, 3})
+                ASSERT_EQ(run(p, s, relu, isa, threads, int(seed % 2), amx), want)
+                    << apot::kernels::to_string(isa) << (amx ? " amx" : "") << " c" << c << " k" << k << " s" << stride
+                    << " n" << n << " " << h << "x" << w << " pad " << pad << " threads " << threads;
           ++cases;
         }
   EXPECT_EQ(cases, 192);
@@ -130,8 +138,37 @@ TEST(Stem, ResNetStemShapes) {  // the two stems the engine runs: CIFAR 3x3 and 
     const PackedStem s = pack(p);
     const std::vector<float> want = run(p, s, true, GemmIsa::scalar, 1);
     for (GemmIsa isa : apot::kernels::supported_gemm_isas())
-      EXPECT_EQ(run(p, s, true, isa, 2), want) << apot::kernels::to_string(isa);
+      for (bool amx : amx_choices(s, isa))
+        EXPECT_EQ(run(p, s, true, isa, 2, 0, amx), want) << apot::kernels::to_string(isa) << (amx ? " amx" : "");
   }
+}
+
+// The AMX kernel (kernels of 5 x 5 to 8 x 8) on rows of several 16-pixel tiles and a partial one,
+// every stride it meets, partial blocks of output channels, extra border; skipped without AMX.
+TEST(Stem, AmxTilesMatchTheReference) {
+  const PackedStem probe = pack(make_stem(16, 16, 3, 16, 7, 2, 3, 1));
+  if (!apot::kernels::stem_amx_applies(probe, GemmIsa::avx512_vnni)) GTEST_SKIP() << "no AMX tiles on this CPU";
+  int cases = 0;
+  unsigned seed = 300;
+  for (int c : {1, 2, 3, 4})
+    for (int k : {5, 6, 7, 8})
+      for (int stride : {1, 2, 3}) {
+        const int pad = int(seed % unsigned(k)), n = 16 * (1 + int(seed % 5)) - int(seed % 3) * 5;
+        const int h = k + 2 + int(seed % 7), w = 16 * stride + k + int((seed * 13) % 61);
+        const StemProblem p = make_stem(h, w, c, n, k, stride, pad, ++seed);
+        const PackedStem s = pack(p);
+        ASSERT_TRUE(apot::kernels::stem_amx_applies(s, GemmIsa::avx512_vnni));
+        const std::vector<float> want = run(p, s, seed % 2 == 0, GemmIsa::scalar, 1);
+        for (int threads : {1, 2})
+          ASSERT_EQ(run(p, s, seed % 2 == 0, GemmIsa::avx512_vnni, threads, int(seed % 3), true), want)
+              << "c" << c << " k" << k << " s" << stride << " n" << n << " " << h << "x" << w << " pad " << pad
+              << " threads " << threads;
+        ++cases;
+      }
+  EXPECT_EQ(cases, 48);
+  // Not for 3 x 3 kernels (9 of a row's 64 bytes) nor without its packing.
+  EXPECT_FALSE(apot::kernels::stem_amx_applies(pack(make_stem(16, 16, 3, 16, 3, 1, 1, 1)), GemmIsa::avx512_vnni));
+  EXPECT_FALSE(apot::kernels::stem_amx_applies(probe, GemmIsa::scalar));
 }
 
 TEST(Stem, RowBandsMatchTheWholeImage) {
@@ -141,16 +178,17 @@ TEST(Stem, RowBandsMatchTheWholeImage) {
   Pixels im(p, p.pad);
   const size_t row = size_t(p.ow()) * p.n;
   for (GemmIsa isa : apot::kernels::supported_gemm_isas())
-    for (int band : {1, 3, 4}) {
-      std::vector<float> got(whole.size(), -7.0f);
-      for (int y0 = 0; y0 < p.oh(); y0 += band) {
-        const int y1 = std::min(p.oh(), y0 + band);
-        std::vector<float> out(size_t(y1 - y0) * row, -7.0f);
-        apot::kernels::conv_stem_u8(im.view, s, p.scale.data(), p.bias.data(), true, out.data(), isa, 2, y0, y1);
-        std::copy(out.begin(), out.end(), got.begin() + size_t(y0) * row);
+    for (bool amx : amx_choices(s, isa))
+      for (int band : {1, 3, 4}) {
+        std::vector<float> got(whole.size(), -7.0f);
+        for (int y0 = 0; y0 < p.oh(); y0 += band) {
+          const int y1 = std::min(p.oh(), y0 + band);
+          std::vector<float> out(size_t(y1 - y0) * row, -7.0f);
+          apot::kernels::conv_stem_u8(im.view, s, p.scale.data(), p.bias.data(), true, out.data(), isa, 2, y0, y1, amx);
+          std::copy(out.begin(), out.end(), got.begin() + size_t(y0) * row);
+        }
+        EXPECT_EQ(got, whole) << apot::kernels::to_string(isa) << (amx ? " amx" : "") << " bands of " << band;
       }
-      EXPECT_EQ(got, whole) << apot::kernels::to_string(isa) << " bands of " << band;
-    }
   std::vector<float> out(whole.size());
   EXPECT_THROW(apot::kernels::conv_stem_u8(im.view, s, p.scale.data(), p.bias.data(), true, out.data(), GemmIsa::scalar,
                                            1, 3, 2),

@@ -47,6 +47,12 @@ struct PackedStem {
   // (0, g0, g1, g2), so that the four pixels broadcast for output x give output x + 1 as well;
   // empty otherwise.
   std::vector<int8_t, Aligned64<int8_t>> shifted;
+  // AMX tiles (kernels of at most 8 x 8; empty otherwise): per block b of 16 output channels and
+  // channel c, one 1024-byte B tile of 16 rows of 4 K values x 16 output channels, K value
+  // k = kx * 8 + ky (the byte order of the columns of 8 stacked input rows the AMX kernel reads),
+  // zero where kx or ky is past the kernel:
+  //   amx[(b * C + c) * 1024 + (k / 4) * 64 + (n % 16) * 4 + k % 4] = W[n][ky][kx][c]
+  std::vector<int8_t, Aligned64<int8_t>> amx;
   std::vector<int32_t> plain;      // [c][ky][kx][n] with n padded to 16 * nblocks (the reference)
   std::vector<float> pixel_scale;  // a_c
   // D, 16 * nblocks entries per (row class, column class); output pixel (y, x) finds its
@@ -67,9 +73,16 @@ PackedStem pack_stem(const int8_t* weights, int out_channels, int in_channels, i
 // every path gives the same bits. `in` must be w.h x w.w with w.in_channels channels and a border
 // of at least w.padding. Output rows [y0, y1) only (y1 < 0: to the end), `out` from row y0 on.
 // AVX-512 VNNI and AVX-VNNI (256-bit vpdpbusd) have kernels for up to 4 input channels; the
-// other paths run the reference (AVX2's vpmaddubsw would saturate on 255 x 127).
+// other paths run the reference (AVX2's vpmaddubsw would saturate on 255 x 127). On the AVX-512
+// VNNI path, `amx` takes AMX tiles where stem_amx_applies().
 void conv_stem_u8(const PixelImage& in, const PackedStem& w, const float* scale, const float* bias, bool relu,
-                  float* out, GemmIsa isa = default_gemm_isa(), int threads = 1, int y0 = 0, int y1 = -1);
+                  float* out, GemmIsa isa = default_gemm_isa(), int threads = 1, int y0 = 0, int y1 = -1,
+                  bool amx = true);
+
+// Whether conv_stem_u8 can run this first layer on AMX tiles: the AVX-512 VNNI path where
+// amx_enabled(), kernels of 5 x 5 to 8 x 8 (smaller ones use too little of a tile's 64-byte
+// rows), up to 4 input channels.
+bool stem_amx_applies(const PackedStem& w, GemmIsa isa);
 
 // The 8-bit pixel whose normalised value is x, if there is one: p = round(q) for
 // q = (x * std + mean) * 255 when p lies in 0..255 and |q - p| <= 1e-3 (the rounding of a float

@@ -59,6 +59,9 @@ class Inspector {
   // where several threads run the image but this layer runs on one.
   ConvVariant conv_variant(size_t index, const EngineOptions& options) const;
   std::string conv_variant_name(size_t index, const EngineOptions& options) const;
+  // The kernel of the first layer on 8-bit pixels where layer `index` runs as one with these
+  // options, e.g. "avx512-vnni amx, on pixels"; "" where it does not.
+  std::string pixel_layer_kernel(size_t index, const EngineOptions& options) const;
   // How the variants of this model's layers were chosen (APOT_TUNE): "off", "nothing to
   // choose", or "N measured, M from the cache (path)", "(path: cannot be written)" where the
   // cache file could not be saved.
