@@ -398,8 +398,9 @@ void stem_amx(const StemArgs& a, int m0, int m1) {
   const PackedStem& w = *a.w;
   const PixelImage& in = *a.in;
   const int s = w.stride, pw = in.padded_w(), K = w.kernel;
-  // The stacked columns a row's tiles read: up to stride * (x + 15) + 7 for x < ow rounded up to 16.
-  const int columns = (s * ((a.ow + 15) / 16 * 16 - 1) + 8 + 63) / 64 * 64;
+  // The stacked columns a row's tiles read: below stride * (x + 15) + 8 for a tile's first pixel
+  // x < ow, in whole 64-column pieces.
+  const int columns = (s * (a.ow + 15) + 8 + 63) / 64 * 64;
   const size_t per_channel = size_t(columns) * 8;
   thread_local std::vector<uint8_t, Aligned64<uint8_t>> stacked;
   if (stacked.size() < C * per_channel) stacked.assign(C * per_channel, 0);
