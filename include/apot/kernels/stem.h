@@ -6,7 +6,8 @@
 //                          D = sum_c b_c * (sum of w over the taps inside the image),
 // where D depends only on which kernel rows and columns fall inside the image: one table entry per
 // (row class, column class) of the output. The integer sums A_c run on vpdpbusd (four taps of a
-// kernel row per 32-bit lane), about four times the float multiply-add rate.
+// kernel row per 32-bit lane), about four times the float multiply-add rate, or on AMX tiles
+// (a pixel's whole window of one channel in a 64-byte tile row; one accumulator tile per channel).
 #pragma once
 
 #include <cstdint>
@@ -79,9 +80,9 @@ void conv_stem_u8(const PixelImage& in, const PackedStem& w, const float* scale,
                   float* out, GemmIsa isa = default_gemm_isa(), int threads = 1, int y0 = 0, int y1 = -1,
                   bool amx = true);
 
-// Whether conv_stem_u8 can run this first layer on AMX tiles: the AVX-512 VNNI path where
-// amx_enabled(), kernels of 5 x 5 to 8 x 8 (smaller ones use too little of a tile's 64-byte
-// rows), up to 4 input channels.
+// Whether conv_stem_u8 runs this first layer on AMX tiles: the AVX-512 VNNI path where
+// amx_enabled(), kernels of 5 x 5 to 8 x 8, up to 4 input channels. (3 x 3 kernels use 9 of a
+// tile row's 64 bytes and measured 0.98-1.40x the vector kernel's time: docs/KERNELS.md.)
 bool stem_amx_applies(const PackedStem& w, GemmIsa isa);
 
 // The 8-bit pixel whose normalised value is x, if there is one: p = round(q) for
