@@ -71,7 +71,9 @@ PackedStem pack_stem(const int8_t* weights, int out_channels, int in_channels, i
           if (!s.shifted.empty()) s.shifted[vec * 64 + (n % 16) * 4 + kx + 1] = W(n, ky, kx, c);
           s.plain[((size_t(c) * kernel + ky) * kernel + kx) * ld + n] = W(n, ky, kx, c);
         }
-  if (kernel <= 8) {
+  // AMX tiles: kernels of 5 x 5 to 8 x 8, up to 4 input channels (3 x 3 kernels use 9 of a tile
+  // row's 64 bytes and measured 0.98-1.40x the vector kernel's time: docs/KERNELS.md).
+  if (kernel >= 5 && kernel <= 8 && in_channels <= 4) {
     s.amx.assign(size_t(s.nblocks) * in_channels * 1024, 0);
     for (int n = 0; n < out_channels; ++n)
       for (int c = 0; c < in_channels; ++c)
@@ -148,7 +150,7 @@ void stem_rows_scalar(const StemArgs& a, int m0, int m1) { stem_reference(a, m0,
 }  // namespace detail
 
 bool stem_amx_applies(const PackedStem& w, GemmIsa isa) {
-  return isa == GemmIsa::avx512_vnni && amx_enabled() && !w.amx.empty() && w.kernel >= 5 && w.in_channels <= 4;
+  return isa == GemmIsa::avx512_vnni && amx_enabled() && !w.amx.empty();
 }
 
 void conv_stem_u8(const PixelImage& in, const PackedStem& w, const float* scale, const float* bias, bool relu,

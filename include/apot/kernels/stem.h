@@ -48,8 +48,8 @@ struct PackedStem {
   // (0, g0, g1, g2), so that the four pixels broadcast for output x give output x + 1 as well;
   // empty otherwise.
   std::vector<int8_t, Aligned64<int8_t>> shifted;
-  // AMX tiles (kernels of at most 8 x 8; empty otherwise): per block b of 16 output channels and
-  // channel c, one 1024-byte B tile of 16 rows of 4 K values x 16 output channels, K value
+  // AMX tiles (kernels of 5 x 5 to 8 x 8, up to 4 channels; empty otherwise): per block b of 16
+  // output channels and channel c, one 1024-byte B tile of 16 rows of 4 K values x 16 output channels, K value
   // k = kx * 8 + ky (the byte order of the columns of 8 stacked input rows the AMX kernel reads),
   // zero where kx or ky is past the kernel:
   //   amx[(b * C + c) * 1024 + (k / 4) * 64 + (n % 16) * 4 + k % 4] = W[n][ky][kx][c]
@@ -81,8 +81,9 @@ void conv_stem_u8(const PixelImage& in, const PackedStem& w, const float* scale,
                   bool amx = true);
 
 // Whether conv_stem_u8 runs this first layer on AMX tiles: the AVX-512 VNNI path where
-// amx_enabled(), kernels of 5 x 5 to 8 x 8, up to 4 input channels. (3 x 3 kernels use 9 of a
-// tile row's 64 bytes and measured 0.98-1.40x the vector kernel's time: docs/KERNELS.md.)
+// amx_enabled() and pack_stem packed them (PackedStem::amx: kernels of 5 x 5 to 8 x 8, up to 4
+// input channels; 3 x 3 kernels use 9 of a tile row's 64 bytes and measured 0.98-1.40x the vector
+// kernel's time: docs/KERNELS.md).
 bool stem_amx_applies(const PackedStem& w, GemmIsa isa);
 
 // The 8-bit pixel whose normalised value is x, if there is one: p = round(q) for
