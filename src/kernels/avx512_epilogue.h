@@ -55,6 +55,7 @@ struct Search {
   bool byte_cells = false;  // 64 cells, base[] as bytes through vpermb (byte_permutes)
   __m512 k, c, top, ct0, ct1;
   __m512i base0, base1, base8, cc0, cc1;
+  __m512i codes16;  // the codes of indices 0 .. 15 as bytes, in each 16-byte lane (store_codes_one_check)
 
   // q == nullptr: a search that is never used (an epilogue without codes).
   explicit Search(const Requantizer* q) {
@@ -84,6 +85,7 @@ struct Search {
     ct1 = _mm512_load_ps(s.ct + 16);
     cc0 = _mm512_load_si512(s.cc);
     cc1 = _mm512_load_si512(s.cc + 16);
+    codes16 = _mm512_broadcast_i32x4(_mm512_cvtepi32_epi8(cc0));
   }
 
   // Codes of R x 16 values (index = number of thresholds <= v), the search steps of the R
@@ -144,6 +146,50 @@ struct Search {
           _mm512_mask_add_epi32(index[r], _mm512_cmp_ps_mask(v[r], t, _CMP_GE_OQ), index[r], _mm512_set1_epi32(1));
     }
     for (int r = 0; r < R; ++r) out[r] = _mm512_cvtepi32_epi8(_mm512_permutexvar_epi32(index[r], cc0));
+  }
+
+  // codes_one_check() for R vectors of 16 real channels each, stored: pixel r's 16 codes at
+  // dst + r * step for r < valid. Each four vectors' indices (0 .. 15) narrow to bytes together
+  // (two vpackusdw, one vpackuswb: 16-byte lane q then holds channels 4 q .. 4 q + 3 of the four
+  // vectors in turn), one vpshufb looks their codes up in its lane's copy of the 16 codes and one
+  // vpermd puts them in pixel order: 5 micro-ops for four vectors where vpermd and vpmovdb take 3
+  // for each, all of them on the permute port (AVX-512 BW; no byte permute needed). Vectors past
+  // the last four take the per-vector way.
+  template <int R>
+  __attribute__((always_inline)) void store_codes_one_check(const __m512 (&v)[R], uint8_t* dst, size_t step,
+                                                            int valid) const {
+    __m512i index[R];
+    for (int r = 0; r < R; ++r) {
+      const __m512 u = _mm512_min_ps(_mm512_max_ps(_mm512_fmadd_ps(v[r], k, c), _mm512_setzero_ps()), top);
+      index[r] = cell_base(_mm512_cvttps_epi32(u));
+    }
+    for (int r = 0; r < R; ++r) {
+      const __m512 t = _mm512_permutexvar_ps(index[r], ct0);
+      index[r] =
+          _mm512_mask_add_epi32(index[r], _mm512_cmp_ps_mask(v[r], t, _CMP_GE_OQ), index[r], _mm512_set1_epi32(1));
+    }
+    // Dword 4 r + q of the result (pixel r's channels 4 q .. 4 q + 3): dword 4 q + r of the packed
+    // lookup, a 4 x 4 transpose of dwords.
+    const __m512i order = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
+    constexpr int G = R / 4;
+    for (int g = 0; g < G; ++g) {
+      const __m512i words01 = _mm512_packus_epi32(index[4 * g], index[4 * g + 1]);
+      const __m512i words23 = _mm512_packus_epi32(index[4 * g + 2], index[4 * g + 3]);
+      const __m512i codes =
+          _mm512_permutexvar_epi32(order, _mm512_shuffle_epi8(codes16, _mm512_packus_epi16(words01, words23)));
+      uint8_t* d = dst + size_t(4 * g) * step;
+      if (4 * g < valid) _mm_storeu_si128(reinterpret_cast<__m128i*>(d), _mm512_castsi512_si128(codes));
+      if (4 * g + 1 < valid)
+        _mm_storeu_si128(reinterpret_cast<__m128i*>(d + step), _mm512_extracti32x4_epi32(codes, 1));
+      if (4 * g + 2 < valid)
+        _mm_storeu_si128(reinterpret_cast<__m128i*>(d + 2 * step), _mm512_extracti32x4_epi32(codes, 2));
+      if (4 * g + 3 < valid)
+        _mm_storeu_si128(reinterpret_cast<__m128i*>(d + 3 * step), _mm512_extracti32x4_epi32(codes, 3));
+    }
+    for (int r = 4 * G; r < R; ++r)
+      if (r < valid)
+        _mm_storeu_si128(reinterpret_cast<__m128i*>(dst + size_t(r) * step),
+                         _mm512_cvtepi32_epi8(_mm512_permutexvar_epi32(index[r], cc0)));
   }
 
   // Codes of 16 values.
@@ -230,21 +276,37 @@ struct Epilogue {
     return t.front() > 0.0f && o.relu_max >= t.back();
   }
 
+  // How the sums reach row() and straight_row(): any (acc_offset, where the layer has one, still to
+  // take off: one path, subtracting 0 where it is null), none (already taken off: the vector
+  // kernels start their sums at start(), and Winograd takes no layer with an offset), some (the
+  // layer has one, still to take off). The AMX kernel instantiates none or some per layer.
+  enum class Offsets { any, none, some };
+
+  // The vector kernels' starting sums for the block of channels n0 (mask): -acc_offset, or 0.
+  // Starting there, the sums come out with the offset taken off (the same integers: the adds
+  // wrap as the subtraction does) and the epilogue subtracts nothing (Offsets::none), where a
+  // subtraction per vector took one of its 14-16 micro-ops, whether the layer had an offset or not.
+  __attribute__((always_inline)) __m512i start(int n0, __mmask16 mask) const {
+    if (!o.acc_offset) return zero_accumulator();
+    return _mm512_sub_epi32(_mm512_setzero_si512(), _mm512_maskz_loadu_epi32(mask, o.acc_offset + n0));
+  }
+
   // Output vectors of pixels (y, x + r), r < valid, of one row: v = scale * (acc - acc_offset)
   // + bias (+ residual) (ReLU: max(0, v) = std::max(v, 0.0f), NaN included, then the clamp) per vector, the stores,
   // then the requantisation of all of them together. Always inlined into the tile (GCC kept the 7- and 8-pixel versions
   // out of line, passing the accumulators through memory: ResNet-20 1.5 %).
-  template <int R>
+  template <int R, Offsets Off = Offsets::any>
   __attribute__((always_inline)) void row(const __m512i (&acc)[R], int p, int y, int x, int n0, __mmask16 mask,
                                           int valid) const {
-    if (straight == Straight::codes) return straight_row<false, R>(acc, p, y, x, n0, mask, valid);
-    if (straight == Straight::residual_codes) return straight_row<true, R>(acc, p, y, x, n0, mask, valid);
+    if (straight == Straight::codes) return straight_row<false, R, Off>(acc, p, y, x, n0, mask, valid);
+    if (straight == Straight::residual_codes) return straight_row<true, R, Off>(acc, p, y, x, n0, mask, valid);
     __m512 v[R];
     const __m512 scale = _mm512_maskz_loadu_ps(mask, o.scale + n0), bias = _mm512_maskz_loadu_ps(mask, o.bias + n0);
-    const __m512i offset = o.acc_offset ? _mm512_maskz_loadu_epi32(mask, o.acc_offset + n0) : _mm512_setzero_si512();
+    const bool subtract = Off != Offsets::none && o.acc_offset;
+    const __m512i offset = subtract ? _mm512_maskz_loadu_epi32(mask, o.acc_offset + n0) : _mm512_setzero_si512();
     for (int r = 0; r < R; ++r) {
       const size_t at = size_t(p + r) * N + n0;
-      const __m512i sum = o.acc_offset ? _mm512_sub_epi32(acc[r], offset) : acc[r];
+      const __m512i sum = subtract ? _mm512_sub_epi32(acc[r], offset) : acc[r];
       v[r] = _mm512_add_ps(_mm512_mul_ps(scale, _mm512_cvtepi32_ps(sum)), bias);
       if (r >= valid) continue;
       if (o.residual) v[r] = _mm512_add_ps(v[r], _mm512_maskz_loadu_ps(mask, o.residual + at));
@@ -256,6 +318,8 @@ struct Epilogue {
       if (o.accumulators) _mm512_mask_storeu_epi32(o.accumulators + at, mask, sum);
     }
     if (!o.requantizer) return;
+    if (mask == 0xffff && search.one_check())
+      return search.store_codes_one_check(v, o.codes.pixel(y, x) + n0, size_t(o.codes.cs), valid);
     __m128i codes[R];
     search.codes(v, codes);
     store_codes(codes, y, x, n0, mask, valid);
@@ -275,12 +339,6 @@ struct Epilogue {
     for (int r = 0; r < R; ++r)
       if (r < valid) _mm_mask_storeu_epi8(dst + r * step, mask, codes[r]);
   }
-
-  // How straight_row() takes acc_offset: any (one path, subtracting 0 where it is null), none
-  // (it is null: no subtraction), some (it is not). The AMX kernel instantiates none or some
-  // per layer (one subtraction of about 14 micro-ops per vector less); the vector kernels keep
-  // any (a branch on the offset in each call made the depthwise layers 2-5 % slower).
-  enum class Offsets { any, none, some };
 
   // row() for the straight shapes, the same operations in the same order: v = scale * (acc -
   // acc_offset) + bias (Residual: + residual, the ReLU and its clamp, the values stored), its
@@ -303,6 +361,7 @@ struct Epilogue {
         _mm512_mask_storeu_ps(o.values + at, mask, v[r]);
       }
     }
+    if (mask == 0xffff) return search.store_codes_one_check(v, o.codes.pixel(y, x) + n0, size_t(o.codes.cs), valid);
     __m128i codes[R];
     search.codes_one_check(v, codes);
     store_codes(codes, y, x, n0, mask, valid);

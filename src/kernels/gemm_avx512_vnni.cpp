@@ -23,8 +23,11 @@ void tile(const ConvArgs& a, const Epilogue& epilogue, int y, int x, int valid, 
   if (CS == 0)
     for (int r = 0; r < R; ++r) ap[r] = r < valid ? a.base(y, x + r) : ap[r - 1];
   __m512i acc[R][NB];
-  for (int r = 0; r < R; ++r)
-    for (int j = 0; j < NB; ++j) acc[r][j] = zero_accumulator();
+  for (int j = 0; j < NB; ++j) {
+    const int n0 = (nb + j) * 16;
+    const __m512i start = epilogue.start(n0, lane_mask(w.out_channels - n0));
+    for (int r = 0; r < R; ++r) acc[r][j] = start;
+  }
   // Block-major weights: NB sequential streams, bs bytes apart.
   const size_t bs = size_t(w.K() / 4) * 64;
   const int8_t* bp = w.data.data() + size_t(nb) * bs;
@@ -61,7 +64,7 @@ void tile(const ConvArgs& a, const Epilogue& epilogue, int y, int x, int valid, 
     const __mmask16 mask = lane_mask(w.out_channels - n0);
     __m512i column[R];
     for (int r = 0; r < R; ++r) column[r] = acc[r][j];
-    epilogue.row<R>(column, p0, y, x, n0, mask, CS > 0 ? R : valid);
+    epilogue.row<R, Epilogue::Offsets::none>(column, p0, y, x, n0, mask, CS > 0 ? R : valid);
   }
 }
 
@@ -77,8 +80,11 @@ void tile3(const ConvArgs& a, const Epilogue& epilogue, int y, int x, int nb) {
   constexpr int cs4 = CS / 4;
   const uint8_t* const a0 = a.base(y, x);
   __m512i acc[R][NB];
-  for (int r = 0; r < R; ++r)
-    for (int j = 0; j < NB; ++j) acc[r][j] = zero_accumulator();
+  for (int j = 0; j < NB; ++j) {
+    const int n0 = (nb + j) * 16;
+    const __m512i start = epilogue.start(n0, lane_mask(w.out_channels - n0));
+    for (int r = 0; r < R; ++r) acc[r][j] = start;
+  }
   const size_t bs = size_t(9 * cs4) * 64;
   for (int ky = 0; ky < 3; ++ky) {
     const uint8_t* p = a0 + a.tap_offsets[3 * ky];
@@ -103,7 +109,7 @@ void tile3(const ConvArgs& a, const Epilogue& epilogue, int y, int x, int nb) {
     const __mmask16 mask = lane_mask(w.out_channels - n0);
     __m512i column[R];
     for (int r = 0; r < R; ++r) column[r] = acc[r][j];
-    epilogue.row<R>(column, p0, y, x, n0, mask, R);
+    epilogue.row<R, Epilogue::Offsets::none>(column, p0, y, x, n0, mask, R);
   }
 }
 
@@ -207,7 +213,7 @@ void depthwise_tile(const ConvArgs& a, const Epilogue& e, int y, int x, int vali
   __m512i acc[R];
   for (int r = 0; r < R; ++r) {
     ap[r] = a.base(y, x + std::min(r, valid - 1)) + c0;
-    acc[r] = zero_accumulator();
+    acc[r] = e.start(c0, mask);
   }
   const int32_t* wp = w.dw.data() + c0;
   for (int t = 0; t < w.kernel * w.kernel; ++t, wp += ld) {
@@ -216,7 +222,7 @@ void depthwise_tile(const ConvArgs& a, const Epilogue& e, int y, int x, int vali
     for (int r = 0; r < R; ++r)
       acc[r] = _mm512_dpwssd_epi32(acc[r], _mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(mask, ap[r] + off)), wv);
   }
-  e.row<R>(acc, y * a.ow + x, y, x, c0, mask, valid);
+  e.row<R, Epilogue::Offsets::none>(acc, y * a.ow + x, y, x, c0, mask, valid);
 }
 
 // 3x3 with stride S, R pixels (all real): each input column of a kernel row is loaded and widened
@@ -231,7 +237,7 @@ void depthwise3_tile(const ConvArgs& a, const Epilogue& e, int y, int x, int c0)
   const __mmask16 mask = lane_mask(w.out_channels - c0);
   __m512i wv[9], acc[R];
   for (int t = 0; t < 9; ++t) wv[t] = _mm512_load_si512(w.dw.data() + size_t(t) * ld + c0);
-  for (int r = 0; r < R; ++r) acc[r] = zero_accumulator();
+  for (int r = 0; r < R; ++r) acc[r] = e.start(c0, mask);
   const uint8_t* base = a.base(y, x) + c0;
   for (int ky = 0; ky < 3; ++ky) {
     const uint8_t* row = base + a.tap_offsets[3 * ky];
@@ -247,7 +253,7 @@ void depthwise3_tile(const ConvArgs& a, const Epilogue& e, int y, int x, int c0)
       }
     }
   }
-  e.row<R>(acc, y * a.ow + x, y, x, c0, mask, R);
+  e.row<R, Epilogue::Offsets::none>(acc, y * a.ow + x, y, x, c0, mask, R);
 }
 
 // depthwise3_tile with vpdpbusd on input columns (AVX512_VBMI, all 16 channels real): the codes
@@ -268,7 +274,7 @@ void depthwise3_columns_tile(const ConvArgs& a, const Epilogue& e, int y, int x,
                                                       12, 28, 44, 48, 13, 29, 45, 48, 14, 30, 46, 48, 15, 31, 47, 48};
   const __m512i order = _mm512_load_si512(order_bytes);
   __m512i acc[R];
-  for (int r = 0; r < R; ++r) acc[r] = zero_accumulator();
+  for (int r = 0; r < R; ++r) acc[r] = e.start(c0, 0xffff);
   const uint8_t* base = a.base(y, x) + c0;
   const ptrdiff_t row1 = a.tap_offsets[3], row2 = a.tap_offsets[6];
 #pragma GCC unroll 32
@@ -284,7 +290,7 @@ void depthwise3_columns_tile(const ConvArgs& a, const Epilogue& e, int y, int x,
       if (d >= 0 && d % S == 0 && d / S < R) acc[d / S] = dpbusd(acc[d / S], column, wv[kx]);
     }
   }
-  e.row<R>(acc, y * a.ow + x, y, x, c0, 0xffff, R);
+  e.row<R, Epilogue::Offsets::none>(acc, y * a.ow + x, y, x, c0, 0xffff, R);
 }
 
 // depthwise3_tile<valid, S> for valid = 1 .. 8 (columns: depthwise3_columns_tile where all 16

@@ -51,8 +51,8 @@ __attribute__((noinline)) void wino_segments(const Epilogue& e, const __m512i (&
     __m512i first[2 * S], second[2 * (R - S)];
     for (int i = 0; i < 2 * S; ++i) first[i] = column[i];
     for (int i = 0; i < 2 * (R - S); ++i) second[i] = column[2 * S + i];
-    e.row<2 * S>(first, y * ow + 2 * p, y, 2 * p, n0, mask, std::min(2 * S, ow - 2 * p));
-    e.row<2 * (R - S)>(second, (y + 1) * ow, y + 1, 0, n0, mask, std::min(2 * (R - S), ow));
+    e.row<2 * S, Epilogue::Offsets::none>(first, y * ow + 2 * p, y, 2 * p, n0, mask, std::min(2 * S, ow - 2 * p));
+    e.row<2 * (R - S), Epilogue::Offsets::none>(second, (y + 1) * ow, y + 1, 0, n0, mask, std::min(2 * (R - S), ow));
   }
 }
 
@@ -101,7 +101,8 @@ void wino_tile(const ConvArgs& a, const Epilogue& epilogue, const uint8_t* t0, i
       column[2 * r + 1] = _mm512_srai_epi32(y1v, 1);
     }
     if (one_row) {
-      epilogue.row<2 * R>(column, y * a.ow + 2 * p, y, 2 * p, n0, mask, std::min(2 * R, a.ow - 2 * p));
+      epilogue.row<2 * R, Epilogue::Offsets::none>(column, y * a.ow + 2 * p, y, 2 * p, n0, mask,
+                                                   std::min(2 * R, a.ow - 2 * p));
       continue;
     }
     if (R - (P - p) <= P) {  // two rows: S = P - p pairs in row y, the rest from the start of row y + 1
@@ -111,7 +112,7 @@ void wino_tile(const ConvArgs& a, const Epilogue& epilogue, const uint8_t* t0, i
     for (int r = 0; r < R; ++r) {  // rows of fewer pairs than the tile: pair by pair
       const int yr = y + (p + r) / P, xr = 2 * ((p + r) % P);
       const __m512i pair[2] = {column[2 * r], column[2 * r + 1]};
-      epilogue.row<2>(pair, yr * a.ow + xr, yr, xr, n0, mask, std::min(2, a.ow - xr));
+      epilogue.row<2, Epilogue::Offsets::none>(pair, yr * a.ow + xr, yr, xr, n0, mask, std::min(2, a.ow - xr));
     }
   }
 }
@@ -161,8 +162,11 @@ void wino_rows(const ConvArgs& a, const Epilogue& e, int y0, int y1) {
 
 }  // namespace
 
+// Layers with an offset of the input codes (acc_offset) never get here (a.winograd is false for
+// them; the check keeps it so): the epilogue here takes the sums as they are (Offsets::none).
 bool conv_rows_winograd_avx512(const ConvArgs& a, int m0, int m1) {
-  if (!a.winograd || m0 % a.ow != 0 || (m1 % a.ow != 0 && m1 != a.oh * a.ow) || m0 >= m1) return false;
+  if (!a.winograd || a.out->acc_offset || m0 % a.ow != 0 || (m1 % a.ow != 0 && m1 != a.oh * a.ow) || m0 >= m1)
+    return false;
   const Epilogue e(*a.out, a.w->out_channels);
   const int y0 = m0 / a.ow, y1 = (m1 + a.ow - 1) / a.ow;
   switch (a.w->cs) {
