@@ -131,11 +131,10 @@ struct Search {
   // 64 cells, one check and at most 16 levels (4-bit APoT): codes_one_check() applies.
   bool one_check() const { return checks == 1 && wide_cells && !wide; }
 
-  // codes() with 64 cells, one check and at most 16 levels (4-bit APoT), in one straight line:
-  // each step for all R vectors in turn.
+  // The indices (number of thresholds <= v) of R vectors with 64 cells, one check and at most
+  // 16 levels (4-bit APoT), in one straight line: each step for all R vectors in turn.
   template <int R>
-  __attribute__((always_inline)) void codes_one_check(const __m512 (&v)[R], __m128i (&out)[R]) const {
-    __m512i index[R];
+  __attribute__((always_inline)) void indices_one_check(const __m512 (&v)[R], __m512i (&index)[R]) const {
     for (int r = 0; r < R; ++r) {
       const __m512 u = _mm512_min_ps(_mm512_max_ps(_mm512_fmadd_ps(v[r], k, c), _mm512_setzero_ps()), top);
       index[r] = cell_base(_mm512_cvttps_epi32(u));
@@ -145,6 +144,14 @@ struct Search {
       index[r] =
           _mm512_mask_add_epi32(index[r], _mm512_cmp_ps_mask(v[r], t, _CMP_GE_OQ), index[r], _mm512_set1_epi32(1));
     }
+  }
+
+  // codes() with 64 cells, one check and at most 16 levels (4-bit APoT): indices_one_check(),
+  // then each vector's codes.
+  template <int R>
+  __attribute__((always_inline)) void codes_one_check(const __m512 (&v)[R], __m128i (&out)[R]) const {
+    __m512i index[R];
+    indices_one_check(v, index);
     for (int r = 0; r < R; ++r) out[r] = _mm512_cvtepi32_epi8(_mm512_permutexvar_epi32(index[r], cc0));
   }
 
@@ -159,15 +166,7 @@ struct Search {
   __attribute__((always_inline)) void store_codes_one_check(const __m512 (&v)[R], uint8_t* dst, size_t step,
                                                             int valid) const {
     __m512i index[R];
-    for (int r = 0; r < R; ++r) {
-      const __m512 u = _mm512_min_ps(_mm512_max_ps(_mm512_fmadd_ps(v[r], k, c), _mm512_setzero_ps()), top);
-      index[r] = cell_base(_mm512_cvttps_epi32(u));
-    }
-    for (int r = 0; r < R; ++r) {
-      const __m512 t = _mm512_permutexvar_ps(index[r], ct0);
-      index[r] =
-          _mm512_mask_add_epi32(index[r], _mm512_cmp_ps_mask(v[r], t, _CMP_GE_OQ), index[r], _mm512_set1_epi32(1));
-    }
+    indices_one_check(v, index);
     // Dword 4 r + q of the result (pixel r's channels 4 q .. 4 q + 3): dword 4 q + r of the packed
     // lookup, a 4 x 4 transpose of dwords.
     const __m512i order = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
