@@ -263,7 +263,7 @@ void depthwise3_tile(const ConvArgs& a, const Epilogue& e, int y, int x, int c0)
 // column where vpdpwssd takes one per tap, and each column built once for the up to three
 // outputs that read it. Rows 1 and 2 come in as masked broadcasts (a load and a blend, which
 // either 512-bit port runs), where vinserti32x4 took the permute port that the vpermb and the
-// epilogue's permutes need (0.95-0.98x the layer's time, session 30).
+// epilogue's permutes need (0.89-0.98x the layer's time in most runs, session 30).
 template <int R, int S>
 void depthwise3_columns_tile(const ConvArgs& a, const Epilogue& e, int y, int x, int c0) {
   const size_t cs = size_t(a.in->cs);
