@@ -317,6 +317,15 @@ struct Epilogue {
       if (o.accumulators) _mm512_mask_storeu_epi32(o.accumulators + at, mask, sum);
     }
     if (!o.requantizer) return;
+    requantize_row(v, y, x, n0, mask, valid);
+  }
+
+  // The codes of R vectors of pixels (y, x + r), r < valid, stored: four vectors at a time
+  // (store_codes_one_check) where the requantiser has one check and all 16 channels are real,
+  // else vector by vector.
+  template <int R>
+  __attribute__((always_inline)) void requantize_row(const __m512 (&v)[R], int y, int x, int n0, __mmask16 mask,
+                                                     int valid) const {
     if (mask == 0xffff && search.one_check())
       return search.store_codes_one_check(v, o.codes.pixel(y, x) + n0, size_t(o.codes.cs), valid);
     __m128i codes[R];
@@ -360,10 +369,7 @@ struct Epilogue {
         _mm512_mask_storeu_ps(o.values + at, mask, v[r]);
       }
     }
-    if (mask == 0xffff) return search.store_codes_one_check(v, o.codes.pixel(y, x) + n0, size_t(o.codes.cs), valid);
-    __m128i codes[R];
-    search.codes_one_check(v, codes);
-    store_codes(codes, y, x, n0, mask, valid);
+    requantize_row(v, y, x, n0, mask, valid);
   }
 };
 
