@@ -3,6 +3,8 @@
 // ResNet-20's 16-channel layers, and one B tile) and a loop of vector work (64 independent FMAs,
 // with or without the epilogue's memory traffic: a load of sums, a load of residuals, a store of
 // values per vector), each alone and both in one loop, in TSC ticks per iteration (best of 5).
+// Two more tile sides: the tile loads into a tile no tdpbusd reads (no wait for the tiles'
+// readers), and two accumulators with two sets of operand tiles loaded in turn (6 tile loads).
 // Where the tiles run beside the vectors, "both" is near the larger of the two; where they do
 // not, near the sum. Build and run (Linux, AMX-INT8):
 //   g++ -O2 -mavx512f -mamx-tile -mamx-int8 -mfma docs/logs/exp32-amx-overlap.cpp -o /tmp/amx-overlap
@@ -21,27 +23,49 @@ struct alignas(64) Config {
   uint16_t colsb[16] = {};
   uint8_t rows[16] = {};
 };
-alignas(64) int8_t A[4096], B[1024];
+alignas(64) int8_t A[5120], B[1024];
 alignas(64) int32_t S[256];
 alignas(64) float R[4096], O[4096];
 
-template <bool Tiles, bool TileLoads, bool Vectors, bool Memory>
+enum class Tiles { none, dpbusd, loads, loads_unread, two_sets };
+
+template <Tiles T, bool Vectors, bool Memory>
 __attribute__((noinline)) double loop(int n) {
   __m512 v[8];
   for (int i = 0; i < 8; ++i) v[i] = _mm512_set1_ps(1.0f + float(i));
   const __m512 k = _mm512_set1_ps(0.999f), c = _mm512_set1_ps(0.001f);
   const uint64_t t0 = __rdtsc();
   for (int it = 0; it < n; ++it) {
-    if (Tiles) {
-      if (TileLoads) {
-        _tile_loadd(4, A + (it & 63) * 16, 16);
+    const int8_t* a = A + (it & 63) * 16;
+    if constexpr (T == Tiles::dpbusd || T == Tiles::loads) {
+      if constexpr (T == Tiles::loads) {
+        _tile_loadd(4, a, 16);
         _tile_loadd(6, B, 64);
-        _tile_loadd(5, A + 1024 + (it & 63) * 16, 16);
+        _tile_loadd(5, a + 1024, 16);
       }
       _tile_dpbusd(0, 4, 6);
       _tile_dpbusd(1, 4, 7);
       _tile_dpbusd(2, 5, 6);
       _tile_dpbusd(3, 5, 7);
+    } else if constexpr (T == Tiles::loads_unread) {
+      _tile_loadd(7, a, 16);
+      _tile_loadd(7, B, 64);
+      _tile_loadd(7, a + 1024, 16);
+      _tile_dpbusd(0, 4, 6);
+      _tile_dpbusd(1, 4, 5);
+      _tile_dpbusd(2, 5, 6);
+      _tile_dpbusd(3, 5, 4);
+    } else if constexpr (T == Tiles::two_sets) {
+      _tile_loadd(2, a, 16);
+      _tile_loadd(3, B, 64);
+      _tile_loadd(4, a + 1024, 16);
+      _tile_dpbusd(0, 2, 3);
+      _tile_dpbusd(1, 4, 3);
+      _tile_loadd(5, a + 2048, 16);
+      _tile_loadd(6, B, 64);
+      _tile_loadd(7, a + 3072, 16);
+      _tile_dpbusd(0, 5, 6);
+      _tile_dpbusd(1, 7, 6);
     }
     if (Vectors)
       for (int j = 0; j < 8; ++j)
@@ -64,14 +88,14 @@ __attribute__((noinline)) double loop(int n) {
   return double(t1 - t0) / n;
 }
 
-template <bool TileLoads, bool Memory>
+template <Tiles T, bool Memory>
 void row(const char* what) {
   const int n = 200000;
   double t = 1e30, v = 1e30, both = 1e30;
   for (int r = 0; r < 5; ++r) {
-    t = std::min(t, loop<true, TileLoads, false, Memory>(n));
-    v = std::min(v, loop<false, TileLoads, true, Memory>(n));
-    both = std::min(both, loop<true, TileLoads, true, Memory>(n));
+    t = std::min(t, loop<T, false, Memory>(n));
+    v = std::min(v, loop<Tiles::none, true, Memory>(n));
+    both = std::min(both, loop<T, true, Memory>(n));
   }
   std::printf("%-52s tiles %6.1f  vectors %6.1f  both %6.1f  (max %6.1f, sum %6.1f)\n", what, t, v, both,
               std::max(t, v), t + v);
@@ -97,10 +121,12 @@ int main() {
   _tile_zero(2);
   _tile_zero(3);
   for (int round = 0; round < 2; ++round) {
-    row<false, false>("tdpbusd | FMAs");
-    row<false, true>("tdpbusd | FMAs with loads and stores");
-    row<true, false>("tile loads + tdpbusd | FMAs");
-    row<true, true>("tile loads + tdpbusd | FMAs with loads and stores");
+    row<Tiles::dpbusd, false>("tdpbusd | FMAs");
+    row<Tiles::dpbusd, true>("tdpbusd | FMAs with loads and stores");
+    row<Tiles::loads, false>("tile loads + tdpbusd | FMAs");
+    row<Tiles::loads, true>("tile loads + tdpbusd | FMAs with loads and stores");
+    row<Tiles::loads_unread, true>("loads to an unread tile + tdpbusd | the same");
+    row<Tiles::two_sets, true>("two operand sets, 2 accumulators | the same");
   }
   _tile_release();
 }

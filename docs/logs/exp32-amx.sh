@@ -4,10 +4,11 @@
 # from the patches here, each into its own copy of libapot_kernels.a, and links two drivers per
 # variant: docs/logs/exp32-layer.cpp (conv_u8s8 on one layer, AMX schedule, one thread, best of
 # 300-3000 calls, FNV hash of the output codes) and docs/logs/exp32-driver.cpp (a whole model by
-# Model::run_pixels, best of N). Variants: orig (as shipped), noepi and notile (the epilogue or
-# the tiles left out: wrong outputs, a measurement of each part alone), block64 and block48 (one
-# block of 16 channels: B tiles kept in tmm5-7, 64 or 48 pixels a step), flat-sums (no clamp on
-# the sums' rows, tile rows' places kept without a division). Then the AMX/vector overlap loop
+# Model::run_pixels, best of N). Variants: orig (the kernel as the session started, commit
+# 11a2747); noepi and notile (the epilogue or the tiles left out: wrong outputs, a measurement
+# of each part alone); block64 and block48 (one block of 16 channels: B tiles kept in tmm5-7,
+# 64 or 48 pixels a step); flat-sums (no clamp on the sums' rows, the tile rows' places kept
+# without a division: kept, commit e583195). Then the AMX/vector overlap loop
 # (exp32-amx-overlap.cpp). Usage: docs/logs/exp32-amx.sh [model.apot, default /tmp/c4.apot]
 set -e
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
@@ -17,12 +18,16 @@ export APOT_TUNE_CACHE=$W/kernels.json
 B=$ROOT/build/src
 cmd=$(cd "$ROOT/build" && ninja -t commands src/kernels/libapot_kernels.a | grep "gemm_amx.cpp" | head -1)
 cmd=${cmd/-o src\/kernels\/CMakeFiles\/apot_kernels_objects.dir\/gemm_amx.cpp.o/-o $W\/gemm_amx.cpp.o}
-cmd=${cmd//\/work\/main\/src\/kernels\/gemm_amx.cpp/$W\/src\/kernels\/gemm_amx.cpp}
+cmd=${cmd//"$ROOT/src/kernels/gemm_amx.cpp"/"$W/src/kernels/gemm_amx.cpp"}
+cmd=${cmd/"-I$ROOT/src/kernels"/"-I$W/src/kernels -I$ROOT/src/kernels"}
 VARIANTS="orig noepi notile block64 block48 flat-sums"
 for v in $VARIANTS; do
-  mkdir -p $W/src/kernels && cp "$ROOT"/src/kernels/*.h "$ROOT"/src/kernels/gemm_amx.cpp $W/src/kernels/
+  # The patches apply to the kernel as the session started (commit 11a2747); the headers it
+  # includes are the tree's (unchanged since).
+  mkdir -p $W/src/kernels && cp "$ROOT"/src/kernels/*.h $W/src/kernels/
+  git -C "$ROOT" show 11a2747:src/kernels/gemm_amx.cpp > $W/src/kernels/gemm_amx.cpp
   [ $v = orig ] || (cd $W && patch -s -p1 < "$ROOT/docs/logs/exp32-$v.patch")
-  (cd "$ROOT/build" && eval "${cmd/-I\/work\/main\/src\/kernels/-I$W\/src\/kernels -I\/work\/main\/src\/kernels}")
+  (cd "$ROOT/build" && eval "$cmd")
   cp $B/kernels/libapot_kernels.a $W/k.a && ar r $W/k.a $W/gemm_amx.cpp.o
   g++ -O2 -std=c++20 -I"$ROOT/include" -I"$ROOT/tests/kernels" "$ROOT/docs/logs/exp32-layer.cpp" $W/k.a \
     $B/levels/libapot_levels.a -lgtest -fopenmp -o $W/layer-$v

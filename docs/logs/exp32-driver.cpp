@@ -1,9 +1,9 @@
 #include <apot/runtime/model.h>
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <vector>
-#include <algorithm>
 int main(int argc, char** argv) {
   auto m = apot::runtime::Model::load(argv[1]);
   int batch = argc > 2 ? atoi(argv[2]) : 1, reps = argc > 3 ? atoi(argv[3]) : 2000;

@@ -1,10 +1,15 @@
-#include "engine_test_util.h"
 #include <chrono>
 #include <cstdio>
+#include "engine_test_util.h"
 using namespace apot::kernels::test;
 int main(int argc, char** argv) {
-  struct S { int h, w, c, n, k, s; bool residual; };
-  S shapes[] = {{32, 32, 16, 16, 3, 1, false}, {32, 32, 16, 16, 3, 1, true}, {16, 16, 32, 32, 3, 1, false}, {16, 16, 32, 32, 3, 1, true}, {8, 8, 64, 64, 3, 1, true}, {56, 56, 64, 64, 3, 1, true}};
+  struct S {
+    int h, w, c, n, k, s;
+    bool residual;
+  };
+  S shapes[] = {{32, 32, 16, 16, 3, 1, false}, {32, 32, 16, 16, 3, 1, true}, {16, 16, 32, 32, 3, 1, false},
+                {16, 16, 32, 32, 3, 1, true},  {8, 8, 64, 64, 3, 1, true},   {28, 28, 64, 64, 3, 1, true},
+                {56, 56, 64, 64, 3, 1, true}};
   for (const S& s : shapes) {
     const Problem p = make(s.h, s.w, s.c, s.n, s.k, s.s, 15, 10, 7);
     Image in = input_image(p, 0, true);
@@ -13,9 +18,17 @@ int main(int argc, char** argv) {
     std::vector<float> values(size_t(p.oh()) * p.ow() * p.n);
     Image out(p.oh(), p.ow(), p.n, 1);
     ConvOutput o;
-    o.scale = p.scale.data(); o.bias = p.bias.data(); o.requantizer = &q; o.codes = out.view;
-    if (s.residual) { o.residual = p.residual.data(); o.relu = true; o.values = values.data(); }
-    apot::kernels::ConvSchedule amx; amx.amx = true;
+    o.scale = p.scale.data();
+    o.bias = p.bias.data();
+    o.requantizer = &q;
+    o.codes = out.view;
+    if (s.residual) {
+      o.residual = p.residual.data();
+      o.relu = true;
+      o.values = values.data();
+    }
+    apot::kernels::ConvSchedule amx;
+    amx.amx = true;
     double best = 1e9;
     const int reps = s.h >= 56 ? 300 : 3000;
     for (int r = 0; r < reps; ++r) {
@@ -25,6 +38,7 @@ int main(int argc, char** argv) {
     }
     unsigned long h = 1469598103934665603ul;
     for (uint8_t b : out.bytes) h = (h ^ b) * 1099511628211ul;
-    printf("%dx%dx%d->%d %s: %.2f us  codes %016lx\n", s.h, s.w, s.c, s.n, s.residual ? "residual" : "codes   ", best * 1e6, h);
+    printf("%dx%dx%d->%d %s: %.2f us  codes %016lx\n", s.h, s.w, s.c, s.n, s.residual ? "residual" : "codes   ",
+           best * 1e6, h);
   }
 }
